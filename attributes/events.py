@@ -1,0 +1,86 @@
+"""The event envelope: the Segment / RudderStack event spec, decoded and checked.
+
+Real SDKs and RudderStack's Kafka destination emit this shape, so it is the only
+shape the pipeline accepts. Decoding is strict about types (a number where an id
+string belongs is normalised, a list is not) because everything downstream trusts
+the envelope; the free-form parts (`properties`, `traits`, `context`) stay dicts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot enter the pipeline; the message is the dead-letter reason."""
+
+
+class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    type: EventType
+    event: str | None = None
+    messageId: str | None = None
+    userId: str | int | None = None
+    anonymousId: str | int | None = None
+    previousId: str | int | None = None
+    properties: dict[str, Any] = {}
+    traits: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        return _id_or_none(self.userId)
+
+    @property
+    def anonymous_id(self) -> str | None:
+        return _id_or_none(self.anonymousId)
+
+
+_decoder = msgspec.json.Decoder(Event)
+
+
+def _id_or_none(value: str | int | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def decode_event(raw: bytes) -> Event:
+    """Decode one JSON event and check the rules the spec sets beyond types.
+
+    Raises InvalidEvent with a reason a person can act on.
+    """
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not a valid event: {exc}") from None
+    if event.user_id is None and event.anonymous_id is None:
+        raise InvalidEvent("event has neither userId nor anonymousId")
+    if event.type == "track" and not event.event:
+        raise InvalidEvent("track event has no 'event' name")
+    return event
+
+
+def event_time_ms(event: Event, fallback_ms: int) -> int:
+    """Event time in epoch milliseconds: `timestamp`, else `originalTimestamp`, else
+    the fallback (the broker's record timestamp). Naive datetimes are taken as UTC."""
+    moment = event.timestamp or event.originalTimestamp
+    if moment is None:
+        return fallback_ms
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso_from_ms(ms: int) -> str:
+    """Render epoch milliseconds as an RFC 3339 UTC string with millisecond precision."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )

@@ -1,0 +1,147 @@
+"""The profile: its stored state, how one event changes it, and the served view.
+
+`ProfileState` is what the pipeline keeps per profile: identities, identify traits
+(latest by event time, per field), one aggregator state per attribute, and the
+offset watermark per input partition. The watermark is written in the same atomic
+write as the state, which is what makes a replayed event change nothing.
+
+`render_view` turns the state into the JSON document the API serves as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from attributes.aggregators import Rejected
+from attributes.events import Event, iso_from_ms
+from attributes.paths import MISSING
+from attributes.rules import RuleSet
+
+
+class ProfileState(msgspec.Struct, kw_only=True):
+    id: str
+    entity: str = "user"
+    identities: dict[str, list[str]] = {}
+    #: trait -> [event ms, messageId, value]; the most recent value by event time wins.
+    traits: dict[str, list[Any]] = {}
+    #: attribute name -> aggregator state
+    attributes: dict[str, Any] = {}
+    #: "topic/partition" -> highest offset already applied to this profile
+    offsets: dict[str, int] = {}
+    first_seen: int = 0
+    last_seen: int = 0
+    version: int = 0
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(ProfileState)
+
+
+def encode_state(state: ProfileState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> ProfileState:
+    return _state_decoder.decode(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """An attribute that did not take an event, and why (reported, never raised)."""
+
+    attribute: str
+    message_id: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Applied:
+    changed: bool
+    skips: list[Skip] = field(default_factory=list)
+
+
+def add_identity(state: ProfileState, kind: str, value: str) -> None:
+    values = state.identities.setdefault(kind, [])
+    if value not in values:
+        values.append(value)
+
+
+def apply_event(
+    state: ProfileState,
+    event: Event,
+    ts: int,
+    rules: RuleSet,
+    source: str,
+    offset: int,
+) -> Applied:
+    """Apply one event at `source` ("topic/partition") `offset` to `state` in place.
+
+    An offset at or below the watermark for that source was applied before: it is
+    ignored and `changed` is False.
+    """
+    if offset <= state.offsets.get(source, -1):
+        return Applied(changed=False)
+    state.offsets[source] = offset
+    state.version += 1
+    state.first_seen = ts if not state.first_seen else min(state.first_seen, ts)
+    state.last_seen = max(state.last_seen, ts)
+    mid = event.messageId or ""
+
+    if event.user_id is not None:
+        add_identity(state, "user_id", event.user_id)
+    if event.anonymous_id is not None:
+        add_identity(state, "anonymous_id", event.anonymous_id)
+    if event.type == "identify":
+        for trait, value in event.traits.items():
+            current = state.traits.get(trait)
+            if current is None or (ts, mid) >= (current[0], current[1]):
+                state.traits[trait] = [ts, mid, value]
+
+    applied = Applied(changed=True)
+    for attribute in rules.for_event(event.type, event.event):
+        value = None
+        if attribute.getter is not None:
+            value = attribute.getter(event)
+            if value is MISSING or value is None:
+                if attribute.aggregator.needs_field:
+                    applied.skips.append(Skip(attribute.name, event.messageId, "field is missing"))
+                continue
+        aggregator = attribute.aggregator
+        current = state.attributes.get(attribute.name)
+        if current is None:
+            current = aggregator.initial()
+        try:
+            state.attributes[attribute.name] = aggregator.add(current, value, ts, mid)
+        except Rejected as exc:
+            applied.skips.append(Skip(attribute.name, event.messageId, str(exc)))
+    return applied
+
+
+def compute_attributes(state: ProfileState, rules: RuleSet) -> dict[str, Any]:
+    """Attribute values for every rule, in rule order; never-fed attributes are their
+    aggregator's empty result (0 for counts and sums, null otherwise)."""
+    values: dict[str, Any] = {}
+    for attribute in rules.attributes:
+        aggregator = attribute.aggregator
+        stored = state.attributes.get(attribute.name)
+        values[attribute.name] = aggregator.result(
+            aggregator.initial() if stored is None else stored
+        )
+    return values
+
+
+def render_view(state: ProfileState, rules: RuleSet) -> dict[str, Any]:
+    """The served profile document."""
+    return {
+        "id": state.id,
+        "entity": state.entity,
+        "identities": state.identities,
+        "traits": {trait: entry[2] for trait, entry in state.traits.items()},
+        "attributes": compute_attributes(state, rules),
+        "first_seen": iso_from_ms(state.first_seen),
+        "last_seen": iso_from_ms(state.last_seen),
+        "version": state.version,
+    }

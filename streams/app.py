@@ -1,0 +1,114 @@
+"""The Faust app: ingest topics in, the batch processor in the middle, Redis out.
+
+Kept deliberately thin. The agent takes batches of events (`take_events`, which acks
+a batch only when the next one is requested, i.e. after its effect is in Redis),
+turns them into transport-neutral `Record`s and hands them to `BatchProcessor`.
+State lives in Redis, not in Faust tables (see DESIGN.md: windowed tables never
+expire restored keys, and Tansu does not compact changelogs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import redis.exceptions
+
+from attributes.rules import RuleSet
+from streams.processor import BatchProcessor, DeadLetterSink, Record
+from traitflow.config import Settings
+from traitflow.store import RedisProfileStore
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "Redis is not reachable right now": retry the batch, never ack it.
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class TopicDeadLetters(DeadLetterSink):
+    """Dead letters to a Kafka topic: the original bytes as value, the reason and the
+    origin as headers (the convention Kafka Connect's DLQ uses)."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self.topic = topic
+
+    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
+        pending = []
+        for record, reason in records:
+            headers = {
+                "traitflow.error.reason": reason.encode(),
+                "traitflow.error.topic": record.topic.encode(),
+                "traitflow.error.partition": str(record.partition).encode(),
+                "traitflow.error.offset": str(record.offset).encode(),
+            }
+            pending.append(await self.topic.send(value=record.value or b"", headers=headers))
+        await asyncio.gather(*pending)
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server)
+
+
+def create_app(settings: Settings, rules: RuleSet) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=faust_broker_url(settings.kafka_bootstrap),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=1.0,
+        web_enabled=False,
+    )
+    ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)
+    dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+
+    @app.agent(ingest, name="profiles")
+    async def profiles(stream: faust.StreamT[Any]) -> None:
+        store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
+        processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
+        try:
+            async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+                records = [
+                    Record(
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                        event.message.value,
+                        int(event.message.timestamp * 1000),
+                    )
+                    for event in events
+                ]
+                await process_until_done(processor, records)
+        finally:
+            await store.close()
+
+    return app
+
+
+async def process_until_done(processor: BatchProcessor, records: Sequence[Record]) -> None:
+    """Process a batch, retrying while Redis is unreachable. The batch is not acked
+    until this returns, and a retried batch is idempotent (offset watermarks)."""
+    delay = 0.1
+    while True:
+        try:
+            report = await processor.process(records)
+        except TRANSIENT as exc:
+            log.warning("batch of %d not written (%s); retrying in %.1fs", len(records), exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        log.debug(
+            "batch: %d records, %d profiles written, %d dead-lettered, %d duplicates",
+            report.records,
+            report.profiles_written,
+            report.dead_lettered,
+            report.duplicates,
+        )
+        return

@@ -1,0 +1,3 @@
+from traitflow.cli import app
+
+app()

@@ -1,0 +1,67 @@
+"""Settings for every entry point, from environment variables with embedded defaults.
+
+Every setting `x` can be overridden with `TRAITFLOW_X` (e.g. `TRAITFLOW_KAFKA_BOOTSTRAP`,
+`TRAITFLOW_REDIS_URL`). The defaults point at the embedded broker and Redis that
+`traitflow services up` starts on ports of their own, so a demo never touches a Kafka
+or Redis that already runs on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAITFLOW_", frozen=True)
+
+    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = Field(default="tf", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    app_id: str = "traitflow"
+    #: ingest topic -> source name (the merge policies of later versions rank sources)
+    sources: dict[str, str] = {"traitflow-events": "default"}
+    dead_letter_topic: str = "traitflow-dead-letters"
+    topic_partitions: int = Field(default=8, ge=1)
+    rules_path: Path = Path("examples/rules.yaml")
+    #: collection name (in API paths) -> entity
+    collections: dict[str, str] = {"users": "user"}
+
+    batch_size: int = Field(default=2000, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+    #: Tansu holds a new group's join for half the session timeout: keep it short.
+    session_timeout_s: float = Field(default=10, gt=0)
+    rebalance_timeout_s: float = Field(default=5, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: where embedded services keep pid files, logs and data
+    home: Path = Path(".traitflow")
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap.split(",")[0].removeprefix("kafka://")
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        url = urlsplit(self.redis_url)
+        return url.hostname or "127.0.0.1", url.port or 6379
+
+    @property
+    def kafka_is_external(self) -> bool:
+        """True when the user pointed us at their own broker."""
+        return "TRAITFLOW_KAFKA_BOOTSTRAP" in os.environ
+
+    @property
+    def redis_is_external(self) -> bool:
+        return "TRAITFLOW_REDIS_URL" in os.environ

