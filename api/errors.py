@@ -11,7 +11,9 @@ from starlette.exceptions import HTTPException
 
 
 def error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps({"error": message}), status_code=status, media_type="application/json"
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

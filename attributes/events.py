@@ -8,6 +8,8 @@ the envelope; the free-form parts (`properties`, `traits`, `context`) stay dicts
 
 from __future__ import annotations
 
+import functools
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,11 +37,12 @@ class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
     @property
     def user_id(self) -> str | None:
-        return _id_or_none(self.userId)
+        """userId as a non-empty string, or None (normalised once by decode_event)."""
+        return self.userId  # type: ignore[return-value]
 
     @property
     def anonymous_id(self) -> str | None:
-        return _id_or_none(self.anonymousId)
+        return self.anonymousId  # type: ignore[return-value]
 
 
 _decoder = msgspec.json.Decoder(Event)
@@ -61,6 +64,8 @@ def decode_event(raw: bytes) -> Event:
         event = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not a valid event: {exc}") from None
+    event.userId = _id_or_none(event.userId)
+    event.anonymousId = _id_or_none(event.anonymousId)
     if event.user_id is None and event.anonymous_id is None:
         raise InvalidEvent("event has neither userId nor anonymousId")
     if event.type == "track" and not event.event:
@@ -80,7 +85,13 @@ def event_time_ms(event: Event, fallback_ms: int) -> int:
 
 
 def iso_from_ms(ms: int) -> str:
-    """Render epoch milliseconds as an RFC 3339 UTC string with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    """Render epoch milliseconds as an RFC 3339 UTC string with millisecond precision.
+
+    Every served view carries two of these, so the second part is cached."""
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=8192)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

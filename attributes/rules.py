@@ -63,7 +63,9 @@ class AttributeSpec(pydantic.BaseModel):
     @classmethod
     def _identifier(cls, name: str) -> str:
         if not _NAME.match(name):
-            raise ValueError("must be an identifier: letters, digits, '_', not starting with a digit")
+            raise ValueError(
+                "must be an identifier: letters, digits, '_', not starting with a digit"
+            )
         return name
 
 
@@ -139,7 +141,9 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
         raise RuleFileError([RuleProblem(file, line, None, f"not valid YAML: {exc}")]) from None
 
     if not isinstance(data, dict) or not isinstance(data.get("attributes"), list):
-        raise RuleFileError([RuleProblem(file, 1, None, "expected a mapping with an 'attributes' list")])
+        raise RuleFileError(
+            [RuleProblem(file, 1, None, "expected a mapping with an 'attributes' list")]
+        )
     assert isinstance(root, yaml.MappingNode)
     items_node = next(value for key, value in root.value if key.value == "attributes")
     lines = [node.start_mark.line + 1 for node in items_node.value]
@@ -153,11 +157,18 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
         try:
             spec = AttributeSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
-            problems.extend(RuleProblem(file, line, label, _pydantic_problem(e)) for e in exc.errors())
+            problems.extend(
+                RuleProblem(file, line, label, _pydantic_problem(e)) for e in exc.errors()
+            )
             continue
         if spec.name in seen:
             problems.append(
-                RuleProblem(file, line, spec.name, f"duplicate name (first defined on line {seen[spec.name]})")
+                RuleProblem(
+                    file,
+                    line,
+                    spec.name,
+                    f"duplicate name (first defined on line {seen[spec.name]})",
+                )
             )
             continue
         seen[spec.name] = line
@@ -176,5 +187,7 @@ def load_rules(path: str | Path) -> RuleSet:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RuleFileError([RuleProblem(str(path), None, None, f"cannot read: {exc.strerror}")]) from None
+        raise RuleFileError(
+            [RuleProblem(str(path), None, None, f"cannot read: {exc.strerror}")]
+        ) from None
     return parse_rules(text, str(path))

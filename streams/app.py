@@ -65,12 +65,13 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=1.0,
         web_enabled=False,
+        datadir=str(settings.home / "faust"),
     )
     ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
     @app.agent(ingest, name="profiles")
-    async def profiles(stream: faust.StreamT[Any]) -> None:
+    async def profiles(stream: Any) -> None:  # a faust.Stream; StreamT lacks take_events
         store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
         processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
         try:

@@ -34,15 +34,14 @@ def demo_processes(settings: Settings) -> list[Daemon]:
     return [Daemon("worker", settings.home / "worker"), Daemon("api", settings.home / "api")]
 
 
-async def expected_profile(settings: Settings, events: Path, user: str) -> tuple[Any, int]:
-    """Batch-compute the profile of `user` and the dead-letter count from the file."""
-    lines = [line for line in events.read_bytes().splitlines() if line.strip()]
+async def expected_profile(settings: Settings, lines: list[bytes], user: str) -> tuple[Any, int]:
+    """Batch-compute the profile of `user` and the dead-letter count from event lines."""
     records = [Record("file", 0, offset, line, 0) for offset, line in enumerate(lines)]
     store, dead = MemoryProfileStore(), ListDeadLetters()
     await BatchProcessor(load_rules(settings.rules_path), store, dead).process(records)
     view = await store.read_view("user", "user_id", user)
     if view is None:
-        raise DemoError(f"{events} has no events for user {user!r}")
+        raise DemoError(f"the sample events have none for user {user!r}")
     return orjson.loads(view), len(dead.records)
 
 
@@ -71,9 +70,11 @@ def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: floa
     )
 
 
-async def dead_letter_reasons(settings: Settings, expected: int, timeout: float = 10) -> list[str]:
+async def dead_letter_reasons(settings: Settings, expected: int, wait_s: float = 10) -> list[str]:
     """Read the dead-letter topic from the start and return the reasons found."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
     await consumer.start()
     reasons: list[str] = []
     try:
@@ -81,7 +82,7 @@ async def dead_letter_reasons(settings: Settings, expected: int, timeout: float 
         assigned = [TopicPartition(settings.dead_letter_topic, p) for p in partitions]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while len(reasons) < expected and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for messages in batches.values():
@@ -95,7 +96,8 @@ async def dead_letter_reasons(settings: Settings, expected: int, timeout: float 
 
 def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> None:
     started = time.monotonic()
-    expected, dead = asyncio.run(expected_profile(settings, events, user))
+    lines = [line for line in events.read_bytes().splitlines() if line.strip()]
+    expected, dead = asyncio.run(expected_profile(settings, lines, user))
     for service in embedded_services(settings):
         service.start()
         print(f"  {service.name:<7} up on {service.host}:{service.port}")

@@ -25,6 +25,11 @@ class ServiceError(RuntimeError):
     pass
 
 
+#: Children this process spawned, kept so they are reaped (no zombies that still
+#: answer kill(pid, 0)) and not garbage-collected while running.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
@@ -74,6 +79,9 @@ class Daemon:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
+        child = _children.get(pid)
+        if child is not None:
+            return None if child.poll() is not None else pid
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -99,6 +107,7 @@ class Daemon:
                 env=env,
             )
         self.pid_file.write_text(str(process.pid))
+        _children[process.pid] = process
         return process
 
     def stop(self, timeout: float = 15.0) -> None:

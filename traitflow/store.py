@@ -77,7 +77,9 @@ class MemoryProfileStore(ProfileStore):
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         return {
-            pid: decode_state(self.states[(entity, pid)]) for pid in ids if (entity, pid) in self.states
+            pid: decode_state(self.states[(entity, pid)])
+            for pid in ids
+            if (entity, pid) in self.states
         }
 
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
@@ -118,7 +120,9 @@ class RedisProfileStore(ProfileStore):
             for pid in ids:
                 pipe.hget(self.keys.profile(entity, pid), "s")
             raws = await pipe.execute()
-        return {pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None}
+        return {
+            pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None
+        }
 
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
         if not writes:
@@ -135,6 +139,7 @@ class RedisProfileStore(ProfileStore):
             await pipe.execute()
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        raw: bytes | str | None
         if index == PRIMARY_INDEX:
             raw = await self.client.hget(self.keys.profile(entity, value), "v")
         else:
@@ -142,7 +147,7 @@ class RedisProfileStore(ProfileStore):
                 keys=[self.keys.index(entity, index, value)],
                 args=[self.keys.profile_prefix(entity)],
             )
-        return raw if isinstance(raw, bytes) or raw is None else bytes(raw)
+        return raw.encode() if isinstance(raw, str) else raw
 
     async def close(self) -> None:
         await self.client.aclose()

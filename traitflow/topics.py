@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,10 +26,9 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
             NewTopic(name, settings.topic_partitions, 1) for name in wanted if name not in existing
         ]
         if missing:
-            try:
+            # created concurrently by another process: what we wanted
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: what we wanted
     finally:
         await admin.close()
 

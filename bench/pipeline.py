@@ -1,0 +1,209 @@
+"""End-to-end pipeline benchmark: N events through a real worker until the last profile is served.
+
+    python -m bench.pipeline --events 200000 --users 10000
+
+Publishes N synthetic events (keyed by user, like `traitflow produce`) to a fresh topic,
+then starts a `traitflow worker` on it and measures:
+- start-up: worker process start -> first profile written (consumer-group join etc.);
+- throughput: first profile written -> every event applied, in events/s;
+- the worker's CPU use over that span.
+
+"Every event applied" is exact, not sampled: a partition is processed in offset order,
+so once each partition's last record shows in its profile's version, all records are
+in. Afterwards every profile's purchase count and lifetime value are checked against
+totals computed here. Uses the embedded services (started if needed) unless
+TRAITFLOW_KAFKA_BOOTSTRAP / TRAITFLOW_REDIS_URL point elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+
+from traitflow.config import Settings
+from traitflow.services import Daemon, embedded_services
+from traitflow.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Expected:
+    events: dict[str, int] = field(default_factory=dict)
+    orders: dict[str, int] = field(default_factory=dict)
+    revenue_cents: dict[str, int] = field(default_factory=dict)
+
+
+def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Expected]:
+    """(key, value) pairs: 55% product views, 30% orders, 10% pages, 5% identifies."""
+    rng = random.Random(seed)
+    expected = Expected()
+    out = []
+    base = 1_790_000_000_000
+    for i in range(n):
+        user = f"bench-user-{rng.randrange(users)}"
+        roll = rng.random()
+        ts = base + i * 1000
+        event: dict[str, object] = {"userId": user, "messageId": f"m{i}"}
+        if roll < 0.30:
+            cents = rng.randrange(100, 50_000)
+            event |= {
+                "type": "track",
+                "event": "Order Completed",
+                "properties": {"revenue": cents / 100, "product_id": f"sku-{rng.randrange(500)}"},
+            }
+            expected.orders[user] = expected.orders.get(user, 0) + 1
+            expected.revenue_cents[user] = expected.revenue_cents.get(user, 0) + cents
+        elif roll < 0.85:
+            event |= {
+                "type": "track",
+                "event": "Product Viewed",
+                "properties": {"product_id": f"sku-{rng.randrange(500)}", "category": "books"},
+            }
+        elif roll < 0.95:
+            event |= {"type": "page", "properties": {"path": "/"}}
+        else:
+            event |= {"type": "identify", "traits": {"plan": rng.choice(["free", "pro"])}}
+        event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1000))
+        expected.events[user] = expected.events.get(user, 0) + 1
+        out.append((user.encode(), orjson.dumps(event)))
+    return out, expected
+
+
+async def publish(
+    settings: Settings, topic: str, events: list[tuple[bytes, bytes]]
+) -> dict[int, str]:
+    """Publish; return partition -> user of that partition's last record."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        futures = [(key, await producer.send(topic, value, key=key)) for key, value in events]
+        last: dict[int, tuple[int, str]] = {}
+        for key, future in futures:
+            meta = await future
+            if meta.offset >= last.get(meta.partition, (-1, ""))[0]:
+                last[meta.partition] = (meta.offset, key.decode())
+    finally:
+        await producer.stop()
+    return {partition: user for partition, (_, user) in last.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def version(client: redis.Redis, settings: Settings, user: str) -> int:
+    raw = client.hget(f"{settings.key_prefix}:p:user:{user}", "v")
+    return int(orjson.loads(raw)["version"]) if raw else 0
+
+
+def check(client: redis.Redis, settings: Settings, expected: Expected) -> int:
+    """Compare every profile with the totals computed at generation; return mismatches."""
+    users = sorted(expected.events)
+    with client.pipeline(transaction=False) as pipe:
+        for user in users:
+            pipe.hget(f"{settings.key_prefix}:p:user:{user}", "v")
+        views = pipe.execute()
+    wrong = 0
+    for user, raw in zip(users, views, strict=True):
+        attributes = orjson.loads(raw)["attributes"] if raw else {}
+        if attributes.get("purchase_count") != expected.orders.get(user, 0) or round(
+            attributes.get("lifetime_value", 0) * 100
+        ) != expected.revenue_cents.get(user, 0):
+            wrong += 1
+    return wrong
+
+
+def cleanup(client: redis.Redis, settings: Settings) -> None:
+    for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=10_000):
+        client.unlink(key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:8]
+    base = Settings()
+    for service in embedded_services(base):
+        service.start()
+    settings = base.model_copy(
+        update={
+            "app_id": f"bench-{run}",
+            "key_prefix": f"bench-{run}",
+            "sources": {f"bench-{run}-events": "bench"},
+            "dead_letter_topic": f"bench-{run}-dead-letters",
+            "topic_partitions": args.partitions,
+            "rules_path": ROOT / "examples" / "rules.yaml",
+        }
+    )
+    topic = next(iter(settings.sources))
+    events, expected = make_events(args.events, args.users, args.seed)
+    asyncio.run(ensure_topics(settings))
+    started = time.perf_counter()
+    last_user = asyncio.run(publish(settings, topic, events))
+    produce_s = time.perf_counter() - started
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"TRAITFLOW_{name.upper()}"] = (
+            value if isinstance(value, str) else orjson.dumps(value).decode()
+        )
+    client = redis.Redis.from_url(settings.redis_url)
+    worker = Daemon("bench-worker", settings.home / "bench")
+    t_start = time.perf_counter()
+    process = worker.spawn(
+        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"], env, ROOT
+    )
+    try:
+        while not client.exists(*(f"{settings.key_prefix}:p:user:{u}" for u in last_user.values())):
+            if process.poll() is not None:
+                sys.exit(f"worker died: see {worker.log_file}")
+            time.sleep(0.01)
+        t_first = time.perf_counter()
+        cpu_first = cpu_seconds(process.pid)
+        pending = dict(last_user)
+        while pending:
+            for partition, user in list(pending.items()):
+                if version(client, settings, user) >= expected.events[user]:
+                    del pending[partition]
+            time.sleep(0.01)
+        t_done = time.perf_counter()
+        cpu_done = cpu_seconds(process.pid)
+    finally:
+        worker.stop()
+    wrong = check(client, settings, expected)
+    cleanup(client, settings)
+
+    span = t_done - t_first
+    print(f"events            {args.events} over {args.users} users, {args.partitions} partitions")
+    print(f"produce           {args.events / produce_s:,.0f} events/s")
+    print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
+    print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")
+    print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core")
+    print(f"profiles checked  {len(expected.events)}, wrong: {wrong}")
+    if wrong:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

