@@ -71,9 +71,20 @@ def _add_partial(partials: list[float], x: float) -> None:
     partials[i:] = [x]
 
 
+_INT64 = 2**63
+
+
+def _spill_int(state: State) -> State:
+    """Keep the integer part storable in 64 bits: past that, it joins the float partials."""
+    if not -_INT64 <= state[0] < _INT64:
+        _add_partial(state[1], float(state[0]))
+        state[0] = 0
+    return state
+
+
 class Sum(Aggregator):
-    """Exact sum. State: [int_total, [float partials]]; ints stay ints (arbitrary
-    precision) and floats are summed without rounding error until `result`."""
+    """Exact sum. State: [int_total, [float partials]]; ints stay exact ints (up to 64
+    bits) and floats are summed without rounding error until `result`."""
 
     function = "sum"
 
@@ -84,15 +95,15 @@ class Sum(Aggregator):
         number = _number(value)
         if isinstance(number, int):
             state[0] += number
-        else:
-            _add_partial(state[1], number)
+            return _spill_int(state)
+        _add_partial(state[1], number)
         return state
 
     def merge(self, a: State, b: State) -> State:
         merged = [a[0] + b[0], list(a[1])]
         for partial in b[1]:
             _add_partial(merged[1], partial)
-        return merged
+        return _spill_int(merged)
 
     def result(self, state: State) -> int | float:
         total, partials = state

@@ -9,6 +9,7 @@ the envelope; the free-form parts (`properties`, `traits`, `context`) stay dicts
 from __future__ import annotations
 
 import functools
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -47,6 +48,27 @@ class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 _decoder = msgspec.json.Decoder(Event)
 
+#: Stored states and views hold 64-bit integers at most (msgpack, JSON consumers).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def _out_of_range_int(node: Any, path: str) -> str | None:
+    """The path of the first integer outside 64 bits under `node`, or None."""
+    if isinstance(node, int) and not isinstance(node, bool):
+        return path if not _INT_MIN <= node <= _INT_MAX else None
+    if isinstance(node, dict):
+        children: Any = node.items()
+    elif isinstance(node, list):
+        children = enumerate(node)
+    else:
+        return None
+    for key, child in children:
+        found = _out_of_range_int(child, f"{path}.{key}")
+        if found:
+            return found
+    return None
+
 
 def _id_or_none(value: str | int | None) -> str | None:
     if value is None:
@@ -70,6 +92,11 @@ def decode_event(raw: bytes) -> Event:
         raise InvalidEvent("event has neither userId nor anonymousId")
     if event.type == "track" and not event.event:
         raise InvalidEvent("track event has no 'event' name")
+    if _LONG_DIGITS.search(raw):  # cheap pre-check; the walk runs only for long numbers
+        for part in ("properties", "traits", "context"):
+            path = _out_of_range_int(getattr(event, part), part)
+            if path:
+                raise InvalidEvent(f"integer at {path} does not fit in 64 bits")
     return event
 
 

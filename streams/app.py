@@ -20,7 +20,7 @@ import redis.exceptions
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
-from traitflow.store import RedisProfileStore
+from traitflow.store import CachedProfileStore, RedisProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,22 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
     ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
+    store = CachedProfileStore(
+        RedisProfileStore.from_url(settings.redis_url, settings.key_prefix),
+        settings.state_cache_profiles,
+    )
+
+    # Faust signals a revoke only after in-flight events are acked, so no batch is
+    # half-applied here; after any move of partitions another worker may have written
+    # our old profiles, so every cached state is suspect.
+    async def forget_cached_states(sender: Any, *args: Any, **kwargs: Any) -> None:
+        store.clear()
+
+    app.on_partitions_revoked.connect(forget_cached_states)
+    app.on_partitions_assigned.connect(forget_cached_states)
+
     @app.agent(ingest, name="profiles")
     async def profiles(stream: Any) -> None:  # a faust.Stream; StreamT lacks take_events
-        store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
         processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
         try:
             async for events in stream.take_events(settings.batch_size, settings.batch_within_s):

@@ -18,16 +18,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
+import msgspec
 
 from attributes.events import Event, InvalidEvent, decode_event, event_time_ms
-from attributes.profile import ProfileState, Skip, apply_event, render_view
+from attributes.profile import (
+    ProfileState,
+    Skip,
+    apply_event,
+    decode_state,
+    encode_state,
+    render_view,
+)
 from attributes.rules import RuleSet
 from traitflow.store import ProfileStore, ProfileWrite
 
 log = logging.getLogger(__name__)
 
 ENTITY = "user"
+
+#: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
+encode_view = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,38 +107,24 @@ class BatchProcessor:
                 continue
             by_profile.setdefault(profile_id(event), []).append((record, event))
 
-        if rejected:
-            await self.dead_letters.send(rejected)
-            report.dead_lettered = len(rejected)
-
         states = await self.store.load(ENTITY, list(by_profile))
         writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
-            known = {(kind, value) for kind, values in state.identities.items() for value in values}
-            changed = False
-            for record, event in items:
-                applied = apply_event(
-                    state,
-                    event,
-                    event_time_ms(event, record.timestamp_ms),
-                    self.rules,
-                    f"{record.topic}/{record.partition}",
-                    record.offset,
-                )
-                changed |= applied.changed
-                report.duplicates += not applied.changed
-                report.skips.extend(applied.skips)
-            if changed:
-                new_ids = [
-                    (kind, value)
-                    for kind, values in state.identities.items()
-                    for value in values
-                    if (kind, value) not in known
-                ]
-                view = orjson.dumps(render_view(state, self.rules))
-                writes.append(ProfileWrite(state, view, new_ids))
+            try:
+                write = self._apply(state, items, report)
+            except Exception:
+                # A bug met by some input must not stall the partition (the batch would be
+                # retried forever): find the events that break, dead-letter only those.
+                log.exception("profile %s failed; applying its events one by one", pid)
+                self.store.abandon(ENTITY, [pid])
+                write = await self._apply_each(pid, items, report, rejected)
+            if write is not None:
+                writes.append(write)
 
+        if rejected:
+            await self.dead_letters.send(rejected)
+            report.dead_lettered = len(rejected)
         await self.store.save(ENTITY, writes)
         report.profiles_written = len(writes)
         for skip in report.skips:
@@ -136,3 +132,61 @@ class BatchProcessor:
                 "attribute %s skipped event %s: %s", skip.attribute, skip.message_id, skip.reason
             )
         return report
+
+    def _apply(
+        self, state: ProfileState, items: Sequence[tuple[Record, Event]], report: BatchReport
+    ) -> ProfileWrite | None:
+        """Apply a profile's events of this batch; the write, or None if nothing changed."""
+        known = {(kind, value) for kind, values in state.identities.items() for value in values}
+        changed = False
+        for record, event in items:
+            applied = apply_event(
+                state,
+                event,
+                event_time_ms(event, record.timestamp_ms),
+                self.rules,
+                f"{record.topic}/{record.partition}",
+                record.offset,
+            )
+            changed |= applied.changed
+            report.duplicates += not applied.changed
+            report.skips.extend(applied.skips)
+        if not changed:
+            return None
+        new_ids = [
+            (kind, value)
+            for kind, values in state.identities.items()
+            for value in values
+            if (kind, value) not in known
+        ]
+        view = encode_view(render_view(state, self.rules))
+        return ProfileWrite(state, encode_state(state), view, new_ids)
+
+    async def _apply_each(
+        self,
+        pid: str,
+        items: Sequence[tuple[Record, Event]],
+        report: BatchReport,
+        rejected: list[tuple[Record, str]],
+    ) -> ProfileWrite | None:
+        """The slow path: each event on a fresh copy, keeping the copies that work."""
+        stored = (await self.store.load(ENTITY, [pid])).get(pid)
+        state = stored or ProfileState(id=pid, entity=ENTITY)
+        write = None
+        for item in items:
+            trial = decode_state(encode_state(state))
+            try:
+                attempt = self._apply(trial, [item], report)
+            except Exception as exc:
+                rejected.append((item[0], f"event could not be applied: {exc!r}"))
+                continue
+            if attempt is not None:
+                state, write = trial, attempt
+        if write is not None:
+            write.new_identities = [
+                (kind, value)
+                for kind, values in state.identities.items()
+                for value in values
+                if stored is None or value not in stored.identities.get(kind, ())
+            ]
+        return write

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     collections: dict[str, str] = {"users": "user"}
 
     batch_size: int = Field(default=2000, ge=1)
+    #: decoded profile states the worker keeps for the partitions it owns (0 = none)
+    state_cache_profiles: int = Field(default=100_000, ge=0)
     batch_within_s: float = Field(default=0.05, gt=0)
     #: Tansu holds a new group's join for half the session timeout: keep it short.
     session_timeout_s: float = Field(default=10, gt=0)

@@ -98,14 +98,19 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     started = time.monotonic()
     lines = [line for line in events.read_bytes().splitlines() if line.strip()]
     expected, dead = asyncio.run(expected_profile(settings, lines, user))
-    for service in embedded_services(settings):
-        service.start()
-        print(f"  {service.name:<7} up on {service.host}:{service.port}")
     worker, api = demo_processes(settings)
-    command = [sys.executable, "-m", "traitflow"]
-    env = dict(os.environ)
     worker.stop()
     api.stop()
+    # The demo's numbers are only right on empty services: publishing the sample again
+    # onto the old ones would add the same purchases a second time (new offsets).
+    for service in embedded_services(settings):
+        service.stop()
+        service.start()
+        print(f"  {service.name:<7} up on {service.host}:{service.port} (fresh)")
+    if settings.kafka_is_external or settings.redis_is_external:
+        print("  note: using your own Kafka/Redis; run the demo on empty ones for exact numbers")
+    command = [sys.executable, "-m", "traitflow"]
+    env = dict(os.environ)
     worker.spawn([*command, "worker", "--loglevel", "warning"], env, cwd=Path.cwd())
     api.spawn([*command, "api"], env, cwd=Path.cwd())
     print(f"  worker  started (log: {worker.log_file})")

@@ -17,12 +17,13 @@ state is never ahead of or behind the state it guards.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from attributes.profile import ProfileState, decode_state, encode_state
+from attributes.profile import ProfileState, decode_state
 
 PRIMARY_INDEX = "id"
 """The index name that addresses a profile by its own id, without an index lookup."""
@@ -45,6 +46,8 @@ class KeyLayout:
 @dataclass(slots=True)
 class ProfileWrite:
     state: ProfileState
+    #: `state` encoded, by the caller, so that an unencodable state fails per profile
+    encoded_state: bytes
     view: bytes
     #: (index, value) pairs that are new for this profile and must point at it
     new_identities: list[tuple[str, str]] = field(default_factory=list)
@@ -62,6 +65,9 @@ class ProfileStore(ABC):
     @abstractmethod
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         """The served view of the profile that `index`=`value` points to, or None."""
+
+    def abandon(self, entity: str, ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """States loaded for `ids` were modified and will not be saved: forget any copy."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         pass
@@ -85,7 +91,7 @@ class MemoryProfileStore(ProfileStore):
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
         for write in writes:
             key = (entity, write.state.id)
-            self.states[key] = encode_state(write.state)
+            self.states[key] = write.encoded_state
             self.views[key] = write.view
             for index, value in write.new_identities:
                 self.index[(entity, index, value)] = write.state.id
@@ -132,7 +138,7 @@ class RedisProfileStore(ProfileStore):
                 pid = write.state.id
                 pipe.hset(
                     self.keys.profile(entity, pid),
-                    mapping={"s": encode_state(write.state), "v": write.view},
+                    mapping={"s": write.encoded_state, "v": write.view},
                 )
                 for index, value in write.new_identities:
                     pipe.set(self.keys.index(entity, index, value), pid)
@@ -151,3 +157,62 @@ class RedisProfileStore(ProfileStore):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class CachedProfileStore(ProfileStore):
+    """Keeps the decoded states this worker wrote, in front of another store.
+
+    Valid because a profile has exactly one writer: the owner of its partition. Loads
+    of cached profiles cost neither a round trip nor a decode. The cache must be
+    cleared when partitions move (`clear()` on every rebalance), and entries of a
+    failed write are dropped: `apply_event` mutates cached states in place, so a
+    state whose write failed is ahead of the store, and a retried batch would find
+    its offsets already applied and never write them.
+    """
+
+    def __init__(self, inner: ProfileStore, max_profiles: int) -> None:
+        self.inner = inner
+        self.max_profiles = max_profiles
+        self._states: OrderedDict[tuple[str, str], ProfileState] = OrderedDict()
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def abandon(self, entity: str, ids: Sequence[str]) -> None:
+        for pid in ids:
+            self._states.pop((entity, pid), None)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        found: dict[str, ProfileState] = {}
+        missing: list[str] = []
+        for pid in ids:
+            state = self._states.get((entity, pid))
+            if state is None:
+                missing.append(pid)
+            else:
+                self._states.move_to_end((entity, pid))
+                found[pid] = state
+        if missing:
+            found.update(await self.inner.load(entity, missing))
+        return found
+
+    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+        try:
+            await self.inner.save(entity, writes)
+        except BaseException:
+            self.abandon(entity, [write.state.id for write in writes])
+            raise
+        for write in writes:
+            self._states[(entity, write.state.id)] = write.state
+            self._states.move_to_end((entity, write.state.id))
+        while len(self._states) > self.max_profiles:
+            self._states.popitem(last=False)
+
+    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        return await self.inner.read_view(entity, index, value)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from typer.testing import CliRunner
 
-from tests.integration.conftest import Publisher, user_id, wait_until
+from tests.integration.conftest import Publisher, settings_env, user_id, wait_until
 from tests.integration.oracle import expected_view
+from traitflow.cli import app
 from traitflow.config import Settings
 from traitflow.services import Daemon
 
@@ -117,3 +121,31 @@ def test_unknown_record_and_collection_are_json_404s(api: httpx.Client) -> None:
     unknown = api.get("/v1/collections/nothing/records/user_id/x")
     assert unknown.status_code == 404
     assert unknown.json() == {"error": "collection 'nothing' not found"}
+
+
+def test_produce_command_publishes_a_file(
+    worker: Daemon,
+    api: httpx.Client,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = user_id()
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b"\n".join(
+            orjson.dumps(order(user, f"{user}-{i}", 7, "2026-11-01T10:00:00Z")) for i in range(3)
+        )
+        + b"\n\n"
+    )
+    for key, value in settings_env(settings).items():
+        if key.startswith("TRAITFLOW_"):
+            monkeypatch.setenv(key, value)
+
+    result = CliRunner().invoke(app, ["produce", str(events)])
+
+    assert result.exit_code == 0, result.output
+    assert "published 3 events" in result.output
+    path = f"/v1/collections/users/records/user_id/{user}"
+    profile = wait_until(lambda: served(api, path, {**_empty(), **_orders(21, 3, 7, 7)}))
+    assert profile["version"] == 3

@@ -1,0 +1,28 @@
+"""Fixtures shared by the unit tests: the example rules and events, and the async backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attributes.rules import RuleSet, load_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def example_rules() -> RuleSet:
+    return load_rules(EXAMPLES / "rules.yaml")
+
+
+@pytest.fixture(scope="session")
+def example_lines() -> list[bytes]:
+    """The lines of examples/events.jsonl, as a producer would publish them."""
+    return (EXAMPLES / "events.jsonl").read_bytes().splitlines()

@@ -1,0 +1,290 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from attributes.events import Event, decode_event
+from attributes.profile import (
+    Applied,
+    ProfileState,
+    Skip,
+    apply_event,
+    compute_attributes,
+    decode_state,
+    encode_state,
+    render_view,
+)
+from attributes.rules import RuleSet, parse_rules
+
+SOURCE = "events/0"
+DAY = 86_400_000
+Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+def event(**fields: Any) -> Event:
+    return decode_event(orjson.dumps({"userId": "u-1", **fields}))
+
+
+def order(mid: str, **properties: Any) -> Event:
+    return event(type="track", event="Order Completed", messageId=mid, properties=properties)
+
+
+def identify(mid: str, **traits: Any) -> Event:
+    return event(type="identify", messageId=mid, traits=traits)
+
+
+class Profile:
+    """A state and the next offset to apply at, so tests read as a sequence of events."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.state = ProfileState(id="u-1")
+        self.offset = 0
+
+    def apply(self, e: Event, ts: int = Y2K_MS, source: str = SOURCE) -> Applied:
+        applied = apply_event(self.state, e, ts, self.rules, source, self.offset)
+        self.offset += 1
+        return applied
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return compute_attributes(self.state, self.rules)
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        return render_view(self.state, self.rules)["traits"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def profile(example_rules: RuleSet) -> Profile:
+    return Profile(example_rules)
+
+
+# --- traits and identities ------------------------------------------------------------------
+
+
+def test_identify_sets_traits(profile: Profile) -> None:
+    profile.apply(identify("m-1", email="ada@example.com", plan="free"))
+    assert profile.traits == {"email": "ada@example.com", "plan": "free"}
+
+
+def test_a_newer_identify_overwrites_per_trait(profile: Profile) -> None:
+    profile.apply(identify("m-1", email="ada@example.com", plan="free"), ts=Y2K_MS)
+    profile.apply(identify("m-2", plan="pro"), ts=Y2K_MS + DAY)
+    assert profile.traits == {"email": "ada@example.com", "plan": "pro"}
+
+
+def test_an_older_identify_does_not_overwrite_a_newer_trait(profile: Profile) -> None:
+    profile.apply(identify("m-2", plan="pro"), ts=Y2K_MS + DAY)
+    profile.apply(identify("m-1", plan="free", email="ada@example.com"), ts=Y2K_MS)
+    assert profile.traits == {"plan": "pro", "email": "ada@example.com"}
+
+
+def test_trait_ties_are_broken_by_message_id(example_rules: RuleSet) -> None:
+    first, second = identify("m-2", plan="pro"), identify("m-1", plan="free")
+    for order_ in ([first, second], [second, first]):
+        profile = Profile(example_rules)
+        for e in order_:
+            profile.apply(e, ts=Y2K_MS)
+        assert profile.traits == {"plan": "pro"}
+
+
+def test_only_identify_sets_traits(profile: Profile) -> None:
+    profile.apply(event(type="track", event="Signed Up", traits={"plan": "pro"}))
+    profile.apply(event(type="page", traits={"plan": "pro"}))
+    assert profile.traits == {}
+
+
+def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
+    profile.apply(event(type="page", anonymousId="a-1"))
+    profile.apply(event(type="page", anonymousId="a-1"))
+    profile.apply(event(type="page", anonymousId="a-2"))
+    profile.apply(event(type="page"))
+    assert profile.state.identities == {"user_id": ["u-1"], "anonymous_id": ["a-1", "a-2"]}
+
+
+# --- the offset watermark -------------------------------------------------------------------
+
+
+def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
+    state = ProfileState(id="u-1")
+    first = order("m-1", revenue=10, product_id="sku-1")
+    assert apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5).changed
+    before = encode_state(state)
+
+    again = apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5)
+    older = order("m-0", revenue=99, product_id="sku-0")
+    lower = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 4)
+
+    assert (again.changed, lower.changed) == (False, False)
+    assert (again.skips, lower.skips) == ([], [])
+    assert encode_state(state) == before
+    assert state.version == 1
+
+
+def test_the_watermark_is_per_source(example_rules: RuleSet) -> None:
+    state = ProfileState(id="u-1")
+    apply_event(state, order("m-1", revenue=10), Y2K_MS, example_rules, "events/0", 5)
+    applied = apply_event(state, order("m-2", revenue=5), Y2K_MS, example_rules, "events/1", 5)
+    assert applied.changed
+    assert state.offsets == {"events/0": 5, "events/1": 5}
+    assert compute_attributes(state, example_rules)["lifetime_value"] == 15
+    assert state.version == 2
+
+
+def test_offset_zero_is_applied_once(example_rules: RuleSet) -> None:
+    state = ProfileState(id="u-1")
+    assert apply_event(state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0).changed
+    assert not apply_event(state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0).changed
+
+
+def test_version_counts_applied_events(profile: Profile) -> None:
+    profile.apply(identify("m-1", plan="free"))
+    profile.apply(event(type="page"))
+    profile.apply(order("m-3", revenue=1))
+    assert profile.state.version == 3
+
+
+# --- attributes -----------------------------------------------------------------------------
+
+
+def test_orders_feed_the_attributes(profile: Profile) -> None:
+    profile.apply(order("m-1", revenue=19.99, product_id="sku-42"), ts=Y2K_MS)
+    profile.apply(order("m-2", revenue=120.0, product_id="sku-99"), ts=Y2K_MS + 2 * DAY)
+    profile.apply(order("m-3", revenue=5.01, product_id="sku-1"), ts=Y2K_MS + DAY)
+    assert profile.attributes == {
+        "lifetime_value": 145.0,
+        "purchase_count": 3,
+        "largest_order": 120.0,
+        "smallest_order": 5.01,
+        "last_product": "sku-99",
+        "last_category_viewed": None,
+        "page_views": 0,
+    }
+
+
+@pytest.mark.parametrize("properties", [{"product_id": "sku-1"}, {"revenue": None}])
+def test_a_missing_field_is_a_skip(profile: Profile, properties: dict[str, Any]) -> None:
+    applied = profile.apply(order("m-1", **properties))
+    assert applied.changed
+    skipped = {skip.attribute for skip in applied.skips}
+    assert {"lifetime_value", "largest_order", "smallest_order"} <= skipped
+    assert "purchase_count" not in skipped  # count needs no field
+    assert all(skip == Skip(skip.attribute, "m-1", "field is missing") for skip in applied.skips)
+    assert profile.attributes["purchase_count"] == 1
+    assert profile.attributes["lifetime_value"] == 0
+
+
+def test_a_count_with_a_field_counts_events_that_have_it() -> None:
+    rules = parse_rules(
+        "attributes:\n  - name: coupons\n    function: count\n    field: properties.coupon\n"
+    )
+    profile = Profile(rules)
+    profile.apply(event(type="track", event="Order", properties={"coupon": "XMAS"}))
+    applied = profile.apply(event(type="track", event="Order", properties={}))
+    assert applied.skips == []
+    assert profile.attributes == {"coupons": 1}
+
+
+def test_a_string_to_sum_is_a_skip_not_a_crash(profile: Profile) -> None:
+    profile.apply(order("m-1", revenue=12.5, product_id="sku-5"))
+    applied = profile.apply(order("m-2", revenue="free", product_id="sku-6"))
+    assert applied.changed
+    assert [skip.attribute for skip in applied.skips] == [
+        "lifetime_value",
+        "largest_order",
+        "smallest_order",
+    ]
+    for skip in applied.skips:
+        assert skip.message_id == "m-2"
+        assert skip.reason == "expected a number, got str 'free'"
+    attributes = profile.attributes
+    assert attributes["lifetime_value"] == 12.5
+    assert attributes["purchase_count"] == 2
+    assert attributes["last_product"] == "sku-6"
+
+
+def test_a_skip_without_message_id(profile: Profile) -> None:
+    applied = profile.apply(event(type="track", event="Order Completed", properties={}))
+    assert {skip.message_id for skip in applied.skips} == {None}
+
+
+def test_never_fed_attributes_are_zero_or_null(example_rules: RuleSet) -> None:
+    values = compute_attributes(ProfileState(id="u-1"), example_rules)
+    assert values == {
+        "lifetime_value": 0,
+        "purchase_count": 0,
+        "largest_order": None,
+        "smallest_order": None,
+        "last_product": None,
+        "last_category_viewed": None,
+        "page_views": 0,
+    }
+    assert type(values["lifetime_value"]) is int
+    assert list(values) == [attribute.name for attribute in example_rules.attributes]
+
+
+# --- the view -------------------------------------------------------------------------------
+
+
+def test_render_view(profile: Profile) -> None:
+    profile.apply(
+        event(type="identify", anonymousId="a-1", messageId="m-1", traits={"plan": "free"}),
+        ts=Y2K_MS + DAY,
+    )
+    profile.apply(event(type="page", anonymousId="a-1", messageId="m-2"), ts=Y2K_MS + 2 * DAY)
+    profile.apply(order("m-3", revenue=10, product_id="sku-1"), ts=Y2K_MS + 123)
+    view = render_view(profile.state, profile.rules)
+    assert view == {
+        "id": "u-1",
+        "entity": "user",
+        "identities": {"user_id": ["u-1"], "anonymous_id": ["a-1"]},
+        "traits": {"plan": "free"},
+        "attributes": {
+            "lifetime_value": 10,
+            "purchase_count": 1,
+            "largest_order": 10,
+            "smallest_order": 10,
+            "last_product": "sku-1",
+            "last_category_viewed": None,
+            "page_views": 1,
+        },
+        "first_seen": "2000-01-01T00:00:00.123Z",
+        "last_seen": "2000-01-03T00:00:00.000Z",
+        "version": 3,
+    }
+    assert orjson.loads(orjson.dumps(view)) == view
+
+
+# --- the stored state -----------------------------------------------------------------------
+
+
+def test_state_round_trips(profile: Profile) -> None:
+    profile.apply(identify("m-1", plan="free", address={"city": "Oslo"}))
+    profile.apply(order("m-2", revenue=0.1, product_id="sku-1"))
+    profile.apply(order("m-3", revenue=2, product_id="sku-2"))
+    decoded = decode_state(encode_state(profile.state))
+    assert decoded == profile.state
+    assert render_view(decoded, profile.rules) == render_view(profile.state, profile.rules)
+
+
+def test_a_decoded_state_carries_on_like_the_original(example_rules: RuleSet) -> None:
+    """Sum keeps exact partials; they must survive storage, or a total would drift."""
+    kept = ProfileState(id="u-1")
+    stored = ProfileState(id="u-1")
+    for offset in range(10):
+        e = order(f"m-{offset}", revenue=0.1)
+        apply_event(kept, e, Y2K_MS, example_rules, SOURCE, offset)
+        stored = decode_state(encode_state(stored))
+        apply_event(stored, e, Y2K_MS, example_rules, SOURCE, offset)
+    assert compute_attributes(stored, example_rules)["lifetime_value"] == 1.0
+    assert encode_state(stored) == encode_state(kept)
+
+
+def test_fresh_states_do_not_share_dicts() -> None:
+    first, second = ProfileState(id="a"), ProfileState(id="b")
+    first.offsets["x"] = 1
+    first.identities["user_id"] = ["a"]
+    assert (second.offsets, second.identities) == ({}, {})

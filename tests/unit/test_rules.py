@@ -1,0 +1,314 @@
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from attributes.aggregators import Count, MostRecent, Sum
+from attributes.events import Event
+from attributes.paths import MISSING
+from attributes.rules import RuleFileError, RuleProblem, RuleSet, load_rules, parse_rules
+
+FILE = "rules.yaml"
+
+
+def problems(text: str) -> list[RuleProblem]:
+    with pytest.raises(RuleFileError) as caught:
+        parse_rules(text, FILE)
+    return caught.value.problems
+
+
+def only_problem(text: str) -> RuleProblem:
+    (problem,) = problems(text)
+    return problem
+
+
+def selected(rules: RuleSet, event_type: str, event_name: str | None) -> list[str]:
+    return [attribute.name for attribute in rules.for_event(event_type, event_name)]
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def test_the_example_rules_load(example_rules: RuleSet) -> None:
+    assert [attribute.name for attribute in example_rules.attributes] == [
+        "lifetime_value",
+        "purchase_count",
+        "largest_order",
+        "smallest_order",
+        "last_product",
+        "last_category_viewed",
+        "page_views",
+    ]
+    by_name = {attribute.name: attribute for attribute in example_rules.attributes}
+    lifetime_value = by_name["lifetime_value"]
+    assert isinstance(lifetime_value.aggregator, Sum)
+    assert lifetime_value.entity == "user"
+    assert lifetime_value.description == "Total revenue of all completed orders."
+    assert lifetime_value.getter is not None
+    order = Event(type="track", event="Order Completed", userId="u", properties={"revenue": 3})
+    assert lifetime_value.getter(order) == 3
+    assert isinstance(by_name["purchase_count"].aggregator, Count)
+    assert by_name["purchase_count"].getter is None
+    assert isinstance(by_name["last_product"].aggregator, MostRecent)
+
+
+def test_a_field_compiles_to_a_getter() -> None:
+    rules = parse_rules(
+        "attributes:\n  - name: city\n    function: most_recent\n    field: context.geo.city\n"
+    )
+    (city,) = rules.attributes
+    assert city.getter is not None
+    assert city.getter(Event(type="page", userId="u", context={"geo": {"city": "Oslo"}})) == "Oslo"
+    assert city.getter(Event(type="page", userId="u")) is MISSING
+
+
+def test_an_empty_attribute_list_is_valid() -> None:
+    assert parse_rules("attributes: []\n").attributes == ()
+
+
+def test_load_rules_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("attributes:\n  - name: visits\n    function: count\n", encoding="utf-8")
+    assert [attribute.name for attribute in load_rules(path).attributes] == ["visits"]
+    assert [attribute.name for attribute in load_rules(str(path)).attributes] == ["visits"]
+
+
+# --- problems: file, line, attribute --------------------------------------------------------
+
+
+def test_unknown_function() -> None:
+    problem = only_problem(
+        "attributes:\n"
+        "  - name: ok\n"
+        "    function: count\n"
+        "  - name: spend\n"
+        "    function: total\n"
+        "    field: properties.revenue\n"
+    )
+    assert (problem.file, problem.line, problem.attribute) == (FILE, 4, "spend")
+    assert problem.problem.startswith("function: ")
+    assert "'sum'" in problem.problem  # the valid choices are listed
+    assert str(problem).startswith(f"{FILE}:4: attribute 'spend': function: ")
+
+
+@pytest.mark.parametrize("function", ["sum", "min", "max", "most_recent"])
+def test_functions_that_need_a_field(function: str) -> None:
+    problem = only_problem(f"attributes:\n  - name: x\n    function: {function}\n")
+    assert (problem.line, problem.attribute) == (2, "x")
+    assert problem.problem == f"function {function!r} needs a 'field'"
+
+
+def test_bad_field_root() -> None:
+    problem = only_problem(
+        "attributes:\n  - name: spend\n    function: sum\n    field: propertes.revenue\n"
+    )
+    assert (problem.line, problem.attribute) == (2, "spend")
+    assert "'propertes.revenue' must start with one of" in problem.problem
+
+
+def test_duplicate_name_points_at_the_first() -> None:
+    problem = only_problem(
+        "attributes:\n"
+        "  - name: visits\n"
+        "    function: count\n"
+        "\n"
+        "  - name: visits\n"
+        "    function: count\n"
+        "    type: [page]\n"
+    )
+    assert (problem.line, problem.attribute) == (5, "visits")
+    assert problem.problem == "duplicate name (first defined on line 2)"
+
+
+@pytest.mark.parametrize("name", ["9lives", "life-time", "has space", "", "x" * 65])
+def test_bad_name(name: str) -> None:
+    problem = only_problem(f"attributes:\n  - name: '{name}'\n    function: count\n")
+    assert problem.line == 2
+    assert problem.problem.startswith("name: ")
+    assert "must be an identifier" in problem.problem
+
+
+def test_longest_name_is_allowed() -> None:
+    assert parse_rules(f"attributes:\n  - name: {'x' * 64}\n    function: count\n").attributes
+
+
+def test_unknown_key() -> None:
+    problem = only_problem(
+        "attributes:\n  - name: visits\n    function: count\n    events: [Page Viewed]\n"
+    )
+    assert (problem.line, problem.attribute) == (2, "visits")
+    assert problem.problem.startswith("events: ")
+    assert "not permitted" in problem.problem
+
+
+def test_unknown_event_type() -> None:
+    problem = only_problem("attributes:\n  - name: x\n    function: count\n    type: [click]\n")
+    assert (problem.line, problem.attribute) == (2, "x")
+    assert problem.problem.startswith("type.0: ")
+
+
+def test_an_item_that_is_not_a_mapping() -> None:
+    problem = only_problem("attributes:\n  - visits\n")
+    assert (problem.line, problem.attribute) == (2, None)
+    assert str(problem).startswith(f"{FILE}:2: ")
+
+
+def test_invalid_yaml_reports_its_line() -> None:
+    problem = only_problem(
+        "attributes:\n  - name: a\n    function: count\n  - name: b\n\tfunction: count\n"
+    )
+    assert problem.line == 5
+    assert problem.attribute is None
+    assert problem.problem.startswith("not valid YAML: ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# nothing\n", "- name: a\n", "attributes: visits\n", "attributes:\n", "rules: []\n"],
+)
+def test_not_a_mapping_with_an_attributes_list(text: str) -> None:
+    problem = only_problem(text)
+    assert (problem.line, problem.attribute) == (1, None)
+    assert problem.problem == "expected a mapping with an 'attributes' list"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(RuleFileError) as caught:
+        load_rules(path)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.attribute) == (str(path), None, None)
+    assert str(problem) == f"{path}: cannot read: No such file or directory"
+
+
+def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("attributes:\n  - name: spend\n    function: sum\n", encoding="utf-8")
+    with pytest.raises(RuleFileError) as caught:
+        load_rules(path)
+    assert str(caught.value) == f"{path}:2: attribute 'spend': function 'sum' needs a 'field'"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(RuleFileError) as caught:
+        parse_rules(
+            "attributes:\n"
+            "  - name: spend\n"  # 2: no field
+            "    function: sum\n"
+            "  - name: fine\n"  # 4
+            "    function: count\n"
+            "  - name: 2fast\n"  # 6: bad name and bad function
+            "    function: average\n"
+            "  - name: fine\n"  # 8: duplicate
+            "    function: count\n",
+            FILE,
+        )
+    found = [(p.line, p.attribute, p.problem.split(":")[0]) for p in caught.value.problems]
+    assert found == [
+        (2, "spend", "function 'sum' needs a 'field'"),
+        (6, "2fast", "name"),
+        (6, "2fast", "function"),
+        (8, "fine", "duplicate name (first defined on line 4)"),
+    ]
+    assert str(caught.value).splitlines() == [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bug: listing one event twice feeds the attribute twice per event"
+)
+def test_an_event_listed_twice_feeds_the_attribute_once() -> None:
+    rules = parse_rules(
+        "attributes:\n  - name: orders\n    function: count\n    event: [Order, Order]\n"
+    )
+    assert selected(rules, "track", "Order") == ["orders"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="bug: a repeated top-level 'attributes' key crashes parse_rules",
+)
+def test_a_repeated_attributes_key_does_not_crash() -> None:
+    # Reporting the repeated key is fine; so is taking the last one, as YAML does.
+    with contextlib.suppress(RuleFileError):
+        parse_rules("attributes: visits\nattributes:\n  - name: visits\n    function: count\n")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeDecodeError,
+    reason="bug: load_rules lets UnicodeDecodeError escape instead of a RuleFileError",
+)
+def test_a_file_that_is_not_utf8_is_a_rule_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("attributes: []  # café\n".encode("latin-1"))
+    with pytest.raises(RuleFileError):
+        load_rules(path)
+
+
+# --- selecting the attributes an event feeds -----------------------------------------------
+
+SELECTION = """
+attributes:
+  - name: orders
+    function: count
+    event: Order Completed
+  - name: views
+    function: count
+    event: [Product Viewed, Product Added]
+  - name: pages
+    function: count
+    type: [page, screen]
+  - name: everything
+    function: count
+  - name: tracked_orders
+    function: count
+    event: Order Completed
+    type: [track]
+"""
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    return parse_rules(SELECTION)
+
+
+def test_selects_by_event_name(rules: RuleSet) -> None:
+    assert set(selected(rules, "track", "Order Completed")) == {
+        "orders",
+        "everything",
+        "tracked_orders",
+    }
+
+
+def test_selects_by_any_of_a_list_of_names(rules: RuleSet) -> None:
+    assert set(selected(rules, "track", "Product Viewed")) == {"views", "everything"}
+    assert set(selected(rules, "track", "Product Added")) == {"views", "everything"}
+
+
+def test_names_match_exactly(rules: RuleSet) -> None:
+    assert selected(rules, "track", "order completed") == ["everything"]
+
+
+def test_selects_by_type(rules: RuleSet) -> None:
+    assert set(selected(rules, "page", None)) == {"pages", "everything"}
+    assert set(selected(rules, "screen", "Home")) == {"pages", "everything"}
+    assert selected(rules, "identify", None) == ["everything"]
+
+
+def test_a_type_filter_applies_to_named_events_too(rules: RuleSet) -> None:
+    assert set(selected(rules, "page", "Order Completed")) == {"orders", "pages", "everything"}
+
+
+def test_no_filter_selects_every_event(rules: RuleSet) -> None:
+    for event_type, name in [("track", "Anything"), ("identify", None), ("alias", None)]:
+        assert "everything" in selected(rules, event_type, name)
+
+
+def test_each_attribute_is_selected_once(rules: RuleSet) -> None:
+    for event_type in ("track", "page", "identify"):
+        for name in (None, "Order Completed", "Product Viewed", "Other"):
+            chosen = selected(rules, event_type, name)
+            assert len(chosen) == len(set(chosen))
