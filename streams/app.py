@@ -78,7 +78,7 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
     # Faust signals a revoke only after in-flight events are acked, so no batch is
     # half-applied here; after any move of partitions another worker may have written
     # our old profiles, so every cached state is suspect.
-    async def forget_cached_states(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def forget_cached_states(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         store.clear()
 
     app.on_partitions_revoked.connect(forget_cached_states)
