@@ -21,8 +21,10 @@ def create_app(settings: Settings | None = None, store: ProfileStore | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = store or RedisProfileStore.from_url(
-            settings.redis_url, settings.key_prefix
+        app.state.store = (
+            store
+            if store is not None
+            else RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
         )
         try:
             yield

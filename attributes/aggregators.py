@@ -74,17 +74,18 @@ def _add_partial(partials: list[float], x: float) -> None:
 _INT64 = 2**63
 
 
-def _spill_int(state: State) -> State:
-    """Keep the integer part storable in 64 bits: past that, it joins the float partials."""
-    if not -_INT64 <= state[0] < _INT64:
-        _add_partial(state[1], float(state[0]))
-        state[0] = 0
-    return state
+def _int_total(stored: int | str) -> int:
+    return stored if isinstance(stored, int) else int(stored)
+
+
+def _storable(total: int) -> int | str:
+    """States are msgpack (64-bit ints at most): a larger exact total is kept as text."""
+    return total if -_INT64 <= total < _INT64 else str(total)
 
 
 class Sum(Aggregator):
-    """Exact sum. State: [int_total, [float partials]]; ints stay exact ints (up to 64
-    bits) and floats are summed without rounding error until `result`."""
+    """Exact sum. State: [int_total, [float partials]]; ints stay exact ints (stored as
+    text past 64 bits) and floats are summed without rounding error until `result`."""
 
     function = "sum"
 
@@ -94,22 +95,25 @@ class Sum(Aggregator):
     def add(self, state: State, value: Any, ts: int, mid: str) -> State:
         number = _number(value)
         if isinstance(number, int):
-            state[0] += number
-            return _spill_int(state)
-        _add_partial(state[1], number)
+            state[0] = _storable(_int_total(state[0]) + number)
+        else:
+            _add_partial(state[1], number)
         return state
 
     def merge(self, a: State, b: State) -> State:
-        merged = [a[0] + b[0], list(a[1])]
+        merged: State = [_storable(_int_total(a[0]) + _int_total(b[0])), list(a[1])]
         for partial in b[1]:
             _add_partial(merged[1], partial)
-        return _spill_int(merged)
+        return merged
 
     def result(self, state: State) -> int | float:
-        total, partials = state
+        total = _int_total(state[0])
+        partials = state[1]
         if not partials:
-            return int(total)
-        return math.fsum([*partials, total])
+            return total
+        # float(total) alone rounds past 2**53; its exact remainder joins the fsum
+        high = float(total)
+        return math.fsum([*partials, high, float(total - int(high))])
 
 
 class Count(Aggregator):
@@ -131,6 +135,12 @@ class Count(Aggregator):
         return int(state)
 
 
+def _tie_key(number: int | float) -> tuple[bool, float]:
+    """Orders numbers that compare equal (10 and 10.0, 0.0 and -0.0), so min and max
+    keep the same one whatever order they arrived in."""
+    return isinstance(number, float), math.copysign(1, number)
+
+
 class Min(Aggregator):
     function = "min"
 
@@ -138,13 +148,14 @@ class Min(Aggregator):
         return None
 
     def add(self, state: State, value: Any, ts: int, mid: str) -> State:
-        number = _number(value)
-        return number if state is None or number < state else state
+        return self.merge(state, _number(value))
 
     def merge(self, a: State, b: State) -> State:
         if a is None or b is None:
             return b if a is None else a
-        return min(a, b)
+        if a == b:
+            return b if _tie_key(b) < _tie_key(a) else a
+        return b if b < a else a
 
     def result(self, state: State) -> Any:
         return state
@@ -157,13 +168,14 @@ class Max(Aggregator):
         return None
 
     def add(self, state: State, value: Any, ts: int, mid: str) -> State:
-        number = _number(value)
-        return number if state is None or number > state else state
+        return self.merge(state, _number(value))
 
     def merge(self, a: State, b: State) -> State:
         if a is None or b is None:
             return b if a is None else a
-        return max(a, b)
+        if a == b:
+            return b if _tie_key(b) > _tie_key(a) else a
+        return b if b > a else a
 
     def result(self, state: State) -> Any:
         return state

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -47,6 +47,8 @@ class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 
 _decoder = msgspec.json.Decoder(Event)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 #: Stored states and views hold 64-bit integers at most (msgpack, JSON consumers).
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -108,7 +110,8 @@ def event_time_ms(event: Event, fallback_ms: int) -> int:
         return fallback_ms
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # integer arithmetic: float seconds * 1000 is 1 ms short for some instants
+    return (moment - _EPOCH) // _ONE_MS
 
 
 def iso_from_ms(ms: int) -> str:

@@ -63,6 +63,16 @@ class Applied:
     skips: list[Skip] = field(default_factory=list)
 
 
+def event_identities(event: Event) -> list[tuple[str, str]]:
+    """The (index, value) identities an event carries."""
+    identities = []
+    if event.user_id is not None:
+        identities.append(("user_id", event.user_id))
+    if event.anonymous_id is not None:
+        identities.append(("anonymous_id", event.anonymous_id))
+    return identities
+
+
 def add_identity(state: ProfileState, kind: str, value: str) -> None:
     values = state.identities.setdefault(kind, [])
     if value not in values:
@@ -86,14 +96,13 @@ def apply_event(
         return Applied(changed=False)
     state.offsets[source] = offset
     state.version += 1
-    state.first_seen = ts if not state.first_seen else min(state.first_seen, ts)
-    state.last_seen = max(state.last_seen, ts)
+    first = state.version == 1
+    state.first_seen = ts if first else min(state.first_seen, ts)
+    state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
-    if event.user_id is not None:
-        add_identity(state, "user_id", event.user_id)
-    if event.anonymous_id is not None:
-        add_identity(state, "anonymous_id", event.anonymous_id)
+    for kind, identity in event_identities(event):
+        add_identity(state, kind, identity)
     if event.type == "identify":
         for trait, value in event.traits.items():
             current = state.traits.get(trait)

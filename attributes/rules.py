@@ -101,6 +101,8 @@ class RuleSet:
         types: dict[str, frozenset[str] | None] = {}
         for spec, compiled in attributes:
             names = [spec.event] if isinstance(spec.event, str) else spec.event
+            if names is not None:
+                names = list(dict.fromkeys(names))  # listed twice still counts once
             if names is None:
                 any_event.append(compiled)
             for name in names or ():
@@ -145,7 +147,8 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
             [RuleProblem(file, 1, None, "expected a mapping with an 'attributes' list")]
         )
     assert isinstance(root, yaml.MappingNode)
-    items_node = next(value for key, value in root.value if key.value == "attributes")
+    # like safe_load, the last of repeated keys wins
+    items_node = [value for key, value in root.value if key.value == "attributes"][-1]
     lines = [node.start_mark.line + 1 for node in items_node.value]
 
     problems: list[RuleProblem] = []
@@ -187,7 +190,9 @@ def load_rules(path: str | Path) -> RuleSet:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RuleFileError(
-            [RuleProblem(str(path), None, None, f"cannot read: {exc.strerror}")]
-        ) from None
+        problem = f"cannot read: {exc.strerror}"
+        raise RuleFileError([RuleProblem(str(path), None, None, problem)]) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+        raise RuleFileError([RuleProblem(str(path), None, None, problem)]) from None
     return parse_rules(text, str(path))

@@ -18,6 +18,7 @@ import faust
 import redis.exceptions
 
 from attributes.rules import RuleSet
+from streams import fastfaust
 from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
 from traitflow.store import CachedProfileStore, RedisProfileStore
@@ -53,6 +54,8 @@ def faust_broker_url(bootstrap: str) -> str:
 
 
 def create_app(settings: Settings, rules: RuleSet) -> faust.App:
+    fastfaust.install()
+    session, rebalance, heartbeat = settings.group_timeouts
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
@@ -61,9 +64,9 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=1.0,
+        broker_session_timeout=session,
+        broker_rebalance_timeout=rebalance,
+        broker_heartbeat_interval=heartbeat,
         web_enabled=False,
         datadir=str(settings.home / "faust"),
     )
@@ -108,14 +111,27 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
 
 
 async def process_until_done(processor: BatchProcessor, records: Sequence[Record]) -> None:
-    """Process a batch, retrying while Redis is unreachable. The batch is not acked
-    until this returns, and a retried batch is idempotent (offset watermarks)."""
+    """Process a batch, retrying until it is written; never raise.
+
+    `take_events` acks a batch even when the agent raises while processing it (its
+    `finally` runs), so an escaping exception would commit records never applied.
+    Retrying is safe: a retried batch is idempotent (offset watermarks). A batch
+    that keeps failing stalls its partitions visibly (logs, lag) instead of losing data.
+    """
     delay = 0.1
     while True:
         try:
             report = await processor.process(records)
-        except TRANSIENT as exc:
-            log.warning("batch of %d not written (%s); retrying in %.1fs", len(records), exc, delay)
+        except Exception as exc:
+            transient = isinstance(exc, TRANSIENT)
+            log.log(
+                logging.WARNING if transient else logging.ERROR,
+                "batch of %d records not written (%r); retrying in %.1fs",
+                len(records),
+                exc,
+                delay,
+                exc_info=not transient,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue

@@ -27,6 +27,7 @@ from attributes.profile import (
     apply_event,
     decode_state,
     encode_state,
+    event_identities,
     render_view,
 )
 from attributes.rules import RuleSet
@@ -77,6 +78,11 @@ class BatchReport:
     duplicates: int = 0
     skips: list[Skip] = field(default_factory=list)
 
+    def absorb(self, other: BatchReport) -> None:
+        """Take the per-event findings of a successful attempt."""
+        self.duplicates += other.duplicates
+        self.skips.extend(other.skips)
+
 
 def profile_id(event: Event) -> str:
     """The profile an event belongs to: its userId, else its anonymousId.
@@ -97,6 +103,8 @@ class BatchProcessor:
         report = BatchReport(records=len(records))
         rejected: list[tuple[Record, str]] = []
         by_profile: dict[str, list[tuple[Record, Event]]] = {}
+        #: identity -> the profile of its latest event in this batch (where its index points)
+        owners: dict[tuple[str, str], str] = {}
         for record in records:
             try:
                 if record.value is None:
@@ -105,14 +113,19 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 rejected.append((record, str(exc)))
                 continue
-            by_profile.setdefault(profile_id(event), []).append((record, event))
+            pid = profile_id(event)
+            by_profile.setdefault(pid, []).append((record, event))
+            for identity in event_identities(event):
+                owners[identity] = pid
 
         states = await self.store.load(ENTITY, list(by_profile))
         writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
+            attempt = BatchReport()
             try:
-                write = self._apply(state, items, report)
+                write = self._apply(state, items, attempt)
+                report.absorb(attempt)
             except Exception:
                 # A bug met by some input must not stall the partition (the batch would be
                 # retried forever): find the events that break, dead-letter only those.
@@ -120,12 +133,27 @@ class BatchProcessor:
                 self.store.abandon(ENTITY, [pid])
                 write = await self._apply_each(pid, items, report, rejected)
             if write is not None:
+                applied = write.state.identities
+                write.identities = list(
+                    dict.fromkeys(
+                        (kind, value)
+                        for _, event in items
+                        for kind, value in event_identities(event)
+                        if owners[(kind, value)] == pid and value in applied.get(kind, ())
+                    )
+                )
                 writes.append(write)
 
-        if rejected:
-            await self.dead_letters.send(rejected)
-            report.dead_lettered = len(rejected)
-        await self.store.save(ENTITY, writes)
+        try:
+            if rejected:
+                await self.dead_letters.send(rejected)
+            await self.store.save(ENTITY, writes)
+        except BaseException:
+            # states were changed in place; a store that keeps them must forget them,
+            # or the retried batch would look applied and never be written
+            self.store.abandon(ENTITY, list(by_profile))
+            raise
+        report.dead_lettered = len(rejected)
         report.profiles_written = len(writes)
         for skip in report.skips:
             log.info(
@@ -137,7 +165,6 @@ class BatchProcessor:
         self, state: ProfileState, items: Sequence[tuple[Record, Event]], report: BatchReport
     ) -> ProfileWrite | None:
         """Apply a profile's events of this batch; the write, or None if nothing changed."""
-        known = {(kind, value) for kind, values in state.identities.items() for value in values}
         changed = False
         for record, event in items:
             applied = apply_event(
@@ -153,14 +180,8 @@ class BatchProcessor:
             report.skips.extend(applied.skips)
         if not changed:
             return None
-        new_ids = [
-            (kind, value)
-            for kind, values in state.identities.items()
-            for value in values
-            if (kind, value) not in known
-        ]
         view = encode_view(render_view(state, self.rules))
-        return ProfileWrite(state, encode_state(state), view, new_ids)
+        return ProfileWrite(state, encode_state(state), view)
 
     async def _apply_each(
         self,
@@ -175,18 +196,13 @@ class BatchProcessor:
         write = None
         for item in items:
             trial = decode_state(encode_state(state))
+            attempt = BatchReport()
             try:
-                attempt = self._apply(trial, [item], report)
+                outcome = self._apply(trial, [item], attempt)
             except Exception as exc:
                 rejected.append((item[0], f"event could not be applied: {exc!r}"))
                 continue
-            if attempt is not None:
-                state, write = trial, attempt
-        if write is not None:
-            write.new_identities = [
-                (kind, value)
-                for kind, values in state.identities.items()
-                for value in values
-                if stored is None or value not in stored.identities.get(kind, ())
-            ]
+            report.absorb(attempt)
+            if outcome is not None:
+                state, write = trial, outcome
         return write

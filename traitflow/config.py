@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     #: decoded profile states the worker keeps for the partitions it owns (0 = none)
     state_cache_profiles: int = Field(default=100_000, ge=0)
     batch_within_s: float = Field(default=0.05, gt=0)
-    #: Tansu holds a new group's join for half the session timeout: keep it short.
-    session_timeout_s: float = Field(default=10, gt=0)
-    rebalance_timeout_s: float = Field(default=5, gt=0)
+    #: consumer-group timeouts; unset = `group_timeouts` picks them
+    session_timeout_s: float | None = Field(default=None, gt=0)
+    rebalance_timeout_s: float | None = Field(default=None, gt=0)
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -49,10 +50,30 @@ class Settings(BaseSettings):
     home: Path = Path(".traitflow")
 
     @property
+    def group_timeouts(self) -> tuple[float, float, float]:
+        """(session, rebalance, heartbeat) seconds for the consumer group.
+
+        The embedded Tansu broker holds a new group's join for half the session
+        timeout, so there they are short (a worker starts in ~1 s). Apache Kafka
+        refuses sessions under 6 s by default (group.min.session.timeout.ms), so an
+        external broker gets Kafka-safe values unless they are set explicitly.
+        """
+        session, rebalance, heartbeat = (
+            (10.0, 5.0, 3.0) if self.kafka_is_external else (2.0, 1.0, 0.5)
+        )
+        return (
+            self.session_timeout_s or session,
+            self.rebalance_timeout_s or rebalance,
+            self.heartbeat_interval_s or heartbeat,
+        )
+
+    @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0].removeprefix("kafka://")
         host, _, port = first.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        if not host:  # no port given: Kafka's default
+            return port or "127.0.0.1", 9092
+        return host, int(port)
 
     @property
     def redis_host_port(self) -> tuple[str, int]:

@@ -9,7 +9,7 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:p:user:{id}                 hash  s = state (msgpack), v = served view (JSON)
     tf:i:user:{index}:{value}      string -> profile id (one per identity)
 
-A profile's state, view and its new index keys are written in one MULTI/EXEC, so a
+A profile's state, view and its index keys are written in one MULTI/EXEC, so a
 reader never sees a view without its index, and the offset watermark inside the
 state is never ahead of or behind the state it guards.
 """
@@ -49,8 +49,8 @@ class ProfileWrite:
     #: `state` encoded, by the caller, so that an unencodable state fails per profile
     encoded_state: bytes
     view: bytes
-    #: (index, value) pairs that are new for this profile and must point at it
-    new_identities: list[tuple[str, str]] = field(default_factory=list)
+    #: (index, value) pairs that must point at this profile after the write
+    identities: list[tuple[str, str]] = field(default_factory=list)
 
 
 class ProfileStore(ABC):
@@ -93,7 +93,7 @@ class MemoryProfileStore(ProfileStore):
             key = (entity, write.state.id)
             self.states[key] = write.encoded_state
             self.views[key] = write.view
-            for index, value in write.new_identities:
+            for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
@@ -140,7 +140,7 @@ class RedisProfileStore(ProfileStore):
                     self.keys.profile(entity, pid),
                     mapping={"s": write.encoded_state, "v": write.view},
                 )
-                for index, value in write.new_identities:
+                for index, value in write.identities:
                     pipe.set(self.keys.index(entity, index, value), pid)
             await pipe.execute()
 

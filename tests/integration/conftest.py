@@ -98,7 +98,7 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run = uuid.uuid4().hex[:8]
     kafka, redis_url = service_urls
-    return Settings(
+    settings = Settings(
         kafka_bootstrap=kafka,
         redis_url=redis_url,
         key_prefix=f"tftest-{run}",
@@ -110,12 +110,23 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
         home=tmp_path_factory.mktemp("home"),
         batch_within_s=0.02,
     )
+    # workers get the broker as an explicit address; keep the timeouts this broker allows
+    session, rebalance, heartbeat = Settings(kafka_bootstrap=kafka).group_timeouts
+    return settings.model_copy(
+        update={
+            "session_timeout_s": session,
+            "rebalance_timeout_s": rebalance,
+            "heartbeat_interval_s": heartbeat,
+        }
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a traitflow process use exactly `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
         text = value if isinstance(value, str) else orjson.dumps(value).decode()
         env[f"TRAITFLOW_{name.upper()}"] = text
     return env

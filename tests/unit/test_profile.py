@@ -54,7 +54,8 @@ class Profile:
 
     @property
     def traits(self) -> dict[str, Any]:
-        return render_view(self.state, self.rules)["traits"]  # type: ignore[no-any-return]
+        traits: dict[str, Any] = render_view(self.state, self.rules)["traits"]
+        return traits
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from traitflow.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: start every test from none of ours."""
+    for name in list(os.environ):
+        if name.upper().startswith("TRAITFLOW_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_point_at_the_embedded_services() -> None:
+    settings = Settings()
+    assert settings.kafka_host_port == ("127.0.0.1", 19092)
+    assert settings.redis_host_port == ("127.0.0.1", 16379)
+    assert not settings.kafka_is_external
+    assert not settings.redis_is_external
+    assert settings.sources == {"traitflow-events": "default"}
+    assert settings.collections == {"users": "user"}
+    assert settings.rules_path == Path("examples/rules.yaml")
+
+
+def test_kafka_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "broker-1:9093,broker-2:9094")
+    settings = Settings()
+    assert settings.kafka_bootstrap == "broker-1:9093,broker-2:9094"
+    assert settings.kafka_host_port == ("broker-1", 9093)
+    assert settings.kafka_is_external
+    assert not settings.redis_is_external
+
+
+def test_redis_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_REDIS_URL", "redis://cache.internal:6380/2")
+    settings = Settings()
+    assert settings.redis_url == "redis://cache.internal:6380/2"
+    assert settings.redis_host_port == ("cache.internal", 6380)
+    assert settings.redis_is_external
+    assert not settings.kafka_is_external
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "host_port"),
+    [
+        ("kafka:29092", ("kafka", 29092)),
+        ("kafka://kafka:29092", ("kafka", 29092)),
+        (":9092", ("127.0.0.1", 9092)),
+        ("10.0.0.5:9092,10.0.0.6:9092", ("10.0.0.5", 9092)),
+    ],
+)
+def test_kafka_host_port(bootstrap: str, host_port: tuple[str, int]) -> None:
+    assert Settings(kafka_bootstrap=bootstrap).kafka_host_port == host_port
+
+
+@pytest.mark.parametrize(
+    ("url", "host_port"),
+    [
+        ("redis://cache:6380/0", ("cache", 6380)),
+        ("redis://cache", ("cache", 6379)),
+        ("redis://:secret@cache:7000", ("cache", 7000)),
+        ("rediss://user:secret@cache.example.com:6390/1", ("cache.example.com", 6390)),
+        ("redis://", ("127.0.0.1", 6379)),
+    ],
+)
+def test_redis_host_port(url: str, host_port: tuple[str, int]) -> None:
+    assert Settings(redis_url=url).redis_host_port == host_port
+
+
+def test_sources_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_SOURCES", '{"web-events": "web", "app-events": "app"}')
+    assert Settings().sources == {"web-events": "web", "app-events": "app"}
+
+
+def test_collections_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_COLLECTIONS", '{"people": "user", "orgs": "account"}')
+    assert Settings().collections == {"people": "user", "orgs": "account"}
+
+
+def test_scalars_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_BATCH_SIZE", "500")
+    monkeypatch.setenv("TRAITFLOW_KEY_PREFIX", "tf-test.1")
+    monkeypatch.setenv("TRAITFLOW_RULES_PATH", "/etc/traitflow/rules.yaml")
+    monkeypatch.setenv("TRAITFLOW_STATE_CACHE_PROFILES", "0")
+    settings = Settings()
+    assert settings.batch_size == 500
+    assert settings.key_prefix == "tf-test.1"
+    assert settings.rules_path == Path("/etc/traitflow/rules.yaml")
+    assert settings.state_cache_profiles == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRAITFLOW_SOURCES", '["traitflow-events"]'),
+        ("TRAITFLOW_SOURCES", "traitflow-events"),
+        ("TRAITFLOW_KEY_PREFIX", "tf:prod"),
+        ("TRAITFLOW_KEY_PREFIX", ""),
+        ("TRAITFLOW_BATCH_SIZE", "0"),
+        ("TRAITFLOW_TOPIC_PARTITIONS", "0"),
+        ("TRAITFLOW_BATCH_WITHIN_S", "0"),
+        ("TRAITFLOW_STATE_CACHE_PROFILES", "-1"),
+    ],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("TRAITFLOW_").lower()):
+        Settings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(pydantic.ValidationError):
+        settings.batch_size = 1

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from attributes.profile import ProfileState, encode_state
+from traitflow.store import (
+    PRIMARY_INDEX,
+    CachedProfileStore,
+    KeyLayout,
+    MemoryProfileStore,
+    ProfileWrite,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def write(pid: str, view: bytes, *identities: tuple[str, str], version: int = 1) -> ProfileWrite:
+    state = ProfileState(id=pid, version=version, identities={"user_id": [pid]})
+    return ProfileWrite(state, encode_state(state), view, list(identities))
+
+
+# --- MemoryProfileStore ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def store() -> MemoryProfileStore:
+    return MemoryProfileStore()
+
+
+async def test_load_returns_only_saved_profiles(store: MemoryProfileStore) -> None:
+    assert await store.load("user", ["u-1"]) == {}
+    await store.save("user", [write("u-1", b"{}"), write("u-2", b"{}", version=7)])
+    loaded = await store.load("user", ["u-2", "u-3"])
+    assert list(loaded) == ["u-2"]
+    assert loaded["u-2"] == ProfileState(id="u-2", version=7, identities={"user_id": ["u-2"]})
+
+
+async def test_load_nothing(store: MemoryProfileStore) -> None:
+    assert await store.load("user", []) == {}
+
+
+async def test_loaded_states_are_copies(store: MemoryProfileStore) -> None:
+    """The processor mutates what it loads; that must not reach the store unsaved."""
+    await store.save("user", [write("u-1", b"{}")])
+    (await store.load("user", ["u-1"]))["u-1"].version = 99
+    assert (await store.load("user", ["u-1"]))["u-1"].version == 1
+
+
+async def test_the_stored_state_is_the_encoded_one(store: MemoryProfileStore) -> None:
+    """ProfileWrite carries the state already encoded; the store keeps those bytes."""
+    saved = write("u-1", b"{}", version=3)
+    saved.state.version = 4  # changed after encoding: not what was encoded
+    await store.save("user", [saved])
+    assert (await store.load("user", ["u-1"]))["u-1"].version == 3
+
+
+async def test_read_view_by_primary_id(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("u-1", b'{"id": "u-1"}')])
+    assert await store.read_view("user", PRIMARY_INDEX, "u-1") == b'{"id": "u-1"}'
+    assert await store.read_view("user", PRIMARY_INDEX, "u-2") is None
+
+
+async def test_read_view_by_index(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("u-1", b"view-1", ("user_id", "u-1"), ("anonymous_id", "a-1"))])
+    assert await store.read_view("user", "user_id", "u-1") == b"view-1"
+    assert await store.read_view("user", "anonymous_id", "a-1") == b"view-1"
+    assert await store.read_view("user", "anonymous_id", "u-1") is None
+    assert await store.read_view("user", "email", "u-1") is None
+
+
+async def test_only_listed_identities_are_indexed(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("u-1", b"view-1")])  # the state has a user_id, unlisted
+    assert await store.read_view("user", "user_id", "u-1") is None
+    assert await store.read_view("user", PRIMARY_INDEX, "u-1") == b"view-1"
+
+
+async def test_a_later_save_replaces_the_view_and_keeps_the_index(
+    store: MemoryProfileStore,
+) -> None:
+    await store.save("user", [write("u-1", b"old", ("user_id", "u-1"))])
+    await store.save("user", [write("u-1", b"new", version=2)])
+    assert await store.read_view("user", "user_id", "u-1") == b"new"
+    assert (await store.load("user", ["u-1"]))["u-1"].version == 2
+
+
+async def test_an_identity_points_at_its_latest_writer(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("u-1", b"view-1", ("anonymous_id", "a-1"))])
+    await store.save("user", [write("u-2", b"view-2", ("anonymous_id", "a-1"))])
+    assert await store.read_view("user", "anonymous_id", "a-1") == b"view-2"
+
+
+async def test_entities_are_separate(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("x-1", b"user", ("email", "e"))])
+    await store.save("account", [write("x-1", b"account", ("email", "e"))])
+    assert await store.read_view("user", PRIMARY_INDEX, "x-1") == b"user"
+    assert await store.read_view("account", "email", "e") == b"account"
+    assert list(await store.load("group", ["x-1"])) == []
+
+
+async def test_close_is_harmless(store: MemoryProfileStore) -> None:
+    await store.save("user", [write("u-1", b"view-1")])
+    await store.close()
+    store.abandon("user", ["u-1"])
+    assert await store.read_view("user", PRIMARY_INDEX, "u-1") == b"view-1"
+
+
+def test_key_layout() -> None:
+    keys = KeyLayout("tf")
+    assert keys.profile("user", "u-1") == "tf:p:user:u-1"
+    assert keys.profile("user", "u-1").startswith(keys.profile_prefix("user"))
+    assert keys.index("user", "anonymous_id", "a-1") == "tf:i:user:anonymous_id:a-1"
+
+
+# --- CachedProfileStore ---------------------------------------------------------------------
+
+
+class CountingStore(MemoryProfileStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+        self.fail_saves = False
+
+    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        self.loaded.extend(ids)
+        return await super().load(entity, ids)
+
+    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+        if self.fail_saves:
+            raise ConnectionError("redis is down")
+        await super().save(entity, writes)
+
+
+@pytest.fixture
+def inner() -> CountingStore:
+    return CountingStore()
+
+
+async def test_cache_serves_what_it_wrote_without_a_load(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=10)
+    saved = write("u-1", b"view-1", ("user_id", "u-1"))
+    await cache.save("user", [saved])
+    assert (await cache.load("user", ["u-1"]))["u-1"] is saved.state
+    assert inner.loaded == []
+    assert await cache.read_view("user", "user_id", "u-1") == b"view-1"  # written through
+
+
+async def test_cache_loads_what_it_does_not_hold(inner: CountingStore) -> None:
+    await inner.save("user", [write("u-2", b"view-2")])
+    cache = CachedProfileStore(inner, max_profiles=10)
+    await cache.save("user", [write("u-1", b"view-1")])
+    loaded = await cache.load("user", ["u-1", "u-2", "u-3"])
+    assert sorted(loaded) == ["u-1", "u-2"]
+    assert inner.loaded == ["u-2", "u-3"]
+
+
+async def test_cache_drops_states_whose_write_failed(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=10)
+    await cache.save("user", [write("u-1", b"v1")])
+    inner.fail_saves = True
+    with pytest.raises(ConnectionError):
+        await cache.save("user", [write("u-1", b"v2", version=2)])
+    assert len(cache) == 0
+    assert (await cache.load("user", ["u-1"]))["u-1"].version == 1  # the stored one
+
+
+async def test_cache_evicts_the_least_recently_used(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=2)
+    await cache.save("user", [write("u-1", b""), write("u-2", b"")])
+    await cache.load("user", ["u-1"])  # u-1 is now the most recently used
+    await cache.save("user", [write("u-3", b"")])
+    assert len(cache) == 2
+    await cache.load("user", ["u-1", "u-2", "u-3"])
+    assert inner.loaded == ["u-2"]
+
+
+async def test_cache_of_size_zero_holds_nothing(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=0)
+    await cache.save("user", [write("u-1", b"")])
+    assert len(cache) == 0
+    assert list(await cache.load("user", ["u-1"])) == ["u-1"]
+    assert inner.loaded == ["u-1"]
+
+
+async def test_cache_clear_and_abandon(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=10)
+    await cache.save("user", [write("u-1", b""), write("u-2", b"")])
+    cache.abandon("user", ["u-1", "u-9"])
+    assert len(cache) == 1
+    cache.clear()
+    assert len(cache) == 0
+    await cache.load("user", ["u-1", "u-2"])
+    assert inner.loaded == ["u-1", "u-2"]
+
+
+async def test_cache_keys_include_the_entity(inner: CountingStore) -> None:
+    cache = CachedProfileStore(inner, max_profiles=10)
+    await cache.save("user", [write("x-1", b"")])
+    assert await cache.load("account", ["x-1"]) == {}
+    assert inner.loaded == ["x-1"]
+
+
+async def test_cache_close_closes_the_inner_store() -> None:
+    class Closing(MemoryProfileStore):
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    inner = Closing()
+    await CachedProfileStore(inner, max_profiles=1).close()
+    assert inner.closed
