@@ -70,10 +70,10 @@ class Settings(BaseSettings):
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0].removeprefix("kafka://")
-        host, _, port = first.rpartition(":")
-        if not host:  # no port given: Kafka's default
+        host, colon, port = first.rpartition(":")
+        if not colon:  # no port given: Kafka's default
             return port or "127.0.0.1", 9092
-        return host, int(port)
+        return host or "127.0.0.1", int(port)
 
     @property
     def redis_host_port(self) -> tuple[str, int]:

@@ -118,3 +118,20 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(pydantic.ValidationError):
         settings.batch_size = 1
+
+
+def test_kafka_host_without_port_uses_kafkas_default() -> None:
+    assert Settings(kafka_bootstrap="kafka").kafka_host_port == ("kafka", 9092)
+
+
+def test_group_timeouts_are_short_on_the_embedded_broker_and_kafka_safe_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
+    assert Settings().group_timeouts == (2.0, 1.0, 0.5)
+    monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "kafka:9092")
+    session, rebalance, heartbeat = Settings().group_timeouts
+    assert session >= 6.0  # Apache Kafka's default group.min.session.timeout.ms
+    assert heartbeat < session / 3
+    monkeypatch.setenv("TRAITFLOW_SESSION_TIMEOUT_S", "30")
+    assert Settings().group_timeouts[0] == 30.0
