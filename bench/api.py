@@ -33,7 +33,7 @@ from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services, free_port
-from traitflow.store import RedisProfileStore
+from traitflow.store import KeyLayout, RedisProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def main() -> None:
     finally:
         daemon.stop()
         client = redis.Redis.from_url(settings.redis_url)
-        for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=10_000):
+        for key in client.scan_iter(match=KeyLayout(settings.key_prefix).all_keys(), count=10_000):
             client.unlink(key)
 
 

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
+from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,17 +109,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def version(client: redis.Redis, settings: Settings, user: str) -> int:
-    raw = client.hget(f"{settings.key_prefix}:p:user:{user}", "v")
+    raw = client.get(KeyLayout(settings.key_prefix).view("user", user))
     return int(orjson.loads(raw)["version"]) if raw else 0
 
 
 def check(client: redis.Redis, settings: Settings, expected: Expected) -> int:
     """Compare every profile with the totals computed at generation; return mismatches."""
     users = sorted(expected.events)
-    with client.pipeline(transaction=False) as pipe:
-        for user in users:
-            pipe.hget(f"{settings.key_prefix}:p:user:{user}", "v")
-        views = pipe.execute()
+    keys = KeyLayout(settings.key_prefix)
+    views = client.mget([keys.view("user", user) for user in users])
     wrong = 0
     for user, raw in zip(users, views, strict=True):
         attributes = orjson.loads(raw)["attributes"] if raw else {}
@@ -130,7 +129,7 @@ def check(client: redis.Redis, settings: Settings, expected: Expected) -> int:
 
 
 def cleanup(client: redis.Redis, settings: Settings) -> None:
-    for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=10_000):
+    for key in client.scan_iter(match=KeyLayout(settings.key_prefix).all_keys(), count=10_000):
         client.unlink(key)
 
 
@@ -185,7 +184,8 @@ def main() -> None:
         [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"], env, ROOT
     )
     try:
-        while not client.exists(*(f"{settings.key_prefix}:p:user:{u}" for u in last_user.values())):
+        last_views = [KeyLayout(settings.key_prefix).view("user", u) for u in last_user.values()]
+        while not client.exists(*last_views):
             if process.poll() is not None:
                 sys.exit(f"worker died: see {worker.log_file}")
             time.sleep(0.01)

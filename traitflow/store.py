@@ -6,12 +6,15 @@ lets the processing logic be tested without I/O.
 
 Redis layout, for prefix `tf` and entity `user`:
 
-    tf:p:user:{id}                 hash  s = state (msgpack), v = served view (JSON)
-    tf:i:user:{index}:{value}      string -> profile id (one per identity)
+    tf:s:user:{id}                 string  profile state (msgpack)
+    tf:v:user:{id}                 string  served view (JSON bytes)
+    tf:i:user:{index}:{value}      string  -> profile id (one per identity)
 
-A profile's state, view and its index keys are written in one MULTI/EXEC, so a
-reader never sees a view without its index, and the offset watermark inside the
-state is never ahead of or behind the state it guards.
+All plain strings, so a batch costs two commands whatever its size: one MGET loads
+every state, one MSET writes every state, view and index key. MSET is atomic: a
+reader never sees a view without its index, and the offset watermark inside a state
+is never ahead of or behind the state it guards. (With Redis Cluster, keys would need
+a hash tag per batch; not supported yet.)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -33,11 +37,18 @@ PRIMARY_INDEX = "id"
 class KeyLayout:
     prefix: str = "tf"
 
-    def profile(self, entity: str, profile_id: str) -> str:
-        return f"{self.prefix}:p:{entity}:{profile_id}"
+    def state(self, entity: str, profile_id: str) -> str:
+        return f"{self.prefix}:s:{entity}:{profile_id}"
 
-    def profile_prefix(self, entity: str) -> str:
-        return f"{self.prefix}:p:{entity}:"
+    def view(self, entity: str, profile_id: str) -> str:
+        return f"{self.prefix}:v:{entity}:{profile_id}"
+
+    def view_prefix(self, entity: str) -> str:
+        return f"{self.prefix}:v:{entity}:"
+
+    def all_keys(self) -> str:
+        """A SCAN pattern for every key under this prefix."""
+        return f"{self.prefix}:*"
 
     def index(self, entity: str, index: str, value: str) -> str:
         return f"{self.prefix}:i:{entity}:{index}:{value}"
@@ -105,7 +116,7 @@ class MemoryProfileStore(ProfileStore):
 _READ_BY_INDEX = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-return redis.call('HGET', ARGV[1] .. id, 'v')
+return redis.call('GET', ARGV[1] .. id)
 """
 
 
@@ -117,15 +128,16 @@ class RedisProfileStore(ProfileStore):
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisProfileStore:
-        return cls(aioredis.Redis.from_url(url), KeyLayout(prefix))
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), KeyLayout(prefix))
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         if not ids:
             return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for pid in ids:
-                pipe.hget(self.keys.profile(entity, pid), "s")
-            raws = await pipe.execute()
+        # our client never decodes responses (from_url): values are the stored bytes
+        raws = cast(
+            "list[bytes | None]",
+            await self.client.mget([self.keys.state(entity, pid) for pid in ids]),
+        )
         return {
             pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None
         }
@@ -133,25 +145,24 @@ class RedisProfileStore(ProfileStore):
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
         if not writes:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
-            for write in writes:
-                pid = write.state.id
-                pipe.hset(
-                    self.keys.profile(entity, pid),
-                    mapping={"s": write.encoded_state, "v": write.view},
-                )
-                for index, value in write.identities:
-                    pipe.set(self.keys.index(entity, index, value), pid)
-            await pipe.execute()
+        keys = self.keys
+        values: dict[str, bytes | str] = {}
+        for write in writes:
+            pid = write.state.id
+            values[keys.state(entity, pid)] = write.encoded_state
+            values[keys.view(entity, pid)] = write.view
+            for index, value in write.identities:
+                values[keys.index(entity, index, value)] = pid
+        await self.client.mset(values)
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         raw: bytes | str | None
         if index == PRIMARY_INDEX:
-            raw = await self.client.hget(self.keys.profile(entity, value), "v")
+            raw = await self.client.get(self.keys.view(entity, value))
         else:
             raw = await self._read_by_index(
                 keys=[self.keys.index(entity, index, value)],
-                args=[self.keys.profile_prefix(entity)],
+                args=[self.keys.view_prefix(entity)],
             )
         return raw.encode() if isinstance(raw, str) else raw
 

@@ -29,6 +29,7 @@ import redis
 
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, ServiceError, free_port, port_open
+from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,7 +184,7 @@ def worker(settings: Settings, publish: Publisher, redis_client: redis.Redis) ->
     try:
         probe = f"probe-{uuid.uuid4().hex[:8]}"
         publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
-        key = f"{settings.key_prefix}:p:user:{probe}"
+        key = KeyLayout(settings.key_prefix).view("user", probe)
 
         def ready() -> bool:
             if process.poll() is not None:

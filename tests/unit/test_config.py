@@ -131,6 +131,7 @@ def test_group_timeouts_are_short_on_the_embedded_broker_and_kafka_safe_elsewher
     assert Settings().group_timeouts == (2.0, 1.0, 0.5)
     monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "kafka:9092")
     session, rebalance, heartbeat = Settings().group_timeouts
+    assert 0 < rebalance <= session
     assert session >= 6.0  # Apache Kafka's default group.min.session.timeout.ms
     assert heartbeat < session / 3
     monkeypatch.setenv("TRAITFLOW_SESSION_TIMEOUT_S", "30")

@@ -108,8 +108,9 @@ async def test_close_is_harmless(store: MemoryProfileStore) -> None:
 
 def test_key_layout() -> None:
     keys = KeyLayout("tf")
-    assert keys.profile("user", "u-1") == "tf:p:user:u-1"
-    assert keys.profile("user", "u-1").startswith(keys.profile_prefix("user"))
+    assert keys.state("user", "u-1") == "tf:s:user:u-1"
+    assert keys.view("user", "u-1") == "tf:v:user:u-1"
+    assert keys.view("user", "u-1").startswith(keys.view_prefix("user"))
     assert keys.index("user", "anonymous_id", "a-1") == "tf:i:user:anonymous_id:a-1"
 
 
