@@ -78,10 +78,13 @@ class BatchReport:
     duplicates: int = 0
     skips: list[Skip] = field(default_factory=list)
 
-    def absorb(self, other: BatchReport) -> None:
-        """Take the per-event findings of a successful attempt."""
-        self.duplicates += other.duplicates
-        self.skips.extend(other.skips)
+    def mark(self) -> tuple[int, int]:
+        return self.duplicates, len(self.skips)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget the per-event findings since `mark`: that attempt failed and is redone."""
+        self.duplicates, skips = mark
+        del self.skips[skips:]
 
 
 def profile_id(event: Event) -> str:
@@ -105,6 +108,8 @@ class BatchProcessor:
         by_profile: dict[str, list[tuple[Record, Event]]] = {}
         #: identity -> the profile of its latest event in this batch (where its index points)
         owners: dict[tuple[str, str], str] = {}
+        #: profile -> the identities its events in this batch carry, in order
+        carried: dict[str, dict[tuple[str, str], None]] = {}
         for record in records:
             try:
                 if record.value is None:
@@ -115,33 +120,32 @@ class BatchProcessor:
                 continue
             pid = profile_id(event)
             by_profile.setdefault(pid, []).append((record, event))
+            identities = carried.setdefault(pid, {})
             for identity in event_identities(event):
                 owners[identity] = pid
+                identities[identity] = None
 
         states = await self.store.load(ENTITY, list(by_profile))
         writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
-            attempt = BatchReport()
+            mark = report.mark()
             try:
-                write = self._apply(state, items, attempt)
-                report.absorb(attempt)
+                write = self._apply(state, items, report)
             except Exception:
                 # A bug met by some input must not stall the partition (the batch would be
                 # retried forever): find the events that break, dead-letter only those.
                 log.exception("profile %s failed; applying its events one by one", pid)
+                report.rollback(mark)
                 self.store.abandon(ENTITY, [pid])
                 write = await self._apply_each(pid, items, report, rejected)
             if write is not None:
                 applied = write.state.identities
-                write.identities = list(
-                    dict.fromkeys(
-                        (kind, value)
-                        for _, event in items
-                        for kind, value in event_identities(event)
-                        if owners[(kind, value)] == pid and value in applied.get(kind, ())
-                    )
-                )
+                write.identities = [
+                    (kind, value)
+                    for kind, value in carried[pid]
+                    if owners[(kind, value)] == pid and value in applied.get(kind, ())
+                ]
                 writes.append(write)
 
         try:
@@ -196,13 +200,13 @@ class BatchProcessor:
         write = None
         for item in items:
             trial = decode_state(encode_state(state))
-            attempt = BatchReport()
+            mark = report.mark()
             try:
-                outcome = self._apply(trial, [item], attempt)
+                outcome = self._apply(trial, [item], report)
             except Exception as exc:
+                report.rollback(mark)
                 rejected.append((item[0], f"event could not be applied: {exc!r}"))
                 continue
-            report.absorb(attempt)
             if outcome is not None:
                 state, write = trial, outcome
         return write
