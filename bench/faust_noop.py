@@ -1,0 +1,123 @@
+"""A no-op Faust agent against the embedded broker: stock faust-streaming vs our patch.
+
+    python -m bench.faust_noop --events 200000
+
+Publishes N small events to a fresh 8-partition topic, then runs one Faust worker per
+configuration (a subprocess each: the patch changes Faust classes) whose agent only
+counts, and prints events/s from the first to the last event, the worker's CPU use,
+and the time from worker start to the first event. This isolates Faust's own
+per-event cost from traitflow's (compare bench.pipeline and bench.engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from traitflow.config import Settings
+from traitflow.services import embedded_services
+from traitflow.topics import ensure_topics, publish_lines
+
+MODES = ("stream", "take_events")
+
+
+def run_worker(topic: str, events: int, mode: str, patched: bool, settings: Settings) -> None:
+    """In the child: run a Faust worker until `events` were seen, print one JSON line."""
+    import faust
+
+    from streams import fastfaust
+
+    if patched:
+        fastfaust.install()
+    started = time.perf_counter()
+    session, rebalance, heartbeat = settings.group_timeouts
+    app = faust.App(
+        f"noop-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        value_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session,
+        broker_rebalance_timeout=rebalance,
+        broker_heartbeat_interval=heartbeat,
+        datadir=str(settings.home / "faust-noop"),
+    )
+    source = app.topic(topic, value_type=bytes)
+    seen: dict[str, Any] = {"n": 0}
+
+    def count(n: int) -> None:
+        if not seen["n"]:
+            seen["first"], seen["cpu"] = time.perf_counter(), time.process_time()
+        seen["n"] += n
+        if seen["n"] >= events:
+            span = time.perf_counter() - seen["first"]
+            result = {
+                "events_per_s": round(events / span),
+                "cpu_pct": round(100 * (time.process_time() - seen["cpu"]) / span),
+                "start_to_first_s": round(seen["first"] - started, 2),
+            }
+            print(json.dumps(result), flush=True)
+            os._exit(0)
+
+    @app.agent(source)
+    async def noop(stream: Any) -> None:
+        if mode == "stream":
+            async for _ in stream:
+                count(1)
+        else:
+            async for batch in stream.take_events(1000, 0.05):
+                count(len(batch))
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--child", nargs=3, metavar=("TOPIC", "MODE", "PATCHED"))
+    args = parser.parse_args()
+    settings = Settings()
+    if args.child:
+        topic, mode, patched = args.child
+        sys.argv = [sys.argv[0], "worker"]  # what Faust's command line expects
+        run_worker(topic, args.events, mode, patched == "1", settings)
+        return
+
+    for service in embedded_services(settings):
+        service.start()
+    topic = f"noop-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(settings, [topic]))
+    lines = (
+        b'{"type":"track","event":"x","userId":"u%d"}' % (i % 10_000) for i in range(args.events)
+    )
+    asyncio.run(publish_lines(settings, topic, lines))
+    for patched in ("0", "1"):
+        for mode in MODES:
+            child = [sys.executable, "-m", "bench.faust_noop", "--events", str(args.events)]
+            done = subprocess.run(
+                [*child, "--child", topic, mode, patched],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            # Faust redirects stdout into its log (stderr): the result line has a log prefix
+            found = re.search(r'\{"events_per_s".*\}', done.stdout + done.stderr)
+            if found is None:
+                sys.exit(f"worker failed:\n{done.stdout}\n{done.stderr}")
+            result = json.loads(found[0])
+            label = f"{'patched' if patched == '1' else 'stock':<8} {mode:<12}"
+            print(
+                f"{label} {result['events_per_s']:>8,} events/s  CPU {result['cpu_pct']:>3}%  "
+                f"start->first event {result['start_to_first_s']:.2f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()
