@@ -1,8 +1,11 @@
 """The Faust app: ingest topics in, the batch processor in the middle, Redis out.
 
-Kept deliberately thin. The agent takes batches of events (`take_events`, which acks
-a batch only when the next one is requested, i.e. after its effect is in Redis),
-turns them into transport-neutral `Record`s and hands them to `BatchProcessor`.
+Kept deliberately thin. The ingest topics are *batch topics* (`streams.batches`): the
+consumer hands each fetch round's records to one handler, which turns them into
+transport-neutral `Record`s for `BatchProcessor`; they are acked once it returns, i.e.
+after their effect is in Redis. Faust's per-event Stream machinery (agents, events,
+channel queues) is skipped: it cost a third of the worker's CPU. Faust still runs the
+worker, the consumer group, offset commits and the dead-letter producer.
 State lives in Redis, not in Faust tables (see DESIGN.md: windowed tables never
 expire restored keys, and Tansu does not compact changelogs).
 """
@@ -16,9 +19,11 @@ from typing import Any
 
 import faust
 import redis.exceptions
+from faust.types import Message
 
 from attributes.rules import RuleSet
 from streams import fastfaust
+from streams.batches import batch_subscribe
 from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
 from traitflow.store import CachedProfileStore, RedisProfileStore
@@ -78,45 +83,41 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         settings.state_cache_profiles,
     )
 
-    # Faust signals a revoke only after in-flight events are acked, so no batch is
+    # Faust signals a revoke only after in-flight batches are acked, so no batch is
     # half-applied here; after any move of partitions another worker may have written
     # our old profiles, so every cached state is suspect.
     def forget_cached_states(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         store.clear()
 
+    async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await store.close()  # sent after the consumer stopped and the last batch was acked
+
     # mode types handlers with NamedArg("BaseSignalT", ...), a string mypy cannot match
     app.on_partitions_revoked.connect(forget_cached_states)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
-    @app.agent(ingest, name="profiles")
-    async def profiles(stream: Any) -> None:  # a faust.Stream; StreamT lacks take_events
-        processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
-        try:
-            async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
-                records = [
-                    Record(
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                        event.message.value,
-                        int(event.message.timestamp * 1000),
-                    )
-                    for event in events
-                ]
-                await process_until_done(processor, records)
-        finally:
-            await store.close()
+    processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
 
+    async def process_messages(messages: Sequence[Message]) -> None:
+        records = [
+            Record(m.topic, m.partition, m.offset, m.value, int(m.timestamp * 1000))
+            for m in messages
+        ]
+        await process_until_done(processor, records)
+
+    batch_subscribe(app, ingest, process_messages, max_size=settings.batch_size)
     return app
 
 
 async def process_until_done(processor: BatchProcessor, records: Sequence[Record]) -> None:
     """Process a batch, retrying until it is written; never raise.
 
-    `take_events` acks a batch even when the agent raises while processing it (its
-    `finally` runs), so an escaping exception would commit records never applied.
-    Retrying is safe: a retried batch is idempotent (offset watermarks). A batch
-    that keeps failing stalls its partitions visibly (logs, lag) instead of losing data.
+    A batch handler must not raise (`streams.batches` would stop the worker: acking
+    would commit records never applied). Retrying is safe: a retried batch is
+    idempotent (offset watermarks). A batch that keeps failing stalls its partitions
+    visibly (logs, lag) instead of losing data; it also holds up a rebalance, which
+    waits for the batch in progress.
     """
     delay = 0.1
     while True:
@@ -142,4 +143,7 @@ async def process_until_done(processor: BatchProcessor, records: Sequence[Record
             report.dead_lettered,
             report.duplicates,
         )
+        if report.duplicates:
+            # at-least-once at work: a restart, a crash or a retried batch re-read them
+            log.info("%d records were applied before; skipped", report.duplicates)
         return

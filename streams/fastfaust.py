@@ -20,6 +20,13 @@ Python code, and one fixed wait appears once that is fixed.
    we have no tables (state lives in Redis), so we skip it.
 5. The Monitor sensor's per-event hooks cost ~25% of the agent side; traitflow keeps its
    own counters, so they are turned off.
+6. Not speed, but found with the same tests: on a revoke, `Consumer.on_partitions_revoked`
+   drops the acked-but-uncommitted offsets of the revoked partitions *before* the
+   revoke's final commit, so up to one commit interval of processed records was
+   redelivered to the partitions' next owner. We commit them first.
+7. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
+   the Stream API altogether: they are collected per fetch round and handed to a
+   batch handler in one call (see `streams.batches` for how they are tracked and acked).
 
 `_drain_messages` is a modified copy of a private method, so `install()` patches only
 the faust-streaming version it was copied from and tested with, and otherwise leaves
@@ -35,6 +42,8 @@ from typing import Any
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+
+from streams.batches import router_of
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +72,15 @@ def install() -> bool:
     _cache_settings_lookups()
     _skip_table_manager_start_sleep()
     _disable_monitor_hooks()
+    _commit_before_forgetting_revoked_acks()
     _installed = True
     return True
 
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:
     # Copy of faust.transport.consumer.Consumer._drain_messages (0.15.3)
-    # with a fast path for delivering a message to the conductor.
+    # with a fast path for delivering a message to the conductor, and batch
+    # topics routed around the conductor (streams.batches).
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
@@ -131,6 +142,22 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                 return
             await sleep(0.002)
 
+    async def to_conductor(tp: Any, message: Any) -> None:
+        if not can_deliver_without_blocking(tp):
+            await wait_for_room(tp)
+        if can_deliver_without_blocking(tp):
+            # cannot suspend: no tasks, no asyncio.wait
+            await callback(message)
+        else:
+            # original behaviour (abandon on suspend_flow)
+            await self.wait_first(callback(message), self.suspend_flow.wait())
+
+    batches = router_of(self)
+    batch_subscription = batches.subscriptions.get
+    flush_batch = batches.flush
+    # a batch left running by a cancelled loop finishes first (partition order)
+    await batches.wait_in_flight()
+
     # -----------------------------------------------------------------------
 
     yield_every = 100
@@ -182,14 +209,14 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        if not can_deliver_without_blocking(tp):
-                            await wait_for_room(tp)
-                        if can_deliver_without_blocking(tp):
-                            # cannot suspend: no tasks, no asyncio.wait
-                            await callback(message)
+                        subscription = batch_subscription(message.topic)
+                        if subscription is not None:
+                            pending = subscription.pending
+                            pending.append(message)
+                            if len(pending) >= subscription.max_size:
+                                await flush_batch(subscription)
                         else:
-                            # original behaviour (abandon on suspend_flow)
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            await to_conductor(tp, message)
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev(
@@ -198,6 +225,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                             message.key,
                             message.value,
                         )
+                # the end of a fetch round: hand over what it brought
+                await batches.flush_all()
                 unset_flag(flag_consumer_fetching)
 
     except self.consumer_stopped_errors:
@@ -267,3 +296,17 @@ def _disable_monitor_hooks() -> None:
         "track_tp_end_offset",
     ):
         setattr(Monitor, name, nothing)
+
+
+def _commit_before_forgetting_revoked_acks() -> None:
+    original = Consumer.on_partitions_revoked
+
+    async def on_partitions_revoked(self: Any, revoked: Any) -> None:
+        if revoked and not self.app.client_only:
+            try:
+                await self.commit(revoked)
+            except Exception as exc:  # the revoke must go on; at worst records are re-read
+                log.warning("commit before revoking %d partitions failed: %r", len(revoked), exc)
+        await original(self, revoked)
+
+    Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
