@@ -153,14 +153,6 @@ def main() -> None:
             "dead_letter_topic": f"bench-{run}-dead-letters",
             "topic_partitions": args.partitions,
             "rules_path": ROOT / "examples" / "rules.yaml",
-            # the worker gets the broker as an explicit address: keep this broker's timeouts
-            **dict(
-                zip(
-                    ("session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"),
-                    base.group_timeouts,
-                    strict=True,
-                )
-            ),
         }
     )
     topic = next(iter(settings.sources))
@@ -171,12 +163,7 @@ def main() -> None:
     produce_s = time.perf_counter() - started
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"TRAITFLOW_{name.upper()}"] = (
-            value if isinstance(value, str) else orjson.dumps(value).decode()
-        )
+    env |= settings.as_env()
     client = redis.Redis.from_url(settings.redis_url)
     worker = Daemon("bench-worker", settings.home / "bench")
     t_start = time.perf_counter()

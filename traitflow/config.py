@@ -8,11 +8,13 @@ or Redis that already runs on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
@@ -38,7 +40,6 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1)
     #: decoded profile states the worker keeps for the partitions it owns (0 = none)
     state_cache_profiles: int = Field(default=100_000, ge=0)
-    batch_within_s: float = Field(default=0.05, gt=0)
     #: consumer-group timeouts; unset = `group_timeouts` picks them
     session_timeout_s: float | None = Field(default=None, gt=0)
     rebalance_timeout_s: float | None = Field(default=None, gt=0)
@@ -67,6 +68,23 @@ class Settings(BaseSettings):
             self.heartbeat_interval_s or heartbeat,
         )
 
+    def as_env(self) -> dict[str, str]:
+        """`TRAITFLOW_*` variables that make a child process use exactly these settings.
+
+        The group timeouts are written resolved: the child is given the broker as an
+        explicit address, which alone would make it pick external-broker timeouts."""
+        session, rebalance, heartbeat = self.group_timeouts
+        values = self.model_dump(mode="json") | {
+            "session_timeout_s": session,
+            "rebalance_timeout_s": rebalance,
+            "heartbeat_interval_s": heartbeat,
+        }
+        return {
+            f"TRAITFLOW_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in values.items()
+            if value is not None
+        }
+
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0].removeprefix("kafka://")
@@ -80,11 +98,19 @@ class Settings(BaseSettings):
         url = urlsplit(self.redis_url)
         return url.hostname or "127.0.0.1", url.port or 6379
 
+    #: whether the environment named the broker / Redis when these settings were made
+    _kafka_from_env: bool = PrivateAttr(default=False)
+    _redis_from_env: bool = PrivateAttr(default=False)
+
+    def model_post_init(self, context: Any) -> None:
+        self._kafka_from_env = "TRAITFLOW_KAFKA_BOOTSTRAP" in os.environ
+        self._redis_from_env = "TRAITFLOW_REDIS_URL" in os.environ
+
     @property
     def kafka_is_external(self) -> bool:
-        """True when the user pointed us at their own broker."""
-        return "TRAITFLOW_KAFKA_BOOTSTRAP" in os.environ
+        """True when the user pointed us at their own broker (we start none)."""
+        return self._kafka_from_env
 
     @property
     def redis_is_external(self) -> bool:
-        return "TRAITFLOW_REDIS_URL" in os.environ
+        return self._redis_from_env

@@ -99,7 +99,7 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run = uuid.uuid4().hex[:8]
     kafka, redis_url = service_urls
-    settings = Settings(
+    return Settings(
         kafka_bootstrap=kafka,
         redis_url=redis_url,
         key_prefix=f"tftest-{run}",
@@ -109,28 +109,13 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
         topic_partitions=4,
         rules_path=ROOT / "examples" / "rules.yaml",
         home=tmp_path_factory.mktemp("home"),
-        batch_within_s=0.02,
-    )
-    # workers get the broker as an explicit address; keep the timeouts this broker allows
-    session, rebalance, heartbeat = Settings(kafka_bootstrap=kafka).group_timeouts
-    return settings.model_copy(
-        update={
-            "session_timeout_s": session,
-            "rebalance_timeout_s": rebalance,
-            "heartbeat_interval_s": heartbeat,
-        }
     )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a traitflow process use exactly `settings`."""
+    """This process's environment, with `settings` instead of any TRAITFLOW_* variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else orjson.dumps(value).decode()
-        env[f"TRAITFLOW_{name.upper()}"] = text
-    return env
+    return env | settings.as_env()
 
 
 @pytest.fixture(scope="session")

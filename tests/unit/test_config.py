@@ -104,7 +104,6 @@ def test_scalars_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TRAITFLOW_KEY_PREFIX", ""),
         ("TRAITFLOW_BATCH_SIZE", "0"),
         ("TRAITFLOW_TOPIC_PARTITIONS", "0"),
-        ("TRAITFLOW_BATCH_WITHIN_S", "0"),
         ("TRAITFLOW_STATE_CACHE_PROFILES", "-1"),
     ],
 )
@@ -136,3 +135,25 @@ def test_group_timeouts_are_short_on_the_embedded_broker_and_kafka_safe_elsewher
     assert heartbeat < session / 3
     monkeypatch.setenv("TRAITFLOW_SESSION_TIMEOUT_S", "30")
     assert Settings().group_timeouts[0] == 30.0
+
+
+def test_as_env_gives_a_child_process_the_same_effective_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("TRAITFLOW_"):
+            monkeypatch.delenv(key)
+    parent = Settings(sources={"a": "web", "b": "crm"}, topic_partitions=3)
+    for key, value in parent.as_env().items():
+        monkeypatch.setenv(key, value)
+
+    child = Settings()
+
+    assert child.kafka_is_external  # the child is given the broker explicitly...
+    assert child.group_timeouts == parent.group_timeouts == (2.0, 1.0, 0.5)  # ...same timeouts
+    assert child.sources == {"a": "web", "b": "crm"}
+    assert child.model_dump(
+        exclude={"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
+    ) == parent.model_dump(
+        exclude={"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
+    )
