@@ -145,15 +145,10 @@ def main() -> None:
     base = Settings()
     for service in embedded_services(base):
         service.start()
-    settings = base.model_copy(
-        update={
-            "app_id": f"bench-{run}",
-            "key_prefix": f"bench-{run}",
-            "sources": {f"bench-{run}-events": "bench"},
-            "dead_letter_topic": f"bench-{run}-dead-letters",
-            "topic_partitions": args.partitions,
-            "rules_path": ROOT / "examples" / "rules.yaml",
-        }
+    settings = base.isolated(
+        f"bench-{run}",
+        topic_partitions=args.partitions,
+        rules_path=ROOT / "examples" / "rules.yaml",
     )
     topic = next(iter(settings.sources))
     events, expected = make_events(args.events, args.users, args.seed)

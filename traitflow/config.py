@@ -68,6 +68,19 @@ class Settings(BaseSettings):
             self.heartbeat_interval_s or heartbeat,
         )
 
+    def isolated(self, name: str, **changes: Any) -> Settings:
+        """A copy whose topics, consumer group and Redis keys are all named after `name`,
+        so that a test or benchmark run shares no state with any other; `changes`
+        override further settings."""
+        source = next(iter(self.sources.values()), "default")
+        names: dict[str, Any] = {
+            "app_id": name,
+            "key_prefix": name,
+            "sources": {f"{name}-events": source},
+            "dead_letter_topic": f"{name}-dead-letters",
+        }
+        return self.model_copy(update=names | changes)
+
     def as_env(self) -> dict[str, str]:
         """`TRAITFLOW_*` variables that make a child process use exactly these settings.
 

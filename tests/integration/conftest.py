@@ -99,13 +99,9 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run = uuid.uuid4().hex[:8]
     kafka, redis_url = service_urls
-    return Settings(
-        kafka_bootstrap=kafka,
-        redis_url=redis_url,
-        key_prefix=f"tftest-{run}",
-        app_id=f"traitflow-test-{run}",
-        sources={f"tftest-{run}-events": "web"},
-        dead_letter_topic=f"tftest-{run}-dead-letters",
+    base = Settings(kafka_bootstrap=kafka, redis_url=redis_url, sources={"events": "web"})
+    return base.isolated(
+        f"tftest-{run}",
         topic_partitions=4,
         rules_path=ROOT / "examples" / "rules.yaml",
         home=tmp_path_factory.mktemp("home"),

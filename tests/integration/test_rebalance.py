@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import sys
 import threading
 import time
@@ -118,6 +119,11 @@ def _log(daemon: Daemon) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _reread(daemon: Daemon) -> int:
+    """Records a worker skipped because their offsets were applied before."""
+    return sum(int(n) for n in re.findall(r"(\d+) records were applied before", _log(daemon)))
+
+
 def _alive(daemon: Daemon) -> bool:
     if daemon.pid() is None:
         pytest.fail(f"{daemon.name} exited early:\n{_log(daemon)[-5000:]}")
@@ -128,18 +134,19 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(
-        update={
-            "key_prefix": f"tfrb-{run}",
-            "app_id": f"traitflow-rb-{run}",
-            "sources": {f"tfrb-{run}-events": "web"},
-            "dead_letter_topic": f"tfrb-{run}-dead-letters",
-            "topic_partitions": 8,
-            # small batches: many hand-overs per fetch round, so rebalances hit a round
-            # with a batch in progress and records fetched but not handed over yet
-            "batch_size": 25,
-            "home": tmp_path,
-        }
+    settings = settings.isolated(
+        f"tfrb-{run}",
+        topic_partitions=8,
+        # small batches: many hand-overs per fetch round, so rebalances hit a round
+        # with a batch in progress and records fetched but not handed over yet
+        batch_size=25,
+        home=tmp_path,
+        # a session long enough that a worker starved of CPU (CI running beside other
+        # work) is not evicted: an eviction is a third, unplanned rebalance whose
+        # re-reads are legitimate but would fail the no-re-read check below
+        session_timeout_s=6.0,
+        rebalance_timeout_s=3.0,
+        heartbeat_interval_s=1.0,
     )
     topic = next(iter(settings.sources))
     asyncio.run(ensure_topics(settings))
@@ -163,7 +170,11 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
                 timeout=30,
                 what="the second worker to get partitions",
             )
-            assert "(generation 1)" in _log(first), "the first worker saw no rebalance"
+            wait_until(
+                lambda: "(generation 1)" in _log(first),
+                timeout=15,
+                what="the first worker to see the rebalance",
+            )
             time.sleep(1.0)  # both process for a while
             sent_before_stop = stream.sent
             first.stop()  # SIGTERM: leaves the group, its partitions move to the second
@@ -189,10 +200,15 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
         wait_until(all_done, timeout=30, what="every event to be applied")
         views = served()
         wrong = [u for u in users if views[u] != expected[u]]
-        # graceful hand-overs commit what was applied: the new owner re-reads nothing
-        for name, daemon in (("first", first), ("second", second)):
-            assert daemon is not None
-            assert "records were applied before" not in _log(daemon), f"{name} re-read records"
+        # Graceful hand-overs commit what was applied, so the new owner re-reads almost
+        # nothing: at most the batch in flight at each of the two planned rebalances
+        # (Faust's revoke may stop waiting for it under load; its records are then
+        # re-read and skipped by the offset watermarks). Without the revoke commit of
+        # fastfaust, thousands of records were re-read here.
+        assert first is not None
+        assert second is not None
+        reread = _reread(first) + _reread(second)
+        assert reread <= 2 * settings.batch_size, f"{reread} records re-read after hand-overs"
         assert not wrong, (
             f"{len(wrong)} profiles differ, e.g. {views[wrong[0]]} != {expected[wrong[0]]}"
         )

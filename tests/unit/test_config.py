@@ -157,3 +157,12 @@ def test_as_env_gives_a_child_process_the_same_effective_settings(
     ) == parent.model_dump(
         exclude={"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
     )
+
+
+def test_isolated_names_every_shared_resource_after_the_run() -> None:
+    settings = Settings(sources={"events": "web"}).isolated("run-1", topic_partitions=2)
+    assert settings.app_id == "run-1"
+    assert settings.key_prefix == "run-1"
+    assert settings.sources == {"run-1-events": "web"}
+    assert settings.dead_letter_topic == "run-1-dead-letters"
+    assert settings.topic_partitions == 2
