@@ -204,6 +204,47 @@ class MostRecent(Aggregator):
         return None if state is None else state[2]
 
 
-AGGREGATORS: dict[str, Aggregator] = {
-    aggregator.function: aggregator for aggregator in (Sum(), Count(), Min(), Max(), MostRecent())
-}
+class First(Aggregator):
+    """The value of the earliest event by event time. State: [ts, messageId, value];
+    equal timestamps are ordered by messageId (the smallest wins)."""
+
+    function = "first"
+
+    def initial(self) -> State:
+        return None
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        if state is None or (ts, mid) < (state[0], state[1]):
+            return [ts, mid, value]
+        return state
+
+    def merge(self, a: State, b: State) -> State:
+        if a is None or b is None:
+            return b if a is None else a
+        return b if (b[0], b[1]) < (a[0], a[1]) else a
+
+    def result(self, state: State) -> Any:
+        return None if state is None else state[2]
+
+
+class Avg(Aggregator):
+    """Mean of the field. State: [exact sum state, count]: the mean of the exact sum,
+    so it too is the same whatever order the events came in."""
+
+    function = "avg"
+    _sum = Sum()
+
+    def initial(self) -> State:
+        return [self._sum.initial(), 0]
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        state[0] = self._sum.add(state[0], value, ts, mid)  # raises Rejected first
+        state[1] += 1
+        return state
+
+    def merge(self, a: State, b: State) -> State:
+        return [self._sum.merge(a[0], b[0]), a[1] + b[1]]
+
+    def result(self, state: State) -> float | None:
+        total, count = state
+        return self._sum.result(total) / count if count else None

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from attributes.aggregators import AGGREGATORS, Aggregator
+from attributes.aggregators import Aggregator, Avg, Count, First, Max, Min, MostRecent, Sum
+from attributes.multisets import MostFrequent, RecentValues, UniqueCount
 from attributes.paths import Getter, InvalidPath, compile_path
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -50,7 +51,18 @@ class AttributeSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    function: Literal["sum", "count", "min", "max", "most_recent"]
+    function: Literal[
+        "sum",
+        "count",
+        "min",
+        "max",
+        "avg",
+        "most_recent",
+        "first",
+        "list",
+        "unique_count",
+        "most_frequent",
+    ]
     entity: str = "user"
     description: str = ""
     field: str | None = None
@@ -58,6 +70,17 @@ class AttributeSpec(pydantic.BaseModel):
         default=None, description="event name(s) this attribute counts; absent = every event"
     )
     type: list[Literal["track", "identify", "page", "screen", "alias", "group"]] | None = None
+    #: `list` only: how many values to keep, and whether each value counts once
+    size: int | None = pydantic.Field(default=None, ge=1, le=1000)
+    distinct: bool | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _list_options(self) -> AttributeSpec:
+        if self.function != "list" and (self.size is not None or self.distinct is not None):
+            raise ValueError(
+                f"'size' and 'distinct' apply to function 'list', not {self.function!r}"
+            )
+        return self
 
     @pydantic.field_validator("name")
     @classmethod
@@ -116,8 +139,32 @@ class RuleSet:
         )
 
 
+def aggregator_for(spec: AttributeSpec) -> Aggregator:
+    """The aggregator of a spec's function, configured with its options."""
+    if spec.function == "list":
+        return RecentValues(size=spec.size or 10, distinct=bool(spec.distinct))
+    return _SHARED[spec.function]
+
+
+#: Aggregators without options are stateless: one instance serves every attribute.
+_SHARED: dict[str, Aggregator] = {
+    aggregator.function: aggregator
+    for aggregator in (
+        Sum(),
+        Count(),
+        Min(),
+        Max(),
+        Avg(),
+        MostRecent(),
+        First(),
+        UniqueCount(),
+        MostFrequent(),
+    )
+}
+
+
 def _compile(spec: AttributeSpec) -> CompiledAttribute:
-    aggregator = AGGREGATORS[spec.function]
+    aggregator = aggregator_for(spec)
     if aggregator.needs_field and spec.field is None:
         raise ValueError(f"function {spec.function!r} needs a 'field'")
     try:

