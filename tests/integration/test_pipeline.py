@@ -105,11 +105,19 @@ def _orders(total: int, count: int, largest: int, smallest: int) -> dict[str, An
         "largest_order": largest,
         "smallest_order": smallest,
         "last_product": "sku-1",
+        "avg_order_value": total / count,
+        "first_product": "sku-1",
     }
 
 
 def _empty() -> dict[str, Any]:
-    return {"last_category_viewed": None, "page_views": 0}
+    return {
+        "last_category_viewed": None,
+        "page_views": 0,
+        "recently_viewed": [],
+        "categories_viewed": 0,
+        "favourite_category": None,
+    }
 
 
 def test_unknown_record_and_collection_are_json_404s(api: httpx.Client) -> None:

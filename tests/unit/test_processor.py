@@ -139,6 +139,7 @@ async def test_skips_are_reported_and_the_event_still_counts(pipeline: Pipeline)
         ("lifetime_value", "m-1"),
         ("largest_order", "m-1"),
         ("smallest_order", "m-1"),
+        ("avg_order_value", "m-1"),
     }
     assert (await pipeline.view("id", "u-1"))["attributes"]["purchase_count"] == 1
 
@@ -376,6 +377,11 @@ async def test_the_example_events_give_the_documented_profiles(
             "last_product": "sku-99",
             "last_category_viewed": "kitchen",
             "page_views": 2,
+            "avg_order_value": 47.625,
+            "first_product": "sku-1",
+            "recently_viewed": ["sku-7", "sku-42"],
+            "categories_viewed": 3,
+            "favourite_category": "kitchen",
         },
         "first_seen": "2026-10-20T07:30:00.000Z",
         "last_seen": "2026-11-11T10:00:00.000Z",

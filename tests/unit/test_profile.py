@@ -163,6 +163,11 @@ def test_orders_feed_the_attributes(profile: Profile) -> None:
         "last_product": "sku-99",
         "last_category_viewed": None,
         "page_views": 0,
+        "avg_order_value": 145.0 / 3,
+        "first_product": "sku-42",
+        "recently_viewed": [],
+        "categories_viewed": 0,
+        "favourite_category": None,
     }
 
 
@@ -197,6 +202,7 @@ def test_a_string_to_sum_is_a_skip_not_a_crash(profile: Profile) -> None:
         "lifetime_value",
         "largest_order",
         "smallest_order",
+        "avg_order_value",
     ]
     for skip in applied.skips:
         assert skip.message_id == "m-2"
@@ -222,6 +228,11 @@ def test_never_fed_attributes_are_zero_or_null(example_rules: RuleSet) -> None:
         "last_product": None,
         "last_category_viewed": None,
         "page_views": 0,
+        "avg_order_value": None,
+        "first_product": None,
+        "recently_viewed": [],
+        "categories_viewed": 0,
+        "favourite_category": None,
     }
     assert type(values["lifetime_value"]) is int
     assert list(values) == [attribute.name for attribute in example_rules.attributes]
@@ -251,6 +262,11 @@ def test_render_view(profile: Profile) -> None:
             "last_product": "sku-1",
             "last_category_viewed": None,
             "page_views": 1,
+            "avg_order_value": 10.0,
+            "first_product": "sku-1",
+            "recently_viewed": [],
+            "categories_viewed": 0,
+            "favourite_category": None,
         },
         "first_seen": "2000-01-01T00:00:00.123Z",
         "last_seen": "2000-01-03T00:00:00.000Z",

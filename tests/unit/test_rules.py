@@ -49,6 +49,11 @@ def test_the_example_rules_load(example_rules: RuleSet) -> None:
         "last_product",
         "last_category_viewed",
         "page_views",
+        "avg_order_value",
+        "first_product",
+        "recently_viewed",
+        "categories_viewed",
+        "favourite_category",
     ]
     by_name = {attribute.name: attribute for attribute in example_rules.attributes}
     lifetime_value = by_name["lifetime_value"]
