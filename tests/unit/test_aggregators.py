@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -24,6 +25,7 @@ from attributes.aggregators import (
     State,
     Sum,
 )
+from attributes.multisets import MostFrequent, RecentValues, UniqueCount, value_key
 
 Item = tuple[Any, int, str]  # (value, event ms, messageId)
 
@@ -210,6 +212,57 @@ def most_recent_value(items: Sequence[Item]) -> Any:
     return max(items, key=lambda item: (item[1], item[2]))[0] if items else None
 
 
+def first_value(items: Sequence[Item]) -> Any:
+    return min(items, key=lambda item: (item[1], item[2]))[0] if items else None
+
+
+def mean(items: Sequence[Item]) -> float | None:
+    """What a batch job computes: the exact sum, divided by the count."""
+    return exact_sum([v for v, _, _ in items]) / len(items) if items else None
+
+
+#: values for the multiset functions: few, with ties, objects compared by content
+multiset_values = st.one_of(
+    st.integers(min_value=-3, max_value=3),
+    st.sampled_from(["a", "b", "ab", ""]),
+    st.none(),
+    st.booleans(),
+    st.dictionaries(st.sampled_from(["x", "y"]), st.integers(0, 2), max_size=2),
+)
+
+
+def by_recency(items: Sequence[Item]) -> list[Item]:
+    return sorted(items, key=lambda item: (item[1], item[2], value_key(item[0])), reverse=True)
+
+
+def recent(size: int, distinct: bool) -> Any:
+    def batch(items: Sequence[Item]) -> list[Any]:
+        kept: list[Any] = []
+        for value, _, _ in by_recency(items):
+            if not distinct or value_key(value) not in map(value_key, kept):
+                kept.append(value)
+        return kept[:size]
+
+    return batch
+
+
+def unique_count(items: Sequence[Item]) -> int:
+    return len({value_key(value) for value, _, _ in items})
+
+
+def most_frequent(items: Sequence[Item]) -> Any:
+    if not items:
+        return None
+    counts = Counter(value_key(value) for value, _, _ in items)
+    latest: dict[str, tuple[int, str]] = {}
+    for value, ts, mid in items:
+        key = value_key(value)
+        latest[key] = max(latest.get(key, (ts, mid)), (ts, mid))
+    rank = {key: (counts[key], *latest[key]) for key in counts}
+    top = max(rank.values())
+    return msgspec.json.decode(min(key for key in rank if rank[key] == top))
+
+
 #: (aggregator, the events it takes, the batch result computed without the aggregator)
 CASES = [
     pytest.param(
@@ -229,6 +282,17 @@ CASES = [
         id="max",
     ),
     pytest.param(MostRecent(), items_of(any_values), most_recent_value, id="most_recent"),
+    pytest.param(First(), items_of(any_values), first_value, id="first"),
+    pytest.param(Avg(), items_of(numbers), mean, id="avg"),
+    pytest.param(RecentValues(3), items_of(multiset_values), recent(3, False), id="list"),
+    pytest.param(
+        RecentValues(3, distinct=True),
+        items_of(multiset_values),
+        recent(3, True),
+        id="list-distinct",
+    ),
+    pytest.param(UniqueCount(), items_of(multiset_values), unique_count, id="unique_count"),
+    pytest.param(MostFrequent(), items_of(multiset_values), most_frequent, id="most_frequent"),
 ]
 
 
@@ -302,38 +366,10 @@ def test_a_merged_state_keeps_folding(
 # --- first and avg --------------------------------------------------------------------------
 
 
-@given(items_of(any_values), st.integers(min_value=0, max_value=30))
-def test_first_is_the_earliest_event_in_any_order_and_after_merge(
-    items: list[Item], cut: int
-) -> None:
-    first = First()
-    expected = min(items, key=lambda item: (item[1], item[2]))[0] if items else None
-    assert first.result(fold(first, items)) == expected
-    assert first.result(fold(first, list(reversed(items)))) == expected
-    merged = first.merge(fold(first, items[:cut]), fold(first, items[cut:]))
-    assert first.result(merged) == expected
-
-
 def test_first_breaks_a_timestamp_tie_by_the_smaller_message_id() -> None:
     first = First()
     assert first.result(fold(first, [("b", 5, "m2"), ("a", 5, "m1")])) == "a"
     assert first.result(fold(first, [("a", 5, "m1"), ("b", 5, "m2")])) == "a"
-
-
-@given(st.lists(numbers, max_size=30), st.integers(min_value=0, max_value=30))
-def test_avg_is_the_exact_mean_in_any_order_and_after_merge(
-    values: list[int | float], cut: int
-) -> None:
-    avg = Avg()
-    items = [(value, 0, str(i)) for i, value in enumerate(values)]
-    result = avg.result(fold(avg, items))
-    if not values:
-        assert result is None
-    else:
-        exact_mean = float(sum(Fraction(v) for v in values) / len(values))
-        assert result == pytest.approx(exact_mean, rel=1e-15, abs=0)
-    merged = avg.merge(fold(avg, items[:cut]), fold(avg, items[cut:]))
-    assert avg.result(merged) == avg.result(fold(avg, list(reversed(items))))
 
 
 def test_avg_of_nothing_is_null_and_rejects_what_sum_rejects() -> None:
