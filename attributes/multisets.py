@@ -104,26 +104,13 @@ class MostFrequent(Aggregator):
         return {}
 
     def add(self, state: State, value: Any, ts: int, mid: str) -> State:
-        key = value_key(value)
-        seen = state.get(key)
-        if seen is None:
-            state[key] = [1, ts, mid]
-        else:
-            seen[0] += 1
-            if (ts, mid) > (seen[1], seen[2]):
-                seen[1], seen[2] = ts, mid
+        _tally(state, value_key(value), 1, ts, mid)
         return state
 
     def merge(self, a: State, b: State) -> State:
         merged = {key: list(seen) for key, seen in a.items()}
         for key, (count, ts, mid) in b.items():
-            seen = merged.get(key)
-            if seen is None:
-                merged[key] = [count, ts, mid]
-            else:
-                seen[0] += count
-                if (ts, mid) > (seen[1], seen[2]):
-                    seen[1], seen[2] = ts, mid
+            _tally(merged, key, count, ts, mid)
         return merged
 
     def result(self, state: State) -> Any:
@@ -132,3 +119,14 @@ class MostFrequent(Aggregator):
         top = max((count, ts, mid) for count, ts, mid in state.values())
         best = min(key for key, (count, ts, mid) in state.items() if (count, ts, mid) == top)
         return value_of(best)
+
+
+def _tally(state: dict[str, list[Any]], key: str, count: int, ts: int, mid: str) -> None:
+    """Count `count` more occurrences of `key`, the latest of them at (ts, mid)."""
+    seen = state.get(key)
+    if seen is None:
+        state[key] = [count, ts, mid]
+        return
+    seen[0] += count
+    if (ts, mid) > (seen[1], seen[2]):
+        seen[1], seen[2] = ts, mid
