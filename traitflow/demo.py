@@ -16,14 +16,13 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
 from traitflow.store import MemoryProfileStore
-from traitflow.topics import publish_file
+from traitflow.topics import publish_file, read_dead_letters
 
 
 class DemoError(RuntimeError):
@@ -70,30 +69,6 @@ def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: floa
     )
 
 
-async def dead_letter_reasons(settings: Settings, expected: int, wait_s: float = 10) -> list[str]:
-    """Read the dead-letter topic from the start and return the reasons found."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    reasons: list[str] = []
-    try:
-        partitions = consumer.partitions_for_topic(settings.dead_letter_topic) or set()
-        assigned = [TopicPartition(settings.dead_letter_topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        deadline = time.monotonic() + wait_s
-        while len(reasons) < expected and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for messages in batches.values():
-                for message in messages:
-                    headers = dict(message.headers)
-                    reasons.append(headers.get("traitflow.error.reason", b"?").decode())
-    finally:
-        await consumer.stop()
-    return reasons
-
-
 def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> None:
     started = time.monotonic()
     lines = [line for line in events.read_bytes().splitlines() if line.strip()]
@@ -119,7 +94,8 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     sent = asyncio.run(publish_file(settings, events))
     print(f"  published {sent} events from {events}")
     profile = wait_for_profile(settings, user, expected, timeout)
-    reasons = asyncio.run(dead_letter_reasons(settings, dead)) if dead else []
+    letters = asyncio.run(read_dead_letters(settings, at_least=dead, wait_s=10)) if dead else []
+    reasons = [headers.get("traitflow.error.reason", b"?").decode() for _, headers in letters]
 
     print(f"\nServed profile of {user} (after {time.monotonic() - started:.1f}s):")
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -67,3 +68,29 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
     target = topic or next(iter(settings.sources))
     with path.open("rb") as lines:
         return await publish_lines(settings, target, lines)
+
+
+async def read_dead_letters(
+    settings: Settings, *, at_least: int = 0, wait_s: float = 1.0
+) -> list[tuple[bytes, dict[str, bytes]]]:
+    """The dead-letter topic from its start, as (original bytes, headers) per record.
+
+    Reads until `at_least` records were seen or `wait_s` passed (with `at_least` 0:
+    for `wait_s`); it joins no consumer group and commits nothing."""
+    topic = settings.dead_letter_topic
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[tuple[bytes, dict[str, bytes]]] = []
+    try:
+        assigned = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not (at_least and len(found) >= at_least):
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                found.extend((message.value, dict(message.headers)) for message in messages)
+    finally:
+        await consumer.stop()
+    return found

@@ -7,34 +7,13 @@ import uuid
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.conftest import Publisher, user_id, wait_until
 from traitflow.config import Settings
 from traitflow.services import Daemon
+from traitflow.topics import read_dead_letters
 
 pytestmark = pytest.mark.integration
-
-
-async def _dead_letters(settings: Settings) -> dict[bytes, dict[str, bytes]]:
-    """Every dead letter so far: value -> headers."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    found: dict[bytes, dict[str, bytes]] = {}
-    try:
-        partitions = consumer.partitions_for_topic(settings.dead_letter_topic) or set()
-        assigned = [TopicPartition(settings.dead_letter_topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        for _ in range(3):
-            for messages in (await consumer.getmany(timeout_ms=300)).values():
-                for message in messages:
-                    found[message.value] = dict(message.headers)
-    finally:
-        await consumer.stop()
-    return found
 
 
 def test_bad_events_are_dead_lettered_and_good_ones_processed(
@@ -48,7 +27,7 @@ def test_bad_events_are_dead_lettered_and_good_ones_processed(
     publish([not_json, no_ids, no_name, {"type": "page", "userId": user, "properties": {"p": tag}}])
 
     def all_three() -> dict[bytes, dict[str, bytes]] | None:
-        found = asyncio.run(_dead_letters(settings))
+        found = dict(asyncio.run(read_dead_letters(settings, wait_s=0.9)))
         return found if {not_json, no_ids, no_name} <= found.keys() else None
 
     found = wait_until(all_three, what="three dead letters")
