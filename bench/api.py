@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -103,11 +102,10 @@ def main() -> None:
     asyncio.run(seed(settings, args.profiles))
 
     port = free_port()
-    env = {"TRAITFLOW_REDIS_URL": settings.redis_url, "TRAITFLOW_KEY_PREFIX": settings.key_prefix}
     daemon = Daemon("bench-api", settings.home / "bench")
     daemon.spawn(
         [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
-        {**os.environ, **env},
+        settings.child_env(),
         ROOT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -157,8 +157,7 @@ def main() -> None:
     last_user = asyncio.run(publish(settings, topic, events))
     produce_s = time.perf_counter() - started
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
-    env |= settings.as_env()
+    env = settings.child_env()
     client = redis.Redis.from_url(settings.redis_url)
     worker = Daemon("bench-worker", settings.home / "bench")
     t_start = time.perf_counter()

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
             if value is not None
         }
 
+    def child_env(self) -> dict[str, str]:
+        """This process's environment, with these settings instead of any `TRAITFLOW_*`
+        variable: what a worker or API started from a test or benchmark runs with."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
+        return inherited | self.as_env()
+
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0].removeprefix("kafka://")

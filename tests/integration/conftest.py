@@ -108,12 +108,6 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """This process's environment, with `settings` instead of any TRAITFLOW_* variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
-    return env | settings.as_env()
-
-
 @pytest.fixture(scope="session")
 def ingest_topic(settings: Settings) -> str:
     return next(iter(settings.sources))
@@ -159,7 +153,7 @@ def worker(settings: Settings, publish: Publisher, redis_client: redis.Redis) ->
     daemon = Daemon("worker", settings.home / "worker")
     process = daemon.spawn(
         [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings_env(settings),
+        settings.child_env(),
         cwd=ROOT,
     )
     try:
@@ -187,7 +181,7 @@ def api_server(settings: Settings) -> Iterator[str]:
     daemon = Daemon("api", settings.home / "api")
     process = daemon.spawn(
         [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
-        settings_env(settings),
+        settings.child_env(),
         cwd=ROOT,
     )
     try:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from tests.integration.conftest import Publisher, settings_env, user_id, wait_until
+from tests.integration.conftest import Publisher, user_id, wait_until
 from tests.integration.oracle import expected_view
 from traitflow.cli import app
 from traitflow.config import Settings
@@ -146,9 +146,8 @@ def test_produce_command_publishes_a_file(
         )
         + b"\n\n"
     )
-    for key, value in settings_env(settings).items():
-        if key.startswith("TRAITFLOW_"):
-            monkeypatch.setenv(key, value)
+    for key, value in settings.as_env().items():
+        monkeypatch.setenv(key, value)
 
     result = CliRunner().invoke(app, ["produce", str(events)])
 

@@ -25,7 +25,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import ROOT, settings_env, wait_until
+from tests.integration.conftest import ROOT, wait_until
 from tests.integration.oracle import expected_view
 from traitflow.config import Settings
 from traitflow.services import Daemon
@@ -108,7 +108,7 @@ def _start_worker(settings: Settings, name: str) -> Daemon:
     daemon = Daemon(name, settings.home / name)
     daemon.spawn(
         [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings_env(settings),
+        settings.child_env(),
         cwd=ROOT,
     )
     return daemon

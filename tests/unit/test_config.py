@@ -166,3 +166,13 @@ def test_isolated_names_every_shared_resource_after_the_run() -> None:
     assert settings.sources == {"run-1-events": "web"}
     assert settings.dead_letter_topic == "run-1-dead-letters"
     assert settings.topic_partitions == 2
+
+
+def test_child_env_replaces_every_traitflow_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_KEY_PREFIX", "from-the-parent")
+    monkeypatch.setenv("TRAITFLOW_OBSOLETE", "x")
+    monkeypatch.setenv("UNRELATED", "kept")
+    env = Settings(key_prefix="mine").child_env()
+    assert env["TRAITFLOW_KEY_PREFIX"] == "mine"
+    assert "TRAITFLOW_OBSOLETE" not in env
+    assert env["UNRELATED"] == "kept"
