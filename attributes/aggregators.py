@@ -25,6 +25,9 @@ class Rejected(ValueError):
     """A value this aggregator cannot take (e.g. a string to sum); the event is
     skipped for this attribute only, and the reason is reported."""
 
+    #: the skip's category in metrics
+    kind = "wrong_type"
+
 
 def _number(value: Any) -> int | float:
     # bool is an int subclass in Python; True is not a revenue figure.

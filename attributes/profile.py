@@ -17,6 +17,7 @@ import msgspec
 
 from attributes.aggregators import Rejected
 from attributes.events import Event, iso_from_ms
+from attributes.filters import FilterResults
 from attributes.paths import MISSING
 from attributes.rules import RuleSet
 
@@ -50,11 +51,15 @@ def decode_state(raw: bytes) -> ProfileState:
 
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """An attribute that did not take an event, and why (reported, never raised)."""
+    """An attribute that did not take an event, and why (reported, never raised).
+
+    `kind` is the category counted in metrics: `missing_field`, `wrong_type`,
+    `outside_window` or `filter_error` (a `where` filter that failed on the event)."""
 
     attribute: str
     message_id: str | None
     reason: str
+    kind: str = "wrong_type"
 
 
 @dataclass(slots=True)
@@ -86,8 +91,10 @@ def apply_event(
     rules: RuleSet,
     source: str,
     offset: int,
+    now: int,
 ) -> Applied:
-    """Apply one event at `source` ("topic/partition") `offset` to `state` in place.
+    """Apply one event at `source` ("topic/partition") `offset` to `state` in place;
+    `now` (epoch ms) is the processing time that windows are evaluated at.
 
     An offset at or below the watermark for that source was applied before: it is
     ignored and `changed` is False.
@@ -110,46 +117,86 @@ def apply_event(
                 state.traits[trait] = [ts, mid, value]
 
     applied = Applied(changed=True)
+    filters: FilterResults | None = None
     for attribute in rules.for_event(event.type, event.event):
+        if attribute.where is not None:
+            filters = filters or FilterResults(event)
+            verdict = filters.verdict(attribute.where)
+            if verdict is not True:
+                if verdict is not False:
+                    applied.skips.append(
+                        Skip(attribute.name, event.messageId, f"where: {verdict}", "filter_error")
+                    )
+                continue
         value = None
         if attribute.getter is not None:
             value = attribute.getter(event)
             if value is MISSING or value is None:
                 if attribute.aggregator.needs_field:
-                    applied.skips.append(Skip(attribute.name, event.messageId, "field is missing"))
+                    applied.skips.append(
+                        Skip(attribute.name, event.messageId, "field is missing", "missing_field")
+                    )
                 continue
-        aggregator = attribute.aggregator
         current = state.attributes.get(attribute.name)
-        if current is None:
-            current = aggregator.initial()
         try:
-            state.attributes[attribute.name] = aggregator.add(current, value, ts, mid)
+            if attribute.window is None:
+                aggregator = attribute.aggregator
+                current = aggregator.initial() if current is None else current
+                state.attributes[attribute.name] = aggregator.add(current, value, ts, mid)
+            else:
+                window = attribute.window
+                current = window.initial() if current is None else current
+                state.attributes[attribute.name] = window.add(current, value, ts, mid, now)
         except Rejected as exc:
-            applied.skips.append(Skip(attribute.name, event.messageId, str(exc)))
+            applied.skips.append(Skip(attribute.name, event.messageId, str(exc), exc.kind))
     return applied
 
 
-def compute_attributes(state: ProfileState, rules: RuleSet) -> dict[str, Any]:
-    """Attribute values for every rule, in rule order; never-fed attributes are their
-    aggregator's empty result (0 for counts and sums, null otherwise)."""
+def compute_attributes(state: ProfileState, rules: RuleSet, now: int) -> dict[str, Any]:
+    """Attribute values at `now` for every rule, in rule-file order; never-fed
+    attributes are their aggregator's empty result (0 for counts and sums, else null)."""
     values: dict[str, Any] = {}
     for attribute in rules.attributes:
-        aggregator = attribute.aggregator
         stored = state.attributes.get(attribute.name)
-        values[attribute.name] = aggregator.result(
-            aggregator.initial() if stored is None else stored
-        )
+        if attribute.window is not None:
+            values[attribute.name] = attribute.window.result(stored or [], now)
+        else:
+            aggregator = attribute.aggregator
+            values[attribute.name] = aggregator.result(
+                aggregator.initial() if stored is None else stored
+            )
+    if rules.derived:
+        inputs = {a.name: a.cel_value(values[a.name]) for a in rules.attributes}
+        for derived in rules.derived:
+            values[derived.name] = inputs[derived.name] = derived.evaluate(inputs)
+        return {name: values[name] for name in rules.names}
     return values
 
 
-def render_view(state: ProfileState, rules: RuleSet) -> dict[str, Any]:
-    """The served profile document."""
+def expire_windows(state: ProfileState, rules: RuleSet, now: int) -> int | None:
+    """Drop the buckets that are out of their windows at `now`, in place; return when
+    the next one leaves its window (None: no windowed state left)."""
+    due: int | None = None
+    for attribute in rules.windowed:
+        assert attribute.window is not None
+        stored = state.attributes.get(attribute.name)
+        if not stored:
+            continue
+        attribute.window.expire(stored, now)
+        expiry = attribute.window.next_expiry(stored)
+        if expiry is not None and (due is None or expiry < due):
+            due = expiry
+    return due
+
+
+def render_view(state: ProfileState, rules: RuleSet, now: int) -> dict[str, Any]:
+    """The served profile document, its windows as they are at `now`."""
     return {
         "id": state.id,
         "entity": state.entity,
         "identities": state.identities,
         "traits": {trait: entry[2] for trait, entry in state.traits.items()},
-        "attributes": compute_attributes(state, rules),
+        "attributes": compute_attributes(state, rules, now),
         "first_seen": iso_from_ms(state.first_seen),
         "last_seen": iso_from_ms(state.last_seen),
         "version": state.version,

@@ -1,27 +1,30 @@
 """Computed-attribute rules: the YAML rule file, its checks, and the compiled rule set.
 
 A rule file is a user's program, so it is checked whole at load and every problem is
-reported with file, line and attribute name. What survives is a `RuleSet`: plain
-objects with field getters compiled and attributes indexed by event name, so the
-hot path does one dict lookup per event to find the attributes it feeds.
+reported with file, line and attribute name (the format itself is `attributes.specs`).
+What survives is a `RuleSet`: plain objects with field getters, filters, windows and
+derived expressions compiled, and attributes indexed by event name, so the hot path
+does one dict lookup per event to find the attributes it feeds.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import yaml
 
 from attributes.aggregators import Aggregator, Avg, Count, First, Max, Min, MostRecent, Sum
+from attributes.derived import RESULT_TYPES, DerivedAttribute, cel_value, compile_derived
+from attributes.expressions import Expression, ExpressionError
+from attributes.filters import compile_filter
 from attributes.multisets import MostFrequent, RecentValues, UniqueCount
 from attributes.paths import Getter, InvalidPath, compile_path
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+from attributes.specs import AttributeSpec
+from attributes.windows import WindowedAggregator, make_window
 
 
 @dataclass(frozen=True)
@@ -45,60 +48,20 @@ class RuleFileError(ValueError):
         super().__init__("\n".join(str(problem) for problem in problems))
 
 
-class AttributeSpec(pydantic.BaseModel):
-    """One attribute as written in the rule file."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    function: Literal[
-        "sum",
-        "count",
-        "min",
-        "max",
-        "avg",
-        "most_recent",
-        "first",
-        "list",
-        "unique_count",
-        "most_frequent",
-    ]
-    entity: str = "user"
-    description: str = ""
-    field: str | None = None
-    event: str | list[str] | None = pydantic.Field(
-        default=None, description="event name(s) this attribute counts; absent = every event"
-    )
-    type: list[Literal["track", "identify", "page", "screen", "alias", "group"]] | None = None
-    #: `list` only: how many values to keep, and whether each value counts once
-    size: int | None = pydantic.Field(default=None, ge=1, le=1000)
-    distinct: bool | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _list_options(self) -> AttributeSpec:
-        if self.function != "list" and (self.size is not None or self.distinct is not None):
-            raise ValueError(
-                f"'size' and 'distinct' apply to function 'list', not {self.function!r}"
-            )
-        return self
-
-    @pydantic.field_validator("name")
-    @classmethod
-    def _identifier(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError(
-                "must be an identifier: letters, digits, '_', not starting with a digit"
-            )
-        return name
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledAttribute:
+    """An attribute that folds events: what `apply_event` runs for each event."""
+
     name: str
     entity: str
     aggregator: Aggregator
     getter: Getter | None
     description: str = ""
+    where: Expression | None = None
+    #: set for a `lookback` attribute: `aggregator` applied per time bucket
+    window: WindowedAggregator | None = None
+    #: the attribute's value as its CEL type says (for derived expressions)
+    cel_value: Callable[[Any], Any] = field(default=cel_value("count"), repr=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +72,14 @@ class RuleSet:
     _by_event: dict[str, tuple[CompiledAttribute, ...]] = field(repr=False)
     _any_event: tuple[CompiledAttribute, ...] = field(repr=False)
     _types: dict[str, frozenset[str] | None] = field(repr=False)
+    #: derived attributes, each after the attributes it reads
+    derived: tuple[DerivedAttribute, ...] = ()
+    #: every attribute name in rule-file order: the order of the served view
+    names: tuple[str, ...] = ()
+
+    @property
+    def windowed(self) -> tuple[CompiledAttribute, ...]:
+        return tuple(attribute for attribute in self.attributes if attribute.window)
 
     def for_event(self, event_type: str, event_name: str | None) -> Iterable[CompiledAttribute]:
         named = self._by_event.get(event_name, ()) if event_name is not None else ()
@@ -118,24 +89,33 @@ class RuleSet:
                 yield attribute
 
     @classmethod
-    def build(cls, attributes: list[tuple[AttributeSpec, CompiledAttribute]]) -> RuleSet:
+    def build(
+        cls,
+        attributes: list[tuple[AttributeSpec, CompiledAttribute]],
+        derived: Sequence[DerivedAttribute] = (),
+        names: Sequence[str] | None = None,
+    ) -> RuleSet:
         by_event: dict[str, list[CompiledAttribute]] = {}
         any_event: list[CompiledAttribute] = []
         types: dict[str, frozenset[str] | None] = {}
         for spec, compiled in attributes:
-            names = [spec.event] if isinstance(spec.event, str) else spec.event
-            if names is not None:
-                names = list(dict.fromkeys(names))  # listed twice still counts once
-            if names is None:
+            events = [spec.event] if isinstance(spec.event, str) else spec.event
+            if events is not None:
+                events = list(dict.fromkeys(events))  # listed twice still counts once
+            if events is None:
                 any_event.append(compiled)
-            for name in names or ():
+            for name in events or ():
                 by_event.setdefault(name, []).append(compiled)
             types[spec.name] = frozenset(spec.type) if spec.type else None
+        if names is None:
+            names = [compiled.name for _, compiled in attributes] + [d.name for d in derived]
         return cls(
             attributes=tuple(compiled for _, compiled in attributes),
             _by_event={name: tuple(attrs) for name, attrs in by_event.items()},
             _any_event=tuple(any_event),
             _types=types,
+            derived=tuple(derived),
+            names=tuple(names),
         )
 
 
@@ -163,7 +143,15 @@ _SHARED: dict[str, Aggregator] = {
 }
 
 
-def _compile(spec: AttributeSpec) -> CompiledAttribute:
+def window_for(spec: AttributeSpec, aggregator: Aggregator) -> WindowedAggregator | None:
+    if spec.lookback is None:
+        return None
+    window = make_window(spec.lookback.count, spec.lookback.unit, spec.calendar)
+    lateness = spec.allowed_lateness.milliseconds if spec.allowed_lateness else None
+    return WindowedAggregator(aggregator, window, lateness)
+
+
+def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAttribute:
     aggregator = aggregator_for(spec)
     if aggregator.needs_field and spec.field is None:
         raise ValueError(f"function {spec.function!r} needs a 'field'")
@@ -171,12 +159,30 @@ def _compile(spec: AttributeSpec) -> CompiledAttribute:
         getter = compile_path(spec.field) if spec.field is not None else None
     except InvalidPath as exc:
         raise ValueError(str(exc)) from None
-    return CompiledAttribute(spec.name, spec.entity, aggregator, getter, spec.description)
+    where = None
+    if spec.where is not None:
+        where = filters.get(spec.where)
+        if where is None:  # one compiled filter per distinct text: evaluated once per event
+            try:
+                where = filters[spec.where] = compile_filter(spec.where)
+            except ExpressionError as exc:
+                raise ValueError(f"where: {exc}") from None
+    return CompiledAttribute(
+        spec.name,
+        spec.entity,
+        aggregator,
+        getter,
+        spec.description,
+        where,
+        window_for(spec, aggregator),
+        cel_value(spec.function),
+    )
 
 
 def _pydantic_problem(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"])
-    return f"{location}: {error['msg']}" if location else str(error["msg"])
+    message = str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
+    return f"{location}: {message}" if location else message
 
 
 def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
@@ -200,6 +206,8 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
 
     problems: list[RuleProblem] = []
     compiled: list[tuple[AttributeSpec, CompiledAttribute]] = []
+    derived: dict[str, AttributeSpec] = {}
+    filters: dict[str, Expression] = {}
     seen: dict[str, int] = {}
     for raw, line in zip(data["attributes"], lines, strict=True):
         name = raw.get("name") if isinstance(raw, dict) else None
@@ -222,13 +230,32 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
             )
             continue
         seen[spec.name] = line
+        if spec.function == "derived":
+            derived[spec.name] = spec
+            continue
         try:
-            compiled.append((spec, _compile(spec)))
+            compiled.append((spec, _compile(spec, filters)))
         except ValueError as exc:
             problems.append(RuleProblem(file, line, spec.name, str(exc)))
+
+    expressions, failed = compile_derived(
+        {name: spec.expression or "" for name, spec in derived.items()},
+        {spec.name: RESULT_TYPES[spec.function] for spec, _ in compiled},
+    )
+    problems.extend(
+        RuleProblem(file, seen[name], name, problem) for name, problem in failed.items()
+    )
     if problems:
+        problems.sort(key=lambda problem: problem.line or 0)
         raise RuleFileError(problems)
-    return RuleSet.build(compiled)
+    return RuleSet.build(
+        compiled,
+        [
+            DerivedAttribute(name, derived[name].entity, expression, derived[name].description)
+            for name, expression in expressions.items()
+        ],
+        names=list(seen),
+    )
 
 
 def load_rules(path: str | Path) -> RuleSet:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: Errors that mean "Redis is not reachable right now": retry the batch, never ack it.
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
+#: Profiles re-rendered per expiry write.
+EXPIRY_ROUND = 1000
+
 
 class TopicDeadLetters(DeadLetterSink):
     """Dead letters to a Kafka topic: the original bytes as value, the reason and the
@@ -83,21 +86,40 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         settings.state_cache_profiles,
     )
 
+    processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
+    #: the input partitions ("topic/partition") this worker owns: whose windows it expires
+    owned: set[str] = set()
+    ingest_topics = set(settings.sources)
+
     # Faust signals a revoke only after in-flight batches are acked, so no batch is
-    # half-applied here; after any move of partitions another worker may have written
-    # our old profiles, so every cached state is suspect.
-    def forget_cached_states(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        store.clear()
+    # half-applied here; the lock waits for an expiry round in progress. After any move
+    # of partitions another worker may have written our old profiles, so every cached
+    # state is suspect.
+    async def on_revoked(sender: Any, revoked: set[Any], *, signal: Any, **kwargs: Any) -> None:
+        async with processor.lock:
+            owned.difference_update(f"{tp.topic}/{tp.partition}" for tp in revoked)
+            store.clear()
+
+    async def on_assigned(sender: Any, assigned: set[Any], *, signal: Any, **kwargs: Any) -> None:
+        async with processor.lock:
+            owned.update(
+                f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in ingest_topics
+            )
+            store.clear()
 
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
 
     # mode types handlers with NamedArg("BaseSignalT", ...), a string mypy cannot match
-    app.on_partitions_revoked.connect(forget_cached_states)  # type: ignore[arg-type]
-    app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
-    processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
+    if rules.windowed:
+
+        @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
+        async def expire_windows() -> None:
+            await expire_owned(processor, sorted(owned))
 
     async def process_messages(messages: Sequence[Message]) -> None:
         records = [
@@ -108,6 +130,24 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
 
     batch_subscribe(app, ingest, process_messages, max_size=settings.batch_size)
     return app
+
+
+async def expire_owned(processor: BatchProcessor, sources: Sequence[str]) -> None:
+    """One expiry round: re-render the due profiles of each owned partition. A failure
+    is logged and the round is simply tried again at the next tick."""
+    for source in sources:
+        try:
+            while await processor.expire(source, EXPIRY_ROUND) == EXPIRY_ROUND:
+                pass  # a full round: more may be due
+        except Exception as exc:
+            transient = isinstance(exc, TRANSIENT)
+            log.log(
+                logging.WARNING if transient else logging.ERROR,
+                "expiring windows of %s failed (%r); trying again at the next tick",
+                source,
+                exc,
+                exc_info=not transient,
+            )
 
 
 async def process_until_done(processor: BatchProcessor, records: Sequence[Record]) -> None:

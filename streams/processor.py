@@ -13,9 +13,11 @@ caller acks (commits) offsets after the effect is durable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -28,6 +30,7 @@ from attributes.profile import (
     decode_state,
     encode_state,
     event_identities,
+    expire_windows,
     render_view,
 )
 from attributes.rules import RuleSet
@@ -97,12 +100,36 @@ def profile_id(event: Event) -> str:
 
 
 class BatchProcessor:
-    def __init__(self, rules: RuleSet, store: ProfileStore, dead_letters: DeadLetterSink) -> None:
+    """Applies batches of records, and re-renders profiles whose windows moved.
+
+    `clock` gives the processing time (epoch seconds) that windows are evaluated at;
+    it is read once per batch. Both entry points hold `lock`, so a timer's expiry
+    round and a batch never work on the same profiles at once."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        store: ProfileStore,
+        dead_letters: DeadLetterSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.rules = rules
         self.store = store
         self.dead_letters = dead_letters
+        self.clock = clock
+        self.lock = asyncio.Lock()
+        self._now = 0
+
+    def _read_clock(self) -> int:
+        self._now = int(self.clock() * 1000)
+        return self._now
 
     async def process(self, records: Sequence[Record]) -> BatchReport:
+        async with self.lock:
+            return await self._process(records)
+
+    async def _process(self, records: Sequence[Record]) -> BatchReport:
+        self._read_clock()
         report = BatchReport(records=len(records))
         rejected: list[tuple[Record, str]] = []
         by_profile: dict[str, list[tuple[Record, Event]]] = {}
@@ -160,32 +187,67 @@ class BatchProcessor:
         report.dead_lettered = len(rejected)
         report.profiles_written = len(writes)
         for skip in report.skips:
-            log.info(
-                "attribute %s skipped event %s: %s", skip.attribute, skip.message_id, skip.reason
-            )
+            if skip.kind == "wrong_type":  # the others are routine: counted, not logged
+                log.info(
+                    "attribute %s skipped event %s: %s",
+                    skip.attribute,
+                    skip.message_id,
+                    skip.reason,
+                )
         return report
+
+    async def expire(self, source: str, limit: int) -> int:
+        """Re-render the profiles indexed under `source` whose windows have moved by
+        now; return how many were written. The cost is that of the due profiles only."""
+        async with self.lock:
+            now = self._read_clock()
+            due = await self.store.due(ENTITY, source, now, limit)
+            if not due:
+                return 0
+            states = await self.store.load(ENTITY, due)
+            if gone := [pid for pid in due if pid not in states]:
+                await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
+            writes = [self._write(state, source) for state in states.values()]
+            try:
+                await self.store.save(ENTITY, writes)
+            except BaseException:
+                self.store.abandon(ENTITY, due)
+                raise
+            return len(writes)
+
+    def _write(self, state: ProfileState, source: str) -> ProfileWrite:
+        """The write of a changed state: its view as of now, and when to look again."""
+        now = self._now
+        expires_at = expire_windows(state, self.rules, now) if self.rules.windowed else None
+        view = encode_view(render_view(state, self.rules, now))
+        write = ProfileWrite(state, encode_state(state), view)
+        if self.rules.windowed:
+            write.expiry = (source, expires_at)
+        return write
 
     def _apply(
         self, state: ProfileState, items: Sequence[tuple[Record, Event]], report: BatchReport
     ) -> ProfileWrite | None:
         """Apply a profile's events of this batch; the write, or None if nothing changed."""
         changed = False
+        source = ""
         for record, event in items:
+            source = f"{record.topic}/{record.partition}"
             applied = apply_event(
                 state,
                 event,
                 event_time_ms(event, record.timestamp_ms),
                 self.rules,
-                f"{record.topic}/{record.partition}",
+                source,
                 record.offset,
+                self._now,
             )
             changed |= applied.changed
             report.duplicates += not applied.changed
             report.skips.extend(applied.skips)
         if not changed:
             return None
-        view = encode_view(render_view(state, self.rules))
-        return ProfileWrite(state, encode_state(state), view)
+        return self._write(state, source)
 
     async def _apply_each(
         self,

@@ -30,7 +30,10 @@ def _rules_or_exit(path: Path) -> RuleSet:
 def validate(rules: Path = typer.Argument(..., help="rule file to check")) -> None:
     """Check a rule file; print every problem with file, line and attribute."""
     ruleset = _rules_or_exit(rules)
-    typer.echo(f"{rules}: {len(ruleset.attributes)} attributes OK")
+    typer.echo(
+        f"{rules}: {len(ruleset.names)} attributes OK "
+        f"({len(ruleset.windowed)} windowed, {len(ruleset.derived)} derived)"
+    )
 
 
 @app.command()

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1)
     #: decoded profile states the worker keeps for the partitions it owns (0 = none)
     state_cache_profiles: int = Field(default=100_000, ge=0)
+    #: how often the worker re-renders profiles whose lookback windows have moved
+    expiry_interval_s: float = Field(default=1.0, gt=0)
     #: consumer-group timeouts; unset = `group_timeouts` picks them
     session_timeout_s: float | None = Field(default=None, gt=0)
     rebalance_timeout_s: float | None = Field(default=None, gt=0)

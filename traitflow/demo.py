@@ -3,6 +3,9 @@
 It starts the broker, Redis, a worker and the API, publishes the sample events, and
 polls the API until the served profile equals what a batch run of the same rules over
 the same file computes (the in-memory processor is the oracle), then prints it.
+
+The sample's timestamps are moved so that its newest event happened a minute ago:
+lookback windows are relative to the present, and the demo should show them full.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
 from traitflow.store import MemoryProfileStore
-from traitflow.topics import publish_file, read_dead_letters
+from traitflow.topics import ensure_topics, publish_lines, read_dead_letters
 
 
 class DemoError(RuntimeError):
@@ -33,11 +37,42 @@ def demo_processes(settings: Settings) -> list[Daemon]:
     return [Daemon("worker", settings.home / "worker"), Daemon("api", settings.home / "api")]
 
 
-async def expected_profile(settings: Settings, lines: list[bytes], user: str) -> tuple[Any, int]:
-    """Batch-compute the profile of `user` and the dead-letter count from event lines."""
+def shift_to_now(lines: list[bytes], now_ms: int) -> list[bytes]:
+    """The lines with every event's `timestamp` moved by the same amount, so that the
+    newest is a minute before `now_ms`; lines that are not such events are kept as-is."""
+    parsed: list[tuple[bytes, Any, datetime | None]] = []
+    for line in lines:
+        try:
+            event = orjson.loads(line)
+            moment = datetime.fromisoformat(event["timestamp"])
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            parsed.append((line, None, None))
+            continue
+        parsed.append((line, event, moment))
+    moments = [moment for _, _, moment in parsed if moment is not None]
+    if not moments:
+        return lines
+    shift = datetime.fromtimestamp(now_ms / 1000 - 60, UTC) - max(moments)
+    shifted: list[bytes] = []
+    for line, event, when in parsed:
+        if when is not None:
+            event["timestamp"] = (when + shift).isoformat(timespec="milliseconds")
+            shifted.append(orjson.dumps(event))
+        else:
+            shifted.append(line)
+    return shifted
+
+
+async def expected_profile(
+    settings: Settings, lines: list[bytes], user: str, now: float
+) -> tuple[Any, int]:
+    """Batch-compute the profile of `user` at `now` and the dead-letter count."""
     records = [Record("file", 0, offset, line, 0) for offset, line in enumerate(lines)]
     store, dead = MemoryProfileStore(), ListDeadLetters()
-    await BatchProcessor(load_rules(settings.rules_path), store, dead).process(records)
+    processor = BatchProcessor(load_rules(settings.rules_path), store, dead, clock=lambda: now)
+    await processor.process(records)
     view = await store.read_view("user", "user_id", user)
     if view is None:
         raise DemoError(f"the sample events have none for user {user!r}")
@@ -71,8 +106,10 @@ def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: floa
 
 def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> None:
     started = time.monotonic()
+    now = time.time()
     lines = [line for line in events.read_bytes().splitlines() if line.strip()]
-    expected, dead = asyncio.run(expected_profile(settings, lines, user))
+    lines = shift_to_now(lines, int(now * 1000))
+    expected, dead = asyncio.run(expected_profile(settings, lines, user, now))
     worker, api = demo_processes(settings)
     worker.stop()
     api.stop()
@@ -91,8 +128,9 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     print(f"  worker  started (log: {worker.log_file})")
     print(f"  api     started on http://{settings.api_host}:{settings.api_port}")
 
-    sent = asyncio.run(publish_file(settings, events))
-    print(f"  published {sent} events from {events}")
+    asyncio.run(ensure_topics(settings))
+    sent = asyncio.run(publish_lines(settings, next(iter(settings.sources)), lines))
+    print(f"  published {sent} events from {events} (moved to end a minute ago)")
     profile = wait_for_profile(settings, user, expected, timeout)
     letters = asyncio.run(read_dead_letters(settings, at_least=dead, wait_s=10)) if dead else []
     reasons = [headers.get("traitflow.error.reason", b"?").decode() for _, headers in letters]

@@ -9,12 +9,17 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:s:user:{id}                 string  profile state (msgpack)
     tf:v:user:{id}                 string  served view (JSON bytes)
     tf:i:user:{index}:{value}      string  -> profile id (one per identity)
+    tf:x:user:{topic}/{partition}  zset    profile id, scored by when its windows next
+                                           change (epoch ms); one per input partition
 
-All plain strings, so a batch costs two commands whatever its size: one MGET loads
-every state, one MSET writes every state, view and index key. MSET is atomic: a
-reader never sees a view without its index, and the offset watermark inside a state
-is never ahead of or behind the state it guards. (With Redis Cluster, keys would need
-a hash tag per batch; not supported yet.)
+A batch costs two round trips whatever its size: one MGET loads every state, one MSET
+writes every state, view and index key (wrapped in MULTI/EXEC with the ZADDs of the
+expiry index when the rules have windows). The write is atomic: a reader never sees
+a view without its index, and the offset watermark inside a state is never ahead of
+or behind the state it guards. The expiry index is per input partition so that the
+partition's owner, the profile's only writer, is the one that re-renders it; finding
+the due profiles is one ZRANGE, whatever the number of silent profiles. (With Redis
+Cluster, keys would need a hash tag per batch; not supported yet.)
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class KeyLayout:
     def index(self, entity: str, index: str, value: str) -> str:
         return f"{self.prefix}:i:{entity}:{index}:{value}"
 
+    def expiries(self, entity: str, source: str) -> str:
+        """`source` is the input partition, "topic/partition"."""
+        return f"{self.prefix}:x:{entity}:{source}"
+
 
 @dataclass(slots=True)
 class ProfileWrite:
@@ -62,6 +71,9 @@ class ProfileWrite:
     view: bytes
     #: (index, value) pairs that must point at this profile after the write
     identities: list[tuple[str, str]] = field(default_factory=list)
+    #: (input partition, when the profile's windows next change or None): its entry in
+    #: that partition's expiry index; None when the rules have no windows
+    expiry: tuple[str, int | None] | None = None
 
 
 class ProfileStore(ABC):
@@ -77,6 +89,14 @@ class ProfileStore(ABC):
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         """The served view of the profile that `index`=`value` points to, or None."""
 
+    @abstractmethod
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        """Up to `limit` profiles in `source`'s expiry index due at or before `now`."""
+
+    @abstractmethod
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        """Remove profiles from `source`'s expiry index."""
+
     def abandon(self, entity: str, ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """States loaded for `ids` were modified and will not be saved: forget any copy."""
 
@@ -91,6 +111,7 @@ class MemoryProfileStore(ProfileStore):
         self.states: dict[tuple[str, str], bytes] = {}
         self.views: dict[tuple[str, str], bytes] = {}
         self.index: dict[tuple[str, str, str], str] = {}
+        self.expiries: dict[tuple[str, str], dict[str, int]] = {}
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         return {
@@ -106,6 +127,23 @@ class MemoryProfileStore(ProfileStore):
             self.views[key] = write.view
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
+            if write.expiry is not None:
+                source, when = write.expiry
+                scheduled = self.expiries.setdefault((entity, source), {})
+                if when is None:
+                    scheduled.pop(write.state.id, None)
+                else:
+                    scheduled[write.state.id] = when
+
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        scheduled = self.expiries.get((entity, source), {})
+        ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
+        return [pid for _, pid in ordered[:limit]]
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        scheduled = self.expiries.get((entity, source), {})
+        for pid in ids:
+            scheduled.pop(pid, None)
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
@@ -147,13 +185,42 @@ class RedisProfileStore(ProfileStore):
             return
         keys = self.keys
         values: dict[str, bytes | str] = {}
+        scheduled: dict[str, dict[str, int]] = {}
+        unscheduled: dict[str, list[str]] = {}
         for write in writes:
             pid = write.state.id
             values[keys.state(entity, pid)] = write.encoded_state
             values[keys.view(entity, pid)] = write.view
             for index, value in write.identities:
                 values[keys.index(entity, index, value)] = pid
-        await self.client.mset(values)
+            if write.expiry is not None:
+                source, when = write.expiry
+                if when is None:
+                    unscheduled.setdefault(keys.expiries(entity, source), []).append(pid)
+                else:
+                    scheduled.setdefault(keys.expiries(entity, source), {})[pid] = when
+        if not scheduled and not unscheduled:
+            await self.client.mset(values)
+            return
+        async with self.client.pipeline(transaction=True) as transaction:
+            transaction.mset(values)
+            for key, members in scheduled.items():
+                transaction.zadd(key, members)
+            for key, pids in unscheduled.items():
+                transaction.zrem(key, *pids)
+            await transaction.execute()
+
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        ids = cast(
+            "list[bytes]",
+            await self.client.zrange(
+                self.keys.expiries(entity, source), "-inf", now, byscore=True, offset=0, num=limit
+            ),
+        )
+        return [pid.decode() for pid in ids]
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        await self.client.zrem(self.keys.expiries(entity, source), *ids)
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         raw: bytes | str | None
@@ -224,6 +291,12 @@ class CachedProfileStore(ProfileStore):
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         return await self.inner.read_view(entity, index, value)
+
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        return await self.inner.due(entity, source, now, limit)
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        await self.inner.unschedule(entity, source, ids)
 
     async def close(self) -> None:
         await self.inner.close()

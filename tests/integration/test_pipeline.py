@@ -86,38 +86,28 @@ def test_purchases_and_traits_are_served(
 
 
 def test_later_events_update_the_served_profile(
-    worker: Daemon, publish: Publisher, api: httpx.Client
+    worker: Daemon, publish: Publisher, api: httpx.Client, settings: Settings
 ) -> None:
     user = user_id()
     path = f"/v1/collections/users/records/user_id/{user}"
-    publish([order(user, f"{user}-1", 10, "2026-11-01T10:00:00Z")])
-    wait_until(lambda: served(api, path, {**_empty(), **_orders(10, 1, 10, 10)}), what="first")
+    first = [order(user, f"{user}-1", 10, "2026-11-01T10:00:00Z")]
+    publish(first)
+    expected = expected_view(settings, first, user)["attributes"]
+    assert _orders(expected) == (10, 1, 10, 10)
+    wait_until(lambda: served(api, path, expected), what="the first order")
 
-    publish([order(user, f"{user}-2", 32, "2026-11-02T10:00:00Z")])
-    profile = wait_until(lambda: served(api, path, {**_empty(), **_orders(42, 2, 32, 10)}))
+    both = [*first, order(user, f"{user}-2", 32, "2026-11-02T10:00:00Z")]
+    publish(both[1:])
+    expected = expected_view(settings, both, user)["attributes"]
+    assert _orders(expected) == (42, 2, 32, 10)
+    profile = wait_until(lambda: served(api, path, expected), what="the second order")
     assert profile["version"] == 2
 
 
-def _orders(total: int, count: int, largest: int, smallest: int) -> dict[str, Any]:
-    return {
-        "lifetime_value": total,
-        "purchase_count": count,
-        "largest_order": largest,
-        "smallest_order": smallest,
-        "last_product": "sku-1",
-        "avg_order_value": total / count,
-        "first_product": "sku-1",
-    }
-
-
-def _empty() -> dict[str, Any]:
-    return {
-        "last_category_viewed": None,
-        "page_views": 0,
-        "recently_viewed": [],
-        "categories_viewed": 0,
-        "favourite_category": None,
-    }
+def _orders(attributes: dict[str, Any]) -> tuple[Any, ...]:
+    """lifetime value, count, largest and smallest order."""
+    names = ("lifetime_value", "purchase_count", "largest_order", "smallest_order")
+    return tuple(attributes[name] for name in names)
 
 
 def test_unknown_record_and_collection_are_json_404s(api: httpx.Client) -> None:
@@ -154,5 +144,8 @@ def test_produce_command_publishes_a_file(
     assert result.exit_code == 0, result.output
     assert "published 3 events" in result.output
     path = f"/v1/collections/users/records/user_id/{user}"
-    profile = wait_until(lambda: served(api, path, {**_empty(), **_orders(21, 3, 7, 7)}))
+    sent = [orjson.loads(line) for line in events.read_bytes().splitlines() if line]
+    expected = expected_view(settings, sent, user)["attributes"]
+    assert _orders(expected) == (21, 3, 7, 7)
+    profile = wait_until(lambda: served(api, path, expected), what="the produced orders")
     assert profile["version"] == 3

@@ -14,7 +14,8 @@ from attributes.aggregators import Aggregator, State
 from attributes.events import decode_event
 from attributes.paths import compile_path
 from attributes.profile import ProfileState
-from attributes.rules import AttributeSpec, CompiledAttribute, RuleSet
+from attributes.rules import CompiledAttribute, RuleSet
+from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record, profile_id
 from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileStore
 
@@ -22,6 +23,12 @@ pytestmark = pytest.mark.anyio
 
 TOPIC = "events"
 BROKER_MS = 1_700_000_000_000
+#: the processing time (epoch s): an hour after the newest example event
+NOW_S = 1_794_394_800.0  # 2026-11-11T11:00:00Z
+
+
+def clock() -> float:
+    return NOW_S
 
 
 def record(value: dict[str, Any] | bytes | None, offset: int, partition: int = 0) -> Record:
@@ -47,7 +54,7 @@ class Pipeline:
     def __init__(self, rules: RuleSet) -> None:
         self.store = MemoryProfileStore()
         self.dead_letters = ListDeadLetters()
-        self.processor = BatchProcessor(rules, self.store, self.dead_letters)
+        self.processor = BatchProcessor(rules, self.store, self.dead_letters, clock)
 
     async def process(self, batch: Sequence[Record]) -> BatchReport:
         return await self.processor.process(batch)
@@ -135,11 +142,16 @@ async def test_invalid_records_are_dead_lettered_without_blocking_others(
 async def test_skips_are_reported_and_the_event_still_counts(pipeline: Pipeline) -> None:
     report = await pipeline.process(records([order("u-1", "m-1", "free")]))
     assert report.dead_lettered == 0
-    assert {(skip.attribute, skip.message_id) for skip in report.skips} == {
-        ("lifetime_value", "m-1"),
-        ("largest_order", "m-1"),
-        ("smallest_order", "m-1"),
-        ("avg_order_value", "m-1"),
+    skips = {(skip.kind, skip.attribute, skip.message_id) for skip in report.skips}
+    assert skips == {
+        ("wrong_type", "lifetime_value", "m-1"),
+        ("wrong_type", "largest_order", "m-1"),
+        ("wrong_type", "smallest_order", "m-1"),
+        ("wrong_type", "avg_order_value", "m-1"),
+        ("filter_error", "big_orders", "m-1"),  # "free" >= 100.0
+        ("filter_error", "eur_revenue", "m-1"),  # no properties.currency
+        ("outside_window", "orders_last_30_days", "m-1"),  # record time: 2023
+        ("outside_window", "revenue_last_7_days", "m-1"),
     }
     assert (await pipeline.view("id", "u-1"))["attributes"]["purchase_count"] == 1
 
@@ -238,7 +250,7 @@ class FlakyStore(MemoryProfileStore):
 
 async def test_a_retried_batch_dead_letters_each_bad_record_once(example_rules: RuleSet) -> None:
     store, dead_letters = FlakyStore(), ListDeadLetters()
-    processor = BatchProcessor(example_rules, store, dead_letters)
+    processor = BatchProcessor(example_rules, store, dead_letters, clock)
     batch = records([b"not json", order("u-1", "m-1", 10)])
     with pytest.raises(ConnectionError):
         await processor.process(batch)
@@ -264,7 +276,7 @@ async def test_a_batch_retried_after_a_dead_letter_failure_is_stored(
     example_rules: RuleSet,
 ) -> None:
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100)
-    processor = BatchProcessor(example_rules, store, FlakyDeadLetters())
+    processor = BatchProcessor(example_rules, store, FlakyDeadLetters(), clock)
     await processor.process([record(order("u-1", "m-0", 1), 0)])  # u-1 is now cached
     batch = [record(order("u-1", "m-1", 10), 1), record(b"not json", 2)]
     with pytest.raises(OSError, match="broker is down"):
@@ -382,6 +394,13 @@ async def test_the_example_events_give_the_documented_profiles(
             "recently_viewed": ["sku-7", "sku-42"],
             "categories_viewed": 3,
             "favourite_category": "kitchen",
+            "big_orders": 1,
+            "eur_revenue": 190.5,
+            "orders_last_30_days": 4,
+            "revenue_last_7_days": 120.0,
+            "categories_this_month": 2,
+            "average_order": 47.625,
+            "loyal": True,
         },
         "first_seen": "2026-10-20T07:30:00.000Z",
         "last_seen": "2026-11-11T10:00:00.000Z",
@@ -487,7 +506,7 @@ def run(
     store = MemoryProfileStore() if store is None else store
 
     async def go() -> None:
-        processor = BatchProcessor(rules, store, ListDeadLetters())
+        processor = BatchProcessor(rules, store, ListDeadLetters(), clock)
         for batch in batches:
             await processor.process(batch)
 

@@ -21,6 +21,7 @@ from attributes.rules import RuleSet, parse_rules
 SOURCE = "events/0"
 DAY = 86_400_000
 Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+NOW = Y2K_MS + 3 * DAY  # the processing time: the tests' events are inside every window
 
 
 def event(**fields: Any) -> Event:
@@ -44,17 +45,17 @@ class Profile:
         self.offset = 0
 
     def apply(self, e: Event, ts: int = Y2K_MS, source: str = SOURCE) -> Applied:
-        applied = apply_event(self.state, e, ts, self.rules, source, self.offset)
+        applied = apply_event(self.state, e, ts, self.rules, source, self.offset, NOW)
         self.offset += 1
         return applied
 
     @property
     def attributes(self) -> dict[str, Any]:
-        return compute_attributes(self.state, self.rules)
+        return compute_attributes(self.state, self.rules, NOW)
 
     @property
     def traits(self) -> dict[str, Any]:
-        traits: dict[str, Any] = render_view(self.state, self.rules)["traits"]
+        traits: dict[str, Any] = render_view(self.state, self.rules, NOW)["traits"]
         return traits
 
 
@@ -112,12 +113,12 @@ def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
 def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     first = order("m-1", revenue=10, product_id="sku-1")
-    assert apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5).changed
+    assert apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW).changed
     before = encode_state(state)
 
-    again = apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5)
+    again = apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW)
     older = order("m-0", revenue=99, product_id="sku-0")
-    lower = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 4)
+    lower = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 4, NOW)
 
     assert (again.changed, lower.changed) == (False, False)
     assert (again.skips, lower.skips) == ([], [])
@@ -127,18 +128,22 @@ def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
 
 def test_the_watermark_is_per_source(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
-    apply_event(state, order("m-1", revenue=10), Y2K_MS, example_rules, "events/0", 5)
-    applied = apply_event(state, order("m-2", revenue=5), Y2K_MS, example_rules, "events/1", 5)
+    apply_event(state, order("m-1", revenue=10), Y2K_MS, example_rules, "events/0", 5, NOW)
+    applied = apply_event(state, order("m-2", revenue=5), Y2K_MS, example_rules, "events/1", 5, NOW)
     assert applied.changed
     assert state.offsets == {"events/0": 5, "events/1": 5}
-    assert compute_attributes(state, example_rules)["lifetime_value"] == 15
+    assert compute_attributes(state, example_rules, NOW)["lifetime_value"] == 15
     assert state.version == 2
 
 
 def test_offset_zero_is_applied_once(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
-    assert apply_event(state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0).changed
-    assert not apply_event(state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0).changed
+    assert apply_event(
+        state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0, NOW
+    ).changed
+    assert not apply_event(
+        state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0, NOW
+    ).changed
 
 
 def test_version_counts_applied_events(profile: Profile) -> None:
@@ -168,6 +173,13 @@ def test_orders_feed_the_attributes(profile: Profile) -> None:
         "recently_viewed": [],
         "categories_viewed": 0,
         "favourite_category": None,
+        "big_orders": 1,
+        "eur_revenue": 0,  # no currency given
+        "orders_last_30_days": 3,
+        "revenue_last_7_days": 120.0,  # the others were processed over a day late
+        "categories_this_month": 0,
+        "average_order": 145.0 / 3,
+        "loyal": True,
     }
 
 
@@ -178,7 +190,16 @@ def test_a_missing_field_is_a_skip(profile: Profile, properties: dict[str, Any])
     skipped = {skip.attribute for skip in applied.skips}
     assert {"lifetime_value", "largest_order", "smallest_order"} <= skipped
     assert "purchase_count" not in skipped  # count needs no field
-    assert all(skip == Skip(skip.attribute, "m-1", "field is missing") for skip in applied.skips)
+    missing = [skip for skip in applied.skips if skip.kind == "missing_field"]
+    assert {"lifetime_value", "largest_order", "smallest_order", "avg_order_value"} <= {
+        skip.attribute for skip in missing
+    }
+    for skip in missing:
+        assert skip == Skip(skip.attribute, "m-1", "field is missing", "missing_field")
+    assert {(skip.kind, skip.attribute) for skip in applied.skips if skip not in missing} == {
+        ("filter_error", "big_orders"),  # no revenue to compare
+        ("filter_error", "eur_revenue"),  # no currency
+    }
     assert profile.attributes["purchase_count"] == 1
     assert profile.attributes["lifetime_value"] == 0
 
@@ -198,13 +219,14 @@ def test_a_string_to_sum_is_a_skip_not_a_crash(profile: Profile) -> None:
     profile.apply(order("m-1", revenue=12.5, product_id="sku-5"))
     applied = profile.apply(order("m-2", revenue="free", product_id="sku-6"))
     assert applied.changed
-    assert [skip.attribute for skip in applied.skips] == [
+    wrong = [skip for skip in applied.skips if skip.kind == "wrong_type"]
+    assert [skip.attribute for skip in wrong] == [
         "lifetime_value",
         "largest_order",
         "smallest_order",
         "avg_order_value",
     ]
-    for skip in applied.skips:
+    for skip in wrong:
         assert skip.message_id == "m-2"
         assert skip.reason == "expected a number, got str 'free'"
     attributes = profile.attributes
@@ -219,7 +241,7 @@ def test_a_skip_without_message_id(profile: Profile) -> None:
 
 
 def test_never_fed_attributes_are_zero_or_null(example_rules: RuleSet) -> None:
-    values = compute_attributes(ProfileState(id="u-1"), example_rules)
+    values = compute_attributes(ProfileState(id="u-1"), example_rules, NOW)
     assert values == {
         "lifetime_value": 0,
         "purchase_count": 0,
@@ -233,9 +255,16 @@ def test_never_fed_attributes_are_zero_or_null(example_rules: RuleSet) -> None:
         "recently_viewed": [],
         "categories_viewed": 0,
         "favourite_category": None,
+        "big_orders": 0,
+        "eur_revenue": 0,
+        "orders_last_30_days": 0,
+        "revenue_last_7_days": 0,
+        "categories_this_month": 0,
+        "average_order": None,  # 0.0 / 0.0
+        "loyal": False,
     }
     assert type(values["lifetime_value"]) is int
-    assert list(values) == [attribute.name for attribute in example_rules.attributes]
+    assert list(values) == list(example_rules.names)
 
 
 # --- the view -------------------------------------------------------------------------------
@@ -248,7 +277,7 @@ def test_render_view(profile: Profile) -> None:
     )
     profile.apply(event(type="page", anonymousId="a-1", messageId="m-2"), ts=Y2K_MS + 2 * DAY)
     profile.apply(order("m-3", revenue=10, product_id="sku-1"), ts=Y2K_MS + 123)
-    view = render_view(profile.state, profile.rules)
+    view = render_view(profile.state, profile.rules, NOW)
     assert view == {
         "id": "u-1",
         "entity": "user",
@@ -267,6 +296,13 @@ def test_render_view(profile: Profile) -> None:
             "recently_viewed": [],
             "categories_viewed": 0,
             "favourite_category": None,
+            "big_orders": 0,
+            "eur_revenue": 0,
+            "orders_last_30_days": 1,
+            "revenue_last_7_days": 0,  # processed 3 days late: past its allowed lateness
+            "categories_this_month": 0,
+            "average_order": 10.0,
+            "loyal": False,
         },
         "first_seen": "2000-01-01T00:00:00.123Z",
         "last_seen": "2000-01-03T00:00:00.000Z",
@@ -284,7 +320,9 @@ def test_state_round_trips(profile: Profile) -> None:
     profile.apply(order("m-3", revenue=2, product_id="sku-2"))
     decoded = decode_state(encode_state(profile.state))
     assert decoded == profile.state
-    assert render_view(decoded, profile.rules) == render_view(profile.state, profile.rules)
+    assert render_view(decoded, profile.rules, NOW) == render_view(
+        profile.state, profile.rules, NOW
+    )
 
 
 def test_a_decoded_state_carries_on_like_the_original(example_rules: RuleSet) -> None:
@@ -293,10 +331,10 @@ def test_a_decoded_state_carries_on_like_the_original(example_rules: RuleSet) ->
     stored = ProfileState(id="u-1")
     for offset in range(10):
         e = order(f"m-{offset}", revenue=0.1)
-        apply_event(kept, e, Y2K_MS, example_rules, SOURCE, offset)
+        apply_event(kept, e, Y2K_MS, example_rules, SOURCE, offset, NOW)
         stored = decode_state(encode_state(stored))
-        apply_event(stored, e, Y2K_MS, example_rules, SOURCE, offset)
-    assert compute_attributes(stored, example_rules)["lifetime_value"] == 1.0
+        apply_event(stored, e, Y2K_MS, example_rules, SOURCE, offset, NOW)
+    assert compute_attributes(stored, example_rules, NOW)["lifetime_value"] == 1.0
     assert encode_state(stored) == encode_state(kept)
 
 

@@ -10,7 +10,6 @@ from attributes.events import Event
 from attributes.multisets import RecentValues
 from attributes.paths import MISSING
 from attributes.rules import (
-    AttributeSpec,
     RuleFileError,
     RuleProblem,
     RuleSet,
@@ -18,6 +17,7 @@ from attributes.rules import (
     load_rules,
     parse_rules,
 )
+from attributes.specs import AttributeSpec
 
 FILE = "rules.yaml"
 
@@ -54,6 +54,18 @@ def test_the_example_rules_load(example_rules: RuleSet) -> None:
         "recently_viewed",
         "categories_viewed",
         "favourite_category",
+        "big_orders",
+        "eur_revenue",
+        "orders_last_30_days",
+        "revenue_last_7_days",
+        "categories_this_month",
+    ]
+    assert [derived.name for derived in example_rules.derived] == ["average_order", "loyal"]
+    assert example_rules.names[-2:] == ("average_order", "loyal")
+    assert [attribute.name for attribute in example_rules.windowed] == [
+        "orders_last_30_days",
+        "revenue_last_7_days",
+        "categories_this_month",
     ]
     by_name = {attribute.name: attribute for attribute in example_rules.attributes}
     lifetime_value = by_name["lifetime_value"]
@@ -334,6 +346,8 @@ def test_each_attribute_is_selected_once(rules: RuleSet) -> None:
 def test_every_function_has_its_aggregator() -> None:
     functions = AttributeSpec.model_fields["function"].annotation.__args__  # type: ignore[union-attr]
     for function in functions:
+        if function == "derived":
+            continue  # reads attributes, not events: no aggregator
         field = None if function == "count" else "properties.x"
         spec = AttributeSpec(name="a", function=function, field=field)
         assert aggregator_for(spec).function == function
@@ -374,3 +388,123 @@ def test_list_options_on_another_function_or_out_of_range_are_errors() -> None:
     assert [(p.line, p.attribute) for p in found] == [(2, "total"), (6, "recent")]
     assert "'size' and 'distinct' apply to function 'list', not 'sum'" in found[0].problem
     assert found[1].problem.startswith("size:")
+
+
+# --- filters, windows and derived attributes ------------------------------------------------
+
+
+def rule_file(*attributes: str) -> str:
+    return "attributes:\n" + "".join(attributes)
+
+
+def test_where_lookback_and_derived_compile() -> None:
+    rules = parse_rules(
+        rule_file(
+            "  - name: big\n    function: count\n    where: properties.revenue >= 100.0\n",
+            "  - name: recent\n    function: count\n    lookback: {count: 2, unit: weeks}\n"
+            "    calendar: true\n    allowed_lateness: {count: 3, unit: hours}\n",
+            "  - name: share\n    function: derived\n    expression: double(big) / 2.0\n",
+        )
+    )
+    big, recent = rules.attributes
+    assert big.where is not None
+    assert big.where.source == "properties.revenue >= 100.0"
+    assert recent.window is not None
+    assert recent.window.window.label == "2 weeks"
+    assert recent.window.lateness == 3 * 3_600_000
+    (share,) = rules.derived
+    assert share.expression.names == frozenset({"big"})
+    assert rules.names == ("big", "recent", "share")
+
+
+def test_attributes_with_the_same_filter_share_one_compiled_filter() -> None:
+    rules = parse_rules(
+        rule_file(
+            "  - name: a\n    function: count\n    where: properties.x == 1\n",
+            "  - name: b\n    function: sum\n    field: properties.y\n    where: properties.x == 1\n",
+        )
+    )
+    a, b = rules.attributes
+    assert a.where is b.where
+
+
+@pytest.mark.parametrize(
+    ("attribute", "problem"),
+    [
+        ("    function: count\n    where: properties.x +\n", "where: unexpected end of input"),
+        ("    function: count\n    where: 1 + 2\n", "where: expected a bool expression, got int"),
+        (
+            "    function: count\n    where: propertes.x == 1\n",
+            "where: unknown variable 'propertes'",
+        ),
+        ("    function: count\n    where: '\"a\" + 1 == 2'\n", "where: no matching overload"),
+        (
+            "    function: count\n    lookback: {count: 400, unit: days}\n",
+            "lookback: 400 days is out of range: at most 366 days",
+        ),
+        ("    function: count\n    lookback: {count: 0, unit: days}\n", "lookback.count:"),
+        ("    function: count\n    lookback: {count: 3, unit: years}\n", "lookback.unit:"),
+        ("    function: count\n    lookback: {count: 3}\n", "lookback.unit: Field required"),
+        (
+            "    function: count\n    calendar: true\n",
+            "'calendar' and 'allowed_lateness' need a 'lookback' window",
+        ),
+        (
+            "    function: count\n    lookback: {count: 3, unit: days}\n"
+            "    allowed_lateness: {count: 1, unit: months}\n",
+            "allowed_lateness: use minutes, hours, days or weeks",
+        ),
+        ("    function: derived\n", "function 'derived' needs an 'expression'"),
+        (
+            "    function: derived\n    expression: '1'\n    event: Order\n",
+            "a derived attribute reads no events: remove 'event'",
+        ),
+        (
+            "    function: count\n    expression: '1'\n",
+            "'expression' applies to function 'derived'",
+        ),
+        ("    function: derived\n    expression: nope + 1\n", "unknown variable 'nope'"),
+        ("    function: derived\n    expression: x\n", "a derived attribute cannot read itself"),
+        ("    function: derived\n    expression: 'size(1)'\n", "expression: "),
+    ],
+)
+def test_bad_filters_windows_and_expressions_are_reported(attribute: str, problem: str) -> None:
+    found = only_problem(rule_file("  - name: x\n" + attribute))
+    assert (found.file, found.line, found.attribute) == (FILE, 2, "x")
+    assert problem in found.problem
+
+
+def test_a_derived_expression_is_type_checked_against_the_attributes_it_reads() -> None:
+    found = only_problem(
+        rule_file(
+            "  - name: orders\n    function: count\n",
+            '  - name: label\n    function: derived\n    expression: orders + "x"\n',
+        )
+    )
+    assert (found.line, found.attribute) == (4, "label")
+    assert "no matching overload for '+' on int and string" in found.problem
+
+
+def test_a_cycle_of_derived_attributes_is_reported_on_each_member() -> None:
+    found = problems(
+        rule_file(
+            "  - name: a\n    function: derived\n    expression: b + 1\n",
+            "  - name: b\n    function: derived\n    expression: a * 2\n",
+            "  - name: c\n    function: derived\n    expression: a + 1\n",
+            "  - name: ok\n    function: count\n",
+        )
+    )
+    assert [(p.line, p.attribute) for p in found] == [(2, "a"), (5, "b")]
+    assert all(p.problem == "derived attributes form a cycle: a -> b -> a" for p in found)
+
+
+def test_derived_attributes_may_come_before_what_they_read() -> None:
+    rules = parse_rules(
+        rule_file(
+            "  - name: ratio\n    function: derived\n    expression: double(n) / total\n",
+            "  - name: total\n    function: derived\n    expression: double(n) + 1.0\n",
+            "  - name: n\n    function: count\n",
+        )
+    )
+    assert [derived.name for derived in rules.derived] == ["total", "ratio"]
+    assert rules.names == ("ratio", "total", "n")

@@ -1,0 +1,47 @@
+"""A compiler from a subset of Google's Common Expression Language to Python closures.
+
+Rule files use CEL for `where` filters (`properties.revenue > 100.0 &&
+properties.currency == "EUR"`) and derived attributes (`lifetime_value /
+double(purchase_count)`). Expressions run once per event on the stream processor's
+hot path, so each is type-checked and compiled once, at load, into nested closures:
+evaluation walks no syntax tree and generates no source.
+
+Supported: int, double, string, bool, null, list and map values; literals (ints in
+decimal and hex, doubles, quoted, triple-quoted and raw strings); variables, `a.b`,
+`a[k]`; `! - * / % + - < <= > >= == != in && || ?:` with CEL's semantics (64-bit ints
+that fail on overflow, truncating division, heterogeneous numeric equality,
+commutative `&&`/`||`); `has()`, `size()`, `int() double() string() bool() dyn()`,
+`contains startsWith endsWith matches`, and the macros `all exists exists_one map
+filter`. Refused with an ExpressionError: uint, bytes, timestamps, durations, type
+values, protobuf messages, and bool map keys.
+"""
+
+from attributes.expressions.compiler import Expression, compile_expression
+from attributes.expressions.errors import EvaluationError, ExpressionError
+from attributes.expressions.types import (
+    BOOL,
+    DOUBLE,
+    DYN,
+    INT,
+    NULL,
+    STRING,
+    CelType,
+    list_of,
+    map_of,
+)
+
+__all__ = [
+    "BOOL",
+    "DOUBLE",
+    "DYN",
+    "INT",
+    "NULL",
+    "STRING",
+    "CelType",
+    "EvaluationError",
+    "Expression",
+    "ExpressionError",
+    "compile_expression",
+    "list_of",
+    "map_of",
+]

@@ -1,0 +1,116 @@
+"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
+
+Calls are resolved at compile time against the overload tables, so an unknown
+function, a wrong argument count or `size(1)` fails when the rules load. A
+`matches` pattern that is a literal is compiled once, and an invalid one is refused
+then; patterns are Python regular expressions restricted to ASCII classes, which
+covers the RE2 syntax CEL specifies except for RE2's Unicode-aware case folding.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from attributes.expressions.compiled import Compiled, Scope, apply
+from attributes.expressions.errors import EvaluationError
+from attributes.expressions.nodes import Call
+from attributes.expressions.operators import no_matching_overload
+from attributes.expressions.overloads import FUNCTIONS
+from attributes.expressions.types import BOOL, DYN, STRING
+from attributes.expressions.values import no_overload
+
+_METHODS = frozenset({"size", "contains", "startsWith", "endsWith", "matches"})
+_GLOBALS = frozenset({"size", "int", "double", "string", "bool", "dyn", "matches"})
+
+_TIME_FUNCTIONS = (
+    *("timestamp", "duration", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear"),
+    *("getFullYear", "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds"),
+)
+_UNSUPPORTED = {
+    **dict.fromkeys(_TIME_FUNCTIONS, "timestamps and durations are not supported"),
+    "uint": "uint values are not supported",
+    "bytes": "bytes values are not supported",
+    "type": "type() and type values are not supported",
+}
+
+
+def compile_call(node: Call, operands: list[Compiled], scope: Scope) -> Compiled:
+    """A call of `node.function` on `operands`: the receiver first, if any, then the arguments."""
+    name = node.function
+    _check_call_style(node, scope)
+    if name == "dyn":
+        _check_arity(node, operands, 1, scope)
+        (operand,) = operands
+        return Compiled(DYN, operand.evaluate, operand.constant)
+    if name == "matches":
+        _check_arity(node, operands, 2, scope)
+        return _matches(node, operands[0], operands[1], scope)
+    overloads = FUNCTIONS[name]
+    _check_arity(node, operands, overloads.arity, scope)
+    compiled = overloads.apply(operands)
+    if compiled is None:
+        types = tuple(operand.type for operand in operands)
+        raise scope.error(no_matching_overload(name, types), node.offset)
+    return compiled
+
+
+def _check_call_style(node: Call, scope: Scope) -> None:
+    name = node.function
+    if name in _UNSUPPORTED:
+        raise scope.error(f"{name}(): {_UNSUPPORTED[name]}", node.offset)
+    if node.target is None and name not in _GLOBALS:
+        known = name in _METHODS
+        message = f"{name}() is called on a value: x.{name}(...)" if known else None
+        raise scope.error(message or f"unknown function '{name}'", node.offset)
+    if node.target is not None and name not in _METHODS:
+        known = name in _GLOBALS
+        message = f"{name}() is not a method: call it as {name}(x)" if known else None
+        raise scope.error(message or f"unknown method '{name}'", node.offset)
+
+
+def _check_arity(node: Call, operands: list[Compiled], arity: int, scope: Scope) -> None:
+    if len(operands) == arity:
+        return
+    given = len(operands) - (node.target is not None)
+    expected = arity - (node.target is not None)
+    plural = "" if expected == 1 else "s"
+    message = f"{node.function}() takes {expected} argument{plural}, got {given}"
+    raise scope.error(message, node.offset)
+
+
+def _matches(node: Call, text: Compiled, pattern: Compiled, scope: Scope) -> Compiled:
+    for operand in (text, pattern):
+        if operand.type not in (STRING, DYN):
+            types = (text.type, pattern.type)
+            raise scope.error(no_matching_overload("matches", types), node.offset)
+    if not pattern.is_constant:
+        return apply(BOOL, _matches_any_pattern, text, pattern)
+    try:
+        search = _regex(pattern.constant).search
+    except re.error as error:
+        message = f"invalid regular expression {pattern.constant!r}: {error}"
+        raise scope.error(message, node.offset) from None
+
+    def matches(value: Any) -> bool:
+        if type(value) is str:
+            return search(value) is not None
+        raise no_overload("matches", value, pattern.constant)
+
+    return apply(BOOL, matches, text)
+
+
+def _matches_any_pattern(value: Any, pattern: Any) -> bool:
+    if type(value) is not str or type(pattern) is not str:
+        raise no_overload("matches", value, pattern)
+    try:
+        regex = _regex(pattern)
+    except re.error as error:
+        raise EvaluationError(f"invalid regular expression {pattern!r}: {error}") from None
+    return regex.search(value) is not None
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.ASCII)
