@@ -58,6 +58,16 @@ class Aggregator(ABC):
     @abstractmethod
     def result(self, state: State) -> Any: ...
 
+    def result_of(self, states: list[State]) -> Any:
+        """The result of the states merged (a window's buckets); the inputs are left
+        alone. Aggregators with a cheaper way than pairwise merges override it."""
+        if not states:
+            return self.result(self.initial())
+        total = states[0]
+        for state in states[1:]:
+            total = self.merge(total, state)
+        return self.result(total)
+
 
 def _add_partial(partials: list[float], x: float) -> None:
     """Add x to a list of non-overlapping partial sums, exactly (Shewchuk)."""
@@ -110,13 +120,20 @@ class Sum(Aggregator):
         return merged
 
     def result(self, state: State) -> int | float:
-        total = _int_total(state[0])
-        partials = state[1]
-        if not partials:
-            return total
-        # float(total) alone rounds past 2**53; its exact remainder joins the fsum
-        high = float(total)
-        return math.fsum([*partials, high, float(total - int(high))])
+        return _exact_total(_int_total(state[0]), state[1])
+
+    def result_of(self, states: list[State]) -> int | float:
+        # fsum is exact over any number of partials: no need to merge them first
+        total = sum(_int_total(state[0]) for state in states)
+        return _exact_total(total, [partial for state in states for partial in state[1]])
+
+
+def _exact_total(total: int, partials: list[float]) -> int | float:
+    if not partials:
+        return total
+    # float(total) alone rounds past 2**53; its exact remainder joins the fsum
+    high = float(total)
+    return math.fsum([*partials, high, float(total - int(high))])
 
 
 class Count(Aggregator):
@@ -136,6 +153,9 @@ class Count(Aggregator):
 
     def result(self, state: State) -> int:
         return int(state)
+
+    def result_of(self, states: list[State]) -> int:
+        return int(sum(states))
 
 
 def _tie_key(number: int | float) -> tuple[bool, float]:
@@ -251,3 +271,7 @@ class Avg(Aggregator):
     def result(self, state: State) -> float | None:
         total, count = state
         return self._sum.result(total) / count if count else None
+
+    def result_of(self, states: list[State]) -> float | None:
+        count = sum(state[1] for state in states)
+        return self._sum.result_of([state[0] for state in states]) / count if count else None

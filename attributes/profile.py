@@ -10,6 +10,7 @@ write as the state, which is what makes a replayed event change nothing.
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class Skip:
 class Applied:
     changed: bool
     skips: list[Skip] = field(default_factory=list)
+    #: the attributes whose state the event changed
+    touched: list[str] = field(default_factory=list)
 
 
 def event_identities(event: Event) -> list[tuple[str, str]]:
@@ -149,15 +152,31 @@ def apply_event(
                 state.attributes[attribute.name] = window.add(current, value, ts, mid, now)
         except Rejected as exc:
             applied.skips.append(Skip(attribute.name, event.messageId, str(exc), exc.kind))
+            continue
+        applied.touched.append(attribute.name)
     return applied
 
 
-def compute_attributes(state: ProfileState, rules: RuleSet, now: int) -> dict[str, Any]:
+def compute_attributes(
+    state: ProfileState,
+    rules: RuleSet,
+    now: int,
+    previous: Mapping[str, Any] | None = None,
+    touched: Container[str] = (),
+) -> dict[str, Any]:
     """Attribute values at `now` for every rule, in rule-file order; never-fed
-    attributes are their aggregator's empty result (0 for counts and sums, else null)."""
+    attributes are their aggregator's empty result (0 for counts and sums, else null).
+
+    `previous`, when given, holds this state's values from its last rendering, and
+    `touched` the attributes changed since: the others keep their previous values
+    (windowed and derived ones are always computed again: they depend on `now`)."""
     values: dict[str, Any] = {}
     for attribute in rules.attributes:
-        stored = state.attributes.get(attribute.name)
+        name = attribute.name
+        if previous is not None and attribute.window is None and name not in touched:
+            values[name] = previous[name]
+            continue
+        stored = state.attributes.get(name)
         if attribute.window is not None:
             values[attribute.name] = attribute.window.result(stored or [], now)
         else:
@@ -189,14 +208,21 @@ def expire_windows(state: ProfileState, rules: RuleSet, now: int) -> int | None:
     return due
 
 
-def render_view(state: ProfileState, rules: RuleSet, now: int) -> dict[str, Any]:
-    """The served profile document, its windows as they are at `now`."""
+def render_view(
+    state: ProfileState,
+    rules: RuleSet,
+    now: int,
+    previous: Mapping[str, Any] | None = None,
+    touched: Container[str] = (),
+) -> dict[str, Any]:
+    """The served profile document, its windows as they are at `now` (`previous` and
+    `touched`: see `compute_attributes`)."""
     return {
         "id": state.id,
         "entity": state.entity,
         "identities": state.identities,
         "traits": {trait: entry[2] for trait, entry in state.traits.items()},
-        "attributes": compute_attributes(state, rules, now),
+        "attributes": compute_attributes(state, rules, now, previous, touched),
         "first_seen": iso_from_ms(state.first_seen),
         "last_seen": iso_from_ms(state.last_seen),
         "version": state.version,

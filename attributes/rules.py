@@ -9,7 +9,7 @@ does one dict lookup per event to find the attributes it feeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,10 @@ class CompiledAttribute:
     cel_value: Callable[[Any], Any] = field(default=cel_value("count"), repr=False)
 
 
+#: Distinct (type, name) pairs whose attribute selection is memoised.
+_MEMO_LIMIT = 10_000
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """The compiled rules. `for_event(name)` gives the attributes an event feeds."""
@@ -76,17 +80,29 @@ class RuleSet:
     derived: tuple[DerivedAttribute, ...] = ()
     #: every attribute name in rule-file order: the order of the served view
     names: tuple[str, ...] = ()
+    #: the attributes with a lookback window
+    windowed: tuple[CompiledAttribute, ...] = ()
+    _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
+        default_factory=dict, repr=False
+    )
 
-    @property
-    def windowed(self) -> tuple[CompiledAttribute, ...]:
-        return tuple(attribute for attribute in self.attributes if attribute.window)
-
-    def for_event(self, event_type: str, event_name: str | None) -> Iterable[CompiledAttribute]:
-        named = self._by_event.get(event_name, ()) if event_name is not None else ()
-        for attribute in (*named, *self._any_event):
-            types = self._types[attribute.name]
-            if types is None or event_type in types:
-                yield attribute
+    def for_event(
+        self, event_type: str, event_name: str | None
+    ) -> tuple[CompiledAttribute, ...]:
+        """The attributes an event of this type and name feeds, in rule order of their
+        lists (named ones first); memoised, as a stream repeats few (type, name) pairs."""
+        key = (event_type, event_name)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            named = self._by_event.get(event_name, ()) if event_name is not None else ()
+            chosen = tuple(
+                attribute
+                for attribute in (*named, *self._any_event)
+                if (types := self._types[attribute.name]) is None or event_type in types
+            )
+            if len(self._chosen) < _MEMO_LIMIT:
+                self._chosen[key] = chosen
+        return chosen
 
     @classmethod
     def build(
@@ -116,6 +132,7 @@ class RuleSet:
             _types=types,
             derived=tuple(derived),
             names=tuple(names),
+            windowed=tuple(compiled for _, compiled in attributes if compiled.window),
         )
 
 

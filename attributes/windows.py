@@ -71,7 +71,12 @@ def add_months(ms: int, months: int) -> int:
 
 
 def month_start(ms: int) -> int:
-    moment = _datetime(ms)
+    return _month_start_of_day(ms // DAY)
+
+
+@functools.lru_cache(maxsize=1024)
+def _month_start_of_day(day: int) -> int:
+    moment = _datetime(day * DAY)
     return _ms(datetime(moment.year, moment.month, 1, tzinfo=UTC))
 
 
@@ -167,6 +172,10 @@ def _months_back(day: int, count: int) -> int:
     return add_months(day, -count) + DAY
 
 
+#: month buckets are few: their shifts are cached
+_add_months_cached = functools.lru_cache(maxsize=1024)(add_months)
+
+
 _CALENDAR_FLOOR = {
     "minutes": lambda ts: ts - ts % MINUTE,
     "hours": lambda ts: ts - ts % HOUR,
@@ -188,7 +197,7 @@ class CalendarWindow(Window):
 
     def _shift(self, bucket: int, units: int) -> int:
         if self.unit == "months":
-            return add_months(bucket, units)
+            return _add_months_cached(bucket, units)
         length = UNITS[self.unit][0]
         assert length is not None
         return bucket + units * length
@@ -274,13 +283,7 @@ class WindowedAggregator:
 
     def result(self, state: State, now: int) -> Any:
         start = self.start(now)
-        live = [inner for bucket, inner in state if bucket >= start]
-        if not live:
-            return self.inner.result(self.inner.initial())
-        total = live[0]
-        for inner in live[1:]:
-            total = self.inner.merge(total, inner)
-        return self.inner.result(total)
+        return self.inner.result_of([inner for bucket, inner in state if bucket >= start])
 
     def next_expiry(self, state: State) -> int | None:
         """When the oldest bucket leaves the window (the result may change then)."""

@@ -47,12 +47,16 @@ class Expected:
     revenue_cents: dict[str, int] = field(default_factory=dict)
 
 
+CATEGORIES = ["books", "garden", "kitchen", "toys", "music", "games", "shoes", "tools"]
+
+
 def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Expected]:
-    """(key, value) pairs: 55% product views, 30% orders, 10% pages, 5% identifies."""
+    """(key, value) pairs: 55% product views, 30% orders, 10% pages, 5% identifies, one
+    second apart and ending now, so that the example rules' windows hold them."""
     rng = random.Random(seed)
     expected = Expected()
     out = []
-    base = 1_790_000_000_000
+    base = int(time.time()) * 1000 - n * 1000
     for i in range(n):
         user = f"bench-user-{rng.randrange(users)}"
         roll = rng.random()
@@ -63,7 +67,11 @@ def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]
             event |= {
                 "type": "track",
                 "event": "Order Completed",
-                "properties": {"revenue": cents / 100, "product_id": f"sku-{rng.randrange(500)}"},
+                "properties": {
+                    "revenue": cents / 100,
+                    "product_id": f"sku-{rng.randrange(500)}",
+                    "currency": rng.choice(["EUR", "EUR", "USD"]),
+                },
             }
             expected.orders[user] = expected.orders.get(user, 0) + 1
             expected.revenue_cents[user] = expected.revenue_cents.get(user, 0) + cents
@@ -71,7 +79,10 @@ def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]
             event |= {
                 "type": "track",
                 "event": "Product Viewed",
-                "properties": {"product_id": f"sku-{rng.randrange(500)}", "category": "books"},
+                "properties": {
+                    "product_id": f"sku-{rng.randrange(500)}",
+                    "category": rng.choice(CATEGORIES),
+                },
             }
         elif roll < 0.95:
             event |= {"type": "page", "properties": {"path": "/"}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from faust.types import Message
 from attributes.rules import RuleSet
 from streams import fastfaust
 from streams.batches import batch_subscribe
+from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
 from traitflow.store import CachedProfileStore, RedisProfileStore
@@ -61,8 +63,11 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server)
 
 
-def create_app(settings: Settings, rules: RuleSet) -> faust.App:
+def create_app(
+    settings: Settings, rules: RuleSet, metrics: WorkerMetrics | None = None
+) -> faust.App:
     fastfaust.install()
+    metrics = metrics or WorkerMetrics()
     session, rebalance, heartbeat = settings.group_timeouts
     app = faust.App(
         settings.app_id,
@@ -86,7 +91,12 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         settings.state_cache_profiles,
     )
 
-    processor = BatchProcessor(rules, store, TopicDeadLetters(dead_letters))
+    processor = BatchProcessor(
+        rules,
+        store,
+        TopicDeadLetters(dead_letters),
+        remembered_renders=settings.state_cache_profiles,
+    )
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()
     ingest_topics = set(settings.sources)
@@ -99,6 +109,7 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
         async with processor.lock:
             owned.difference_update(f"{tp.topic}/{tp.partition}" for tp in revoked)
             store.clear()
+            processor.forget_renders()
 
     async def on_assigned(sender: Any, assigned: set[Any], *, signal: Any, **kwargs: Any) -> None:
         async with processor.lock:
@@ -106,6 +117,7 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
                 f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in ingest_topics
             )
             store.clear()
+            processor.forget_renders()
 
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
@@ -119,26 +131,30 @@ def create_app(settings: Settings, rules: RuleSet) -> faust.App:
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:
-            await expire_owned(processor, sorted(owned))
+            await expire_owned(processor, sorted(owned), metrics)
 
     async def process_messages(messages: Sequence[Message]) -> None:
         records = [
             Record(m.topic, m.partition, m.offset, m.value, int(m.timestamp * 1000))
             for m in messages
         ]
-        await process_until_done(processor, records)
+        await process_until_done(processor, records, metrics)
 
     batch_subscribe(app, ingest, process_messages, max_size=settings.batch_size)
     return app
 
 
-async def expire_owned(processor: BatchProcessor, sources: Sequence[str]) -> None:
+async def expire_owned(
+    processor: BatchProcessor, sources: Sequence[str], metrics: WorkerMetrics
+) -> None:
     """One expiry round: re-render the due profiles of each owned partition. A failure
     is logged and the round is simply tried again at the next tick."""
     for source in sources:
         try:
-            while await processor.expire(source, EXPIRY_ROUND) == EXPIRY_ROUND:
-                pass  # a full round: more may be due
+            written = EXPIRY_ROUND
+            while written == EXPIRY_ROUND:  # a full round: more may be due
+                written = await processor.expire(source, EXPIRY_ROUND)
+                metrics.window_expiries.inc(written)
         except Exception as exc:
             transient = isinstance(exc, TRANSIENT)
             log.log(
@@ -150,7 +166,9 @@ async def expire_owned(processor: BatchProcessor, sources: Sequence[str]) -> Non
             )
 
 
-async def process_until_done(processor: BatchProcessor, records: Sequence[Record]) -> None:
+async def process_until_done(
+    processor: BatchProcessor, records: Sequence[Record], metrics: WorkerMetrics
+) -> None:
     """Process a batch, retrying until it is written; never raise.
 
     A batch handler must not raise (`streams.batches` would stop the worker: acking
@@ -161,6 +179,7 @@ async def process_until_done(processor: BatchProcessor, records: Sequence[Record
     """
     delay = 0.1
     while True:
+        started = time.perf_counter()
         try:
             report = await processor.process(records)
         except Exception as exc:
@@ -176,6 +195,7 @@ async def process_until_done(processor: BatchProcessor, records: Sequence[Record
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
+        metrics.observe(report, time.perf_counter() - started)
         log.debug(
             "batch: %d records, %d profiles written, %d dead-lettered, %d duplicates",
             report.records,

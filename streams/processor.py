@@ -17,8 +17,10 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -112,6 +114,7 @@ class BatchProcessor:
         store: ProfileStore,
         dead_letters: DeadLetterSink,
         clock: Callable[[], float] = time.time,
+        remembered_renders: int = 100_000,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -119,6 +122,15 @@ class BatchProcessor:
         self.clock = clock
         self.lock = asyncio.Lock()
         self._now = 0
+        #: profile -> (the state object, its attribute values when last rendered): a
+        #: store that keeps states (CachedProfileStore) hands back the same object, and
+        #: then only the attributes an event touched are computed again
+        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
+        self._remembered_renders = remembered_renders
+
+    def forget_renders(self) -> None:
+        """Drop the remembered renders (their states are gone from the store's cache)."""
+        self._renders.clear()
 
     def _read_clock(self) -> int:
         self._now = int(self.clock() * 1000)
@@ -207,7 +219,7 @@ class BatchProcessor:
             states = await self.store.load(ENTITY, due)
             if gone := [pid for pid in due if pid not in states]:
                 await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
-            writes = [self._write(state, source) for state in states.values()]
+            writes = [self._write(state, source, set()) for state in states.values()]
             try:
                 await self.store.save(ENTITY, writes)
             except BaseException:
@@ -215,11 +227,18 @@ class BatchProcessor:
                 raise
             return len(writes)
 
-    def _write(self, state: ProfileState, source: str) -> ProfileWrite:
-        """The write of a changed state: its view as of now, and when to look again."""
+    def _write(self, state: ProfileState, source: str, touched: set[str]) -> ProfileWrite:
+        """The write of a changed state: its view as of now, and when to look again.
+        `touched`: the attributes changed since the state was loaded."""
         now = self._now
         expires_at = expire_windows(state, self.rules, now) if self.rules.windowed else None
-        view = encode_view(render_view(state, self.rules, now))
+        remembered = self._renders.pop(state.id, None)
+        previous = remembered[1] if remembered is not None and remembered[0] is state else None
+        rendered = render_view(state, self.rules, now, previous, touched)
+        self._renders[state.id] = (state, rendered["attributes"])
+        if len(self._renders) > self._remembered_renders:
+            self._renders.popitem(last=False)
+        view = encode_view(rendered)
         write = ProfileWrite(state, encode_state(state), view)
         if self.rules.windowed:
             write.expiry = (source, expires_at)
@@ -231,6 +250,7 @@ class BatchProcessor:
         """Apply a profile's events of this batch; the write, or None if nothing changed."""
         changed = False
         source = ""
+        touched: set[str] = set()
         for record, event in items:
             source = f"{record.topic}/{record.partition}"
             applied = apply_event(
@@ -245,9 +265,10 @@ class BatchProcessor:
             changed |= applied.changed
             report.duplicates += not applied.changed
             report.skips.extend(applied.skips)
+            touched.update(applied.touched)
         if not changed:
             return None
-        return self._write(state, source)
+        return self._write(state, source, touched)
 
     async def _apply_each(
         self,

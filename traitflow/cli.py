@@ -42,9 +42,13 @@ def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) ->
     import faust
 
     from streams.app import create_app
+    from streams.metrics import WorkerMetrics
 
     settings = Settings()
-    faust_app = create_app(settings, _rules_or_exit(settings.rules_path))
+    metrics = WorkerMetrics()
+    faust_app = create_app(settings, _rules_or_exit(settings.rules_path), metrics)
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.api_host, settings.worker_metrics_port)
     _tune_gc()
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
 

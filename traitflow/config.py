@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: where the worker serves Prometheus metrics (on `api_host`); unset = not served
+    worker_metrics_port: int | None = None
     #: where embedded services keep pid files, logs and data
     home: Path = Path(".traitflow")
 

@@ -41,3 +41,38 @@ def test_bad_events_are_dead_lettered_and_good_ones_processed(
     path = f"/v1/collections/users/records/user_id/{user}"
     profile = wait_until(lambda: api.get(path).status_code == 200 and api.get(path).json())
     assert profile["attributes"]["page_views"] == 1
+
+
+def test_type_errors_skip_the_attribute_and_are_counted(
+    worker: Daemon, publish: Publisher, api: httpx.Client, settings: Settings
+) -> None:
+    """A string where a number is summed: the event still counts where it can, the
+    skip is in the worker's metrics and its log carries the messageId."""
+    user = user_id()
+    mid = f"{user}-free"
+    metrics_url = f"http://{settings.api_host}:{settings.worker_metrics_port}/metrics"
+
+    def skips() -> float:
+        text = httpx.get(metrics_url).text
+        line = 'traitflow_attribute_skips_total{attribute="lifetime_value",kind="wrong_type"}'
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    before = skips()
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": user,
+        "messageId": mid,
+        "properties": {"revenue": "free", "product_id": "sku-1"},
+    }
+    publish([order])
+    path = f"/v1/collections/users/records/user_id/{user}"
+    profile = wait_until(lambda: api.get(path).status_code == 200 and api.get(path).json())
+    assert profile["attributes"]["purchase_count"] == 1
+    assert profile["attributes"]["lifetime_value"] == 0
+    wait_until(lambda: skips() >= before + 1, what="the skip in the worker's metrics")
+    wait_until(
+        lambda: f"attribute lifetime_value skipped event {mid}" in worker.log_file.read_text(),
+        what="the skip in the worker's log",
+    )

@@ -363,6 +363,22 @@ def test_a_merged_state_keeps_folding(
     assert same(aggregator.result(fold(aggregator, rest[cut:], merged)), batch(events))
 
 
+@pytest.mark.parametrize(("aggregator", "items", "batch"), CASES)
+@given(data=st.data())
+def test_the_result_of_several_states_equals_batch(
+    aggregator: Aggregator, items: st.SearchStrategy[list[Item]], batch: Any, data: st.DataObject
+) -> None:
+    """`result_of` (a window's buckets) is the result of the states merged."""
+    events = data.draw(items)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=4)))
+    parts = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    states = [fold(aggregator, part) for part in parts]
+    before = copy.deepcopy(states)
+    assert same(aggregator.result_of(states), batch(events))
+    assert states == before
+    assert same(aggregator.result_of([]), batch([]))
+
+
 # --- first and avg --------------------------------------------------------------------------
 
 

@@ -112,6 +112,7 @@ def test_key_layout() -> None:
     assert keys.view("user", "u-1") == "tf:v:user:u-1"
     assert keys.view("user", "u-1").startswith(keys.view_prefix("user"))
     assert keys.index("user", "anonymous_id", "a-1") == "tf:i:user:anonymous_id:a-1"
+    assert keys.expiries("user", "events/3") == "tf:x:user:events/3"
 
 
 # --- CachedProfileStore ---------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""Worker metrics, in Prometheus' text format: what the processor did, batch by batch.
+
+Counters follow the batch reports, so they say what happened to every record: applied,
+dead-lettered, skipped as already applied (at-least-once redelivery at work), and, per
+attribute and reason, the events an attribute did not take (a string where a number is
+summed, a missing field, an event outside a window, a filter that failed). Each skip
+is also in the worker's log with its messageId when it is a type error.
+
+The worker serves them on `TRAITFLOW_WORKER_METRICS_PORT` when that is set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from streams.processor import BatchReport
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.records = Counter("traitflow_records", "Records consumed.", registry=self.registry)
+        self.dead_letters = Counter(
+            "traitflow_dead_letters",
+            "Records sent to the dead-letter topic.",
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "traitflow_duplicate_records",
+            "Records skipped because their offsets were applied before.",
+            registry=self.registry,
+        )
+        self.profiles_written = Counter(
+            "traitflow_profiles_written", "Profile writes by batches.", registry=self.registry
+        )
+        self.skips = Counter(
+            "traitflow_attribute_skips",
+            "Events an attribute did not take, by attribute and reason.",
+            ["attribute", "kind"],
+            registry=self.registry,
+        )
+        self.window_expiries = Counter(
+            "traitflow_window_expiries",
+            "Profiles re-rendered because a lookback window moved, without an event.",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "traitflow_batch_seconds",
+            "Time to process and write one batch.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def observe(self, report: BatchReport, seconds: float) -> None:
+        self.records.inc(report.records)
+        self.dead_letters.inc(report.dead_lettered)
+        self.duplicates.inc(report.duplicates)
+        self.profiles_written.inc(report.profiles_written)
+        for skip in report.skips:
+            self.skips.labels(skip.attribute, skip.kind).inc()
+        self.batch_seconds.observe(seconds)
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve /metrics from a background thread (the event loop stays free)."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,101 @@
+"""RedisProfileStore against a real Redis: the writes a batch makes, and the expiry index."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from attributes.profile import ProfileState, encode_state
+from traitflow.config import Settings
+from traitflow.store import KeyLayout, ProfileWrite, RedisProfileStore
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    prefix = f"tfstore-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    for key in redis_client.scan_iter(match=f"{prefix}:*"):
+        redis_client.delete(key)
+
+
+def with_store(
+    settings: Settings, prefix: str, use: Callable[[RedisProfileStore], Awaitable[T]]
+) -> T:
+    async def go() -> T:
+        store = RedisProfileStore.from_url(settings.redis_url, prefix)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def write(
+    pid: str, expiry: tuple[str, int | None] | None = None, **identities: str
+) -> ProfileWrite:
+    state = ProfileState(id=pid, version=1)
+    view = f'{{"id": "{pid}"}}'.encode()
+    return ProfileWrite(state, encode_state(state), view, list(identities.items()), expiry)
+
+
+def test_a_batch_write_and_its_reads(settings: Settings, prefix: str) -> None:
+    async def use(store: RedisProfileStore) -> Any:
+        await store.save("user", [write("u-1", anonymous_id="a-1"), write("u-2")])
+        loaded = await store.load("user", ["u-1", "u-2", "u-3"])
+        return (
+            sorted(loaded),
+            await store.read_view("user", "id", "u-1"),
+            await store.read_view("user", "anonymous_id", "a-1"),
+            await store.read_view("user", "anonymous_id", "a-2"),
+        )
+
+    assert with_store(settings, prefix, use) == (
+        ["u-1", "u-2"],
+        b'{"id": "u-1"}',
+        b'{"id": "u-1"}',
+        None,
+    )
+
+
+def test_the_expiry_index_is_written_with_the_states(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    async def use(store: RedisProfileStore) -> Any:
+        await store.save(
+            "user",
+            [
+                write("u-1", ("events/0", 3_000)),
+                write("u-2", ("events/0", 1_000)),
+                write("u-3", ("events/0", 2_000)),
+                write("u-4", ("events/1", 500)),
+                write("u-5"),  # rules without windows: not indexed
+            ],
+        )
+        first = await store.due("user", "events/0", 2_500, limit=10)
+        limited = await store.due("user", "events/0", 2_500, limit=1)
+        # a later write moves an entry; None takes it out
+        await store.save(
+            "user", [write("u-2", ("events/0", 9_000)), write("u-3", ("events/0", None))]
+        )
+        second = await store.due("user", "events/0", 5_000, limit=10)
+        await store.unschedule("user", "events/0", ["u-1"])
+        third = await store.due("user", "events/0", 10_000, limit=10)
+        return first, limited, second, third
+
+    first, limited, second, third = with_store(settings, prefix, use)
+    assert first == ["u-2", "u-3"]  # earliest first, only the due ones
+    assert limited == ["u-2"]
+    assert second == ["u-1"]
+    assert third == ["u-2"]
+    assert redis_client.zrange(KeyLayout(prefix).expiries("user", "events/1"), 0, -1) == [b"u-4"]
+    assert redis_client.exists(KeyLayout(prefix).state("user", "u-5"))
