@@ -111,8 +111,10 @@ def apply_event(
     state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
-    for kind, identity in event_identities(event):
-        add_identity(state, kind, identity)
+    if event.userId is not None:
+        add_identity(state, "user_id", event.userId)  # type: ignore[arg-type]
+    if event.anonymousId is not None:
+        add_identity(state, "anonymous_id", event.anonymousId)  # type: ignore[arg-type]
     if event.type == "identify":
         for trait, value in event.traits.items():
             current = state.traits.get(trait)
@@ -168,12 +170,14 @@ def compute_attributes(
     attributes are their aggregator's empty result (0 for counts and sums, else null).
 
     `previous`, when given, holds this state's values from its last rendering, and
-    `touched` the attributes changed since: the others keep their previous values
-    (windowed and derived ones are always computed again: they depend on `now`)."""
+    `touched` the attributes changed since, including those `expire_windows` dropped
+    buckets of at `now` (it must have run): the others keep their previous values. A
+    windowed attribute whose buckets are all inside its window has the same value as
+    long as none is added or dropped. Derived attributes are always computed again."""
     values: dict[str, Any] = {}
     for attribute in rules.attributes:
         name = attribute.name
-        if previous is not None and attribute.window is None and name not in touched:
+        if previous is not None and name not in touched:
             values[name] = previous[name]
             continue
         stored = state.attributes.get(name)
@@ -192,16 +196,22 @@ def compute_attributes(
     return values
 
 
-def expire_windows(state: ProfileState, rules: RuleSet, now: int) -> int | None:
-    """Drop the buckets that are out of their windows at `now`, in place; return when
-    the next one leaves its window (None: no windowed state left)."""
+def expire_windows(
+    state: ProfileState, rules: RuleSet, now: int, touched: set[str] | None = None
+) -> int | None:
+    """Drop the buckets that are out of their windows at `now`, in place, adding the
+    names of the attributes that lost some to `touched`; return when the next one
+    leaves its window (None: no windowed state left)."""
     due: int | None = None
     for attribute in rules.windowed:
         assert attribute.window is not None
         stored = state.attributes.get(attribute.name)
         if not stored:
             continue
+        buckets = len(stored)
         attribute.window.expire(stored, now)
+        if touched is not None and len(stored) != buckets:
+            touched.add(attribute.name)
         expiry = attribute.window.next_expiry(stored)
         if expiry is not None and (due is None or expiry < due):
             due = expiry

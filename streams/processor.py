@@ -231,7 +231,9 @@ class BatchProcessor:
         """The write of a changed state: its view as of now, and when to look again.
         `touched`: the attributes changed since the state was loaded."""
         now = self._now
-        expires_at = expire_windows(state, self.rules, now) if self.rules.windowed else None
+        expires_at = None
+        if self.rules.windowed:
+            expires_at = expire_windows(state, self.rules, now, touched)
         remembered = self._renders.pop(state.id, None)
         previous = remembered[1] if remembered is not None and remembered[0] is state else None
         rendered = render_view(state, self.rules, now, previous, touched)

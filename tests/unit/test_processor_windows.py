@@ -10,7 +10,7 @@ import pytest
 
 from attributes.rules import parse_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
-from traitflow.store import MemoryProfileStore
+from traitflow.store import CachedProfileStore, MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 
@@ -49,10 +49,12 @@ def order(user: str, offset: int, at: int, revenue: float = 1.0) -> Record:
     return Record("events", 0, offset, orjson.dumps(event), at)
 
 
-@pytest.fixture
-def world() -> tuple[BatchProcessor, MemoryProfileStore, Clock]:
+@pytest.fixture(params=["memory", "cached"])
+def world(request: pytest.FixtureRequest) -> tuple[BatchProcessor, MemoryProfileStore, Clock]:
+    """Also behind the worker's state cache, where renders reuse unchanged values."""
     store, clock = MemoryProfileStore(), Clock(NOW)
-    return BatchProcessor(RULES, store, ListDeadLetters(), clock), store, clock
+    front = store if request.param == "memory" else CachedProfileStore(store, 100)
+    return BatchProcessor(RULES, front, ListDeadLetters(), clock), store, clock
 
 
 async def attributes(store: MemoryProfileStore, user: str) -> Any:
@@ -120,8 +122,9 @@ async def test_expire_takes_at_most_limit_profiles_earliest_first(world: Any) ->
     assert await processor.expire(SOURCE, limit=2) == 1
 
 
-async def test_a_deleted_profile_leaves_the_index(world: Any) -> None:
-    processor, store, clock = world
+async def test_a_deleted_profile_leaves_the_index() -> None:
+    store, clock = MemoryProfileStore(), Clock(NOW)
+    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock)
     await processor.process([order("u-1", 0, NOW - HOUR)])
     del store.states[("user", "u-1")]
     clock.ms = NOW + 3 * DAY
