@@ -25,13 +25,14 @@ from attributes.expressions import (
     map_of,
 )
 
-#: The variables a filter may read: the event's envelope.
+#: The variables a filter may read: the event's envelope. The ids and the event name
+#: can be null, so they are `dyn`: `event == "Order"` is then false, not an error.
 EVENT_VARIABLES: dict[str, CelType] = {
     "type": STRING,
-    "event": STRING,
-    "messageId": STRING,
-    "userId": STRING,
-    "anonymousId": STRING,
+    "event": DYN,
+    "messageId": DYN,
+    "userId": DYN,
+    "anonymousId": DYN,
     "properties": map_of(STRING, DYN),
     "traits": map_of(STRING, DYN),
     "context": map_of(STRING, DYN),

@@ -29,7 +29,7 @@ class ProfileState(msgspec.Struct, kw_only=True):
     identities: dict[str, list[str]] = {}
     #: trait -> [event ms, messageId, value]; the most recent value by event time wins.
     traits: dict[str, list[Any]] = {}
-    #: attribute name -> aggregator state
+    #: attribute state key (`CompiledAttribute.key`: its name and shape) -> its state
     attributes: dict[str, Any] = {}
     #: "topic/partition" -> highest offset already applied to this profile
     offsets: dict[str, int] = {}
@@ -69,6 +69,22 @@ class Applied:
     skips: list[Skip] = field(default_factory=list)
     #: the attributes whose state the event changed
     touched: list[str] = field(default_factory=list)
+
+
+def reconcile(state: ProfileState, rules: RuleSet) -> list[str]:
+    """Make a stored state fit the current rules; return the state keys dropped.
+
+    A rule file can change between runs. Attribute states are stored under a key that
+    names the attribute and the shape of its state (function, `list` options, window),
+    so an attribute whose definition changed shape finds no state and starts afresh
+    instead of failing on every event (which would dead-letter them all). States no
+    current attribute reads are dropped. Cheap when nothing changed: one set check."""
+    if state.attributes.keys() <= rules.state_keys:
+        return []
+    dropped = [key for key in state.attributes if key not in rules.state_keys]
+    for key in dropped:
+        del state.attributes[key]
+    return dropped
 
 
 def event_identities(event: Event) -> list[tuple[str, str]]:
@@ -142,16 +158,16 @@ def apply_event(
                         Skip(attribute.name, event.messageId, "field is missing", "missing_field")
                     )
                 continue
-        current = state.attributes.get(attribute.name)
+        current = state.attributes.get(attribute.key)
         try:
             if attribute.window is None:
                 aggregator = attribute.aggregator
                 current = aggregator.initial() if current is None else current
-                state.attributes[attribute.name] = aggregator.add(current, value, ts, mid)
+                state.attributes[attribute.key] = aggregator.add(current, value, ts, mid)
             else:
                 window = attribute.window
                 current = window.initial() if current is None else current
-                state.attributes[attribute.name] = window.add(current, value, ts, mid, now)
+                state.attributes[attribute.key] = window.add(current, value, ts, mid, now)
         except Rejected as exc:
             applied.skips.append(Skip(attribute.name, event.messageId, str(exc), exc.kind))
             continue
@@ -180,7 +196,7 @@ def compute_attributes(
         if previous is not None and name not in touched:
             values[name] = previous[name]
             continue
-        stored = state.attributes.get(name)
+        stored = state.attributes.get(attribute.key)
         if attribute.window is not None:
             values[attribute.name] = attribute.window.result(stored or [], now)
         else:
@@ -205,7 +221,7 @@ def expire_windows(
     due: int | None = None
     for attribute in rules.windowed:
         assert attribute.window is not None
-        stored = state.attributes.get(attribute.name)
+        stored = state.attributes.get(attribute.key)
         if not stored:
             continue
         buckets = len(stored)

@@ -62,6 +62,9 @@ class CompiledAttribute:
     window: WindowedAggregator | None = None
     #: the attribute's value as its CEL type says (for derived expressions)
     cel_value: Callable[[Any], Any] = field(default=cel_value("count"), repr=False)
+    #: where its state is kept in `ProfileState.attributes`: the name and what the
+    #: form of the state depends on (function, `list` options, window)
+    key: str = ""
 
 
 #: Distinct (type, name) pairs whose attribute selection is memoised.
@@ -82,13 +85,13 @@ class RuleSet:
     names: tuple[str, ...] = ()
     #: the attributes with a lookback window
     windowed: tuple[CompiledAttribute, ...] = ()
+    #: the attributes' state keys (see `attributes.profile.reconcile`)
+    state_keys: frozenset[str] = frozenset()
     _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
         default_factory=dict, repr=False
     )
 
-    def for_event(
-        self, event_type: str, event_name: str | None
-    ) -> tuple[CompiledAttribute, ...]:
+    def for_event(self, event_type: str, event_name: str | None) -> tuple[CompiledAttribute, ...]:
         """The attributes an event of this type and name feeds, in rule order of their
         lists (named ones first); memoised, as a stream repeats few (type, name) pairs."""
         key = (event_type, event_name)
@@ -133,6 +136,7 @@ class RuleSet:
             derived=tuple(derived),
             names=tuple(names),
             windowed=tuple(compiled for _, compiled in attributes if compiled.window),
+            state_keys=frozenset(compiled.key for _, compiled in attributes),
         )
 
 
@@ -193,7 +197,20 @@ def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAtt
         where,
         window_for(spec, aggregator),
         cel_value(spec.function),
+        state_key(spec),
     )
+
+
+def state_key(spec: AttributeSpec) -> str:
+    """e.g. `ltv/sum`, `seen/list:5:distinct`, `orders/count@30days`,
+    `cats/unique_count@1months/calendar`."""
+    shape: str = spec.function
+    if spec.function == "list":
+        shape += f":{spec.size or 10}" + (":distinct" if spec.distinct else "")
+    if spec.lookback is not None:
+        shape += f"@{spec.lookback.count}{spec.lookback.unit}"
+        shape += "/calendar" if spec.calendar else ""
+    return f"{spec.name}/{shape}"
 
 
 def _pydantic_problem(error: Any) -> str:

@@ -33,6 +33,7 @@ from attributes.profile import (
     encode_state,
     event_identities,
     expire_windows,
+    reconcile,
     render_view,
 )
 from attributes.rules import RuleSet
@@ -168,6 +169,8 @@ class BatchProcessor:
         writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
+            if reset := reconcile(state, self.rules):
+                log.info("profile %s: state of changed rules reset: %s", pid, ", ".join(reset))
             mark = report.mark()
             try:
                 write = self._apply(state, items, report)
@@ -219,6 +222,8 @@ class BatchProcessor:
             states = await self.store.load(ENTITY, due)
             if gone := [pid for pid in due if pid not in states]:
                 await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
+            for state in states.values():
+                reconcile(state, self.rules)
             writes = [self._write(state, source, set()) for state in states.values()]
             try:
                 await self.store.save(ENTITY, writes)
@@ -282,6 +287,7 @@ class BatchProcessor:
         """The slow path: each event on a fresh copy, keeping the copies that work."""
         stored = (await self.store.load(ENTITY, [pid])).get(pid)
         state = stored or ProfileState(id=pid, entity=ENTITY)
+        reconcile(state, self.rules)
         write = None
         for item in items:
             trial = decode_state(encode_state(state))

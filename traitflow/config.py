@@ -75,13 +75,15 @@ class Settings(BaseSettings):
     def isolated(self, name: str, **changes: Any) -> Settings:
         """A copy whose topics, consumer group and Redis keys are all named after `name`,
         so that a test or benchmark run shares no state with any other; `changes`
-        override further settings."""
+        override further settings. A port cannot be shared: the copy serves no worker
+        metrics unless `changes` give it a port of its own."""
         source = next(iter(self.sources.values()), "default")
         names: dict[str, Any] = {
             "app_id": name,
             "key_prefix": name,
             "sources": {f"{name}-events": source},
             "dead_letter_topic": f"{name}-dead-letters",
+            "worker_metrics_port": None,
         }
         return self.model_copy(update=names | changes)
 

@@ -8,12 +8,17 @@ evaluation walks no syntax tree and generates no source.
 
 Supported: int, double, string, bool, null, list and map values; literals (ints in
 decimal and hex, doubles, quoted, triple-quoted and raw strings); variables, `a.b`,
-`a[k]`; `! - * / % + - < <= > >= == != in && || ?:` with CEL's semantics (64-bit ints
-that fail on overflow, truncating division, heterogeneous numeric equality,
-commutative `&&`/`||`); `has()`, `size()`, `int() double() string() bool() dyn()`,
-`contains startsWith endsWith matches`, and the macros `all exists exists_one map
-filter`. Refused with an ExpressionError: uint, bytes, timestamps, durations, type
+`a[k]`; `!`, unary `-`, `* / % + - < <= > >= == != in && || ?:` with CEL's semantics
+(64-bit ints that fail on overflow, truncating division, heterogeneous numeric
+equality, commutative `&&`/`||`); `has()`, `size()`, `int() double() string() bool()
+dyn()`, `contains startsWith endsWith matches`, and the macros `all exists exists_one
+map filter`. Refused with an ExpressionError: uint, bytes, timestamps, durations, type
 values, protobuf messages, and bool map keys.
+
+Values are Python's: int, float, str, bool, None, list, dict. An activation must give
+each declared variable a value of its declared type (checked as it is read: a
+mismatch is an EvaluationError; an int given for a double becomes a float); declare
+`DYN` what may be null or vary, as JSON properties do.
 """
 
 from attributes.expressions.compiler import Expression, compile_expression

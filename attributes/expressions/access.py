@@ -1,4 +1,4 @@
-"""Compiles reading into values: variables, `a.b`, `a[k]`, `has(a.b)`, list and map literals.
+"""Compiles reading into values, `a.b` and `a[k]`, and building list and map literals.
 
 Field selection is the hot path of every event filter (`properties.revenue`), so a
 selection on a variable is one closure doing both lookups, and a selection is a
@@ -8,11 +8,10 @@ plain Python subscript whose failures are translated to CEL's errors afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from difflib import get_close_matches
 from typing import Any
 
 from attributes.expressions.compiled import Activation, Compiled, Evaluator, Scope, apply
-from attributes.expressions.errors import EvaluationError, ExpressionError
+from attributes.expressions.errors import EvaluationError
 from attributes.expressions.nodes import Ident, Index, MapLiteral, Select
 from attributes.expressions.types import (
     DOUBLE,
@@ -24,40 +23,17 @@ from attributes.expressions.types import (
     list_of,
     map_of,
 )
-from attributes.expressions.values import item, kind_of, list_item, map_value, select_error
-
-_TYPE_NAMES = frozenset(
-    {"bool", "int", "double", "string", "bytes", "list", "map", "null_type", "type", "dyn"}
+from attributes.expressions.values import (
+    item,
+    kind_of,
+    list_item,
+    map_value,
+    select_error,
 )
+from attributes.expressions.variables import unbound
 
 
-def compile_variable(node: Ident, scope: Scope) -> Compiled:
-    name = node.name
-    if name in scope.macro_variables:
-        return Compiled(scope.macro_variables[name], lambda activation: activation[name])
-    if name not in scope.variables:
-        raise _unknown_variable(node, scope)
-    scope.reads.add(name)
-
-    def load(activation: Activation) -> Any:
-        try:
-            return activation[name]
-        except KeyError:
-            raise EvaluationError(f"no value for variable '{name}'") from None
-
-    return Compiled(scope.variables[name], load)
-
-
-def _unknown_variable(node: Ident, scope: Scope) -> ExpressionError:
-    name = node.name
-    if name in _TYPE_NAMES:
-        return scope.error(f"type values ('{name}') are not supported", node.offset)
-    suggestions = get_close_matches(name, [*scope.variables, *scope.macro_variables], n=1)
-    hint = f"did you mean '{suggestions[0]}'?" if suggestions else ""
-    return scope.error(f"unknown variable '{name}'", node.offset, hint)
-
-
-def field_type(operand_type: CelType) -> CelType | None:
+def _field_type(operand_type: CelType) -> CelType | None:
     """The type of `operand.field`, or None when it can never be selected."""
     if operand_type.is_dyn:
         return DYN
@@ -67,12 +43,12 @@ def field_type(operand_type: CelType) -> CelType | None:
 
 
 def compile_select(node: Select, operand: Compiled, scope: Scope) -> Compiled:
-    result_type = field_type(operand.type)
+    result_type = _field_type(operand.type)
     if result_type is None:
         raise scope.error(f"cannot select field '{node.field}' on {operand.type}", node.offset)
-    variable = node.operand.name if isinstance(node.operand, Ident) else None
-    if variable is not None and variable not in scope.macro_variables:
-        return Compiled(result_type, _select_variable(variable, node.field))
+    if isinstance(node.operand, Ident) and result_type.is_dyn:
+        # one closure for `properties.revenue`: the subscript itself refuses a non-map
+        return Compiled(result_type, _select_variable(node.operand.name, node.field))
     return Compiled(result_type, _select(operand.evaluate, node.field))
 
 
@@ -92,7 +68,7 @@ def _select_variable(variable: str, field: str) -> Evaluator:
         try:
             value = activation[variable]
         except KeyError:
-            raise EvaluationError(f"no value for variable '{variable}'") from None
+            raise unbound(variable) from None
         try:
             return value[field]
         except (KeyError, TypeError):
@@ -139,7 +115,7 @@ def compile_map(
     map_type = map_of(
         _joined(key.type for key, _ in entries), _joined(value.type for _, value in entries)
     )
-    if not all(key.is_constant for key, _ in entries):
+    if not all(key.is_constant and key.type in (STRING, INT) for key, _ in entries):
         return Compiled(map_type, _build_map(entries))
     keys = [key.constant for key, _ in entries]
     for position, key in enumerate(keys):

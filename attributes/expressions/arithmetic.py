@@ -3,12 +3,14 @@
 Python ints never overflow, and its `//` and `%` round toward negative infinity;
 CEL's ints are 64-bit, overflow is an error, `/` truncates toward zero and `%`
 takes the sign of the dividend (as in C and Go). Python raises on a double division
-by zero where CEL follows IEEE 754 (`1.0 / 0.0` is infinity).
+by zero where CEL follows IEEE 754 (`1.0 / 0.0` is infinity), and Python orders NaN
+(every comparison false) where CEL refuses to.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from attributes.expressions.errors import EvaluationError
 
@@ -69,6 +71,20 @@ def divide_double(dividend: float, divisor: float) -> float:
         if dividend == 0.0 or math.isnan(dividend):
             return math.nan
         return math.copysign(math.inf, dividend) * math.copysign(1.0, divisor)
+
+
+def ordering_of_doubles(compare: Callable[[float, float], bool]) -> Callable[[float, float], bool]:
+    """`compare` (`<`, ...) for doubles, where NaN is an error, as in cel-go: IEEE 754 makes
+    every comparison with NaN false, which would break `a <= b == !(a > b)`."""
+
+    def compare_doubles(first: float, second: float) -> bool:
+        if compare(first, second):
+            return True
+        if first == first and second == second:  # neither is NaN
+            return False
+        raise EvaluationError("NaN values cannot be ordered")
+
+    return compare_doubles
 
 
 def _overflow(first: int, symbol: str, second: int) -> EvaluationError:

@@ -1,9 +1,9 @@
 """Compiles an expression's syntax tree, once, into one closure that evaluates it.
 
 `compile_expression` is the entry point: parse, then type-check and compile each node
-in one pass, bottom-up; each node's compiler (operators.py, logic.py, access.py,
-functions.py, macros.py) sees its operands' static types and closures, refuses what
-can never work, and builds the cheapest closure for what can.
+in one pass, bottom-up; each node's compiler (variables.py, access.py, operators.py,
+logic.py, functions.py, macros.py) sees its operands' static types and closures,
+refuses what can never work, and builds the cheapest closure for what can.
 """
 
 from __future__ import annotations
@@ -12,13 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attributes.expressions.access import (
-    compile_index,
-    compile_list,
-    compile_map,
-    compile_select,
-    compile_variable,
-)
+from attributes.expressions.access import compile_index, compile_list, compile_map, compile_select
 from attributes.expressions.compiled import Activation, Compiled, Evaluator, Scope, constant
 from attributes.expressions.errors import EvaluationError, ExpressionError
 from attributes.expressions.functions import compile_call
@@ -41,6 +35,7 @@ from attributes.expressions.operators import compile_binary, compile_unary
 from attributes.expressions.parser import parse
 from attributes.expressions.types import BOOL, DOUBLE, INT, NULL, STRING, CelType, assignable
 from attributes.expressions.values import PYTHON_TYPES, kind_of
+from attributes.expressions.variables import compile_variable
 
 _LITERAL_TYPES: dict[type, CelType] = {
     bool: BOOL,

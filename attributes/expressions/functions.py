@@ -1,10 +1,12 @@
-"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
+r"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
 
 Calls are resolved at compile time against the overload tables, so an unknown
 function, a wrong argument count or `size(1)` fails when the rules load. A
 `matches` pattern that is a literal is compiled once, and an invalid one is refused
-then; patterns are Python regular expressions restricted to ASCII classes, which
-covers the RE2 syntax CEL specifies except for RE2's Unicode-aware case folding.
+then. CEL specifies RE2 patterns; these are Python's, with ASCII classes (`\d` is
+`[0-9]`, as in RE2). The common syntax means the same in both; RE2's Unicode
+classes (`\pL`) are refused as invalid, and Python's lookarounds and backreferences
+are accepted, although RE2 has neither.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def compile_call(node: Call, operands: list[Compiled], scope: Scope) -> Compiled
         return _matches(node, operands[0], operands[1], scope)
     overloads = FUNCTIONS[name]
     _check_arity(node, operands, overloads.arity, scope)
-    compiled = overloads.apply(operands)
+    compiled = overloads.compile(operands)
     if compiled is None:
         types = tuple(operand.type for operand in operands)
         raise scope.error(no_matching_overload(name, types), node.offset)
@@ -57,17 +59,18 @@ def compile_call(node: Call, operands: list[Compiled], scope: Scope) -> Compiled
 
 
 def _check_call_style(node: Call, scope: Scope) -> None:
+    """Refuses unknown and unsupported functions, and `x.int()` or `contains(x, y)`."""
     name = node.function
     if name in _UNSUPPORTED:
         raise scope.error(f"{name}(): {_UNSUPPORTED[name]}", node.offset)
-    if node.target is None and name not in _GLOBALS:
-        known = name in _METHODS
-        message = f"{name}() is called on a value: x.{name}(...)" if known else None
-        raise scope.error(message or f"unknown function '{name}'", node.offset)
     if node.target is not None and name not in _METHODS:
-        known = name in _GLOBALS
-        message = f"{name}() is not a method: call it as {name}(x)" if known else None
-        raise scope.error(message or f"unknown method '{name}'", node.offset)
+        if name in _GLOBALS:
+            raise scope.error(f"{name}() is not a method: call it as {name}(x)", node.offset)
+        raise scope.error(f"unknown method '{name}'", node.offset)
+    if node.target is None and name not in _GLOBALS:
+        if name in _METHODS:
+            raise scope.error(f"{name}() is called on a value: x.{name}(...)", node.offset)
+        raise scope.error(f"unknown function '{name}'", node.offset)
 
 
 def _check_arity(node: Call, operands: list[Compiled], arity: int, scope: Scope) -> None:
@@ -85,7 +88,7 @@ def _matches(node: Call, text: Compiled, pattern: Compiled, scope: Scope) -> Com
         if operand.type not in (STRING, DYN):
             types = (text.type, pattern.type)
             raise scope.error(no_matching_overload("matches", types), node.offset)
-    if not pattern.is_constant:
+    if type(pattern.constant) is not str:  # known at run time only (or a dyn non-string)
         return apply(BOOL, _matches_any_pattern, text, pattern)
     try:
         search = _regex(pattern.constant).search

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, auto
 
 from attributes.expressions.errors import ExpressionError, describe_position
 
 
 class Kind(Enum):
-    INT = "int literal"
-    DOUBLE = "double literal"
-    STRING = "string literal"
-    IDENT = "identifier"
-    PUNCT = "punctuation"
-    END = "end of input"
+    INT = auto()
+    DOUBLE = auto()
+    STRING = auto()
+    IDENT = auto()  # names and the keywords true, false, null, in
+    PUNCT = auto()
+    END = auto()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ def no_matching_overload(symbol: str, types: tuple[CelType, ...]) -> str:
 
 
 def _overloaded(overloads: OverloadSet, offset: int, scope: Scope, *operands: Compiled) -> Compiled:
-    compiled = overloads.apply(operands)
+    compiled = overloads.compile(operands)
     if compiled is None:
         types = tuple(operand.type for operand in operands)
         raise scope.error(no_matching_overload(overloads.symbol, types), offset)

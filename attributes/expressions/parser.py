@@ -189,11 +189,14 @@ class _Parser:
         return Literal(value, offset)
 
     def _peek(self, ahead: int = 0) -> Token:
-        return self._tokens[min(self._next + ahead, len(self._tokens) - 1)]
+        """The next token (or the one after); the END token stays last, however far."""
+        index = self._next + ahead
+        return self._tokens[index] if index < len(self._tokens) else self._tokens[-1]
 
     def _advance(self) -> Token:
-        token = self._peek()
-        self._next = min(self._next + 1, len(self._tokens) - 1)
+        token = self._tokens[self._next]
+        if token.kind is not Kind.END:
+            self._next += 1
         return token
 
     def _accept(self, text: str) -> bool:

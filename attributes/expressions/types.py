@@ -75,8 +75,9 @@ def assignable(actual: CelType, expected: CelType) -> bool:
 def comparable(first: CelType, second: CelType) -> bool:
     """Whether `==` between the two can ever be true: CEL's checker refuses it otherwise.
 
-    Numbers compare across int and double, and anything compares with null (JSON
-    properties are often null); lists and maps compare with lists and maps.
+    Numbers compare across int and double, anything compares with null (JSON
+    properties are often null), and a list with a list, a map with a map, whatever
+    their items.
     """
     if first.is_numeric and second.is_numeric:
         return True

@@ -1,4 +1,4 @@
-"""CEL's meaning of equality, membership, lookup and size on Python values.
+"""CEL's meaning of equality, membership and lookup on Python values.
 
 Python's own operators are used wherever the static types make them exact; these
 functions cover the rest, where Python and CEL disagree: bool is not a number in CEL
@@ -118,12 +118,6 @@ def has_field(value: Any, field: str) -> bool:
     if type(value) is dict:
         return field in value
     raise EvaluationError(f"has() cannot test field '{field}' on {kind_of(value)}")
-
-
-def size(value: Any) -> int:
-    if type(value) in (str, list, dict):
-        return len(value)
-    raise no_overload("size", value)
 
 
 def iteration_range(value: Any, macro: str) -> Iterable[Any]:

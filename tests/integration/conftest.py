@@ -105,7 +105,7 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
         topic_partitions=4,
         rules_path=ROOT / "examples" / "rules.yaml",
         home=tmp_path_factory.mktemp("home"),
-        worker_metrics_port=free_port(),
+        worker_metrics_port=free_port(),  # the session worker's; other workers serve none
     )
 
 

@@ -138,6 +138,6 @@ def test_a_silent_profile_s_window_empties_on_time(
         assert view()["attributes"] == {"orders": 2, "orders_last_20m": 0, "revenue_last_20m": 0}
         assert indexed() == []
         assert state().version == version  # no event was applied: time alone moved it
-        assert state().attributes["orders_last_20m"] == []
+        assert state().attributes["orders_last_20m/count@20minutes"] == []
     finally:
         worker.stop()

@@ -168,6 +168,12 @@ def test_isolated_names_every_shared_resource_after_the_run() -> None:
     assert settings.topic_partitions == 2
 
 
+def test_isolated_copies_do_not_share_the_metrics_port() -> None:
+    session = Settings(worker_metrics_port=9108)
+    assert session.isolated("run-2").worker_metrics_port is None
+    assert session.isolated("run-3", worker_metrics_port=9109).worker_metrics_port == 9109
+
+
 def test_child_env_replaces_every_traitflow_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_KEY_PREFIX", "from-the-parent")
     monkeypatch.setenv("TRAITFLOW_OBSOLETE", "x")

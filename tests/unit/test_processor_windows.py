@@ -108,7 +108,7 @@ async def test_expiring_changes_neither_offsets_nor_versions(world: Any) -> None
     assert await processor.expire(SOURCE, limit=100) == 1
     after = (await store.load("user", ["u-1"]))["u-1"]
     assert (after.offsets, after.version) == (before.offsets, before.version)
-    assert after.attributes["recent_orders"] == []  # the bucket is gone from the state too
+    assert after.attributes["recent_orders/count@2days"] == []  # the bucket is gone too
 
 
 async def test_expire_takes_at_most_limit_profiles_earliest_first(world: Any) -> None:
@@ -137,3 +137,36 @@ async def test_rules_without_windows_keep_no_index() -> None:
     rules = parse_rules("attributes:\n  - name: orders\n    function: count\n")
     await BatchProcessor(rules, store, ListDeadLetters()).process([order("u-1", 0, NOW)])
     assert store.expiries == {}
+
+
+# --- a changed rule file --------------------------------------------------------------------
+
+
+async def test_an_attribute_whose_state_changed_shape_starts_afresh() -> None:
+    """Between runs `recent_orders` gains a longer window and `orders` becomes a sum:
+    their old states do not fit, so they restart instead of failing every event."""
+    store = MemoryProfileStore()
+    before = BatchProcessor(RULES, store, ListDeadLetters(), Clock(NOW))
+    await before.process([order("u-1", 0, NOW - HOUR, 4.0), order("u-1", 1, NOW - HOUR, 6.0)])
+
+    changed = parse_rules(
+        "attributes:\n"
+        "  - name: orders\n    function: sum\n    field: properties.revenue\n"
+        "    event: Order\n"
+        "  - name: recent_orders\n    function: count\n    event: Order\n"
+        "    lookback: {count: 3, unit: days}\n"
+        "  - name: recent_revenue\n    function: sum\n    field: properties.revenue\n"
+        "    event: Order\n    lookback: {count: 1, unit: days}\n"
+    )
+    dead = ListDeadLetters()
+    after = BatchProcessor(changed, store, dead, Clock(NOW))
+    await after.process([order("u-1", 2, NOW - HOUR, 5.0)])
+
+    assert dead.records == []
+    assert await attributes(store, "u-1") == {
+        "orders": 5.0,  # restarted as a sum
+        "recent_orders": 1,  # restarted with its new window
+        "recent_revenue": 15.0,  # unchanged: kept its state
+    }
+    state = (await store.load("user", ["u-1"]))["u-1"]
+    assert set(state.attributes) == changed.state_keys

@@ -14,6 +14,7 @@ from attributes.profile import (
     compute_attributes,
     decode_state,
     encode_state,
+    reconcile,
     render_view,
 )
 from attributes.rules import RuleSet, parse_rules
@@ -343,3 +344,19 @@ def test_fresh_states_do_not_share_dicts() -> None:
     first.offsets["x"] = 1
     first.identities["user_id"] = ["a"]
     assert (second.offsets, second.identities) == ({}, {})
+
+
+def test_reconcile_drops_states_the_rules_no_longer_read() -> None:
+    old = parse_rules(
+        "attributes:\n  - name: a\n    function: count\n  - name: b\n    function: count\n"
+    )
+    new = parse_rules(
+        "attributes:\n  - name: a\n    function: max\n    field: properties.x\n"
+        "  - name: b\n    function: count\n"
+    )
+    state = ProfileState(id="u-1")
+    apply_event(state, event(type="page", messageId="m"), Y2K_MS, old, SOURCE, 0, NOW)
+    assert set(state.attributes) == {"a/count", "b/count"}
+    assert reconcile(state, old) == []
+    assert reconcile(state, new) == ["a/count"]
+    assert set(state.attributes) == {"b/count"}

@@ -421,7 +421,8 @@ def test_attributes_with_the_same_filter_share_one_compiled_filter() -> None:
     rules = parse_rules(
         rule_file(
             "  - name: a\n    function: count\n    where: properties.x == 1\n",
-            "  - name: b\n    function: sum\n    field: properties.y\n    where: properties.x == 1\n",
+            "  - name: b\n    function: sum\n    field: properties.y\n"
+            "    where: properties.x == 1\n",
         )
     )
     a, b = rules.attributes
