@@ -27,6 +27,7 @@ import orjson
 import pytest
 import redis
 
+from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, ServiceError, free_port, port_open
 from traitflow.store import KeyLayout
@@ -151,23 +152,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
 @pytest.fixture(scope="session")
 def worker(settings: Settings, publish: Publisher, redis_client: redis.Redis) -> Iterator[Daemon]:
     """One real `traitflow worker` process for the session, ready when it returns."""
-    daemon = Daemon("worker", settings.home / "worker")
-    process = daemon.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings.child_env(),
-        cwd=ROOT,
-    )
+    daemon = start_worker(settings, "worker")
     try:
         probe = f"probe-{uuid.uuid4().hex[:8]}"
         publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
         key = KeyLayout(settings.key_prefix).view("user", probe)
 
         def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"worker exited with {process.returncode}: {daemon.log_file.read_text()}"
-                )
-            return bool(redis_client.exists(key))
+            return alive(daemon) and bool(redis_client.exists(key))
 
         wait_until(ready, timeout=90, what="the worker to process its first event")
         yield daemon

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import sys
 import threading
 import time
 import uuid
@@ -25,8 +23,9 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import ROOT, wait_until
+from tests.integration.conftest import wait_until
 from tests.integration.oracle import expected_view
+from tests.integration.workers import alive, skipped_records, start_worker, worker_log
 from traitflow.config import Settings
 from traitflow.services import Daemon
 from traitflow.store import KeyLayout
@@ -104,32 +103,6 @@ class Stream:
         self.thread.join(timeout=30)
 
 
-def _start_worker(settings: Settings, name: str) -> Daemon:
-    daemon = Daemon(name, settings.home / name)
-    daemon.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings.child_env(),
-        cwd=ROOT,
-    )
-    return daemon
-
-
-def _log(daemon: Daemon) -> str:
-    path: Path = daemon.log_file
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _reread(daemon: Daemon) -> int:
-    """Records a worker skipped because their offsets were applied before."""
-    return sum(int(n) for n in re.findall(r"(\d+) records were applied before", _log(daemon)))
-
-
-def _alive(daemon: Daemon) -> bool:
-    if daemon.pid() is None:
-        pytest.fail(f"{daemon.name} exited early:\n{_log(daemon)[-5000:]}")
-    return True
-
-
 def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -157,28 +130,28 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
         with Stream(settings, topic, seed=11) as stream:
             # a backlog, so that the workers are behind (fetch rounds of many records)
             wait_until(lambda: stream.sent >= BACKLOG, what="a backlog")
-            first = _start_worker(settings, "first")
+            first = start_worker(settings, "first")
             wait_until(
-                lambda: _alive(first) and any(redis_client.scan_iter(keys.all_keys(), count=100)),
+                lambda: alive(first) and any(redis_client.scan_iter(keys.all_keys(), count=100)),
                 timeout=30,
                 what="the first worker to process events",
             )
-            second = _start_worker(settings, "second")
+            second = start_worker(settings, "second")
             # the join moves partitions: the first worker revokes and gets a new generation
             wait_until(
-                lambda: _alive(second) and "Worker]: Ready" in _log(second),
+                lambda: alive(second) and "Worker]: Ready" in worker_log(second),
                 timeout=30,
                 what="the second worker to get partitions",
             )
             wait_until(
-                lambda: "(generation 1)" in _log(first),
+                lambda: "(generation 1)" in worker_log(first),
                 timeout=15,
                 what="the first worker to see the rebalance",
             )
             time.sleep(1.0)  # both process for a while
             sent_before_stop = stream.sent
             first.stop()  # SIGTERM: leaves the group, its partitions move to the second
-            assert "Worker]: Closing event loop" in _log(first), "not a graceful stop"
+            assert "Worker]: Closing event loop" in worker_log(first), "not a graceful stop"
             wait_until(
                 lambda: stream.sent >= max(20_000, sent_before_stop + 4 * CHUNK),
                 what="events after the stop",
@@ -193,7 +166,7 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
             return {u: orjson.loads(v) if v else None for u, v in zip(users, views, strict=True)}
 
         def all_done() -> bool:
-            _alive(second)
+            alive(second)
             views = served()
             return all((views[u] or {}).get("version") == len(stream.events[u]) for u in users)
 
@@ -207,7 +180,7 @@ def test_two_rebalances_mid_stream_lose_nothing_and_count_nothing_twice(
         # fastfaust, thousands of records were re-read here.
         assert first is not None
         assert second is not None
-        reread = _reread(first) + _reread(second)
+        reread = skipped_records(first) + skipped_records(second)
         assert reread <= 2 * settings.batch_size, f"{reread} records re-read after hand-overs"
         assert not wrong, (
             f"{len(wrong)} profiles differ, e.g. {views[wrong[0]]} != {expected[wrong[0]]}"

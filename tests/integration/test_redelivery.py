@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -31,8 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from attributes.profile import decode_state
-from tests.integration.conftest import ROOT, wait_until
+from tests.integration.conftest import wait_until
 from tests.integration.oracle import expected_view
+from tests.integration.workers import alive, skipped_records, start_worker, worker_log
 from traitflow.config import Settings
 from traitflow.services import Daemon
 from traitflow.store import KeyLayout
@@ -176,32 +175,6 @@ async def _rewind(settings: Settings, topic: str, offsets: Mapping[int, int]) ->
         await consumer.stop()
 
 
-def _start_worker(settings: Settings, name: str) -> Daemon:
-    daemon = Daemon(name, settings.home / name)
-    daemon.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings.child_env(),
-        cwd=ROOT,
-    )
-    return daemon
-
-
-def _log(daemon: Daemon) -> str:
-    path: Path = daemon.log_file
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _skipped(daemon: Daemon) -> int:
-    """Records the worker skipped because their offsets were applied before."""
-    return sum(int(n) for n in re.findall(r"(\d+) records were applied before", _log(daemon)))
-
-
-def _alive(daemon: Daemon) -> bool:
-    if daemon.pid() is None:
-        pytest.fail(f"{daemon.name} exited early:\n{_log(daemon)[-5000:]}")
-    return True
-
-
 def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -234,7 +207,7 @@ def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
 
     def applied(worker: Daemon) -> bool:
         """Whether every event published so far is applied, and none twice."""
-        _alive(worker)
+        alive(worker)
         now = versions()
         twice = [u for u in users if now[u] > len(events.by_user[u])]
         if twice:
@@ -257,11 +230,11 @@ def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
         ends = asyncio.run(_produce(settings, topic, events.make(EVENTS)))
         assert sorted(ends) == list(range(PARTITIONS)), f"a partition got no records: {ends}"
         assert sum(ends.values()) == EVENTS, "the topic is ours alone"
-        first = _start_worker(settings, "first")
+        first = start_worker(settings, "first")
         workers.append(first)
         wait_until(lambda: applied(first), timeout=60, what="the backlog to be applied")
         first.stop()  # SIGTERM: the worker commits what it acked and leaves the group
-        assert "Worker]: Closing event loop" in _log(first), "not a graceful stop"
+        assert "Worker]: Closing event loop" in worker_log(first), "not a graceful stop"
         assert committed() == ends
         before = stored()
         assert_oracle()
@@ -276,8 +249,8 @@ def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
         # batch's records found at or below their profile's watermark (more than the
         # rewound ones only if an unplanned rebalance made it re-read some again)
         def replayed_unchanged(worker: Daemon) -> bool:
-            _alive(worker)
-            done = _skipped(worker) >= replayed  # read before the profiles: all of it counts
+            alive(worker)
+            done = skipped_records(worker) >= replayed  # read before the profiles: all of it counts
             now = stored()
             if changed := [u for u in users if now[u] != before[u]]:
                 pytest.fail(
@@ -286,7 +259,7 @@ def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
                 )
             return done
 
-        second = _start_worker(settings, "second")
+        second = start_worker(settings, "second")
         workers.append(second)
         wait_until(
             lambda: replayed_unchanged(second),
@@ -300,7 +273,7 @@ def test_redelivered_offsets_change_nothing_and_new_ones_are_applied(
         wait_until(lambda: applied(second), timeout=30, what="the new events to be applied")
         assert_oracle()
         second.stop()
-        assert "Worker]: Closing event loop" in _log(second), "not a graceful stop"
+        assert "Worker]: Closing event loop" in worker_log(second), "not a graceful stop"
         # the replayed records were acked like any others: the group is back at the end
         assert committed() == new_ends
     finally:

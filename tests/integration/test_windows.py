@@ -9,7 +9,6 @@ window, and drop the profile from the Redis expiry index once its windows are em
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,9 +20,9 @@ import pytest
 import redis
 
 from attributes.profile import ProfileState, decode_state
-from tests.integration.conftest import ROOT, Publisher, wait_until
+from tests.integration.conftest import Publisher, wait_until
+from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
-from traitflow.services import Daemon
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
@@ -82,20 +81,13 @@ def test_a_silent_profile_s_window_empties_on_time(
 
     window = 20 * 60_000
     publish = Publisher(settings, topic)
-    worker = Daemon("worker", settings.home / "worker")
-    process = worker.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
-        settings.child_env(),
-        cwd=ROOT,
-    )
+    worker = start_worker(settings, "worker")
     try:
         probe = f"probe-{uuid.uuid4().hex[:8]}"
         publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
 
         def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"worker exited: {worker.log_file.read_text()[-3000:]}")
-            return bool(redis_client.exists(keys.view("user", probe)))
+            return alive(worker) and bool(redis_client.exists(keys.view("user", probe)))
 
         wait_until(ready, timeout=60, what="the worker to process its first event")
 
