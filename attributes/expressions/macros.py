@@ -95,52 +95,36 @@ def _iteration(macro: str, iterated: Evaluator) -> Iteration:
     return iterate
 
 
-def _all(iteration: Iteration, variable: str, predicate: Evaluator) -> Evaluator:
-    """False if the predicate is false for any element, even if it fails for others."""
+def _deciding(macro: str, decisive: bool) -> Callable[[Iteration, str, Evaluator], Evaluator]:
+    """`all` (decided by a false element) and `exists` (by a true one): like `&&` and
+    `||`, a decisive element wins even if the predicate fails for others."""
 
-    def evaluate(activation: Activation) -> bool:
-        bindings, elements = iteration(activation)
-        error: EvaluationError | None = None
-        for element in elements:
-            bindings[variable] = element
-            try:
-                result = predicate(bindings)
-            except EvaluationError as failure:
-                error = failure
-                continue
-            if result is False:
-                return False
-            if result is not True:
-                error = no_overload("all", result)
-        if error is not None:
-            raise error
-        return True
+    def quantifier(iteration: Iteration, variable: str, predicate: Evaluator) -> Evaluator:
+        def evaluate(activation: Activation) -> bool:
+            bindings, elements = iteration(activation)
+            error: EvaluationError | None = None
+            for element in elements:
+                bindings[variable] = element
+                try:
+                    result = predicate(bindings)
+                except EvaluationError as failure:
+                    error = failure
+                    continue
+                if result is decisive:
+                    return bool(decisive)  # bool(): after `is`, mypy types it Any
+                if result is not (not decisive):  # not a bool at all
+                    error = no_overload(macro, result)
+            if error is not None:
+                raise error
+            return not decisive
 
-    return evaluate
+        return evaluate
+
+    return quantifier
 
 
-def _exists(iteration: Iteration, variable: str, predicate: Evaluator) -> Evaluator:
-    """True if the predicate is true for any element, even if it fails for others."""
-
-    def evaluate(activation: Activation) -> bool:
-        bindings, elements = iteration(activation)
-        error: EvaluationError | None = None
-        for element in elements:
-            bindings[variable] = element
-            try:
-                result = predicate(bindings)
-            except EvaluationError as failure:
-                error = failure
-                continue
-            if result is True:
-                return True
-            if result is not False:
-                error = no_overload("exists", result)
-        if error is not None:
-            raise error
-        return False
-
-    return evaluate
+_all = _deciding("all", decisive=False)
+_exists = _deciding("exists", decisive=True)
 
 
 def _exists_one(iteration: Iteration, variable: str, predicate: Evaluator) -> Evaluator:
