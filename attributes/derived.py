@@ -106,7 +106,7 @@ def dependency_order(reads: Mapping[str, frozenset[str]]) -> list[str]:
         if state.get(name) == "visiting":
             raise DerivedCycle([*path[path.index(name) :], name])
         state[name] = "visiting"
-        for dependency in sorted(reads[name] & reads.keys()):
+        for dependency in sorted(used for used in reads[name] if used in reads):
             visit(dependency, [*path, name])
         state[name] = "done"
         order.append(name)
