@@ -3,9 +3,10 @@
     python -m bench.engine --events 200000 --users 10000 --batch 2000
 
 The per-event cost of decoding, applying every rule, rendering and encoding the
-profiles of a batch, with the in-memory store behind the worker's state cache (as in
-the worker: owned profiles are not decoded again): the ceiling the worker could reach
-if Kafka and Redis cost nothing. Best of --repeat runs.
+profiles of a batch, with the in-memory store behind the worker's state cache and the
+worker's garbage-collector settings (as in the worker: owned profiles are not decoded
+again): the ceiling the worker could reach if Kafka and Redis cost nothing. Best of
+--repeat runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.cli import tune_gc
 from traitflow.store import CachedProfileStore, MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,7 @@ def main() -> None:
         Record("bench", hash(key) % args.partitions, offset, value, 0)
         for offset, (key, value) in enumerate(events)
     ]
+    tune_gc()
     best = min(asyncio.run(run(records, args.batch)) for _ in range(args.repeat))
     print(
         f"engine  {args.events / best:,.0f} events/s  ({1e6 * best / args.events:.1f} us/event, "

@@ -49,11 +49,11 @@ def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) ->
     faust_app = create_app(settings, _rules_or_exit(settings.rules_path), metrics)
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.api_host, settings.worker_metrics_port)
-    _tune_gc()
+    tune_gc()
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Fewer, cheaper collections for a worker that allocates per event.
 
     Faust and its dependencies leave a large heap of long-lived objects that every
