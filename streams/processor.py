@@ -169,8 +169,7 @@ class BatchProcessor:
         writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
-            if reset := reconcile(state, self.rules):
-                log.info("profile %s: state of changed rules reset: %s", pid, ", ".join(reset))
+            self._fit(state)
             mark = report.mark()
             try:
                 write = self._apply(state, items, report)
@@ -223,7 +222,7 @@ class BatchProcessor:
             if gone := [pid for pid in due if pid not in states]:
                 await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
             for state in states.values():
-                reconcile(state, self.rules)
+                self._fit(state)
             writes = [self._write(state, source, set()) for state in states.values()]
             try:
                 await self.store.save(ENTITY, writes)
@@ -231,6 +230,15 @@ class BatchProcessor:
                 self.store.abandon(ENTITY, due)
                 raise
             return len(writes)
+
+    def _fit(self, state: ProfileState) -> None:
+        """Make a loaded state fit the rules (`reconcile`), unless this processor wrote
+        it last: then it fits already, and the check is skipped."""
+        remembered = self._renders.get(state.id)
+        if remembered is not None and remembered[0] is state:
+            return
+        if reset := reconcile(state, self.rules):
+            log.info("profile %s: states of changed rules reset: %s", state.id, ", ".join(reset))
 
     def _write(self, state: ProfileState, source: str, touched: set[str]) -> ProfileWrite:
         """The write of a changed state: its view as of now, and when to look again.
@@ -287,7 +295,7 @@ class BatchProcessor:
         """The slow path: each event on a fresh copy, keeping the copies that work."""
         stored = (await self.store.load(ENTITY, [pid])).get(pid)
         state = stored or ProfileState(id=pid, entity=ENTITY)
-        reconcile(state, self.rules)
+        self._fit(state)
         write = None
         for item in items:
             trial = decode_state(encode_state(state))
