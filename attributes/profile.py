@@ -205,10 +205,11 @@ def compute_attributes(
                 aggregator.initial() if stored is None else stored
             )
     if rules.derived:
-        inputs = {a.name: a.cel_value(values[a.name]) for a in rules.attributes}
+        inputs = {a.name: a.cel_value(values[a.name]) for a in rules.derived_inputs}
         for derived in rules.derived:
             values[derived.name] = inputs[derived.name] = derived.evaluate(inputs)
-        return {name: values[name] for name in rules.names}
+        if rules.derived_interleaved:
+            return {name: values[name] for name in rules.names}
     return values
 
 

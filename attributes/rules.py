@@ -85,6 +85,11 @@ class RuleSet:
     names: tuple[str, ...] = ()
     #: the attributes with a lookback window
     windowed: tuple[CompiledAttribute, ...] = ()
+    #: the attributes derived expressions read
+    derived_inputs: tuple[CompiledAttribute, ...] = ()
+    #: whether a derived attribute comes before an aggregated one in the file (the
+    #: served view then needs reordering)
+    derived_interleaved: bool = False
     #: the attributes' state keys (see `attributes.profile.reconcile`)
     state_keys: frozenset[str] = frozenset()
     _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
@@ -128,6 +133,8 @@ class RuleSet:
             types[spec.name] = frozenset(spec.type) if spec.type else None
         if names is None:
             names = [compiled.name for _, compiled in attributes] + [d.name for d in derived]
+        read = set().union(*(d.expression.names for d in derived))
+        aggregated = [compiled.name for _, compiled in attributes]
         return cls(
             attributes=tuple(compiled for _, compiled in attributes),
             _by_event={name: tuple(attrs) for name, attrs in by_event.items()},
@@ -136,6 +143,8 @@ class RuleSet:
             derived=tuple(derived),
             names=tuple(names),
             windowed=tuple(compiled for _, compiled in attributes if compiled.window),
+            derived_inputs=tuple(compiled for _, compiled in attributes if compiled.name in read),
+            derived_interleaved=list(names)[: len(aggregated)] != aggregated,
             state_keys=frozenset(compiled.key for _, compiled in attributes),
         )
 

@@ -360,3 +360,18 @@ def test_reconcile_drops_states_the_rules_no_longer_read() -> None:
     assert reconcile(state, old) == []
     assert reconcile(state, new) == ["a/count"]
     assert set(state.attributes) == {"b/count"}
+
+
+def test_the_view_keeps_the_file_order_when_derived_attributes_come_first() -> None:
+    rules = parse_rules(
+        "attributes:\n"
+        "  - name: doubled\n    function: derived\n    expression: orders * 2\n"
+        "  - name: orders\n    function: count\n"
+        "  - name: pages\n    function: count\n    type: [page]\n"
+        "  - name: quadrupled\n    function: derived\n    expression: doubled * 2\n"
+    )
+    assert [a.name for a in rules.derived_inputs] == ["orders"]
+    state = ProfileState(id="u-1")
+    apply_event(state, event(type="page", messageId="m"), Y2K_MS, rules, SOURCE, 0, NOW)
+    values = compute_attributes(state, rules, NOW)
+    assert list(values.items()) == [("doubled", 2), ("orders", 1), ("pages", 1), ("quadrupled", 4)]
