@@ -131,7 +131,7 @@ def create_app(
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:
-            await expire_owned(processor, sorted(owned), metrics)
+            await expire_owned(processor, owned, metrics)
 
     async def process_messages(messages: Sequence[Message]) -> None:
         records = [
@@ -144,16 +144,15 @@ def create_app(
     return app
 
 
-async def expire_owned(
-    processor: BatchProcessor, sources: Sequence[str], metrics: WorkerMetrics
-) -> None:
+async def expire_owned(processor: BatchProcessor, owned: set[str], metrics: WorkerMetrics) -> None:
     """One expiry round: re-render the due profiles of each owned partition. A failure
-    is logged and the round is simply tried again at the next tick."""
-    for source in sources:
+    is logged and the round is simply tried again at the next tick. `owned` is the live
+    set: a partition revoked during the round is skipped from then on."""
+    for source in sorted(owned):
         try:
             written = EXPIRY_ROUND
             while written == EXPIRY_ROUND:  # a full round: more may be due
-                written = await processor.expire(source, EXPIRY_ROUND)
+                written = await processor.expire(source, EXPIRY_ROUND, owned)
                 metrics.window_expiries.inc(written)
         except Exception as exc:
             transient = isinstance(exc, TRANSIENT)

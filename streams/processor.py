@@ -18,7 +18,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,10 +210,16 @@ class BatchProcessor:
                 )
         return report
 
-    async def expire(self, source: str, limit: int) -> int:
+    async def expire(self, source: str, limit: int, owned: Container[str] | None = None) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by
-        now; return how many were written. The cost is that of the due profiles only."""
+        now; return how many were written. The cost is that of the due profiles only.
+
+        With `owned`, the worker's live set of owned partitions, nothing is done unless
+        `source` is still in it once the lock is held: a partition revoked while the
+        expiry round waited has a new owner, the profiles' only writer."""
         async with self.lock:
+            if owned is not None and source not in owned:
+                return 0
             now = self._read_clock()
             due = await self.store.due(ENTITY, source, now, limit)
             if not due:

@@ -170,3 +170,21 @@ async def test_an_attribute_whose_state_changed_shape_starts_afresh() -> None:
     }
     state = (await store.load("user", ["u-1"]))["u-1"]
     assert set(state.attributes) == changed.state_keys
+
+
+async def test_expire_leaves_a_partition_revoked_meanwhile_alone(world: Any) -> None:
+    """The expiry round snapshots nothing: a partition no longer owned once the lock
+    is held belongs to another worker now, the only writer of its profiles."""
+    processor, store, clock = world
+    await processor.process([order("u-1", 0, NOW - HOUR)])
+    clock.ms = NOW + 3 * DAY
+    owned: set[str] = set()  # revoked before the round got the lock
+    assert await processor.expire(SOURCE, limit=100, owned=owned) == 0
+    assert await attributes(store, "u-1") == {
+        "orders": 1,
+        "recent_orders": 1,
+        "recent_revenue": 1.0,
+    }
+    owned.add(SOURCE)
+    assert await processor.expire(SOURCE, limit=100, owned=owned) == 1
+    assert await attributes(store, "u-1") == {"orders": 1, "recent_orders": 0, "recent_revenue": 0}
