@@ -127,10 +127,8 @@ def apply_event(
     state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
-    if event.userId is not None:
-        add_identity(state, "user_id", event.userId)  # type: ignore[arg-type]
-    if event.anonymousId is not None:
-        add_identity(state, "anonymous_id", event.anonymousId)  # type: ignore[arg-type]
+    for kind, identity in event_identities(event):
+        add_identity(state, kind, identity)
     if event.type == "identify":
         for trait, value in event.traits.items():
             current = state.traits.get(trait)
@@ -198,12 +196,10 @@ def compute_attributes(
             continue
         stored = state.attributes.get(attribute.key)
         if attribute.window is not None:
-            values[attribute.name] = attribute.window.result(stored or [], now)
+            values[name] = attribute.window.result(stored or [], now)
         else:
             aggregator = attribute.aggregator
-            values[attribute.name] = aggregator.result(
-                aggregator.initial() if stored is None else stored
-            )
+            values[name] = aggregator.result(aggregator.initial() if stored is None else stored)
     if rules.derived:
         inputs = {a.name: a.cel_value(values[a.name]) for a in rules.derived_inputs}
         for derived in rules.derived:

@@ -26,6 +26,7 @@ import bisect
 import calendar
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -157,7 +158,7 @@ class SlidingMonths(Window):
         return ts - ts % DAY
 
     def start(self, now: int) -> int:
-        return _months_back(now - now % DAY, self.count)
+        return _add_months_cached(now - now % DAY, -self.count) + DAY
 
     def expiry(self, bucket: int) -> int:
         # `start` only grows with `now`; from a day no later than the answer, step on.
@@ -167,16 +168,11 @@ class SlidingMonths(Window):
         return moment
 
 
-@functools.lru_cache(maxsize=256)
-def _months_back(day: int, count: int) -> int:
-    return add_months(day, -count) + DAY
-
-
-#: month buckets are few: their shifts are cached
+#: its arguments are day or month starts, and few: cached
 _add_months_cached = functools.lru_cache(maxsize=1024)(add_months)
 
 
-_CALENDAR_FLOOR = {
+_CALENDAR_FLOOR: dict[str, Callable[[int], int]] = {
     "minutes": lambda ts: ts - ts % MINUTE,
     "hours": lambda ts: ts - ts % HOUR,
     "days": lambda ts: ts - ts % DAY,
@@ -193,7 +189,7 @@ class CalendarWindow(Window):
     unit: str
 
     def bucket(self, ts: int) -> int:
-        return int(_CALENDAR_FLOOR[self.unit](ts))
+        return _CALENDAR_FLOOR[self.unit](ts)
 
     def _shift(self, bucket: int, units: int) -> int:
         if self.unit == "months":

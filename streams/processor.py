@@ -227,9 +227,10 @@ class BatchProcessor:
             states = await self.store.load(ENTITY, due)
             if gone := [pid for pid in due if pid not in states]:
                 await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
+            writes = []
             for state in states.values():
                 self._fit(state)
-            writes = [self._write(state, source, set()) for state in states.values()]
+                writes.append(self._write(state, source, set()))
             try:
                 await self.store.save(ENTITY, writes)
             except BaseException:
@@ -250,20 +251,16 @@ class BatchProcessor:
         """The write of a changed state: its view as of now, and when to look again.
         `touched`: the attributes changed since the state was loaded."""
         now = self._now
-        expires_at = None
+        expiry = None  # not indexed at all when the rules have no windows
         if self.rules.windowed:
-            expires_at = expire_windows(state, self.rules, now, touched)
+            expiry = (source, expire_windows(state, self.rules, now, touched))
         remembered = self._renders.pop(state.id, None)
         previous = remembered[1] if remembered is not None and remembered[0] is state else None
         rendered = render_view(state, self.rules, now, previous, touched)
         self._renders[state.id] = (state, rendered["attributes"])
         if len(self._renders) > self._remembered_renders:
             self._renders.popitem(last=False)
-        view = encode_view(rendered)
-        write = ProfileWrite(state, encode_state(state), view)
-        if self.rules.windowed:
-            write.expiry = (source, expires_at)
-        return write
+        return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
 
     def _apply(
         self, state: ProfileState, items: Sequence[tuple[Record, Event]], report: BatchReport
