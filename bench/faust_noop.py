@@ -1,12 +1,14 @@
-"""A no-op Faust agent against the embedded broker: stock faust-streaming vs our patch.
+"""A no-op Faust consumer against the embedded broker: stock faust-streaming vs our patch.
 
     python -m bench.faust_noop --events 200000
 
 Publishes N small events to a fresh 8-partition topic, then runs one Faust worker per
-configuration (a subprocess each: the patch changes Faust classes) whose agent only
-counts, and prints events/s from the first to the last event, the worker's CPU use,
-and the time from worker start to the first event. This isolates Faust's own
-per-event cost from traitflow's (compare bench.pipeline and bench.engine).
+configuration (a subprocess each: the patch changes Faust classes) that only counts:
+an agent iterating the stream (`stream`) or `take_events` batches, and a batch topic
+(`batch`, the worker's own delivery path: this row is the worker's Kafka consumption
+rate). Prints events/s from the first to the last event, the worker's CPU use, and the
+time from worker start to the first event. This isolates Faust's own per-event cost
+from traitflow's (compare bench.pipeline and bench.engine).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from traitflow.config import Settings
 from traitflow.services import embedded_services
 from traitflow.topics import ensure_topics, publish_lines
 
-MODES = ("stream", "take_events")
+MODES = ("stream", "take_events", "batch")
 
 
 def run_worker(topic: str, events: int, mode: str, patched: bool, settings: Settings) -> None:
@@ -68,6 +70,16 @@ def run_worker(topic: str, events: int, mode: str, patched: bool, settings: Sett
             print(json.dumps(result), flush=True)
             os._exit(0)
 
+    async def count_batch(messages: Any) -> None:
+        count(len(messages))
+
+    if mode == "batch":
+        from streams.batches import batch_subscribe
+
+        batch_subscribe(app, source, count_batch, max_size=settings.batch_size)
+        faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+        return
+
     @app.agent(source)
     async def noop(stream: Any) -> None:
         if mode == "stream":
@@ -102,6 +114,8 @@ def main() -> None:
     asyncio.run(publish_lines(settings, topic, lines))
     for patched in ("0", "1"):
         for mode in MODES:
+            if mode == "batch" and patched == "0":
+                continue  # batch topics need the patch
             child = [sys.executable, "-m", "bench.faust_noop", "--events", str(args.events)]
             done = subprocess.run(
                 [*child, "--child", topic, mode, patched],

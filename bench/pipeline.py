@@ -3,7 +3,8 @@
     python -m bench.pipeline --events 200000 --users 10000
 
 Publishes N synthetic events (keyed by user, like `traitflow produce`) to a fresh topic,
-then starts a `traitflow worker` on it and measures:
+then starts `--workers` `traitflow worker` processes (one consumer group) on it and
+measures:
 - start-up: worker process start -> first profile written (consumer-group join etc.);
 - throughput: first profile written -> every event applied, in events/s;
 - the worker's CPU use over that span.
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes in the consumer group"
+    )
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:8]
@@ -170,19 +174,19 @@ def main() -> None:
 
     env = settings.child_env()
     client = redis.Redis.from_url(settings.redis_url)
-    worker = Daemon("bench-worker", settings.home / "bench")
+    daemons = [Daemon(f"bench-worker-{i}", settings.home / "bench") for i in range(args.workers)]
     t_start = time.perf_counter()
-    process = worker.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"], env, ROOT
-    )
+    command = [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"]
+    processes = [daemon.spawn(command, env, ROOT) for daemon in daemons]
     try:
         last_views = [KeyLayout(settings.key_prefix).view("user", u) for u in last_user.values()]
         while not client.exists(*last_views):
-            if process.poll() is not None:
-                sys.exit(f"worker died: see {worker.log_file}")
+            for daemon, process in zip(daemons, processes, strict=True):
+                if process.poll() is not None:
+                    sys.exit(f"worker died: see {daemon.log_file}")
             time.sleep(0.01)
         t_first = time.perf_counter()
-        cpu_first = cpu_seconds(process.pid)
+        cpu_first = sum(cpu_seconds(process.pid) for process in processes)
         pending = dict(last_user)
         while pending:
             for partition, user in list(pending.items()):
@@ -190,18 +194,20 @@ def main() -> None:
                     del pending[partition]
             time.sleep(0.01)
         t_done = time.perf_counter()
-        cpu_done = cpu_seconds(process.pid)
+        cpu_done = sum(cpu_seconds(process.pid) for process in processes)
     finally:
-        worker.stop()
+        for daemon in daemons:
+            daemon.stop()
     wrong = check(client, settings, expected)
     cleanup(client, settings)
 
     span = t_done - t_first
     print(f"events            {args.events} over {args.users} users, {args.partitions} partitions")
     print(f"produce           {args.events / produce_s:,.0f} events/s")
+    print(f"workers           {args.workers}")
     print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
     print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")
-    print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core")
+    print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core (all workers)")
     print(f"profiles checked  {len(expected.events)}, wrong: {wrong}")
     if wrong:
         sys.exit(1)
