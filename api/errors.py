@@ -10,10 +10,40 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 
-def error(status: int, message: str) -> Response:
+def error(
+    status: int, message: str, headers: dict[str, str] | None = None, field: str = "error"
+) -> Response:
     return Response(
-        orjson.dumps({"error": message}), status_code=status, media_type="application/json"
+        orjson.dumps({field: message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
+
+
+class ApiError(Exception):
+    """Raised anywhere in a request: answered as JSON `{field: message}` with `status`.
+
+    `field` is "error" except where a product's contract says otherwise (RudderStack's
+    400s are `{"message": ...}`)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        field: str = "error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+        self.field = field
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error(exc.status, exc.message, exc.headers, exc.field)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -30,5 +60,6 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
