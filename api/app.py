@@ -2,6 +2,11 @@
 
 A read is one Redis round trip (index lookup and fetch run inside Redis) and the
 stored JSON bytes go out as they are: no model is built for the response body.
+
+The app is assembled here from one module per concern: the three read shapes
+(`records`, `activation`, `entities`), `operations` (health, readiness, metrics) and
+`middleware` (limits, instrumentation). Routes find the settings and the store on
+`request.app.state`.
 """
 
 from __future__ import annotations
@@ -9,9 +14,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from api import errors
+from api import activation, entities, errors, middleware, operations, records
 from traitflow.config import Settings
 from traitflow.store import ProfileStore, RedisProfileStore
 
@@ -32,25 +37,9 @@ def create_app(settings: Settings | None = None, store: ProfileStore | None = No
             await app.state.store.close()
 
     app = FastAPI(title="traitflow", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
     errors.install(app)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/v1/collections/{collection}/records/{index}/{value}",
-        summary="Read one record (Hightouch Personalization API shape)",
-        responses={404: {"description": "unknown collection, or no such record"}},
-    )
-    async def read_record(collection: str, index: str, value: str, request: Request) -> Response:
-        entity = settings.collections.get(collection)
-        if entity is None:
-            return errors.error(404, f"collection {collection!r} not found")
-        store: ProfileStore = request.app.state.store
-        view = await store.read_view(entity, index, value)
-        if view is None:
-            return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
-        return Response(view, media_type="application/json")
-
+    middleware.install(app, settings)
+    for module in (operations, records, activation, entities):
+        app.include_router(module.router)
     return app
