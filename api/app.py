@@ -17,23 +17,40 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import activation, entities, errors, middleware, operations, records
+from api.instrumented import InstrumentedStore
+from api.keys import KeyStore, RedisKeyStore
 from traitflow.config import Settings
 from traitflow.store import ProfileStore, RedisProfileStore
 
 
-def create_app(settings: Settings | None = None, store: ProfileStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    store: ProfileStore | None = None,
+    keys: KeyStore | None = None,
+) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.keys = (  # the API keys (api.auth): Redis unless a test gives its own
+            keys
+            if keys is not None
+            else RedisKeyStore.from_url(
+                settings.redis_url, settings.key_prefix, settings.api_key_cache_s
+            )
+        )
         app.state.store = (
             store
             if store is not None
-            else RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
+            else InstrumentedStore(  # times every Redis round trip for /metrics
+                RedisProfileStore.from_url(settings.redis_url, settings.key_prefix),
+                app.state.metrics,
+            )
         )
         try:
             yield
         finally:
+            await app.state.keys.close()
             await app.state.store.close()
 
     app = FastAPI(title="traitflow", version="0.1.0", lifespan=lifespan)

@@ -1,8 +1,13 @@
 """Who is calling: the `Principal` behind a request's API key, and what it may read.
 
-STUB (being replaced): every request is an admin. The real version authenticates
-`Authorization: Bearer <key>` against hashed keys in Redis and rate-limits per key;
-its public names and signatures stay the ones below.
+Every data route depends on `authenticate`: `Authorization: Bearer <key>` is checked
+against the hashed key records (`api.keys`) and counted against the key's rate limit.
+Routes then check the principal's scope themselves, because what "outside the scope"
+answers differs by route (403 in general, 401 where RudderStack's contract says so).
+
+Cost per request: the key record comes from the key store's in-process cache
+(`TRAITFLOW_API_KEY_CACHE_S`, a Redis GET when stale) and the rate limit is one Lua
+script call, so usually one Redis round trip.
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
+
+from api.errors import ApiError
+from api.keys import ApiKey, KeyStore, parse_token
+from api.ratelimit import retry_after
+from traitflow.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +37,39 @@ class Principal:
     def may_read_destination(self, destination: str) -> bool:
         return self.admin or destination in self.destinations
 
+    @classmethod
+    def of(cls, key: ApiKey) -> Principal:
+        return cls(key.key_id, key.admin, key.collections, key.destinations)
+
+
+def _unauthorized(message: str) -> ApiError:
+    # RFC 6750: a 401 names the scheme the client should use
+    return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
+
 
 async def authenticate(request: Request) -> Principal:
-    """The request's principal (a FastAPI dependency); raises `ApiError` 401/429."""
-    return Principal(key_id="stub", admin=True)
+    """The request's principal (a FastAPI dependency); raises `ApiError` 401/429.
+
+    Unknown, wrong and revoked keys get the same answer: a caller learns nothing
+    about which keys exist."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    parsed = parse_token(token.strip()) if scheme.lower() == "bearer" else None
+    if parsed is None:
+        raise _unauthorized("malformed API key: expected 'Authorization: Bearer tf_<id>_<secret>'")
+    key_id, secret = parsed
+    keys: KeyStore = request.app.state.keys
+    key = await keys.lookup(key_id)
+    if key is None or not key.verifies(secret):
+        raise _unauthorized("invalid API key")
+    settings: Settings = request.app.state.settings
+    wait = await keys.take(
+        key_id, key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
+    )
+    if wait > 0:
+        raise ApiError(
+            429, "rate limit exceeded for this API key", headers={"Retry-After": retry_after(wait)}
+        )
+    return Principal.of(key)

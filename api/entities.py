@@ -1,7 +1,207 @@
-"""STUB (being written): the entities endpoints."""
+"""Entities: Adobe Real-Time Customer Profile's profile access shape (`/access/entities`).
+
+Only the profile schema (`_xdm.context.profile`) is served; it is the `user` entity,
+read through the collection that serves `user` (which the caller's key must be allowed
+to read). An identity namespace (`entityIdNS`: `email`, `ECID`, ...) is one of our
+identity index names as it is; no namespace means `entityId` is the profile's own id.
+Merge policies are not configurable yet: `mergePolicyId` must be absent or the one
+configured id (`Settings.default_merge_policy`).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api import shapes
+from api.auth import Principal, authenticate
+from api.caching import view_response
+from api.errors import ApiError
+from api.records import RECORD_EXAMPLE, cached, check_id, collection_entity
+from traitflow.config import Settings
+from traitflow.store import PRIMARY_INDEX, ProfileStore
 
 router = APIRouter()
+
+PROFILE_SCHEMA = "_xdm.context.profile"
+PROFILE_ENTITY = "user"
+
+
+def profile_entity(request: Request, principal: Principal) -> str:
+    """The entity behind the profile schema, through the collection that serves it."""
+    settings: Settings = request.app.state.settings
+    for collection, entity in settings.collections.items():
+        if entity == PROFILE_ENTITY:
+            return collection_entity(request, collection, principal)
+    raise ApiError(404, f"no collection serves the {PROFILE_ENTITY!r} entity")
+
+
+def check_request(schema_name: str, merge_policy: str | None, settings: Settings) -> None:
+    if schema_name != PROFILE_SCHEMA:
+        raise ApiError(400, f"schema.name {schema_name!r} is not served: use {PROFILE_SCHEMA}")
+    if merge_policy is not None and merge_policy != settings.default_merge_policy:
+        raise ApiError(
+            404,
+            f"merge policy {merge_policy!r} not found: only the default merge policy "
+            f"{settings.default_merge_policy!r} is supported",
+        )
+
+
+ADOBE_EXAMPLE: dict[str, Any] = {
+    "u-123": shapes.adobe_entity(RECORD_EXAMPLE, ["identities", "attributes.lifetime_value"])
+}
+
+
+@router.get(
+    "/access/entities",
+    summary="Read a profile by identity (Adobe Real-Time Customer Profile API shape)",
+    description=(
+        "The profile whose identity in namespace `entityIdNS` (one of our identity "
+        "indexes: `user_id`, `anonymous_id`, ...) is `entityId`, keyed by its id. "
+        "Without `entityIdNS`, `entityId` is the profile's own id."
+    ),
+    responses=cached(
+        {
+            200: {
+                "description": "the profile, keyed by its id",
+                "content": {"application/json": {"example": ADOBE_EXAMPLE}},
+            },
+            400: {"description": "missing or malformed parameters, unknown schema, id too long"},
+            403: {"description": "the API key may not read the profile collection"},
+            404: {"description": "no such profile, or an unknown merge policy"},
+        }
+    ),
+)
+async def read_entity(
+    request: Request,
+    schema_name: str = Query(alias="schema.name", examples=[PROFILE_SCHEMA]),
+    entity_id: str = Query(alias="entityId", examples=["u-123"]),
+    entity_id_ns: str | None = Query(None, alias="entityIdNS", examples=["user_id"]),
+    fields: str | None = Query(
+        None, description="comma-separated paths in `entity`, e.g. `identities,attributes.ltv`"
+    ),
+    merge_policy: str | None = Query(None, alias="mergePolicyId"),
+    principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
+) -> Response:
+    settings: Settings = request.app.state.settings
+    check_request(schema_name, merge_policy, settings)
+    entity = profile_entity(request, principal)
+    namespace = entity_id_ns or PRIMARY_INDEX
+    check_id("entityIdNS", namespace, settings)
+    check_id("entityId", entity_id, settings)
+    store: ProfileStore = request.app.state.store
+    view = await store.read_view(entity, namespace, entity_id)
+    if view is None:
+        raise ApiError(404, f"no profile with {namespace} = {entity_id!r}")
+    decoded = shapes.decode_view(view)
+    shaped = shapes.adobe_entity(decoded, shapes.parse_fields(fields))
+    return view_response(request, orjson.dumps({str(decoded.get("id")): shaped}))
+
+
+class Namespace(BaseModel):
+    code: str
+
+
+class Identity(BaseModel):
+    entityId: str  # Adobe's field names
+    entityIdNS: Namespace | None = None
+
+
+class Schema(BaseModel):
+    name: str
+
+
+class EntitiesRequest(BaseModel):
+    """Adobe's batch body; its other keys (`timeFilter`, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_: Schema = Field(alias="schema")
+    identities: list[Identity]
+    fields: list[str] | None = None
+    mergePolicyId: str | None = None
+
+
+BATCH_EXAMPLE = {
+    "schema": {"name": PROFILE_SCHEMA},
+    "fields": ["identities", "attributes.lifetime_value"],
+    "identities": [
+        {"entityId": "u-123", "entityIdNS": {"code": "user_id"}},
+        {"entityId": "ada@example.com", "entityIdNS": {"code": "email"}},
+    ],
+}
+
+
+@router.post(
+    "/access/entities",
+    summary="Read several profiles by identity (Adobe batch shape)",
+    description=(
+        "Up to `max_batch_lookups` identities, one Redis round trip. The answer is keyed by "
+        "profile id, each with the `requestedIdentities` that found it; identities that "
+        "find no profile are left out."
+    ),
+    responses={
+        200: {
+            "description": "the profiles found, keyed by id",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "u-123": {
+                            "requestedIdentities": [BATCH_EXAMPLE["identities"][0]],  # type: ignore[index]
+                            **ADOBE_EXAMPLE["u-123"],
+                        }
+                    }
+                }
+            },
+        },
+        400: {"description": "malformed body, no identities, too many, or an id too long"},
+        403: {"description": "the API key may not read the profile collection"},
+        404: {"description": "an unknown merge policy"},
+    },
+)
+async def read_entities(
+    request: Request,
+    body: EntitiesRequest = Body(  # noqa: B008
+        openapi_examples={"two identities": {"value": BATCH_EXAMPLE}}
+    ),
+    principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
+) -> Response:
+    settings: Settings = request.app.state.settings
+    check_request(body.schema_.name, body.mergePolicyId, settings)
+    entity = profile_entity(request, principal)
+    identities = body.identities
+    if not identities:
+        raise ApiError(400, "identities should have at least one item")
+    if len(identities) > settings.max_batch_lookups:
+        raise ApiError(
+            400,
+            f"identities should have at most {settings.max_batch_lookups} items, "
+            f"not {len(identities)}",
+        )
+    lookups: list[tuple[str, str]] = []
+    for number, identity in enumerate(identities):
+        namespace = identity.entityIdNS.code if identity.entityIdNS else PRIMARY_INDEX
+        check_id(f"identities.{number}.entityIdNS.code", namespace, settings)
+        check_id(f"identities.{number}.entityId", identity.entityId, settings)
+        lookups.append((namespace, identity.entityId))
+    store: ProfileStore = request.app.state.store
+    views = await store.read_views(entity, lookups)
+    found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for identity, view in zip(identities, views, strict=True):
+        if view is None:
+            continue
+        decoded = shapes.decode_view(view)
+        key = str(decoded.get("id"))
+        requested = identity.model_dump(exclude_none=True)
+        if key in found:
+            found[key][1].append(requested)
+        else:
+            found[key] = (decoded, [requested])
+    answer = {
+        key: shapes.adobe_entity(decoded, body.fields or None, requested)
+        for key, (decoded, requested) in found.items()
+    }
+    return Response(orjson.dumps(answer), media_type="application/json")

@@ -1,34 +1,194 @@
-"""Records: Hightouch's Personalization API shape."""
+"""Records: Hightouch's Personalization API shape.
+
+A collection is the served profiles of one entity (`Settings.collections`); a record is
+looked up by any of the entity's identity indexes (`user_id`, `anonymous_id`, ...), `id`
+being the profile's own id. A record is the stored view, sent as the stored bytes
+unless `?fields=` projects it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from typing import Any
 
-from api import errors
+import orjson
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from api import caching, errors, shapes
 from api.auth import Principal, authenticate
 from api.caching import view_response
+from api.errors import ApiError
+from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
 router = APIRouter()
+
+FIELDS_DESCRIPTION = (
+    "Comma-separated fields to return: top-level keys or dotted paths "
+    "(`id,attributes.lifetime_value`); absent ones are left out. Default: the whole record."
+)
+
+RECORD_EXAMPLE: dict[str, Any] = {
+    "id": "u-123",
+    "entity": "user",
+    "identities": {"user_id": ["u-123"], "anonymous_id": ["a-9"]},
+    "traits": {"email": "ada@example.com", "plan": "pro"},
+    "attributes": {"lifetime_value": 70.5, "purchase_count": 3, "last_product": "sku-b"},
+    "first_seen": "2026-10-01T10:00:00.000Z",
+    "last_seen": "2026-11-04T09:00:00.000Z",
+    "version": 5,
+}
+
+
+def cached(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """`responses` of a route answered by `view_response`, with its caching headers and 304."""
+    merged = {status: dict(entry) for status, entry in responses.items()}
+    for status, entry in caching.RESPONSES.items():
+        merged[status] = {**entry, **merged.get(status, {})}
+    return merged
+
+
+def check_id(what: str, value: str, settings: Settings, field: str = "error") -> None:
+    """A 400 for an identifier longer than `max_id_length`, or that no key can be made of
+    (a lone surrogate from a JSON escape is not text: Redis keys are UTF-8)."""
+    if len(value) > settings.max_id_length:
+        raise ApiError(
+            400, f"{what} should be at most {settings.max_id_length} characters", field=field
+        )
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"{what} should be valid Unicode text", field=field) from exc
+
+
+def collection_entity(request: Request, collection: str, principal: Principal) -> str:
+    """The entity `collection` serves, once the caller may read it (403/404 otherwise)."""
+    settings: Settings = request.app.state.settings
+    if not principal.may_read_collection(collection):
+        raise ApiError(403, f"this API key may not read collection {collection!r}")
+    entity = settings.collections.get(collection)
+    if entity is None:
+        raise ApiError(404, f"collection {collection!r} not found")
+    return entity
+
+
+def projected(view: bytes, fields: list[str] | None) -> bytes:
+    return (
+        view if fields is None else orjson.dumps(shapes.project(shapes.decode_view(view), fields))
+    )
 
 
 @router.get(
     "/v1/collections/{collection}/records/{index}/{value}",
     summary="Read one record (Hightouch Personalization API shape)",
-    responses={404: {"description": "unknown collection, or no such record"}},
+    description=(
+        "The record whose identity `index` (`user_id`, `anonymous_id`, ...; `id` is the "
+        "profile's own id) equals `value`."
+    ),
+    responses=cached(
+        {
+            200: {
+                "description": "the record",
+                "content": {"application/json": {"example": RECORD_EXAMPLE}},
+            },
+            400: {"description": "value longer than `max_id_length`"},
+            403: {"description": "the API key may not read this collection"},
+            404: {
+                "description": "unknown collection, or no such record",
+                "content": {
+                    "application/json": {
+                        "example": {"error": "no record with user_id = 'u-2' in 'users'"}
+                    }
+                },
+            },
+        }
+    ),
 )
 async def read_record(
     collection: str,
     index: str,
     value: str,
     request: Request,
+    fields: str | None = Query(None, description=FIELDS_DESCRIPTION),
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
-    entity = request.app.state.settings.collections.get(collection)
-    if entity is None:
-        return errors.error(404, f"collection {collection!r} not found")
+    entity = collection_entity(request, collection, principal)
+    settings: Settings = request.app.state.settings
+    check_id("index", index, settings)
+    check_id("value", value, settings)
     store: ProfileStore = request.app.state.store
     view = await store.read_view(entity, index, value)
     if view is None:
         return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
-    return view_response(request, view)
+    return view_response(request, projected(view, shapes.parse_fields(fields)))
+
+
+class Lookup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: str
+    value: str
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lookups: list[Lookup]
+
+
+BATCH_EXAMPLES: dict[str, Any] = {
+    "two lookups": {
+        "summary": "by user_id and by anonymous_id",
+        "value": {
+            "lookups": [
+                {"index": "user_id", "value": "u-123"},
+                {"index": "anonymous_id", "value": "a-unknown"},
+            ]
+        },
+    }
+}
+
+
+@router.post(
+    "/v1/collections/{collection}/records/batch",
+    summary="Read up to `max_batch_lookups` records in one request",
+    description=(
+        "One Redis round trip for the whole batch. `records` holds one entry per lookup, in "
+        "request order: the record, or `null` when there is none."
+    ),
+    responses={
+        200: {
+            "description": "the records, in request order",
+            "content": {"application/json": {"example": {"records": [RECORD_EXAMPLE, None]}}},
+        },
+        400: {"description": "malformed body, no lookups, too many lookups or a value too long"},
+        403: {"description": "the API key may not read this collection"},
+        404: {"description": "unknown collection"},
+    },
+)
+async def read_records(
+    collection: str,
+    request: Request,
+    body: BatchRequest = Body(openapi_examples=BATCH_EXAMPLES),  # noqa: B008
+    fields: str | None = Query(None, description=FIELDS_DESCRIPTION),
+    principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
+) -> Response:
+    entity = collection_entity(request, collection, principal)
+    settings: Settings = request.app.state.settings
+    lookups = body.lookups
+    if not lookups:
+        raise ApiError(400, "lookups should have at least one item")
+    if len(lookups) > settings.max_batch_lookups:
+        raise ApiError(
+            400,
+            f"lookups should have at most {settings.max_batch_lookups} items, not {len(lookups)}",
+        )
+    for number, lookup in enumerate(lookups):
+        check_id(f"lookups.{number}.index", lookup.index, settings)
+        check_id(f"lookups.{number}.value", lookup.value, settings)
+    store: ProfileStore = request.app.state.store
+    views = await store.read_views(entity, [(lookup.index, lookup.value) for lookup in lookups])
+    wanted = shapes.parse_fields(fields)
+    records = b",".join(b"null" if view is None else projected(view, wanted) for view in views)
+    return Response(b'{"records":[' + records + b"]}", media_type="application/json")

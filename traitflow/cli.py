@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -13,9 +16,16 @@ from attributes.rules import RuleFileError, RuleSet, load_rules
 from traitflow.config import Settings
 from traitflow.services import ServiceError, embedded_services
 
+if TYPE_CHECKING:
+    from api.keys import KeyStore
+
+T = TypeVar("T")
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 services_app = typer.Typer(no_args_is_help=True, help="The embedded broker and Redis.")
 app.add_typer(services_app, name="services")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+app.add_typer(keys_app, name="keys")
 
 
 def _rules_or_exit(path: Path) -> RuleSet:
@@ -149,6 +159,116 @@ def demo(
     except (DemoError, ServiceError) as exc:
         typer.echo(f"demo failed: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    """Run `action` against the Redis key store of `settings`; an unreachable Redis is a
+    message, not a traceback (and names host and port only: the URL may hold a password)."""
+    import redis
+
+    from api.keys import RedisKeyStore
+
+    async def run() -> T:
+        store = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except redis.RedisError as exc:
+        host, port = settings.redis_host_port
+        raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., help="who or what the key is for"),
+    collection: list[str] | None = typer.Option(
+        None, "--collection", help="a collection it may read (repeat for more)"
+    ),
+    destination: list[str] | None = typer.Option(
+        None, "--destination", help="an activation destination it may read (repeat for more)"
+    ),
+    admin: bool = typer.Option(False, "--admin", help="it may read everything"),
+    rate: float | None = typer.Option(None, help="requests/s; default TRAITFLOW_API_RATE_PER_S"),
+    burst: int | None = typer.Option(None, help="burst; default TRAITFLOW_API_BURST"),
+) -> None:
+    """Create a key and print it: the only time it is shown (only its hash is kept)."""
+    from api.keys import new_key
+
+    settings = Settings()
+    collections, destinations = collection or [], destination or []
+    if admin and (collections or destinations):
+        raise _fail("--admin reads everything: give it without --collection/--destination")
+    if not (admin or collections or destinations):
+        raise _fail("a key needs a scope: --admin, or at least one --collection or --destination")
+    unknown = sorted(set(collections) - set(settings.collections))
+    if unknown:
+        configured = ", ".join(sorted(settings.collections)) or "none"
+        raise _fail(f"unknown collection {unknown[0]!r} (TRAITFLOW_COLLECTIONS has: {configured})")
+    try:
+        record, token = new_key(
+            name,
+            admin=admin,
+            collections=collections,
+            destinations=destinations,
+            rate_per_s=rate,
+            burst=burst,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _with_keys(settings, lambda keys: keys.create(record))
+    typer.echo(token)
+    typer.echo(
+        f"created key {record.key_id} ({name}: {record.scopes()}). This is the only time "
+        "it is shown: store it now. Send it as 'Authorization: Bearer <key>'.",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys: id, name, scopes, rate limit, creation time (never secrets)."""
+    settings = Settings()
+    records = _with_keys(settings, lambda keys: keys.list_keys())
+    if not records:
+        typer.echo("no API keys")
+        return
+    rows = [("ID", "NAME", "SCOPES", "RATE/S", "BURST", "CREATED (UTC)")]
+    for key in records:
+        rate = key.rate_per_s if key.rate_per_s is not None else settings.api_rate_per_s
+        burst = key.burst if key.burst is not None else settings.api_burst
+        created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append((key.key_id, key.name, key.scopes(), f"{rate:g}", str(burst), created))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="the key's id, as `keys list` shows"),
+) -> None:
+    """Delete a key. API processes refuse it within TRAITFLOW_API_KEY_CACHE_S seconds."""
+    from api.keys import KEY_ID
+
+    settings = Settings()
+    if KEY_ID.fullmatch(key_id) is None:
+        raise _fail(f"{key_id!r} is not a key id (12 hex digits, as `traitflow keys list` shows)")
+    if not _with_keys(settings, lambda keys: keys.revoke(key_id)):
+        raise _fail(f"no API key with id {key_id}", 1)
+    typer.echo(
+        f"revoked key {key_id}; API processes refuse it within {settings.api_key_cache_s:g}s"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,11 +14,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+
+
+class Destination(BaseModel):
+    """A named view served by the activation API: an entity and the attributes it exposes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entity: str = Field(min_length=1)
+    attributes: list[str] = []
+
+
+#: the embedded destination: the example rules' attributes a web page personalises with
+DEFAULT_DESTINATIONS = {
+    "web-personalisation": Destination(
+        entity="user",
+        attributes=[
+            "lifetime_value",
+            "purchase_count",
+            "last_product",
+            "recently_viewed",
+            "favourite_category",
+            "loyal",
+        ],
+    )
+}
 
 
 class Settings(BaseSettings):
@@ -36,6 +61,26 @@ class Settings(BaseSettings):
     rules_path: Path = Path("examples/rules.yaml")
     #: collection name (in API paths) -> entity
     collections: dict[str, str] = {"users": "user"}
+    #: activation destination id -> the entity and attributes it serves
+    destinations: dict[str, Destination] = DEFAULT_DESTINATIONS
+    #: the one merge policy id the entities API accepts (merge policies: a later version)
+    default_merge_policy: str = "default"
+    #: lookups per batch request, and characters per identity value, at most
+    max_batch_lookups: int = Field(default=100, ge=1)
+    max_id_length: int = Field(default=512, ge=1)
+
+    @model_validator(mode="after")
+    def _destinations_serve_known_entities(self) -> Settings:
+        served = set(self.collections.values())
+        for name, destination in self.destinations.items():
+            if not name.strip():
+                raise ValueError("destinations: a destination id must not be blank")
+            if destination.entity not in served:
+                raise ValueError(
+                    f"destinations: {name!r} serves entity {destination.entity!r}, which no "
+                    f"collection serves (collections serve: {', '.join(sorted(served)) or 'none'})"
+                )
+        return self
 
     batch_size: int = Field(default=2000, ge=1)
     #: decoded profile states the worker keeps for the partitions it owns (0 = none)
@@ -49,6 +94,17 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: per-key request rate (token bucket refill, requests/s) and burst, for keys
+    #: created without their own `--rate` / `--burst`
+    api_rate_per_s: float = Field(default=100.0, gt=0)
+    api_burst: int = Field(default=200, ge=1)
+    #: how long an API process trusts an API key record it read: a revoke takes effect
+    #: within this many seconds (0 = read the record on every request)
+    api_key_cache_s: float = Field(default=2.0, ge=0)
+    #: largest request body the API accepts (a bigger one is a 413 before it is read)
+    api_max_body_bytes: int = Field(default=65_536, ge=0)
+    #: how long `/readyz` waits for Redis to answer a PING
+    api_ready_timeout_s: float = Field(default=0.5, gt=0)
     #: where the worker serves Prometheus metrics (on `api_host`); unset = not served
     worker_metrics_port: int | None = None
     #: where embedded services keep pid files, logs and data

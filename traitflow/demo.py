@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from api.keys import RedisKeyStore, new_key
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
@@ -79,20 +80,33 @@ async def expected_profile(
     return orjson.loads(view), len(dead.records)
 
 
-def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: float) -> Any:
+async def create_demo_key(settings: Settings) -> str:
+    """A key that may read `users`: the API answers nothing without one."""
+    record, token = new_key("demo", collections=["users"])
+    keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+    try:
+        await keys.create(record)
+    finally:
+        await keys.close()
+    return token
+
+
+def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: float, key: str) -> Any:
     url = (
         f"http://{settings.api_host}:{settings.api_port}"
         f"/v1/collections/users/records/user_id/{user}"
     )
     deadline = time.monotonic() + timeout
     last: Any = None
-    with httpx.Client(timeout=2.0) as client:
+    with httpx.Client(timeout=2.0, headers={"Authorization": f"Bearer {key}"}) as client:
         while time.monotonic() < deadline:
             try:
                 response = client.get(url)
             except httpx.TransportError:
                 time.sleep(0.2)
                 continue
+            if response.status_code in (401, 403):
+                raise DemoError(f"the API refused the demo's key: {response.text}")
             if response.status_code == 200:
                 last = response.json()
                 if last["attributes"] == expected["attributes"]:
@@ -128,10 +142,12 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     print(f"  worker  started (log: {worker.log_file})")
     print(f"  api     started on http://{settings.api_host}:{settings.api_port}")
 
+    key = asyncio.run(create_demo_key(settings))
+    print("  api key created for the demo (collection users)")
     asyncio.run(ensure_topics(settings))
     sent = asyncio.run(publish_lines(settings, next(iter(settings.sources)), lines))
     print(f"  published {sent} events from {events} (moved to end a minute ago)")
-    profile = wait_for_profile(settings, user, expected, timeout)
+    profile = wait_for_profile(settings, user, expected, timeout, key)
     letters = asyncio.run(read_dead_letters(settings, at_least=dead, wait_s=10)) if dead else []
     reasons = [headers.get("traitflow.error.reason", b"?").decode() for _, headers in letters]
 
@@ -141,6 +157,8 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     for reason in reasons:
         print(f"Dead-lettered (not lost): {reason}")
     print(
-        f"\nNext: curl http://{settings.api_host}:{settings.api_port}"
-        f"/v1/collections/users/records/user_id/{user}  -  stop everything with `make demo-down`"
+        f"\nNext: curl -H 'Authorization: Bearer {key}' "
+        f"http://{settings.api_host}:{settings.api_port}/v1/collections/users/records/user_id/{user}"
+        "\n(the demo's API key; `traitflow keys create` makes more)"
+        "  -  stop everything with `make demo-down`"
     )

@@ -11,6 +11,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:i:user:{index}:{value}      string  -> profile id (one per identity)
     tf:x:user:{topic}/{partition}  zset    profile id, scored by when its windows next
                                            change (epoch ms); one per input partition
+    tf:k:{key_id}                  string  API key record (JSON: name, scopes, sha256 of
+                                           its secret; never the secret)
+    tf:ks                          set     ids of the API keys (for `traitflow keys list`)
+    tf:r:{key_id}                  hash    the API key's rate-limit token bucket
 
 A batch costs two round trips whatever its size: one MGET loads every state, one MSET
 writes every state, view and index key (wrapped in MULTI/EXEC with the ZADDs of the
@@ -62,6 +66,15 @@ class KeyLayout:
         """`source` is the input partition, "topic/partition"."""
         return f"{self.prefix}:x:{entity}:{source}"
 
+    def api_key(self, key_id: str) -> str:
+        return f"{self.prefix}:k:{key_id}"
+
+    def api_key_ids(self) -> str:
+        return f"{self.prefix}:ks"
+
+    def rate_bucket(self, key_id: str) -> str:
+        return f"{self.prefix}:r:{key_id}"
+
 
 @dataclass(slots=True)
 class ProfileWrite:
@@ -88,6 +101,15 @@ class ProfileStore(ABC):
     @abstractmethod
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         """The served view of the profile that `index`=`value` points to, or None."""
+
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        """`read_view` for each (index, value) of `lookups`, in their order.
+
+        This default makes one call per lookup; the stores below answer a batch in one
+        go (Redis: one round trip)."""
+        return [await self.read_view(entity, index, value) for index, value in lookups]
 
     @abstractmethod
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
@@ -149,6 +171,11 @@ class MemoryProfileStore(ProfileStore):
         pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
         return None if pid is None else self.views.get((entity, pid))
 
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        return [await self.read_view(entity, index, value) for index, value in lookups]
+
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
 _READ_BY_INDEX = """
@@ -157,12 +184,31 @@ if not id then return false end
 return redis.call('GET', ARGV[1] .. id)
 """
 
+# One round trip per batch of reads. KEYS[i] is a view key when ARGV[i + 1] is "v",
+# else an index key resolved to the view under the prefix ARGV[1]. A missing view is
+# `false` in the reply (a nil element), so the reply has one element per key.
+_READ_MANY = """
+local views = {}
+for i, key in ipairs(KEYS) do
+  local view = false
+  if ARGV[i + 1] == 'v' then
+    view = redis.call('GET', key)
+  else
+    local id = redis.call('GET', key)
+    if id then view = redis.call('GET', ARGV[1] .. id) end
+  end
+  views[i] = view
+end
+return views
+"""
+
 
 class RedisProfileStore(ProfileStore):
     def __init__(self, client: aioredis.Redis, keys: KeyLayout) -> None:
         self.client = client
         self.keys = keys
         self._read_by_index = client.register_script(_READ_BY_INDEX)
+        self._read_many = client.register_script(_READ_MANY)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisProfileStore:
@@ -233,6 +279,23 @@ class RedisProfileStore(ProfileStore):
             )
         return raw.encode() if isinstance(raw, str) else raw
 
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        if not lookups:
+            return []
+        keys: list[str] = []
+        kinds: list[str] = [self.keys.view_prefix(entity)]
+        for index, value in lookups:
+            if index == PRIMARY_INDEX:
+                keys.append(self.keys.view(entity, value))
+                kinds.append("v")
+            else:
+                keys.append(self.keys.index(entity, index, value))
+                kinds.append("i")
+        raws = cast("list[bytes | str | None]", await self._read_many(keys=keys, args=kinds))
+        return [raw.encode() if isinstance(raw, str) else raw for raw in raws]
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -291,6 +354,11 @@ class CachedProfileStore(ProfileStore):
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         return await self.inner.read_view(entity, index, value)
+
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        return await self.inner.read_views(entity, lookups)
 
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
         return await self.inner.due(entity, source, now, limit)

@@ -27,6 +27,7 @@ import orjson
 import pytest
 import redis
 
+from api.keys import RedisKeyStore, new_key
 from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, ServiceError, free_port, port_open
@@ -190,9 +191,33 @@ def api_server(settings: Settings) -> Iterator[str]:
         daemon.stop()
 
 
+def create_key(settings: Settings, name: str, **scopes: Any) -> str:
+    """Create an API key in the session's Redis (`new_key`'s arguments); returns it."""
+    record, token = new_key(name, **scopes)
+
+    async def store() -> None:
+        keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            await keys.create(record)
+        finally:
+            await keys.close()
+
+    asyncio.run(store())
+    return token
+
+
+@pytest.fixture(scope="session")
+def admin_key(settings: Settings) -> str:
+    """An admin API key for the tests' reads, with limits no test reaches (the rate
+    limit itself is tested with keys of its own)."""
+    return create_key(settings, "tests-admin", admin=True, rate_per_s=100_000.0, burst=100_000)
+
+
 @pytest.fixture
-def api(api_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_server, timeout=5.0) as client:
+def api(api_server: str, admin_key: str) -> Iterator[httpx.Client]:
+    """A client of the session's API server that sends the admin key."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=api_server, timeout=5.0, headers=headers) as client:
         yield client
 
 

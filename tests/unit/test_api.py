@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from api.app import create_app
+from api.keys import MemoryKeyStore
 from attributes.profile import ProfileState, encode_state
+from tests.unit.api_support import serve
 from traitflow.config import Settings
 from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileWrite
 
@@ -29,18 +29,10 @@ async def store() -> MemoryProfileStore:
     return store
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 async def client(store: MemoryProfileStore) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(create_app(Settings(collections={"users": "user"}), store=store)) as client:
+    app = create_app(Settings(collections={"users": "user"}), store=store, keys=MemoryKeyStore())
+    async with serve(app) as client:
         yield client
 
 

@@ -1,0 +1,139 @@
+"""The API's Prometheus metrics, and a store that times its calls to Redis.
+
+Each app has its own `CollectorRegistry` (`app.state.metrics.registry`), not the
+process-global one, so that apps made in one process (tests) never share series.
+
+- `traitflow_api_requests_total{method,route,status}`: requests by route template
+  (`/v1/collections/{collection}/records/{index}/{value}`, never the raw path, so
+  that the series stay bounded; unmatched paths are `<unmatched>`);
+- `traitflow_api_request_seconds{method,route,status}`: their latency, from the first
+  byte the app sees to the last it sends;
+- `traitflow_api_redis_seconds{operation}`: the latency of each store call
+  (`read_view`, `read_views`, `ping`, ...): one Redis round trip each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from time import perf_counter
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from attributes.profile import ProfileState
+from traitflow.store import ProfileStore, ProfileWrite
+
+T = TypeVar("T")
+
+#: seconds; an in-process read is ~0.3 ms, a loaded one tens of ms
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "traitflow_api_requests",
+            "HTTP requests, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "traitflow_api_request_seconds",
+            "HTTP request latency, by method, route template and status.",
+            ["method", "route", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_seconds = Histogram(
+            "traitflow_api_redis_seconds",
+            "Latency of the API's store calls (one Redis round trip each), by operation.",
+            ["operation"],
+            buckets=REDIS_BUCKETS,
+            registry=self.registry,
+        )
+        # `labels()` takes a lock and builds a key per call: keep the children
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._redis_children: dict[str, Histogram] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_redis(self, operation: str, seconds: float) -> None:
+        child = self._redis_children.get(operation)
+        if child is None:
+            child = self._redis_children[operation] = self.redis_seconds.labels(operation)
+        child.observe(seconds)
+
+
+async def ping(store: ProfileStore) -> None:
+    """Raise unless the store's backend answers: a Redis PING for a Redis store
+    (`RedisProfileStore.client`), the store's own `ping()` where it has one, nothing
+    for a store that holds no connection (in-memory)."""
+    own = getattr(store, "ping", None)
+    if own is not None:
+        await own()
+        return
+    client = getattr(store, "client", None)
+    if client is not None:
+        await client.ping()
+        return
+    inner = getattr(store, "inner", None)
+    if isinstance(inner, ProfileStore):
+        await ping(inner)
+
+
+class InstrumentedStore(ProfileStore):
+    """Delegates every call to `inner` and observes how long it took."""
+
+    def __init__(self, inner: ProfileStore, metrics: ApiMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        start = perf_counter()
+        try:
+            return await call
+        finally:
+            self.metrics.observe_redis(operation, perf_counter() - start)
+
+    async def ping(self) -> None:
+        await self._timed("ping", ping(self.inner))
+
+    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        return await self._timed("read_view", self.inner.read_view(entity, index, value))
+
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        return await self._timed("read_views", self.inner.read_views(entity, lookups))
+
+    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        return await self._timed("load", self.inner.load(entity, ids))
+
+    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+        await self._timed("save", self.inner.save(entity, writes))
+
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        return await self._timed("due", self.inner.due(entity, source, now, limit))
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        await self._timed("unschedule", self.inner.unschedule(entity, source, ids))
+
+    def abandon(self, entity: str, ids: Sequence[str]) -> None:
+        self.inner.abandon(entity, ids)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # anything a store grows beyond the ABC (e.g. `client`, `keys`) reads through
+        return getattr(self.inner, name)

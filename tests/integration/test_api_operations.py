@@ -1,0 +1,58 @@
+"""Readiness and Redis latency metrics against a real Redis (`api.operations`)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from api.app import create_app
+from tests.unit.api_support import serve
+from traitflow.config import Settings
+from traitflow.services import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_ready_against_real_redis(settings: Settings) -> None:
+    async with serve(create_app(settings)) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+async def test_not_ready_against_a_closed_port(settings: Settings) -> None:
+    closed = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    async with serve(create_app(closed)) as client:
+        start = time.monotonic()
+        response = await client.get("/readyz")
+        took = time.monotonic() - start
+        assert (await client.get("/healthz")).status_code == 200
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("redis did not answer")
+    assert took < closed.api_ready_timeout_s + 1.0
+
+
+async def test_metrics_show_redis_latency_after_a_read(settings: Settings) -> None:
+    async with serve(create_app(settings)) as client:
+        collection = next(iter(settings.collections))
+        read = await client.get(f"/v1/collections/{collection}/records/user_id/nobody")
+        assert read.status_code == 404
+        text = (await client.get("/metrics")).text
+    assert 'traitflow_api_redis_seconds_count{operation="read_view"} 1.0' in text
+    route = "/v1/collections/{collection}/records/{index}/{value}"
+    assert f'traitflow_api_requests_total{{method="GET",route="{route}",status="404"}} 1.0' in text
+
+
+def test_the_server_process_is_ready_and_serves_metrics(api_server: str) -> None:
+    assert httpx.get(f"{api_server}/readyz").json() == {"status": "ready"}
+    metrics = httpx.get(f"{api_server}/metrics")
+    assert metrics.status_code == 200
+    assert 'route="/readyz",status="200"' in metrics.text
+    assert 'traitflow_api_redis_seconds_count{operation="ping"}' in metrics.text
