@@ -16,32 +16,22 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from api import shapes
-from api.auth import Principal, authenticate
+from api.auth import Principal
 from api.caching import view_response
+from api.direct import DirectRoute, admitted
 from api.errors import ApiError
 from api.records import cached, check_id
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
-router = APIRouter()
+#: the hot path: no per-request FastAPI machinery (`api.direct`)
+router = APIRouter(route_class=DirectRoute)
 
 UNAUTHORIZED = "Unauthorized request. Please check your access token"
 INVALID_DESTINATION = "Invalid Destination. Please verify you are passing the right destination ID"
-
-
-async def activation_principal(request: Request) -> Principal:
-    """`authenticate` (or its override), with RudderStack's message for every 401."""
-    auth = request.app.dependency_overrides.get(authenticate, authenticate)
-    try:
-        principal: Principal = await auth(request)
-    except ApiError as exc:
-        if exc.status == 401:
-            raise ApiError(401, UNAUTHORIZED, exc.headers) from exc
-        raise
-    return principal
 
 
 def _bad(message: str) -> ApiError:
@@ -121,10 +111,17 @@ def _json(example: Any) -> dict[str, Any]:
         }
     ),
 )
-async def activate(
-    request: Request,
-    principal: Principal = Depends(activation_principal),  # noqa: B008 - FastAPI's idiom
-) -> Response:
+async def activate(request: Request) -> Response:
+    try:
+        async with admitted(request) as principal:
+            return await _activate(request, principal)
+    except ApiError as exc:  # RudderStack's message for every 401
+        if exc.status == 401:
+            raise ApiError(401, UNAUTHORIZED, exc.headers) from exc
+        raise
+
+
+async def _activate(request: Request, principal: Principal) -> Response:
     settings: Settings = request.app.state.settings
     try:  # orjson, not msgspec: it refuses nesting deeper than 1024 instead of recursing
         body = orjson.loads(await request.body())

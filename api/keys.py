@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
 from api import ratelimit
+from traitflow.resp import RespClient, Script
 from traitflow.store import KeyLayout
 
 TOKEN_PREFIX = "tf"
@@ -71,6 +72,7 @@ class ApiKey:
 
 
 _RECORD = TypeAdapter(ApiKey)
+_TAKE = Script.of(ratelimit.TAKE_SCRIPT)
 
 
 def hash_secret(secret: str) -> str:
@@ -207,16 +209,22 @@ class RedisKeyStore(KeyStore):
     """Records as JSON strings under `KeyLayout.api_key`, their ids in a set (listing
     never scans the profile keys), buckets as hashes driven by a Lua script."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, cache_ttl_s: float = 2.0) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient, cache_ttl_s: float = 2.0
+    ) -> None:
         super().__init__(cache_ttl_s)
         self.client = client
         self.keys = keys
-        self._take = client.register_script(ratelimit.TAKE_SCRIPT)
+        #: the per-request calls (`get`, `take`) go through the API's lean client
+        self.reads = reads
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, cache_ttl_s: float = 2.0) -> RedisKeyStore:
+    def from_url(
+        cls, url: str, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
+    ) -> RedisKeyStore:
+        """`reads`: a lean connection to share (closing the store closes it)."""
         client = aioredis.Redis.from_url(url, decode_responses=False)
-        return cls(client, KeyLayout(prefix), cache_ttl_s)
+        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url), cache_ttl_s)
 
     async def create(self, key: ApiKey) -> None:
         async with self.client.pipeline(transaction=True) as transaction:
@@ -227,7 +235,7 @@ class RedisKeyStore(KeyStore):
             raise RuntimeError(f"key id {key.key_id} is taken; create the key again")
 
     async def get(self, key_id: str) -> ApiKey | None:
-        raw = cast("bytes | None", await self.client.get(self.keys.api_key(key_id)))
+        raw = cast("bytes | None", await self.reads.call("GET", self.keys.api_key(key_id)))
         return None if raw is None else _RECORD.validate_json(raw)
 
     async def list_keys(self) -> list[ApiKey]:
@@ -250,11 +258,13 @@ class RedisKeyStore(KeyStore):
         return bool(deleted)
 
     async def take(self, key_id: str, rate_per_s: float, burst: int) -> float:
-        wait = await self._take(
-            keys=[self.keys.rate_bucket(key_id)],
-            args=[repr(rate_per_s), burst, ratelimit.idle_expiry_ms(rate_per_s, burst)],
+        wait = await self.reads.eval(
+            _TAKE,
+            [self.keys.rate_bucket(key_id)],
+            [repr(rate_per_s), burst, ratelimit.idle_expiry_ms(rate_per_s, burst)],
         )
         return float(cast("bytes", wait))
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.reads.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
-from traitflow.cli import tune_gc
+from traitflow.runtime import tune_gc
 from traitflow.store import CachedProfileStore, MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]

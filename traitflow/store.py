@@ -37,6 +37,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from attributes.profile import ProfileState, decode_state
+from traitflow.resp import RespClient, Script
 
 PRIMARY_INDEX = "id"
 """The index name that addresses a profile by its own id, without an index lookup."""
@@ -178,16 +179,16 @@ class MemoryProfileStore(ProfileStore):
 
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
-_READ_BY_INDEX = """
+_READ_BY_INDEX = Script.of("""
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
 return redis.call('GET', ARGV[1] .. id)
-"""
+""")
 
 # One round trip per batch of reads. KEYS[i] is a view key when ARGV[i + 1] is "v",
 # else an index key resolved to the view under the prefix ARGV[1]. A missing view is
 # `false` in the reply (a nil element), so the reply has one element per key.
-_READ_MANY = """
+_READ_MANY = Script.of("""
 local views = {}
 for i, key in ipairs(KEYS) do
   local view = false
@@ -200,19 +201,25 @@ for i, key in ipairs(KEYS) do
   views[i] = view
 end
 return views
-"""
+""")
 
 
 class RedisProfileStore(ProfileStore):
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout) -> None:
+    """Writes and batch loads through redis-py (`client`); the API's reads through the
+    leaner `reads` connection (`traitflow.resp`: a read is little besides its round
+    trip, and redis-py's per-command cost was most of it). A process that never reads
+    views, like the worker, never opens that connection."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient) -> None:
         self.client = client
         self.keys = keys
-        self._read_by_index = client.register_script(_READ_BY_INDEX)
-        self._read_many = client.register_script(_READ_MANY)
+        self.reads = reads
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisProfileStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), KeyLayout(prefix))
+    def from_url(cls, url: str, prefix: str, reads: RespClient | None = None) -> RedisProfileStore:
+        """`reads`: a lean connection to share (closing the store closes it)."""
+        client = aioredis.Redis.from_url(url, decode_responses=False)
+        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url))
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         if not ids:
@@ -269,15 +276,16 @@ class RedisProfileStore(ProfileStore):
         await self.client.zrem(self.keys.expiries(entity, source), *ids)
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
-        raw: bytes | str | None
         if index == PRIMARY_INDEX:
-            raw = await self.client.get(self.keys.view(entity, value))
-        else:
-            raw = await self._read_by_index(
-                keys=[self.keys.index(entity, index, value)],
-                args=[self.keys.view_prefix(entity)],
-            )
-        return raw.encode() if isinstance(raw, str) else raw
+            return cast("bytes | None", await self.reads.call("GET", self.keys.view(entity, value)))
+        return cast(
+            "bytes | None",
+            await self.reads.eval(
+                _READ_BY_INDEX,
+                [self.keys.index(entity, index, value)],
+                [self.keys.view_prefix(entity)],
+            ),
+        )
 
     async def read_views(
         self, entity: str, lookups: Sequence[tuple[str, str]]
@@ -293,11 +301,11 @@ class RedisProfileStore(ProfileStore):
             else:
                 keys.append(self.keys.index(entity, index, value))
                 kinds.append("i")
-        raws = cast("list[bytes | str | None]", await self._read_many(keys=keys, args=kinds))
-        return [raw.encode() if isinstance(raw, str) else raw for raw in raws]
+        return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.reads.close()
 
 
 class CachedProfileStore(ProfileStore):

@@ -56,3 +56,15 @@ def test_the_server_process_is_ready_and_serves_metrics(api_server: str) -> None
     assert metrics.status_code == 200
     assert 'route="/readyz",status="200"' in metrics.text
     assert 'traitflow_api_redis_seconds_count{operation="ping"}' in metrics.text
+
+
+async def test_reads_are_a_503_while_redis_is_unreachable(settings: Settings) -> None:
+    """Keys are checked in memory (`serve` gives a MemoryKeyStore); the read meets the
+    closed port, and the caller learns it is the store, and when to retry."""
+    closed = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    async with serve(create_app(closed)) as client:
+        collection = next(iter(closed.collections))
+        response = await client.get(f"/v1/collections/{collection}/records/user_id/u-1")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"].startswith("profile store unavailable: cannot connect")

@@ -1,0 +1,252 @@
+"""A minimal asyncio Redis client for the API's read path: one multiplexed connection.
+
+Why not redis-py here: on this machine a redis-py asyncio GET costs ~150 µs of CPU in
+the calling process, against ~35 µs for the same round trip written and parsed by
+hand (hiredis, uvloop; `bench/README.md`). A profile read is one or two round trips and
+little else, so redis-py's per-command machinery (connection-pool checkout, retry and
+timeout wrappers, response callbacks) was most of the API's cost. The worker keeps
+redis-py: it makes two round trips per batch of thousands of events.
+
+How: commands are written to one connection as they come, and a reader task matches
+replies to callers in order (Redis answers a connection's commands in order), so
+concurrent requests share the connection, and the commands issued in one turn of the
+event loop go out in one write (automatic pipelining: under load, one send syscall
+carries many requests' commands, and one read brings many replies). A lost connection fails the
+commands waiting on it with `RespConnectionError`; the next command reconnects.
+Replies are hiredis's: bytes, int, None, lists; an error reply raises `RespError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+
+Arg = str | bytes | int | float
+
+#: hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments
+_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+class RespError(Exception):
+    """Redis answered a command with an error reply."""
+
+
+class RespConnectionError(ConnectionError):
+    """The connection to Redis failed or was lost; the command may not have run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script run by its SHA-1 (EVALSHA), sent in full only when Redis lacks it."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where and how to connect, from a redis://, rediss:// or unix:// URL."""
+
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> Address:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL (redis://, rediss:// or unix://): {url!r}")
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        query = parse_qs(parts.query)
+        if parts.scheme == "unix":
+            db = int(query.get("db", ["0"])[0])
+            return cls(path=parts.path, username=username, password=password, db=db)
+        db_text = parts.path.lstrip("/") or query.get("db", ["0"])[0]
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or 6379,
+            tls=parts.scheme == "rediss",
+            username=username,
+            password=password,
+            db=int(db_text),
+        )
+
+
+class RespClient:
+    def __init__(self, address: Address, timeout_s: float = 5.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        #: (reply future, when it was sent), oldest first
+        self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._connecting = asyncio.Lock()
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: packed commands not yet written: flushed together at the end of this loop turn
+        self._outgoing: list[bytes] = []
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 5.0) -> RespClient:
+        return cls(Address.from_url(url), timeout_s)
+
+    async def call(self, *args: Arg) -> Any:
+        """Run one command; its reply."""
+        writer = self._writer if self._writer is not None else await self._connect()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((future, loop.time()))
+        self._outgoing.append(_pack(args))
+        self._flush(writer)
+        reply = await future
+        if isinstance(reply, hiredis.ReplyError):
+            raise RespError(str(reply))
+        return reply
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        if self._writer is writer:  # else its commands failed with the connection
+            writer.write(b"".join(self._outgoing))
+            self._outgoing.clear()
+
+    async def eval(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run a Lua script; loads it into Redis first when Redis does not have it."""
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        writer, task = self._writer, self._reader_task
+        self._writer = self._reader_task = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        # before the first await: a call made while close() awaits reconnects, and the
+        # commands it queues are the new connection's, not to be failed (nor their replies
+        # then handed to later callers)
+        self._fail_pending(RespConnectionError("client closed"))
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connecting:
+            if self._writer is not None:
+                return self._writer
+            address = self.address
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    if address.path is not None:
+                        reader, writer = await asyncio.open_unix_connection(address.path)
+                    else:
+                        tls = ssl.create_default_context() if address.tls else None
+                        reader, writer = await asyncio.open_connection(
+                            address.host, address.port, ssl=tls
+                        )
+                    try:
+                        await self._handshake(reader, writer)
+                    except BaseException:  # AUTH refused, a timeout, cancelled: no leak
+                        writer.close()
+                        raise
+            except (OSError, TimeoutError) as exc:
+                raise RespConnectionError(f"cannot connect to Redis: {exc}") from exc
+            self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
+            self._writer = writer
+            if self._watchdog is None:
+                self._watchdog = asyncio.get_running_loop().call_later(
+                    self.timeout_s / 2, self._watch
+                )
+            return writer
+
+    def _watch(self) -> None:
+        """Every `timeout_s / 2`: drop the connection if Redis has stopped answering."""
+        loop = asyncio.get_running_loop()
+        if False and self._pending and loop.time() - self._pending[0][1] > self.timeout_s:
+            task, writer = self._reader_task, self._writer
+            self._writer = self._reader_task = None
+            if task is not None:
+                task.cancel()
+            if writer is not None:
+                writer.close()
+            self._fail_pending(
+                RespConnectionError(f"Redis did not answer within {self.timeout_s:g} s")
+            )
+        self._watchdog = loop.call_later(self.timeout_s / 2, self._watch)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """AUTH and SELECT, before the connection is shared."""
+        address = self.address
+        commands: list[tuple[Arg, ...]] = []
+        if address.password is not None:
+            commands.append(
+                ("AUTH", address.username, address.password)
+                if address.username
+                else ("AUTH", address.password)
+            )
+        if address.db:
+            commands.append(("SELECT", address.db))
+        parser = hiredis.Reader()
+        for command in commands:
+            writer.write(_pack(command))
+            reply = parser.gets()
+            while reply is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                parser.feed(data)
+                reply = parser.gets()
+            if isinstance(reply, hiredis.ReplyError):
+                raise RespConnectionError(f"Redis refused {command[0]!r}: {reply}")
+
+    async def _read_replies(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        parser = hiredis.Reader()
+        pending = self._pending
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                parser.feed(data)
+                reply = parser.gets()
+                while reply is not False:
+                    future = pending.popleft()[0]
+                    if not future.done():  # its caller may have gone
+                        future.set_result(reply)
+                    reply = parser.gets()
+        except (OSError, IndexError) as exc:
+            if self._writer is writer:
+                self._writer = self._reader_task = None
+            writer.close()
+
+    def _fail_pending(self, error: Exception) -> None:
+        self._outgoing.clear()
+        while self._pending:
+            future = self._pending.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
