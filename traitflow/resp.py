@@ -113,8 +113,9 @@ class RespClient:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((future, loop.time()))
+        if not self._outgoing:
+            loop.call_soon(self._flush, writer)
         self._outgoing.append(_pack(args))
-        self._flush(writer)
         reply = await future
         if isinstance(reply, hiredis.ReplyError):
             raise RespError(str(reply))
@@ -172,6 +173,8 @@ class RespClient:
                     except BaseException:  # AUTH refused, a timeout, cancelled: no leak
                         writer.close()
                         raise
+            except RespConnectionError:
+                raise  # the handshake's own, already worded
             except (OSError, TimeoutError) as exc:
                 raise RespConnectionError(f"cannot connect to Redis: {exc}") from exc
             self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
@@ -185,7 +188,7 @@ class RespClient:
     def _watch(self) -> None:
         """Every `timeout_s / 2`: drop the connection if Redis has stopped answering."""
         loop = asyncio.get_running_loop()
-        if False and self._pending and loop.time() - self._pending[0][1] > self.timeout_s:
+        if self._pending and loop.time() - self._pending[0][1] > self.timeout_s:
             task, writer = self._reader_task, self._writer
             self._writer = self._reader_task = None
             if task is not None:
@@ -243,6 +246,7 @@ class RespClient:
             if self._writer is writer:
                 self._writer = self._reader_task = None
             writer.close()
+            self._fail_pending(RespConnectionError(f"connection to Redis lost: {exc}"))
 
     def _fail_pending(self, error: Exception) -> None:
         self._outgoing.clear()
