@@ -13,7 +13,7 @@ read: one Redis round trip per request in all.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -59,7 +59,7 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-async def admit(request: Request) -> tuple[Principal, asyncio.Future[float]]:
+async def admit(request: Request) -> tuple[Principal, Awaitable[float | bytes]]:
     """The request's principal (401 if none), and its rate-limit charge, started but
     not awaited: a route that sends its Redis read before awaiting the charge
     (`settle`) has both commands go to Redis in one write (`traitflow.resp`), one
@@ -77,17 +77,13 @@ async def admit(request: Request) -> tuple[Principal, asyncio.Future[float]]:
     if key is None or not key.verifies(secret):
         raise _unauthorized("invalid API key")
     settings: Settings = request.app.state.settings
-    charge = asyncio.ensure_future(
-        keys.take(
-            key_id, key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
-        )
-    )
-    return Principal.of(key), charge
+    rate, burst = key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
+    return Principal.of(key), keys.charge(key_id, rate, burst)
 
 
-async def settle(charge: asyncio.Future[float]) -> None:
+async def settle(charge: Awaitable[float | bytes]) -> None:
     """Wait for a charge from `admit`; a 429 with `Retry-After` if the key has no token."""
-    wait = await charge
+    wait = float(await charge)
     if wait > 0:
         raise ApiError(
             429, "rate limit exceeded for this API key", headers={"Retry-After": retry_after(wait)}

@@ -13,8 +13,7 @@ itself. Authentication is then explicit: `async with admitted(request) as princi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -60,19 +59,34 @@ class DirectRoute(APIRoute):
         return handle
 
 
-@asynccontextmanager
-async def admitted(request: Request) -> AsyncIterator[Principal]:
+def admitted(request: Request) -> Admission:
+    """`async with admitted(request) as principal:` (see `Admission`)."""
+    return Admission(request)
+
+
+class Admission:
     """`authenticate` for a direct route, with the rate-limit charge settled when the
     block ends, so that the route's Redis read goes out with it (`api.auth.admit`). A
     429 takes precedence over whatever the block answered, as it would have if it had
     been checked first. Honours `app.dependency_overrides` for `authenticate`, as
-    `Depends(authenticate)` would (tests replace it there)."""
-    override = request.app.dependency_overrides.get(authenticate)
-    if override is not None:
-        yield await override(request)
-        return
-    principal, charge = await admit(request)
-    try:
-        yield principal
-    finally:
-        await settle(charge)
+    `Depends(authenticate)` would (tests replace it there). A class, not an
+    `asynccontextmanager`: this runs on every read, and a generator costs more."""
+
+    __slots__ = ("_charge", "_request")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._charge: Awaitable[float | bytes] | None = None
+
+    async def __aenter__(self) -> Principal:
+        request = self._request
+        override = request.app.dependency_overrides.get(authenticate)
+        if override is not None:
+            principal: Principal = await override(request)
+            return principal
+        principal, self._charge = await admit(request)
+        return principal
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._charge is not None:
+            await settle(self._charge)

@@ -110,16 +110,20 @@ class RespClient:
     async def call(self, *args: Arg) -> Any:
         """Run one command; its reply."""
         writer = self._writer if self._writer is not None else await self._connect()
+        reply = await self._queue(writer, args)
+        if isinstance(reply, hiredis.ReplyError):
+            raise RespError(str(reply))
+        return reply
+
+    def _queue(self, writer: asyncio.StreamWriter, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
+        """Queue a command for this loop turn's write; the future of its raw reply."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((future, loop.time()))
         if not self._outgoing:
             loop.call_soon(self._flush, writer)
         self._outgoing.append(_pack(args))
-        reply = await future
-        if isinstance(reply, hiredis.ReplyError):
-            raise RespError(str(reply))
-        return reply
+        return future
 
     def _flush(self, writer: asyncio.StreamWriter) -> None:
         if self._writer is writer:  # else its commands failed with the connection
@@ -134,6 +138,41 @@ class RespClient:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    def eval_soon(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Any]:
+        """`eval`, queued now without awaiting anything (no task): a caller can queue a
+        second command before it awaits, and both go out in one write. Resolves to the
+        reply, or fails like `eval`."""
+        writer = self._writer
+        if writer is None:  # not connected: the ordinary path connects first
+            return asyncio.ensure_future(self.eval(script, keys, args))
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def answered(reply: asyncio.Future[Any], retried: bool) -> None:
+            if result.done():  # the caller went away
+                return
+            if reply.cancelled():
+                result.set_exception(RespConnectionError("command cancelled"))
+                return
+            if (error := reply.exception()) is not None:
+                result.set_exception(error)
+                return
+            value = reply.result()
+            if not isinstance(value, hiredis.ReplyError):
+                result.set_result(value)
+            elif not retried and str(value).startswith("NOSCRIPT") and self._writer is not None:
+                command = ("EVAL", script.source, len(keys), *keys, *args)
+                self._queue(self._writer, command).add_done_callback(
+                    lambda again: answered(again, True)
+                )
+            else:
+                result.set_exception(RespError(str(value)))
+
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        self._queue(writer, command).add_done_callback(lambda first: answered(first, False))
+        return result
 
     async def close(self) -> None:
         writer, task = self._writer, self._reader_task
