@@ -265,6 +265,74 @@ async def test_a_script_error_is_raised_and_not_retried(
     assert await client.call("GET", key) == b"text"
 
 
+async def test_eval_soon_goes_out_with_the_next_command_in_one_write(
+    client: RespClient, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a read route does: queue the rate-limit script, then await its read."""
+    await client.call("SET", f"{prefix}:view", "the view")
+    writer = writer_of(client)
+    writes: list[bytes] = []
+    original = writer.write
+
+    def counting(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        original(data)
+
+    monkeypatch.setattr(writer, "write", counting)
+    script = Script.of("return redis.call('INCR', KEYS[1])")
+    await client.call("SCRIPT", "LOAD", script.source)
+    writes.clear()
+    charged = client.eval_soon(script, [f"{prefix}:n"], [])
+    assert await client.call("GET", f"{prefix}:view") == b"the view"
+    assert await charged == 1
+    assert len(writes) == 1
+    assert b"EVALSHA" in writes[0]
+    assert b"GET" in writes[0]
+
+
+async def test_eval_soon_loads_a_missing_script_and_raises_script_errors(
+    client: RespClient, prefix: str, redis_client: redis.Redis
+) -> None:
+    await client.call("PING")  # connected: the no-task path
+    script = Script.of(f"-- {prefix}\nreturn redis.call('INCR', KEYS[1])")
+    assert redis_client.script_exists(script.sha) == [False]
+    assert await client.eval_soon(script, [f"{prefix}:n"], []) == 1
+    assert redis_client.script_exists(script.sha) == [True]
+    assert await client.eval_soon(script, [f"{prefix}:n"], []) == 2
+
+    await client.call("SET", f"{prefix}:text", "text")
+    with pytest.raises(RespError, match="not an integer"):
+        await client.eval_soon(script, [f"{prefix}:text"], [])
+
+
+async def test_eval_soon_connects_when_not_connected(address: Address, prefix: str) -> None:
+    fresh = RespClient(address)
+    try:
+        script = Script.of("return redis.call('INCR', KEYS[1])")
+        assert await fresh.eval_soon(script, [f"{prefix}:n"], []) == 1
+    finally:
+        await fresh.close()
+
+
+async def test_eval_soon_fails_with_its_connection(
+    client: RespClient, prefix: str, redis_client: redis.Redis
+) -> None:
+    """A script queued behind a blocked command when the connection dies fails
+    promptly, no hang."""
+    own_id = await client.call("CLIENT", "ID")
+    script = Script.of("return redis.call('INCR', KEYS[1])")
+    await client.call("SCRIPT", "LOAD", script.source)
+    blocked = asyncio.ensure_future(client.call("BLPOP", f"{prefix}:none", 5))
+    await asyncio.sleep(0)  # the BLPOP is queued first: the script waits behind it
+    charged = client.eval_soon(script, [f"{prefix}:n"], [])
+    await asyncio.sleep(0.1)
+    redis_client.client_kill_filter(_id=str(own_id))
+    with pytest.raises(RespConnectionError):
+        await asyncio.wait_for(charged, 2)
+    with pytest.raises(RespConnectionError):
+        await blocked
+
+
 # -- lost connections ------------------------------------------------------------------
 
 
