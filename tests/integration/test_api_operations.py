@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
 import pytest
 
 from api.app import create_app
-from tests.unit.api_support import serve
+from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
 from traitflow.services import free_port
 
@@ -78,15 +79,16 @@ async def test_reads_leave_no_reference_cycles(settings: Settings) -> None:
     free what it allocates by reference counting alone. The app is called as ASGI, not
     through a test client (whose own objects are cyclic)."""
     app = create_app(settings)
-    async with serve(app) as client:  # runs the lifespan and makes a key
-        header = client.headers["authorization"].encode()
+    async with app.router.lifespan_context(app):  # the real Redis stores, keys included
+        token = await add_key(app.state.keys, "no-cycles", admin=True)
+        header = bearer(token)["Authorization"].encode()
         collection = next(iter(settings.collections))
         statuses: list[int] = []
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
@@ -126,5 +128,6 @@ async def test_reads_leave_no_reference_cycles(settings: Settings) -> None:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
+        await app.state.keys.revoke(token.split("_")[1])
     assert statuses == [404] * 42
     assert garbage == []
