@@ -1,10 +1,10 @@
 """A minimal asyncio Redis client for the API's read path: one multiplexed connection.
 
-Why not redis-py here: on this machine a redis-py asyncio GET costs 117–167 µs of CPU
-in the calling process, against 9–111 µs here (32 or 1 at a time, uvloop;
-`bench.redis_clients`). A profile read is one or two round trips and
-little else, so redis-py's per-command machinery (connection-pool checkout, retry and
-timeout wrappers, response callbacks) was most of the API's cost. The worker keeps
+Why not redis-py here: on this machine a redis-py asyncio GET costs 117 to 167 µs of
+CPU in the calling process, against 9 to 111 µs here (32 or 1 at a time, uvloop;
+`bench.redis_clients`). A profile read is one round trip and little else, so
+redis-py's per-command machinery (connection-pool checkout, retry and timeout
+wrappers, response callbacks) was most of the API's cost. The worker keeps
 redis-py: it makes two round trips per batch of thousands of events.
 
 How: commands are written to one connection as they come, and a reader task matches
