@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
+from api.app import create_app
 from api.keys import KeyStore, MemoryKeyStore, new_key
+from traitflow.config import Settings
+from traitflow.store import ProfileStore
 
 ADMIN = "admin"
 """`serve(app, key=ADMIN)` (the default): create an admin key and send it."""
@@ -69,3 +73,17 @@ async def serve(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.As
             transport=transport, base_url="http://t", headers=headers
         ) as client:
             yield client
+
+
+@asynccontextmanager
+async def client_for(
+    settings: Settings, store: ProfileStore, *, token: bool = True, **scopes: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app over `store`: it sends an admin key, a key with only `scopes`
+    (`collections=[...]`, `destinations=[...]`) when they are given, or none with
+    `token=False`."""
+    app = create_app(settings, store=store, keys=MemoryKeyStore())
+    async with serve(app, key=ADMIN if token and not scopes else None) as client:
+        if scopes:
+            client.headers.update(bearer(await add_key(app.state.keys, **scopes)))
+        yield client

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -13,7 +13,8 @@ import pytest
 from api.app import create_app
 from api.keys import MemoryKeyStore
 from attributes.profile import ProfileState, encode_state
-from tests.unit.api_support import ADMIN, add_key, bearer, serve
+from tests.unit import api_support
+from tests.unit.api_support import serve
 from traitflow.config import Settings
 from traitflow.store import MemoryProfileStore, ProfileWrite
 
@@ -66,17 +67,11 @@ async def store() -> CountingStore:
     return store
 
 
-@asynccontextmanager
-async def client_for(
+def client_for(
     store: MemoryProfileStore, *, token: bool = True, **scopes: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The one place a test client is built: it sends an admin key, a key with only
-    `scopes` (`collections=[...]`) when they are given, or none with `token=False`."""
-    app = create_app(SETTINGS, store=store, keys=MemoryKeyStore())
-    async with serve(app, key=ADMIN if token and not scopes else None) as client:
-        if scopes:
-            client.headers.update(bearer(await add_key(app.state.keys, **scopes)))
-        yield client
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The one place a test client is built (`api_support.client_for`)."""
+    return api_support.client_for(SETTINGS, store, token=token, **scopes)
 
 
 @pytest.fixture
