@@ -76,7 +76,7 @@ class ApiMetrics:
 
 async def ping(store: ProfileStore) -> None:
     """Raise unless the store's backend answers: a Redis PING for a Redis store
-    (`RedisProfileStore.client`), the store's own `ping()` where it has one, nothing
+    (`RedisProfileStore.ping`: on the connection reads use), the store's own `ping()`, nothing
     for a store that holds no connection (in-memory)."""
     own = getattr(store, "ping", None)
     if own is not None:

@@ -303,6 +303,10 @@ class RedisProfileStore(ProfileStore):
                 kinds.append("i")
         return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers on the connection that reads use (readiness)."""
+        await self.reads.call("PING")
+
     async def close(self) -> None:
         await self.client.aclose()
         await self.reads.close()
