@@ -75,9 +75,9 @@ class ApiMetrics:
 
 
 async def ping(store: ProfileStore) -> None:
-    """Raise unless the store's backend answers: a Redis PING for a Redis store
-    (`RedisProfileStore.ping`: on the connection reads use), the store's own `ping()`, nothing
-    for a store that holds no connection (in-memory)."""
+    """Raise unless the store's backend answers: the store's own `ping()` where it has
+    one (`RedisProfileStore.ping`: on the connection reads use), else a PING on its
+    redis-py `client`, else nothing (a store without a connection: in-memory)."""
     own = getattr(store, "ping", None)
     if own is not None:
         await own()
