@@ -18,6 +18,10 @@ their next request, N chosen so that N / (pace + latency) is half the saturated 
 (one correction run when the first lands outside 40-60%). Latencies at half load are
 wrk's, from send to response, without coordinated-omission correction.
 
+`--pin` puts the API process on a core of its own (the last), and wrk, Redis and this
+script on the others: the constant endpoint and the reads then compete for nothing
+but the API's core (without it, the reads also wait for Redis on the core wrk uses).
+
 Also measures the in-process cost of the API's middleware (metrics + body limit) per
 request: `/healthz` called as ASGI with and without it.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -207,6 +212,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--pace-ms", type=int, default=20, help="per-connection wait at half load")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="API process on the last core; wrk, Redis and this script on the others",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: `make setup` installs it")
@@ -218,8 +228,11 @@ def main() -> None:
     )
 
     base = Settings()
-    for service in embedded_services(base):
+    services = embedded_services(base)
+    for service in services:
         service.start()
+    cores = sorted(os.sched_getaffinity(0))
+    api_cores, other_cores = ({cores[-1]}, set(cores[:-1])) if args.pin else (set(), set())
     settings = base.model_copy(update={"key_prefix": f"bench-api-{uuid.uuid4().hex[:8]}"})
     asyncio.run(seed(settings, args.profiles))
     token = asyncio.run(create_key(settings))
@@ -227,11 +240,18 @@ def main() -> None:
 
     port = free_port()
     daemon = Daemon("bench-api", settings.home / "bench")
+    if api_cores:  # children inherit this process's affinity: the API, then wrk
+        os.sched_setaffinity(0, api_cores)
     daemon.spawn(
         [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
         settings.child_env(),
         ROOT,
     )
+    if other_cores:
+        os.sched_setaffinity(0, other_cores)
+        for service in services:
+            if (pid := service.pid()) is not None:
+                os.sched_setaffinity(pid, other_cores)
     url = f"http://127.0.0.1:{port}"
     values: dict[str, Any] = {
         "seed": 42,
@@ -282,7 +302,8 @@ def main() -> None:
             ),
         ]
         print(
-            f"{args.profiles} profiles, 1 API process, wrk -t1 -c{args.connections} "
+            f"{args.profiles} profiles, 1 API process{' on its own core' * args.pin}, "
+            f"wrk -t1 -c{args.connections} "
             f"{args.duration}s; half load: paced connections, {args.pace_ms} ms apart"
         )
         ceiling = None
@@ -300,6 +321,10 @@ def main() -> None:
             )
     finally:
         daemon.stop()
+        if other_cores:  # the embedded services outlive this run
+            for service in services:
+                if (pid := service.pid()) is not None:
+                    os.sched_setaffinity(pid, set(cores))
         client = redis.Redis.from_url(settings.redis_url)
         for key in client.scan_iter(match=KeyLayout(settings.key_prefix).all_keys(), count=10_000):
             client.unlink(key)
