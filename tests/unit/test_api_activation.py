@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -51,11 +51,8 @@ async def store() -> MemoryProfileStore:
     return store
 
 
-def client_for(
-    store: MemoryProfileStore, *, token: bool = True, **scopes: Any
-) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    """The one place a test client is built (`api_support.client_for`)."""
-    return api_support.client_for(SETTINGS, store, token=token, **scopes)
+#: the one place a test client is built: `client_for(store, token=..., **scopes)`
+client_for = functools.partial(api_support.client_for, SETTINGS)
 
 
 @pytest.fixture
