@@ -1,0 +1,169 @@
+"""Which identities an event carries, per entity: the first piece of identity stitching.
+
+An entity (`user`, `account`, ...) declares its identity types in priority order and
+where each is read from in an event: `userId`, `anonymousId`, or any dotted path such
+as `traits.email` or `context.traits.email` (the first path present wins). Values are
+normalised per type (an email is trimmed and lower-cased, so `Ada@X.io ` and
+`ada@x.io` are one person) and junk values that SDKs send for "unknown" (`null`,
+`undefined`, `anonymous`, `0`, empty, and configurable patterns) are ignored: linking
+every profile that sent `"null"` as its email would merge strangers.
+
+Not wired into the worker yet (issue 5): today a profile is keyed by userId, else
+anonymousId (`streams.processor.profile_id`), and `attributes.profile.event_identities`
+lists those two. This module is what replaces them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+
+from attributes.events import Event
+from attributes.paths import MISSING, Getter, InvalidPath, compile_path
+
+_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+#: What SDKs and forms send when they have no value; compared after normalisation,
+#: case-insensitively.
+DEFAULT_BLOCKED = frozenset({"", "null", "none", "nil", "undefined", "anonymous", "0", "nan"})
+
+Normalisation = Literal["trim", "lower", "email"]
+
+_NORMALISE: dict[str, Callable[[str], str]] = {
+    "trim": str.strip,
+    "lower": lambda value: value.strip().lower(),
+    "email": lambda value: value.strip().lower(),
+}
+
+
+class IdentitySpec(pydantic.BaseModel):
+    """One identity type of an entity: `{type: email, paths: [traits.email], normalise: email}`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    paths: list[str] = pydantic.Field(min_length=1)
+    normalise: Normalisation = "trim"
+
+    @pydantic.field_validator("type")
+    @classmethod
+    def _type_is_a_name(cls, value: str) -> str:
+        if not _TYPE.match(value):
+            raise ValueError(
+                f"identity type {value!r} must be lower-case letters, digits and _ "
+                "(at most 32), starting with a letter"
+            )
+        return value
+
+    @pydantic.field_validator("paths")
+    @classmethod
+    def _paths_compile(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            try:
+                compile_path(path)
+            except InvalidPath as exc:
+                raise ValueError(str(exc)) from None
+        return paths
+
+
+class EntitySpec(pydantic.BaseModel):
+    """An entity's identities, in priority order, and what counts as no value."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    identities: list[IdentitySpec] = pydantic.Field(min_length=1)
+    #: values ignored besides `DEFAULT_BLOCKED` (compared case-insensitively)
+    blocked: list[str] = []
+    #: regular expressions; a value any of them matches in full is ignored
+    blocked_patterns: list[str] = []
+    stitching: bool = True
+
+    @pydantic.field_validator("identities")
+    @classmethod
+    def _types_are_unique(cls, identities: list[IdentitySpec]) -> list[IdentitySpec]:
+        seen: set[str] = set()
+        for identity in identities:
+            if identity.type in seen:
+                raise ValueError(f"identity type {identity.type!r} is listed twice")
+            seen.add(identity.type)
+        return identities
+
+    @pydantic.field_validator("blocked_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"blocked pattern {pattern!r}: {exc}") from None
+        return patterns
+
+
+#: The `user` entity when the configuration declares none: the Segment spec's ids,
+#: and an email wherever identify calls usually put it.
+DEFAULT_USER = EntitySpec(
+    identities=[
+        IdentitySpec(type="user_id", paths=["userId"]),
+        IdentitySpec(
+            type="email", paths=["traits.email", "context.traits.email"], normalise="email"
+        ),
+        IdentitySpec(type="anonymous_id", paths=["anonymousId"]),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledIdentity:
+    type: str
+    getters: tuple[Getter, ...]
+    normalise: Callable[[str], str]
+
+
+class IdentityRules:
+    """An entity's compiled identity rules: `extract(event)` in priority order."""
+
+    def __init__(self, spec: EntitySpec) -> None:
+        self.spec = spec
+        self.types = tuple(identity.type for identity in spec.identities)
+        self._identities = tuple(
+            _CompiledIdentity(
+                identity.type,
+                tuple(compile_path(path) for path in identity.paths),
+                _NORMALISE[identity.normalise],
+            )
+            for identity in spec.identities
+        )
+        self._blocked = DEFAULT_BLOCKED | {value.strip().lower() for value in spec.blocked}
+        self._patterns = tuple(re.compile(pattern) for pattern in spec.blocked_patterns)
+
+    def extract(self, event: Event) -> list[tuple[str, str]]:
+        """The (type, value) identities `event` carries, highest priority first; one per
+        type (its first path with a usable value)."""
+        found = []
+        for identity in self._identities:
+            for getter in identity.getters:
+                value = self.usable(identity.normalise, getter(event))
+                if value is not None:
+                    found.append((identity.type, value))
+                    break
+        return found
+
+    def usable(self, normalise: Callable[[str], str], raw: Any) -> str | None:
+        """`raw` as an identity value, or None: absent, not a string or an integer
+        (a bool, a float, an object), or blocked once normalised."""
+        if raw is MISSING or raw is None or isinstance(raw, bool):
+            return None
+        if isinstance(raw, int):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            return None
+        value = normalise(raw)
+        if value.lower() in self._blocked:
+            return None
+        if any(pattern.fullmatch(value) for pattern in self._patterns):
+            return None
+        return value
