@@ -74,23 +74,6 @@ class ApiMetrics:
         child.observe(seconds)
 
 
-async def ping(store: ProfileStore) -> None:
-    """Raise unless the store's backend answers: the store's own `ping()` where it has
-    one (`RedisProfileStore.ping`: on the connection reads use), else a PING on its
-    redis-py `client`, else nothing (a store without a connection: in-memory)."""
-    own = getattr(store, "ping", None)
-    if own is not None:
-        await own()
-        return
-    client = getattr(store, "client", None)
-    if client is not None:
-        await client.ping()
-        return
-    inner = getattr(store, "inner", None)
-    if isinstance(inner, ProfileStore):
-        await ping(inner)
-
-
 class InstrumentedStore(ProfileStore):
     """Delegates every call to `inner` and observes how long it took."""
 
@@ -106,7 +89,7 @@ class InstrumentedStore(ProfileStore):
             self.metrics.observe_redis(operation, perf_counter() - start)
 
     async def ping(self) -> None:
-        await self._timed("ping", ping(self.inner))
+        await self._timed("ping", self.inner.ping())
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         return await self._timed("read_view", self.inner.read_view(entity, index, value))

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
-from api.instrumented import ApiMetrics, ping
+from api.instrumented import ApiMetrics
 from traitflow.config import Settings
 
 router = APIRouter(tags=["operations"])
@@ -57,7 +57,7 @@ async def readyz(request: Request) -> Response | dict[str, str]:
         return errors.error(503, "store not open")
     settings: Settings = state.settings
     try:
-        await asyncio.wait_for(ping(store), settings.api_ready_timeout_s)
+        await asyncio.wait_for(store.ping(), settings.api_ready_timeout_s)
     except TimeoutError:
         return errors.error(503, f"redis did not answer within {settings.api_ready_timeout_s:g} s")
     except Exception as exc:

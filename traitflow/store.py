@@ -123,6 +123,9 @@ class ProfileStore(ABC):
     def abandon(self, entity: str, ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """States loaded for `ids` were modified and will not be saved: forget any copy."""
 
+    async def ping(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Raise unless the store's backend answers (readiness); nothing to ask in memory."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         pass
 
@@ -377,6 +380,9 @@ class CachedProfileStore(ProfileStore):
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self.inner.unschedule(entity, source, ids)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
 
     async def close(self) -> None:
         await self.inner.close()

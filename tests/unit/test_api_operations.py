@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from api.app import create_app
-from api.instrumented import ApiMetrics, InstrumentedStore, ping
+from api.instrumented import ApiMetrics, InstrumentedStore
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
@@ -68,9 +68,9 @@ async def test_not_ready_when_the_ping_is_too_slow() -> None:
 async def test_a_wrapped_store_is_pinged_through() -> None:
     failing = PingingStore(ConnectionError("down"))
     with pytest.raises(ConnectionError):
-        await ping(CachedProfileStore(failing, max_profiles=1))
+        await CachedProfileStore(failing, max_profiles=1).ping()
     with pytest.raises(ConnectionError):
-        await ping(InstrumentedStore(failing, ApiMetrics()))
+        await InstrumentedStore(failing, ApiMetrics()).ping()
     assert failing.pings == 2
 
 
