@@ -132,12 +132,8 @@ class RespClient:
 
     async def eval(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run a Lua script; loads it into Redis first when Redis does not have it."""
-        try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.call("EVAL", script.source, len(keys), *keys, *args)
+        writer = self._writer if self._writer is not None else await self._connect()
+        return await _ScriptCall(self, writer, script, keys, args).result
 
     def eval_soon(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
@@ -272,9 +268,9 @@ class RespClient:
 
 
 class _ScriptCall:
-    """One `eval_soon`: EVALSHA, and EVAL if Redis lacks the script. A class rather than
-    nested callbacks: a closure that re-arms itself is a reference cycle, and at
-    thousands of reads a second those cycles made the collector pause for ~100 ms."""
+    """One `eval` or `eval_soon`: EVALSHA, and EVAL if Redis lacks the script. A class
+    rather than nested callbacks: a closure that re-arms itself is a reference cycle,
+    and at thousands of reads a second those cycles made the collector pause ~100 ms."""
 
     __slots__ = ("args", "client", "keys", "result", "script")
 

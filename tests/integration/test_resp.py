@@ -205,13 +205,13 @@ async def test_calls_in_one_loop_turn_go_out_in_one_write(
 def recording(client: RespClient, monkeypatch: pytest.MonkeyPatch) -> list[Arg]:
     """The command names `client` sends from now on."""
     sent: list[Arg] = []
-    call = client.call
+    queue = client._queue
 
-    async def record(*args: Arg) -> Any:
+    def record(writer: asyncio.StreamWriter, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
         sent.append(args[0])
-        return await call(*args)
+        return queue(writer, args)
 
-    monkeypatch.setattr(client, "call", record)
+    monkeypatch.setattr(client, "_queue", record)
     return sent
 
 
