@@ -33,10 +33,16 @@ DEFAULT_BLOCKED = frozenset({"", "null", "none", "nil", "undefined", "anonymous"
 
 Normalisation = Literal["trim", "lower", "email"]
 
+
+def _trim_lower(value: str) -> str:
+    return value.strip().lower()
+
+
+#: an email is compared like any case-insensitive id (its own name documents the intent)
 _NORMALISE: dict[str, Callable[[str], str]] = {
     "trim": str.strip,
-    "lower": lambda value: value.strip().lower(),
-    "email": lambda value: value.strip().lower(),
+    "lower": _trim_lower,
+    "email": _trim_lower,
 }
 
 
