@@ -22,9 +22,10 @@ from api.direct import DirectApp
 from api.instrumented import InstrumentedStore
 from api.keys import KeyStore, RedisKeyStore
 from traitflow.config import Settings
+from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
 from traitflow.runtime import tune_gc
-from traitflow.store import ProfileStore, RedisProfileStore
+from traitflow.store import ProfileStore
 
 
 def create_app(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from attributes.profile import ProfileState
-from traitflow.store import ProfileStore, ProfileWrite
+from traitflow.store import Expected, Identity, ProfileStore, ProfileWrite
 
 T = TypeVar("T")
 
@@ -102,8 +102,17 @@ class InstrumentedStore(ProfileStore):
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         return await self._timed("load", self.inner.load(entity, ids))
 
-    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
-        await self._timed("save", self.inner.save(entity, writes))
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        return await self._timed("lookup", self.inner.lookup(entity, identities))
+
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        await self._timed("commit", self.inner.commit(entity, writes, removed, expected))
 
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
         return await self._timed("due", self.inner.due(entity, source, now, limit))

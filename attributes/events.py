@@ -92,8 +92,6 @@ def decode_event(raw: bytes) -> Event:
         raise InvalidEvent(f"not a valid event: {exc}") from None
     event.userId = _id_or_none(event.userId)
     event.anonymousId = _id_or_none(event.anonymousId)
-    if event.user_id is None and event.anonymous_id is None:
-        raise InvalidEvent("event has neither userId nor anonymousId")
     if event.type == "track" and not event.event:
         raise InvalidEvent("track event has no 'event' name")
     if _LONG_RUN in raw.translate(_DIGITS_AS_ZEROS):  # the walk runs only for long numbers

@@ -8,9 +8,13 @@ normalised per type (an email is trimmed and lower-cased, so `Ada@X.io ` and
 `undefined`, `anonymous`, `0`, empty, and configurable patterns) are ignored: linking
 every profile that sent `"null"` as its email would merge strangers.
 
-Not wired into the worker yet (issue 5): today a profile is keyed by userId, else
-anonymousId (`streams.processor.profile_id`), and `attributes.profile.event_identities`
-lists those two. This module is what replaces them.
+Each type may cap how many values of it one profile holds (`limit`): a profile
+with one `user_id` never takes a second, which is what keeps a shared device or a
+mistyped email from merging two people (`attributes.stitching` refuses such a link).
+
+A profile's id is made from its highest-priority identity (`profile_id`): the value
+itself for the entity's first type (a user's id is its `user_id`), `type:value` for
+the others (`anonymous_id:a-9`), so that ids of different types never collide.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class IdentitySpec(pydantic.BaseModel):
     type: str
     paths: list[str] = pydantic.Field(min_length=1)
     normalise: Normalisation = "trim"
+    #: most values of this type one profile holds (None: no limit)
+    limit: int | None = pydantic.Field(default=None, ge=1)
 
     @pydantic.field_validator("type")
     @classmethod
@@ -86,7 +92,11 @@ class EntitySpec(pydantic.BaseModel):
     blocked: list[str] = []
     #: regular expressions; a value any of them matches in full is ignored
     blocked_patterns: list[str] = []
+    #: whether an event carrying identities of two profiles merges them
     stitching: bool = True
+    #: the types an `alias` event's `previousId` may be, tried in this order (the
+    #: first that names a profile wins; else it is taken as the last)
+    alias_types: list[str] = []
 
     @pydantic.field_validator("identities")
     @classmethod
@@ -97,6 +107,16 @@ class EntitySpec(pydantic.BaseModel):
                 raise ValueError(f"identity type {identity.type!r} is listed twice")
             seen.add(identity.type)
         return identities
+
+    @pydantic.model_validator(mode="after")
+    def _alias_types_are_declared(self) -> EntitySpec:
+        declared = [identity.type for identity in self.identities]
+        for kind in self.alias_types:
+            if kind not in declared:
+                raise ValueError(
+                    f"alias type {kind!r} is not one of the identities ({', '.join(declared)})"
+                )
+        return self
 
     @pydantic.field_validator("blocked_patterns")
     @classmethod
@@ -111,14 +131,20 @@ class EntitySpec(pydantic.BaseModel):
 
 #: The `user` entity when the configuration declares none: the Segment spec's ids,
 #: and an email wherever identify calls usually put it.
+#: At most one user id and five emails per person (as Segment's identity resolution
+#: defaults); anonymous ids are per device and browser, so a person has many.
 DEFAULT_USER = EntitySpec(
     identities=[
-        IdentitySpec(type="user_id", paths=["userId"]),
+        IdentitySpec(type="user_id", paths=["userId"], limit=1),
         IdentitySpec(
-            type="email", paths=["traits.email", "context.traits.email"], normalise="email"
+            type="email",
+            paths=["traits.email", "context.traits.email"],
+            normalise="email",
+            limit=5,
         ),
-        IdentitySpec(type="anonymous_id", paths=["anonymousId"]),
-    ]
+        IdentitySpec(type="anonymous_id", paths=["anonymousId"], limit=1000),
+    ],
+    alias_types=["user_id", "anonymous_id"],
 )
 
 
@@ -135,6 +161,9 @@ class IdentityRules:
     def __init__(self, spec: EntitySpec) -> None:
         self.spec = spec
         self.types = tuple(identity.type for identity in spec.identities)
+        self.primary = self.types[0]
+        self.rank = {kind: rank for rank, kind in enumerate(self.types)}
+        self.limits = {identity.type: identity.limit for identity in spec.identities}
         self._identities = tuple(
             _CompiledIdentity(
                 identity.type,
@@ -157,6 +186,30 @@ class IdentityRules:
                     found.append((identity.type, value))
                     break
         return found
+
+    def previous(self, event: Event) -> list[tuple[str, str]]:
+        """An `alias` event's `previousId` as each identity it may be (`alias_types`,
+        in order); empty for other events, or when it is not a usable value."""
+        if event.type != "alias" or event.previousId is None:
+            return []
+        found = []
+        for kind in self.spec.alias_types:
+            value = self.usable(self._identities[self.rank[kind]].normalise, event.previousId)
+            if value is not None:
+                found.append((kind, value))
+        return found
+
+    def profile_id(self, kind: str, value: str) -> str:
+        """The id of a profile whose highest-priority identity is `kind`=`value`.
+
+        A primary value with a colon is prefixed too: a bare id never has one, so it
+        cannot equal a `type:value` id."""
+        return value if kind == self.primary and ":" not in value else f"{kind}:{value}"
+
+    def id_rank(self, profile_id: str) -> int:
+        """The priority of the identity type `profile_id` was made from (0 is best)."""
+        kind, colon, _ = profile_id.partition(":")
+        return self.rank.get(kind, 0) if colon else 0
 
     def usable(self, normalise: Callable[[str], str], raw: Any) -> str | None:
         """`raw` as an identity value, or None: absent, not a string or an integer

@@ -87,16 +87,6 @@ def reconcile(state: ProfileState, rules: RuleSet) -> list[str]:
     return dropped
 
 
-def event_identities(event: Event) -> list[tuple[str, str]]:
-    """The (index, value) identities an event carries."""
-    identities = []
-    if event.user_id is not None:
-        identities.append(("user_id", event.user_id))
-    if event.anonymous_id is not None:
-        identities.append(("anonymous_id", event.anonymous_id))
-    return identities
-
-
 def add_identity(state: ProfileState, kind: str, value: str) -> None:
     values = state.identities.setdefault(kind, [])
     if value not in values:
@@ -116,7 +106,9 @@ def apply_event(
     `now` (epoch ms) is the processing time that windows are evaluated at.
 
     An offset at or below the watermark for that source was applied before: it is
-    ignored and `changed` is False.
+    ignored and `changed` is False. Identities are not this function's business: which
+    of an event's identities a profile takes is decided with the other profiles in
+    view (`attributes.stitching`).
     """
     if offset <= state.offsets.get(source, -1):
         return Applied(changed=False)
@@ -127,8 +119,6 @@ def apply_event(
     state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
-    for kind, identity in event_identities(event):
-        add_identity(state, kind, identity)
     if event.type == "identify":
         for trait, value in event.traits.items():
             current = state.traits.get(trait)

@@ -54,8 +54,9 @@ from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon, embedded_services, free_port
-from traitflow.store import KeyLayout, MemoryProfileStore, RedisProfileStore
+from traitflow.store import KeyLayout, MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,8 @@ from streams.batches import batch_subscribe
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
-from traitflow.store import CachedProfileStore, RedisProfileStore
+from traitflow.redis_store import RedisProfileStore
+from traitflow.store import CachedProfileStore
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,13 @@ in as `Record`s, profiles go out through a `ProfileStore`, and bad records throu
 `DeadLetterSink`. The Faust agent is a thin adapter around it, and tests drive it
 directly with the in-memory store.
 
-Per batch: decode every record, group events by profile, load all touched profiles
-in one round trip, apply events in offset order, write every changed profile once
-(coalesced) in one atomic round trip, and only then report the batch done, so the
-caller acks (commits) offsets after the effect is durable.
+Per batch: decode every record and extract its identities; read where they point
+(one round trip) and load the profiles they name (one more); stitch (which profile
+each event belongs to, which profiles merge: `attributes.stitching`); merge and apply
+events in offset order; commit every changed profile once (coalesced) in one atomic,
+conditional round trip, computing the batch again if another worker changed
+something it read; and only then report the batch done, so the caller acks
+(commits) offsets after the effect is durable.
 """
 
 from __future__ import annotations
@@ -25,19 +28,22 @@ from typing import Any
 import msgspec
 
 from attributes.events import Event, InvalidEvent, decode_event, event_time_ms
+from attributes.identities import DEFAULT_USER, IdentityRules
+from attributes.merge import merge_states
 from attributes.profile import (
     ProfileState,
     Skip,
+    add_identity,
     apply_event,
     decode_state,
     encode_state,
-    event_identities,
     expire_windows,
     reconcile,
     render_view,
 )
 from attributes.rules import RuleSet
-from traitflow.store import ProfileStore, ProfileWrite
+from attributes.stitching import Identity, Refusal, Stitcher
+from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,17 @@ class ListDeadLetters(DeadLetterSink):
         self.records.extend(records)
 
 
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """A decoded event and the identities it carries (priority order; for an alias,
+    `previous` is its previousId as each type it may be)."""
+
+    record: Record
+    event: Event
+    ids: list[Identity]
+    previous: list[Identity]
+
+
 @dataclass(slots=True)
 class BatchReport:
     records: int = 0
@@ -83,23 +100,31 @@ class BatchReport:
     dead_lettered: int = 0
     duplicates: int = 0
     skips: list[Skip] = field(default_factory=list)
+    #: links and merges not made because of identity limits
+    refusals: list[Refusal] = field(default_factory=list)
+    #: times the batch was computed again because its commit found a change under it
+    conflicts: int = 0
 
-    def mark(self) -> tuple[int, int]:
-        return self.duplicates, len(self.skips)
+    def mark(self) -> tuple[int, int, int]:
+        return self.duplicates, len(self.skips), len(self.refusals)
 
-    def rollback(self, mark: tuple[int, int]) -> None:
+    def rollback(self, mark: tuple[int, int, int]) -> None:
         """Forget the per-event findings since `mark`: that attempt failed and is redone."""
-        self.duplicates, skips = mark
+        self.duplicates, skips, refusals = mark
         del self.skips[skips:]
+        del self.refusals[refusals:]
 
 
-def profile_id(event: Event) -> str:
-    """The profile an event belongs to: its userId, else its anonymousId.
+@dataclass(slots=True)
+class Stitched:
+    """A batch's effect, computed and ready to commit."""
 
-    (Identity stitching, which links the two, replaces this rule.)"""
-    pid = event.user_id or event.anonymous_id
-    assert pid is not None  # decode_event guarantees one of them
-    return pid
+    writes: list[ProfileWrite]
+    #: profiles merged into others: deleted by the commit
+    removed: list[str]
+    expected: Expected
+    #: every profile whose state was loaded or made (to forget if the commit fails)
+    profiles: list[str]
 
 
 class BatchProcessor:
@@ -116,11 +141,13 @@ class BatchProcessor:
         dead_letters: DeadLetterSink,
         clock: Callable[[], float] = time.time,
         remembered_renders: int = 100_000,
+        identities: IdentityRules | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
         self.dead_letters = dead_letters
         self.clock = clock
+        self.identities = identities or IdentityRules(DEFAULT_USER)
         self.lock = asyncio.Lock()
         self._now = 0
         #: profile -> (the state object, its attribute values when last rendered): a
@@ -142,14 +169,13 @@ class BatchProcessor:
             return await self._process(records)
 
     async def _process(self, records: Sequence[Record]) -> BatchReport:
+        """Decode, then compute and commit until the commit finds nothing changed
+        under it (another worker may have written one of the batch's profiles or
+        identities meanwhile: then the batch is computed again on top of that)."""
         self._read_clock()
         report = BatchReport(records=len(records))
         rejected: list[tuple[Record, str]] = []
-        by_profile: dict[str, list[tuple[Record, Event]]] = {}
-        #: identity -> the profile of its latest event in this batch (where its index points)
-        owners: dict[tuple[str, str], str] = {}
-        #: profile -> the identities its events in this batch carry, in order
-        carried: dict[str, dict[tuple[str, str], None]] = {}
+        events: list[Identified] = []
         for record in records:
             try:
                 if record.value is None:
@@ -158,48 +184,48 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 rejected.append((record, str(exc)))
                 continue
-            pid = profile_id(event)
-            by_profile.setdefault(pid, []).append((record, event))
-            identities = carried.setdefault(pid, {})
-            for identity in event_identities(event):
-                owners[identity] = pid
-                identities[identity] = None
+            identities = self.identities.extract(event)
+            if not identities:
+                types = ", ".join(self.identities.types)
+                rejected.append((record, f"event carries no {ENTITY} identity ({types})"))
+                continue
+            events.append(Identified(record, event, identities, self.identities.previous(event)))
 
-        states = await self.store.load(ENTITY, list(by_profile))
-        writes: list[ProfileWrite] = []
-        for pid, items in by_profile.items():
-            state = states.get(pid) or ProfileState(id=pid, entity=ENTITY)
-            self._fit(state)
+        sent: set[int] = set()  # ids of the rejected records already dead-lettered
+        while True:
             mark = report.mark()
-            try:
-                write = self._apply(state, items, report)
-            except Exception:
-                # A bug met by some input must not stall the partition (the batch would be
-                # retried forever): find the events that break, dead-letter only those.
-                log.exception("profile %s failed; applying its events one by one", pid)
+            failed: list[tuple[Record, str]] = []
+            stitched = await self._stitch(events, report, failed)
+            if failed:
+                # the events that broke are dead letters with no effect at all, not even
+                # on identities: the batch is stitched again without them
+                self._abandon(stitched.profiles)
                 report.rollback(mark)
-                self.store.abandon(ENTITY, [pid])
-                write = await self._apply_each(pid, items, report, rejected)
-            if write is not None:
-                applied = write.state.identities
-                write.identities = [
-                    (kind, value)
-                    for kind, value in carried[pid]
-                    if owners[(kind, value)] == pid and value in applied.get(kind, ())
-                ]
-                writes.append(write)
-
-        try:
-            if rejected:
-                await self.dead_letters.send(rejected)
-            await self.store.save(ENTITY, writes)
-        except BaseException:
-            # states were changed in place; a store that keeps them must forget them,
-            # or the retried batch would look applied and never be written
-            self.store.abandon(ENTITY, list(by_profile))
-            raise
+                rejected += failed
+                broken = {id(record) for record, _ in failed}
+                events = [item for item in events if id(item.record) not in broken]
+                continue
+            letters = [(record, why) for record, why in rejected if id(record) not in sent]
+            try:
+                if letters:  # durable before the commit moves the watermarks past them
+                    await self.dead_letters.send(letters)
+                    sent.update(id(record) for record, _ in letters)
+                await self.store.commit(
+                    ENTITY, stitched.writes, stitched.removed, stitched.expected
+                )
+            except Conflict as conflict:
+                # states were changed in place: a store that keeps them must forget them
+                self._abandon(stitched.profiles)
+                report.rollback(mark)
+                report.conflicts += 1
+                log.debug("batch computed again: %s", conflict)
+                continue
+            except BaseException:
+                self._abandon(stitched.profiles)
+                raise
+            break
         report.dead_lettered = len(rejected)
-        report.profiles_written = len(writes)
+        report.profiles_written = len(stitched.writes)
         for skip in report.skips:
             if skip.kind == "wrong_type":  # the others are routine: counted, not logged
                 log.info(
@@ -209,6 +235,93 @@ class BatchProcessor:
                     skip.reason,
                 )
         return report
+
+    async def _stitch(
+        self,
+        events: Sequence[Identified],
+        report: BatchReport,
+        rejected: list[tuple[Record, str]],
+    ) -> Stitched:
+        """Where the events belong (`attributes.stitching`), the merges they make, and
+        the writes of every profile they change, with what the commit must find."""
+        wanted = list(dict.fromkeys(i for item in events for i in (*item.ids, *item.previous)))
+        pointers = await self.store.lookup(ENTITY, wanted)
+        # a new identity's profile id may be taken by a stored profile: load those too
+        candidates = [
+            self.identities.profile_id(*item.ids[0])
+            for item in events
+            if item.ids[0] not in pointers
+        ]
+        ids = list(dict.fromkeys([*pointers.values(), *candidates]))
+        states = await self.store.load(ENTITY, ids)
+        expected = Expected(
+            {identity: pointers.get(identity) for identity in wanted},
+            {pid: states[pid].version if pid in states else None for pid in ids},
+        )
+        for state in states.values():
+            self._fit(state)
+
+        stitcher = Stitcher(self.identities, pointers, states)
+        for item in events:
+            stitcher.assign(item.ids, item.previous)
+        plan = stitcher.finish()
+        report.refusals.extend(plan.refusals)
+        for pid in plan.created:
+            states[pid] = ProfileState(id=pid, entity=ENTITY)
+            expected.versions.setdefault(pid, None)
+        merged: set[str] = set()
+        for absorbed, survivor in plan.merges:
+            merge_states(states[survivor], states[absorbed], self.rules)
+            merged.add(survivor)
+            self._renders.pop(survivor, None)  # its remembered values are not the merge's
+        removed = [absorbed for absorbed, _ in plan.merges if absorbed in expected.versions]
+
+        by_profile: dict[str, list[tuple[Record, Event]]] = {}
+        for item, pid in zip(events, plan.profiles, strict=True):
+            by_profile.setdefault(pid, []).append((item.record, item.event))
+        writes: list[ProfileWrite] = []
+        for pid, items in by_profile.items():
+            state = states[pid]
+            links = list(dict.fromkeys(plan.links.get(pid, ())))
+            for kind, value in links:
+                add_identity(state, kind, value)
+            changed = bool(links) or pid in merged
+            # what the slow path starts again from; a merged state is nowhere else
+            snapshot = encode_state(state) if pid in merged else None
+            mark = report.mark()
+            try:
+                write = self._apply(state, items, report, changed)
+            except Exception:
+                # A bug met by some input must not stall the partition (the batch would be
+                # retried forever): find the events that break, dead-letter only those.
+                log.exception("profile %s failed; applying its events one by one", pid)
+                report.rollback(mark)
+                self.store.abandon(ENTITY, [pid])
+                base = await self._before(pid, snapshot, links)
+                write = await self._apply_each(base, items, report, rejected, changed)
+            if write is not None:
+                write.identities = links
+                writes.append(write)
+        return Stitched(writes, removed, expected, [*states])
+
+    async def _before(
+        self, pid: str, snapshot: bytes | None, links: Sequence[Identity]
+    ) -> ProfileState:
+        """A profile as it was before the batch's events: the snapshot of a merged
+        one, else the stored state (or a new one) with the batch's links."""
+        if snapshot is not None:
+            return decode_state(snapshot)
+        state = (await self.store.load(ENTITY, [pid])).get(pid)
+        state = state or ProfileState(id=pid, entity=ENTITY)
+        self._fit(state)
+        for kind, value in links:
+            add_identity(state, kind, value)
+        return state
+
+    def _abandon(self, profiles: Sequence[str]) -> None:
+        self.store.abandon(ENTITY, profiles)
+        for pid in profiles:
+            self._renders.pop(pid, None)
 
     async def expire(self, source: str, limit: int, owned: Container[str] | None = None) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by
@@ -228,13 +341,18 @@ class BatchProcessor:
             if gone := [pid for pid in due if pid not in states]:
                 await self.store.unschedule(ENTITY, source, gone)  # indexed, then deleted
             writes = []
+            expected = Expected(versions={pid: state.version for pid, state in states.items()})
             for state in states.values():
                 self._fit(state)
                 writes.append(self._write(state, source, set()))
             try:
-                await self.store.save(ENTITY, writes)
+                await self.store.commit(ENTITY, writes, expected=expected)
+            except Conflict:
+                # another worker wrote one of them meanwhile (its write re-rendered it)
+                self._abandon(due)
+                return 0
             except BaseException:
-                self.store.abandon(ENTITY, due)
+                self._abandon(due)
                 raise
             return len(writes)
 
@@ -263,10 +381,14 @@ class BatchProcessor:
         return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
 
     def _apply(
-        self, state: ProfileState, items: Sequence[tuple[Record, Event]], report: BatchReport
+        self,
+        state: ProfileState,
+        items: Sequence[tuple[Record, Event]],
+        report: BatchReport,
+        changed: bool = False,
     ) -> ProfileWrite | None:
-        """Apply a profile's events of this batch; the write, or None if nothing changed."""
-        changed = False
+        """Apply a profile's events of this batch; the write, or None if nothing
+        changed (`changed`: the state was changed before, by a merge or a link)."""
         source = ""
         touched: set[str] = set()
         for record, event in items:
@@ -290,21 +412,21 @@ class BatchProcessor:
 
     async def _apply_each(
         self,
-        pid: str,
+        base: ProfileState,
         items: Sequence[tuple[Record, Event]],
         report: BatchReport,
         rejected: list[tuple[Record, str]],
+        changed: bool,
     ) -> ProfileWrite | None:
-        """The slow path: each event on a fresh copy, keeping the copies that work."""
-        stored = (await self.store.load(ENTITY, [pid])).get(pid)
-        state = stored or ProfileState(id=pid, entity=ENTITY)
-        self._fit(state)
+        """The slow path: each event on a fresh copy of `base` (the state before the
+        batch's events), keeping the copies that work."""
+        state = base
         write = None
         for item in items:
             trial = decode_state(encode_state(state))
             mark = report.mark()
             try:
-                outcome = self._apply(trial, [item], report)
+                outcome = self._apply(trial, [item], report, changed and write is None)
             except Exception as exc:
                 report.rollback(mark)
                 rejected.append((item[0], f"event could not be applied: {exc!r}"))

@@ -1,13 +1,14 @@
 """Profile storage: the Redis key layout (defined here and nowhere else) and the store.
 
 Both the worker (writes) and the API (reads) go through `ProfileStore`. There are two
-implementations: `RedisProfileStore`, the real one, and `MemoryProfileStore`, which
-lets the processing logic be tested without I/O.
+implementations: `RedisProfileStore` (`traitflow.redis_store`), the real one, and
+`MemoryProfileStore`, which lets the processing logic be tested without I/O.
 
 Redis layout, for prefix `tf` and entity `user`:
 
     tf:s:user:{id}                 string  profile state (msgpack)
     tf:v:user:{id}                 string  served view (JSON bytes)
+    tf:n:user:{id}                 string  the profile's version (what a commit checks)
     tf:i:user:{index}:{value}      string  -> profile id (one per identity)
     tf:x:user:{topic}/{partition}  zset    profile id, scored by when its windows next
                                            change (epoch ms); one per input partition
@@ -16,13 +17,17 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ks                          set     ids of the API keys (for `traitflow keys list`)
     tf:r:{key_id}                  hash    the API key's rate-limit token bucket
 
-A batch costs two round trips whatever its size: one MGET loads every state, one MSET
-writes every state, view and index key (wrapped in MULTI/EXEC with the ZADDs of the
-expiry index when the rules have windows). The write is atomic: a reader never sees
-a view without its index, and the offset watermark inside a state is never ahead of
-or behind the state it guards. The expiry index is per input partition so that the
-partition's owner, the profile's only writer, is the one that re-renders it; finding
-the due profiles is one ZRANGE, whatever the number of silent profiles. (With Redis
+A batch costs three round trips whatever its size: one MGET reads where its
+identities point, one loads every state they name, and one commits every state, view,
+version, index key and expiry entry at once (a Lua script). The commit is atomic and
+conditional (`Expected`): it writes only if every identity still points where the
+batch read it and every profile still has the version it was loaded at; otherwise
+nothing is written and the batch is computed again (`Conflict`). That is what makes
+two workers safe when stitching sends one person's events through both: whichever
+commits second sees the first's write and redoes its batch on top of it. A reader
+never sees a view without its index, and the offset watermark inside a state is never
+ahead of or behind the state it guards. Finding the profiles whose windows are due is
+one ZRANGE per input partition, whatever the number of silent profiles. (With Redis
 Cluster, keys would need a hash tag per batch; not supported yet.)
 """
 
@@ -32,15 +37,14 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
-
-import redis.asyncio as aioredis
 
 from attributes.profile import ProfileState, decode_state
-from traitflow.resp import RespClient, Script
 
 PRIMARY_INDEX = "id"
 """The index name that addresses a profile by its own id, without an index lookup."""
+
+#: (identity type, value)
+Identity = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ class KeyLayout:
 
     def view(self, entity: str, profile_id: str) -> str:
         return f"{self.prefix}:v:{entity}:{profile_id}"
+
+    def version(self, entity: str, profile_id: str) -> str:
+        return f"{self.prefix}:n:{entity}:{profile_id}"
 
     def view_prefix(self, entity: str) -> str:
         return f"{self.prefix}:v:{entity}:"
@@ -84,20 +91,50 @@ class ProfileWrite:
     encoded_state: bytes
     view: bytes
     #: (index, value) pairs that must point at this profile after the write
-    identities: list[tuple[str, str]] = field(default_factory=list)
+    identities: list[Identity] = field(default_factory=list)
     #: (input partition, when the profile's windows next change or None): its entry in
     #: that partition's expiry index; None when the rules have no windows
     expiry: tuple[str, int | None] | None = None
 
 
+@dataclass(slots=True)
+class Expected:
+    """What a commit was computed from; it is written only if all of it still holds."""
+
+    #: identity -> the profile it pointed to when read (None: to none)
+    pointers: dict[Identity, str | None] = field(default_factory=dict)
+    #: profile id -> its version when loaded (None: it did not exist)
+    versions: dict[str, int | None] = field(default_factory=dict)
+
+
+class Conflict(Exception):
+    """A commit found something changed since it was read; nothing was written."""
+
+
 class ProfileStore(ABC):
+    @abstractmethod
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        """The profile each of `identities` points to, for those that point to one."""
+
     @abstractmethod
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         """States of the profiles that exist among `ids`."""
 
     @abstractmethod
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        """Write states, views, versions and index keys, and delete the profiles in
+        `removed` (merged into others), atomically; raise `Conflict` and write nothing
+        if anything in `expected` no longer holds."""
+
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
-        """Write states, views and index keys atomically."""
+        """Write unconditionally (`commit` with nothing expected)."""
+        await self.commit(entity, writes)
 
     @abstractmethod
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
@@ -136,8 +173,16 @@ class MemoryProfileStore(ProfileStore):
     def __init__(self) -> None:
         self.states: dict[tuple[str, str], bytes] = {}
         self.views: dict[tuple[str, str], bytes] = {}
+        self.versions: dict[tuple[str, str], int] = {}
         self.index: dict[tuple[str, str, str], str] = {}
         self.expiries: dict[tuple[str, str], dict[str, int]] = {}
+
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        return {
+            identity: self.index[(entity, *identity)]
+            for identity in identities
+            if (entity, *identity) in self.index
+        }
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         return {
@@ -146,11 +191,28 @@ class MemoryProfileStore(ProfileStore):
             if (entity, pid) in self.states
         }
 
-    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        if expected is not None:
+            for (index, value), profile in expected.pointers.items():
+                if self.index.get((entity, index, value)) != profile:
+                    raise Conflict(f"{index} {value!r} moved")
+            for profile, version in expected.versions.items():
+                if self.versions.get((entity, profile)) != version:
+                    raise Conflict(f"profile {profile!r} changed")
+        for profile in removed:
+            for store in (self.states, self.views, self.versions):
+                store.pop((entity, profile), None)
         for write in writes:
             key = (entity, write.state.id)
             self.states[key] = write.encoded_state
             self.views[key] = write.view
+            self.versions[key] = write.state.version
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
             if write.expiry is not None:
@@ -181,149 +243,17 @@ class MemoryProfileStore(ProfileStore):
         return [await self.read_view(entity, index, value) for index, value in lookups]
 
 
-# One round trip per read: resolve the index and fetch the view inside Redis.
-_READ_BY_INDEX = Script.of("""
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-return redis.call('GET', ARGV[1] .. id)
-""")
-
-# One round trip per batch of reads. KEYS[i] is a view key when ARGV[i + 1] is "v",
-# else an index key resolved to the view under the prefix ARGV[1]. A missing view is
-# `false` in the reply (a nil element), so the reply has one element per key.
-_READ_MANY = Script.of("""
-local views = {}
-for i, key in ipairs(KEYS) do
-  local view = false
-  if ARGV[i + 1] == 'v' then
-    view = redis.call('GET', key)
-  else
-    local id = redis.call('GET', key)
-    if id then view = redis.call('GET', ARGV[1] .. id) end
-  end
-  views[i] = view
-end
-return views
-""")
-
-
-class RedisProfileStore(ProfileStore):
-    """Writes and batch loads through redis-py (`client`); the API's reads through the
-    leaner `reads` connection (`traitflow.resp`: a read is little besides its round
-    trip, and redis-py's per-command cost was most of it). A process that never reads
-    views, like the worker, never opens that connection."""
-
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient) -> None:
-        self.client = client
-        self.keys = keys
-        self.reads = reads
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str, reads: RespClient | None = None) -> RedisProfileStore:
-        """`reads`: a lean connection to share (closing the store closes it)."""
-        client = aioredis.Redis.from_url(url, decode_responses=False)
-        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url))
-
-    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
-        if not ids:
-            return {}
-        # our client never decodes responses (from_url): values are the stored bytes
-        raws = cast(
-            "list[bytes | None]",
-            await self.client.mget([self.keys.state(entity, pid) for pid in ids]),
-        )
-        return {
-            pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None
-        }
-
-    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
-        if not writes:
-            return
-        keys = self.keys
-        values: dict[str, bytes | str] = {}
-        scheduled: dict[str, dict[str, int]] = {}
-        unscheduled: dict[str, list[str]] = {}
-        for write in writes:
-            pid = write.state.id
-            values[keys.state(entity, pid)] = write.encoded_state
-            values[keys.view(entity, pid)] = write.view
-            for index, value in write.identities:
-                values[keys.index(entity, index, value)] = pid
-            if write.expiry is not None:
-                source, when = write.expiry
-                if when is None:
-                    unscheduled.setdefault(keys.expiries(entity, source), []).append(pid)
-                else:
-                    scheduled.setdefault(keys.expiries(entity, source), {})[pid] = when
-        if not scheduled and not unscheduled:
-            await self.client.mset(values)
-            return
-        async with self.client.pipeline(transaction=True) as transaction:
-            transaction.mset(values)
-            for key, members in scheduled.items():
-                transaction.zadd(key, members)
-            for key, pids in unscheduled.items():
-                transaction.zrem(key, *pids)
-            await transaction.execute()
-
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
-        ids = cast(
-            "list[bytes]",
-            await self.client.zrange(
-                self.keys.expiries(entity, source), "-inf", now, byscore=True, offset=0, num=limit
-            ),
-        )
-        return [pid.decode() for pid in ids]
-
-    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
-        await self.client.zrem(self.keys.expiries(entity, source), *ids)
-
-    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
-        if index == PRIMARY_INDEX:
-            return cast("bytes | None", await self.reads.call("GET", self.keys.view(entity, value)))
-        return cast(
-            "bytes | None",
-            await self.reads.eval(
-                _READ_BY_INDEX,
-                [self.keys.index(entity, index, value)],
-                [self.keys.view_prefix(entity)],
-            ),
-        )
-
-    async def read_views(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[bytes | None]:
-        if not lookups:
-            return []
-        keys: list[str] = []
-        kinds: list[str] = [self.keys.view_prefix(entity)]
-        for index, value in lookups:
-            if index == PRIMARY_INDEX:
-                keys.append(self.keys.view(entity, value))
-                kinds.append("v")
-            else:
-                keys.append(self.keys.index(entity, index, value))
-                kinds.append("i")
-        return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
-
-    async def ping(self) -> None:
-        """Raise unless Redis answers on the connection that reads use (readiness)."""
-        await self.reads.call("PING")
-
-    async def close(self) -> None:
-        await self.client.aclose()
-        await self.reads.close()
-
-
 class CachedProfileStore(ProfileStore):
     """Keeps the decoded states this worker wrote, in front of another store.
 
-    Valid because a profile has exactly one writer: the owner of its partition. Loads
-    of cached profiles cost neither a round trip nor a decode. The cache must be
-    cleared when partitions move (`clear()` on every rebalance), and entries of a
-    failed write are dropped: `apply_event` mutates cached states in place, so a
-    state whose write failed is ahead of the store, and a retried batch would find
-    its offsets already applied and never write them.
+    Loads of cached profiles cost neither a round trip nor a decode. A cached state
+    may be stale, when another worker wrote the profile since (stitching sends one
+    person's events through several partitions): the commit's version check
+    (`Expected`) catches that, and the caller drops the entries (`abandon`) and redoes
+    the batch. The cache is also cleared when partitions move (`clear()` on every
+    rebalance), and entries of a failed write are dropped: `apply_event` mutates
+    cached states in place, so a state whose write failed is ahead of the store, and a
+    retried batch would find its offsets already applied and never write them.
     """
 
     def __init__(self, inner: ProfileStore, max_profiles: int) -> None:
@@ -355,9 +285,19 @@ class CachedProfileStore(ProfileStore):
             found.update(await self.inner.load(entity, missing))
         return found
 
-    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        return await self.inner.lookup(entity, identities)
+
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        self.abandon(entity, removed)
         try:
-            await self.inner.save(entity, writes)
+            await self.inner.commit(entity, writes, removed, expected)
         except BaseException:
             self.abandon(entity, [write.state.id for write in writes])
             raise

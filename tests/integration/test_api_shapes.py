@@ -12,8 +12,9 @@ import pytest
 from tests.integration.conftest import Publisher, create_key, user_id, wait_until
 from tests.integration.oracle import expected_view
 from traitflow.config import Settings
+from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon
-from traitflow.store import CachedProfileStore, RedisProfileStore
+from traitflow.store import CachedProfileStore
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +138,7 @@ def test_entities_get_and_batch(api: httpx.Client, profile: Any) -> None:
             "entity": {
                 "identities": [
                     {"id": user, "namespace": {"code": "user_id"}},
+                    {"id": f"{user}@example.com", "namespace": {"code": "email"}},
                     {"id": f"anon-{user}", "namespace": {"code": "anonymous_id"}},
                 ],
                 "attributes": {"purchase_count": 1},

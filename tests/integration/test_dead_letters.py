@@ -32,7 +32,10 @@ def test_bad_events_are_dead_lettered_and_good_ones_processed(
 
     found = wait_until(all_three, what="three dead letters")
     assert found[not_json]["traitflow.error.reason"].startswith(b"not a valid event")
-    assert found[no_ids]["traitflow.error.reason"] == b"event has neither userId nor anonymousId"
+    assert (
+        found[no_ids]["traitflow.error.reason"]
+        == b"event carries no user identity (user_id, email, anonymous_id)"
+    )
     assert found[no_name]["traitflow.error.reason"] == b"track event has no 'event' name"
     assert found[no_name]["traitflow.error.topic"] == next(iter(settings.sources)).encode()
     assert int(found[no_name]["traitflow.error.offset"]) >= 0

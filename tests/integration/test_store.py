@@ -12,7 +12,8 @@ import redis
 
 from attributes.profile import ProfileState, encode_state
 from traitflow.config import Settings
-from traitflow.store import KeyLayout, ProfileWrite, RedisProfileStore
+from traitflow.redis_store import RedisProfileStore
+from traitflow.store import KeyLayout, ProfileWrite
 
 pytestmark = pytest.mark.integration
 

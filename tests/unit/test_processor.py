@@ -11,12 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attributes.aggregators import Aggregator, State
-from attributes.events import decode_event
 from attributes.paths import compile_path
 from attributes.profile import ProfileState
 from attributes.rules import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
-from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record, profile_id
+from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileStore
 
 pytestmark = pytest.mark.anyio
@@ -97,7 +96,7 @@ async def test_views_are_readable_by_every_identity(pipeline: Pipeline) -> None:
 async def test_anonymous_events_make_a_profile_of_their_own(pipeline: Pipeline) -> None:
     await pipeline.process(records([{"type": "page", "anonymousId": "a-9"}]))
     view = await pipeline.view("anonymous_id", "a-9")
-    assert view["id"] == "a-9"
+    assert view["id"] == "anonymous_id:a-9"
     assert view["identities"] == {"anonymous_id": ["a-9"]}
     assert view["attributes"]["page_views"] == 1
 
@@ -133,7 +132,7 @@ async def test_invalid_records_are_dead_lettered_without_blocking_others(
     no_value, bad_json, no_ids, no_name = (reason for _, reason in pipeline.reasons)
     assert no_value == "record has no value"
     assert bad_json.startswith("not a valid event: JSON is malformed")
-    assert no_ids == "event has neither userId nor anonymousId"
+    assert no_ids == "event carries no user identity (user_id, email, anonymous_id)"
     assert no_name == "track event has no 'event' name"
     assert (await pipeline.view("id", "u-1"))["attributes"]["lifetime_value"] == 10
     assert (await pipeline.view("id", "u-2"))["attributes"]["lifetime_value"] == 5
@@ -210,9 +209,18 @@ async def test_an_empty_batch(pipeline: Pipeline) -> None:
     assert pipeline.store.views == {}
 
 
-def test_profile_id_prefers_the_user_id() -> None:
-    assert profile_id(decode_event(b'{"type":"page","userId":"u","anonymousId":"a"}')) == "u"
-    assert profile_id(decode_event(b'{"type":"page","anonymousId":"a"}')) == "a"
+async def test_a_profile_is_named_after_its_highest_priority_identity(
+    pipeline: Pipeline,
+) -> None:
+    await pipeline.process(
+        records(
+            [
+                {"type": "page", "userId": "u", "anonymousId": "a"},
+                {"type": "page", "anonymousId": "b"},
+            ]
+        )
+    )
+    assert set(pipeline.store.views) == {("user", "u"), ("user", "anonymous_id:b")}
 
 
 async def test_an_integer_beyond_64_bits_is_dead_lettered(pipeline: Pipeline) -> None:
@@ -373,13 +381,17 @@ async def test_the_example_events_give_the_documented_profiles(
     assert report.records == 18
     assert [reason.split(":")[0] for _, reason in pipeline.reasons] == [
         "track event has no 'event' name",
-        "event has neither userId nor anonymousId",
+        "event carries no user identity (user_id, email, anonymous_id)",
         "not a valid event",
     ]
     assert await pipeline.view("user_id", "user-1") == {  # as the README shows it
         "id": "user-1",
         "entity": "user",
-        "identities": {"user_id": ["user-1"], "anonymous_id": ["anon-1"]},
+        "identities": {
+            "user_id": ["user-1"],
+            "email": ["ada@example.com"],
+            "anonymous_id": ["anon-1"],
+        },
         "traits": {"email": "ada@example.com", "name": "Ada Lovelace", "plan": "pro"},
         "attributes": {
             "lifetime_value": 190.5,
@@ -425,20 +437,25 @@ async def test_one_record_per_batch_equals_one_batch(
     assert streamed.reasons == batch.reasons
 
 
-async def test_a_shared_anonymous_id_points_at_the_latest_user_in_any_batching(
+async def test_a_shared_anonymous_id_stays_with_its_first_user_in_any_batching(
     example_rules: RuleSet,
 ) -> None:
+    """Two users on one device: merging them would give a profile two user ids, over
+    the limit of one, so the device's anonymous id stays with the first."""
     events = [
         {"type": "page", "userId": "u-2"},
         {"type": "page", "userId": "u-1", "anonymousId": "a-1"},
         {"type": "page", "userId": "u-2", "anonymousId": "a-1"},  # u-2 logs in on u-1's device
     ]
     batch, streamed = Pipeline(example_rules), Pipeline(example_rules)
-    await batch.process(records(events))
+    refusals = (await batch.process(records(events))).refusals
     for rec in records(events):
-        await streamed.process([rec])
-    assert (await streamed.view("anonymous_id", "a-1"))["id"] == "u-2"
-    assert (await batch.view("anonymous_id", "a-1"))["id"] == "u-2"
+        refusals += (await streamed.process([rec])).refusals
+    assert (await streamed.view("anonymous_id", "a-1"))["id"] == "u-1"
+    assert (await batch.view("anonymous_id", "a-1"))["id"] == "u-1"
+    assert [refusal.identity for refusal in refusals] == [("anonymous_id", "a-1")] * 2
+    for pipeline in (batch, streamed):
+        assert (await pipeline.view("id", "u-2"))["attributes"]["page_views"] == 2
 
 
 USERS = ["u-1", "u-2", "u-3"]

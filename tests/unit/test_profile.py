@@ -10,6 +10,7 @@ from attributes.profile import (
     Applied,
     ProfileState,
     Skip,
+    add_identity,
     apply_event,
     compute_attributes,
     decode_state,
@@ -100,12 +101,16 @@ def test_only_identify_sets_traits(profile: Profile) -> None:
     assert profile.traits == {}
 
 
+def test_identities_are_left_to_stitching(profile: Profile) -> None:
+    """Which identities a profile takes is decided across profiles (`Stitcher`)."""
+    profile.apply(event(type="page", anonymousId="a-1"))
+    assert profile.state.identities == {}
+
+
 def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
-    profile.apply(event(type="page", anonymousId="a-1"))
-    profile.apply(event(type="page", anonymousId="a-1"))
-    profile.apply(event(type="page", anonymousId="a-2"))
-    profile.apply(event(type="page"))
-    assert profile.state.identities == {"user_id": ["u-1"], "anonymous_id": ["a-1", "a-2"]}
+    for kind, value in [("anonymous_id", "a-1"), ("anonymous_id", "a-1"), ("user_id", "u-1")]:
+        add_identity(profile.state, kind, value)
+    assert profile.state.identities == {"anonymous_id": ["a-1"], "user_id": ["u-1"]}
 
 
 # --- the offset watermark -------------------------------------------------------------------
@@ -278,6 +283,8 @@ def test_render_view(profile: Profile) -> None:
     )
     profile.apply(event(type="page", anonymousId="a-1", messageId="m-2"), ts=Y2K_MS + 2 * DAY)
     profile.apply(order("m-3", revenue=10, product_id="sku-1"), ts=Y2K_MS + 123)
+    add_identity(profile.state, "user_id", "u-1")
+    add_identity(profile.state, "anonymous_id", "a-1")
     view = render_view(profile.state, profile.rules, NOW)
     assert view == {
         "id": "u-1",

@@ -8,6 +8,7 @@ from attributes.profile import ProfileState, encode_state
 from traitflow.store import (
     PRIMARY_INDEX,
     CachedProfileStore,
+    Expected,
     KeyLayout,
     MemoryProfileStore,
     ProfileWrite,
@@ -128,10 +129,16 @@ class CountingStore(MemoryProfileStore):
         self.loaded.extend(ids)
         return await super().load(entity, ids)
 
-    async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
         if self.fail_saves:
             raise ConnectionError("redis is down")
-        await super().save(entity, writes)
+        await super().commit(entity, writes, removed, expected)
 
 
 @pytest.fixture

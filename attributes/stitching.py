@@ -1,0 +1,179 @@
+"""Identity stitching: which profile each event of a batch belongs to, and which
+profiles turn out to be one person.
+
+The worker reads where every identity of a batch points today (the identity index),
+loads those profiles, and hands both to `Stitcher`, which goes through the events in
+order. An event belongs with its highest-priority identity's profile (a new one if
+that identity is new); each further identity it carries is linked to that profile if
+new, and its profile merged into that one if it has another. A link or merge that
+would give a profile more values of a type than the type's `limit` is refused: the
+event is applied without it, and the refusal is reported (`Refusal`). With
+`stitching: false` nothing is merged; new identities are still linked.
+
+Which id survives a merge is deterministic: the profile whose id was made from the
+higher-priority identity type (`IdentityRules.id_rank`), then the one seen first, then
+the smaller id. So logging in (a `user_id` arriving with a known `anonymous_id`)
+moves the anonymous profile under the user's id, and reads by id keep working.
+
+Everything here is pure: the caller loads, merges the states (`attributes.merge`),
+applies the events and writes the result only if nothing it read has changed since
+(`traitflow.store`), so two workers stitching at once cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from attributes.identities import IdentityRules
+from attributes.profile import ProfileState
+
+Identity = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A link or merge not made because of an identity limit."""
+
+    profile: str
+    #: the identity that was not linked, or whose profile was not merged
+    identity: Identity
+    reason: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a batch does to the identity graph."""
+
+    #: per event, the profile it is applied to (after every merge of the batch)
+    profiles: list[str] = field(default_factory=list)
+    #: (absorbed, survivor), in the order made; a survivor may be absorbed later
+    merges: list[tuple[str, str]] = field(default_factory=list)
+    #: profiles this batch creates
+    created: list[str] = field(default_factory=list)
+    #: final profile -> identities that must point at it after the batch (new links,
+    #: and every identity of the profiles merged into it), in the order they came
+    links: dict[str, list[Identity]] = field(default_factory=dict)
+    refusals: list[Refusal] = field(default_factory=list)
+
+
+class Stitcher:
+    """Resolves one batch. `pointers` is the identity index as read (identity ->
+    profile id), `profiles` the states of the profiles it names."""
+
+    def __init__(
+        self,
+        rules: IdentityRules,
+        pointers: Mapping[Identity, str],
+        profiles: Mapping[str, ProfileState],
+    ) -> None:
+        self.rules = rules
+        self.pointers = dict(pointers)
+        self.profiles = profiles
+        self.plan = Plan()
+        self._into: dict[str, str] = {}  # absorbed -> survivor
+        self._held: dict[str, dict[str, list[str]]] = {}  # profile -> its identities now
+        self._links: dict[str, list[Identity]] = {}
+
+    def assign(self, identities: Sequence[Identity], previous: Sequence[Identity] = ()) -> str:
+        """The profile of an event carrying `identities` (priority order, at least
+        one) and, for an alias, `previous` (its `previousId` as each type it may be)."""
+        first = identities[0]
+        target = self._owner(first) or self._create(first)
+        for identity in [*identities[1:], *self._previous(previous)]:
+            owner = self._owner(identity)
+            if owner is None:
+                self._link(target, identity)
+            elif owner != target:
+                target = self._merge(target, owner, identity)
+        self.plan.profiles.append(target)
+        return target
+
+    def finish(self) -> Plan:
+        """The plan, with every event's profile and every link under its survivor."""
+        plan = self.plan
+        plan.profiles = [self._find(profile) for profile in plan.profiles]
+        for profile, links in self._links.items():
+            plan.links.setdefault(self._find(profile), []).extend(links)
+        return plan
+
+    def _previous(self, candidates: Sequence[Identity]) -> list[Identity]:
+        for candidate in candidates:
+            if self._owner(candidate) is not None:
+                return [candidate]
+        return list(candidates[-1:])
+
+    def _find(self, profile: str) -> str:
+        while profile in self._into:
+            profile = self._into[profile]
+        return profile
+
+    def _owner(self, identity: Identity) -> str | None:
+        profile = self.pointers.get(identity)
+        return None if profile is None else self._find(profile)
+
+    def _held_by(self, profile: str) -> dict[str, list[str]]:
+        held = self._held.get(profile)
+        if held is None:
+            state = self.profiles.get(profile)
+            source = state.identities if state is not None else {}
+            held = self._held[profile] = {kind: list(values) for kind, values in source.items()}
+        return held
+
+    def _create(self, identity: Identity) -> str:
+        """A profile for a new identity. A stored profile that already has the id
+        (its identities lost from the index) is taken over rather than overwritten;
+        the caller loads those (`candidate_ids`)."""
+        profile = self.rules.profile_id(*identity)
+        if profile not in self.profiles:
+            self.plan.created.append(profile)
+            self._held[profile] = {}
+        self._link(profile, identity)
+        return profile
+
+    def _link(self, profile: str, identity: Identity) -> None:
+        kind, value = identity
+        values = self._held_by(profile).setdefault(kind, [])
+        limit = self.rules.limits.get(kind)
+        if limit is not None and len(values) >= limit:
+            self.plan.refusals.append(
+                Refusal(profile, identity, f"{kind} limit {limit} reached: not linked")
+            )
+            return
+        values.append(value)
+        self.pointers[identity] = profile
+        self._links.setdefault(profile, []).append(identity)
+
+    def _merge(self, target: str, other: str, identity: Identity) -> str:
+        """Merge `other` (the profile `identity` points to) with `target`; return the
+        survivor, or `target` when the merge is refused."""
+        if not self.rules.spec.stitching:
+            return target
+        mine, theirs = self._held_by(target), self._held_by(other)
+        for kind, values in theirs.items():
+            limit = self.rules.limits.get(kind)
+            union = len(set(mine.get(kind, ())) | set(values))
+            if limit is not None and union > limit:
+                self.plan.refusals.append(
+                    Refusal(target, identity, f"merging {other} would exceed the {kind} limit")
+                )
+                return target
+        survivor, absorbed = sorted((target, other), key=self._seniority)
+        into, gone = self._held_by(survivor), self._held_by(absorbed)
+        moved: list[Identity] = []
+        for kind, values in gone.items():
+            have = into.setdefault(kind, [])
+            for value in values:
+                if value not in have:
+                    have.append(value)
+                moved.append((kind, value))
+                self.pointers[(kind, value)] = survivor
+        self._into[absorbed] = survivor
+        self._links.setdefault(survivor, []).extend(moved)
+        self.plan.merges.append((absorbed, survivor))
+        return survivor
+
+    def _seniority(self, profile: str) -> tuple[int, float, str]:
+        state = self.profiles.get(profile)
+        seen = state.first_seen if state is not None and state.version else float("inf")
+        return (self.rules.id_rank(profile), seen, profile)

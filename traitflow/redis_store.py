@@ -1,0 +1,215 @@
+"""`RedisProfileStore`: the profile store on Redis, with the key layout of
+`traitflow.store.KeyLayout`.
+
+The worker's lookups, loads and commits go through redis-py; the API's reads through
+the leaner `traitflow.resp` connection. A commit is one Lua script (`_COMMIT`): its
+checks and its writes run as one, so that no other client's write lands in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from attributes.profile import ProfileState, decode_state
+from traitflow.resp import RespClient, Script
+from traitflow.store import (
+    PRIMARY_INDEX,
+    Conflict,
+    Expected,
+    Identity,
+    KeyLayout,
+    ProfileStore,
+    ProfileWrite,
+)
+
+# One round trip per read: resolve the index and fetch the view inside Redis.
+_READ_BY_INDEX = Script.of("""
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+""")
+
+# One round trip per batch of reads. KEYS[i] is a view key when ARGV[i + 1] is "v",
+# else an index key resolved to the view under the prefix ARGV[1]. A missing view is
+# `false` in the reply (a nil element), so the reply has one element per key.
+_READ_MANY = Script.of("""
+local views = {}
+for i, key in ipairs(KEYS) do
+  local view = false
+  if ARGV[i + 1] == 'v' then
+    view = redis.call('GET', key)
+  else
+    local id = redis.call('GET', key)
+    if id then view = redis.call('GET', ARGV[1] .. id) end
+  end
+  views[i] = view
+end
+return views
+""")
+
+
+# The commit: checks, then writes, atomically (`ProfileStore.commit`). KEYS are, in
+# order: keys to check (ARGV holds each one's expected value, '' for absent), keys to
+# SET, keys to DEL, sorted sets to ZADD a member to, sorted sets to ZREM one from.
+# Returns the first key that failed its check (nothing written), or nil.
+_COMMIT = """
+local checks, sets = tonumber(ARGV[1]), tonumber(ARGV[2])
+local deletes, adds = tonumber(ARGV[3]), tonumber(ARGV[4])
+for k = 1, checks do
+  if (redis.call('GET', KEYS[k]) or '') ~= ARGV[4 + k] then return KEYS[k] end
+end
+local key, arg = checks, 4 + checks
+for i = 1, sets do redis.call('SET', KEYS[key + i], ARGV[arg + i]) end
+key, arg = key + sets, arg + sets
+for i = 1, deletes do redis.call('DEL', KEYS[key + i]) end
+key = key + deletes
+for i = 1, adds do redis.call('ZADD', KEYS[key + i], ARGV[arg + 2 * i], ARGV[arg + 2 * i - 1]) end
+key, arg = key + adds, arg + 2 * adds
+for i = 1, #KEYS - key do redis.call('ZREM', KEYS[key + i], ARGV[arg + i]) end
+return false
+"""
+
+
+class RedisProfileStore(ProfileStore):
+    """Writes and batch loads through redis-py (`client`); the API's reads through the
+    leaner `reads` connection (`traitflow.resp`: a read is little besides its round
+    trip, and redis-py's per-command cost was most of it). A process that never reads
+    views, like the worker, never opens that connection."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient) -> None:
+        self.client = client
+        self.keys = keys
+        self.reads = reads
+        self._commit = client.register_script(_COMMIT)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, reads: RespClient | None = None) -> RedisProfileStore:
+        """`reads`: a lean connection to share (closing the store closes it)."""
+        client = aioredis.Redis.from_url(url, decode_responses=False)
+        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url))
+
+    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        if not ids:
+            return {}
+        # our client never decodes responses (from_url): values are the stored bytes
+        raws = cast(
+            "list[bytes | None]",
+            await self.client.mget([self.keys.state(entity, pid) for pid in ids]),
+        )
+        return {
+            pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None
+        }
+
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        if not identities:
+            return {}
+        keys = [self.keys.index(entity, index, value) for index, value in identities]
+        pids = cast("list[bytes | None]", await self.client.mget(keys))
+        return {
+            identity: pid.decode()
+            for identity, pid in zip(identities, pids, strict=True)
+            if pid is not None
+        }
+
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        if not writes and not removed:
+            return
+        keys = self.keys
+        checks: dict[str, str] = {}
+        if expected is not None:
+            for (index, value), pid in expected.pointers.items():
+                checks[keys.index(entity, index, value)] = pid or ""
+            for pid, version in expected.versions.items():
+                checks[keys.version(entity, pid)] = "" if version is None else str(version)
+        sets: dict[str, bytes | str] = {}
+        deletes: list[str] = []
+        added: list[tuple[str, str, int]] = []
+        dropped: list[tuple[str, str]] = []
+        for pid in removed:
+            deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
+        for write in writes:
+            pid = write.state.id
+            sets[keys.state(entity, pid)] = write.encoded_state
+            sets[keys.view(entity, pid)] = write.view
+            sets[keys.version(entity, pid)] = str(write.state.version)
+            for index, value in write.identities:
+                sets[keys.index(entity, index, value)] = pid
+            if write.expiry is not None:
+                source, when = write.expiry
+                if when is None:
+                    dropped.append((keys.expiries(entity, source), pid))
+                else:
+                    added.append((keys.expiries(entity, source), pid, when))
+        script_keys = [
+            *checks,
+            *sets,
+            *deletes,
+            *(k for k, _, _ in added),
+            *(k for k, _ in dropped),
+        ]
+        args: list[bytes | str | int] = [len(checks), len(sets), len(deletes), len(added)]
+        args += checks.values()
+        args += sets.values()
+        for _, member, score in added:
+            args += (member, score)
+        args += (member for _, member in dropped)
+        conflict = await self._commit(keys=script_keys, args=args)
+        if conflict is not None:
+            raise Conflict(f"{conflict.decode()} changed since it was read")
+
+    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+        ids = cast(
+            "list[bytes]",
+            await self.client.zrange(
+                self.keys.expiries(entity, source), "-inf", now, byscore=True, offset=0, num=limit
+            ),
+        )
+        return [pid.decode() for pid in ids]
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        await self.client.zrem(self.keys.expiries(entity, source), *ids)
+
+    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        if index == PRIMARY_INDEX:
+            return cast("bytes | None", await self.reads.call("GET", self.keys.view(entity, value)))
+        return cast(
+            "bytes | None",
+            await self.reads.eval(
+                _READ_BY_INDEX,
+                [self.keys.index(entity, index, value)],
+                [self.keys.view_prefix(entity)],
+            ),
+        )
+
+    async def read_views(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[bytes | None]:
+        if not lookups:
+            return []
+        keys: list[str] = []
+        kinds: list[str] = [self.keys.view_prefix(entity)]
+        for index, value in lookups:
+            if index == PRIMARY_INDEX:
+                keys.append(self.keys.view(entity, value))
+                kinds.append("v")
+            else:
+                keys.append(self.keys.index(entity, index, value))
+                kinds.append("i")
+        return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers on the connection that reads use (readiness)."""
+        await self.reads.call("PING")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.reads.close()
