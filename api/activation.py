@@ -23,7 +23,7 @@ from api.auth import Principal
 from api.caching import view_response
 from api.direct import DirectRoute, admitted
 from api.errors import ApiError
-from api.records import cached, check_id
+from api.records import cached, check_id, lookup_value
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
@@ -165,7 +165,9 @@ async def _activate(request: Request, principal: Principal) -> Response:
     check_id("id.value", id_value, settings, field="message")
 
     store: ProfileStore = request.app.state.store
-    view = await store.read_view(destination.entity, id_type, id_value)
+    view = await store.read_view(
+        destination.entity, id_type, lookup_value(request, destination.entity, id_type, id_value)
+    )
     data = (
         {}
         if view is None

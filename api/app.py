@@ -21,6 +21,7 @@ from api import activation, entities, errors, middleware, operations, records
 from api.direct import DirectApp
 from api.instrumented import InstrumentedStore
 from api.keys import KeyStore, RedisKeyStore
+from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
@@ -64,6 +65,10 @@ def create_app(
 
     app = DirectApp(title="traitflow", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    #: entity -> its identity rules: lookups are normalised as the worker indexed them
+    app.state.identities = {
+        entity: IdentityRules(spec) for entity, spec in settings.entities.items()
+    }
     errors.install(app)
     middleware.install(app, settings)
     for module in (operations, records, activation, entities):

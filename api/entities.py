@@ -20,7 +20,7 @@ from api import shapes
 from api.auth import Principal, authenticate
 from api.caching import view_response
 from api.errors import ApiError
-from api.records import RECORD_EXAMPLE, cached, check_id, collection_entity
+from api.records import RECORD_EXAMPLE, cached, check_id, collection_entity, lookup_value
 from traitflow.config import Settings
 from traitflow.store import PRIMARY_INDEX, ProfileStore
 
@@ -93,7 +93,9 @@ async def read_entity(
     check_id("entityIdNS", namespace, settings)
     check_id("entityId", entity_id, settings)
     store: ProfileStore = request.app.state.store
-    view = await store.read_view(entity, namespace, entity_id)
+    view = await store.read_view(
+        entity, namespace, lookup_value(request, entity, namespace, entity_id)
+    )
     if view is None:
         raise ApiError(404, f"no profile with {namespace} = {entity_id!r}")
     decoded = shapes.decode_view(view)
@@ -186,7 +188,7 @@ async def read_entities(
         namespace = identity.entityIdNS.code if identity.entityIdNS else PRIMARY_INDEX
         check_id(f"identities.{number}.entityIdNS.code", namespace, settings)
         check_id(f"identities.{number}.entityId", identity.entityId, settings)
-        lookups.append((namespace, identity.entityId))
+        lookups.append((namespace, lookup_value(request, entity, namespace, identity.entityId)))
     store: ProfileStore = request.app.state.store
     views = await store.read_views(entity, lookups)
     found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}

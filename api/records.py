@@ -19,6 +19,7 @@ from api.auth import Principal, authenticate
 from api.caching import view_response
 from api.direct import DirectRoute, admitted
 from api.errors import ApiError
+from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
@@ -63,6 +64,12 @@ def check_id(what: str, value: str, settings: Settings, field: str = "error") ->
             value.encode()
         except UnicodeEncodeError as exc:
             raise ApiError(400, f"{what} should be valid Unicode text", field=field) from exc
+
+
+def lookup_value(request: Request, entity: str, index: str, value: str) -> str:
+    """`value` as the identity index holds it (`IdentityRules.lookup_value`)."""
+    rules: IdentityRules | None = request.app.state.identities.get(entity)
+    return value if rules is None else rules.lookup_value(index, value)
 
 
 def collection_entity(request: Request, collection: str, principal: Principal) -> str:
@@ -121,7 +128,7 @@ async def read_record(
         check_id("index", index, settings)
         check_id("value", value, settings)
         store: ProfileStore = request.app.state.store
-        view = await store.read_view(entity, index, value)
+        view = await store.read_view(entity, index, lookup_value(request, entity, index, value))
         if view is None:
             return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
         return view_response(request, projected(view, shapes.parse_fields(fields)))
@@ -191,7 +198,10 @@ async def read_records(
         check_id(f"lookups.{number}.index", lookup.index, settings)
         check_id(f"lookups.{number}.value", lookup.value, settings)
     store: ProfileStore = request.app.state.store
-    views = await store.read_views(entity, [(lookup.index, lookup.value) for lookup in lookups])
+    views = await store.read_views(
+        entity,
+        [(lu.index, lookup_value(request, entity, lu.index, lu.value)) for lu in lookups],
+    )
     wanted = shapes.parse_fields(fields)
     records = b",".join(b"null" if view is None else projected(view, wanted) for view in views)
     return Response(b'{"records":[' + records + b"]}", media_type="application/json")

@@ -199,6 +199,19 @@ class IdentityRules:
                 found.append((kind, value))
         return found
 
+    def in_priority_order(self, identities: dict[str, list[str]]) -> dict[str, list[str]]:
+        """`identities` (type -> values) with the types in priority order, as a profile
+        shows them; undeclared types last."""
+        last = len(self.types)
+        return dict(sorted(identities.items(), key=lambda item: self.rank.get(item[0], last)))
+
+    def lookup_value(self, kind: str, value: str) -> str:
+        """`value` as the index holds it, when read by identity type `kind`: normalised
+        as extracted (an email read as `Ada@X.io` finds `ada@x.io`); other kinds as
+        they are."""
+        rank = self.rank.get(kind)
+        return value if rank is None else self._identities[rank].normalise(value)
+
     def profile_id(self, kind: str, value: str) -> str:
         """The id of a profile whose highest-priority identity is `kind`=`value`.
 

@@ -1,6 +1,6 @@
 """End-to-end pipeline benchmark: N events through a real worker until the last profile is served.
 
-    python -m bench.pipeline --events 200000 --users 10000
+    python -m bench.pipeline --events 200000 --users 10000 [--anonymous 0.1] [--stitching off]
 
 Publishes N synthetic events (keyed by user, like `traitflow produce`) to a fresh topic,
 then starts `--workers` `traitflow worker` processes (one consumer group) on it and
@@ -14,6 +14,15 @@ so once each partition's last record shows in its profile's version, all records
 in. Afterwards every profile's purchase count and lifetime value are checked against
 totals computed here. Uses the embedded services (started if needed) unless
 TRAITFLOW_KAFKA_BOOTSTRAP / TRAITFLOW_REDIS_URL point elsewhere.
+
+Every event carries its user's `anonymousId` (`anon-<user>`) as an SDK's do, so each
+profile has two identities. `--anonymous F` makes a fraction F of the events anonymous
+(only the `anonymousId`, keyed by it, so on another partition than the user's other
+events): their profiles merge into the user's when a later event carries both, which
+is identity stitching at work, two workers writing one person included. Each user's
+last event carries both ids, so every anonymous profile is merged by the end.
+`--stitching off` runs the worker with stitching turned off (nothing merges; only
+with `--anonymous 0`, where the served profiles are the same either way).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
+from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
 from traitflow.store import KeyLayout
@@ -51,18 +61,33 @@ class Expected:
 CATEGORIES = ["books", "garden", "kitchen", "toys", "music", "games", "shoes", "tools"]
 
 
-def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Expected]:
+def make_events(
+    n: int, users: int, seed: int, anonymous: float = 0.0
+) -> tuple[list[tuple[bytes, bytes]], Expected]:
     """(key, value) pairs: 55% product views, 30% orders, 10% pages, 5% identifies, one
-    second apart and ending now, so that the example rules' windows hold them."""
+    second apart and ending now, so that the example rules' windows hold them; a
+    fraction `anonymous` of the views and pages without the userId."""
     rng = random.Random(seed)
     expected = Expected()
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     base = int(time.time()) * 1000 - n * 1000
+    last_anonymous: dict[str, int] = {}  # user -> index in `out` of its latest event
     for i in range(n):
         user = f"bench-user-{rng.randrange(users)}"
         roll = rng.random()
         ts = base + i * 1000
-        event: dict[str, object] = {"userId": user, "messageId": f"m{i}"}
+        event: dict[str, object] = {
+            "userId": user,
+            "anonymousId": f"anon-{user}",
+            "messageId": f"m{i}",
+        }
+        key = user
+        if roll >= 0.30 and rng.random() < anonymous:
+            del event["userId"]
+            key = f"anon-{user}"
+            last_anonymous[user] = len(out)
+        else:
+            last_anonymous.pop(user, None)
         if roll < 0.30:
             cents = rng.randrange(100, 50_000)
             event |= {
@@ -91,7 +116,10 @@ def make_events(n: int, users: int, seed: int) -> tuple[list[tuple[bytes, bytes]
             event |= {"type": "identify", "traits": {"plan": rng.choice(["free", "pro"])}}
         event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1000))
         expected.events[user] = expected.events.get(user, 0) + 1
-        out.append((user.encode(), orjson.dumps(event)))
+        out.append((key.encode(), orjson.dumps(event)))
+    for user, index in last_anonymous.items():  # its last event links its anonymous one
+        event = orjson.loads(out[index][1]) | {"userId": user}
+        out[index] = (user.encode(), orjson.dumps(event))
     return out, expected
 
 
@@ -154,7 +182,11 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes in the consumer group"
     )
+    parser.add_argument("--anonymous", type=float, default=0.0, help="anonymous event share")
+    parser.add_argument("--stitching", choices=["on", "off"], default="on")
     args = parser.parse_args()
+    if args.stitching == "off" and args.anonymous:
+        sys.exit("--stitching off needs --anonymous 0: anonymous profiles would never merge")
 
     run = uuid.uuid4().hex[:8]
     base = Settings()
@@ -164,12 +196,14 @@ def main() -> None:
         f"bench-{run}",
         topic_partitions=args.partitions,
         rules_path=ROOT / "examples" / "rules.yaml",
+        entities={"user": DEFAULT_USER.model_copy(update={"stitching": args.stitching == "on"})},
     )
     topic = next(iter(settings.sources))
-    events, expected = make_events(args.events, args.users, args.seed)
+    events, expected = make_events(args.events, args.users, args.seed, args.anonymous)
     asyncio.run(ensure_topics(settings))
     started = time.perf_counter()
-    last_user = asyncio.run(publish(settings, topic, events))
+    last_key = asyncio.run(publish(settings, topic, events))
+    last_user = {partition: key.removeprefix("anon-") for partition, key in last_key.items()}
     produce_s = time.perf_counter() - started
 
     env = settings.child_env()
@@ -205,6 +239,7 @@ def main() -> None:
     print(f"events            {args.events} over {args.users} users, {args.partitions} partitions")
     print(f"produce           {args.events / produce_s:,.0f} events/s")
     print(f"workers           {args.workers}")
+    print(f"identities        anonymous share {args.anonymous:.0%}, stitching {args.stitching}")
     print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
     print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")
     print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core (all workers)")

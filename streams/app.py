@@ -22,11 +22,12 @@ import faust
 import redis.exceptions
 from faust.types import Message
 
+from attributes.identities import IdentityRules
 from attributes.rules import RuleSet
 from streams import fastfaust
 from streams.batches import batch_subscribe
 from streams.metrics import WorkerMetrics
-from streams.processor import BatchProcessor, DeadLetterSink, Record
+from streams.processor import ENTITY, BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import CachedProfileStore
@@ -97,6 +98,7 @@ def create_app(
         store,
         TopicDeadLetters(dead_letters),
         remembered_renders=settings.state_cache_profiles,
+        identities=IdentityRules(settings.entities[ENTITY]),
     )
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()

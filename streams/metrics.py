@@ -4,7 +4,9 @@ Counters follow the batch reports, so they say what happened to every record: ap
 dead-lettered, skipped as already applied (at-least-once redelivery at work), and, per
 attribute and reason, the events an attribute did not take (a string where a number is
 summed, a missing field, an event outside a window, a filter that failed). Each skip
-is also in the worker's log with its messageId when it is a type error.
+is also in the worker's log with its messageId when it is a type error. Identity
+stitching adds merges, links refused by an identity limit (also logged), and commits
+that found another worker's write under them (the batch was computed again).
 
 The worker serves them on `TRAITFLOW_WORKER_METRICS_PORT` when that is set.
 """
@@ -39,6 +41,22 @@ class WorkerMetrics:
             ["attribute", "kind"],
             registry=self.registry,
         )
+        self.merges = Counter(
+            "traitflow_profile_merges",
+            "Profiles merged into another by identity stitching.",
+            registry=self.registry,
+        )
+        self.refused_links = Counter(
+            "traitflow_refused_links",
+            "Identity links and merges not made because of an identity limit, by type.",
+            ["identity_type"],
+            registry=self.registry,
+        )
+        self.commit_conflicts = Counter(
+            "traitflow_commit_conflicts",
+            "Batches computed again because another worker changed what they read.",
+            registry=self.registry,
+        )
         self.window_expiries = Counter(
             "traitflow_window_expiries",
             "Profiles re-rendered because a lookback window moved, without an event.",
@@ -58,6 +76,10 @@ class WorkerMetrics:
         self.profiles_written.inc(report.profiles_written)
         for skip in report.skips:
             self.skips.labels(skip.attribute, skip.kind).inc()
+        self.merges.inc(report.merges)
+        for refusal in report.refusals:
+            self.refused_links.labels(refusal.identity[0]).inc()
+        self.commit_conflicts.inc(report.conflicts)
         self.batch_seconds.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:

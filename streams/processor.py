@@ -102,15 +102,17 @@ class BatchReport:
     skips: list[Skip] = field(default_factory=list)
     #: links and merges not made because of identity limits
     refusals: list[Refusal] = field(default_factory=list)
+    #: profiles merged into another
+    merges: int = 0
     #: times the batch was computed again because its commit found a change under it
     conflicts: int = 0
 
-    def mark(self) -> tuple[int, int, int]:
-        return self.duplicates, len(self.skips), len(self.refusals)
+    def mark(self) -> tuple[int, int, int, int]:
+        return self.duplicates, len(self.skips), len(self.refusals), self.merges
 
-    def rollback(self, mark: tuple[int, int, int]) -> None:
+    def rollback(self, mark: tuple[int, int, int, int]) -> None:
         """Forget the per-event findings since `mark`: that attempt failed and is redone."""
-        self.duplicates, skips, refusals = mark
+        self.duplicates, skips, refusals, self.merges = mark
         del self.skips[skips:]
         del self.refusals[refusals:]
 
@@ -226,6 +228,8 @@ class BatchProcessor:
             break
         report.dead_lettered = len(rejected)
         report.profiles_written = len(stitched.writes)
+        for refusal in report.refusals:
+            log.info("profile %s: %s %r: %s", refusal.profile, *refusal.identity, refusal.reason)
         for skip in report.skips:
             if skip.kind == "wrong_type":  # the others are routine: counted, not logged
                 log.info(
@@ -266,6 +270,7 @@ class BatchProcessor:
             stitcher.assign(item.ids, item.previous)
         plan = stitcher.finish()
         report.refusals.extend(plan.refusals)
+        report.merges += len(plan.merges)
         for pid in plan.created:
             states[pid] = ProfileState(id=pid, entity=ENTITY)
             expected.versions.setdefault(pid, None)
@@ -283,8 +288,10 @@ class BatchProcessor:
         for pid, items in by_profile.items():
             state = states[pid]
             links = list(dict.fromkeys(plan.links.get(pid, ())))
-            for kind, value in links:
-                add_identity(state, kind, value)
+            if links:
+                for kind, value in links:
+                    add_identity(state, kind, value)
+                state.identities = self.identities.in_priority_order(state.identities)
             changed = bool(links) or pid in merged
             # what the slow path starts again from; a merged state is nowhere else
             snapshot = encode_state(state) if pid in merged else None

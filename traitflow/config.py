@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from attributes.identities import DEFAULT_USER, EntitySpec
+
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "traitflow-dead-letters"
     topic_partitions: int = Field(default=8, ge=1)
     rules_path: Path = Path("examples/rules.yaml")
+    #: entity -> its identity types (priority order), limits and stitching
+    #: (`attributes.identities`); the worker builds profiles of `user`
+    entities: dict[str, EntitySpec] = {"user": DEFAULT_USER}
     #: collection name (in API paths) -> entity
     collections: dict[str, str] = {"users": "user"}
     #: activation destination id -> the entity and attributes it serves
@@ -68,6 +73,15 @@ class Settings(BaseSettings):
     #: lookups per batch request, and characters per identity value, at most
     max_batch_lookups: int = Field(default=100, ge=1)
     max_id_length: int = Field(default=512, ge=1)
+
+    @model_validator(mode="after")
+    def _entities_are_the_ones_built(self) -> Settings:
+        if set(self.entities) != {"user"}:
+            raise ValueError(
+                "entities: this version builds profiles of exactly one entity, 'user' "
+                f"(declared: {', '.join(sorted(self.entities)) or 'none'})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _destinations_serve_known_entities(self) -> Settings:

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from api.keys import RedisKeyStore, new_key
+from attributes.identities import IdentityRules
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
@@ -72,7 +73,13 @@ async def expected_profile(
     """Batch-compute the profile of `user` at `now` and the dead-letter count."""
     records = [Record("file", 0, offset, line, 0) for offset, line in enumerate(lines)]
     store, dead = MemoryProfileStore(), ListDeadLetters()
-    processor = BatchProcessor(load_rules(settings.rules_path), store, dead, clock=lambda: now)
+    processor = BatchProcessor(
+        load_rules(settings.rules_path),
+        store,
+        dead,
+        clock=lambda: now,
+        identities=IdentityRules(settings.entities["user"]),
+    )
     await processor.process(records)
     view = await store.read_view("user", "user_id", user)
     if view is None:

@@ -229,3 +229,19 @@ async def test_the_batch_limit_is_inclusive(client: httpx.AsyncClient) -> None:
     response = await client.post(f"{BASE}/batch", json=lookups(3))
     assert response.status_code == 200
     assert orjson.loads(response.content)["records"] == [orjson.loads(U1)] * 3
+
+
+async def test_a_lookup_is_normalised_as_its_identity_type_is_indexed(
+    client: httpx.AsyncClient, store: CountingStore
+) -> None:
+    """Emails are indexed trimmed and lower-cased: a read in any case finds them, in
+    the single read and in the batch alike."""
+    single = await client.get(f"{BASE}/email/B@C.D")
+    batch = await client.post(
+        f"{BASE}/batch", json={"lookups": [{"index": "email", "value": " b@C.d"}]}
+    )
+    assert single.content == U2
+    assert batch.json()["records"][0]["id"] == "u-2"
+    assert store.batches[-1] == [("email", "b@c.d")]
+    case_kept = await client.get(f"{BASE}/anonymous_id/A-1")  # ids keep their case
+    assert case_kept.status_code == 404

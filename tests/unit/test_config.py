@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
 
+from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
 
 
@@ -182,3 +186,40 @@ def test_child_env_replaces_every_traitflow_variable(monkeypatch: pytest.MonkeyP
     assert env["TRAITFLOW_KEY_PREFIX"] == "mine"
     assert "TRAITFLOW_OBSOLETE" not in env
     assert env["UNRELATED"] == "kept"
+
+
+def test_entities_default_to_the_user_identities() -> None:
+    user = Settings().entities["user"]
+    assert [identity.type for identity in user.identities] == ["user_id", "email", "anonymous_id"]
+    assert user.stitching
+
+
+def test_entities_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {
+        "user": {
+            "identities": [
+                {"type": "customer_id", "paths": ["traits.customer_id"], "limit": 1},
+                {"type": "anonymous_id", "paths": ["anonymousId"]},
+            ],
+            "stitching": False,
+        }
+    }
+    monkeypatch.setenv("TRAITFLOW_ENTITIES", json.dumps(spec))
+    user = Settings().entities["user"]
+    assert [identity.type for identity in user.identities] == ["customer_id", "anonymous_id"]
+    assert not user.stitching
+
+
+@pytest.mark.parametrize(
+    ("entities", "problem"),
+    [
+        ({}, "exactly one entity, 'user' (declared: none)"),
+        (
+            {"user": DEFAULT_USER, "account": DEFAULT_USER},
+            "exactly one entity, 'user' (declared: account, user)",
+        ),
+    ],
+)
+def test_only_the_user_entity_is_built(entities: dict[str, Any], problem: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=re.escape(problem)):
+        Settings(entities=entities)

@@ -1,14 +1,20 @@
-"""The README's rule examples are rules this version accepts."""
+"""The README's examples are what this version accepts and serves."""
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 
+import pytest
 import yaml
 
-from attributes.rules import parse_rules
+from attributes.identities import DEFAULT_USER, EntitySpec
+from attributes.rules import RuleSet, parse_rules
 from attributes.specs import AttributeSpec
+from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import ROOT
+from traitflow.store import MemoryProfileStore
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```yaml\n(.*?)```", README, flags=re.DOTALL)
@@ -35,3 +41,46 @@ def test_complete_rule_file_examples_load() -> None:
     assert len(complete) >= 2
     for block in complete:
         parse_rules(block, "README.md")
+
+
+JSON_BLOCKS = re.findall(r"```json\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_the_documented_entities_are_the_default() -> None:
+    documented = next(block for block in JSON_BLOCKS if block.startswith('{"user": {'))
+    entities = json.loads(documented)
+    assert EntitySpec.model_validate(entities["user"]) == DEFAULT_USER
+
+
+@pytest.mark.anyio
+async def test_the_stitching_walkthrough_serves_the_documented_profile(
+    example_rules: RuleSet,
+) -> None:
+    """anonymous -> CRM by email -> login -> order, one event per batch, as a worker
+    fed `examples/stitching.jsonl` would see them; read by each identity."""
+    documented = json.loads(next(b for b in JSON_BLOCKS if '"id": "u-77"' in b))
+    lines = (ROOT / "examples" / "stitching.jsonl").read_bytes().splitlines()
+    store = MemoryProfileStore()
+    now = datetime(2026, 11, 12, tzinfo=UTC).timestamp()
+    processor = BatchProcessor(example_rules, store, ListDeadLetters(), clock=lambda: now)
+    merges = [
+        (await processor.process([Record("events", 0, offset, line, 0)])).merges
+        for offset, line in enumerate(lines)
+    ]
+    assert merges == [0, 0, 0, 2, 0]  # the login merges the anonymous and the CRM profiles
+    views = [
+        await store.read_view("user", index, value)
+        for index, value in [
+            ("id", "u-77"),
+            ("user_id", "u-77"),
+            ("email", "grace@example.com"),
+            ("anonymous_id", "a-77"),
+        ]
+    ]
+    assert len(set(views)) == 1
+    served = json.loads(views[0] or b"null")
+    shown = {**documented, "attributes": served["attributes"]}
+    assert served == shown
+    attributes = {k: v for k, v in documented["attributes"].items() if k != "…"}
+    assert attributes.items() <= served["attributes"].items()
+    assert set(store.views) == {("user", "u-77")}  # the merged-away profiles are gone
