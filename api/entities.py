@@ -4,8 +4,9 @@ Only the profile schema (`_xdm.context.profile`) is served; it is the `user` ent
 read through the collection that serves `user` (which the caller's key must be allowed
 to read). An identity namespace (`entityIdNS`: `email`, `ECID`, ...) is one of our
 identity index names as it is; no namespace means `entityId` is the profile's own id.
-Merge policies are not configurable yet: `mergePolicyId` must be absent or the one
-configured id (`Settings.default_merge_policy`).
+`mergePolicyId` names one of the configured merge policies (`TRAITFLOW_MERGE_POLICIES`,
+default: `TRAITFLOW_DEFAULT_MERGE_POLICY`); another than the default gets the traits
+merged under it from the stored per-source fragments (`api.policies`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from api import shapes
 from api.auth import Principal, authenticate
 from api.caching import view_response
 from api.errors import ApiError
+from api.policies import chosen_policy, reshaped
 from api.records import RECORD_EXAMPLE, cached, check_id, collection_entity, lookup_value
+from attributes.policies import MergePolicy
 from traitflow.config import Settings
 from traitflow.store import PRIMARY_INDEX, ProfileStore
 
@@ -39,15 +42,33 @@ def profile_entity(request: Request, principal: Principal) -> str:
     raise ApiError(404, f"no collection serves the {PROFILE_ENTITY!r} entity")
 
 
-def check_request(schema_name: str, merge_policy: str | None, settings: Settings) -> None:
+def check_request(
+    schema_name: str, merge_policy: str | None, settings: Settings
+) -> tuple[str, MergePolicy] | None:
+    """The merge policy the request names, or None for the default (the stored views)."""
     if schema_name != PROFILE_SCHEMA:
         raise ApiError(400, f"schema.name {schema_name!r} is not served: use {PROFILE_SCHEMA}")
-    if merge_policy is not None and merge_policy != settings.default_merge_policy:
-        raise ApiError(
-            404,
-            f"merge policy {merge_policy!r} not found: only the default merge policy "
-            f"{settings.default_merge_policy!r} is supported",
-        )
+    policy_id, policy = chosen_policy(settings, merge_policy)
+    return None if policy_id == settings.default_merge_policy else (policy_id, policy)
+
+
+async def views_under(
+    store: ProfileStore,
+    entity: str,
+    lookups: list[tuple[str, str]],
+    policy: tuple[str, MergePolicy] | None,
+) -> list[dict[str, Any] | None]:
+    """The decoded views `lookups` find, their traits merged under `policy` (None: as
+    stored)."""
+    if policy is None:
+        return [
+            None if view is None else shapes.decode_view(view)
+            for view in await store.read_views(entity, lookups)
+        ]
+    return [
+        None if found is None else reshaped(*found, *policy, provenance=False)
+        for found in await store.read_profiles(entity, lookups)
+    ]
 
 
 ADOBE_EXAMPLE: dict[str, Any] = {
@@ -87,18 +108,16 @@ async def read_entity(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings: Settings = request.app.state.settings
-    check_request(schema_name, merge_policy, settings)
+    policy = check_request(schema_name, merge_policy, settings)
     entity = profile_entity(request, principal)
     namespace = entity_id_ns or PRIMARY_INDEX
     check_id("entityIdNS", namespace, settings)
     check_id("entityId", entity_id, settings)
     store: ProfileStore = request.app.state.store
-    view = await store.read_view(
-        entity, namespace, lookup_value(request, entity, namespace, entity_id)
-    )
-    if view is None:
+    lookup = (namespace, lookup_value(request, entity, namespace, entity_id))
+    decoded = (await views_under(store, entity, [lookup], policy))[0]
+    if decoded is None:
         raise ApiError(404, f"no profile with {namespace} = {entity_id!r}")
-    decoded = shapes.decode_view(view)
     shaped = shapes.adobe_entity(decoded, shapes.parse_fields(fields))
     return view_response(request, orjson.dumps({str(decoded.get("id")): shaped}))
 
@@ -172,7 +191,7 @@ async def read_entities(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings: Settings = request.app.state.settings
-    check_request(body.schema_.name, body.mergePolicyId, settings)
+    policy = check_request(body.schema_.name, body.mergePolicyId, settings)
     entity = profile_entity(request, principal)
     identities = body.identities
     if not identities:
@@ -190,12 +209,11 @@ async def read_entities(
         check_id(f"identities.{number}.entityId", identity.entityId, settings)
         lookups.append((namespace, lookup_value(request, entity, namespace, identity.entityId)))
     store: ProfileStore = request.app.state.store
-    views = await store.read_views(entity, lookups)
+    views = await views_under(store, entity, lookups, policy)
     found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    for identity, view in zip(identities, views, strict=True):
-        if view is None:
+    for identity, decoded in zip(identities, views, strict=True):
+        if decoded is None:
             continue
-        decoded = shapes.decode_view(view)
         key = str(decoded.get("id"))
         requested = identity.model_dump(exclude_none=True)
         if key in found:

@@ -99,6 +99,11 @@ class InstrumentedStore(ProfileStore):
     ) -> list[bytes | None]:
         return await self._timed("read_views", self.inner.read_views(entity, lookups))
 
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        return await self._timed("read_profiles", self.inner.read_profiles(entity, lookups))
+
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         return await self._timed("load", self.inner.load(entity, ids))
 

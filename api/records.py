@@ -19,6 +19,7 @@ from api.auth import Principal, authenticate
 from api.caching import view_response
 from api.direct import DirectRoute, admitted
 from api.errors import ApiError
+from api.policies import chosen_policy, reshaped
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
@@ -50,6 +51,24 @@ def cached(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[s
     for status, entry in caching.RESPONSES.items():
         merged[status] = {**entry, **merged.get(status, {})}
     return merged
+
+
+MERGE_POLICY_DESCRIPTION = (
+    "A configured merge policy id: the record's traits merged under it. Default: the "
+    "default policy, whose merge is stored."
+)
+PROVENANCE_DESCRIPTION = (
+    "`true`: add `provenance`, the source and event time of each trait and the policy."
+)
+
+
+def flag(name: str, value: str | None) -> bool:
+    """A boolean query parameter: absent, `false` or `0` is False; `true` or `1` True."""
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise ApiError(400, f"{name} should be true or false, not {value!r}")
 
 
 def check_id(what: str, value: str, settings: Settings, field: str = "error") -> None:
@@ -121,17 +140,31 @@ async def read_record(
     value: str,
     request: Request,
     fields: str | None = Query(None, description=FIELDS_DESCRIPTION),
+    merge_policy: str | None = Query(None, description=MERGE_POLICY_DESCRIPTION),
+    provenance: str | None = Query(None, description=PROVENANCE_DESCRIPTION),
 ) -> Response:
     async with admitted(request) as principal:
         entity = collection_entity(request, collection, principal)
         settings: Settings = request.app.state.settings
         check_id("index", index, settings)
         check_id("value", value, settings)
+        policy_id, policy = chosen_policy(settings, merge_policy)
+        with_provenance = flag("provenance", provenance)
         store: ProfileStore = request.app.state.store
-        view = await store.read_view(entity, index, lookup_value(request, entity, index, value))
-        if view is None:
-            return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
-        return view_response(request, projected(view, shapes.parse_fields(fields)))
+        key = lookup_value(request, entity, index, value)
+        missing = f"no record with {index} = {value!r} in {collection!r}"
+        wanted = shapes.parse_fields(fields)
+        if policy_id == settings.default_merge_policy and not with_provenance:
+            view = await store.read_view(entity, index, key)  # as stored: the hot path
+            if view is None:
+                return errors.error(404, missing)
+            return view_response(request, projected(view, wanted))
+        found = (await store.read_profiles(entity, [(index, key)]))[0]
+        if found is None:
+            return errors.error(404, missing)
+        document = reshaped(*found, policy_id, policy, with_provenance)
+        body = document if wanted is None else shapes.project(document, wanted)
+        return view_response(request, orjson.dumps(body))
 
 
 class Lookup(BaseModel):

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import msgspec
 
-EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
+#: the Segment spec's types, and `delete`: a source retracting what it said of a profile
+#: (Hightouch: a row removed from a sync); what it removes is the source's setting
+EventType = Literal["track", "identify", "page", "screen", "alias", "group", "delete"]
 
 
 class InvalidEvent(ValueError):

@@ -6,8 +6,8 @@ computed, so the merged profile is exactly what one profile fed all the events o
 both would be (`tests/unit/test_merge.py` checks that against a single fold):
 
 - attribute states with their aggregator's `merge` (windows bucket by bucket);
-- identify traits per field, the latest by (event time, messageId), as `apply_event`
-  picks them;
+- identify traits per source and field, the latest by (event time, messageId), as
+  `apply_event` picks them;
 - identities as a union, the survivor's first;
 - offset watermarks per input partition, the higher: each partition is read in order
   by one consumer, so every offset at or below either watermark has been processed,
@@ -27,14 +27,30 @@ from attributes.rules import RuleSet
 def merge_states(survivor: ProfileState, absorbed: ProfileState, rules: RuleSet) -> None:
     """Fold `absorbed` into `survivor`, in place. Both must fit `rules`
     (`attributes.profile.reconcile`). `survivor` may share parts of `absorbed`'s
-    attribute states afterwards: `absorbed` is done with (it is deleted)."""
+    attribute states afterwards: `absorbed` is done with (it is deleted). A profile a
+    source deleted brings only its identities and watermarks."""
     for kind, values in absorbed.identities.items():
         for value in values:
             add_identity(survivor, kind, value)
-    for trait, entry in absorbed.traits.items():
-        current = survivor.traits.get(trait)
-        if current is None or (entry[0], entry[1]) > (current[0], current[1]):
-            survivor.traits[trait] = list(entry)
+    for source, offset in absorbed.offsets.items():
+        if offset > survivor.offsets.get(source, -1):
+            survivor.offsets[source] = offset
+    survivor_seen = survivor.version > 0 and not survivor.deleted
+    survivor.version += absorbed.version
+    if absorbed.deleted or not absorbed.version:
+        return
+    survivor.deleted = False
+    if not survivor_seen:  # what there is of it is absorbed's
+        survivor.first_seen, survivor.last_seen = absorbed.first_seen, absorbed.last_seen
+    else:
+        survivor.first_seen = min(survivor.first_seen, absorbed.first_seen)
+        survivor.last_seen = max(survivor.last_seen, absorbed.last_seen)
+    for source, traits in absorbed.source_traits.items():
+        kept = survivor.source_traits.setdefault(source, {})
+        for trait, entry in traits.items():
+            current = kept.get(trait)
+            if current is None or (entry[0], entry[1]) > (current[0], current[1]):
+                kept[trait] = list(entry)
     merged_attributes = survivor.attributes
     for attribute in rules.attributes:
         theirs = absorbed.attributes.get(attribute.key)
@@ -43,13 +59,3 @@ def merge_states(survivor: ProfileState, absorbed: ProfileState, rules: RuleSet)
         mine = merged_attributes.get(attribute.key)
         merger = attribute.window if attribute.window is not None else attribute.aggregator
         merged_attributes[attribute.key] = theirs if mine is None else merger.merge(mine, theirs)
-    for source, offset in absorbed.offsets.items():
-        if offset > survivor.offsets.get(source, -1):
-            survivor.offsets[source] = offset
-    if absorbed.version:
-        if not survivor.version:
-            survivor.first_seen, survivor.last_seen = absorbed.first_seen, absorbed.last_seen
-        else:
-            survivor.first_seen = min(survivor.first_seen, absorbed.first_seen)
-            survivor.last_seen = max(survivor.last_seen, absorbed.last_seen)
-    survivor.version += absorbed.version

@@ -1,7 +1,7 @@
 """The profile: its stored state, how one event changes it, and the served view.
 
 `ProfileState` is what the pipeline keeps per profile: identities, identify traits
-(latest by event time, per field), one aggregator state per attribute, and the
+(per source, latest by event time per field), one aggregator state per attribute, and the
 offset watermark per input partition. The watermark is written in the same atomic
 write as the state, which is what makes a replayed event change nothing.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -20,6 +20,7 @@ from attributes.aggregators import Rejected
 from attributes.events import Event, iso_from_ms
 from attributes.filters import FilterResults
 from attributes.paths import MISSING
+from attributes.policies import DEFAULT_POLICY, MergePolicy, field_values
 from attributes.rules import RuleSet
 
 
@@ -27,8 +28,9 @@ class ProfileState(msgspec.Struct, kw_only=True):
     id: str
     entity: str = "user"
     identities: dict[str, list[str]] = {}
-    #: trait -> [event ms, messageId, value]; the most recent value by event time wins.
-    traits: dict[str, list[Any]] = {}
+    #: source -> trait -> [event ms, messageId, value]: per source, the most recent value
+    #: by event time; a merge policy picks among sources (`attributes.policies`)
+    source_traits: dict[str, dict[str, list[Any]]] = {}
     #: attribute state key (`CompiledAttribute.key`: its name and shape) -> its state
     attributes: dict[str, Any] = {}
     #: "topic/partition" -> highest offset already applied to this profile
@@ -36,6 +38,9 @@ class ProfileState(msgspec.Struct, kw_only=True):
     first_seen: int = 0
     last_seen: int = 0
     version: int = 0
+    #: deleted by a source (`Retraction.RECORD`): kept, without a view, so that its
+    #: identities and watermarks stay; the next event starts it afresh
+    deleted: bool = False
 
 
 _state_encoder = msgspec.msgpack.Encoder()
@@ -93,6 +98,23 @@ def add_identity(state: ProfileState, kind: str, value: str) -> None:
         values.append(value)
 
 
+#: what a source's `delete` event removes: only the traits it provided, or the whole
+#: record (reads then answer 404)
+Retraction = Literal["fields", "record"]
+
+
+def retract(state: ProfileState, origin: str, retraction: Retraction) -> None:
+    """Apply a `delete` from source `origin`: its traits go, or the whole profile does
+    (all but its id, identities and offset watermarks, which keep replays harmless)."""
+    if retraction == "fields":
+        state.source_traits.pop(origin, None)
+        return
+    state.source_traits = {}
+    state.attributes = {}
+    state.first_seen = state.last_seen = 0
+    state.deleted = True
+
+
 def apply_event(
     state: ProfileState,
     event: Event,
@@ -101,9 +123,13 @@ def apply_event(
     source: str,
     offset: int,
     now: int,
+    origin: str = "default",
+    retraction: Retraction = "fields",
 ) -> Applied:
     """Apply one event at `source` ("topic/partition") `offset` to `state` in place;
-    `now` (epoch ms) is the processing time that windows are evaluated at.
+    `now` (epoch ms) is the processing time that windows are evaluated at, and
+    `origin` the source name of its topic (whose traits an identify sets, and a
+    `delete` removes as `retraction` says).
 
     An offset at or below the watermark for that source was applied before: it is
     ignored and `changed` is False. Identities are not this function's business: which
@@ -114,16 +140,21 @@ def apply_event(
         return Applied(changed=False)
     state.offsets[source] = offset
     state.version += 1
-    first = state.version == 1
+    if event.type == "delete":
+        retract(state, origin, retraction)
+        return Applied(changed=True, touched=[a.name for a in rules.attributes])
+    first = state.version == 1 or state.deleted
+    state.deleted = False
     state.first_seen = ts if first else min(state.first_seen, ts)
     state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
     if event.type == "identify":
+        traits = state.source_traits.setdefault(origin, {})
         for trait, value in event.traits.items():
-            current = state.traits.get(trait)
+            current = traits.get(trait)
             if current is None or (ts, mid) >= (current[0], current[1]):
-                state.traits[trait] = [ts, mid, value]
+                traits[trait] = [ts, mid, value]
 
     applied = Applied(changed=True)
     filters: FilterResults | None = None
@@ -227,14 +258,15 @@ def render_view(
     now: int,
     previous: Mapping[str, Any] | None = None,
     touched: Container[str] = (),
+    policy: MergePolicy = DEFAULT_POLICY,
 ) -> dict[str, Any]:
     """The served profile document, its windows as they are at `now` (`previous` and
-    `touched`: see `compute_attributes`)."""
+    `touched`: see `compute_attributes`) and its traits merged under `policy`."""
     return {
         "id": state.id,
         "entity": state.entity,
         "identities": state.identities,
-        "traits": {trait: entry[2] for trait, entry in state.traits.items()},
+        "traits": field_values(state.source_traits, policy),
         "attributes": compute_attributes(state, rules, now, previous, touched),
         "first_seen": iso_from_ms(state.first_seen),
         "last_seen": iso_from_ms(state.last_seen),

@@ -99,6 +99,9 @@ def create_app(
         TopicDeadLetters(dead_letters),
         remembered_renders=settings.state_cache_profiles,
         identities=IdentityRules(settings.entities[ENTITY]),
+        sources=settings.sources,
+        policy=settings.default_policy,
+        retractions=settings.source_deletes,
     )
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()

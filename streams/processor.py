@@ -21,7 +21,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,10 @@ import msgspec
 from attributes.events import Event, InvalidEvent, decode_event, event_time_ms
 from attributes.identities import DEFAULT_USER, IdentityRules
 from attributes.merge import merge_states
+from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import (
     ProfileState,
+    Retraction,
     Skip,
     add_identity,
     apply_event,
@@ -144,12 +146,21 @@ class BatchProcessor:
         clock: Callable[[], float] = time.time,
         remembered_renders: int = 100_000,
         identities: IdentityRules | None = None,
+        sources: Mapping[str, str] | None = None,
+        policy: MergePolicy = DEFAULT_POLICY,
+        retractions: Mapping[str, Retraction] | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
         self.dead_letters = dead_letters
         self.clock = clock
         self.identities = identities or IdentityRules(DEFAULT_USER)
+        #: topic -> the source its events come from (a topic not listed: its own name)
+        self.sources = dict(sources or {})
+        #: the merge policy of the materialised views
+        self.policy = policy
+        #: source -> what its `delete` events remove (a source not listed: its fields)
+        self.retractions = dict(retractions or {})
         self.lock = asyncio.Lock()
         self._now = 0
         #: profile -> (the state object, its attribute values when last rendered): a
@@ -374,14 +385,20 @@ class BatchProcessor:
 
     def _write(self, state: ProfileState, source: str, touched: set[str]) -> ProfileWrite:
         """The write of a changed state: its view as of now, and when to look again.
-        `touched`: the attributes changed since the state was loaded."""
+        `touched`: the attributes changed since the state was loaded. A deleted
+        profile has no view (reads answer 404) and nothing to expire."""
         now = self._now
-        expiry = None  # not indexed at all when the rules have no windows
+        expiry: tuple[str, int | None] | None = None  # not indexed without windows
+        if state.deleted:
+            self._renders.pop(state.id, None)
+            if self.rules.windowed:
+                expiry = (source, None)
+            return ProfileWrite(state, encode_state(state), None, expiry=expiry)
         if self.rules.windowed:
             expiry = (source, expire_windows(state, self.rules, now, touched))
         remembered = self._renders.pop(state.id, None)
         previous = remembered[1] if remembered is not None and remembered[0] is state else None
-        rendered = render_view(state, self.rules, now, previous, touched)
+        rendered = render_view(state, self.rules, now, previous, touched, self.policy)
         self._renders[state.id] = (state, rendered["attributes"])
         if len(self._renders) > self._remembered_renders:
             self._renders.popitem(last=False)
@@ -408,6 +425,8 @@ class BatchProcessor:
                 source,
                 record.offset,
                 self._now,
+                origin := self.sources.get(record.topic, record.topic),
+                self.retractions.get(origin, "fields"),
             )
             changed |= applied.changed
             report.duplicates += not applied.changed

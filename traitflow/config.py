@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attributes.identities import DEFAULT_USER, EntitySpec
+from attributes.policies import DEFAULT_POLICIES, MergePolicy
+from attributes.profile import Retraction
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
@@ -56,8 +58,11 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="tf", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     app_id: str = "traitflow"
-    #: ingest topic -> source name (the merge policies of later versions rank sources)
+    #: ingest topic -> source name (merge policies rank sources)
     sources: dict[str, str] = {"traitflow-events": "default"}
+    #: source -> what its `delete` events remove: "fields" (the traits it provided; the
+    #: default) or "record" (the whole profile: reads answer 404)
+    source_deletes: dict[str, Retraction] = {}
     dead_letter_topic: str = "traitflow-dead-letters"
     topic_partitions: int = Field(default=8, ge=1)
     rules_path: Path = Path("examples/rules.yaml")
@@ -68,7 +73,9 @@ class Settings(BaseSettings):
     collections: dict[str, str] = {"users": "user"}
     #: activation destination id -> the entity and attributes it serves
     destinations: dict[str, Destination] = DEFAULT_DESTINATIONS
-    #: the one merge policy id the entities API accepts (merge policies: a later version)
+    #: merge policy id -> how it picks a field among sources (`attributes.policies`)
+    merge_policies: dict[str, MergePolicy] = DEFAULT_POLICIES
+    #: the policy whose merge the worker materialises (and reads get by default)
     default_merge_policy: str = "default"
     #: lookups per batch request, and characters per identity value, at most
     max_batch_lookups: int = Field(default=100, ge=1)
@@ -82,6 +89,33 @@ class Settings(BaseSettings):
                 f"(declared: {', '.join(sorted(self.entities)) or 'none'})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _policies_are_consistent(self) -> Settings:
+        if self.default_merge_policy not in self.merge_policies:
+            raise ValueError(
+                f"default_merge_policy {self.default_merge_policy!r} is not one of the "
+                f"merge_policies ({', '.join(sorted(self.merge_policies)) or 'none'})"
+            )
+        bound = set(self.sources.values())
+        for source in self.source_deletes:
+            if source not in bound:
+                raise ValueError(
+                    f"source_deletes: no ingest topic is bound to source {source!r} "
+                    f"(sources: {', '.join(sorted(bound)) or 'none'})"
+                )
+        for name, policy in self.merge_policies.items():
+            for source in policy.sources:
+                if source not in bound:
+                    raise ValueError(
+                        f"merge_policies: {name!r} lists source {source!r}, which no ingest "
+                        f"topic is bound to (sources: {', '.join(sorted(bound)) or 'none'})"
+                    )
+        return self
+
+    @property
+    def default_policy(self) -> MergePolicy:
+        return self.merge_policies[self.default_merge_policy]
 
     @model_validator(mode="after")
     def _destinations_serve_known_entities(self) -> Settings:

@@ -79,6 +79,9 @@ async def expected_profile(
         dead,
         clock=lambda: now,
         identities=IdentityRules(settings.entities["user"]),
+        sources=settings.sources,
+        policy=settings.default_policy,
+        retractions=settings.source_deletes,
     )
     await processor.process(records)
     view = await store.read_view("user", "user_id", user)

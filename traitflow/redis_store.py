@@ -51,6 +51,24 @@ return views
 """)
 
 
+# (view, state) per lookup, in one round trip. ARGV[1] and ARGV[2] are the prefixes of
+# view and state keys; KEYS[i] is an index key to resolve when ARGV[i + 2] is '', else
+# the view key of the profile ARGV[i + 2] names. A missing profile is `false`.
+_READ_PROFILES = Script.of("""
+local found = {}
+for i, key in ipairs(KEYS) do
+  local id = ARGV[i + 2]
+  if id == '' then id = redis.call('GET', key) end
+  local pair = false
+  if id then
+    local view = redis.call('GET', ARGV[1] .. id)
+    if view then pair = {view, redis.call('GET', ARGV[2] .. id)} end
+  end
+  found[i] = pair
+end
+return found
+""")
+
 # The commit: checks, then writes, atomically (`ProfileStore.commit`). KEYS are, in
 # order: keys to check (ARGV holds each one's expected value, '' for absent), keys to
 # SET, keys to DEL, sorted sets to ZADD a member to, sorted sets to ZREM one from.
@@ -139,7 +157,10 @@ class RedisProfileStore(ProfileStore):
         for write in writes:
             pid = write.state.id
             sets[keys.state(entity, pid)] = write.encoded_state
-            sets[keys.view(entity, pid)] = write.view
+            if write.view is None:
+                deletes.append(keys.view(entity, pid))
+            else:
+                sets[keys.view(entity, pid)] = write.view
             sets[keys.version(entity, pid)] = str(write.state.version)
             for index, value in write.identities:
                 sets[keys.index(entity, index, value)] = pid
@@ -205,6 +226,25 @@ class RedisProfileStore(ProfileStore):
                 keys.append(self.keys.index(entity, index, value))
                 kinds.append("i")
         return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
+
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        if not lookups:
+            return []
+        keys: list[str] = []
+        args = [self.keys.view_prefix(entity), self.keys.state_prefix(entity)]
+        for index, value in lookups:
+            if index == PRIMARY_INDEX:
+                keys.append(self.keys.view(entity, value))
+                args.append(value)
+            else:
+                keys.append(self.keys.index(entity, index, value))
+                args.append("")
+        replies = cast(
+            "list[list[bytes] | None]", await self.reads.eval(_READ_PROFILES, keys, args)
+        )
+        return [None if reply is None else (reply[0], reply[1]) for reply in replies]
 
     async def ping(self) -> None:
         """Raise unless Redis answers on the connection that reads use (readiness)."""

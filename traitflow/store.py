@@ -63,6 +63,9 @@ class KeyLayout:
     def view_prefix(self, entity: str) -> str:
         return f"{self.prefix}:v:{entity}:"
 
+    def state_prefix(self, entity: str) -> str:
+        return f"{self.prefix}:s:{entity}:"
+
     def all_keys(self) -> str:
         """A SCAN pattern for every key under this prefix."""
         return f"{self.prefix}:*"
@@ -89,7 +92,8 @@ class ProfileWrite:
     state: ProfileState
     #: `state` encoded, by the caller, so that an unencodable state fails per profile
     encoded_state: bytes
-    view: bytes
+    #: the served view; None deletes it (a profile a source deleted: reads get a 404)
+    view: bytes | None
     #: (index, value) pairs that must point at this profile after the write
     identities: list[Identity] = field(default_factory=list)
     #: (input partition, when the profile's windows next change or None): its entry in
@@ -148,6 +152,13 @@ class ProfileStore(ABC):
         This default makes one call per lookup; the stores below answer a batch in one
         go (Redis: one round trip)."""
         return [await self.read_view(entity, index, value) for index, value in lookups]
+
+    @abstractmethod
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        """(view, encoded state) of the profile each (index, value) points to, in order:
+        for reads that recompute part of a view (another merge policy, provenance)."""
 
     @abstractmethod
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
@@ -211,7 +222,10 @@ class MemoryProfileStore(ProfileStore):
         for write in writes:
             key = (entity, write.state.id)
             self.states[key] = write.encoded_state
-            self.views[key] = write.view
+            if write.view is None:
+                self.views.pop(key, None)
+            else:
+                self.views[key] = write.view
             self.versions[key] = write.state.version
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
@@ -241,6 +255,16 @@ class MemoryProfileStore(ProfileStore):
         self, entity: str, lookups: Sequence[tuple[str, str]]
     ) -> list[bytes | None]:
         return [await self.read_view(entity, index, value) for index, value in lookups]
+
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        found: list[tuple[bytes, bytes] | None] = []
+        for index, value in lookups:
+            pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
+            key = (entity, pid or "")
+            found.append((self.views[key], self.states[key]) if key in self.views else None)
+        return found
 
 
 class CachedProfileStore(ProfileStore):
@@ -314,6 +338,11 @@ class CachedProfileStore(ProfileStore):
         self, entity: str, lookups: Sequence[tuple[str, str]]
     ) -> list[bytes | None]:
         return await self.inner.read_views(entity, lookups)
+
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        return await self.inner.read_profiles(entity, lookups)
 
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
         return await self.inner.due(entity, source, now, limit)

@@ -12,6 +12,7 @@ import pytest
 
 from api.app import create_app
 from api.keys import MemoryKeyStore
+from attributes.policies import MergePolicy
 from attributes.profile import ProfileState, encode_state
 from tests.unit import api_support
 from tests.unit.api_support import serve
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.anyio
 
 SETTINGS = Settings(
     collections={"people": "user"},
+    merge_policies={"mp-default": MergePolicy()},
     default_merge_policy="mp-default",
     max_id_length=16,
     max_batch_lookups=4,

@@ -96,7 +96,7 @@ def test_the_records_read_is_a_direct_route_and_documented() -> None:
     }
     operation = app.openapi()["paths"]["/v1/collections/{collection}/records/{index}/{value}"]
     names = {p["name"] for p in operation["get"]["parameters"]}
-    assert names == {"collection", "index", "value", "fields"}
+    assert names == {"collection", "index", "value", "fields", "merge_policy", "provenance"}
 
 
 async def app_with(records: Sequence[str], **settings: Any) -> FastAPI:
