@@ -110,16 +110,30 @@ class RedisProfileStore(ProfileStore):
         return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url))
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        """The states, read with their version keys (one MGET). A state stored before
+        version keys existed has none: its key is set from the state (NX, so a
+        concurrent commit's own is kept), or every commit would find it changed."""
         if not ids:
             return {}
+        keys = self.keys
+        names = [
+            name for pid in ids for name in (keys.state(entity, pid), keys.version(entity, pid))
+        ]
         # our client never decodes responses (from_url): values are the stored bytes
-        raws = cast(
-            "list[bytes | None]",
-            await self.client.mget([self.keys.state(entity, pid) for pid in ids]),
-        )
-        return {
-            pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw is not None
-        }
+        raws = cast("list[bytes | None]", await self.client.mget(names))
+        states: dict[str, ProfileState] = {}
+        unversioned: list[ProfileState] = []
+        for pid, raw, version in zip(ids, raws[::2], raws[1::2], strict=True):
+            if raw is not None:
+                states[pid] = state = decode_state(raw)
+                if version is None:
+                    unversioned.append(state)
+        if unversioned:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for state in unversioned:
+                    pipe.set(keys.version(entity, state.id), str(state.version), nx=True)
+                await pipe.execute()
+        return states
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         if not identities:

@@ -13,7 +13,7 @@ import redis
 from attributes.profile import ProfileState, encode_state
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import KeyLayout, ProfileWrite
+from traitflow.store import Conflict, Expected, KeyLayout, ProfileWrite
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +100,47 @@ def test_the_expiry_index_is_written_with_the_states(
     assert third == ["u-2"]
     assert redis_client.zrange(KeyLayout(prefix).expiries("user", "events/1"), 0, -1) == [b"u-4"]
     assert redis_client.exists(KeyLayout(prefix).state("user", "u-5"))
+
+
+def test_a_commit_checks_pointers_and_versions(settings: Settings, prefix: str) -> None:
+    """Nothing is written when anything the batch read has changed since."""
+
+    async def use(store: RedisProfileStore) -> Any:
+        await store.save("user", [write("u-1", anonymous_id="a-1")])
+        stale = Expected({("anonymous_id", "a-1"): None}, {"u-1": 1})
+        moved = Expected({("anonymous_id", "a-1"): "u-1"}, {"u-1": 0})
+        outcomes = []
+        for expected in (stale, moved):
+            try:
+                await store.commit("user", [write("u-9")], expected=expected)
+                outcomes.append("written")
+            except Conflict as conflict:
+                outcomes.append(str(conflict))
+        fine = Expected({("anonymous_id", "a-1"): "u-1"}, {"u-1": 1, "u-2": None})
+        await store.commit("user", [write("u-2")], ["u-1"], fine)
+        return outcomes, sorted(await store.load("user", ["u-1", "u-2", "u-9"]))
+
+    outcomes, left = with_store(settings, prefix, use)
+    assert outcomes == [
+        f"{prefix}:i:user:anonymous_id:a-1 changed since it was read",
+        f"{prefix}:n:user:u-1 changed since it was read",
+    ]
+    assert left == ["u-2"]  # u-9 never written; u-1 removed with the last commit
+
+
+def test_a_state_stored_without_a_version_key_gets_one(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    """States written before version keys existed must not make every commit conflict."""
+    keys = KeyLayout(prefix)
+    legacy = ProfileState(id="u-1", version=7)
+    redis_client.set(keys.state("user", "u-1"), encode_state(legacy))
+
+    async def use(store: RedisProfileStore) -> Any:
+        loaded = (await store.load("user", ["u-1"]))["u-1"]
+        loaded.version += 1
+        write = ProfileWrite(loaded, encode_state(loaded), b"{}")
+        await store.commit("user", [write], expected=Expected(versions={"u-1": 7}))
+
+    with_store(settings, prefix, use)
+    assert redis_client.get(keys.version("user", "u-1")) == b"8"
