@@ -174,4 +174,4 @@ async def _activate(request: Request, principal: Principal) -> Response:
         else shapes.activation_data(shapes.decode_view(view), destination.attributes)
     )
     answer = {"entity": entity, "id": {"type": id_type, "value": id_value}, "data": data}
-    return view_response(request, orjson.dumps(answer))
+    return view_response(request, shapes.encode(answer))

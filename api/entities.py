@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,7 +118,7 @@ async def read_entity(
     if decoded is None:
         raise ApiError(404, f"no profile with {namespace} = {entity_id!r}")
     shaped = shapes.adobe_entity(decoded, shapes.parse_fields(fields))
-    return view_response(request, orjson.dumps({str(decoded.get("id")): shaped}))
+    return view_response(request, shapes.encode({str(decoded.get("id")): shaped}))
 
 
 class Namespace(BaseModel):
@@ -224,4 +223,4 @@ async def read_entities(
         key: shapes.adobe_entity(decoded, body.fields or None, requested)
         for key, (decoded, requested) in found.items()
     }
-    return Response(orjson.dumps(answer), media_type="application/json")
+    return Response(shapes.encode(answer), media_type="application/json")

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from api.errors import ApiError
+from api.shapes import decode_view
 from attributes.events import iso_from_ms
 from attributes.policies import MergePolicy, merge_fields
 from attributes.profile import decode_state
@@ -46,7 +45,7 @@ def reshaped(
     view: bytes, state: bytes, policy_id: str, policy: MergePolicy, provenance: bool
 ) -> dict[str, Any]:
     """The view with its traits merged under `policy`, and with provenance if asked."""
-    document: dict[str, Any] = orjson.loads(view)
+    document = decode_view(view)
     fields = merge_fields(decode_state(state).source_traits, policy)
     document["traits"] = {trait: field.value for trait, field in fields.items()}
     if provenance:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
@@ -104,7 +103,7 @@ def collection_entity(request: Request, collection: str, principal: Principal) -
 
 def projected(view: bytes, fields: list[str] | None) -> bytes:
     return (
-        view if fields is None else orjson.dumps(shapes.project(shapes.decode_view(view), fields))
+        view if fields is None else shapes.encode(shapes.project(shapes.decode_view(view), fields))
     )
 
 
@@ -164,7 +163,7 @@ async def read_record(
             return errors.error(404, missing)
         document = reshaped(*found, policy_id, policy, with_provenance)
         body = document if wanted is None else shapes.project(document, wanted)
-        return view_response(request, orjson.dumps(body))
+        return view_response(request, shapes.encode(body))
 
 
 class Lookup(BaseModel):

@@ -4,8 +4,9 @@ A stored view is the JSON document `attributes.profile.render_view` writes:
 `{"id", "entity", "identities": {index: [values]}, "traits", "attributes",
 "first_seen", "last_seen", "version"}`. Reads that serve it unchanged send the stored
 bytes; the functions here are for the reads that cannot: a `fields` projection, the
-activation API's `data` and the entities API's layout. Views are decoded with msgspec
-(into plain dicts and lists) and the results encoded with orjson by the caller.
+activation API's `data` and the entities API's layout. Views are decoded and the
+results encoded with msgspec (`encode`), which, unlike orjson, keeps integers past 64
+bits as the worker wrote them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 import msgspec
 
 _decoder = msgspec.json.Decoder()
+
+#: JSON for documents made of decoded views
+encode = msgspec.json.Encoder().encode
 
 
 def decode_view(raw: bytes) -> dict[str, Any]:

@@ -141,7 +141,8 @@ def apply_event(
     state.offsets[source] = offset
     state.version += 1
     if event.type == "delete":
-        retract(state, origin, retraction)
+        # a profile that first hears of its identity in a delete has nothing to serve
+        retract(state, origin, "record" if state.version == 1 else retraction)
         return Applied(changed=True, touched=[a.name for a in rules.attributes])
     first = state.version == 1 or state.deleted
     state.deleted = False

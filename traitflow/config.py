@@ -180,16 +180,18 @@ class Settings(BaseSettings):
         """A copy whose topics, consumer group and Redis keys are all named after `name`,
         so that a test or benchmark run shares no state with any other; `changes`
         override further settings. A port cannot be shared: the copy serves no worker
-        metrics unless `changes` give it a port of its own."""
-        source = next(iter(self.sources.values()), "default")
+        metrics unless `changes` give it a port of its own. Each ingest topic `t` becomes
+        `name-t`, bound to the same source. The copy is validated like any settings."""
         names: dict[str, Any] = {
             "app_id": name,
             "key_prefix": name,
-            "sources": {f"{name}-events": source},
+            "sources": {f"{name}-{topic}": source for topic, source in self.sources.items()},
             "dead_letter_topic": f"{name}-dead-letters",
             "worker_metrics_port": None,
         }
-        return self.model_copy(update=names | changes)
+        copy = type(self).model_validate(self.model_dump() | names | changes)
+        copy._kafka_from_env, copy._redis_from_env = self._kafka_from_env, self._redis_from_env
+        return copy
 
     def as_env(self) -> dict[str, str]:
         """`TRAITFLOW_*` variables that make a child process use exactly these settings.
