@@ -11,9 +11,11 @@ event is applied without it, and the refusal is reported (`Refusal`). With
 `stitching: false` nothing is merged; new identities are still linked.
 
 Which id survives a merge is deterministic: the profile whose id was made from the
-higher-priority identity type (`IdentityRules.id_rank`), then the one seen first, then
-the smaller id. So logging in (a `user_id` arriving with a known `anonymous_id`)
-moves the anonymous profile under the user's id, and reads by id keep working.
+higher-priority identity type (`IdentityRules.id_rank`), then the one seen first (the
+earliest event time among the events it has been given, those of this batch so far
+included, so that where batches are cut changes nothing), then the smaller id. So
+logging in (a `user_id` arriving with a known `anonymous_id`) moves the anonymous
+profile under the user's id, and reads by id keep working.
 
 Everything here is pure: the caller loads, merges the states (`attributes.merge`),
 applies the events and writes the result only if nothing it read has changed since
@@ -73,13 +75,21 @@ class Stitcher:
         self.plan = Plan()
         self._into: dict[str, str] = {}  # absorbed -> survivor
         self._held: dict[str, dict[str, list[str]]] = {}  # profile -> its identities now
+        self._seen: dict[str, float] = {}  # profile -> earliest event time given to it
         self._links: dict[str, list[Identity]] = {}
 
-    def assign(self, identities: Sequence[Identity], previous: Sequence[Identity] = ()) -> str:
+    def assign(
+        self,
+        identities: Sequence[Identity],
+        previous: Sequence[Identity] = (),
+        at: float = float("inf"),
+    ) -> str:
         """The profile of an event carrying `identities` (priority order, at least
-        one) and, for an alias, `previous` (its `previousId` as each type it may be)."""
+        one) and, for an alias, `previous` (its `previousId` as each type it may be);
+        `at` is its event time (epoch ms)."""
         first = identities[0]
         target = self._owner(first) or self._create(first)
+        self._seen[target] = min(self._first_seen(target), at)
         for identity in [*identities[1:], *self._previous(previous)]:
             owner = self._owner(identity)
             if owner is None:
@@ -135,6 +145,10 @@ class Stitcher:
         kind, value = identity
         values = self._held_by(profile).setdefault(kind, [])
         limit = self.rules.limits.get(kind)
+        if value in values:  # a stored profile taken over already holds it
+            self.pointers[identity] = profile
+            self._links.setdefault(profile, []).append(identity)
+            return
         if limit is not None and len(values) >= limit:
             self.plan.refusals.append(
                 Refusal(profile, identity, f"{kind} limit {limit} reached: not linked")
@@ -169,11 +183,20 @@ class Stitcher:
                 moved.append((kind, value))
                 self.pointers[(kind, value)] = survivor
         self._into[absorbed] = survivor
+        self._seen[survivor] = min(self._first_seen(survivor), self._first_seen(absorbed))
         self._links.setdefault(survivor, []).extend(moved)
         self.plan.merges.append((absorbed, survivor))
         return survivor
 
+    def _first_seen(self, profile: str) -> float:
+        seen = self._seen.get(profile)
+        if seen is None:
+            seen = float("inf")  # new, or nothing left of it: seen last
+            state = self.profiles.get(profile)
+            if state is not None and state.version and not state.deleted:
+                seen = state.first_seen
+            self._seen[profile] = seen
+        return seen
+
     def _seniority(self, profile: str) -> tuple[int, float, str]:
-        state = self.profiles.get(profile)
-        seen = state.first_seen if state is not None and state.version else float("inf")
-        return (self.rules.id_rank(profile), seen, profile)
+        return (self.rules.id_rank(profile), self._first_seen(profile), profile)

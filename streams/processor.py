@@ -276,9 +276,22 @@ class BatchProcessor:
         for state in states.values():
             self._fit(state)
 
+        # a record some profile has applied (a redelivery) is not stitched again: the
+        # graph has moved on since, and stitching it now could merge what it never did
+        fresh: list[Identified] = []
+        for item in events:
+            owner = states.get(pointers.get(item.ids[0], ""))
+            source = f"{item.record.topic}/{item.record.partition}"
+            if owner is not None and owner.offsets.get(source, -1) >= item.record.offset:
+                report.duplicates += 1
+            else:
+                fresh.append(item)
+        events = fresh
+
         stitcher = Stitcher(self.identities, pointers, states)
         for item in events:
-            stitcher.assign(item.ids, item.previous)
+            at = event_time_ms(item.event, item.record.timestamp_ms)
+            stitcher.assign(item.ids, item.previous, at)
         plan = stitcher.finish()
         report.refusals.extend(plan.refusals)
         report.merges += len(plan.merges)

@@ -5,8 +5,10 @@ from typing import Any
 import orjson
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from attributes.events import decode_event
+from attributes.events import Event, decode_event
 from attributes.identities import DEFAULT_USER, EntitySpec, IdentityRules, IdentitySpec
 
 
@@ -111,3 +113,128 @@ def test_the_spec_reads_as_written_in_yaml() -> None:
 def test_bad_specs_say_what_is_wrong(raw: dict[str, Any], problem: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=problem):
         EntitySpec.model_validate(raw)
+
+
+# --- limits, alias types, previousId, profile ids ---------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_is_at_least_one(limit: int) -> None:
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
+        IdentitySpec(type="email", paths=["traits.email"], limit=limit)
+
+
+def test_a_limit_of_one_or_none_is_valid_and_compiled_per_type() -> None:
+    spec = EntitySpec(
+        identities=[
+            IdentitySpec(type="user_id", paths=["userId"], limit=1),
+            IdentitySpec(type="device", paths=["context.device.id"]),
+        ]
+    )
+    assert IdentityRules(spec).limits == {"user_id": 1, "device": None}
+
+
+def test_the_default_user_limits_and_alias_types() -> None:
+    assert USER.limits == {"user_id": 1, "email": 5, "anonymous_id": 1000}
+    assert DEFAULT_USER.alias_types == ["user_id", "anonymous_id"]
+    assert DEFAULT_USER.stitching is True
+
+
+def test_alias_types_must_be_declared_identities() -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"alias type 'device' is not one of"):
+        EntitySpec.model_validate(
+            {"identities": [{"type": "user_id", "paths": ["userId"]}], "alias_types": ["device"]}
+        )
+    spec = EntitySpec.model_validate(
+        {"identities": [{"type": "user_id", "paths": ["userId"]}], "alias_types": ["user_id"]}
+    )
+    assert spec.alias_types == ["user_id"]
+
+
+def alias(**fields: Any) -> Any:
+    return decode_event(orjson.dumps({"type": "alias", "userId": "u-1", **fields}))
+
+
+def test_previous_is_the_previous_id_as_each_alias_type_in_order() -> None:
+    assert USER.previous(alias(previousId=" a-7 ")) == [
+        ("user_id", "a-7"),
+        ("anonymous_id", "a-7"),
+    ]
+    assert USER.previous(alias(previousId=42)) == [("user_id", "42"), ("anonymous_id", "42")]
+
+
+def test_previous_is_empty_for_other_events_and_aliases_without_one() -> None:
+    assert USER.previous(event(previousId="a-7")) == []  # an identify
+    assert USER.previous(decode_event(b'{"type": "track", "event": "x", "previousId": "a"}')) == []
+    assert USER.previous(alias()) == []
+
+
+@pytest.mark.parametrize("junk", ["", "  ", "null", "Undefined", "0", 0])
+def test_a_blocked_previous_id_is_no_identity(junk: Any) -> None:
+    assert USER.previous(alias(previousId=junk)) == []
+
+
+@pytest.mark.parametrize("junk", [True, 1.5, ["a-1"]])
+def test_a_previous_id_that_is_no_text_or_integer_is_no_identity(junk: Any) -> None:
+    """The envelope refuses these; an event built otherwise is still safe."""
+    assert USER.previous(Event(type="alias", userId="u-1", previousId=junk)) == []
+
+
+def test_previous_is_normalised_per_type_and_blocked_per_entity() -> None:
+    spec = EntitySpec(
+        identities=[
+            IdentitySpec(type="email", paths=["traits.email"], normalise="email"),
+            IdentitySpec(type="device", paths=["context.device.id"]),
+        ],
+        alias_types=["device", "email"],
+        blocked_patterns=[r"test-.*"],
+    )
+    rules = IdentityRules(spec)
+    assert rules.previous(alias(previousId=" Ada@X.io ")) == [
+        ("device", "Ada@X.io"),
+        ("email", "ada@x.io"),
+    ]
+    assert rules.previous(alias(previousId="test-1")) == []
+    no_alias_types = IdentityRules(EntitySpec(identities=spec.identities))
+    assert no_alias_types.previous(alias(previousId="a-1")) == []
+
+
+def test_a_profile_is_named_by_its_identity() -> None:
+    assert USER.profile_id("user_id", "u-1") == "u-1"
+    assert USER.profile_id("email", "ada@x.io") == "email:ada@x.io"
+    assert USER.profile_id("anonymous_id", "a-9") == "anonymous_id:a-9"
+
+
+def test_a_primary_value_with_a_colon_is_prefixed() -> None:
+    assert USER.profile_id("user_id", "email:ada@x.io") == "user_id:email:ada@x.io"
+    assert USER.profile_id("user_id", "email:ada@x.io") != USER.profile_id("email", "ada@x.io")
+    assert USER.profile_id("user_id", "a:b") == "user_id:a:b"
+
+
+def test_the_rank_of_a_profile_id_is_its_identity_types_priority() -> None:
+    assert USER.id_rank("u-1") == 0
+    assert USER.id_rank("user_id:a:b") == 0
+    assert USER.id_rank("email:ada@x.io") == 1
+    assert USER.id_rank("anonymous_id:a-9") == 2
+
+
+identity_values = st.text(alphabet=st.sampled_from("ab:_-@x.1U"), min_size=1, max_size=8).filter(
+    lambda value: value.strip() == value
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(USER.types), identity_values), min_size=2, max_size=2, unique=True
+    )
+)
+def test_profile_ids_of_different_identities_never_collide(
+    pair: list[tuple[str, str]],
+) -> None:
+    (kind_a, value_a), (kind_b, value_b) = pair
+    assert USER.profile_id(kind_a, value_a) != USER.profile_id(kind_b, value_b)
+
+
+@given(st.sampled_from(USER.types), identity_values)
+def test_the_rank_of_any_profile_id_is_its_types(kind: str, value: str) -> None:
+    assert USER.id_rank(USER.profile_id(kind, value)) == USER.rank[kind]
