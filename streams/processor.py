@@ -259,9 +259,20 @@ class BatchProcessor:
     ) -> Stitched:
         """Where the events belong (`attributes.stitching`), the merges they make, and
         the writes of every profile they change, with what the commit must find."""
+        pointers, states, expected = await self._read(events)
+        try:
+            return await self._stitched(events, pointers, states, expected, report, rejected)
+        except BaseException:
+            self._abandon(list(states))  # states it changed must not stay in a cache
+            raise
+
+    async def _read(
+        self, events: Sequence[Identified]
+    ) -> tuple[dict[Identity, str], dict[str, ProfileState], Expected]:
+        """Where the events' identities point, the profiles they name (and those a new
+        identity's profile id may already name), and what the commit must find."""
         wanted = list(dict.fromkeys(i for item in events for i in (*item.ids, *item.previous)))
         pointers = await self.store.lookup(ENTITY, wanted)
-        # a new identity's profile id may be taken by a stored profile: load those too
         candidates = [
             self.identities.profile_id(*item.ids[0])
             for item in events
@@ -275,7 +286,21 @@ class BatchProcessor:
         )
         for state in states.values():
             self._fit(state)
+        # A pointer to a profile that is gone (merged away by another worker between the
+        # two reads) is left out: its identity looks new, and the commit, which expects
+        # the pointer as read, finds it moved and has the batch computed again.
+        live = {identity: pid for identity, pid in pointers.items() if pid in states}
+        return live, states, expected
 
+    async def _stitched(
+        self,
+        events: Sequence[Identified],
+        pointers: dict[Identity, str],
+        states: dict[str, ProfileState],
+        expected: Expected,
+        report: BatchReport,
+        rejected: list[tuple[Record, str]],
+    ) -> Stitched:
         # a record some profile has applied (a redelivery) is not stitched again: the
         # graph has moved on since, and stitching it now could merge what it never did
         fresh: list[Identified] = []
