@@ -11,9 +11,6 @@ import pytest
 from tests.integration.oracle import expected_view
 from traitflow.config import Settings
 
-pytestmark = pytest.mark.integration
-
-
 Event = dict[str, Any]
 NOW = time.time()
 
