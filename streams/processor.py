@@ -280,8 +280,15 @@ class BatchProcessor:
         ]
         ids = list(dict.fromkeys([*pointers.values(), *candidates]))
         states = await self.store.load(ENTITY, ids)
+        # Only pointers to no loaded profile need checking: one that points to a loaded
+        # profile moves only when another commit merges that profile away, and that
+        # commit changes the profile's version, which is checked.
         expected = Expected(
-            {identity: pointers.get(identity) for identity in wanted},
+            {
+                identity: pid
+                for identity in wanted
+                if (pid := pointers.get(identity)) is None or pid not in states
+            },
             {pid: states[pid].version if pid in states else None for pid in ids},
         )
         for state in states.values():

@@ -17,11 +17,13 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ks                          set     ids of the API keys (for `traitflow keys list`)
     tf:r:{key_id}                  hash    the API key's rate-limit token bucket
 
-A batch costs three round trips whatever its size: one MGET reads where its
-identities point, one loads every state they name, and one commits every state, view,
-version, index key and expiry entry at once (a Lua script). The commit is atomic and
-conditional (`Expected`): it writes only if every identity still points where the
-batch read it and every profile still has the version it was loaded at; otherwise
+A batch costs a few round trips whatever its size: one MGET reads where its
+identities point, one loads every state they name (and its version key), and the
+commit (WATCH, one MGET, then MULTI ... EXEC) writes every state, view, version, index
+key and expiry entry at once. The commit is atomic and conditional (`Expected`): it
+writes only if every new identity still points nowhere and every profile still has
+the version it was loaded at (a profile that another commit merges away loses its
+version key, so pointers to loaded profiles need no check of their own); otherwise
 nothing is written and the batch is computed again (`Conflict`). That is what makes
 two workers safe when stitching sends one person's events through both: whichever
 commits second sees the first's write and redoes its batch on top of it. A reader
