@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +27,9 @@ import pytest
 import redis
 
 from api.keys import RedisKeyStore, new_key
-from tests.integration.workers import alive, start_worker
+from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
-from traitflow.services import Daemon, Service, ServiceError, free_port, port_open
+from traitflow.services import Daemon, Service, ServiceError, free_port
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_lines
 
@@ -171,24 +170,8 @@ def worker(settings: Settings, publish: Publisher, redis_client: redis.Redis) ->
 @pytest.fixture(scope="session")
 def api_server(settings: Settings) -> Iterator[str]:
     """A real `traitflow api` server process; yields its base URL."""
-    port = free_port()
-    daemon = Daemon("api", settings.home / "api")
-    process = daemon.spawn(
-        [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
-        settings.child_env(),
-        cwd=ROOT,
-    )
-    try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"api exited with {process.returncode}: {daemon.log_file.read_text()}")
-            return port_open("127.0.0.1", port)
-
-        wait_until(up, timeout=30, what="the API server to listen")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        daemon.stop()
+    with running_api(settings, "api") as url:
+        yield url
 
 
 def create_key(settings: Settings, name: str, **scopes: Any) -> str:

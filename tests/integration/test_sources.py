@@ -10,7 +10,6 @@ bound to `web` and `crm`, policies `web-first` and `crm-first` besides the defau
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,10 @@ from attributes.events import iso_from_ms
 from attributes.policies import MergePolicy
 from attributes.profile import ProfileState, decode_state, encode_state
 from tests.integration.conftest import Publisher, create_key, user_id, wait_until
-from tests.integration.workers import alive, start_worker
+from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
-from traitflow.services import Daemon, free_port, port_open
+from traitflow.services import Daemon
 from traitflow.store import KeyLayout, ProfileWrite
 from traitflow.topics import ensure_topics
 
@@ -108,27 +107,11 @@ def own_worker(
 @pytest.fixture(scope="module")
 def own_api(own: Settings) -> Iterator[httpx.Client]:
     """A real `traitflow api` process with the module's settings, and an admin client."""
-    port = free_port()
-    daemon = Daemon("sources-api", own.home / "sources-api")
-    process = daemon.spawn(
-        [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
-        own.child_env(),
-        cwd=ROOT,
-    )
-    try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"api exited with {process.returncode}: {daemon.log_file.read_text()}")
-            return port_open("127.0.0.1", port)
-
-        wait_until(up, timeout=30, what="the API server to listen")
+    with running_api(own, "sources-api") as url:
         token = create_key(own, "sources-admin", admin=True, rate_per_s=100_000.0, burst=100_000)
         headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+        with httpx.Client(base_url=url, headers=headers) as client:
             yield client
-    finally:
-        daemon.stop()
 
 
 # --- the store: read_profiles and a view deleted by a commit ---------------------------------

@@ -1,15 +1,19 @@
-"""Real `traitflow worker` processes for integration tests, and what their logs say."""
+"""Real `traitflow worker` and `traitflow api` processes for integration tests, and
+what their logs say."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from traitflow.config import Settings
-from traitflow.services import Daemon
+from traitflow.services import Daemon, free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +27,29 @@ def start_worker(settings: Settings, name: str) -> Daemon:
         cwd=ROOT,
     )
     return daemon
+
+
+@contextlib.contextmanager
+def running_api(settings: Settings, name: str, timeout: float = 30) -> Iterator[str]:
+    """A real `traitflow api` process with exactly `settings`; yields its base URL."""
+    port = free_port()
+    daemon = Daemon(name, settings.home / name)
+    process = daemon.spawn(
+        [sys.executable, "-m", "traitflow", "api", "--port", str(port)],
+        settings.child_env(),
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", port):
+            if process.poll() is not None:
+                pytest.fail(f"api exited with {process.returncode}: {daemon.log_file.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API server did not listen within {timeout} s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        daemon.stop()
 
 
 def worker_log(daemon: Daemon) -> str:
