@@ -73,7 +73,7 @@ async def test_the_stitching_walkthrough_serves_the_documented_profile(
         for index, value in [
             ("id", "u-77"),
             ("user_id", "u-77"),
-            ("email", "grace@example.com"),
+            ("email", "katherine@example.com"),
             ("anonymous_id", "a-77"),
         ]
     ]
