@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -34,7 +33,6 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import (
     ProfileState,
     Retraction,
-    Skip,
     add_identity,
     apply_event,
     decode_state,
@@ -44,8 +42,25 @@ from attributes.profile import (
     render_view,
 )
 from attributes.rules import RuleSet
-from attributes.stitching import Identity, Refusal, Stitcher
+from attributes.stitching import Identity, Stitcher
+from streams.records import (
+    BatchReport,
+    DeadLetterSink,
+    Identified,
+    ListDeadLetters,
+    Record,
+)
 from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
+
+__all__ = [
+    "ENTITY",
+    "BatchProcessor",
+    "BatchReport",
+    "DeadLetterSink",
+    "ListDeadLetters",
+    "Record",
+    "encode_view",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,70 +68,6 @@ ENTITY = "user"
 
 #: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
 encode_view = msgspec.json.Encoder().encode
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed record, transport-neutral."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp_ms: int
-
-
-class DeadLetterSink(ABC):
-    """Where records that cannot be processed go, with the reason; nothing is dropped."""
-
-    @abstractmethod
-    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
-        """Deliver every (record, reason); return only once they are durable."""
-
-
-class ListDeadLetters(DeadLetterSink):
-    """Keeps dead letters in memory (tests and the in-process processor)."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[Record, str]] = []
-
-    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
-        self.records.extend(records)
-
-
-@dataclass(frozen=True, slots=True)
-class Identified:
-    """A decoded event and the identities it carries (priority order; for an alias,
-    `previous` is its previousId as each type it may be)."""
-
-    record: Record
-    event: Event
-    ids: list[Identity]
-    previous: list[Identity]
-
-
-@dataclass(slots=True)
-class BatchReport:
-    records: int = 0
-    profiles_written: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    skips: list[Skip] = field(default_factory=list)
-    #: links and merges not made because of identity limits
-    refusals: list[Refusal] = field(default_factory=list)
-    #: profiles merged into another
-    merges: int = 0
-    #: times the batch was computed again because its commit found a change under it
-    conflicts: int = 0
-
-    def mark(self) -> tuple[int, int, int, int]:
-        return self.duplicates, len(self.skips), len(self.refusals), self.merges
-
-    def rollback(self, mark: tuple[int, int, int, int]) -> None:
-        """Forget the per-event findings since `mark`: that attempt failed and is redone."""
-        self.duplicates, skips, refusals, self.merges = mark
-        del self.skips[skips:]
-        del self.refusals[refusals:]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,76 @@
+"""What a batch is made of and what it reports: transport-neutral records in, dead
+letters and a `BatchReport` out (`streams.processor` does the work)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from attributes.events import Event
+from attributes.profile import Skip
+from attributes.stitching import Identity, Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record, transport-neutral."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int
+
+
+class DeadLetterSink(ABC):
+    """Where records that cannot be processed go, with the reason; nothing is dropped."""
+
+    @abstractmethod
+    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
+        """Deliver every (record, reason); return only once they are durable."""
+
+
+class ListDeadLetters(DeadLetterSink):
+    """Keeps dead letters in memory (tests and the in-process processor)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Record, str]] = []
+
+    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
+        self.records.extend(records)
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """A decoded event and the identities it carries (priority order; for an alias,
+    `previous` is its previousId as each type it may be)."""
+
+    record: Record
+    event: Event
+    ids: list[Identity]
+    previous: list[Identity]
+
+
+@dataclass(slots=True)
+class BatchReport:
+    records: int = 0
+    profiles_written: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    skips: list[Skip] = field(default_factory=list)
+    #: links and merges not made because of identity limits
+    refusals: list[Refusal] = field(default_factory=list)
+    #: profiles merged into another
+    merges: int = 0
+    #: times the batch was computed again because its commit found a change under it
+    conflicts: int = 0
+
+    def mark(self) -> tuple[int, int, int, int]:
+        return self.duplicates, len(self.skips), len(self.refusals), self.merges
+
+    def rollback(self, mark: tuple[int, int, int, int]) -> None:
+        """Forget the per-event findings since `mark`: that attempt failed and is redone."""
+        self.duplicates, skips, refusals, self.merges = mark
+        del self.skips[skips:]
+        del self.refusals[refusals:]
