@@ -101,6 +101,10 @@ def collection_entity(request: Request, collection: str, principal: Principal) -
     return entity
 
 
+def no_record(collection: str, index: str, value: str) -> Response:
+    return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
+
+
 def projected(view: bytes, fields: list[str] | None) -> bytes:
     return (
         view if fields is None else shapes.encode(shapes.project(shapes.decode_view(view), fields))
@@ -151,16 +155,15 @@ async def read_record(
         with_provenance = flag("provenance", provenance)
         store: ProfileStore = request.app.state.store
         key = lookup_value(request, entity, index, value)
-        missing = f"no record with {index} = {value!r} in {collection!r}"
         wanted = shapes.parse_fields(fields)
         if policy_id == settings.default_merge_policy and not with_provenance:
             view = await store.read_view(entity, index, key)  # as stored: the hot path
             if view is None:
-                return errors.error(404, missing)
+                return no_record(collection, index, value)
             return view_response(request, projected(view, wanted))
         found = (await store.read_profiles(entity, [(index, key)]))[0]
         if found is None:
-            return errors.error(404, missing)
+            return no_record(collection, index, value)
         document = reshaped(*found, policy_id, policy, with_provenance)
         body = document if wanted is None else shapes.project(document, wanted)
         return view_response(request, shapes.encode(body))

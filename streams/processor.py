@@ -286,7 +286,7 @@ class BatchProcessor:
             merge_states(states[survivor], states[absorbed], self.rules)
             merged.add(survivor)
             self._renders.pop(survivor, None)  # its remembered values are not the merge's
-        removed = [absorbed for absorbed, _ in plan.merges if absorbed in expected.versions]
+        removed = [absorbed for absorbed, _ in plan.merges]  # each one loaded or created
 
         by_profile: dict[str, list[tuple[Record, Event]]] = {}
         for item, pid in zip(events, plan.profiles, strict=True):

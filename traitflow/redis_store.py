@@ -39,28 +39,23 @@ if not id then return false end
 return redis.call('GET', ARGV[1] .. id)
 """)
 
-# One round trip per batch of reads. KEYS[i] is a view key when ARGV[i + 1] is "v",
-# else an index key resolved to the view under the prefix ARGV[1]. A missing view is
-# `false` in the reply (a nil element), so the reply has one element per key.
+# One round trip per batch of reads (`_lookup_keys`). ARGV[1] is the prefix of view
+# keys; KEYS[i] is an index key to resolve when ARGV[i + 1] is '', else the view key of
+# the profile ARGV[i + 1] names. A missing view is `false` in the reply (a nil
+# element), so the reply has one element per key.
 _READ_MANY = Script.of("""
 local views = {}
 for i, key in ipairs(KEYS) do
-  local view = false
-  if ARGV[i + 1] == 'v' then
-    view = redis.call('GET', key)
-  else
-    local id = redis.call('GET', key)
-    if id then view = redis.call('GET', ARGV[1] .. id) end
-  end
-  views[i] = view
+  local id = ARGV[i + 1]
+  if id == '' then id = redis.call('GET', key) end
+  views[i] = id and redis.call('GET', ARGV[1] .. id)
 end
 return views
 """)
 
 
-# (view, state) per lookup, in one round trip. ARGV[1] and ARGV[2] are the prefixes of
-# view and state keys; KEYS[i] is an index key to resolve when ARGV[i + 2] is '', else
-# the view key of the profile ARGV[i + 2] names. A missing profile is `false`.
+# (view, state) per lookup, in one round trip: as _READ_MANY, with ARGV[2] the prefix
+# of state keys and the ids from ARGV[3] on. A missing profile is `false`.
 _READ_PROFILES = Script.of("""
 local found = {}
 for i, key in ipairs(KEYS) do
@@ -239,36 +234,38 @@ class RedisProfileStore(ProfileStore):
             ),
         )
 
+    def _lookup_keys(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ids for the batch read scripts: a lookup by id is the profile's view
+        key and its id; one by another index is the index key and '' (resolve it)."""
+        keys: list[str] = []
+        ids: list[str] = []
+        for index, value in lookups:
+            if index == PRIMARY_INDEX:
+                keys.append(self.keys.view(entity, value))
+                ids.append(value)
+            else:
+                keys.append(self.keys.index(entity, index, value))
+                ids.append("")
+        return keys, ids
+
     async def read_views(
         self, entity: str, lookups: Sequence[tuple[str, str]]
     ) -> list[bytes | None]:
         if not lookups:
             return []
-        keys: list[str] = []
-        kinds: list[str] = [self.keys.view_prefix(entity)]
-        for index, value in lookups:
-            if index == PRIMARY_INDEX:
-                keys.append(self.keys.view(entity, value))
-                kinds.append("v")
-            else:
-                keys.append(self.keys.index(entity, index, value))
-                kinds.append("i")
-        return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, kinds))
+        keys, ids = self._lookup_keys(entity, lookups)
+        args = [self.keys.view_prefix(entity), *ids]
+        return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, args))
 
     async def read_profiles(
         self, entity: str, lookups: Sequence[tuple[str, str]]
     ) -> list[tuple[bytes, bytes] | None]:
         if not lookups:
             return []
-        keys: list[str] = []
-        args = [self.keys.view_prefix(entity), self.keys.state_prefix(entity)]
-        for index, value in lookups:
-            if index == PRIMARY_INDEX:
-                keys.append(self.keys.view(entity, value))
-                args.append(value)
-            else:
-                keys.append(self.keys.index(entity, index, value))
-                args.append("")
+        keys, ids = self._lookup_keys(entity, lookups)
+        args = [self.keys.view_prefix(entity), self.keys.state_prefix(entity), *ids]
         replies = cast(
             "list[list[bytes] | None]", await self.reads.eval(_READ_PROFILES, keys, args)
         )

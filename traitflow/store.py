@@ -249,24 +249,21 @@ class MemoryProfileStore(ProfileStore):
         for pid in ids:
             scheduled.pop(pid, None)
 
-    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+    def _served(self, entity: str, index: str, value: str) -> tuple[str, str] | None:
+        """The (entity, id) key of the profile `index`=`value` finds, if it has a view."""
         pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
-        return None if pid is None else self.views.get((entity, pid))
+        key = (entity, pid or "")
+        return key if pid is not None and key in self.views else None
 
-    async def read_views(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[bytes | None]:
-        return [await self.read_view(entity, index, value) for index, value in lookups]
+    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        key = self._served(entity, index, value)
+        return None if key is None else self.views[key]
 
     async def read_profiles(
         self, entity: str, lookups: Sequence[tuple[str, str]]
     ) -> list[tuple[bytes, bytes] | None]:
-        found: list[tuple[bytes, bytes] | None] = []
-        for index, value in lookups:
-            pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
-            key = (entity, pid or "")
-            found.append((self.views[key], self.states[key]) if key in self.views else None)
-        return found
+        keys = [self._served(entity, index, value) for index, value in lookups]
+        return [None if key is None else (self.views[key], self.states[key]) for key in keys]
 
 
 class CachedProfileStore(ProfileStore):
