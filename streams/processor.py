@@ -9,9 +9,9 @@ Per batch: decode every record and extract its identities; read where they point
 (one round trip) and load the profiles they name (one more); stitch (which profile
 each event belongs to, which profiles merge: `attributes.stitching`); merge and apply
 events in offset order; commit every changed profile once (coalesced) in one atomic,
-conditional round trip, computing the batch again if another worker changed
-something it read; and only then report the batch done, so the caller acks
-(commits) offsets after the effect is durable.
+conditional round trip, computing again the part of the batch that read something
+another worker changed meanwhile (`streams.effects`); and only then report the batch
+done, so the caller acks (commits) offsets after the effect is durable.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,6 +42,7 @@ from attributes.profile import (
 )
 from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
+from streams.effects import Stitched, split
 from streams.records import (
     BatchReport,
     DeadLetterSink,
@@ -68,18 +68,6 @@ ENTITY = "user"
 
 #: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
 encode_view = msgspec.json.Encoder().encode
-
-
-@dataclass(slots=True)
-class Stitched:
-    """A batch's effect, computed and ready to commit."""
-
-    writes: list[ProfileWrite]
-    #: profiles merged into others: deleted by the commit
-    removed: list[str]
-    expected: Expected
-    #: every profile whose state was loaded or made (to forget if the commit fails)
-    profiles: list[str]
 
 
 class BatchProcessor:
@@ -133,9 +121,9 @@ class BatchProcessor:
             return await self._process(records)
 
     async def _process(self, records: Sequence[Record]) -> BatchReport:
-        """Decode, then compute and commit until the commit finds nothing changed
-        under it (another worker may have written one of the batch's profiles or
-        identities meanwhile: then the batch is computed again on top of that)."""
+        """Decode, then compute and commit until every event's effect is committed
+        (another worker may have written some of the batch's profiles or identities
+        meanwhile: the events that read them are then computed again on top)."""
         self._read_clock()
         report = BatchReport(records=len(records))
         rejected: list[tuple[Record, str]] = []
@@ -157,14 +145,12 @@ class BatchProcessor:
 
         sent: set[int] = set()  # ids of the rejected records already dead-lettered
         while True:
-            mark = report.mark()
             failed: list[tuple[Record, str]] = []
-            stitched = await self._stitch(events, report, failed)
+            stitched = await self._stitch(events, failed)
             if failed:
                 # the events that broke are dead letters with no effect at all, not even
                 # on identities: the batch is stitched again without them
                 self._abandon(stitched.profiles)
-                report.rollback(mark)
                 rejected += failed
                 broken = {id(record) for record, _ in failed}
                 events = [item for item in events if id(item.record) not in broken]
@@ -174,22 +160,13 @@ class BatchProcessor:
                 if letters:  # durable before the commit moves the watermarks past them
                     await self.dead_letters.send(letters)
                     sent.update(id(record) for record, _ in letters)
-                await self.store.commit(
-                    ENTITY, stitched.writes, stitched.removed, stitched.expected
-                )
-            except Conflict as conflict:
-                # states were changed in place: a store that keeps them must forget them
-                self._abandon(stitched.profiles)
-                report.rollback(mark)
-                report.conflicts += 1
-                log.debug("batch computed again: %s", conflict)
-                continue
+                events = await self._commit(stitched, report)
             except BaseException:
                 self._abandon(stitched.profiles)
                 raise
-            break
+            if not events:
+                break
         report.dead_lettered = len(rejected)
-        report.profiles_written = len(stitched.writes)
         for refusal in report.refusals:
             log.info("profile %s: %s %r: %s", refusal.profile, *refusal.identity, refusal.reason)
         for skip in report.skips:
@@ -202,17 +179,38 @@ class BatchProcessor:
                 )
         return report
 
+    async def _commit(self, stitched: Stitched, report: BatchReport) -> list[Identified]:
+        """Commit a batch's effect and report it; return the events to compute again.
+
+        When the commit finds that another worker changed something the batch read,
+        the parts of the batch that read none of it are committed (`effects.split`),
+        and the events of the others are returned, their states forgotten."""
+        redo: list[Identified] = []
+        while stitched.writes or stitched.removed:
+            try:
+                await self.store.commit(
+                    ENTITY, stitched.writes, stitched.removed, stitched.expected
+                )
+            except Conflict as conflict:
+                report.conflicts += 1
+                log.debug("part of a batch computed again: %s", conflict)
+                stitched, stale = split(stitched, conflict, self.identities.profile_id)
+                # states were changed in place: a store that keeps them must forget them
+                self._abandon(stale.profiles)
+                redo += stale.events
+                continue
+            break
+        stitched.report_to(report)
+        return redo
+
     async def _stitch(
-        self,
-        events: Sequence[Identified],
-        report: BatchReport,
-        rejected: list[tuple[Record, str]],
+        self, events: list[Identified], rejected: list[tuple[Record, str]]
     ) -> Stitched:
         """Where the events belong (`attributes.stitching`), the merges they make, and
         the writes of every profile they change, with what the commit must find."""
         pointers, states, expected = await self._read(events)
         try:
-            return await self._stitched(events, pointers, states, expected, report, rejected)
+            return await self._stitched(events, pointers, states, expected, rejected)
         except BaseException:
             self._abandon(list(states))  # states it changed must not stay in a cache
             raise
@@ -244,21 +242,21 @@ class BatchProcessor:
         )
         for state in states.values():
             self._fit(state)
-        # A pointer to a profile that is gone (merged away by another worker between the
-        # two reads) is left out: its identity looks new, and the commit, which expects
-        # the pointer as read, finds it moved and has the batch computed again.
-        live = {identity: pid for identity, pid in pointers.items() if pid in states}
-        return live, states, expected
+        return pointers, states, expected
 
     async def _stitched(
         self,
-        events: Sequence[Identified],
+        events: list[Identified],
         pointers: dict[Identity, str],
         states: dict[str, ProfileState],
         expected: Expected,
-        report: BatchReport,
         rejected: list[tuple[Record, str]],
     ) -> Stitched:
+        stitched = Stitched(events, pointers, expected=expected, profiles=[*states])
+        # A pointer to a profile that is gone (merged away by another worker between the
+        # two reads) is left out: its identity looks new, and the commit, which expects
+        # the pointer as read, finds it moved and has the batch computed again.
+        pointers = {identity: pid for identity, pid in pointers.items() if pid in states}
         # a record some profile has applied (a redelivery) is not stitched again: the
         # graph has moved on since, and stitching it now could merge what it never did
         fresh: list[Identified] = []
@@ -266,32 +264,32 @@ class BatchProcessor:
             owner = states.get(pointers.get(item.ids[0], ""))
             source = f"{item.record.topic}/{item.record.partition}"
             if owner is not None and owner.offsets.get(source, -1) >= item.record.offset:
-                report.duplicates += 1
+                stitched.found(owner.id).duplicates += 1
             else:
                 fresh.append(item)
-        events = fresh
 
         stitcher = Stitcher(self.identities, pointers, states)
-        for item in events:
+        for item in fresh:
             at = event_time_ms(item.event, item.record.timestamp_ms)
             stitcher.assign(item.ids, item.previous, at)
         plan = stitcher.finish()
-        report.refusals.extend(plan.refusals)
-        report.merges += len(plan.merges)
+        for refusal in plan.refusals:
+            stitched.found(refusal.profile).refusals.append(refusal)
         for pid in plan.created:
             states[pid] = ProfileState(id=pid, entity=ENTITY)
             expected.versions.setdefault(pid, None)
         merged: set[str] = set()
         for absorbed, survivor in plan.merges:
+            stitched.found(absorbed).merges += 1
             merge_states(states[survivor], states[absorbed], self.rules)
             merged.add(survivor)
             self._renders.pop(survivor, None)  # its remembered values are not the merge's
-        removed = [absorbed for absorbed, _ in plan.merges]  # each one loaded or created
+        stitched.removed = [absorbed for absorbed, _ in plan.merges]  # loaded or created
+        stitched.profiles += plan.created
 
         by_profile: dict[str, list[tuple[Record, Event]]] = {}
-        for item, pid in zip(events, plan.profiles, strict=True):
+        for item, pid in zip(fresh, plan.profiles, strict=True):
             by_profile.setdefault(pid, []).append((item.record, item.event))
-        writes: list[ProfileWrite] = []
         for pid, items in by_profile.items():
             state = states[pid]
             links = list(dict.fromkeys(plan.links.get(pid, ())))
@@ -302,6 +300,7 @@ class BatchProcessor:
             changed = bool(links) or pid in merged
             # what the slow path starts again from; a merged state is nowhere else
             snapshot = encode_state(state) if pid in merged else None
+            report = stitched.found(pid)
             mark = report.mark()
             try:
                 write = self._apply(state, items, report, changed)
@@ -315,8 +314,8 @@ class BatchProcessor:
                 write = await self._apply_each(base, items, report, rejected, changed)
             if write is not None:
                 write.identities = links
-                writes.append(write)
-        return Stitched(writes, removed, expected, [*states])
+                stitched.writes.append(write)
+        return stitched
 
     async def _before(
         self, pid: str, snapshot: bytes | None, links: Sequence[Identity]

@@ -160,12 +160,14 @@ class RedisProfileStore(ProfileStore):
         if not writes and not removed:
             return
         keys = self.keys
-        checks: dict[str, str] = {}
+        #: key -> (the value it must still have, the identity or profile it guards)
+        checks: dict[str, tuple[bytes, Identity | str]] = {}
         if expected is not None:
-            for (index, value), pid in expected.pointers.items():
-                checks[keys.index(entity, index, value)] = pid or ""
+            for identity, pid in expected.pointers.items():
+                checks[keys.index(entity, *identity)] = ((pid or "").encode(), identity)
             for pid, version in expected.versions.items():
-                checks[keys.version(entity, pid)] = "" if version is None else str(version)
+                want = b"" if version is None else str(version).encode()
+                checks[keys.version(entity, pid)] = (want, pid)
         sets: dict[str, bytes | str] = {}
         deletes: list[str] = []
         scheduled: dict[str, dict[str, int]] = {}
@@ -188,27 +190,38 @@ class RedisProfileStore(ProfileStore):
                     unscheduled.setdefault(keys.expiries(entity, source), []).append(pid)
                 else:
                     scheduled.setdefault(keys.expiries(entity, source), {})[pid] = when
-        async with self.client.pipeline(transaction=True) as transaction:
-            if checks:
-                # optimistic: a watched key that changes before EXEC makes EXEC fail
-                await transaction.watch(*checks)
-                found = cast("list[bytes | None]", await transaction.mget(list(checks)))
-                for (key, want), have in zip(checks.items(), found, strict=True):
-                    if (have or b"").decode() != want:
-                        raise Conflict(f"{key} changed since it was read")
-                transaction.multi()  # type: ignore[no-untyped-call]
-            if sets:
-                transaction.mset(sets)
-            if deletes:
-                transaction.delete(*deletes)
-            for key, members in scheduled.items():
-                transaction.zadd(key, members)
-            for key, pids in unscheduled.items():
-                transaction.zrem(key, *pids)
-            try:
-                await transaction.execute()
-            except WatchError:
-                raise Conflict(f"one of {len(checks)} keys changed since it was read") from None
+        while True:
+            async with self.client.pipeline(transaction=True) as transaction:
+                if checks:
+                    # optimistic: a watched key that changes before EXEC makes EXEC fail
+                    await transaction.watch(*checks)
+                    found = cast("list[bytes | None]", await transaction.mget(list(checks)))
+                    stale = [
+                        guarded
+                        for (want, guarded), have in zip(checks.values(), found, strict=True)
+                        if (have or b"") != want
+                    ]
+                    if stale:
+                        raise Conflict(
+                            [g for g in stale if isinstance(g, tuple)],
+                            [g for g in stale if isinstance(g, str)],
+                        )
+                    transaction.multi()  # type: ignore[no-untyped-call]
+                if sets:
+                    transaction.mset(sets)
+                if deletes:
+                    transaction.delete(*deletes)
+                for key, members in scheduled.items():
+                    transaction.zadd(key, members)
+                for key, pids in unscheduled.items():
+                    transaction.zrem(key, *pids)
+                try:
+                    await transaction.execute()
+                except WatchError:
+                    # written between the check and EXEC: check again, to name what
+                    # changed (or, if every value is still the one read, write now)
+                    continue
+                return
 
     async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
         ids = cast(

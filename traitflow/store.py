@@ -24,9 +24,10 @@ key and expiry entry at once. The commit is atomic and conditional (`Expected`):
 writes only if every new identity still points nowhere and every profile still has
 the version it was loaded at (a profile that another commit merges away loses its
 version key, so pointers to loaded profiles need no check of their own); otherwise
-nothing is written and the batch is computed again (`Conflict`). That is what makes
-two workers safe when stitching sends one person's events through both: whichever
-commits second sees the first's write and redoes its batch on top of it. A reader
+nothing is written, and the `Conflict` names every check that failed, so that the
+caller computes again only what read them. That is what makes two workers safe when
+stitching sends one person's events through both: whichever commits second sees the
+first's write and redoes that person's events on top of it. A reader
 never sees a view without its index, and the offset watermark inside a state is never
 ahead of or behind the state it guards. Finding the profiles whose windows are due is
 one ZRANGE per input partition, whatever the number of silent profiles. (With Redis
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from attributes.profile import ProfileState, decode_state
@@ -114,7 +115,17 @@ class Expected:
 
 
 class Conflict(Exception):
-    """A commit found something changed since it was read; nothing was written."""
+    """A commit found something changed since it was read; nothing was written.
+
+    It names every check that failed, not only the first, so that the caller can
+    compute again just the part of its batch that read them."""
+
+    def __init__(self, pointers: Collection[Identity] = (), profiles: Collection[str] = ()):
+        self.pointers = frozenset(pointers)
+        self.profiles = frozenset(profiles)
+        moved = [f"{index} {value!r} moved" for index, value in sorted(self.pointers)]
+        changed = [f"profile {pid!r} changed" for pid in sorted(self.profiles)]
+        super().__init__("; ".join([*moved, *changed]) or "nothing named")
 
 
 class ProfileStore(ABC):
@@ -136,7 +147,7 @@ class ProfileStore(ABC):
     ) -> None:
         """Write states, views, versions and index keys, and delete the profiles in
         `removed` (merged into others), atomically; raise `Conflict` and write nothing
-        if anything in `expected` no longer holds."""
+        if anything in `expected` no longer holds (naming all that does not)."""
 
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
         """Write unconditionally (`commit` with nothing expected)."""
@@ -212,12 +223,11 @@ class MemoryProfileStore(ProfileStore):
         expected: Expected | None = None,
     ) -> None:
         if expected is not None:
-            for (index, value), profile in expected.pointers.items():
-                if self.index.get((entity, index, value)) != profile:
-                    raise Conflict(f"{index} {value!r} moved")
-            for profile, version in expected.versions.items():
-                if self.versions.get((entity, profile)) != version:
-                    raise Conflict(f"profile {profile!r} changed")
+            pointers, versions = self.index, self.versions
+            moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
+            changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
+            if moved or changed:
+                raise Conflict(moved, changed)
         for profile in removed:
             for store in (self.states, self.views, self.versions):
                 store.pop((entity, profile), None)

@@ -59,6 +59,12 @@ class HoldingStore(CachedProfileStore):
     test makes another worker commit in between."""
 
     hold: Hold | None = None
+    #: the ids of every load asked of it, in order
+    loads: list[list[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loads = []
 
     async def _pause(self, at: str) -> None:
         if (hold := self.hold) is not None and hold.at == at:
@@ -66,9 +72,10 @@ class HoldingStore(CachedProfileStore):
             hold.reached.set()
             await hold.release.wait()
 
-    async def load(self, *args: Any, **kwargs: Any) -> Any:
+    async def load(self, entity: str, ids: Sequence[str]) -> Any:
         await self._pause("load")
-        return await super().load(*args, **kwargs)
+        self.loads.append(list(ids))
+        return await super().load(entity, ids)
 
     async def commit(self, *args: Any, **kwargs: Any) -> None:
         await self._pause("commit")
@@ -219,6 +226,40 @@ def test_a_merge_racing_events_of_both_profiles_loses_and_doubles_nothing(
     assert redis_client.get(keys.index(ENTITY, "anonymous_id", A)) == U.encode()
     gone = [keys.state(ENTITY, X), keys.view(ENTITY, X), keys.version(ENTITY, X)]
     assert redis_client.exists(*gone) == 0, "the merged-away profile is still stored"
+
+
+def test_a_conflict_computes_again_only_the_people_whose_profiles_changed(
+    settings: Settings, prefix: str
+) -> None:
+    """Worker A's batch has events of two people; worker B commits an event of one of
+    them while A computes. A's commit must conflict on that person only: the other's
+    write is committed as computed, and only the first is loaded and computed again."""
+    q = "u-q"
+    setup_q = [order("q1", 50, 3.0, "sku-9", userId=q)]
+    held_events = [order("u5", 40, 11.0, "sku-6", userId=U), event("q2", 30, userId=q)]
+    first_events = [viewed("u6", 20, "sku-7", "toys", userId=U)]
+
+    async def go() -> tuple[BatchReport, list[list[str]], list[bytes | None]]:
+        async with two_workers(settings, prefix) as (a, b):
+            await a.processor.process(a.records(setup_q))
+            await b.processor.process(b.records(SETUP_B))
+            a.store.loads.clear()
+            _, held = await race((b, b.records(first_events)), (a, a.records(held_events)))
+            views = await a.store.inner.read_views(ENTITY, [("user_id", U), ("user_id", q)])
+            return held, a.store.loads, views
+
+    held, loads, (u_view, q_view) = asyncio.run(go())
+
+    assert held.conflicts == 1
+    assert [sorted(ids) for ids in loads] == [sorted([U, q]), [U]]
+    assert (held.records, held.profiles_written, held.duplicates) == (2, 2, 0)
+    assert u_view is not None
+    assert q_view is not None
+    every_u = [*SETUP_B, *held_events[:1], *first_events]
+    assert comparable(orjson.loads(u_view)) == person_oracle(settings, every_u, U)
+    assert comparable(orjson.loads(q_view)) == person_oracle(
+        settings, [*setup_q, held_events[1]], q
+    )
 
 
 @pytest.mark.parametrize("commits", ["login-first", "crm-first"])

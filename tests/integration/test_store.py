@@ -103,29 +103,70 @@ def test_the_expiry_index_is_written_with_the_states(
 
 
 def test_a_commit_checks_pointers_and_versions(settings: Settings, prefix: str) -> None:
-    """Nothing is written when anything the batch read has changed since."""
+    """Nothing is written when anything the batch read has changed since, and the
+    conflict names every check that failed (the caller redoes just what read them)."""
 
     async def use(store: RedisProfileStore) -> Any:
         await store.save("user", [write("u-1", anonymous_id="a-1")])
         stale = Expected({("anonymous_id", "a-1"): None}, {"u-1": 1})
         moved = Expected({("anonymous_id", "a-1"): "u-1"}, {"u-1": 0})
-        outcomes = []
-        for expected in (stale, moved):
+        both = Expected({("anonymous_id", "a-1"): None, ("email", "e"): None}, {"u-1": 0})
+        outcomes: list[object] = []
+        for expected in (stale, moved, both):
             try:
                 await store.commit("user", [write("u-9")], expected=expected)
                 outcomes.append("written")
             except Conflict as conflict:
-                outcomes.append(str(conflict))
+                outcomes.append((conflict.pointers, conflict.profiles))
         fine = Expected({("anonymous_id", "a-1"): "u-1"}, {"u-1": 1, "u-2": None})
         await store.commit("user", [write("u-2")], ["u-1"], fine)
         return outcomes, sorted(await store.load("user", ["u-1", "u-2", "u-9"]))
 
     outcomes, left = with_store(settings, prefix, use)
     assert outcomes == [
-        f"{prefix}:i:user:anonymous_id:a-1 changed since it was read",
-        f"{prefix}:n:user:u-1 changed since it was read",
+        ({("anonymous_id", "a-1")}, set()),
+        (set(), {"u-1"}),
+        ({("anonymous_id", "a-1")}, {"u-1"}),
     ]
     assert left == ["u-2"]  # u-9 never written; u-1 removed with the last commit
+
+
+def test_a_key_rewritten_with_the_value_read_before_exec_is_checked_again(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    """WATCH fires on any write, even one that leaves the value as it was (another
+    worker linking an identity again): EXEC fails, the checks are read again, and as
+    they all still hold, the commit is written, with no conflict."""
+    keys = KeyLayout(prefix)
+    pointer = keys.index("user", "anonymous_id", "a-1")
+    checks: list[Any] = []
+
+    async def use(store: RedisProfileStore) -> Any:
+        await store.save("user", [write("u-1", anonymous_id="a-1")])
+        pipeline = store.client.pipeline
+
+        def rewriting(*args: Any, **kwargs: Any) -> Any:
+            transaction = pipeline(*args, **kwargs)
+            mget = transaction.mget
+
+            async def checked(*keys: Any) -> Any:
+                found = await mget(*keys)
+                checks.append(found)
+                if len(checks) == 1:  # between this check and EXEC, on another connection
+                    redis_client.set(pointer, b"u-1")
+                return found
+
+            transaction.mget = checked  # type: ignore[method-assign, assignment]
+            return transaction
+
+        store.client.pipeline = rewriting  # type: ignore[method-assign]
+        await store.commit(
+            "user", [write("u-2")], expected=Expected({("anonymous_id", "a-1"): "u-1"})
+        )
+
+    with_store(settings, prefix, use)
+    assert checks == [[b"u-1"], [b"u-1"]]
+    assert redis_client.get(keys.view("user", "u-2")) == b'{"id": "u-2"}'
 
 
 def test_a_state_stored_without_a_version_key_gets_one(

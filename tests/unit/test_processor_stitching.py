@@ -25,7 +25,14 @@ from attributes.identities import DEFAULT_USER, EntitySpec, IdentityRules, Ident
 from attributes.rules import RuleSet
 from attributes.stitching import Identity
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileStore
+from traitflow.store import (
+    CachedProfileStore,
+    Conflict,
+    Expected,
+    MemoryProfileStore,
+    ProfileStore,
+    ProfileWrite,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -353,6 +360,70 @@ def test_replaying_any_batch_changes_nothing(
         assert sum(report.duplicates for report in reports) == len(replayed)
         assert sum(report.profiles_written for report in reports) == 0
         assert (store.states, store.views, store.index) == before
+
+    asyncio.run(go())
+
+
+class SpuriousConflicts(MemoryProfileStore):
+    """Finds some of a commit's checks failed though nothing changed (`pick` chooses
+    which): the processor must commit the parts of the batch that read none of them
+    and compute the others again, with the very same outcome."""
+
+    def __init__(self, pick: Any) -> None:
+        super().__init__()
+        self.pick = pick
+        self.conflicts = 0
+
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        checks: list[Identity | str] = (
+            [] if expected is None else [*expected.pointers, *expected.versions]
+        )
+        named = self.pick(checks) if checks and self.conflicts < 50 else []
+        if named:
+            self.conflicts += 1
+            pointers = [check for check in named if isinstance(check, tuple)]
+            raise Conflict(pointers, [check for check in named if isinstance(check, str)])
+        await super().commit(entity, writes, removed, expected)
+
+
+def totals(reports: Sequence[BatchReport]) -> tuple[int, ...]:
+    fields = ("records", "profiles_written", "dead_lettered", "duplicates", "merges")
+    counted = tuple(sum(getattr(report, name) for report in reports) for name in fields)
+    return (*counted, sum(len(r.skips) for r in reports), sum(len(r.refusals) for r in reports))
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=streams(), data=st.data(), cache=st.sampled_from([None, 100]))
+def test_a_conflict_redoes_only_the_parts_that_read_what_changed(
+    example_rules: RuleSet, events: list[dict[str, Any]], data: st.DataObject, cache: int | None
+) -> None:
+    """Random checks of random commits fail: what is stored, and every figure reported,
+    is exactly what the same batches store and report without a conflict."""
+    records = to_records(data, events)
+    batches = split(data, records)
+
+    def pick(checks: list[Identity | str]) -> list[Identity | str]:
+        return data.draw(st.lists(st.sampled_from(checks), max_size=3))
+
+    async def go() -> None:
+        calm, calm_reports = await process(example_rules, batches)
+        conflicted = SpuriousConflicts(pick)
+        store = conflicted if cache is None else CachedProfileStore(conflicted, cache)
+        _, reports = await process(example_rules, batches, store)
+        assert sum(report.conflicts for report in reports) == conflicted.conflicts
+        assert totals(reports) == totals(calm_reports)
+        calm = memory(calm)
+        assert conflicted.index == calm.index
+        assert conflicted.versions == calm.versions
+        for key, raw in calm.views.items():
+            assert served(orjson.loads(conflicted.views[key])) == served(orjson.loads(raw))
+        assert conflicted.views.keys() == calm.views.keys()
 
     asyncio.run(go())
 
