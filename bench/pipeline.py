@@ -7,7 +7,8 @@ then starts `--workers` `traitflow worker` processes (one consumer group) on it 
 measures:
 - start-up: worker process start -> first profile written (consumer-group join etc.);
 - throughput: first profile written -> every event applied, in events/s;
-- the worker's CPU use over that span.
+- the worker's CPU use over that span;
+- the workers' commit conflicts and merges (their Prometheus counters, read at the end).
 
 "Every event applied" is exact, not sampled: a partition is processed in offset order,
 so once each partition's last record shows in its profile's version, all records are
@@ -33,6 +34,7 @@ import os
 import random
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +45,13 @@ from aiokafka import AIOKafkaProducer
 
 from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
-from traitflow.services import Daemon, embedded_services
+from traitflow.services import Daemon, embedded_services, free_port
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
+COUNTERS = ("traitflow_commit_conflicts_total", "traitflow_profile_merges_total")
 
 
 @dataclass
@@ -168,6 +171,19 @@ def check(client: redis.Redis, settings: Settings, expected: Expected) -> int:
     return wrong
 
 
+def counters(ports: list[int], names: tuple[str, ...]) -> dict[str, float]:
+    """The sum over the workers of each named counter (all label sets together)."""
+    totals = dict.fromkeys(names, 0.0)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            for line in page.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                base = name.split("{", 1)[0]
+                if base in totals:
+                    totals[base] += float(value)
+    return totals
+
+
 def cleanup(client: redis.Redis, settings: Settings) -> None:
     for key in client.scan_iter(match=KeyLayout(settings.key_prefix).all_keys(), count=10_000):
         client.unlink(key)
@@ -209,9 +225,13 @@ def main() -> None:
     env = settings.child_env()
     client = redis.Redis.from_url(settings.redis_url)
     daemons = [Daemon(f"bench-worker-{i}", settings.home / "bench") for i in range(args.workers)]
+    ports = [free_port() for _ in daemons]
     t_start = time.perf_counter()
     command = [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"]
-    processes = [daemon.spawn(command, env, ROOT) for daemon in daemons]
+    processes = [
+        daemon.spawn(command, env | {"TRAITFLOW_WORKER_METRICS_PORT": str(port)}, ROOT)
+        for daemon, port in zip(daemons, ports, strict=True)
+    ]
     try:
         last_views = [KeyLayout(settings.key_prefix).view("user", u) for u in last_user.values()]
         while not client.exists(*last_views):
@@ -229,6 +249,7 @@ def main() -> None:
             time.sleep(0.01)
         t_done = time.perf_counter()
         cpu_done = sum(cpu_seconds(process.pid) for process in processes)
+        found = counters(ports, COUNTERS)
     finally:
         for daemon in daemons:
             daemon.stop()
@@ -243,6 +264,8 @@ def main() -> None:
     print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
     print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")
     print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core (all workers)")
+    conflicts, merges = (found[name] for name in COUNTERS)
+    print(f"conflicts, merges {conflicts:,.0f} commit conflicts, {merges:,.0f} profile merges")
     print(f"profiles checked  {len(expected.events)}, wrong: {wrong}")
     if wrong:
         sys.exit(1)
