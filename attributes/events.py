@@ -31,6 +31,8 @@ class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     userId: str | int | None = None
     anonymousId: str | int | None = None
     previousId: str | int | None = None
+    #: a `group` call's account (B2B: the company a user belongs to)
+    groupId: str | int | None = None
     properties: dict[str, Any] = {}
     traits: dict[str, Any] = {}
     context: dict[str, Any] = {}
@@ -94,6 +96,7 @@ def decode_event(raw: bytes) -> Event:
         raise InvalidEvent(f"not a valid event: {exc}") from None
     event.userId = _id_or_none(event.userId)
     event.anonymousId = _id_or_none(event.anonymousId)
+    event.groupId = _id_or_none(event.groupId)
     if event.type == "track" and not event.event:
         raise InvalidEvent("track event has no 'event' name")
     if _LONG_RUN in raw.translate(_DIGITS_AS_ZEROS):  # the walk runs only for long numbers

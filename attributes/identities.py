@@ -97,6 +97,9 @@ class EntitySpec(pydantic.BaseModel):
     #: the types an `alias` event's `previousId` may be, tried in this order (the
     #: first that names a profile wins; else it is taken as the last)
     alias_types: list[str] = []
+    #: the event type whose traits describe this entity: a user's come from
+    #: `identify` calls, an account's from `group` calls
+    traits_from: Literal["identify", "group"] = "identify"
 
     @pydantic.field_validator("identities")
     @classmethod
@@ -145,6 +148,14 @@ DEFAULT_USER = EntitySpec(
         IdentitySpec(type="anonymous_id", paths=["anonymousId"], limit=1000),
     ],
     alias_types=["user_id", "anonymous_id"],
+)
+
+#: A B2B account (Segment's `group` call): its id is a `group` call's `groupId`, or the
+#: `context.groupId` that SDKs put on a grouped user's other events; its traits are the
+#: `group` calls'.
+DEFAULT_ACCOUNT = EntitySpec(
+    identities=[IdentitySpec(type="account_id", paths=["groupId", "context.groupId"])],
+    traits_from="group",
 )
 
 

@@ -24,6 +24,7 @@ _ROOTS: dict[str, bool] = {
     "messageId": False,
     "userId": False,
     "anonymousId": False,
+    "groupId": False,
     "timestamp": False,
 }
 

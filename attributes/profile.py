@@ -125,11 +125,13 @@ def apply_event(
     now: int,
     origin: str = "default",
     retraction: Retraction = "fields",
+    traits_from: str = "identify",
 ) -> Applied:
     """Apply one event at `source` ("topic/partition") `offset` to `state` in place;
     `now` (epoch ms) is the processing time that windows are evaluated at, and
-    `origin` the source name of its topic (whose traits an identify sets, and a
-    `delete` removes as `retraction` says).
+    `origin` the source name of its topic (whose traits an event of type `traits_from`
+    sets, and a `delete` removes as `retraction` says). A user's traits come from
+    `identify` calls, an account's from `group` calls.
 
     An offset at or below the watermark for that source was applied before: it is
     ignored and `changed` is False. Identities are not this function's business: which
@@ -150,7 +152,7 @@ def apply_event(
     state.last_seen = ts if first else max(state.last_seen, ts)
     mid = event.messageId or ""
 
-    if event.type == "identify":
+    if event.type == traits_from:
         traits = state.source_traits.setdefault(origin, {})
         for trait, value in event.traits.items():
             current = traits.get(trait)

@@ -9,7 +9,7 @@ does one dict lookup per event to find the attributes it feeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,9 +92,22 @@ class RuleSet:
     derived_interleaved: bool = False
     #: the attributes' state keys (see `attributes.profile.reconcile`)
     state_keys: frozenset[str] = frozenset()
+    #: the entities the rules are for, in file order
+    entities: tuple[str, ...] = ()
+    #: entity -> the rules of that entity alone (when there are several: `of`)
+    parts: Mapping[str, RuleSet] = field(default_factory=dict, repr=False)
     _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
         default_factory=dict, repr=False
     )
+
+    def of(self, entity: str) -> RuleSet:
+        """The rules of one entity: what its profiles are computed with."""
+        part = self.parts.get(entity)
+        if part is not None:
+            return part
+        if set(self.entities) <= {entity}:  # every rule is the entity's (or there are none)
+            return self
+        return _NO_RULES
 
     def for_event(self, event_type: str, event_name: str | None) -> tuple[CompiledAttribute, ...]:
         """The attributes an event of this type and name feeds, in rule order of their
@@ -119,6 +132,25 @@ class RuleSet:
         derived: Sequence[DerivedAttribute] = (),
         names: Sequence[str] | None = None,
     ) -> RuleSet:
+        entities = tuple(
+            dict.fromkeys(
+                [*(compiled.entity for _, compiled in attributes), *(d.entity for d in derived)]
+            )
+        )
+        parts: dict[str, RuleSet] = {}
+        if len(entities) > 1:
+            entity_of = {compiled.name: compiled.entity for _, compiled in attributes}
+            entity_of.update((d.name, d.entity) for d in derived)
+            for entity in entities:
+                parts[entity] = cls.build(
+                    [
+                        (spec, compiled)
+                        for spec, compiled in attributes
+                        if compiled.entity == entity
+                    ],
+                    [d for d in derived if d.entity == entity],
+                    None if names is None else [n for n in names if entity_of[n] == entity],
+                )
         by_event: dict[str, list[CompiledAttribute]] = {}
         any_event: list[CompiledAttribute] = []
         types: dict[str, frozenset[str] | None] = {}
@@ -146,7 +178,13 @@ class RuleSet:
             derived_inputs=tuple(compiled for _, compiled in attributes if compiled.name in read),
             derived_interleaved=list(names)[: len(aggregated)] != aggregated,
             state_keys=frozenset(compiled.key for _, compiled in attributes),
+            entities=entities,
+            parts=parts,
         )
+
+
+#: the rules of an entity that no rule is for
+_NO_RULES = RuleSet.build([])
 
 
 def aggregator_for(spec: AttributeSpec) -> Aggregator:
@@ -228,8 +266,11 @@ def _pydantic_problem(error: Any) -> str:
     return f"{location}: {message}" if location else message
 
 
-def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
-    """Parse and compile a rule file's text; raise RuleFileError listing every problem."""
+def parse_rules(
+    text: str, file: str = "<rules>", entities: Collection[str] | None = None
+) -> RuleSet:
+    """Parse and compile a rule file's text; raise RuleFileError listing every problem.
+    With `entities` (the configured ones), a rule for any other entity is a problem."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -273,6 +314,14 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
             )
             continue
         seen[spec.name] = line
+        if entities is not None and spec.entity not in entities:
+            declared = ", ".join(entities) or "none"
+            problems.append(
+                RuleProblem(
+                    file, line, spec.name, f"entity {spec.entity!r} is not declared ({declared})"
+                )
+            )
+            continue
         if spec.function == "derived":
             derived[spec.name] = spec
             continue
@@ -281,13 +330,25 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
         except ValueError as exc:
             problems.append(RuleProblem(file, line, spec.name, str(exc)))
 
-    expressions, failed = compile_derived(
-        {name: spec.expression or "" for name, spec in derived.items()},
-        {spec.name: RESULT_TYPES[spec.function] for spec, _ in compiled},
-    )
-    problems.extend(
-        RuleProblem(file, seen[name], name, problem) for name, problem in failed.items()
-    )
+    # a derived attribute reads the attributes of its own entity's profile
+    expressions: dict[str, Expression] = {}
+    for entity in dict.fromkeys(spec.entity for spec in derived.values()):
+        compiled_here, failed = compile_derived(
+            {
+                name: spec.expression or ""
+                for name, spec in derived.items()
+                if spec.entity == entity
+            },
+            {
+                spec.name: RESULT_TYPES[spec.function]
+                for spec, _ in compiled
+                if spec.entity == entity
+            },
+        )
+        expressions.update(compiled_here)
+        problems.extend(
+            RuleProblem(file, seen[name], name, problem) for name, problem in failed.items()
+        )
     if problems:
         problems.sort(key=lambda problem: problem.line or 0)
         raise RuleFileError(problems)
@@ -301,7 +362,7 @@ def parse_rules(text: str, file: str = "<rules>") -> RuleSet:
     )
 
 
-def load_rules(path: str | Path) -> RuleSet:
+def load_rules(path: str | Path, entities: Collection[str] | None = None) -> RuleSet:
     """Load a rule file; a missing file is a RuleFileError too, with the path in it."""
     path = Path(path)
     try:
@@ -312,4 +373,4 @@ def load_rules(path: str | Path) -> RuleSet:
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text (byte {exc.start}: {exc.reason})"
         raise RuleFileError([RuleProblem(str(path), None, None, problem)]) from None
-    return parse_rules(text, str(path))
+    return parse_rules(text, str(path), entities)

@@ -27,7 +27,7 @@ from attributes.rules import RuleSet
 from streams import fastfaust
 from streams.batches import batch_subscribe
 from streams.metrics import WorkerMetrics
-from streams.processor import ENTITY, BatchProcessor, DeadLetterSink, Record
+from streams.processor import BatchProcessor, DeadLetterSink, Record
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import CachedProfileStore
@@ -98,7 +98,7 @@ def create_app(
         store,
         TopicDeadLetters(dead_letters),
         remembered_renders=settings.state_cache_profiles,
-        identities=IdentityRules(settings.entities[ENTITY]),
+        identities={entity: IdentityRules(spec) for entity, spec in settings.entities.items()},
         sources=settings.sources,
         policy=settings.default_policy,
         retractions=settings.source_deletes,
@@ -133,7 +133,7 @@ def create_app(
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
-    if rules.windowed:
+    if any(rules.of(entity).windowed for entity in settings.entities):
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:

@@ -28,9 +28,10 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revok
 app.add_typer(keys_app, name="keys")
 
 
-def _rules_or_exit(path: Path) -> RuleSet:
+def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
+    """The rules, checked against the entities the settings declare."""
     try:
-        return load_rules(path)
+        return load_rules(path, settings.entities)
     except RuleFileError as exc:
         typer.echo(f"invalid rule file:\n{exc}", err=True)
         raise typer.Exit(2) from None
@@ -39,11 +40,15 @@ def _rules_or_exit(path: Path) -> RuleSet:
 @app.command()
 def validate(rules: Path = typer.Argument(..., help="rule file to check")) -> None:
     """Check a rule file; print every problem with file, line and attribute."""
-    ruleset = _rules_or_exit(rules)
-    typer.echo(
-        f"{rules}: {len(ruleset.names)} attributes OK "
-        f"({len(ruleset.windowed)} windowed, {len(ruleset.derived)} derived)"
-    )
+    ruleset = _rules_or_exit(rules, Settings())
+    counts = []
+    for entity in ruleset.entities:
+        part = ruleset.of(entity)
+        counts.append(
+            f"{entity} {len(part.names)} ({len(part.windowed)} windowed, "
+            f"{len(part.derived)} derived)"
+        )
+    typer.echo(f"{rules}: {len(ruleset.names)} attributes OK: {', '.join(counts)}")
 
 
 @app.command()
@@ -56,7 +61,7 @@ def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) ->
 
     settings = Settings()
     metrics = WorkerMetrics()
-    faust_app = create_app(settings, _rules_or_exit(settings.rules_path), metrics)
+    faust_app = create_app(settings, _rules_or_exit(settings.rules_path, settings), metrics)
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.api_host, settings.worker_metrics_port)
     tune_gc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,11 +18,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from attributes.identities import DEFAULT_USER, EntitySpec
+from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
+#: an entity's name is part of Redis keys and metric labels
+_ENTITY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
 
@@ -66,11 +69,12 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "traitflow-dead-letters"
     topic_partitions: int = Field(default=8, ge=1)
     rules_path: Path = Path("examples/rules.yaml")
-    #: entity -> its identity types (priority order), limits and stitching
-    #: (`attributes.identities`); the worker builds profiles of `user`
-    entities: dict[str, EntitySpec] = {"user": DEFAULT_USER}
-    #: collection name (in API paths) -> entity
-    collections: dict[str, str] = {"users": "user"}
+    #: entity -> its identity types (priority order), limits, stitching and where its
+    #: traits come from (`attributes.identities`); the worker builds a profile of each
+    #: entity whose identities an event carries, in this order
+    entities: dict[str, EntitySpec] = {"user": DEFAULT_USER, "account": DEFAULT_ACCOUNT}
+    #: collection name (in API paths) -> entity; unset: each entity `e` as collection `es`
+    collections: dict[str, str] = {"users": "user", "accounts": "account"}
     #: activation destination id -> the entity and attributes it serves
     destinations: dict[str, Destination] = DEFAULT_DESTINATIONS
     #: merge policy id -> how it picks a field among sources (`attributes.policies`)
@@ -81,13 +85,42 @@ class Settings(BaseSettings):
     max_batch_lookups: int = Field(default=100, ge=1)
     max_id_length: int = Field(default=512, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_entities(cls, data: Any) -> Any:
+        """Without collections set, each declared entity is served as its plural; the
+        default destinations are kept for the entities that are served."""
+        if not isinstance(data, dict) or not isinstance(data.get("entities"), dict):
+            return data
+        if "collections" not in data:
+            data = data | {"collections": {f"{entity}s": entity for entity in data["entities"]}}
+        if "destinations" not in data and isinstance(data["collections"], dict):
+            served = set(data["collections"].values())
+            data = data | {
+                "destinations": {
+                    name: destination
+                    for name, destination in DEFAULT_DESTINATIONS.items()
+                    if destination.entity in served
+                }
+            }
+        return data
+
     @model_validator(mode="after")
-    def _entities_are_the_ones_built(self) -> Settings:
-        if set(self.entities) != {"user"}:
-            raise ValueError(
-                "entities: this version builds profiles of exactly one entity, 'user' "
-                f"(declared: {', '.join(sorted(self.entities)) or 'none'})"
-            )
+    def _entities_are_named_and_served(self) -> Settings:
+        if not self.entities:
+            raise ValueError("entities: declare at least one (e.g. 'user')")
+        for entity in self.entities:
+            if not _ENTITY_NAME.match(entity):
+                raise ValueError(
+                    f"entities: {entity!r} must be lower-case letters, digits and _ "
+                    "(at most 32), starting with a letter"
+                )
+        for name, entity in self.collections.items():
+            if entity not in self.entities:
+                raise ValueError(
+                    f"collections: {name!r} serves entity {entity!r}, which is not declared "
+                    f"(entities: {', '.join(self.entities)})"
+                )
         return self
 
     @model_validator(mode="after")

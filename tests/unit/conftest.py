@@ -19,7 +19,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def example_rules() -> RuleSet:
-    return load_rules(EXAMPLES / "rules.yaml")
+    """The example file's `user` rules (what user profiles are computed with)."""
+    return load_rules(EXAMPLES / "rules.yaml").of("user")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,10 @@ runner = CliRunner()
 def test_validate_accepts_the_example_rules() -> None:
     result = runner.invoke(app, ["validate", str(ROOT / "examples" / "rules.yaml")])
     assert result.exit_code == 0, result.output
-    assert "19 attributes OK (3 windowed, 2 derived)" in result.output
+    assert (
+        "23 attributes OK: user 19 (3 windowed, 2 derived), account 4 (1 windowed, 1 derived)"
+        in result.output
+    )
 
 
 def test_validate_reports_file_line_attribute_and_problem(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_defaults_point_at_the_embedded_services() -> None:
     assert not settings.kafka_is_external
     assert not settings.redis_is_external
     assert settings.sources == {"traitflow-events": "default"}
-    assert settings.collections == {"users": "user"}
+    assert settings.collections == {"users": "user", "accounts": "account"}
     assert settings.rules_path == Path("examples/rules.yaml")
 
 
@@ -188,10 +188,16 @@ def test_child_env_replaces_every_traitflow_variable(monkeypatch: pytest.MonkeyP
     assert env["UNRELATED"] == "kept"
 
 
-def test_entities_default_to_the_user_identities() -> None:
-    user = Settings().entities["user"]
+def test_entities_default_to_users_and_accounts() -> None:
+    entities = Settings().entities
+    assert list(entities) == ["user", "account"]
+    user, account = entities["user"], entities["account"]
     assert [identity.type for identity in user.identities] == ["user_id", "email", "anonymous_id"]
     assert user.stitching
+    assert user.traits_from == "identify"
+    assert [identity.type for identity in account.identities] == ["account_id"]
+    assert account.identities[0].paths == ["groupId", "context.groupId"]
+    assert account.traits_from == "group"
 
 
 def test_entities_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,16 +216,28 @@ def test_entities_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not user.stitching
 
 
+def test_entities_declared_without_collections_are_served_as_their_plurals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    household = {"identities": [{"type": "household_id", "paths": ["traits.household"]}]}
+    monkeypatch.setenv("TRAITFLOW_ENTITIES", json.dumps({"household": household}))
+    assert Settings().collections == {"households": "household"}
+    assert Settings(collections={"homes": "household"}).collections == {"homes": "household"}
+
+
 @pytest.mark.parametrize(
-    ("entities", "problem"),
+    ("changes", "problem"),
     [
-        ({}, "exactly one entity, 'user' (declared: none)"),
+        ({"entities": {}}, "entities: declare at least one"),
+        ({"entities": {"User": DEFAULT_USER}}, "entities: 'User' must be lower-case letters"),
         (
-            {"user": DEFAULT_USER, "account": DEFAULT_USER},
-            "exactly one entity, 'user' (declared: account, user)",
+            {"entities": {"user": DEFAULT_USER}, "collections": {"firms": "account"}},
+            "collections: 'firms' serves entity 'account', which is not declared (entities: user)",
         ),
     ],
 )
-def test_only_the_user_entity_is_built(entities: dict[str, Any], problem: str) -> None:
+def test_entities_must_be_named_and_served_as_declared(
+    changes: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(pydantic.ValidationError, match=re.escape(problem)):
-        Settings(entities=entities)
+        Settings(**changes)

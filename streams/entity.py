@@ -1,0 +1,356 @@
+"""One entity's share of a batch: stitch, apply, render, commit (`EntityProcessor`).
+
+`streams.processor.BatchProcessor` decodes a batch once and hands each entity the
+events that carry its identities; this is the whole per-entity hot path. Per entity
+and batch: read where the events' identities point (one round trip) and load the
+profiles they name (one more); stitch (which profile each event belongs to, which
+profiles merge: `attributes.stitching`); merge and apply events in offset order;
+commit every changed profile once (coalesced) in one atomic, conditional round trip,
+computing again the part of the batch that read something another worker changed
+meanwhile (`streams.effects`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from attributes.events import Event, event_time_ms
+from attributes.identities import IdentityRules
+from attributes.merge import merge_states
+from attributes.policies import MergePolicy
+from attributes.profile import (
+    ProfileState,
+    Retraction,
+    add_identity,
+    apply_event,
+    decode_state,
+    encode_state,
+    expire_windows,
+    reconcile,
+    render_view,
+)
+from attributes.rules import RuleSet
+from attributes.stitching import Identity, Stitcher
+from streams.effects import Stitched, split
+from streams.records import BatchReport, Identified, Record
+from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
+
+log = logging.getLogger(__name__)
+
+#: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
+encode_view = msgspec.json.Encoder().encode
+
+
+class EntityProcessor:
+    """Builds the profiles of one entity (`user`, `account`, ...) from its events.
+
+    Not safe to run concurrently with itself: `BatchProcessor` holds its lock around
+    every call, and sets `now`, the processing time (epoch ms) windows are evaluated
+    at, once per batch."""
+
+    def __init__(
+        self,
+        entity: str,
+        rules: RuleSet,
+        identities: IdentityRules,
+        store: ProfileStore,
+        sources: Mapping[str, str],
+        policy: MergePolicy,
+        retractions: Mapping[str, Retraction],
+        remembered_renders: int = 100_000,
+    ) -> None:
+        self.entity = entity
+        self.rules = rules
+        self.identities = identities
+        self.store = store
+        #: topic -> the source its events come from (a topic not listed: its own name)
+        self.sources = sources
+        #: the merge policy of the materialised views
+        self.policy = policy
+        #: source -> what its `delete` events remove (a source not listed: its fields)
+        self.retractions = retractions
+        self.now = 0
+        #: profile -> (the state object, its attribute values when last rendered): a
+        #: store that keeps states (CachedProfileStore) hands back the same object, and
+        #: then only the attributes an event touched are computed again
+        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
+        self._remembered_renders = remembered_renders
+
+    def forget_renders(self) -> None:
+        """Drop the remembered renders (their states are gone from the store's cache)."""
+        self._renders.clear()
+
+    async def commit(self, stitched: Stitched, report: BatchReport) -> list[Identified]:
+        """Commit a batch's effect and report it; return the events to compute again.
+
+        When the commit finds that another worker changed something the batch read,
+        the parts of the batch that read none of it are committed (`effects.split`),
+        and the events of the others are returned, their states forgotten."""
+        redo: list[Identified] = []
+        while stitched.writes or stitched.removed:
+            try:
+                await self.store.commit(
+                    self.entity, stitched.writes, stitched.removed, stitched.expected
+                )
+            except Conflict as conflict:
+                report.conflicts += 1
+                log.debug("part of a batch computed again: %s", conflict)
+                stitched, stale = split(stitched, conflict, self.identities.profile_id)
+                # states were changed in place: a store that keeps them must forget them
+                self.abandon(stale.profiles)
+                redo += stale.events
+                continue
+            break
+        stitched.report_to(report)
+        return redo
+
+    async def stitch(
+        self, events: list[Identified], rejected: list[tuple[Record, str]]
+    ) -> Stitched:
+        """Where the events belong (`attributes.stitching`), the merges they make, and
+        the writes of every profile they change, with what the commit must find."""
+        pointers, states, expected = await self._read(events)
+        try:
+            return await self._stitched(events, pointers, states, expected, rejected)
+        except BaseException:
+            self.abandon(list(states))  # states it changed must not stay in a cache
+            raise
+
+    async def _read(
+        self, events: Sequence[Identified]
+    ) -> tuple[dict[Identity, str], dict[str, ProfileState], Expected]:
+        """Where the events' identities point, the profiles they name (and those a new
+        identity's profile id may already name), and what the commit must find."""
+        wanted = list(dict.fromkeys(i for item in events for i in (*item.ids, *item.previous)))
+        pointers = await self.store.lookup(self.entity, wanted)
+        candidates = [
+            self.identities.profile_id(*item.ids[0])
+            for item in events
+            if item.ids[0] not in pointers
+        ]
+        ids = list(dict.fromkeys([*pointers.values(), *candidates]))
+        states = await self.store.load(self.entity, ids)
+        # Only pointers to no loaded profile need checking: one that points to a loaded
+        # profile moves only when another commit merges that profile away, and that
+        # commit changes the profile's version, which is checked.
+        expected = Expected(
+            {
+                identity: pid
+                for identity in wanted
+                if (pid := pointers.get(identity)) is None or pid not in states
+            },
+            {pid: states[pid].version if pid in states else None for pid in ids},
+        )
+        for state in states.values():
+            self._fit(state)
+        return pointers, states, expected
+
+    async def _stitched(
+        self,
+        events: list[Identified],
+        pointers: dict[Identity, str],
+        states: dict[str, ProfileState],
+        expected: Expected,
+        rejected: list[tuple[Record, str]],
+    ) -> Stitched:
+        stitched = Stitched(events, pointers, expected=expected, profiles=[*states])
+        # A pointer to a profile that is gone (merged away by another worker between the
+        # two reads) is left out: its identity looks new, and the commit, which expects
+        # the pointer as read, finds it moved and has the batch computed again.
+        pointers = {identity: pid for identity, pid in pointers.items() if pid in states}
+        # a record some profile has applied (a redelivery) is not stitched again: the
+        # graph has moved on since, and stitching it now could merge what it never did
+        fresh: list[Identified] = []
+        for item in events:
+            owner = states.get(pointers.get(item.ids[0], ""))
+            source = f"{item.record.topic}/{item.record.partition}"
+            if owner is not None and owner.offsets.get(source, -1) >= item.record.offset:
+                stitched.found(owner.id).duplicates += 1
+            else:
+                fresh.append(item)
+
+        stitcher = Stitcher(self.identities, pointers, states)
+        for item in fresh:
+            at = event_time_ms(item.event, item.record.timestamp_ms)
+            stitcher.assign(item.ids, item.previous, at)
+        plan = stitcher.finish()
+        for refusal in plan.refusals:
+            stitched.found(refusal.profile).refusals.append(refusal)
+        for pid in plan.created:
+            states[pid] = ProfileState(id=pid, entity=self.entity)
+            expected.versions.setdefault(pid, None)
+        merged: set[str] = set()
+        for absorbed, survivor in plan.merges:
+            stitched.found(absorbed).merges += 1
+            merge_states(states[survivor], states[absorbed], self.rules)
+            merged.add(survivor)
+            self._renders.pop(survivor, None)  # its remembered values are not the merge's
+        stitched.removed = [absorbed for absorbed, _ in plan.merges]  # loaded or created
+        stitched.profiles += plan.created
+
+        by_profile: dict[str, list[tuple[Record, Event]]] = {}
+        for item, pid in zip(fresh, plan.profiles, strict=True):
+            by_profile.setdefault(pid, []).append((item.record, item.event))
+        for pid, items in by_profile.items():
+            state = states[pid]
+            links = list(dict.fromkeys(plan.links.get(pid, ())))
+            if links:
+                for kind, value in links:
+                    add_identity(state, kind, value)
+                state.identities = self.identities.in_priority_order(state.identities)
+            changed = bool(links) or pid in merged
+            # what the slow path starts again from; a merged state is nowhere else
+            snapshot = encode_state(state) if pid in merged else None
+            report = stitched.found(pid)
+            mark = report.mark()
+            try:
+                write = self._apply(state, items, report, changed)
+            except Exception:
+                # A bug met by some input must not stall the partition (the batch would be
+                # retried forever): find the events that break, dead-letter only those.
+                log.exception("profile %s failed; applying its events one by one", pid)
+                report.rollback(mark)
+                self.store.abandon(self.entity, [pid])
+                base = await self._before(pid, snapshot, links)
+                write = await self._apply_each(base, items, report, rejected, changed)
+            if write is not None:
+                write.identities = links
+                stitched.writes.append(write)
+        return stitched
+
+    async def _before(
+        self, pid: str, snapshot: bytes | None, links: Sequence[Identity]
+    ) -> ProfileState:
+        """A profile as it was before the batch's events: the snapshot of a merged
+        one, else the stored state (or a new one) with the batch's links."""
+        if snapshot is not None:
+            return decode_state(snapshot)
+        state = (await self.store.load(self.entity, [pid])).get(pid)
+        state = state or ProfileState(id=pid, entity=self.entity)
+        self._fit(state)
+        for kind, value in links:
+            add_identity(state, kind, value)
+        return state
+
+    def abandon(self, profiles: Sequence[str]) -> None:
+        self.store.abandon(self.entity, profiles)
+        for pid in profiles:
+            self._renders.pop(pid, None)
+
+    async def expire(self, source: str, limit: int) -> int:
+        """Re-render the profiles indexed under `source` whose windows have moved by
+        `now`; return how many were written. The cost is that of the due profiles only."""
+        due = await self.store.due(self.entity, source, self.now, limit)
+        if not due:
+            return 0
+        states = await self.store.load(self.entity, due)
+        if gone := [pid for pid in due if pid not in states]:
+            await self.store.unschedule(self.entity, source, gone)  # indexed, then deleted
+        writes = []
+        expected = Expected(versions={pid: state.version for pid, state in states.items()})
+        for state in states.values():
+            self._fit(state)
+            writes.append(self._write(state, source, set()))
+        try:
+            await self.store.commit(self.entity, writes, expected=expected)
+        except Conflict:
+            # another worker wrote one of them meanwhile (its write re-rendered it)
+            self.abandon(due)
+            return 0
+        except BaseException:
+            self.abandon(due)
+            raise
+        return len(writes)
+
+    def _fit(self, state: ProfileState) -> None:
+        """Make a loaded state fit the rules (`reconcile`), unless this processor wrote
+        it last: then it fits already, and the check is skipped."""
+        remembered = self._renders.get(state.id)
+        if remembered is not None and remembered[0] is state:
+            return
+        if reset := reconcile(state, self.rules):
+            log.info("profile %s: states of changed rules reset: %s", state.id, ", ".join(reset))
+
+    def _write(self, state: ProfileState, source: str, touched: set[str]) -> ProfileWrite:
+        """The write of a changed state: its view as of now, and when to look again.
+        `touched`: the attributes changed since the state was loaded. A deleted
+        profile has no view (reads answer 404) and nothing to expire."""
+        now = self.now
+        expiry: tuple[str, int | None] | None = None  # not indexed without windows
+        if state.deleted:
+            self._renders.pop(state.id, None)
+            if self.rules.windowed:
+                expiry = (source, None)
+            return ProfileWrite(state, encode_state(state), None, expiry=expiry)
+        if self.rules.windowed:
+            expiry = (source, expire_windows(state, self.rules, now, touched))
+        remembered = self._renders.pop(state.id, None)
+        previous = remembered[1] if remembered is not None and remembered[0] is state else None
+        rendered = render_view(state, self.rules, now, previous, touched, self.policy)
+        self._renders[state.id] = (state, rendered["attributes"])
+        if len(self._renders) > self._remembered_renders:
+            self._renders.popitem(last=False)
+        return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
+
+    def _apply(
+        self,
+        state: ProfileState,
+        items: Sequence[tuple[Record, Event]],
+        report: BatchReport,
+        changed: bool = False,
+    ) -> ProfileWrite | None:
+        """Apply a profile's events of this batch; the write, or None if nothing
+        changed (`changed`: the state was changed before, by a merge or a link)."""
+        source = ""
+        touched: set[str] = set()
+        for record, event in items:
+            source = f"{record.topic}/{record.partition}"
+            applied = apply_event(
+                state,
+                event,
+                event_time_ms(event, record.timestamp_ms),
+                self.rules,
+                source,
+                record.offset,
+                self.now,
+                origin := self.sources.get(record.topic, record.topic),
+                self.retractions.get(origin, "fields"),
+                self.identities.spec.traits_from,
+            )
+            changed |= applied.changed
+            report.duplicates += not applied.changed
+            report.skips.extend(applied.skips)
+            touched.update(applied.touched)
+        if not changed:
+            return None
+        return self._write(state, source, touched)
+
+    async def _apply_each(
+        self,
+        base: ProfileState,
+        items: Sequence[tuple[Record, Event]],
+        report: BatchReport,
+        rejected: list[tuple[Record, str]],
+        changed: bool,
+    ) -> ProfileWrite | None:
+        """The slow path: each event on a fresh copy of `base` (the state before the
+        batch's events), keeping the copies that work."""
+        state = base
+        write = None
+        for item in items:
+            trial = decode_state(encode_state(state))
+            mark = report.mark()
+            try:
+                outcome = self._apply(trial, [item], report, changed and write is None)
+            except Exception as exc:
+                report.rollback(mark)
+                rejected.append((item[0], f"event could not be applied: {exc!r}"))
+                continue
+            if outcome is not None:
+                state, write = trial, outcome
+        return write
