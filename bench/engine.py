@@ -4,9 +4,9 @@
 
 The per-event cost of decoding, applying every rule, rendering and encoding the
 profiles of a batch, with the in-memory store behind the worker's state cache and the
-worker's garbage-collector settings (as in the worker: owned profiles are not decoded
-again): the ceiling the worker could reach if Kafka and Redis cost nothing. Best of
---repeat runs.
+worker's garbage-collector settings and entities (as in the worker: owned profiles are
+not decoded again; every event is offered to users and accounts): the ceiling the
+worker could reach if Kafka and Redis cost nothing. Best of --repeat runs.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import asyncio
 import time
 from pathlib import Path
 
+from attributes.identities import IdentityRules
 from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.config import Settings
 from traitflow.runtime import tune_gc
 from traitflow.store import CachedProfileStore, MemoryProfileStore
 
@@ -26,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run(records: list[Record], batch: int) -> float:
-    rules = load_rules(ROOT / "examples" / "rules.yaml")
+    entities = {entity: IdentityRules(spec) for entity, spec in Settings().entities.items()}
+    rules = load_rules(ROOT / "examples" / "rules.yaml", entities)
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100_000)
-    processor = BatchProcessor(rules, store, ListDeadLetters())
+    processor = BatchProcessor(rules, store, ListDeadLetters(), identities=entities)
     started = time.perf_counter()
     for start in range(0, len(records), batch):
         await processor.process(records[start : start + batch])

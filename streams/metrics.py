@@ -29,7 +29,7 @@ class WorkerMetrics:
         )
         self.duplicates = Counter(
             "traitflow_duplicate_records",
-            "Records skipped because their offsets were applied before.",
+            "Records skipped because their offsets were applied before (per entity that had them).",
             registry=self.registry,
         )
         self.profiles_written = Counter(
@@ -54,7 +54,7 @@ class WorkerMetrics:
         )
         self.commit_conflicts = Counter(
             "traitflow_commit_conflicts",
-            "Batches computed again because another worker changed what they read.",
+            "Commits that found another worker changed what they read (its readers are redone).",
             registry=self.registry,
         )
         self.window_expiries = Counter(

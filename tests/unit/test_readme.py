@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from attributes.identities import DEFAULT_USER, EntitySpec
-from attributes.rules import RuleSet, parse_rules
+from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec, IdentityRules
+from attributes.rules import RuleSet, load_rules, parse_rules
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import ROOT
@@ -49,7 +49,28 @@ JSON_BLOCKS = re.findall(r"```json\n(.*?)```", README, flags=re.DOTALL)
 def test_the_documented_entities_are_the_default() -> None:
     documented = next(block for block in JSON_BLOCKS if block.startswith('{"user": {'))
     entities = json.loads(documented)
+    assert list(entities) == ["user", "account"]
     assert EntitySpec.model_validate(entities["user"]) == DEFAULT_USER
+    assert EntitySpec.model_validate(entities["account"]) == DEFAULT_ACCOUNT
+
+
+@pytest.mark.anyio
+async def test_the_accounts_walkthrough_serves_the_documented_account() -> None:
+    """`examples/accounts.jsonl` through users and accounts, as the worker runs them."""
+    documented = json.loads(next(b for b in JSON_BLOCKS if '"id": "nasa"' in b))
+    lines = (ROOT / "examples" / "accounts.jsonl").read_bytes().splitlines()
+    entities = {"user": IdentityRules(DEFAULT_USER), "account": IdentityRules(DEFAULT_ACCOUNT)}
+    rules = load_rules(ROOT / "examples" / "rules.yaml", entities)
+    store = MemoryProfileStore()
+    now = datetime(2026, 11, 12, tzinfo=UTC).timestamp()
+    processor = BatchProcessor(rules, store, ListDeadLetters(), lambda: now, identities=entities)
+    records = [Record("events", 0, offset, line, 0) for offset, line in enumerate(lines)]
+    assert (await processor.process(records)).dead_lettered == 0
+    assert (
+        json.loads(await store.read_view("account", "account_id", "nasa") or b"null") == documented
+    )
+    user = json.loads(await store.read_view("user", "user_id", "u-77") or b"null")
+    assert user["traits"] == {}  # the group call's traits are the account's
 
 
 @pytest.mark.anyio

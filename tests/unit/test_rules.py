@@ -509,3 +509,88 @@ def test_derived_attributes_may_come_before_what_they_read() -> None:
     )
     assert [derived.name for derived in rules.derived] == ["total", "ratio"]
     assert rules.names == ("ratio", "total", "n")
+
+
+# --- entities: each rule is for one entity's profiles ----------------------------------
+
+TWO_ENTITIES = """\
+attributes:
+  - name: spend
+    function: sum
+    field: properties.revenue
+  - name: account_spend
+    entity: account
+    function: sum
+    field: properties.revenue
+    lookback: {count: 7, unit: days}
+  - name: big_spender
+    function: derived
+    expression: spend > 100.0
+  - name: big_account
+    entity: account
+    function: derived
+    expression: account_spend > 1000.0
+"""
+
+
+def test_each_entity_gets_its_own_rules() -> None:
+    rules = parse_rules(TWO_ENTITIES)
+    assert rules.entities == ("user", "account")
+    user, account = rules.of("user"), rules.of("account")
+    assert user.names == ("spend", "big_spender")
+    assert [attribute.name for attribute in user.attributes] == ["spend"]
+    assert user.windowed == ()
+    assert account.names == ("account_spend", "big_account")
+    assert [attribute.name for attribute in account.windowed] == ["account_spend"]
+    assert [d.name for d in account.derived] == ["big_account"]
+    assert selected(account, "track", "Order Completed") == ["account_spend"]
+    assert rules.of("household").names == ()  # an entity no rule is for
+
+
+def test_rules_of_one_entity_are_the_whole_set() -> None:
+    rules = parse_rules("attributes:\n  - name: visits\n    function: count\n")
+    assert rules.of("user") is rules
+    assert rules.of("account").names == ()
+
+
+def test_a_derived_attribute_reads_only_its_own_entity() -> None:
+    problem = only_problem(
+        "attributes:\n"
+        "  - name: spend\n"
+        "    function: sum\n"
+        "    field: properties.revenue\n"
+        "  - name: rich_account\n"  # 5
+        "    entity: account\n"
+        "    function: derived\n"
+        "    expression: spend > 100.0\n"
+    )
+    assert (problem.line, problem.attribute) == (5, "rich_account")
+    assert "spend" in problem.problem
+
+
+def test_a_rule_for_an_undeclared_entity_fails_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        TWO_ENTITIES.replace(
+            "entity: account\n    function: derived", "entity: acount\n    function: derived"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(RuleFileError) as caught:
+        load_rules(path, entities=["user", "account"])
+    assert str(caught.value) == (
+        f"{path}:13: attribute 'big_account': entity 'acount' is not declared (user, account)"
+    )
+
+
+def test_names_are_unique_across_entities() -> None:
+    problem = only_problem(
+        "attributes:\n"
+        "  - name: spend\n"
+        "    function: count\n"
+        "  - name: spend\n"
+        "    entity: account\n"
+        "    function: count\n"
+    )
+    assert (problem.line, problem.attribute) == (4, "spend")
+    assert problem.problem.startswith("duplicate name")
