@@ -33,8 +33,8 @@ def test_bad_events_are_dead_lettered_and_good_ones_processed(
     found = wait_until(all_three, what="three dead letters")
     assert found[not_json]["traitflow.error.reason"].startswith(b"not a valid event")
     assert (
-        found[no_ids]["traitflow.error.reason"]
-        == b"event carries no user identity (user_id, email, anonymous_id)"
+        found[no_ids]["traitflow.error.reason"] == b"event carries no identity of any entity "
+        b"(user: user_id, email, anonymous_id; account: account_id)"
     )
     assert found[no_name]["traitflow.error.reason"] == b"track event has no 'event' name"
     assert found[no_name]["traitflow.error.topic"] == next(iter(settings.sources)).encode()
