@@ -17,10 +17,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import activation, entities, errors, middleware, operations, records
+from api import activation, entities, errors, merge_policies, middleware, operations, records
 from api.direct import DirectApp
 from api.instrumented import InstrumentedStore
 from api.keys import KeyStore, RedisKeyStore
+from api.policy_store import PolicyStore, RedisPolicyStore
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
@@ -33,6 +34,7 @@ def create_app(
     settings: Settings | None = None,
     store: ProfileStore | None = None,
     keys: KeyStore | None = None,
+    policies: PolicyStore | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
 
@@ -56,9 +58,17 @@ def create_app(
                 app.state.metrics,
             )
         )
+        app.state.policies = (  # merge policies made through the API (api.merge_policies)
+            policies
+            if policies is not None
+            else RedisPolicyStore.from_url(
+                settings.redis_url, settings.key_prefix, settings.api_policy_cache_s
+            )
+        )
         try:
             yield
         finally:
+            await app.state.policies.close()
             await app.state.keys.close()
             await app.state.store.close()
             await reads.close()
@@ -71,7 +81,7 @@ def create_app(
     }
     errors.install(app)
     middleware.install(app, settings)
-    for module in (operations, records, activation, entities):
+    for module in (operations, records, activation, entities, merge_policies):
         # the routes themselves: FastAPI matches the routes of an `include_router`-ed
         # router through a wrapper that cost ~14% of a record read's CPU
         app.router.routes.extend(module.router.routes)

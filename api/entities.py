@@ -41,13 +41,14 @@ def profile_entity(request: Request, principal: Principal) -> str:
     raise ApiError(404, f"no collection serves the {PROFILE_ENTITY!r} entity")
 
 
-def check_request(
-    schema_name: str, merge_policy: str | None, settings: Settings
+async def check_request(
+    request: Request, schema_name: str, merge_policy: str | None
 ) -> tuple[str, MergePolicy] | None:
     """The merge policy the request names, or None for the default (the stored views)."""
     if schema_name != PROFILE_SCHEMA:
         raise ApiError(400, f"schema.name {schema_name!r} is not served: use {PROFILE_SCHEMA}")
-    policy_id, policy = chosen_policy(settings, merge_policy)
+    settings: Settings = request.app.state.settings
+    policy_id, policy = await chosen_policy(settings, request.app.state.policies, merge_policy)
     return None if policy_id == settings.default_merge_policy else (policy_id, policy)
 
 
@@ -107,7 +108,7 @@ async def read_entity(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings: Settings = request.app.state.settings
-    policy = check_request(schema_name, merge_policy, settings)
+    policy = await check_request(request, schema_name, merge_policy)
     entity = profile_entity(request, principal)
     namespace = entity_id_ns or PRIMARY_INDEX
     check_id("entityIdNS", namespace, settings)
@@ -190,7 +191,7 @@ async def read_entities(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings: Settings = request.app.state.settings
-    policy = check_request(body.schema_.name, body.mergePolicyId, settings)
+    policy = await check_request(request, body.schema_.name, body.mergePolicyId)
     entity = profile_entity(request, principal)
     identities = body.identities
     if not identities:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.errors import ApiError
+from api.policy_store import PolicyStore
 from api.shapes import decode_view
 from attributes.events import iso_from_ms
 from attributes.policies import MergePolicy, merge_fields
@@ -30,14 +31,17 @@ from traitflow.config import Settings
 ATTRIBUTES_PROVENANCE = "computed from the events of every source"
 
 
-def chosen_policy(settings: Settings, policy_id: str | None) -> tuple[str, MergePolicy]:
-    """The policy a read names (the default when it names none); a 404 when unknown."""
+async def chosen_policy(
+    settings: Settings, made: PolicyStore, policy_id: str | None
+) -> tuple[str, MergePolicy]:
+    """The policy a read names (the default when it names none), configured or made
+    through the API (`made`); a 404 when unknown."""
     if policy_id is None:
         policy_id = settings.default_merge_policy
-    policy = settings.merge_policies.get(policy_id)
+    policy = settings.merge_policies.get(policy_id) or await made.get(policy_id)
     if policy is None:
-        known = ", ".join(sorted(settings.merge_policies))
-        raise ApiError(404, f"merge policy {policy_id!r} not found (configured: {known})")
+        known = ", ".join(sorted([*settings.merge_policies, *await made.all()]))
+        raise ApiError(404, f"merge policy {policy_id!r} not found (known: {known})")
     return policy_id, policy
 
 

@@ -151,7 +151,11 @@ async def read_record(
         settings: Settings = request.app.state.settings
         check_id("index", index, settings)
         check_id("value", value, settings)
-        policy_id, policy = chosen_policy(settings, merge_policy)
+        policy_id, policy = settings.default_merge_policy, settings.default_policy
+        if merge_policy is not None:
+            policy_id, policy = await chosen_policy(
+                settings, request.app.state.policies, merge_policy
+            )
         with_provenance = flag("provenance", provenance)
         store: ProfileStore = request.app.state.store
         key = lookup_value(request, entity, index, value)

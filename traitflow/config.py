@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     #: how long an API process trusts an API key record it read: a revoke takes effect
     #: within this many seconds (0 = read the record on every request)
     api_key_cache_s: float = Field(default=2.0, ge=0)
+    #: how long an API process trusts the merge policies made through the API that it
+    #: read: a new or changed one reaches every process within this many seconds
+    api_policy_cache_s: float = Field(default=2.0, ge=0)
     #: largest request body the API accepts (a bigger one is a 413 before it is read)
     api_max_body_bytes: int = Field(default=65_536, ge=0)
     #: how long `/readyz` waits for Redis to answer a PING

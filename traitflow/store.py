@@ -16,6 +16,8 @@ Redis layout, for prefix `tf` and entity `user`:
                                            its secret; never the secret)
     tf:ks                          set     ids of the API keys (for `traitflow keys list`)
     tf:r:{key_id}                  hash    the API key's rate-limit token bucket
+    tf:mp                          hash    merge policy id -> policy (JSON), those made
+                                           through the API (configured ones: settings)
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
@@ -85,6 +87,9 @@ class KeyLayout:
 
     def api_key_ids(self) -> str:
         return f"{self.prefix}:ks"
+
+    def merge_policies(self) -> str:
+        return f"{self.prefix}:mp"
 
     def rate_bucket(self, key_id: str) -> str:
         return f"{self.prefix}:r:{key_id}"

@@ -228,7 +228,7 @@ def test_reads_under_another_policy_and_with_provenance(
     unknown = own_api.get(path, params={"merge_policy": "nope"})
     assert unknown.status_code == 404
     assert unknown.json() == {
-        "error": "merge policy 'nope' not found (configured: crm-first, default, web-first)"
+        "error": "merge policy 'nope' not found (known: crm-first, default, web-first)"
     }
     params = {
         "schema.name": "_xdm.context.profile",

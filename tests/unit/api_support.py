@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.keys import KeyStore, MemoryKeyStore, new_key
+from api.policy_store import MemoryPolicyStore
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
@@ -59,12 +60,16 @@ async def serve(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.As
     """Run `app`'s lifespan and yield a client for it that sends `key`: `ADMIN` (an
     admin key made for the occasion), None (no key) or a key of yours.
 
-    An app built without `keys=` gets a `MemoryKeyStore` here instead of the Redis one
-    its lifespan made (which has not connected yet): unit tests do no I/O."""
+    An app built without `keys=` or `policies=` gets a `MemoryKeyStore` and a
+    `MemoryPolicyStore` here instead of the Redis ones its lifespan made (which have not
+    connected yet): unit tests do no I/O."""
     async with app.router.lifespan_context(app):
         if not isinstance(app.state.keys, MemoryKeyStore):
             await app.state.keys.close()
             app.state.keys = MemoryKeyStore()
+        if not isinstance(app.state.policies, MemoryPolicyStore):
+            await app.state.policies.close()
+            app.state.policies = MemoryPolicyStore()
         if key == ADMIN:
             key = await add_key(app.state.keys, "test-admin", admin=True)
         headers = bearer(key) if key is not None else {}

@@ -176,8 +176,7 @@ async def test_an_unknown_policy_is_a_404(client: httpx.AsyncClient, store: Coun
     response = await get(client, "id/u-1", merge_policy="nope")
     assert response.status_code == 404
     assert response.json() == {
-        "error": "merge policy 'nope' not found (configured: crm-first, default, web-first, "
-        "web-only)"
+        "error": "merge policy 'nope' not found (known: crm-first, default, web-first, web-only)"
     }
     assert store.calls == []
 
