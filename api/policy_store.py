@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -34,6 +35,8 @@ class PolicyStore(ABC):
         self.cache_ttl_s = cache_ttl_s
         self.clock = clock
         self._cached: tuple[float, dict[str, MergePolicy]] | None = None
+        #: changes made through this store: a read that one overtook is not cached
+        self._changes = 0
 
     @abstractmethod
     async def _load(self) -> dict[str, MergePolicy]:
@@ -53,24 +56,40 @@ class PolicyStore(ABC):
 
     async def all(self) -> dict[str, MergePolicy]:
         now = self.clock()
-        if self._cached is None or now - self._cached[0] >= self.cache_ttl_s:
-            self._cached = (now, await self._load())
-        return self._cached[1]
+        if self._cached is not None and now - self._cached[0] < self.cache_ttl_s:
+            return self._cached[1]
+        changes = self._changes
+        loaded = await self._load()
+        if changes == self._changes:  # else it may predate a change made meanwhile
+            self._cached = (now, loaded)
+        return loaded
 
     async def get(self, policy_id: str) -> MergePolicy | None:
         return (await self.all()).get(policy_id)
 
     async def create(self, policy_id: str, policy: MergePolicy) -> bool:
-        self._cached = None
-        return await self._create(policy_id, policy)
+        with self._changing():
+            return await self._create(policy_id, policy)
 
     async def replace(self, policy_id: str, policy: MergePolicy) -> bool:
-        self._cached = None
-        return await self._replace(policy_id, policy)
+        with self._changing():
+            return await self._replace(policy_id, policy)
 
     async def remove(self, policy_id: str) -> bool:
+        with self._changing():
+            return await self._remove(policy_id)
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a write: the cache goes, and a read in flight across the write
+        (started before it ended) does not put the old set back."""
+        self._changes += 1
         self._cached = None
-        return await self._remove(policy_id)
+        try:
+            yield
+        finally:
+            self._changes += 1
+            self._cached = None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, the memory store holds nothing
         pass

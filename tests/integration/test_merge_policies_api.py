@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -70,9 +71,11 @@ def error_of(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body, dict), body
+    assert set(body) == {"error"}, body
     message = body["error"]
-    assert isinstance(message, str) and message
+    assert isinstance(message, str)
+    assert message
     return message
 
 
@@ -515,3 +518,80 @@ def test_refused_changes_are_json_errors_and_leave_redis_alone(
     assert isinstance(raw, bytes)
     assert orjson.loads(raw) == CRM_FIRST  # the refused create changed nothing
     assert not redis_client.hexists(hash_key, "crm-first")
+
+
+# --- a change racing a read of the policies, in the process that made it ----------------------
+
+#: enough stored policies that reading them all is a reply of ~1 MB, long enough in
+#: flight for a change to be made meanwhile
+FILLERS = 20_000
+
+
+def expect(condition: bool, message: str) -> None:
+    """A precondition of the test below, said apart from what it checks."""
+    if not condition:
+        pytest.fail(message)
+
+
+def test_the_process_that_made_a_change_serves_it_at_once_even_during_a_read(
+    settings: Settings, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A third API process, C, on a key prefix of its own (the fillers stay out of A's
+    and B's way), with a long policy cache: only its own changes may reach it at once.
+
+    C is sent a read that loads every stored policy and, while that load is in flight, a
+    create; once both answered, C is asked for the new policy."""
+    name = f"tfmprace-{uuid.uuid4().hex[:8]}"
+    own_c = settings.isolated(
+        name,
+        sources={f"{name}-web": "web", f"{name}-crm": "crm"},
+        merge_policies=CONFIGURED,
+        api_policy_cache_s=30.0,
+        home=tmp_path_factory.mktemp("merge-policies-race"),
+    )
+    layout = KeyLayout(own_c.key_prefix)
+    filler = orjson.dumps(WEB_FIRST)
+    redis_client.hset(
+        layout.merge_policies(), mapping={f"filler-{i:05d}": filler for i in range(FILLERS)}
+    )
+    token = create_key(own_c, "mp-race-admin", admin=True, rate_per_s=100_000.0, burst=100_000)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with (
+            running_api(own_c, "mp-api-c") as url,
+            httpx.Client(base_url=url, headers=headers, timeout=30.0) as writer,
+            httpx.Client(base_url=url, headers=headers, timeout=30.0) as reader,
+        ):
+            # without a concurrent read, C serves its own change at once
+            expect(writer.get(f"{PATH}/filler-00000").status_code == 200, "a filler")
+            expect(writer.post(PATH, json={"id": "alone", **CRM_FIRST}).status_code == 201, "")
+            expect(writer.get(f"{PATH}/alone").status_code == 200, "C serves 'alone' at once")
+
+            read_statuses: list[int] = []
+
+            def read_the_policies() -> None:
+                # an unknown policy: C loads the stored ones (its cache was dropped)
+                path = record_path("user_id", "nobody")
+                read_statuses.append(reader.get(path, params={"merge_policy": "x"}).status_code)
+
+            for attempt in range(20):
+                # a change through C drops C's cache, so the next read loads the policies
+                scratch = writer.put(f"{PATH}/scratch", json=WEB_FIRST)
+                expect(scratch.status_code in (200, 201), f"scratch: {scratch.text}")
+                reading = threading.Thread(target=read_the_policies)
+                reading.start()
+                time.sleep(attempt % 3 * 0.002)  # the write at varied points of the load
+                policy = f"made-{attempt}"
+                created = writer.post(PATH, json={"id": policy, **CRM_FIRST})
+                reading.join()
+                expect(created.status_code == 201, f"{policy}: {created.text}")
+                expect(read_statuses[-1:] == [404], f"the concurrent read: {read_statuses}")
+                expect(bool(redis_client.hexists(layout.merge_policies(), policy)), policy)
+                served = writer.get(f"{PATH}/{policy}")
+                assert served.status_code == 200, (
+                    f"attempt {attempt}: C made {policy!r} (201, stored in Redis), then "
+                    f"answered {served.status_code} {served.text}"
+                )
+    finally:
+        for key in redis_client.scan_iter(layout.all_keys(), count=10_000):
+            redis_client.unlink(key)

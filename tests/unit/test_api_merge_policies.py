@@ -3,6 +3,7 @@ deleted through the API, in process, and reads that name them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,3 +155,26 @@ async def test_the_store_caches_reads_for_its_ttl() -> None:
     assert not await store.create("q", MergePolicy(kind="source_precedence", sources=["a"]))
     assert await store.replace("q", MergePolicy(kind="source_precedence", sources=["a"]))
     assert (await store.get("q")) == MergePolicy(kind="source_precedence", sources=["a"])
+
+
+async def test_a_read_overtaken_by_a_change_is_not_cached() -> None:
+    """A load of the policies in flight while this process changes one must not put the
+    old set back in the cache: the process that made a change serves it at once."""
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    class SlowStore(MemoryPolicyStore):
+        async def _load(self) -> dict[str, MergePolicy]:
+            loaded = await super()._load()
+            loading.set()
+            await release.wait()
+            return loaded
+
+    store = SlowStore(cache_ttl_s=60.0)
+    reading = asyncio.create_task(store.all())
+    await loading.wait()
+    assert await store.create("new", MergePolicy())
+    release.set()
+    assert await reading == {}  # it began before the change: it does not see it
+    loading.clear()
+    release.set()
+    assert await store.get("new") == MergePolicy()
