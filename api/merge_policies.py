@@ -10,10 +10,9 @@ The default policy is the configured one: the workers materialise its merge.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import Principal, authenticate
@@ -26,7 +25,8 @@ router = APIRouter()
 
 PATH = "/config/mergePolicies"
 POLICY_ID = r"^[A-Za-z0-9_.-]{1,64}$"
-_POLICY_ID = re.compile(POLICY_ID)
+#: a policy id in a path: letters, digits, '_', '.', '-', at most 64 (else a 400)
+PolicyId = Annotated[str, Path(pattern=POLICY_ID, description="a merge policy id")]
 
 
 class PolicyBody(BaseModel):
@@ -99,7 +99,7 @@ async def list_policies(
 
 @router.get(PATH + "/{policy_id}", summary="Read a merge policy")
 async def read_policy(
-    policy_id: str,
+    policy_id: PolicyId,
     request: Request,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
@@ -128,7 +128,7 @@ async def create_policy(
 
 @router.put(PATH + "/{policy_id}", summary="Create or replace a merge policy")
 async def replace_policy(
-    policy_id: str,
+    policy_id: PolicyId,
     body: PolicyBody,
     request: Request,
     response: Response,
@@ -136,8 +136,6 @@ async def replace_policy(
 ) -> dict[str, Any]:
     _admin(principal)
     settings: Settings = request.app.state.settings
-    if not _POLICY_ID.match(policy_id):
-        raise ApiError(400, f"policy id {policy_id!r}: letters, digits, '_', '.', '-' (at most 64)")
     policy = _valid(body, settings)
     _not_configured(policy_id, settings)
     if not await request.app.state.policies.replace(policy_id, policy):
@@ -147,7 +145,7 @@ async def replace_policy(
 
 @router.delete(PATH + "/{policy_id}", status_code=204, summary="Delete a merge policy")
 async def delete_policy(
-    policy_id: str,
+    policy_id: PolicyId,
     request: Request,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
