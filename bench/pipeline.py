@@ -212,7 +212,8 @@ def main() -> None:
         f"bench-{run}",
         topic_partitions=args.partitions,
         rules_path=ROOT / "examples" / "rules.yaml",
-        entities={"user": DEFAULT_USER.model_copy(update={"stitching": args.stitching == "on"})},
+        entities=base.entities
+        | {"user": DEFAULT_USER.model_copy(update={"stitching": args.stitching == "on"})},
     )
     topic = next(iter(settings.sources))
     events, expected = make_events(args.events, args.users, args.seed, args.anonymous)
