@@ -83,14 +83,14 @@ class BatchProcessor:
             entity: EntityProcessor(
                 entity,
                 rules.of(entity),
-                rules_of_entity,
+                identity_rules,
                 store,
                 dict(sources or {}),
                 policy,
                 dict(retractions or {}),
                 remembered_renders,
             )
-            for entity, rules_of_entity in identities.items()
+            for entity, identity_rules in identities.items()
         }
         self.lock = asyncio.Lock()
         types = {e: ", ".join(p.identities.types) for e, p in self.entities.items()}
