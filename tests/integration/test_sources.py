@@ -25,12 +25,12 @@ from attributes.events import iso_from_ms
 from attributes.policies import MergePolicy
 from attributes.profile import ProfileState, decode_state, encode_state
 from tests.integration.conftest import Publisher, create_key, user_id, wait_until
-from tests.integration.workers import alive, running_api, start_worker
+from tests.integration.sources_support import source_topics, two_source_worker
+from tests.integration.workers import running_api
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon
 from traitflow.store import KeyLayout, ProfileWrite
-from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -76,32 +76,16 @@ def own(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Setting
 
 @pytest.fixture(scope="module")
 def topics(own: Settings, redis_client: redis.Redis) -> Iterator[dict[str, Publisher]]:
-    """A publisher per source; the module's keys are removed afterwards."""
-    asyncio.run(ensure_topics(own))
-    yield {source: Publisher(own, topic) for topic, source in own.sources.items()}
-    for key in redis_client.scan_iter(KeyLayout(own.key_prefix).all_keys(), count=10_000):
-        redis_client.unlink(key)
+    with source_topics(own, redis_client) as publishers:
+        yield publishers
 
 
 @pytest.fixture(scope="module")
 def own_worker(
     own: Settings, topics: dict[str, Publisher], redis_client: redis.Redis
 ) -> Iterator[Daemon]:
-    daemon = start_worker(own, "sources-worker")
-    try:
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        for source in ("web", "crm"):  # both topics consumed before a test relies on it
-            topics[source]([{"type": "identify", "userId": probe, "traits": {source: True}}])
-        key = KeyLayout(own.key_prefix).view("user", probe)
-
-        def ready() -> bool:
-            raw = get(redis_client, key) if alive(daemon) else None
-            return raw is not None and orjson.loads(raw)["version"] == 2
-
-        wait_until(ready, timeout=90, what="the worker to process both topics")
+    with two_source_worker(own, topics, redis_client, "sources-worker") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture(scope="module")
