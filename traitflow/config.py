@@ -217,7 +217,8 @@ class Settings(BaseSettings):
         so that a test or benchmark run shares no state with any other; `changes`
         override further settings. A port cannot be shared: the copy serves no worker
         metrics unless `changes` give it a port of its own. Each ingest topic `t` becomes
-        `name-t`, bound to the same source. The copy is validated like any settings."""
+        `name-t`, bound to the same source. The copy is validated like any settings; with
+        new `entities`, collections and destinations that were defaults follow them."""
         names: dict[str, Any] = {
             "app_id": name,
             "key_prefix": name,
@@ -225,7 +226,12 @@ class Settings(BaseSettings):
             "dead_letter_topic": f"{name}-dead-letters",
             "worker_metrics_port": None,
         }
-        copy = type(self).model_validate(self.model_dump() | names | changes)
+        current = self.model_dump()
+        if "entities" in changes:  # what follows the entities follows the new ones
+            for follower in ("collections", "destinations"):
+                if follower not in changes and follower not in self.model_fields_set:
+                    del current[follower]
+        copy = type(self).model_validate(current | names | changes)
         copy._kafka_from_env, copy._redis_from_env = self._kafka_from_env, self._redis_from_env
         return copy
 

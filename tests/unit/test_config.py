@@ -241,3 +241,12 @@ def test_entities_must_be_named_and_served_as_declared(
 ) -> None:
     with pytest.raises(pydantic.ValidationError, match=re.escape(problem)):
         Settings(**changes)
+
+
+def test_an_isolated_copy_with_other_entities_serves_them() -> None:
+    users_only = Settings().isolated("run-4", entities={"user": DEFAULT_USER})
+    assert users_only.collections == {"users": "user"}
+    assert list(users_only.destinations) == ["web-personalisation"]
+    chosen = Settings(collections={"people": "user", "accounts": "account"})
+    with pytest.raises(pydantic.ValidationError, match="'accounts' serves entity 'account'"):
+        chosen.isolated("run-5", entities={"user": DEFAULT_USER})  # set by hand: kept
