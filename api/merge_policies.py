@@ -84,6 +84,18 @@ def _not_configured(policy_id: str, settings: Settings) -> None:
         )
 
 
+def _to_store(
+    request: Request, principal: Principal, policy_id: str, body: PolicyBody
+) -> tuple[Settings, MergePolicy]:
+    """The checks of a create or a replace, in this order: an admin key (403), the
+    policy sent (400), an id that is not a configured one (409)."""
+    _admin(principal)
+    settings: Settings = request.app.state.settings
+    policy = _valid(body, settings)
+    _not_configured(policy_id, settings)
+    return settings, policy
+
+
 @router.get(PATH, summary="List merge policies")
 async def list_policies(
     request: Request,
@@ -117,10 +129,7 @@ async def create_policy(
     request: Request,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
-    _admin(principal)
-    settings: Settings = request.app.state.settings
-    policy = _valid(body, settings)
-    _not_configured(body.id, settings)
+    settings, policy = _to_store(request, principal, body.id, body)
     if not await request.app.state.policies.create(body.id, policy):
         raise ApiError(409, f"merge policy {body.id!r} exists: replace it with PUT")
     return described(body.id, policy, settings, "api")
@@ -134,10 +143,7 @@ async def replace_policy(
     response: Response,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
-    _admin(principal)
-    settings: Settings = request.app.state.settings
-    policy = _valid(body, settings)
-    _not_configured(policy_id, settings)
+    settings, policy = _to_store(request, principal, policy_id, body)
     if not await request.app.state.policies.replace(policy_id, policy):
         response.status_code = 201
     return described(policy_id, policy, settings, "api")
@@ -150,8 +156,7 @@ async def delete_policy(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     _admin(principal)
-    settings: Settings = request.app.state.settings
-    _not_configured(policy_id, settings)
+    _not_configured(policy_id, request.app.state.settings)
     if not await request.app.state.policies.remove(policy_id):
         raise ApiError(404, f"merge policy {policy_id!r} not found")
     return Response(status_code=204)

@@ -133,7 +133,7 @@ def create_app(
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
-    if any(rules.of(entity).windowed for entity in settings.entities):
+    if any(entity.rules.windowed for entity in processor.entities.values()):
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:

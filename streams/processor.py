@@ -79,15 +79,16 @@ class BatchProcessor:
         self.clock = clock
         if not isinstance(identities, Mapping):
             identities = {ENTITY: identities or IdentityRules(DEFAULT_USER)}
+        sources, retractions = dict(sources or {}), dict(retractions or {})  # shared
         self.entities = {
             entity: EntityProcessor(
                 entity,
                 rules.of(entity),
                 identity_rules,
                 store,
-                dict(sources or {}),
+                sources,
                 policy,
-                dict(retractions or {}),
+                retractions,
                 remembered_renders,
             )
             for entity, identity_rules in identities.items()

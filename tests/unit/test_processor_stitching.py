@@ -25,6 +25,7 @@ from attributes.identities import DEFAULT_USER, EntitySpec, IdentityRules, Ident
 from attributes.rules import RuleSet
 from attributes.stitching import Identity
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
+from tests.unit.event_strategies import orders, product_views
 from traitflow.store import (
     CachedProfileStore,
     Conflict,
@@ -205,31 +206,8 @@ def people(draw: st.DrawFn) -> list[Person]:
 
 
 bodies = st.one_of(
-    st.builds(
-        lambda revenue, product, currency: {
-            "type": "track",
-            "event": "Order Completed",
-            "properties": {"revenue": revenue, "product_id": product, **currency},
-        },
-        # No float equal to an int: which of 10 and 10.0 min/max keep is a known bug.
-        st.one_of(
-            st.integers(-1000, 1000),
-            st.floats(-1e6, 1e6).filter(lambda x: not x.is_integer()),
-            st.just("free"),
-        ),
-        st.sampled_from(["sku-1", "sku-2"]),
-        st.sampled_from([{}, {"currency": "EUR"}]),
-    ),
-    st.builds(
-        lambda kind, category, product: {
-            "type": "track",
-            "event": kind,
-            "properties": {"category": category, "product_id": product},
-        },
-        st.sampled_from(["Product Viewed", "Product Added"]),
-        st.sampled_from(["books", "garden"]),
-        st.sampled_from(["sku-1", "sku-2"]),
-    ),
+    orders(["sku-1", "sku-2"], [{}, {"currency": "EUR"}]),
+    product_views(["books", "garden"], ["sku-1", "sku-2"]),
     st.builds(
         lambda plan: {"type": "identify", "traits": {"plan": plan}},
         st.sampled_from(["free", "pro"]),
