@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from attributes.profile import ProfileState
-from traitflow.store import Expected, Identity, ProfileStore, ProfileWrite
+from traitflow.store import Expected, Identity, MessageKey, ProfileStore, ProfileWrite
 
 T = TypeVar("T")
 
@@ -109,6 +109,9 @@ class InstrumentedStore(ProfileStore):
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return await self._timed("lookup", self.inner.lookup(entity, identities))
+
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        return await self._timed("applied", self.inner.applied(entity, messages))
 
     async def commit(
         self,

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from attributes.limits import EventLimits, depth_problem, size_problem, too_deep
+
 #: the Segment spec's types, and `delete`: a source retracting what it said of a profile
 #: (Hightouch: a row removed from a sync); what it removes is the source's setting
 EventType = Literal["track", "identify", "page", "screen", "alias", "group", "delete"]
@@ -50,6 +52,7 @@ class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 
 _decoder = msgspec.json.Decoder(Event)
+DEFAULT_LIMITS = EventLimits()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -85,15 +88,22 @@ def _id_or_none(value: str | int | None) -> str | None:
     return text or None
 
 
-def decode_event(raw: bytes) -> Event:
-    """Decode one JSON event and check the rules the spec sets beyond types.
+def decode_event(raw: bytes, limits: EventLimits = DEFAULT_LIMITS) -> Event:
+    """Decode one JSON event and check the rules the spec sets beyond types, and the
+    size and depth `limits`.
 
     Raises InvalidEvent with a reason a person can act on.
     """
+    if problem := size_problem(raw, limits):
+        raise InvalidEvent(problem)
     try:
         event = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not a valid event: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent(too_deep(None, limits)) from None
+    if problem := depth_problem(raw, (event.properties, event.traits, event.context), limits):
+        raise InvalidEvent(problem)
     event.userId = _id_or_none(event.userId)
     event.anonymousId = _id_or_none(event.anonymousId)
     event.groupId = _id_or_none(event.groupId)

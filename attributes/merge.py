@@ -9,9 +9,9 @@ both would be (`tests/unit/test_merge.py` checks that against a single fold):
 - identify traits per source and field, the latest by (event time, messageId), as
   `apply_event` picks them;
 - identities as a union, the survivor's first;
-- offset watermarks per input partition, the higher: each partition is read in order
-  by one consumer, so every offset at or below either watermark has been processed,
-  for whichever of the two profiles it was;
+- applied offsets per input partition: the higher floor (a floor is a fact about the
+  whole partition, not about one profile) and every offset above it that either
+  applied (`attributes.profile.merge_offsets`);
 - first and last seen as the earlier and the later.
 
 The version becomes the sum of both: above either, so that a reader's cached copy of
@@ -20,7 +20,7 @@ either profile is stale, and still growing with every write after.
 
 from __future__ import annotations
 
-from attributes.profile import ProfileState, add_identity
+from attributes.profile import ProfileState, add_identity, merge_offsets
 from attributes.rules import RuleSet
 
 
@@ -28,13 +28,11 @@ def merge_states(survivor: ProfileState, absorbed: ProfileState, rules: RuleSet)
     """Fold `absorbed` into `survivor`, in place. Both must fit `rules`
     (`attributes.profile.reconcile`). `survivor` may share parts of `absorbed`'s
     attribute states afterwards: `absorbed` is done with (it is deleted). A profile a
-    source deleted brings only its identities and watermarks."""
+    source deleted brings only its identities and applied offsets."""
     for kind, values in absorbed.identities.items():
         for value in values:
             add_identity(survivor, kind, value)
-    for source, offset in absorbed.offsets.items():
-        if offset > survivor.offsets.get(source, -1):
-            survivor.offsets[source] = offset
+    merge_offsets(survivor, absorbed)
     survivor_seen = survivor.version > 0 and not survivor.deleted
     survivor.version += absorbed.version
     if absorbed.deleted or not absorbed.version:

@@ -1,15 +1,27 @@
 """The profile: its stored state, how one event changes it, and the served view.
 
 `ProfileState` is what the pipeline keeps per profile: identities, identify traits
-(per source, latest by event time per field), one aggregator state per attribute, and the
-offset watermark per input partition. The watermark is written in the same atomic
-write as the state, which is what makes a replayed event change nothing.
+(per source, latest by event time per field), one aggregator state per attribute, and
+which offsets of each input partition it has applied. Those are written in the same
+atomic write as the state, which is what makes a replayed event change nothing.
+
+Which offsets a profile has applied is a *floor* per partition plus the offsets above
+it (`recent`). The floor is not the profile's highest offset: it is an offset below
+which the partition's whole batch was committed, for every profile, when the profile
+was last written (`settle`). That distinction is what makes merges exact. A batch can
+commit in parts (`streams.effects`): profile A may hold offset 100 while profile B's
+offset 50, of the same batch, is still to be computed again. If a merge of A and B
+then took A's highest offset as "everything up to 100 is applied", B's event would be
+taken for a duplicate and lost. A floor is a fact about the partition, so the higher of
+two floors is still true, and `recent` names exactly the offsets above it that either
+profile applied.
 
 `render_view` turns the state into the JSON document the API serves as-is.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,8 +45,11 @@ class ProfileState(msgspec.Struct, kw_only=True):
     source_traits: dict[str, dict[str, list[Any]]] = {}
     #: attribute state key (`CompiledAttribute.key`: its name and shape) -> its state
     attributes: dict[str, Any] = {}
-    #: "topic/partition" -> highest offset already applied to this profile
+    #: "topic/partition" -> the floor: every offset at or below it that was this
+    #: profile's is applied (see the module docstring)
     offsets: dict[str, int] = {}
+    #: "topic/partition" -> the offsets above its floor this profile applied, ascending
+    recent: dict[str, list[int]] = {}
     first_seen: int = 0
     last_seen: int = 0
     version: int = 0
@@ -92,6 +107,44 @@ def reconcile(state: ProfileState, rules: RuleSet) -> list[str]:
     return dropped
 
 
+def applied_before(state: ProfileState, source: str, offset: int) -> bool:
+    """Whether `source`'s `offset` was applied to this profile (a redelivery)."""
+    return offset <= state.offsets.get(source, -1) or offset in state.recent.get(source, ())
+
+
+def settle(state: ProfileState, floors: Mapping[str, int]) -> None:
+    """Raise the profile's floors to `floors` (input partition -> an offset at or below
+    which every record of that partition is committed, for every profile: the one before
+    the first offset of the batch being written) and forget the offsets under them.
+    Called on every write, so that `recent` holds one batch's offsets at most."""
+    for source, floor in floors.items():
+        if floor > state.offsets.get(source, -1):
+            state.offsets[source] = floor
+            recent = state.recent.get(source)
+            if recent is not None:
+                kept = [offset for offset in recent if offset > floor]
+                if kept:
+                    state.recent[source] = kept
+                else:
+                    del state.recent[source]
+
+
+def merge_offsets(survivor: ProfileState, absorbed: ProfileState) -> None:
+    """What two profiles applied, as one: the higher floor per partition (both are
+    facts about the partition) and every offset above it that either applied."""
+    for source, floor in absorbed.offsets.items():
+        if floor > survivor.offsets.get(source, -1):
+            survivor.offsets[source] = floor
+    for source in survivor.recent.keys() | absorbed.recent.keys():
+        floor = survivor.offsets.get(source, -1)
+        offsets = {*survivor.recent.get(source, ()), *absorbed.recent.get(source, ())}
+        kept = sorted(offset for offset in offsets if offset > floor)
+        if kept:
+            survivor.recent[source] = kept
+        else:
+            survivor.recent.pop(source, None)
+
+
 def add_identity(state: ProfileState, kind: str, value: str) -> None:
     values = state.identities.setdefault(kind, [])
     if value not in values:
@@ -105,7 +158,7 @@ Retraction = Literal["fields", "record"]
 
 def retract(state: ProfileState, origin: str, retraction: Retraction) -> None:
     """Apply a `delete` from source `origin`: its traits go, or the whole profile does
-    (all but its id, identities and offset watermarks, which keep replays harmless)."""
+    (all but its id, identities and applied offsets, which keep replays harmless)."""
     if retraction == "fields":
         state.source_traits.pop(origin, None)
         return
@@ -133,14 +186,17 @@ def apply_event(
     sets, and a `delete` removes as `retraction` says). A user's traits come from
     `identify` calls, an account's from `group` calls.
 
-    An offset at or below the watermark for that source was applied before: it is
-    ignored and `changed` is False. Identities are not this function's business: which
-    of an event's identities a profile takes is decided with the other profiles in
-    view (`attributes.stitching`).
+    An offset applied before (`applied_before`) is ignored and `changed` is False.
+    Identities are not this function's business: which of an event's identities a
+    profile takes is decided with the other profiles in view (`attributes.stitching`).
     """
-    if offset <= state.offsets.get(source, -1):
+    if applied_before(state, source, offset):
         return Applied(changed=False)
-    state.offsets[source] = offset
+    recent = state.recent.setdefault(source, [])
+    if recent and offset < recent[-1]:
+        bisect.insort(recent, offset)
+    else:
+        recent.append(offset)
     state.version += 1
     if event.type == "delete":
         # a profile that first hears of its identity in a delete has nothing to serve

@@ -12,14 +12,16 @@ meanwhile (`streams.effects`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 
-from attributes.events import Event, event_time_ms
+from attributes.events import event_time_ms
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
 from attributes.policies import MergePolicy
@@ -27,18 +29,20 @@ from attributes.profile import (
     ProfileState,
     Retraction,
     add_identity,
+    applied_before,
     apply_event,
     decode_state,
     encode_state,
     expire_windows,
     reconcile,
     render_view,
+    settle,
 )
 from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.effects import Stitched, split
 from streams.records import BatchReport, Identified, Record
-from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
+from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, ProfileWrite
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +50,27 @@ log = logging.getLogger(__name__)
 encode_view = msgspec.json.Encoder().encode
 
 
+class ComputeFailed(Exception):
+    """Computing a batch's effect raised (a bug some input meets), not the store: the
+    caller narrows the batch down to the event that breaks it (`BatchProcessor`)."""
+
+
+@contextmanager
+def computing() -> Iterator[None]:
+    """Marks pure computation: what it raises is a `ComputeFailed`, whatever it was."""
+    try:
+        yield
+    except Exception as exc:
+        raise ComputeFailed(f"{exc!r}") from exc
+
+
 class EntityProcessor:
     """Builds the profiles of one entity (`user`, `account`, ...) from its events.
 
     Not safe to run concurrently with itself: `BatchProcessor` holds its lock around
-    every call, and sets `now`, the processing time (epoch ms) windows are evaluated
-    at, once per batch."""
+    every call, and sets, once per batch, `now`, the processing time (epoch ms)
+    windows are evaluated at, and `floors`, per input partition of the batch the offset
+    before its first (every record below it is committed: `attributes.profile.settle`)."""
 
     def __init__(
         self,
@@ -75,6 +94,7 @@ class EntityProcessor:
         #: source -> what its `delete` events remove (a source not listed: its fields)
         self.retractions = retractions
         self.now = 0
+        self.floors: dict[str, int] = {}
         #: profile -> (the state object, its attribute values when last rendered): a
         #: store that keeps states (CachedProfileStore) hands back the same object, and
         #: then only the attributes an event touched are computed again
@@ -114,20 +134,24 @@ class EntityProcessor:
     ) -> Stitched:
         """Where the events belong (`attributes.stitching`), the merges they make, and
         the writes of every profile they change, with what the commit must find."""
-        pointers, states, expected = await self._read(events)
+        pointers, states, expected, applied = await self._read(events)
         try:
-            return await self._stitched(events, pointers, states, expected, rejected)
+            return await self._stitched(events, pointers, states, expected, applied, rejected)
         except BaseException:
             self.abandon(list(states))  # states it changed must not stay in a cache
             raise
 
     async def _read(
         self, events: Sequence[Identified]
-    ) -> tuple[dict[Identity, str], dict[str, ProfileState], Expected]:
+    ) -> tuple[dict[Identity, str], dict[str, ProfileState], Expected, set[MessageKey]]:
         """Where the events' identities point, the profiles they name (and those a new
-        identity's profile id may already name), and what the commit must find."""
+        identity's profile id may already name), what the commit must find, and which
+        of the events' messageIds are applied already."""
         wanted = list(dict.fromkeys(i for item in events for i in (*item.ids, *item.previous)))
-        pointers = await self.store.lookup(self.entity, wanted)
+        messages = list(dict.fromkeys(item.message for item in events if item.message))
+        pointers, applied = await asyncio.gather(
+            self.store.lookup(self.entity, wanted), self.store.applied(self.entity, messages)
+        )
         candidates = [
             self.identities.profile_id(*item.ids[0])
             for item in events
@@ -145,10 +169,11 @@ class EntityProcessor:
                 if (pid := pointers.get(identity)) is None or pid not in states
             },
             {pid: states[pid].version if pid in states else None for pid in ids},
+            {key for key in messages if key not in applied},
         )
         for state in states.values():
             self._fit(state)
-        return pointers, states, expected
+        return pointers, states, expected, applied
 
     async def _stitched(
         self,
@@ -156,6 +181,7 @@ class EntityProcessor:
         pointers: dict[Identity, str],
         states: dict[str, ProfileState],
         expected: Expected,
+        applied: set[MessageKey],
         rejected: list[tuple[Record, str]],
     ) -> Stitched:
         stitched = Stitched(events, pointers, expected=expected, profiles=[*states])
@@ -163,49 +189,41 @@ class EntityProcessor:
         # two reads) is left out: its identity looks new, and the commit, which expects
         # the pointer as read, finds it moved and has the batch computed again.
         pointers = {identity: pid for identity, pid in pointers.items() if pid in states}
-        # a record some profile has applied (a redelivery) is not stitched again: the
-        # graph has moved on since, and stitching it now could merge what it never did
-        fresh: list[Identified] = []
-        for item in events:
-            owner = states.get(pointers.get(item.ids[0], ""))
-            source = f"{item.record.topic}/{item.record.partition}"
-            if owner is not None and owner.offsets.get(source, -1) >= item.record.offset:
-                stitched.found(owner.id).duplicates += 1
-            else:
-                fresh.append(item)
-
-        stitcher = Stitcher(self.identities, pointers, states)
-        for item in fresh:
-            at = event_time_ms(item.event, item.record.timestamp_ms)
-            stitcher.assign(item.ids, item.previous, at)
-        plan = stitcher.finish()
-        for refusal in plan.refusals:
-            stitched.found(refusal.profile).refusals.append(refusal)
-        for pid in plan.created:
-            states[pid] = ProfileState(id=pid, entity=self.entity)
-            expected.versions.setdefault(pid, None)
-        merged: set[str] = set()
-        for absorbed, survivor in plan.merges:
-            stitched.found(absorbed).merges += 1
-            merge_states(states[survivor], states[absorbed], self.rules)
-            merged.add(survivor)
-            self._renders.pop(survivor, None)  # its remembered values are not the merge's
+        with computing():
+            fresh = self._fresh(events, pointers, states, applied, stitched)
+            stitcher = Stitcher(self.identities, pointers, states)
+            for item in fresh:
+                at = event_time_ms(item.event, item.record.timestamp_ms)
+                stitcher.assign(item.ids, item.previous, at)
+            plan = stitcher.finish()
+            for refusal in plan.refusals:
+                stitched.found(refusal.profile).refusals.append(refusal)
+            for pid in plan.created:
+                states[pid] = ProfileState(id=pid, entity=self.entity)
+                expected.versions.setdefault(pid, None)
+            merged: set[str] = set()
+            for absorbed, survivor in plan.merges:
+                stitched.found(absorbed).merges += 1
+                merge_states(states[survivor], states[absorbed], self.rules)
+                merged.add(survivor)
+                self._renders.pop(survivor, None)  # its remembered values are not the merge's
         stitched.removed = [absorbed for absorbed, _ in plan.merges]  # loaded or created
         stitched.profiles += plan.created
 
-        by_profile: dict[str, list[tuple[Record, Event]]] = {}
+        by_profile: dict[str, list[Identified]] = {}
         for item, pid in zip(fresh, plan.profiles, strict=True):
-            by_profile.setdefault(pid, []).append((item.record, item.event))
+            by_profile.setdefault(pid, []).append(item)
         for pid, items in by_profile.items():
             state = states[pid]
             links = list(dict.fromkeys(plan.links.get(pid, ())))
-            if links:
-                for kind, value in links:
-                    add_identity(state, kind, value)
-                state.identities = self.identities.in_priority_order(state.identities)
+            with computing():
+                if links:
+                    for kind, value in links:
+                        add_identity(state, kind, value)
+                    state.identities = self.identities.in_priority_order(state.identities)
+                # what the slow path starts again from; a merged state is nowhere else
+                snapshot = encode_state(state) if pid in merged else None
             changed = bool(links) or pid in merged
-            # what the slow path starts again from; a merged state is nowhere else
-            snapshot = encode_state(state) if pid in merged else None
             report = stitched.found(pid)
             mark = report.mark()
             try:
@@ -222,6 +240,36 @@ class EntityProcessor:
                 write.identities = links
                 stitched.writes.append(write)
         return stitched
+
+    def _fresh(
+        self,
+        events: list[Identified],
+        pointers: dict[Identity, str],
+        states: dict[str, ProfileState],
+        applied: set[MessageKey],
+        stitched: Stitched,
+    ) -> list[Identified]:
+        """The events not applied before: neither a redelivered record (its offset is
+        applied to the profile its identity points to) nor a producer's retry (its
+        messageId is applied, or was earlier in this batch). Those are counted as
+        duplicates and not stitched again: the graph has moved on since, and stitching
+        them now could merge what they never did."""
+        fresh: list[Identified] = []
+        seen = set(applied)
+        for item in events:
+            owner = states.get(pointers.get(item.ids[0], ""))
+            record = item.record
+            source = f"{record.topic}/{record.partition}"
+            if (owner is not None and applied_before(owner, source, record.offset)) or (
+                item.message is not None and item.message in seen
+            ):
+                pid = owner.id if owner is not None else self.identities.profile_id(*item.ids[0])
+                stitched.found(pid).duplicates += 1
+                continue
+            if item.message is not None:
+                seen.add(item.message)
+            fresh.append(item)
+        return fresh
 
     async def _before(
         self, pid: str, snapshot: bytes | None, links: Sequence[Identity]
@@ -300,7 +348,7 @@ class EntityProcessor:
     def _apply(
         self,
         state: ProfileState,
-        items: Sequence[tuple[Record, Event]],
+        items: Sequence[Identified],
         report: BatchReport,
         changed: bool = False,
     ) -> ProfileWrite | None:
@@ -308,7 +356,9 @@ class EntityProcessor:
         changed (`changed`: the state was changed before, by a merge or a link)."""
         source = ""
         touched: set[str] = set()
-        for record, event in items:
+        messages: list[MessageKey] = []
+        for item in items:
+            record, event = item.record, item.event
             source = f"{record.topic}/{record.partition}"
             applied = apply_event(
                 state,
@@ -326,14 +376,19 @@ class EntityProcessor:
             report.duplicates += not applied.changed
             report.skips.extend(applied.skips)
             touched.update(applied.touched)
+            if applied.changed and item.message is not None:
+                messages.append(item.message)
         if not changed:
             return None
-        return self._write(state, source, touched)
+        settle(state, self.floors)
+        write = self._write(state, source, touched)
+        write.messages = messages
+        return write
 
     async def _apply_each(
         self,
         base: ProfileState,
-        items: Sequence[tuple[Record, Event]],
+        items: Sequence[Identified],
         report: BatchReport,
         rejected: list[tuple[Record, str]],
         changed: bool,
@@ -342,6 +397,7 @@ class EntityProcessor:
         batch's events), keeping the copies that work."""
         state = base
         write = None
+        messages: list[MessageKey] = []
         for item in items:
             trial = decode_state(encode_state(state))
             mark = report.mark()
@@ -349,8 +405,11 @@ class EntityProcessor:
                 outcome = self._apply(trial, [item], report, changed and write is None)
             except Exception as exc:
                 report.rollback(mark)
-                rejected.append((item[0], f"event could not be applied: {exc!r}"))
+                rejected.append((item.record, f"event could not be applied: {exc!r}"))
                 continue
             if outcome is not None:
                 state, write = trial, outcome
+                messages += outcome.messages
+        if write is not None:
+            write.messages = messages
         return write

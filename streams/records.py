@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from attributes.events import Event
 from attributes.profile import Skip
 from attributes.stitching import Identity, Refusal
+from traitflow.store import MessageKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +45,14 @@ class ListDeadLetters(DeadLetterSink):
 @dataclass(frozen=True, slots=True)
 class Identified:
     """A decoded event and the identities it carries (priority order; for an alias,
-    `previous` is its previousId as each type it may be)."""
+    `previous` is its previousId as each type it may be), and its (source, messageId)
+    when it has one and duplicates are looked for by messageId."""
 
     record: Record
     event: Event
     ids: list[Identity]
     previous: list[Identity]
+    message: MessageKey | None = None
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ batch of 1,400 profiles, and Redis runs one at a time.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, Literal, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -28,9 +28,13 @@ from traitflow.store import (
     Expected,
     Identity,
     KeyLayout,
+    MessageKey,
     ProfileStore,
     ProfileWrite,
 )
+
+#: how long an applied messageId is remembered, unless set (Settings.dedupe_window_s)
+DEDUPE_WINDOW_MS = 7 * 86_400_000
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
 _READ_BY_INDEX = Script.of("""
@@ -72,6 +76,21 @@ return found
 """)
 
 
+#: what a commit's check guards
+_Guarded = (
+    tuple[Literal["pointer"], Identity]
+    | tuple[Literal["profile"], str]
+    | tuple[Literal["message"], MessageKey]
+)
+
+
+def _conflict(stale: Sequence[_Guarded]) -> Conflict:
+    named: dict[str, list[Any]] = {"pointer": [], "profile": [], "message": []}
+    for kind, what in stale:
+        named[kind].append(what)
+    return Conflict(named["pointer"], named["profile"], named["message"])
+
+
 class HiredisPackedConnection(Connection):
     """redis-py's asyncio connection with its commands packed by hiredis, in C.
 
@@ -97,13 +116,29 @@ class RedisProfileStore(ProfileStore):
     trip, and redis-py's per-command cost was most of it). A process that never reads
     views, like the worker, never opens that connection."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeyLayout,
+        reads: RespClient,
+        *,
+        dedupe_window_ms: int = DEDUPE_WINDOW_MS,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.reads = reads
+        #: how long an applied messageId is remembered (its key's PX)
+        self.dedupe_window_ms = dedupe_window_ms
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, reads: RespClient | None = None) -> RedisProfileStore:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        reads: RespClient | None = None,
+        *,
+        dedupe_window_ms: int = DEDUPE_WINDOW_MS,
+    ) -> RedisProfileStore:
         """`reads`: a lean connection to share (closing the store closes it)."""
         if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
             client = aioredis.Redis.from_url(
@@ -111,7 +146,12 @@ class RedisProfileStore(ProfileStore):
             )
         else:
             client = aioredis.Redis.from_url(url, decode_responses=False)
-        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url))
+        return cls(
+            client,
+            KeyLayout(prefix),
+            reads or RespClient.from_url(url),
+            dedupe_window_ms=dedupe_window_ms,
+        )
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
         """The states, read with their version keys (one MGET). A state stored before
@@ -150,6 +190,13 @@ class RedisProfileStore(ProfileStore):
             if pid is not None
         }
 
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        if not messages:
+            return set()
+        keys = [self.keys.message(entity, *key) for key in messages]
+        found = cast("list[bytes | None]", await self.client.mget(keys))
+        return {key for key, value in zip(messages, found, strict=True) if value is not None}
+
     async def commit(
         self,
         entity: str,
@@ -160,18 +207,25 @@ class RedisProfileStore(ProfileStore):
         if not writes and not removed:
             return
         keys = self.keys
-        #: key -> (the value it must still have, the identity or profile it guards)
-        checks: dict[str, tuple[bytes, Identity | str]] = {}
+        #: key -> (the value it must still have, what it guards: an identity's pointer,
+        #: a profile's version or a message's dedupe key)
+        checks: dict[str, tuple[bytes, _Guarded]] = {}
         if expected is not None:
             for identity, pid in expected.pointers.items():
-                checks[keys.index(entity, *identity)] = ((pid or "").encode(), identity)
+                checks[keys.index(entity, *identity)] = (
+                    (pid or "").encode(),
+                    ("pointer", identity),
+                )
             for pid, version in expected.versions.items():
                 want = b"" if version is None else str(version).encode()
-                checks[keys.version(entity, pid)] = (want, pid)
+                checks[keys.version(entity, pid)] = (want, ("profile", pid))
+            for message in expected.messages:
+                checks[keys.message(entity, *message)] = (b"", ("message", message))
         sets: dict[str, bytes | str] = {}
         deletes: list[str] = []
         scheduled: dict[str, dict[str, int]] = {}
         unscheduled: dict[str, list[str]] = {}
+        messages: list[str] = []
         for pid in removed:
             deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
         for write in writes:
@@ -184,6 +238,7 @@ class RedisProfileStore(ProfileStore):
             sets[keys.version(entity, pid)] = str(write.state.version)
             for index, value in write.identities:
                 sets[keys.index(entity, index, value)] = pid
+            messages += (keys.message(entity, *key) for key in write.messages)
             if write.expiry is not None:
                 source, when = write.expiry
                 if when is None:
@@ -202,10 +257,7 @@ class RedisProfileStore(ProfileStore):
                         if (have or b"") != want
                     ]
                     if stale:
-                        raise Conflict(
-                            [g for g in stale if isinstance(g, tuple)],
-                            [g for g in stale if isinstance(g, str)],
-                        )
+                        raise _conflict(stale)
                     transaction.multi()  # type: ignore[no-untyped-call]
                 if sets:
                     transaction.mset(sets)
@@ -215,6 +267,9 @@ class RedisProfileStore(ProfileStore):
                     transaction.zadd(key, members)
                 for key, pids in unscheduled.items():
                     transaction.zrem(key, *pids)
+                window = self.dedupe_window_ms
+                for key in messages:
+                    transaction.set(key, b"1", px=window)
                 try:
                     await transaction.execute()
                 except WatchError:

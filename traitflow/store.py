@@ -18,6 +18,9 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:r:{key_id}                  hash    the API key's rate-limit token bucket
     tf:mp                          hash    merge policy id -> policy (JSON), those made
                                            through the API (configured ones: settings)
+    tf:d:user:{source}:{messageId} string  "1": an event of that source with that
+                                           messageId is applied; expires after the
+                                           dedupe window (PX), so nothing scans them
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
@@ -31,7 +34,8 @@ caller computes again only what read them. That is what makes two workers safe w
 stitching sends one person's events through both: whichever commits second sees the
 first's write and redoes that person's events on top of it. A reader
 never sees a view without its index, and the offset watermark inside a state is never
-ahead of or behind the state it guards. Finding the profiles whose windows are due is
+ahead of or behind the state it guards; nor is a messageId's dedupe key. Finding the
+profiles whose windows are due is
 one ZRANGE per input partition, whatever the number of silent profiles. (With Redis
 Cluster, keys would need a hash tag per batch; not supported yet.)
 """
@@ -50,6 +54,8 @@ PRIMARY_INDEX = "id"
 
 #: (identity type, value)
 Identity = tuple[str, str]
+#: (source name, messageId): an event as its producer names it (retries keep the id)
+MessageKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,10 @@ class KeyLayout:
         """`source` is the input partition, "topic/partition"."""
         return f"{self.prefix}:x:{entity}:{source}"
 
+    def message(self, entity: str, source: str, message_id: str) -> str:
+        """The dedupe key of an applied event; source names hold no ':' (settings)."""
+        return f"{self.prefix}:d:{entity}:{source}:{message_id}"
+
     def api_key(self, key_id: str) -> str:
         return f"{self.prefix}:k:{key_id}"
 
@@ -107,6 +117,8 @@ class ProfileWrite:
     #: (input partition, when the profile's windows next change or None): its entry in
     #: that partition's expiry index; None when the rules have no windows
     expiry: tuple[str, int | None] | None = None
+    #: the events this write applies, by messageId: remembered for the dedupe window
+    messages: list[MessageKey] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -117,6 +129,8 @@ class Expected:
     pointers: dict[Identity, str | None] = field(default_factory=dict)
     #: profile id -> its version when loaded (None: it did not exist)
     versions: dict[str, int | None] = field(default_factory=dict)
+    #: messageIds found not applied yet, which must still be not applied
+    messages: set[MessageKey] = field(default_factory=set)
 
 
 class Conflict(Exception):
@@ -125,12 +139,19 @@ class Conflict(Exception):
     It names every check that failed, not only the first, so that the caller can
     compute again just the part of its batch that read them."""
 
-    def __init__(self, pointers: Collection[Identity] = (), profiles: Collection[str] = ()):
+    def __init__(
+        self,
+        pointers: Collection[Identity] = (),
+        profiles: Collection[str] = (),
+        messages: Collection[MessageKey] = (),
+    ):
         self.pointers = frozenset(pointers)
         self.profiles = frozenset(profiles)
+        self.messages = frozenset(messages)
         moved = [f"{index} {value!r} moved" for index, value in sorted(self.pointers)]
         changed = [f"profile {pid!r} changed" for pid in sorted(self.profiles)]
-        super().__init__("; ".join([*moved, *changed]) or "nothing named")
+        applied = [f"{source} message {mid!r} applied" for source, mid in sorted(self.messages)]
+        super().__init__("; ".join([*moved, *changed, *applied]) or "nothing named")
 
 
 class ProfileStore(ABC):
@@ -143,6 +164,10 @@ class ProfileStore(ABC):
         """States of the profiles that exist among `ids`."""
 
     @abstractmethod
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        """Those of `messages` applied within the dedupe window."""
+
+    @abstractmethod
     async def commit(
         self,
         entity: str,
@@ -150,9 +175,10 @@ class ProfileStore(ABC):
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
-        """Write states, views, versions and index keys, and delete the profiles in
-        `removed` (merged into others), atomically; raise `Conflict` and write nothing
-        if anything in `expected` no longer holds (naming all that does not)."""
+        """Write states, views, versions, index keys and the writes' messageIds, and
+        delete the profiles in `removed` (merged into others), atomically; raise
+        `Conflict` and write nothing if anything in `expected` no longer holds (naming
+        all that does not)."""
 
     async def save(self, entity: str, writes: Sequence[ProfileWrite]) -> None:
         """Write unconditionally (`commit` with nothing expected)."""
@@ -205,6 +231,8 @@ class MemoryProfileStore(ProfileStore):
         self.versions: dict[tuple[str, str], int] = {}
         self.index: dict[tuple[str, str, str], str] = {}
         self.expiries: dict[tuple[str, str], dict[str, int]] = {}
+        #: (entity, source, messageId) of applied events (kept for good: tests are short)
+        self.messages: set[tuple[str, str, str]] = set()
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -220,6 +248,9 @@ class MemoryProfileStore(ProfileStore):
             if (entity, pid) in self.states
         }
 
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        return {key for key in messages if (entity, *key) in self.messages}
+
     async def commit(
         self,
         entity: str,
@@ -231,8 +262,9 @@ class MemoryProfileStore(ProfileStore):
             pointers, versions = self.index, self.versions
             moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
             changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
-            if moved or changed:
-                raise Conflict(moved, changed)
+            applied = [key for key in expected.messages if (entity, *key) in self.messages]
+            if moved or changed or applied:
+                raise Conflict(moved, changed, applied)
         for profile in removed:
             for store in (self.states, self.views, self.versions):
                 store.pop((entity, profile), None)
@@ -246,6 +278,7 @@ class MemoryProfileStore(ProfileStore):
             self.versions[key] = write.state.version
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
+            self.messages.update((entity, *key) for key in write.messages)
             if write.expiry is not None:
                 source, when = write.expiry
                 scheduled = self.expiries.setdefault((entity, source), {})
@@ -325,6 +358,9 @@ class CachedProfileStore(ProfileStore):
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return await self.inner.lookup(entity, identities)
+
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        return await self.inner.applied(entity, messages)
 
     async def commit(
         self,

@@ -142,7 +142,7 @@ async def test_an_event_one_entity_cannot_apply_is_skipped_by_the_entities_after
     apply = EntityProcessor._apply
 
     def breaking(self: EntityProcessor, state: Any, items: Any, *args: Any) -> Any:
-        if any(orjson.loads(record.value)["messageId"] == "o-bad" for record, _ in items):
+        if any(orjson.loads(item.record.value)["messageId"] == "o-bad" for item in items):
             raise RuntimeError("a bug this event meets")
         return apply(self, state, items, *args)
 

@@ -12,7 +12,7 @@ import pytest
 
 from attributes.events import iso_from_ms
 from attributes.policies import DEFAULT_POLICY, MergePolicy
-from attributes.profile import ProfileState, Retraction, decode_state
+from attributes.profile import ProfileState, Retraction, applied_before, decode_state
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.store import MemoryProfileStore
@@ -229,7 +229,7 @@ async def test_a_record_delete_leaves_a_tombstone_without_a_view(pipeline: Pipel
     state = pipeline.state()
     assert state.deleted
     assert state.identities == {"user_id": ["u-1"], "anonymous_id": ["a-1"]}
-    assert state.offsets == {f"{WEB}/0": 1, f"{CRM}/0": 2}
+    assert all(applied_before(state, f"{topic}/0", o) for topic, o in [(WEB, 1), (CRM, 2)])
     assert (state.source_traits, state.attributes) == ({}, {})
     assert (state.first_seen, state.last_seen) == (0, 0)
     assert state.version == version + 1
@@ -333,7 +333,7 @@ async def test_a_deleted_profile_merged_into_a_live_one_brings_only_identities(
     )
     assert merged["version"] == live["version"] + tombstone.version + 1
     state = pipeline.state()
-    assert state.offsets[f"{CRM}/0"] == 2  # the tombstone's watermark came along
+    assert applied_before(state, f"{CRM}/0", 2)  # the tombstone's offsets came along
     assert ("user", "anonymous_id:a-7") not in pipeline.store.states
 
 

@@ -11,12 +11,15 @@ from attributes.profile import (
     ProfileState,
     Skip,
     add_identity,
+    applied_before,
     apply_event,
     compute_attributes,
     decode_state,
     encode_state,
+    merge_offsets,
     reconcile,
     render_view,
+    settle,
 )
 from attributes.rules import RuleSet, parse_rules
 
@@ -113,31 +116,65 @@ def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
     assert profile.state.identities == {"anonymous_id": ["a-1"], "user_id": ["u-1"]}
 
 
-# --- the offset watermark -------------------------------------------------------------------
+# --- applied offsets -----------------------------------------------------------------------
 
 
 def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     first = order("m-1", revenue=10, product_id="sku-1")
     assert apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW).changed
+    settle(state, {SOURCE: 3})  # written with a batch that began at offset 4
     before = encode_state(state)
 
     again = apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW)
     older = order("m-0", revenue=99, product_id="sku-0")
-    lower = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 4, NOW)
+    below = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 3, NOW)
 
-    assert (again.changed, lower.changed) == (False, False)
-    assert (again.skips, lower.skips) == ([], [])
+    assert (again.changed, below.changed) == (False, False)
+    assert (again.skips, below.skips) == ([], [])
     assert encode_state(state) == before
     assert state.version == 1
 
 
-def test_the_watermark_is_per_source(example_rules: RuleSet) -> None:
+def test_offsets_above_the_floor_are_applied_one_by_one(example_rules: RuleSet) -> None:
+    """Another profile's offset between two of this one's is not taken as applied:
+    offsets above the floor count only when this profile applied them."""
+    state = ProfileState(id="u-1")
+    for offset in (9, 7):  # 7 after 9: a merge can bring offsets in any order
+        apply_event(
+            state, order(f"m-{offset}", revenue=1), Y2K_MS, example_rules, SOURCE, offset, NOW
+        )
+    assert state.recent == {SOURCE: [7, 9]}
+    assert apply_event(
+        state, order("m-8", revenue=1), Y2K_MS, example_rules, SOURCE, 8, NOW
+    ).changed
+    assert [applied_before(state, SOURCE, o) for o in range(6, 11)] == [False, *[True] * 3, False]
+
+
+def test_settling_raises_the_floor_and_forgets_the_offsets_under_it() -> None:
+    state = ProfileState(id="u-1", offsets={"t/0": 2}, recent={"t/0": [4, 6, 9], "t/1": [3]})
+    settle(state, {"t/0": 6, "t/2": 10})
+    assert (state.offsets, state.recent) == ({"t/0": 6, "t/2": 10}, {"t/0": [9], "t/1": [3]})
+    settle(state, {"t/0": 9, "t/1": 1})  # a floor never goes down
+    assert (state.offsets, state.recent) == ({"t/0": 9, "t/1": 1, "t/2": 10}, {"t/1": [3]})
+
+
+def test_merged_offsets_are_the_higher_floor_and_what_either_applied() -> None:
+    survivor = ProfileState(id="a", offsets={"t/0": 49}, recent={"t/0": [100]})
+    absorbed = ProfileState(id="b", offsets={"t/0": 20, "t/1": 5}, recent={"t/0": [30, 60]})
+    merge_offsets(survivor, absorbed)
+    assert survivor.offsets == {"t/0": 49, "t/1": 5}
+    assert survivor.recent == {"t/0": [60, 100]}
+    # offset 50 of t/0 was neither's: a redo of it after the merge is applied
+    assert not applied_before(survivor, "t/0", 50)
+
+
+def test_offsets_are_per_source(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     apply_event(state, order("m-1", revenue=10), Y2K_MS, example_rules, "events/0", 5, NOW)
     applied = apply_event(state, order("m-2", revenue=5), Y2K_MS, example_rules, "events/1", 5, NOW)
     assert applied.changed
-    assert state.offsets == {"events/0": 5, "events/1": 5}
+    assert state.recent == {"events/0": [5], "events/1": [5]}
     assert compute_attributes(state, example_rules, NOW)["lifetime_value"] == 15
     assert state.version == 2
 
