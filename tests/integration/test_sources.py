@@ -164,7 +164,9 @@ def test_read_profiles_by_id_and_by_index_on_redis(
 
 
 def event(kind: str, mid: str, minute: int, user: str, **fields: Any) -> dict[str, Any]:
-    return {"type": kind, "messageId": mid, "timestamp": at(minute), "userId": user} | fields
+    """`mid` is made the user's own: a messageId is applied once per source, whoever sends it."""
+    message = f"{mid}-{user}"
+    return {"type": kind, "messageId": message, "timestamp": at(minute), "userId": user} | fields
 
 
 def record_path(index: str, value: str) -> str:

@@ -185,3 +185,53 @@ def test_a_state_stored_without_a_version_key_gets_one(
 
     with_store(settings, prefix, use)
     assert redis_client.get(keys.version("user", "u-1")) == b"8"
+
+
+def test_applied_message_ids_are_committed_with_the_states_and_expire(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    """A write's messageIds land in its commit, with the dedupe window as their expiry;
+    a commit that expects one of them unapplied, once it is applied, names it."""
+    keys = KeyLayout(prefix)
+
+    async def use(store: RedisProfileStore) -> Any:
+        first = write("u-1")
+        first.messages = [("web", "m-1"), ("web", "m-2")]
+        await store.commit("user", [first], expected=Expected(messages={("web", "m-1")}))
+        found = await store.applied("user", [("web", "m-1"), ("crm", "m-1"), ("web", "m-3")])
+        late = write("u-2")
+        late.messages = [("web", "m-2")]
+        with pytest.raises(Conflict) as conflict:
+            await store.commit("user", [late], expected=Expected(messages={("web", "m-2")}))
+        return found, conflict.value
+
+    store_window = 7 * 86_400_000
+    found, conflict = with_store(settings, prefix, use)
+    assert found == {("web", "m-1")}
+    assert (conflict.messages, conflict.pointers, conflict.profiles) == (
+        frozenset({("web", "m-2")}),
+        frozenset(),
+        frozenset(),
+    )
+    assert str(conflict) == "web message 'm-2' applied"
+    assert redis_client.exists(keys.state("user", "u-2")) == 0  # nothing of it was written
+    ttl = redis_client.pttl(keys.message("user", "web", "m-1"))
+    assert store_window - 60_000 < ttl <= store_window
+
+
+def test_the_dedupe_window_is_the_keys_expiry(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    async def go() -> None:
+        store = RedisProfileStore.from_url(settings.redis_url, prefix, dedupe_window_ms=300)
+        try:
+            applied = write("u-1")
+            applied.messages = [("web", "m-1")]
+            await store.commit("user", [applied])
+            assert await store.applied("user", [("web", "m-1")]) == {("web", "m-1")}
+            await asyncio.sleep(0.5)
+            assert await store.applied("user", [("web", "m-1")]) == set()
+        finally:
+            await store.close()
+
+    asyncio.run(go())
