@@ -5,7 +5,8 @@ consumer hands each fetch round's records to one handler, which turns them into
 transport-neutral `Record`s for `BatchProcessor`; they are acked once it returns, i.e.
 after their effect is in Redis. Faust's per-event Stream machinery (agents, events,
 channel queues) is skipped: it cost a third of the worker's CPU. Faust still runs the
-worker, the consumer group, offset commits and the dead-letter producer.
+worker, the consumer group, offset commits and the dead-letter producer (whose
+letters are parked in Redis when the topic refuses them: `streams.dead_letters`).
 State lives in Redis, not in Faust tables (see DESIGN.md: windowed tables never
 expire restored keys, and Tansu does not compact changelogs).
 """
@@ -13,9 +14,10 @@ expire restored keys, and Tansu does not compact changelogs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -26,8 +28,9 @@ from attributes.identities import IdentityRules
 from attributes.rules import RuleSet
 from streams import fastfaust
 from streams.batches import batch_subscribe
-from streams.metrics import WorkerMetrics
-from streams.processor import BatchProcessor, DeadLetterSink, Record
+from streams.dead_letters import RedisParking, TopicDeadLetters
+from streams.metrics import WorkerMetrics, consumer_lags
+from streams.processor import BatchProcessor, Record
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import CachedProfileStore
@@ -40,25 +43,11 @@ TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OS
 #: Profiles re-rendered per expiry write.
 EXPIRY_ROUND = 1000
 
+#: Seconds between refreshes of the consumer lag and parked dead letters metrics, and
+#: how long each of their reads may take (a scrape every 15 s sees fresh enough values).
+STALL_METRICS_INTERVAL_S = 5.0
+STALL_METRICS_TIMEOUT_S = 2.0
 
-class TopicDeadLetters(DeadLetterSink):
-    """Dead letters to a Kafka topic: the original bytes as value, the reason and the
-    origin as headers (the convention Kafka Connect's DLQ uses)."""
-
-    def __init__(self, topic: faust.TopicT) -> None:
-        self.topic = topic
-
-    async def send(self, records: Sequence[tuple[Record, str]]) -> None:
-        pending = []
-        for record, reason in records:
-            headers = {
-                "traitflow.error.reason": reason.encode(),
-                "traitflow.error.topic": record.topic.encode(),
-                "traitflow.error.partition": str(record.partition).encode(),
-                "traitflow.error.offset": str(record.offset).encode(),
-            }
-            pending.append(await self.topic.send(value=record.value or b"", headers=headers))
-        await asyncio.gather(*pending)
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -86,7 +75,23 @@ def create_app(
         datadir=str(settings.home / "faust"),
     )
     ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)
-    dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+
+    async def produce_dead_letter(value: bytes, headers: Mapping[str, bytes]) -> Awaitable[Any]:
+        producer = await app.maybe_start_producer()
+        delivery: Awaitable[Any] = await producer.send(
+            settings.dead_letter_topic, None, value, None, None, headers
+        )
+        return delivery
+
+    parking = RedisParking.from_url(settings.redis_url, settings.key_prefix)
+    dead_letters = TopicDeadLetters(
+        settings.dead_letter_topic,
+        produce_dead_letter,
+        parking,
+        attempts=settings.dead_letter_attempts,
+        timeout_s=settings.dead_letter_timeout_s,
+        on_parked=metrics.parked,
+    )
 
     store = CachedProfileStore(
         RedisProfileStore.from_url(settings.redis_url, settings.key_prefix),
@@ -96,7 +101,7 @@ def create_app(
     processor = BatchProcessor(
         rules,
         store,
-        TopicDeadLetters(dead_letters),
+        dead_letters,
         remembered_renders=settings.state_cache_profiles,
         identities={entity: IdentityRules(spec) for entity, spec in settings.entities.items()},
         sources=settings.sources,
@@ -127,6 +132,7 @@ def create_app(
 
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
+        await parking.close()
 
     # mode types handlers with NamedArg("BaseSignalT", ...), a string mypy cannot match
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -138,6 +144,10 @@ def create_app(
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:
             await expire_owned(processor, owned, metrics)
+
+    @app.timer(interval=STALL_METRICS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def observe_stalls() -> None:
+        await observe_consumer(app.consumer, ingest_topics, metrics, parking)
 
     async def process_messages(messages: Sequence[Message]) -> None:
         records = [
@@ -171,6 +181,40 @@ async def expire_owned(processor: BatchProcessor, owned: set[str], metrics: Work
             )
 
 
+async def observe_consumer(
+    consumer: Any, ingest_topics: set[str], metrics: WorkerMetrics, parking: RedisParking
+) -> None:
+    """Refresh the lag of the owned input partitions and the count of parked letters.
+
+    The high watermark is the larger of the one the last fetch brought and the one the
+    broker lists now: the fetched one stands still while a batch is stuck (nothing is
+    fetched), and Tansu lists a partition's end as its last batch's first offset + 1."""
+    try:
+        owned = [tp for tp in consumer.assignment() if tp.topic in ingest_topics]
+        async with asyncio.timeout(STALL_METRICS_TIMEOUT_S):
+            listed = await consumer.highwaters(*owned) if owned else {}
+    except Exception as exc:  # a rebalance in progress, the broker away: next tick
+        log.debug("consumer lag not read: %r", exc)
+        return
+    highwaters: dict[tuple[str, int], int | None] = {}
+    positions: dict[tuple[str, int], int | None] = {}
+    for tp in owned:
+        partition = (tp.topic, tp.partition)
+        known = [listed.get(tp)]
+        with contextlib.suppress(Exception):  # not fetched from yet
+            known.append(consumer.highwater(tp))
+        highwaters[partition] = max((o for o in known if o is not None), default=None)
+        positions[partition] = metrics.progress.position(
+            partition, consumer._committed_offset.get(tp)
+        )
+    metrics.set_lags(consumer_lags(highwaters, positions))
+    try:
+        async with asyncio.timeout(STALL_METRICS_TIMEOUT_S):
+            metrics.parked_dead_letters.set(await parking.count())
+    except (redis.exceptions.RedisError, TimeoutError) as exc:
+        log.debug("parked dead letters not counted: %r", exc)
+
+
 async def process_until_done(
     processor: BatchProcessor, records: Sequence[Record], metrics: WorkerMetrics
 ) -> None:
@@ -179,16 +223,18 @@ async def process_until_done(
     A batch handler must not raise (`streams.batches` would stop the worker: acking
     would commit records never applied). Retrying is safe: a retried batch is
     idempotent (offset watermarks). A batch that keeps failing stalls its partitions
-    visibly (logs, lag) instead of losing data; it also holds up a rebalance, which
-    waits for the batch in progress.
+    visibly (logs; metrics: retries, lag, the oldest unprocessed record's age) instead
+    of losing data; it also holds up a rebalance, which waits for the batch in progress.
     """
     delay = 0.1
+    metrics.batch_started(records)
     while True:
         started = time.perf_counter()
         try:
             report = await processor.process(records)
         except Exception as exc:
             transient = isinstance(exc, TRANSIENT)
+            metrics.batch_retried(transient)
             log.log(
                 logging.WARNING if transient else logging.ERROR,
                 "batch of %d records not written (%r); retrying in %.1fs",
@@ -201,6 +247,7 @@ async def process_until_done(
             delay = min(delay * 2, 5.0)
             continue
         metrics.observe(report, time.perf_counter() - started)
+        metrics.batch_finished(records)
         log.debug(
             "batch: %d records, %d profiles written, %d dead-lettered, %d duplicates",
             report.records,

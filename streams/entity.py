@@ -259,8 +259,7 @@ class EntityProcessor:
         for item in events:
             owner = states.get(pointers.get(item.ids[0], ""))
             record = item.record
-            source = f"{record.topic}/{record.partition}"
-            if (owner is not None and applied_before(owner, source, record.offset)) or (
+            if (owner is not None and applied_before(owner, record.log, record.offset)) or (
                 item.message is not None and item.message in seen
             ):
                 pid = owner.id if owner is not None else self.identities.profile_id(*item.ids[0])
@@ -359,13 +358,13 @@ class EntityProcessor:
         messages: list[MessageKey] = []
         for item in items:
             record, event = item.record, item.event
-            source = f"{record.topic}/{record.partition}"
+            source = record.source
             applied = apply_event(
                 state,
                 event,
                 event_time_ms(event, record.timestamp_ms),
                 self.rules,
-                source,
+                record.log,
                 record.offset,
                 self.now,
                 origin := self.sources.get(record.topic, record.topic),

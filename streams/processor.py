@@ -22,6 +22,7 @@ failing (Redis unreachable, say) fails a batch, which is then retried whole.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
@@ -33,6 +34,7 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.rules import RuleSet
 from streams.entity import ComputeFailed, EntityProcessor, encode_view
+from streams.logs import Checkpoint, LogHistory, judge
 from streams.records import (
     BatchReport,
     DeadLetterSink,
@@ -82,8 +84,12 @@ class BatchProcessor:
         *,
         limits: EventLimits | None = None,
         dedupe: bool = True,
+        logs: LogHistory | None = None,
     ) -> None:
         self.store = store
+        self.logs = logs
+        #: partition -> (the offset after the last batch committed here, its epoch)
+        self._next: dict[str, tuple[int, int]] = {}
         self.limits = limits or EventLimits()
         self.dedupe = dedupe
         self.dead_letters = dead_letters
@@ -115,7 +121,10 @@ class BatchProcessor:
             self._unclaimed = f"event carries no identity of any entity ({listed})"
 
     def forget_renders(self) -> None:
-        """Drop the remembered renders (their states are gone from the store's cache)."""
+        """Drop the remembered renders (their states are gone from the store's cache)
+        and where each partition's batches were (after a rebalance, another worker may
+        have read on)."""
+        self._next.clear()
         for entity in self.entities.values():
             entity.forget_renders()
 
@@ -130,9 +139,9 @@ class BatchProcessor:
         below it is committed (batches of a partition run one after another)."""
         floors: dict[str, int] = {}
         for record in records:
-            source = f"{record.topic}/{record.partition}"
-            if record.offset <= floors.get(source, record.offset):
-                floors[source] = record.offset - 1
+            log = record.log
+            if record.offset <= floors.get(log, record.offset):
+                floors[log] = record.offset - 1
         for entity in self.entities.values():
             entity.floors = floors
 
@@ -144,8 +153,15 @@ class BatchProcessor:
         """Decode, then have each entity compute and commit its events. An event that
         one entity cannot apply is a dead letter, and the entities after it skip it."""
         now = self._read_clock()
-        self._set_floors(records)
         report = BatchReport(records=len(records))
+        firsts: dict[str, Record] = {}
+        for record in records:
+            first = firsts.get(record.source)
+            if first is None or record.offset < first.offset:
+                firsts[record.source] = record
+        if self.logs is not None:
+            records = await self._place(records, firsts, report)
+        self._set_floors(records)
         rejected: list[tuple[Record, str]] = []
         claims: dict[str, list[Identified]] = {entity: [] for entity in self.entities}
         for record in records:
@@ -170,6 +186,10 @@ class BatchProcessor:
             if events:
                 await self._entity_batch(self.entities[entity], events, rejected, sent, report)
         await self._send(rejected, sent)
+        if self.logs is not None:
+            await self.logs.record([(p, Checkpoint.of(first)) for p, first in firsts.items()])
+            for record in records:
+                self._next[record.source] = (record.offset + 1, record.epoch)
         report.dead_lettered = len(rejected)
         for refusal in report.refusals:
             log.info("profile %s: %s %r: %s", refusal.profile, *refusal.identity, refusal.reason)
@@ -182,6 +202,41 @@ class BatchProcessor:
                     skip.reason,
                 )
         return report
+
+    async def _place(
+        self, records: Sequence[Record], firsts: dict[str, Record], report: BatchReport
+    ) -> Sequence[Record]:
+        """`records`, each with its partition's epoch: the batch of a partition that does
+        not continue this processor's previous one is judged against its history, and
+        a reset starts a new epoch (`streams.logs`)."""
+        epochs: dict[str, int] = {}
+        assert self.logs is not None
+        for partition, first in firsts.items():
+            known = self._next.get(partition)
+            if known is not None and known[0] == first.offset:
+                epochs[partition] = known[1]
+                continue
+            history = await self.logs.read(partition)
+            checkpoint = Checkpoint.of(first)
+            verdict, why = judge(history, checkpoint)
+            if verdict == "reset":
+                epochs[partition] = await self.logs.restart(partition, checkpoint)
+                report.resets.append(partition)
+                log.error(
+                    "input partition %s was reset: %s. Its records are applied as a new log "
+                    "(epoch %d); offsets applied before stay applied. If the broker lost "
+                    "data or the topic was made again, events published meanwhile and not "
+                    "re-sent are missing: re-publish them (a producer retry with the same "
+                    "messageId counts once). See README 'Offsets that go backwards'.",
+                    partition,
+                    why,
+                    epochs[partition],
+                )
+            else:
+                epochs[partition] = history.epoch
+        if not any(epochs.values()):
+            return records
+        return [dataclasses.replace(r, epoch=epochs[r.source]) for r in records]
 
     def _claims(self, record: Record, now: int) -> list[tuple[str, Identified]]:
         """The record's event for each entity whose identities it carries; raises

@@ -22,6 +22,20 @@ class Record:
     offset: int
     value: bytes | None
     timestamp_ms: int
+    #: how many times its partition was found reset before it (`streams.logs`)
+    epoch: int = 0
+
+    @property
+    def source(self) -> str:
+        """Its input partition, "topic/partition": whose owner expires its profiles."""
+        return f"{self.topic}/{self.partition}"
+
+    @property
+    def log(self) -> str:
+        """The log its offset belongs to: its input partition, and the epoch once the
+        partition was reset (offsets of two logs must never be compared)."""
+        source = f"{self.topic}/{self.partition}"
+        return source if not self.epoch else f"{source}@{self.epoch}"
 
 
 class DeadLetterSink(ABC):
@@ -68,6 +82,8 @@ class BatchReport:
     merges: int = 0
     #: times the batch was computed again because its commit found a change under it
     conflicts: int = 0
+    #: input partitions found reset: their offsets start again below what was committed
+    resets: list[str] = field(default_factory=list)
 
     def mark(self) -> tuple[int, int, int, int]:
         return self.duplicates, len(self.skips), len(self.refusals), self.merges

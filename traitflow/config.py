@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     #: default) or "record" (the whole profile: reads answer 404)
     source_deletes: dict[str, Retraction] = {}
     dead_letter_topic: str = "traitflow-dead-letters"
+    #: tries to produce a dead letter, and the seconds they may take in all, before it is
+    #: parked in Redis (`streams.dead_letters`) and the batch goes on
+    dead_letter_attempts: int = Field(default=3, ge=1)
+    dead_letter_timeout_s: float = Field(default=5.0, gt=0)
     topic_partitions: int = Field(default=8, ge=1)
     rules_path: Path = Path("examples/rules.yaml")
     #: entity -> its identity types (priority order), limits, stitching and where its

@@ -18,6 +18,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:r:{key_id}                  hash    the API key's rate-limit token bucket
     tf:mp                          hash    merge policy id -> policy (JSON), those made
                                            through the API (configured ones: settings)
+    tf:l:{topic}/{partition}       zset    checkpoints of the input partition's log: the
+                                           first record of committed batches, scored by
+                                           offset ("offset:timestamp:crc"; `streams.logs`)
+    tf:e:{topic}/{partition}       string  the partition's epoch: resets seen (absent: 0)
     tf:d:user:{source}:{messageId} string  "1": an event of that source with that
                                            messageId is applied; expires after the
                                            dedupe window (PX), so nothing scans them
@@ -87,6 +91,13 @@ class KeyLayout:
     def expiries(self, entity: str, source: str) -> str:
         """`source` is the input partition, "topic/partition"."""
         return f"{self.prefix}:x:{entity}:{source}"
+
+    def log_checkpoints(self, partition: str) -> str:
+        """`partition` is the input partition, "topic/partition"."""
+        return f"{self.prefix}:l:{partition}"
+
+    def log_epoch(self, partition: str) -> str:
+        return f"{self.prefix}:e:{partition}"
 
     def message(self, entity: str, source: str, message_id: str) -> str:
         """The dedupe key of an applied event; source names hold no ':' (settings)."""
