@@ -49,7 +49,6 @@ STALL_METRICS_INTERVAL_S = 5.0
 STALL_METRICS_TIMEOUT_S = 2.0
 
 
-
 def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server)
 

@@ -8,23 +8,97 @@ is also in the worker's log with its messageId when it is a type error. Identity
 stitching adds merges, links refused by an identity limit (also logged), and commits
 that found another worker's write under them (the batch was computed again).
 
+Stalls are visible too (README, "Operating the worker"): batches retried and why, dead
+letters parked because the dead-letter topic refused them, the consumer lag per input
+partition and the age of the oldest record not yet processed. Lag and age come from
+`Progress`, which the batch handler keeps up to date: what is in progress and what
+is done, per partition. Lag is refreshed by a worker timer; the age is computed
+when scraped.
+
 The worker serves them on `TRAITFLOW_WORKER_METRICS_PORT` when that is set.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import time
+from collections.abc import Callable, Mapping, Sequence
 
-from streams.processor import BatchReport
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streams.processor import BatchReport, Record
+
+#: an input partition: (topic, partition)
+Partition = tuple[str, int]
+
+
+class Progress:
+    """Where processing stands per input partition, and the batch in progress.
+
+    The *position* of a partition is the offset of its first record not yet
+    processed: the first offset of the batch in progress if it has records of that
+    partition, else the end of what was processed here or committed by anyone."""
+
+    def __init__(self) -> None:
+        self.done: dict[Partition, int] = {}
+        self.in_progress: dict[Partition, int] = {}
+        #: the timestamp (epoch ms) of the oldest record of the batch in progress
+        self.oldest_ms: int | None = None
+
+    def started(self, records: Sequence[Record]) -> None:
+        firsts: dict[Partition, int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            first = firsts.get(key)
+            if first is None or record.offset < first:
+                firsts[key] = record.offset
+        self.in_progress = firsts
+        self.oldest_ms = min((record.timestamp_ms for record in records), default=None)
+
+    def finished(self, records: Sequence[Record]) -> None:
+        for record in records:
+            key = (record.topic, record.partition)
+            self.done[key] = max(self.done.get(key, 0), record.offset + 1)
+        self.in_progress = {}
+        self.oldest_ms = None
+
+    def position(self, partition: Partition, committed: int | None) -> int | None:
+        first = self.in_progress.get(partition)
+        if first is not None:
+            return first
+        known = [offset for offset in (self.done.get(partition), committed) if offset is not None]
+        return max(known) if known else None
+
+    def oldest_age_s(self, now_s: float) -> float:
+        """Now minus the oldest record's timestamp in the batch in progress; 0 when
+        idle (a record stamped in the future by a skewed clock counts as 0)."""
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0.0, now_s - self.oldest_ms / 1000)
+
+
+def consumer_lags(
+    highwaters: Mapping[Partition, int | None], positions: Mapping[Partition, int | None]
+) -> dict[Partition, int]:
+    """Records behind, per partition: high watermark minus position, never below 0 (a
+    broker that under-reports its watermark can put it behind the position). A
+    partition whose watermark or position is not known yet has no sample."""
+    lags = {}
+    for partition, highwater in highwaters.items():
+        position = positions.get(partition)
+        if highwater is not None and position is not None:
+            lags[partition] = max(0, highwater - position)
+    return lags
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.records = Counter("traitflow_records", "Records consumed.", registry=self.registry)
         self.dead_letters = Counter(
             "traitflow_dead_letters",
-            "Records sent to the dead-letter topic.",
+            "Records dead-lettered: to the dead-letter topic, or parked when it refuses them.",
             registry=self.registry,
         )
         self.duplicates = Counter(
@@ -68,6 +142,69 @@ class WorkerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+        self.batch_retries = Counter(
+            "traitflow_batch_retries",
+            "Batches tried again because processing failed: reason transient (Redis "
+            "unreachable, timed out) or error (anything else; logged with a traceback).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("transient", "error"):
+            self.batch_retries.labels(reason)
+        self.dead_letters_parked = Counter(
+            "traitflow_dead_letters_parked",
+            "Dead letters the dead-letter topic refused, parked in Redis instead, by the "
+            "produce error's type.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.parked_dead_letters = Gauge(
+            "traitflow_parked_dead_letters",
+            "Dead letters parked in Redis now, by every worker, waiting for "
+            "`traitflow dead-letters replay --parked`.",
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "traitflow_consumer_lag",
+            "Records of an input partition this worker owns not processed yet: its high "
+            "watermark minus the first offset not processed. The embedded broker (Tansu) "
+            "under-reports high watermarks by up to one produced batch, so there it can "
+            "read low.",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.progress = Progress()
+        self.oldest_unprocessed_age = Gauge(
+            "traitflow_oldest_unprocessed_age_seconds",
+            "Now minus the timestamp of the oldest record of the batch in progress; 0 when "
+            "no batch is in progress. Grows without bound while a batch is stuck.",
+            registry=self.registry,
+        )
+        self.oldest_unprocessed_age.set_function(lambda: self.progress.oldest_age_s(clock()))
+        self._lag_samples: set[Partition] = set()
+
+    def batch_started(self, records: Sequence[Record]) -> None:
+        self.progress.started(records)
+
+    def batch_finished(self, records: Sequence[Record]) -> None:
+        self.progress.finished(records)
+
+    def batch_retried(self, transient: bool) -> None:
+        self.batch_retries.labels("transient" if transient else "error").inc()
+
+    def parked(self, errors: Sequence[str], parked_now: int) -> None:
+        """Dead letters were parked (`errors`: each one's produce error type)."""
+        for error in errors:
+            self.dead_letters_parked.labels(error).inc()
+        self.parked_dead_letters.set(parked_now)
+
+    def set_lags(self, lags: Mapping[Partition, int]) -> None:
+        """The lag of every partition owned now; the others' samples go."""
+        for topic, partition in self._lag_samples - lags.keys():
+            self.consumer_lag.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
+        self._lag_samples = set(lags)
 
     def observe(self, report: BatchReport, seconds: float) -> None:
         self.records.inc(report.records)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from attributes.rules import RuleFileError, RuleSet, load_rules
+from traitflow.cli_dead_letters import app as dead_letters_app
 from traitflow.config import Settings
 from traitflow.runtime import tune_gc
 from traitflow.services import ServiceError, embedded_services
@@ -26,6 +27,7 @@ services_app = typer.Typer(no_args_is_help=True, help="The embedded broker and R
 app.add_typer(services_app, name="services")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -94,3 +95,101 @@ async def read_dead_letters(
     finally:
         await consumer.stop()
     return found
+
+
+#: what a reader fetches at most per partition and request: a record larger than the
+#: producer's default 1 MB must still be readable (e.g. one that was parked)
+_FETCH_BYTES = 64 * 1024 * 1024
+
+
+def _reader(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=_FETCH_BYTES,
+        fetch_max_bytes=_FETCH_BYTES,
+    )
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, idle_s: float = 0.5, timeout_s: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic`, partition by partition in offset order (none if it does
+    not exist); it joins no consumer group and commits nothing.
+
+    The end is where a fetch brings nothing for `idle_s` once each partition reached
+    the end the broker lists (Tansu lists it low, as the last batch's first offset + 1,
+    so that alone could stop one batch short), or `timeout_s` at most."""
+    consumer = _reader(settings)
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        if not assigned:
+            return []
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            for messages in fetched.values():
+                found.extend(messages)
+            if not fetched:
+                positions = [await consumer.position(tp) for tp in assigned]
+                if all(p >= ends[tp] for p, tp in zip(positions, assigned, strict=True)):
+                    break
+    finally:
+        await consumer.stop()
+    found.sort(key=lambda record: (record.partition, record.offset))
+    return found
+
+
+async def read_record(
+    settings: Settings, topic: str, partition: int, offset: int, *, timeout_s: float = 5.0
+) -> ConsumerRecord[bytes, bytes] | None:
+    """The record at `offset` of one partition, or None if it is not there."""
+    consumer = _reader(settings)
+    await consumer.start()
+    try:
+        if partition not in (consumer.partitions_for_topic(topic) or ()):
+            return None
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for message in (await consumer.getmany(tp, timeout_ms=300)).get(tp, []):
+                if message.offset == offset:
+                    return message
+                if message.offset > offset:
+                    return None
+    finally:
+        await consumer.stop()
+    return None
+
+
+async def publish_records(
+    settings: Settings,
+    records: Sequence[tuple[str, bytes, Mapping[str, bytes]]],
+    *,
+    max_request_size: int = 1024 * 1024,
+) -> None:
+    """Publish (topic, value, headers) records keyed like events (`partition_key`);
+    return once every one was delivered, or raise."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, max_request_size=max_request_size
+    )
+    await producer.start()
+    try:
+        deliveries: list[Any] = []
+        for topic, value, headers in records:
+            deliveries.append(
+                await producer.send(
+                    topic, value, key=partition_key(value), headers=list(headers.items())
+                )
+            )
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
