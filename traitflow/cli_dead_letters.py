@@ -238,9 +238,9 @@ def replay(
         return len(plan.publish), len(plan.duplicates), len(plan.unroutable)
 
     published, duplicates, unroutable = _run(settings, run)
-    verb = "would publish" if dry_run else "published"
-    typer.echo(
-        f"{verb} {published} dead letters to their origin topics"
-        f" ({duplicates} duplicates of them {'skipped' if dry_run else 'done with them'},"
-        f" {unroutable} left: no ingest topic)"
-    )
+    summary = f"{'would publish' if dry_run else 'published'} {published} dead letters"
+    if duplicates:
+        summary += f"; {duplicates} more with the same origin as one of them, not published again"
+    if unroutable:
+        summary += f"; {unroutable} left as they are: their origin is no ingest topic now"
+    typer.echo(summary)

@@ -93,7 +93,8 @@ def test_each_letter_is_replayed_once_to_its_origin(isolated: Settings) -> None:
     rest = dead_letters_cli(isolated, "replay")
     assert rest.exit_code == 0, rest.output
     assert "published 3 dead letters" in rest.stdout
-    assert "(1 duplicates of them done with them, 1 left: no ingest topic)" in rest.stdout
+    assert "; 1 more with the same origin as one of them, not published again" in rest.stdout
+    assert "; 1 left as they are: their origin is no ingest topic now" in rest.stdout
     assert "replaying" in rest.stderr  # the progress bar
     again = dead_letters_cli(isolated, "replay")
     assert "published 0 dead letters" in again.stdout
