@@ -32,6 +32,7 @@ from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, Record
 from traitflow.config import Settings
+from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import CachedProfileStore
 
@@ -92,10 +93,12 @@ def create_app(
         on_parked=metrics.parked,
     )
 
-    store = CachedProfileStore(
-        RedisProfileStore.from_url(settings.redis_url, settings.key_prefix),
-        settings.state_cache_profiles,
+    profiles = RedisProfileStore.from_url(
+        settings.redis_url,
+        settings.key_prefix,
+        dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
     )
+    store = CachedProfileStore(profiles, settings.state_cache_profiles)
 
     processor = BatchProcessor(
         rules,
@@ -106,6 +109,9 @@ def create_app(
         sources=settings.sources,
         policy=settings.default_policy,
         retractions=settings.source_deletes,
+        limits=settings.event_limits,
+        dedupe=settings.dedupe_window_s > 0,
+        logs=RedisLogHistory(profiles.client, profiles.keys),
     )
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()

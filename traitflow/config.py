@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
+from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
 
@@ -85,9 +86,41 @@ class Settings(BaseSettings):
     merge_policies: dict[str, MergePolicy] = DEFAULT_POLICIES
     #: the policy whose merge the worker materialises (and reads get by default)
     default_merge_policy: str = "default"
-    #: lookups per batch request, and characters per identity value, at most
+    #: lookups per batch request, and characters per identity value, at most (the
+    #: worker dead-letters an event with a longer identity value or messageId)
     max_batch_lookups: int = Field(default=100, ge=1)
     max_id_length: int = Field(default=512, ge=1)
+    #: what one event may be (`attributes.limits`); an event over a limit is a dead
+    #: letter whose reason names the limit
+    max_event_bytes: int = Field(default=256 * 1024, ge=64)
+    max_event_depth: int = Field(default=32, ge=2)
+    max_identities_per_event: int = Field(default=32, ge=1)
+    #: how far in the future an event's time may be, in seconds (0: no limit)
+    max_future_skew_s: float = Field(default=86_400.0, ge=0)
+    #: how long an applied (source, messageId) is remembered, so that a producer's
+    #: retry counts once (0: no deduplication by messageId; offsets still guard)
+    dedupe_window_s: float = Field(default=7 * 86_400.0, ge=0)
+
+    @property
+    def event_limits(self) -> EventLimits:
+        skew = self.max_future_skew_s
+        return EventLimits(
+            max_bytes=self.max_event_bytes,
+            max_depth=self.max_event_depth,
+            max_id_length=self.max_id_length,
+            max_identities=self.max_identities_per_event,
+            max_future_skew_ms=int(skew * 1000) if skew else None,
+        )
+
+    @model_validator(mode="after")
+    def _source_names_fit_keys(self) -> Settings:
+        for topic, source in self.sources.items():
+            if not source or ":" in source:
+                raise ValueError(
+                    f"sources: topic {topic!r} is bound to {source!r}; a source name must be "
+                    "non-empty and have no ':' (it is part of Redis keys)"
+                )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -250,3 +250,30 @@ def test_an_isolated_copy_with_other_entities_serves_them() -> None:
     chosen = Settings(collections={"people": "user", "accounts": "account"})
     with pytest.raises(pydantic.ValidationError, match="'accounts' serves entity 'account'"):
         chosen.isolated("run-5", entities={"user": DEFAULT_USER})  # set by hand: kept
+
+
+def test_event_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAITFLOW_MAX_EVENT_BYTES", "1000")
+    monkeypatch.setenv("TRAITFLOW_MAX_EVENT_DEPTH", "8")
+    monkeypatch.setenv("TRAITFLOW_MAX_ID_LENGTH", "64")
+    monkeypatch.setenv("TRAITFLOW_MAX_IDENTITIES_PER_EVENT", "4")
+    monkeypatch.setenv("TRAITFLOW_MAX_FUTURE_SKEW_S", "60")
+    limits = Settings().event_limits
+    assert (limits.max_bytes, limits.max_depth, limits.max_id_length) == (1000, 8, 64)
+    assert (limits.max_identities, limits.max_future_skew_ms) == (4, 60_000)
+    monkeypatch.setenv("TRAITFLOW_MAX_FUTURE_SKEW_S", "0")
+    assert Settings().event_limits.max_future_skew_ms is None
+
+
+def test_the_default_limits_and_dedupe_window() -> None:
+    settings = Settings()
+    limits = settings.event_limits
+    assert (limits.max_bytes, limits.max_depth, limits.max_id_length) == (262_144, 32, 512)
+    assert limits.max_future_skew_ms == 86_400_000
+    assert settings.dedupe_window_s == 7 * 86_400
+
+
+@pytest.mark.parametrize("source", ["", "web:eu"])
+def test_a_source_name_must_fit_redis_keys(source: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="a source name must be non-empty"):
+        Settings(sources={"events": source})
