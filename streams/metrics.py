@@ -103,7 +103,8 @@ class WorkerMetrics:
         )
         self.duplicates = Counter(
             "traitflow_duplicate_records",
-            "Records skipped because their offsets were applied before (per entity that had them).",
+            "Records skipped as applied before: a redelivered offset, or a messageId "
+            "applied within the dedupe window (per entity that had them).",
             registry=self.registry,
         )
         self.profiles_written = Counter(
@@ -129,6 +130,14 @@ class WorkerMetrics:
         self.commit_conflicts = Counter(
             "traitflow_commit_conflicts",
             "Commits that found another worker changed what they read (its readers are redone).",
+            registry=self.registry,
+        )
+        self.offset_resets = Counter(
+            "traitflow_offset_resets",
+            "Input partitions found reset: their offsets started again below what was "
+            "committed (a broker that lost data, a topic made again; README: offsets "
+            "that go backwards). Their records are applied as a new log.",
+            ["partition"],
             registry=self.registry,
         )
         self.window_expiries = Counter(
@@ -217,6 +226,8 @@ class WorkerMetrics:
         for refusal in report.refusals:
             self.refused_links.labels(refusal.identity[0]).inc()
         self.commit_conflicts.inc(report.conflicts)
+        for partition in report.resets:
+            self.offset_resets.labels(partition).inc()
         self.batch_seconds.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:

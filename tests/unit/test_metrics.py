@@ -33,6 +33,15 @@ def test_reports_become_counters() -> None:
     assert value("traitflow_batch_seconds_bucket", le="0.01") == 1
 
 
+def test_offset_resets_are_counted_per_partition() -> None:
+    metrics = WorkerMetrics()
+    metrics.observe(BatchReport(records=3, resets=["events/0", "events/2"]), 0.01)
+    metrics.observe(BatchReport(records=3, resets=["events/0"]), 0.01)
+    sample = metrics.registry.get_sample_value
+    assert sample("traitflow_offset_resets_total", {"partition": "events/0"}) == 2
+    assert sample("traitflow_offset_resets_total", {"partition": "events/2"}) == 1
+
+
 def test_each_worker_has_its_own_registry() -> None:
     first, second = WorkerMetrics(), WorkerMetrics()
     first.window_expiries.inc(3)
