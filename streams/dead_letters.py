@@ -25,7 +25,7 @@ Once per origin. A retried batch sends its dead letters again. Parking is keyed 
 the letter's origin (topic, partition, offset), so it parks each record once; the
 topic itself stays at-least-once (a replay publishes each origin once per run).
 
-Redis keys (to move into `traitflow.store.KeyLayout`), for prefix `tf`:
+Redis keys (defined in `traitflow.store.KeyLayout`), for prefix `tf`:
 
     tf:dlp          stream  parked dead letters, one entry each: value (the original
                             bytes), reason, topic, partition, offset (the origin),
@@ -51,6 +51,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streams.records import DeadLetterSink, Record
+from traitflow.store import KeyLayout
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +63,6 @@ OFFSET = "traitflow.error.offset"
 #: Enqueue one record on the dead-letter topic, (value, headers), and return its
 #: delivery; either step may raise.
 Produce = Callable[[bytes, Mapping[str, bytes]], Awaitable[Awaitable[object]]]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterKeys:
-    """The Redis keys of dead letters (see the module docstring)."""
-
-    prefix: str = "tf"
-
-    @property
-    def parked(self) -> str:
-        return f"{self.prefix}:dlp"
-
-    @property
-    def parked_origins(self) -> str:
-        return f"{self.prefix}:dlp:o"
-
-    @property
-    def replayed(self) -> str:
-        return f"{self.prefix}:dlr"
-
-    @property
-    def replay_lock(self) -> str:
-        return f"{self.prefix}:dlr:lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +212,11 @@ def _letters(entries: Any) -> list[Letter]:
 
 
 class RedisParking(Parking):
-    """Parked dead letters in a Redis stream (`DeadLetterKeys`)."""
+    """Parked dead letters in a Redis stream (`KeyLayout.parked_letters`)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
-        self.keys = DeadLetterKeys(prefix)
+        self.keys = KeyLayout(prefix)
         self._park = client.register_script(_PARK)
 
     @classmethod
@@ -251,7 +229,7 @@ class RedisParking(Parking):
     async def park(self, letters: Sequence[Mapping[str, bytes]]) -> int:
         if not letters:
             return await self.count()
-        keys = [self.keys.parked, self.keys.parked_origins]
+        keys = [self.keys.parked_letters, self.keys.parked_origins]
         async with self.client.pipeline(transaction=False) as pipe:
             for letter in letters:
                 origin = b"/".join((letter["topic"], letter["partition"], letter["offset"]))
@@ -261,12 +239,12 @@ class RedisParking(Parking):
         return int(counts[-1])
 
     async def count(self) -> int:
-        return int(await self.client.xlen(self.keys.parked))
+        return int(await self.client.xlen(self.keys.parked_letters))
 
     async def page(self, after: str | None = None, count: int = 100) -> list[Letter]:
         """Up to `count` parked letters, oldest first, after the entry id `after`."""
         start = f"({after}" if after else "-"
-        return _letters(await self.client.xrange(self.keys.parked, start, "+", count=count))
+        return _letters(await self.client.xrange(self.keys.parked_letters, start, "+", count=count))
 
     async def all(self) -> list[Letter]:
         letters: list[Letter] = []
@@ -275,7 +253,7 @@ class RedisParking(Parking):
         return letters
 
     async def get(self, letter_id: str) -> Letter | None:
-        found = _letters(await self.client.xrange(self.keys.parked, letter_id, letter_id))
+        found = _letters(await self.client.xrange(self.keys.parked_letters, letter_id, letter_id))
         return found[0] if found else None
 
     async def remove(self, letters: Sequence[Letter]) -> None:
@@ -283,7 +261,7 @@ class RedisParking(Parking):
         if not letters:
             return
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xdel(self.keys.parked, *(letter.id for letter in letters))
+            pipe.xdel(self.keys.parked_letters, *(letter.id for letter in letters))
             pipe.hdel(self.keys.parked_origins, *(letter.origin for letter in letters))
             await pipe.execute()
 

@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as aioredis
 
-from streams.dead_letters import DeadLetterKeys, Letter, RedisParking, letter_from_record
+from streams.dead_letters import Letter, RedisParking, letter_from_record
 from traitflow.config import Settings
+from traitflow.store import KeyLayout
 from traitflow.topics import publish_records, read_topic
 
 #: header a replayed record carries: the dead letter it was ("3:17", or a parked id)
@@ -185,7 +186,7 @@ class DeadLetters:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = DeadLetterKeys(settings.key_prefix)
+        self.keys = KeyLayout(settings.key_prefix)
         self.client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
         self.parking = RedisParking(self.client, settings.key_prefix)
 
@@ -211,7 +212,7 @@ class DeadLetters:
         return found
 
     async def ledgers(self) -> dict[int, ReplayLedger]:
-        raw = await self.client.hgetall(self.keys.replayed)
+        raw = await self.client.hgetall(self.keys.replayed_letters)
         prefix = f"{self.settings.dead_letter_topic}/"
         ledgers = {}
         for name, value in raw.items():
@@ -261,7 +262,7 @@ class DeadLetters:
         if touched:
             topic = self.settings.dead_letter_topic
             await self.client.hset(
-                self.keys.replayed,
+                self.keys.replayed_letters,
                 mapping={ledger_field(topic, p): ledgers[p].encode() for p in sorted(touched)},
             )
         await self.parking.remove([letter for letter in letters if letter.parked])

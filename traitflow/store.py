@@ -22,6 +22,14 @@ Redis layout, for prefix `tf` and entity `user`:
                                            first record of committed batches, scored by
                                            offset ("offset:timestamp:crc"; `streams.logs`)
     tf:e:{topic}/{partition}       string  the partition's epoch: resets seen (absent: 0)
+    tf:dlp                         stream  parked dead letters (the topic refused them):
+                                           value, reason, origin, error (`streams.
+                                           dead_letters`)
+    tf:dlp:o                       hash    a parked letter's origin "topic/partition/offset"
+                                           -> its stream entry id (parked once)
+    tf:dlr                         hash    "{dead-letter topic}/{partition}" -> the letters
+                                           replayed (JSON {"next": n, "done": [offsets]})
+    tf:dlr:lock                    string  the running replay's token (one at a time)
     tf:d:user:{source}:{messageId} string  "1": an event of that source with that
                                            messageId is applied; expires after the
                                            dedupe window (PX), so nothing scans them
@@ -102,6 +110,22 @@ class KeyLayout:
     def message(self, entity: str, source: str, message_id: str) -> str:
         """The dedupe key of an applied event; source names hold no ':' (settings)."""
         return f"{self.prefix}:d:{entity}:{source}:{message_id}"
+
+    @property
+    def parked_letters(self) -> str:
+        return f"{self.prefix}:dlp"
+
+    @property
+    def parked_origins(self) -> str:
+        return f"{self.prefix}:dlp:o"
+
+    @property
+    def replayed_letters(self) -> str:
+        return f"{self.prefix}:dlr"
+
+    @property
+    def replay_lock(self) -> str:
+        return f"{self.prefix}:dlr:lock"
 
     def api_key(self, key_id: str) -> str:
         return f"{self.prefix}:k:{key_id}"

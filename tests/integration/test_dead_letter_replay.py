@@ -16,7 +16,6 @@ from streams.dead_letters import (
     PARTITION,
     REASON,
     TOPIC,
-    DeadLetterKeys,
     RedisParking,
     parked_fields,
 )
@@ -24,6 +23,7 @@ from streams.records import Record
 from tests.integration.dead_letter_support import dead_letters_cli, parked_letters
 from traitflow.config import Settings
 from traitflow.replay import REPLAY_OF
+from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_records, read_topic
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def test_one_replay_at_a_time(isolated: Settings) -> None:
     ingest = next(iter(isolated.sources))
     asyncio.run(publish_records(isolated, [on_topic(isolated, event(0), (ingest, 0, 1), "x")]))
     client = redis.Redis.from_url(isolated.redis_url)
-    lock = DeadLetterKeys(isolated.key_prefix).replay_lock
+    lock = KeyLayout(isolated.key_prefix).replay_lock
     try:
         client.set(lock, "someone-else", px=60_000)
         refused = dead_letters_cli(isolated, "replay")
