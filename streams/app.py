@@ -112,6 +112,10 @@ def create_app(
         limits=settings.event_limits,
         dedupe=settings.dedupe_window_s > 0,
         logs=RedisLogHistory(profiles.client, profiles.keys),
+        anonymous_ttl_ms=max(1, int(settings.anonymous_ttl_s * 1000))
+        if settings.anonymous_ttl_s
+        else None,
+        anonymous_types=settings.anonymous_types,
     )
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()

@@ -95,6 +95,10 @@ class EntityProcessor:
         self.retractions = retractions
         self.now = 0
         self.floors: dict[str, int] = {}
+        #: how long an anonymous-only profile (identities of `anonymous_types` alone)
+        #: lives without a write (ms); None: for good
+        self.idle_ttl_ms: int | None = None
+        self.anonymous_types: frozenset[str] = frozenset({"anonymous_id"})
         #: profile -> (the state object, its attribute values when last rendered): a
         #: store that keeps states (CachedProfileStore) hands back the same object, and
         #: then only the attributes an event touched are computed again
@@ -238,8 +242,28 @@ class EntityProcessor:
                 write = await self._apply_each(base, items, report, rejected, changed)
             if write is not None:
                 write.identities = links
+                self._lifetime(write, links)
                 stitched.writes.append(write)
         return stitched
+
+    def _lifetime(self, write: ProfileWrite, links: Sequence[Identity] = ()) -> None:
+        """An anonymous-only profile expires when idle (`idle_ttl_ms`); one that just
+        stopped being anonymous-only (a link of another type) keeps its anonymous index
+        keys for good. Every other key this write sets loses any expiry by being set."""
+        if self.idle_ttl_ms is None:
+            return
+        anonymous = self.anonymous_types
+        held = write.state.identities
+        if held and held.keys() <= anonymous:
+            write.ttl_ms = self.idle_ttl_ms
+        elif any(kind not in anonymous for kind, _ in links):
+            linked = set(links)
+            write.persist = [
+                (kind, value)
+                for kind in anonymous
+                for value in held.get(kind, ())
+                if (kind, value) not in linked  # set by this write: no expiry left
+            ]
 
     def _fresh(
         self,
@@ -302,7 +326,9 @@ class EntityProcessor:
         expected = Expected(versions={pid: state.version for pid, state in states.items()})
         for state in states.values():
             self._fit(state)
-            writes.append(self._write(state, source, set()))
+            write = self._write(state, source, set())
+            self._lifetime(write)  # a window that moved counts as activity
+            writes.append(write)
         try:
             await self.store.commit(self.entity, writes, expected=expected)
         except Conflict:

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 
 from attributes.events import InvalidEvent, decode_event, event_time_ms
 from attributes.identities import DEFAULT_USER, IdentityRules
@@ -85,6 +85,8 @@ class BatchProcessor:
         limits: EventLimits | None = None,
         dedupe: bool = True,
         logs: LogHistory | None = None,
+        anonymous_ttl_ms: int | None = None,
+        anonymous_types: Collection[str] = ("anonymous_id",),
     ) -> None:
         self.store = store
         self.logs = logs
@@ -111,6 +113,9 @@ class BatchProcessor:
             )
             for entity, identity_rules in identities.items()
         }
+        for processor in self.entities.values():
+            processor.idle_ttl_ms = anonymous_ttl_ms
+            processor.anonymous_types = frozenset(anonymous_types)
         self.lock = asyncio.Lock()
         types = {e: ", ".join(p.identities.types) for e, p in self.entities.items()}
         if len(types) == 1:

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     #: how long an applied (source, messageId) is remembered, so that a producer's
     #: retry counts once (0: no deduplication by messageId; offsets still guard)
     dedupe_window_s: float = Field(default=7 * 86_400.0, ge=0)
+    #: how long a profile known only by anonymous ids (`anonymous_types`) lives without
+    #: an event (or a window moving) before Redis drops it (0: for good)
+    anonymous_ttl_s: float = Field(default=0.0, ge=0)
+    anonymous_types: list[str] = ["anonymous_id"]
 
     @property
     def event_limits(self) -> EventLimits:

@@ -226,6 +226,9 @@ class RedisProfileStore(ProfileStore):
         scheduled: dict[str, dict[str, int]] = {}
         unscheduled: dict[str, list[str]] = {}
         messages: list[str] = []
+        #: key -> its idle lifetime (ms); keys that must lose theirs
+        expiring: dict[str, int] = {}
+        persisted: list[str] = []
         for pid in removed:
             deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
         for write in writes:
@@ -239,6 +242,15 @@ class RedisProfileStore(ProfileStore):
             for index, value in write.identities:
                 sets[keys.index(entity, index, value)] = pid
             messages += (keys.message(entity, *key) for key in write.messages)
+            if write.ttl_ms is not None:
+                owned = [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
+                owned += (
+                    keys.index(entity, kind, value)
+                    for kind, values in write.state.identities.items()
+                    for value in values
+                )
+                expiring.update(dict.fromkeys(owned, write.ttl_ms))
+            persisted += (keys.index(entity, *identity) for identity in write.persist)
             if write.expiry is not None:
                 source, when = write.expiry
                 if when is None:
@@ -270,6 +282,10 @@ class RedisProfileStore(ProfileStore):
                 window = self.dedupe_window_ms
                 for key in messages:
                     transaction.set(key, b"1", px=window)
+                for key, ttl in expiring.items():
+                    transaction.pexpire(key, ttl)
+                for key in persisted:
+                    transaction.persist(key)
                 try:
                     await transaction.execute()
                 except WatchError:

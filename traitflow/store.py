@@ -154,6 +154,13 @@ class ProfileWrite:
     expiry: tuple[str, int | None] | None = None
     #: the events this write applies, by messageId: remembered for the dedupe window
     messages: list[MessageKey] = field(default_factory=list)
+    #: an anonymous-only profile's idle lifetime (ms): its state, view, version and
+    #: index keys expire unless written again; None: kept (a write clears any expiry
+    #: of the keys it sets)
+    ttl_ms: int | None = None
+    #: identities whose index keys must lose an expiry they have: a profile that was
+    #: anonymous-only and is no longer (its other index keys are set by this write)
+    persist: list[Identity] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -268,6 +275,9 @@ class MemoryProfileStore(ProfileStore):
         self.expiries: dict[tuple[str, str], dict[str, int]] = {}
         #: (entity, source, messageId) of applied events (kept for good: tests are short)
         self.messages: set[tuple[str, str, str]] = set()
+        #: (entity, profile id) -> the idle lifetime its last write gave it (nothing
+        #: expires here: tests read what a Redis store would be told)
+        self.ttls: dict[tuple[str, str], int] = {}
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -301,7 +311,7 @@ class MemoryProfileStore(ProfileStore):
             if moved or changed or applied:
                 raise Conflict(moved, changed, applied)
         for profile in removed:
-            for store in (self.states, self.views, self.versions):
+            for store in (self.states, self.views, self.versions, self.ttls):
                 store.pop((entity, profile), None)
         for write in writes:
             key = (entity, write.state.id)
@@ -313,7 +323,11 @@ class MemoryProfileStore(ProfileStore):
             self.versions[key] = write.state.version
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
-            self.messages.update((entity, *key) for key in write.messages)
+            self.messages.update((entity, *message) for message in write.messages)
+            if write.ttl_ms is None:
+                self.ttls.pop(key, None)
+            else:
+                self.ttls[key] = write.ttl_ms
             if write.expiry is not None:
                 source, when = write.expiry
                 scheduled = self.expiries.setdefault((entity, source), {})
