@@ -116,17 +116,18 @@ def settle(state: ProfileState, floors: Mapping[str, int]) -> None:
     """Raise the profile's floors to `floors` (input partition -> an offset at or below
     which every record of that partition is committed, for every profile: the one before
     the first offset of the batch being written) and forget the offsets under them.
-    Called on every write, so that `recent` holds one batch's offsets at most."""
-    for source, floor in floors.items():
-        if floor > state.offsets.get(source, -1):
-            state.offsets[source] = floor
-            recent = state.recent.get(source)
-            if recent is not None:
-                kept = [offset for offset in recent if offset > floor]
-                if kept:
-                    state.recent[source] = kept
-                else:
-                    del state.recent[source]
+    Called on every write, so that `recent` holds one batch's offsets at most. Only
+    partitions it holds offsets above the floor of move: the others have none to forget."""
+    offsets, recent = state.offsets, state.recent
+    for source in [*recent]:  # only a partition it holds offsets of has any to forget
+        floor = floors.get(source)
+        if floor is not None and floor > offsets.get(source, -1):
+            offsets[source] = floor
+            kept = [offset for offset in recent[source] if offset > floor]
+            if kept:
+                recent[source] = kept
+            else:
+                del recent[source]
 
 
 def merge_offsets(survivor: ProfileState, absorbed: ProfileState) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from attributes.events import event_time_ms
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
 from attributes.policies import MergePolicy
@@ -197,8 +196,7 @@ class EntityProcessor:
             fresh = self._fresh(events, pointers, states, applied, stitched)
             stitcher = Stitcher(self.identities, pointers, states)
             for item in fresh:
-                at = event_time_ms(item.event, item.record.timestamp_ms)
-                stitcher.assign(item.ids, item.previous, at)
+                stitcher.assign(item.ids, item.previous, item.at)
             plan = stitcher.finish()
             for refusal in plan.refusals:
                 stitched.found(refusal.profile).refusals.append(refusal)
@@ -220,13 +218,15 @@ class EntityProcessor:
         for pid, items in by_profile.items():
             state = states[pid]
             links = list(dict.fromkeys(plan.links.get(pid, ())))
-            with computing():
+            try:
                 if links:
                     for kind, value in links:
                         add_identity(state, kind, value)
                     state.identities = self.identities.in_priority_order(state.identities)
                 # what the slow path starts again from; a merged state is nowhere else
                 snapshot = encode_state(state) if pid in merged else None
+            except Exception as exc:  # `computing`, without a context manager per profile
+                raise ComputeFailed(f"{exc!r}") from exc
             changed = bool(links) or pid in merged
             report = stitched.found(pid)
             mark = report.mark()
@@ -388,7 +388,7 @@ class EntityProcessor:
             applied = apply_event(
                 state,
                 event,
-                event_time_ms(event, record.timestamp_ms),
+                item.at,
                 self.rules,
                 record.log,
                 record.offset,

@@ -251,7 +251,8 @@ class BatchProcessor:
             raise InvalidEvent("record has no value")
         limits = self.limits
         event = decode_event(record.value, limits)
-        if problem := time_problem(event_time_ms(event, record.timestamp_ms), now, limits):
+        at = event_time_ms(event, record.timestamp_ms)
+        if problem := time_problem(at, now, limits):
             raise InvalidEvent(problem)
         message = None
         if self.dedupe and event.messageId:
@@ -265,7 +266,8 @@ class BatchProcessor:
                 previous = rules.previous(event)
                 carried += identities
                 carried += previous
-                claimed.append((entity, Identified(record, event, identities, previous, message)))
+                item = Identified(record, event, identities, previous, message, at)
+                claimed.append((entity, item))
         if not claimed:
             raise InvalidEvent(self._unclaimed)
         if problem := identity_problem(carried, event.messageId, limits):

@@ -24,18 +24,16 @@ class Record:
     timestamp_ms: int
     #: how many times its partition was found reset before it (`streams.logs`)
     epoch: int = 0
+    #: its input partition, "topic/partition": whose owner expires its profiles
+    source: str = field(init=False, compare=False)
+    #: the log its offset belongs to: its input partition, and the epoch once the
+    #: partition was reset (offsets of two logs must never be compared)
+    log: str = field(init=False, compare=False)
 
-    @property
-    def source(self) -> str:
-        """Its input partition, "topic/partition": whose owner expires its profiles."""
-        return f"{self.topic}/{self.partition}"
-
-    @property
-    def log(self) -> str:
-        """The log its offset belongs to: its input partition, and the epoch once the
-        partition was reset (offsets of two logs must never be compared)."""
+    def __post_init__(self) -> None:  # read per event, several times: made once
         source = f"{self.topic}/{self.partition}"
-        return source if not self.epoch else f"{source}@{self.epoch}"
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "log", f"{source}@{self.epoch}" if self.epoch else source)
 
 
 class DeadLetterSink(ABC):
@@ -66,7 +64,9 @@ class Identified:
     event: Event
     ids: list[Identity]
     previous: list[Identity]
-    message: MessageKey | None = None
+    message: MessageKey | None
+    #: its event time, epoch ms (`attributes.events.event_time_ms`)
+    at: int
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ def identified(offset: int, **ids: str) -> Identified:
     value = orjson.dumps({"type": "track", "event": "x", "messageId": f"m-{offset}", **ids})
     event = decode_event(value)
     record = Record("events", 0, offset, value, 0)
-    return Identified(record, event, USER.extract(event), USER.previous(event))
+    return Identified(record, event, USER.extract(event), USER.previous(event), None, 0)
 
 
 def write(pid: str) -> ProfileWrite:

@@ -153,10 +153,12 @@ def test_offsets_above_the_floor_are_applied_one_by_one(example_rules: RuleSet) 
 
 def test_settling_raises_the_floor_and_forgets_the_offsets_under_it() -> None:
     state = ProfileState(id="u-1", offsets={"t/0": 2}, recent={"t/0": [4, 6, 9], "t/1": [3]})
-    settle(state, {"t/0": 6, "t/2": 10})
-    assert (state.offsets, state.recent) == ({"t/0": 6, "t/2": 10}, {"t/0": [9], "t/1": [3]})
-    settle(state, {"t/0": 9, "t/1": 1})  # a floor never goes down
-    assert (state.offsets, state.recent) == ({"t/0": 9, "t/1": 1, "t/2": 10}, {"t/1": [3]})
+    settle(state, {"t/0": 6, "t/2": 10})  # t/2: no offsets of it to forget, no floor
+    assert (state.offsets, state.recent) == ({"t/0": 6}, {"t/0": [9], "t/1": [3]})
+    settle(state, {"t/0": 9, "t/1": 1})
+    assert (state.offsets, state.recent) == ({"t/0": 9, "t/1": 1}, {"t/1": [3]})
+    settle(state, {"t/1": 0})  # a floor never goes down
+    assert (state.offsets, state.recent) == ({"t/0": 9, "t/1": 1}, {"t/1": [3]})
 
 
 def test_merged_offsets_are_the_higher_floor_and_what_either_applied() -> None:
