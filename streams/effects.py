@@ -1,8 +1,8 @@
 """A batch's computed effect, and how it splits when its commit finds a conflict.
 
-A batch's events fall into independent parts: events that share an identity or a
-messageId, or whose identities point to the same profile, or that would make the same
-new profile, are in one part; nothing one part reads (a pointer, a profile's state) is read or
+A batch's events fall into independent parts: events that share an identity, or whose
+identities point to the same profile, or that would make the same new profile, are
+in one part; nothing one part reads (a pointer, a profile's state) is read or
 written by another. When the commit finds that another worker changed something the
 batch read (`Conflict` names all of it), only the parts that read those things are
 stale. `split` keeps the rest, whose writes are still exactly right, to commit, and
@@ -18,17 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from streams.records import BatchReport, Identified
-from traitflow.store import Conflict, Expected, Identity, MessageKey, ProfileWrite
+from traitflow.store import Conflict, Expected, Identity, ProfileWrite
 
-#: a message's node: its key, tagged (a pair is an identity)
-MessageNode = tuple[str, str, str]
-#: a part's members: identities, profile ids and messages (pairs, strings and triples
-#: never collide)
-Node = Identity | str | MessageNode
-
-
-def message_node(key: MessageKey) -> MessageNode:
-    return ("message", *key)
+#: a part's members: identities and profile ids (tuples and strings never collide)
+Node = Identity | str
 
 
 @dataclass(slots=True)
@@ -103,18 +96,12 @@ def split(
     pointers = stitched.pointers
     for item in stitched.events:
         nodes: list[Node] = [profile_id(*item.ids[0])]
-        if item.message is not None:
-            nodes.append(message_node(item.message))
         for identity in (*item.ids, *item.previous):
             nodes.append(identity)
             if (pid := pointers.get(identity)) is not None:
                 nodes.append(pid)
         parts.join(nodes)
-    named: list[Node] = [
-        *conflict.pointers,
-        *conflict.profiles,
-        *map(message_node, conflict.messages),
-    ]
+    named: list[Node] = [*conflict.pointers, *conflict.profiles]
     stale = {parts.root(node) for node in named if node in parts}
     if not stale:  # a conflict on nothing this batch read cannot be: redo all of it
         stale = {parts.root(item.ids[0]) for item in stitched.events}
@@ -131,7 +118,6 @@ def split(
         Expected(
             {identity: pid for identity, pid in expected.pointers.items() if fresh(identity)},
             {pid: version for pid, version in expected.versions.items() if fresh(pid)},
-            {key for key in expected.messages if fresh(message_node(key))},
         ),
         [pid for pid in stitched.profiles if fresh(pid)],
         {pid: found for pid, found in stitched.findings.items() if fresh(pid)},

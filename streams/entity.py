@@ -172,7 +172,6 @@ class EntityProcessor:
                 if (pid := pointers.get(identity)) is None or pid not in states
             },
             {pid: states[pid].version if pid in states else None for pid in ids},
-            {key for key in messages if key not in applied},
         )
         for state in states.values():
             self._fit(state)

@@ -11,8 +11,9 @@ batch of 1,400 profiles, and Redis runs one at a time.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, cast
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -35,6 +36,13 @@ from traitflow.store import (
 
 #: how long an applied messageId is remembered, unless set (Settings.dedupe_window_s)
 DEDUPE_WINDOW_MS = 7 * 86_400_000
+#: time buckets per dedupe window: a lookup asks this many sets (plus the current one)
+DEDUPE_BUCKETS = 7
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
 _READ_BY_INDEX = Script.of("""
@@ -76,21 +84,6 @@ return found
 """)
 
 
-#: what a commit's check guards
-_Guarded = (
-    tuple[Literal["pointer"], Identity]
-    | tuple[Literal["profile"], str]
-    | tuple[Literal["message"], MessageKey]
-)
-
-
-def _conflict(stale: Sequence[_Guarded]) -> Conflict:
-    named: dict[str, list[Any]] = {"pointer": [], "profile": [], "message": []}
-    for kind, what in stale:
-        named[kind].append(what)
-    return Conflict(named["pointer"], named["profile"], named["message"])
-
-
 class HiredisPackedConnection(Connection):
     """redis-py's asyncio connection with its commands packed by hiredis, in C.
 
@@ -123,12 +116,17 @@ class RedisProfileStore(ProfileStore):
         reads: RespClient,
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
+        clock: Callable[[], int] = _now_ms,
     ) -> None:
         self.client = client
         self.keys = keys
         self.reads = reads
-        #: how long an applied messageId is remembered (its key's PX)
+        #: how long an applied messageId is remembered at least (at most a bucket more)
         self.dedupe_window_ms = dedupe_window_ms
+        #: applied messageIds are kept in sets of one bucket of processing time each:
+        #: an id costs a set member, not a key, and a whole bucket expires at once
+        self.bucket_ms = max(1, -(-dedupe_window_ms // DEDUPE_BUCKETS))
+        self.clock = clock
 
     @classmethod
     def from_url(
@@ -138,6 +136,7 @@ class RedisProfileStore(ProfileStore):
         reads: RespClient | None = None,
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
+        clock: Callable[[], int] = _now_ms,
     ) -> RedisProfileStore:
         """`reads`: a lean connection to share (closing the store closes it)."""
         if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
@@ -151,6 +150,7 @@ class RedisProfileStore(ProfileStore):
             KeyLayout(prefix),
             reads or RespClient.from_url(url),
             dedupe_window_ms=dedupe_window_ms,
+            clock=clock,
         )
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
@@ -191,11 +191,31 @@ class RedisProfileStore(ProfileStore):
         }
 
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        """One SMISMEMBER per source and live time bucket (eight), in one round trip."""
         if not messages:
             return set()
-        keys = [self.keys.message(entity, *key) for key in messages]
-        found = cast("list[bytes | None]", await self.client.mget(keys))
-        return {key for key, value in zip(messages, found, strict=True) if value is not None}
+        by_source: dict[str, list[str]] = {}
+        for source, mid in messages:
+            by_source.setdefault(source, []).append(mid)
+        now = self.clock()
+        asked: list[tuple[str, list[str]]] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for source, mids in by_source.items():
+                for bucket in self._live_buckets(now):
+                    pipe.smismember(self.keys.messages(entity, source, bucket), mids)
+                    asked.append((source, mids))
+            replies = cast("list[list[int]]", await pipe.execute())
+        return {
+            (source, mid)
+            for (source, mids), found in zip(asked, replies, strict=True)
+            for mid, member in zip(mids, found, strict=True)
+            if member
+        }
+
+    def _live_buckets(self, now: int) -> range:
+        """The time buckets that hold messageIds applied within the window of `now`."""
+        size = self.bucket_ms
+        return range((now - self.dedupe_window_ms) // size, now // size + 1)
 
     async def commit(
         self,
@@ -207,25 +227,20 @@ class RedisProfileStore(ProfileStore):
         if not writes and not removed:
             return
         keys = self.keys
-        #: key -> (the value it must still have, what it guards: an identity's pointer,
-        #: a profile's version or a message's dedupe key)
-        checks: dict[str, tuple[bytes, _Guarded]] = {}
+        #: key -> (the value it must still have, the identity or profile it guards)
+        checks: dict[str, tuple[bytes, Identity | str]] = {}
         if expected is not None:
             for identity, pid in expected.pointers.items():
-                checks[keys.index(entity, *identity)] = (
-                    (pid or "").encode(),
-                    ("pointer", identity),
-                )
+                checks[keys.index(entity, *identity)] = ((pid or "").encode(), identity)
             for pid, version in expected.versions.items():
                 want = b"" if version is None else str(version).encode()
-                checks[keys.version(entity, pid)] = (want, ("profile", pid))
-            for message in expected.messages:
-                checks[keys.message(entity, *message)] = (b"", ("message", message))
+                checks[keys.version(entity, pid)] = (want, pid)
         sets: dict[str, bytes | str] = {}
         deletes: list[str] = []
         scheduled: dict[str, dict[str, int]] = {}
         unscheduled: dict[str, list[str]] = {}
-        messages: list[str] = []
+        #: source -> the messageIds this commit applies
+        messages: dict[str, list[str]] = {}
         #: key -> its idle lifetime (ms); keys that must lose theirs
         expiring: dict[str, int] = {}
         persisted: list[str] = []
@@ -241,7 +256,8 @@ class RedisProfileStore(ProfileStore):
             sets[keys.version(entity, pid)] = str(write.state.version)
             for index, value in write.identities:
                 sets[keys.index(entity, index, value)] = pid
-            messages += (keys.message(entity, *key) for key in write.messages)
+            for source, mid in write.messages:
+                messages.setdefault(source, []).append(mid)
             if write.ttl_ms is not None:
                 owned = [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
                 owned += (
@@ -269,7 +285,10 @@ class RedisProfileStore(ProfileStore):
                         if (have or b"") != want
                     ]
                     if stale:
-                        raise _conflict(stale)
+                        raise Conflict(
+                            [g for g in stale if isinstance(g, tuple)],
+                            [g for g in stale if isinstance(g, str)],
+                        )
                     transaction.multi()  # type: ignore[no-untyped-call]
                 if sets:
                     transaction.mset(sets)
@@ -279,9 +298,14 @@ class RedisProfileStore(ProfileStore):
                     transaction.zadd(key, members)
                 for key, pids in unscheduled.items():
                     transaction.zrem(key, *pids)
-                window = self.dedupe_window_ms
-                for key in messages:
-                    transaction.set(key, b"1", px=window)
+                if messages:
+                    bucket = self.clock() // self.bucket_ms
+                    # kept until no lookup's window reaches back into the bucket
+                    gone = (bucket + 1) * self.bucket_ms + self.dedupe_window_ms
+                    for source, mids in messages.items():
+                        key = keys.messages(entity, source, bucket)
+                        transaction.sadd(key, *mids)
+                        transaction.pexpireat(key, gone)
                 for key, ttl in expiring.items():
                     transaction.pexpire(key, ttl)
                 for key in persisted:

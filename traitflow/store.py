@@ -30,9 +30,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:dlr                         hash    "{dead-letter topic}/{partition}" -> the letters
                                            replayed (JSON {"next": n, "done": [offsets]})
     tf:dlr:lock                    string  the running replay's token (one at a time)
-    tf:d:user:{source}:{messageId} string  "1": an event of that source with that
-                                           messageId is applied; expires after the
-                                           dedupe window (PX), so nothing scans them
+    tf:d:user:{source}:{n}         set     messageIds of that source applied in time
+                                           bucket n (a seventh of the dedupe window);
+                                           expires a window after the bucket's end, so
+                                           nothing scans for old ones
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
@@ -46,7 +47,7 @@ caller computes again only what read them. That is what makes two workers safe w
 stitching sends one person's events through both: whichever commits second sees the
 first's write and redoes that person's events on top of it. A reader
 never sees a view without its index, and the offset watermark inside a state is never
-ahead of or behind the state it guards; nor is a messageId's dedupe key. Finding the
+ahead of or behind the state it guards; nor is an applied messageId. Finding the
 profiles whose windows are due is
 one ZRANGE per input partition, whatever the number of silent profiles. (With Redis
 Cluster, keys would need a hash tag per batch; not supported yet.)
@@ -107,9 +108,10 @@ class KeyLayout:
     def log_epoch(self, partition: str) -> str:
         return f"{self.prefix}:e:{partition}"
 
-    def message(self, entity: str, source: str, message_id: str) -> str:
-        """The dedupe key of an applied event; source names hold no ':' (settings)."""
-        return f"{self.prefix}:d:{entity}:{source}:{message_id}"
+    def messages(self, entity: str, source: str, bucket: int) -> str:
+        """The messageIds of `source` applied in time bucket `bucket`; source names hold
+        no ':' (settings)."""
+        return f"{self.prefix}:d:{entity}:{source}:{bucket}"
 
     @property
     def parked_letters(self) -> str:
@@ -171,8 +173,6 @@ class Expected:
     pointers: dict[Identity, str | None] = field(default_factory=dict)
     #: profile id -> its version when loaded (None: it did not exist)
     versions: dict[str, int | None] = field(default_factory=dict)
-    #: messageIds found not applied yet, which must still be not applied
-    messages: set[MessageKey] = field(default_factory=set)
 
 
 class Conflict(Exception):
@@ -181,19 +181,12 @@ class Conflict(Exception):
     It names every check that failed, not only the first, so that the caller can
     compute again just the part of its batch that read them."""
 
-    def __init__(
-        self,
-        pointers: Collection[Identity] = (),
-        profiles: Collection[str] = (),
-        messages: Collection[MessageKey] = (),
-    ):
+    def __init__(self, pointers: Collection[Identity] = (), profiles: Collection[str] = ()):
         self.pointers = frozenset(pointers)
         self.profiles = frozenset(profiles)
-        self.messages = frozenset(messages)
         moved = [f"{index} {value!r} moved" for index, value in sorted(self.pointers)]
         changed = [f"profile {pid!r} changed" for pid in sorted(self.profiles)]
-        applied = [f"{source} message {mid!r} applied" for source, mid in sorted(self.messages)]
-        super().__init__("; ".join([*moved, *changed, *applied]) or "nothing named")
+        super().__init__("; ".join([*moved, *changed]) or "nothing named")
 
 
 class ProfileStore(ABC):
@@ -307,9 +300,8 @@ class MemoryProfileStore(ProfileStore):
             pointers, versions = self.index, self.versions
             moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
             changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
-            applied = [key for key in expected.messages if (entity, *key) in self.messages]
-            if moved or changed or applied:
-                raise Conflict(moved, changed, applied)
+            if moved or changed:
+                raise Conflict(moved, changed)
         for profile in removed:
             for store in (self.states, self.views, self.versions, self.ttls):
                 store.pop((entity, profile), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -187,51 +188,51 @@ def test_a_state_stored_without_a_version_key_gets_one(
     assert redis_client.get(keys.version("user", "u-1")) == b"8"
 
 
-def test_applied_message_ids_are_committed_with_the_states_and_expire(
-    settings: Settings, prefix: str, redis_client: redis.Redis
-) -> None:
-    """A write's messageIds land in its commit, with the dedupe window as their expiry;
-    a commit that expects one of them unapplied, once it is applied, names it."""
-    keys = KeyLayout(prefix)
-
+def test_applied_message_ids_are_committed_with_the_states(settings: Settings, prefix: str) -> None:
     async def use(store: RedisProfileStore) -> Any:
         first = write("u-1")
-        first.messages = [("web", "m-1"), ("web", "m-2")]
-        await store.commit("user", [first], expected=Expected(messages={("web", "m-1")}))
-        found = await store.applied("user", [("web", "m-1"), ("crm", "m-1"), ("web", "m-3")])
-        late = write("u-2")
-        late.messages = [("web", "m-2")]
-        with pytest.raises(Conflict) as conflict:
-            await store.commit("user", [late], expected=Expected(messages={("web", "m-2")}))
-        return found, conflict.value
+        first.messages = [("web", "m-1"), ("web", "m-2"), ("crm", "m-9")]
+        before = await store.applied("user", [("web", "m-1")])
+        await store.commit("user", [first])
+        found = await store.applied(
+            "user", [("web", "m-1"), ("crm", "m-1"), ("web", "m-3"), ("crm", "m-9")]
+        )
+        return before, found
 
-    store_window = 7 * 86_400_000
-    found, conflict = with_store(settings, prefix, use)
-    assert found == {("web", "m-1")}
-    assert (conflict.messages, conflict.pointers, conflict.profiles) == (
-        frozenset({("web", "m-2")}),
-        frozenset(),
-        frozenset(),
-    )
-    assert str(conflict) == "web message 'm-2' applied"
-    assert redis_client.exists(keys.state("user", "u-2")) == 0  # nothing of it was written
-    ttl = redis_client.pttl(keys.message("user", "web", "m-1"))
-    assert store_window - 60_000 < ttl <= store_window
+    before, found = with_store(settings, prefix, use)
+    assert before == set()
+    assert found == {("web", "m-1"), ("crm", "m-9")}
 
 
-def test_the_dedupe_window_is_the_keys_expiry(
+def test_message_ids_are_remembered_for_the_window_and_expire_by_bucket(
     settings: Settings, prefix: str, redis_client: redis.Redis
 ) -> None:
-    async def go() -> None:
-        store = RedisProfileStore.from_url(settings.redis_url, prefix, dedupe_window_ms=300)
+    """A window of 7 s in buckets of 1 s: an id applied at t is found until t + 7 s at
+    least and t + 8 s at most; its bucket's set expires then, on its own."""
+    base = int(time.time() * 1000) // 1000 * 1000 + 500  # half-way into a bucket
+    now = [base]
+    keys = KeyLayout(prefix)
+
+    async def go() -> list[set[Any]]:
+        store = RedisProfileStore.from_url(
+            settings.redis_url, prefix, dedupe_window_ms=7_000, clock=lambda: now[0]
+        )
         try:
             applied = write("u-1")
             applied.messages = [("web", "m-1")]
             await store.commit("user", [applied])
-            assert await store.applied("user", [("web", "m-1")]) == {("web", "m-1")}
-            await asyncio.sleep(0.5)
-            assert await store.applied("user", [("web", "m-1")]) == set()
+            found = []
+            for at in (base, base + 7_000, base + 7_499, base + 7_500, base + 8_000):
+                now[0] = at
+                found.append(await store.applied("user", [("web", "m-1")]))
+            return found
         finally:
             await store.close()
 
-    asyncio.run(go())
+    started = int(time.time() * 1000)
+    found = asyncio.run(go())
+    assert found == [{("web", "m-1")}] * 3 + [set(), set()]
+    bucket = base // 1000
+    ttl = redis_client.pttl(keys.messages("user", "web", bucket))
+    expires_at = (bucket + 1) * 1000 + 7_000
+    assert expires_at - int(time.time() * 1000) - 200 < ttl <= expires_at - started
