@@ -94,7 +94,7 @@ def decode_event(raw: bytes, limits: EventLimits = DEFAULT_LIMITS) -> Event:
 
     Raises InvalidEvent with a reason a person can act on.
     """
-    if problem := size_problem(raw, limits):
+    if len(raw) > limits.max_bytes and (problem := size_problem(raw, limits)):
         raise InvalidEvent(problem)
     try:
         event = _decoder.decode(raw)
