@@ -158,30 +158,52 @@ async def test_a_retry_applied_by_two_workers_at_once_counts_once(
 
 # --- a batch committed in parts, then a merge -------------------------------------------------
 
+#: the first worker's batch: offset 50 for anonymous a-2, offset 100 for user u-1
+SPLIT_BATCH = (
+    at(WEB, 0, 50, order(None, 5.0, anonymousId="a-2")),
+    at(WEB, 0, 100, order(None, 7.0, userId="u-1")),
+)
+
+
+def split_then_merge(
+    rules: RuleSet, then: Callable[[Worker], Awaitable[Any]] | None = None
+) -> tuple[Interleaved, Worker]:
+    """A store on which the first worker's commit of `SPLIT_BATCH` conflicts on a-2
+    only (the second worker wrote it just before), and on which, right after u-1's part
+    is committed, the second worker merges a-2 into u-1 (then does `then`)."""
+    store = Interleaved()
+    first, second = Worker(rules, store), Worker(rules, store)
+    login = {"type": "identify", "userId": "u-1", "anonymousId": "a-2"}
+
+    async def merge() -> None:
+        await second.send(at(WEB, 1, 1, login))
+        if then is not None:
+            await then(second)
+
+    store.before.append(lambda: second.send(at(WEB, 1, 0, {"type": "page", "anonymousId": "a-2"})))
+    store.after.append(merge)
+    return store, first
+
 
 async def test_a_merge_between_a_split_commit_and_its_redo_loses_nothing(
     example_rules: RuleSet,
 ) -> None:
-    """The first worker's batch: offset 50 for anonymous a-2, offset 100 for user u-1.
-    Its commit conflicts on a-2 only (the second worker wrote it), so u-1's part is
-    committed and a-2's is to be computed again; before it is, the second worker
-    merges a-2 into u-1. The merged profile holds offset 100 of the partition but not
-    50: the redo must apply it (taking the higher offset as applied lost it)."""
-    store = Interleaved()
-    first, second = Worker(example_rules, store), Worker(example_rules, store)
-    store.before.append(lambda: second.send(at(WEB, 1, 0, {"type": "page", "anonymousId": "a-2"})))
-    store.after.append(
-        lambda: second.send(
-            at(WEB, 1, 1, {"type": "identify", "userId": "u-1", "anonymousId": "a-2"})
-        )
-    )
-    report = await first.send(
-        at(WEB, 0, 50, order(None, 5.0, anonymousId="a-2")),
-        at(WEB, 0, 100, order(None, 7.0, userId="u-1")),
-    )
+    """u-1's part is committed and a-2's is to be computed again; before it is, a-2 is
+    merged into u-1. The merged profile holds offset 100 of the partition but not 50:
+    the redo must apply it (taking the higher offset as applied lost it)."""
+    store, first = split_then_merge(example_rules)
+    report = await first.send(*SPLIT_BATCH)
     assert report.conflicts == 1
     assert await revenue(store, "user_id", "u-1") == 12.0
     assert await revenue(store, "anonymous_id", "a-2") == 12.0
+
+
+class Crash(BaseException):
+    pass
+
+
+async def crash(_: Worker) -> None:
+    raise Crash
 
 
 async def test_a_crash_between_a_split_commit_and_its_redo_loses_nothing(
@@ -189,28 +211,11 @@ async def test_a_crash_between_a_split_commit_and_its_redo_loses_nothing(
 ) -> None:
     """As above, but the first worker dies before the redo; the batch is read again (by
     a new worker) from its first offset: 50 is applied, 100 is not applied twice."""
-
-    class Crash(BaseException):
-        pass
-
-    async def merge_then_crash() -> None:
-        await second.send(
-            at(WEB, 1, 1, {"type": "identify", "userId": "u-1", "anonymousId": "a-2"})
-        )
-        raise Crash
-
-    store = Interleaved()
-    first, second = Worker(example_rules, store), Worker(example_rules, store)
-    store.before.append(lambda: second.send(at(WEB, 1, 0, {"type": "page", "anonymousId": "a-2"})))
-    store.after.append(merge_then_crash)
-    batch = (
-        at(WEB, 0, 50, order(None, 5.0, anonymousId="a-2")),
-        at(WEB, 0, 100, order(None, 7.0, userId="u-1")),
-    )
+    store, first = split_then_merge(example_rules, then=crash)
     with pytest.raises(Crash):
-        await first.send(*batch)
+        await first.send(*SPLIT_BATCH)
     assert await revenue(store, "user_id", "u-1") == 7.0  # u-1's part was committed
 
-    report = await Worker(example_rules, store).send(*batch)
+    report = await Worker(example_rules, store).send(*SPLIT_BATCH)
     assert report.duplicates == 1
     assert await revenue(store, "user_id", "u-1") == 12.0
