@@ -139,11 +139,15 @@ def prefix(settings: Settings, redis_client: redis.Redis) -> Iterator[str]:
 
 
 def stored(redis_client: redis.Redis, prefix: str) -> dict[bytes, Any]:
-    """Every key under `prefix` and its value (strings as bytes, sorted sets as pairs)."""
+    """Every key under `prefix` and its value (strings as bytes, sorted sets as pairs,
+    sets of applied messageIds as sorted lists)."""
     found: dict[bytes, Any] = {}
     for key in redis_client.scan_iter(KeyLayout(prefix).all_keys(), count=1000):
-        if redis_client.type(key) == b"zset":
+        kind = redis_client.type(key)
+        if kind == b"zset":
             found[key] = redis_client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":
+            found[key] = sorted(redis_client.smembers(key))
         else:
             found[key] = redis_client.get(key)
     return found
