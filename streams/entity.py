@@ -322,12 +322,23 @@ class EntityProcessor:
         if gone := [pid for pid in due if pid not in states]:
             await self.store.unschedule(self.entity, source, gone)  # indexed, then deleted
         writes = []
-        expected = Expected(versions={pid: state.version for pid, state in states.items()})
+        broken = []
         for state in states.values():
-            self._fit(state)
-            write = self._write(state, source, set())
+            try:
+                self._fit(state)
+                write = self._write(state, source, set())
+            except Exception:
+                # a bug this profile meets must not stop the others' windows: it leaves
+                # the index (its next event schedules it again)
+                log.exception("profile %s could not be re-rendered; unscheduled", state.id)
+                broken.append(state.id)
+                continue
             self._lifetime(write)  # a window that moved counts as activity
             writes.append(write)
+        if broken:
+            self.abandon(broken)
+            await self.store.unschedule(self.entity, source, broken)
+        expected = Expected(versions={w.state.id: states[w.state.id].version for w in writes})
         try:
             await self.store.commit(self.entity, writes, expected=expected)
         except Conflict:

@@ -122,6 +122,29 @@ async def test_expire_takes_at_most_limit_profiles_earliest_first(world: Any) ->
     assert await processor.expire(SOURCE, limit=2) == 1
 
 
+async def test_a_profile_that_breaks_re_rendering_stops_no_other(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug one profile meets while its windows are re-rendered: it leaves the index
+    (its next event schedules it again), and every other due profile is re-rendered."""
+    processor, store, clock = world
+    await processor.process([order(f"u-{i}", i, NOW - (40 - i) * HOUR) for i in range(3)])
+    entity = processor.entities["user"]
+    write = type(entity)._write
+
+    def breaking(self: Any, state: Any, *args: Any) -> Any:
+        if state.id == "u-1":
+            raise RuntimeError("a bug this profile meets")
+        return write(self, state, *args)
+
+    monkeypatch.setattr(entity, "_write", breaking.__get__(entity))
+    clock.ms = NOW + 11 * HOUR  # all three are due
+    assert await processor.expire(SOURCE, limit=100) == 2
+    assert await attributes(store, "u-0") == await attributes(store, "u-2")
+    assert (await attributes(store, "u-0"))["recent_orders"] == 0
+    assert "u-1" not in store.expiries[("user", SOURCE)]
+
+
 async def test_a_deleted_profile_leaves_the_index() -> None:
     store, clock = MemoryProfileStore(), Clock(NOW)
     processor = BatchProcessor(RULES, store, ListDeadLetters(), clock)
