@@ -53,6 +53,17 @@ def validate(rules: Path = typer.Argument(..., help="rule file to check")) -> No
     typer.echo(f"{rules}: {len(ruleset.names)} attributes OK: {', '.join(counts)}")
 
 
+def _redis_or_exit(settings: Settings) -> None:
+    """Refuse to start against a Redis that could evict traitflow's keys."""
+    from traitflow.redis_checks import UnsafeRedis, check_redis
+
+    try:
+        check_redis(settings.redis_url)
+    except UnsafeRedis as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) -> None:
     """Run the stream worker: ingest topics -> computed attributes -> Redis."""
@@ -62,6 +73,7 @@ def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) ->
     from streams.metrics import WorkerMetrics
 
     settings = Settings()
+    _redis_or_exit(settings)
     metrics = WorkerMetrics()
     faust_app = create_app(settings, _rules_or_exit(settings.rules_path, settings), metrics)
     if settings.worker_metrics_port is not None:
@@ -80,6 +92,7 @@ def api(
     import uvicorn
 
     settings = Settings()
+    _redis_or_exit(settings)
     uvicorn.run(
         "api.app:create_served_app",
         factory=True,

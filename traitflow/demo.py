@@ -137,10 +137,12 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     worker, api = demo_processes(settings)
     worker.stop()
     api.stop()
-    # The demo's numbers are only right on empty services: publishing the sample again
-    # onto the old ones would add the same purchases a second time (new offsets).
+    # The demo's numbers are only right on empty services: the sample published again
+    # onto the old profiles would be taken for retries (same messageIds) or, without
+    # them, add the same purchases a second time. Redis keeps its data (AOF): wipe it.
     for service in embedded_services(settings):
         service.stop()
+        service.wipe()
         service.start()
         print(f"  {service.name:<7} up on {service.host}:{service.port} (fresh)")
     if settings.kafka_is_external or settings.redis_is_external:

@@ -1,0 +1,124 @@
+"""Redis faults with a real worker: an evicting Redis refused at start, Redis killed
+-9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s. After each, every
+profile equals the batch answer and nothing was counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.integration.conftest import Publisher, wait_until
+from tests.integration.oracle import expected_view
+from tests.integration.stitching_support import figure
+from tests.integration.test_stitching_workers import applied
+from tests.integration.test_worker_kills import random_events, reached, read_views
+from tests.integration.workers import ROOT, start_worker
+from traitflow.config import Settings
+from traitflow.services import Service, free_port
+from traitflow.store import KeyLayout
+from traitflow.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A redis-server of the test's own (never the session's: it is killed and paused)."""
+    service = Service("redis", tmp_path_factory.mktemp("own-redis"), "127.0.0.1", free_port())
+    service.start()
+    try:
+        yield service
+    finally:
+        pid = service.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)  # a paused one would not stop
+        service.stop()
+
+
+def test_an_evicting_redis_is_refused_by_worker_and_api(
+    settings: Settings, own_redis: Service
+) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    redis.Redis.from_url(url).config_set("maxmemory-policy", "allkeys-lru")
+    own = settings.isolated(f"tfevict-{uuid.uuid4().hex[:8]}", redis_url=url)
+    for command in (["worker"], ["api", "--port", str(free_port())]):
+        done = subprocess.run(
+            [sys.executable, "-m", "traitflow", *command],
+            env=own.child_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, command
+        assert "maxmemory-policy is allkeys-lru" in done.stderr, done.stderr
+
+
+def run_through_a_fault(
+    settings: Settings, own_redis: Service, tmp_path: Path, fault: str
+) -> float:
+    """Publish a stream, inject `fault` into Redis once a fifth of it is applied, and
+    check every profile against the oracle; return the seconds from the end of the
+    fault to every event applied."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    run = f"tffault-{uuid.uuid4().hex[:8]}"
+    own = settings.isolated(run, redis_url=url, topic_partitions=4, batch_size=50, home=tmp_path)
+    asyncio.run(ensure_topics(own))
+    keys = KeyLayout(own.key_prefix)
+    client = redis.Redis.from_url(url)
+    users = [f"{run}-{n}" for n in range(30)]
+    events = random_events(run, users, 2_000, seed=11)
+    worker = start_worker(own, "fault-worker")
+    try:
+        Publisher(own, next(iter(own.sources)))(events)
+        wait_until(partial(reached, client, keys, len(events) // 5), what="progress")
+        pid = own_redis.pid()
+        assert pid is not None
+        if fault == "kill":
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: own_redis.pid() is None, what="redis to die")
+            time.sleep(2)  # the worker meets a Redis that is not there
+            own_redis.start()
+        else:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(10)
+            os.kill(pid, signal.SIGCONT)
+        back = time.monotonic()
+        wait_until(partial(applied, client, keys, len(events)), timeout=90, what="every event")
+        recovered = time.monotonic() - back
+        views = asyncio.run(read_views(own, users))
+        for user, view in zip(users, views, strict=True):
+            mine = [event for event in events if event["userId"] == user]
+            assert view == expected_view(own, mine, user), user
+        return recovered
+    finally:
+        worker.stop()
+        client.close()
+
+
+def test_redis_killed_and_restarted_mid_stream_loses_nothing(
+    settings: Settings, own_redis: Service, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The embedded Redis writes its AOF before it replies: what a commit was told is
+    written survives a kill -9 of the process, so offsets committed after it never
+    point past lost writes."""
+    recovered = run_through_a_fault(settings, own_redis, tmp_path, "kill")
+    figure(request, "seconds_to_apply_the_rest_after_the_restart", round(recovered, 1))
+
+
+def test_redis_paused_for_ten_seconds_loses_nothing(
+    settings: Settings, own_redis: Service, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    recovered = run_through_a_fault(settings, own_redis, tmp_path, "pause")
+    figure(request, "seconds_to_apply_the_rest_after_the_pause", round(recovered, 1))
