@@ -1,18 +1,16 @@
-r"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
+"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
 
 Calls are resolved at compile time against the overload tables, so an unknown
 function, a wrong argument count or `size(1)` fails when the rules load. A
-`matches` pattern that is a literal is compiled once, and an invalid one is refused
-then. CEL specifies RE2 patterns; these are Python's, with ASCII classes (`\d` is
-`[0-9]`, as in RE2). The common syntax means the same in both; RE2's Unicode
-classes (`\pL`) are refused as invalid, and Python's lookarounds and backreferences
-are accepted, although RE2 has neither.
+`matches` pattern that is a literal is compiled once, and an invalid one (including
+one RE2 does not support: backreferences, lookaround) is refused then; a pattern
+known at run time only is compiled when met, and an invalid one is an evaluation
+error for that event. Patterns run on RE2, as CEL specifies (`regex.py`: linear
+time whatever the pattern and the text).
 """
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
 from typing import Any
 
 from attributes.expressions.compiled import Compiled, Scope, apply
@@ -20,6 +18,7 @@ from attributes.expressions.errors import EvaluationError
 from attributes.expressions.nodes import Call
 from attributes.expressions.operators import no_matching_overload
 from attributes.expressions.overloads import FUNCTIONS
+from attributes.expressions.regex import InvalidPattern, Pattern, cached_pattern
 from attributes.expressions.types import BOOL, DYN, STRING
 from attributes.expressions.values import no_overload
 
@@ -91,14 +90,15 @@ def _matches(node: Call, text: Compiled, pattern: Compiled, scope: Scope) -> Com
     if type(pattern.constant) is not str:  # known at run time only (or a dyn non-string)
         return apply(BOOL, _matches_any_pattern, text, pattern)
     try:
-        search = _regex(pattern.constant).search
-    except re.error as error:
+        compiled = Pattern(pattern.constant)
+    except InvalidPattern as error:
         message = f"invalid regular expression {pattern.constant!r}: {error}"
         raise scope.error(message, node.offset) from None
+    search = compiled.search
 
     def matches(value: Any) -> bool:
         if type(value) is str:
-            return search(value) is not None
+            return search(value)
         raise no_overload("matches", value, pattern.constant)
 
     return apply(BOOL, matches, text)
@@ -108,12 +108,7 @@ def _matches_any_pattern(value: Any, pattern: Any) -> bool:
     if type(value) is not str or type(pattern) is not str:
         raise no_overload("matches", value, pattern)
     try:
-        regex = _regex(pattern)
-    except re.error as error:
+        compiled = cached_pattern(pattern)
+    except InvalidPattern as error:
         raise EvaluationError(f"invalid regular expression {pattern!r}: {error}") from None
-    return regex.search(value) is not None
-
-
-@lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.ASCII)
+    return compiled.search(value)

@@ -685,7 +685,7 @@ def test_function_errors(source: str, message: str) -> None:
         ("event.foo()", "unknown method 'foo' at column 7"),
         ("contains(event, 'a')", "contains() is called on a value: x.contains(...) at column 1"),
         ("event.int()", "int() is not a method: call it as int(x) at column 7"),
-        ("event.matches('[')", "invalid regular expression '[': unterminated character set"),
+        ("event.matches('[')", "invalid regular expression '[': missing ]: [ at column 7"),
         ("timestamp('2026-01-01T00:00:00Z')", "timestamp(): timestamps and durations are not"),
         ("duration('1h')", "duration(): timestamps and durations are not supported at column 1"),
         ("uint(1)", "uint(): uint values are not supported at column 1"),

@@ -58,7 +58,11 @@ STRINGS = st.one_of(
     st.text(ALPHABET, max_size=5),
     st.sampled_from(["", "true", "1e3", "-0", "inf", "nan", "12", str(INT_MAX), str(2**63)]),
 )
-PATTERNS = ("a", "^a", "b$", "a.b", "[ab]+", "^$", "a|B", "(ab)*", r"\d", "^[0-9]+$", r"\.")
+PATTERNS = (
+    *("a", "^a", "b$", "a.b", "[ab]+", "^$", "a|B", "(ab)*", r"\d", "^[0-9]+$", r"\."),
+    # RE2 syntax that Python's `re` reads differently or refuses
+    *(r"\pL+", "(?i)ab", r"a\z", "[[:digit:]]", r"\bab\b", r"\w+\s"),
+)
 
 VARIABLES = {
     "i": INT,
@@ -606,6 +610,13 @@ def test_every_macro_matches_the_reference() -> None:
 )
 def test_fixed_expressions_match_the_reference(source: str) -> None:
     assert_same_outcome(source, ACTIVATION)
+
+
+@pytest.mark.parametrize("pattern", ["a$", "a$|^b", "(?m)a$", r"a\z", r"a\n$", "(?s)a.b", "a.b"])
+@pytest.mark.parametrize("text", ["a", "a\n", "a\nb", "b\na"])
+def test_patterns_over_lines_match_the_reference(pattern: str, text: str) -> None:
+    """RE2's `$` is the end of the text, not also before a final newline as in Python."""
+    assert_same_outcome(f"s.matches(r'{pattern}')", {**ACTIVATION, "s": text})
 
 
 @pytest.mark.parametrize(

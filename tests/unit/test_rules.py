@@ -467,6 +467,15 @@ def test_attributes_with_the_same_filter_share_one_compiled_filter() -> None:
         ("    function: derived\n    expression: nope + 1\n", "unknown variable 'nope'"),
         ("    function: derived\n    expression: x\n", "a derived attribute cannot read itself"),
         ("    function: derived\n    expression: 'size(1)'\n", "expression: "),
+        (  # RE2, which runs every pattern in linear time, has no backreferences
+            "    function: count\n    where: properties.x.matches(r'(a+)\\1')\n",
+            "where: invalid regular expression '(a+)\\\\1': invalid escape sequence: \\1 "
+            "(backreferences are not supported; ",
+        ),
+        (
+            "    function: derived\n    expression: \"'abc'.matches('a(?=b)')\"\n",
+            "invalid perl operator: (?= (lookahead is not supported; ",
+        ),
     ],
 )
 def test_bad_filters_windows_and_expressions_are_reported(attribute: str, problem: str) -> None:
