@@ -1,8 +1,11 @@
 """Every error the API returns is JSON `{"error": "..."}` with a 4xx status: a client
-gets something to act on, never a pydantic trace or a 500 for its own mistake. An
-unreachable profile store is a 503 with `Retry-After`."""
+gets something to act on, never a pydantic trace or a 500 for its own mistake. A
+profile store that fails in any way is a 503 with `Retry-After` and no detail (the
+detail is logged)."""
 
 from __future__ import annotations
+
+import logging
 
 import orjson
 import redis.exceptions
@@ -11,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from traitflow.resp import RespConnectionError
+from traitflow.resp import RespConnectionError, RespError
+
+log = logging.getLogger(__name__)
 
 
 def error(
@@ -63,19 +68,39 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error(400, problems or "invalid request")
 
 
+def store_error_kind(exc: BaseException) -> str:
+    """A short, address-free name for a store failure (a metric label, a readiness
+    reason): an error reply's first word (`LOADING`, `READONLY`, `OOM`, `MOVED`, ...),
+    else `timeout` or `connection`."""
+    if isinstance(exc, RespError | redis.exceptions.ResponseError):
+        word = str(exc).split(" ", 1)[0]
+        return word if word.isupper() and word.isalpha() else "error"
+    if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+        return "timeout"
+    return "connection"
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    """Redis down or not answering is not the caller's fault, and not a bug: 503, and
-    when to try again."""
-    return error(503, f"profile store unavailable: {exc}", headers={"Retry-After": "1"})
+    """Any failure of Redis (down, not answering, loading, read-only, out of memory) is
+    not the caller's fault, and not a bug of theirs: 503, and when to try again. What
+    failed and where (host, port, the error's text) goes to the log and the metric,
+    never to the caller."""
+    kind = store_error_kind(exc)
+    log.warning("%s %s: profile store failed (%s): %r", request.method, request.url.path, kind, exc)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.observe_store_error(kind)
+    return error(503, "profile store unavailable; try again", headers={"Retry-After": "1"})
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
-    for unavailable in (
+    for unavailable in (  # looked up along each exception's MRO: bases cover the rest
+        RespError,
         RespConnectionError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
+        redis.exceptions.RedisError,
         TimeoutError,
+        ConnectionError,
     ):
         app.add_exception_handler(unavailable, _store_unavailable)
     app.add_exception_handler(HTTPException, _http_error)

@@ -53,6 +53,13 @@ class ApiMetrics:
             buckets=REDIS_BUCKETS,
             registry=self.registry,
         )
+        self.store_errors = Counter(
+            "traitflow_api_redis_errors",
+            "Requests answered 503 because Redis failed, by kind: an error reply's first "
+            "word (LOADING, READONLY, OOM, MOVED, ...), timeout or connection.",
+            ["kind"],
+            registry=self.registry,
+        )
         # `labels()` takes a lock and builds a key per call: keep the children
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._redis_children: dict[str, Histogram] = {}
@@ -66,6 +73,9 @@ class ApiMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_store_error(self, kind: str) -> None:
+        self.store_errors.labels(kind).inc()
 
     def observe_redis(self, operation: str, seconds: float) -> None:
         child = self._redis_children.get(operation)

@@ -11,8 +11,10 @@ they say nothing about profiles, and probes and scrapers carry none.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,10 +22,12 @@ from api import errors
 from api.instrumented import ApiMetrics
 from traitflow.config import Settings
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["operations"])
 
 
-def _json(example: dict[str, str], description: str) -> dict[str, Any]:
+def _json(example: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"example": example}}}
 
 
@@ -43,26 +47,34 @@ async def healthz() -> dict[str, str]:
     responses={
         200: _json({"status": "ready"}, "ready to serve reads"),
         503: _json(
-            {"error": "redis did not answer: ConnectionError: Error 111 connecting"},
-            "not ready: Redis unreachable or too slow, or no settings",
+            {"status": "unavailable", "failing": ["redis"], "error": "redis: connection"},
+            "not ready: what fails (Redis unreachable, too slow or refusing; no settings),"
+            " never where it is",
         ),
     },
 )
 async def readyz(request: Request) -> Response | dict[str, str]:
     state = request.app.state
     if not isinstance(getattr(state, "settings", None), Settings):
-        return errors.error(503, "settings not loaded")
+        return _unready("settings", "settings: not loaded")
     store = getattr(state, "store", None)
     if store is None:
-        return errors.error(503, "store not open")
+        return _unready("redis", "redis: store not open")
     settings: Settings = state.settings
     try:
         await asyncio.wait_for(store.ping(), settings.api_ready_timeout_s)
     except TimeoutError:
-        return errors.error(503, f"redis did not answer within {settings.api_ready_timeout_s:g} s")
+        return _unready("redis", f"redis: no answer within {settings.api_ready_timeout_s:g} s")
     except Exception as exc:
-        return errors.error(503, f"redis did not answer: {type(exc).__name__}: {exc}")
+        log.warning("readiness: Redis failed: %r", exc)  # the detail, with its address
+        return _unready("redis", f"redis: {errors.store_error_kind(exc)}")
     return {"status": "ready"}
+
+
+def _unready(dependency: str, reason: str) -> Response:
+    """Which dependency fails and how, without where it is (the log has that)."""
+    body = {"status": "unavailable", "failing": [dependency], "error": reason}
+    return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
 
 @router.get(

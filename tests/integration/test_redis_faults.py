@@ -1,6 +1,7 @@
-"""Redis faults with a real worker: an evicting Redis refused at start, Redis killed
--9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s. After each, every
-profile equals the batch answer and nothing was counted twice."""
+"""Redis faults with a real worker and a real API: an evicting Redis refused at start,
+Redis killed -9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s (after each,
+every profile equals the batch answer and nothing was counted twice), and every Redis
+failure on the read path a JSON 503."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
-from tests.integration.conftest import Publisher, wait_until
+from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
 from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
-from tests.integration.workers import ROOT, start_worker
+from tests.integration.workers import ROOT, running_api, start_worker
 from traitflow.config import Settings
 from traitflow.services import Service, free_port
 from traitflow.store import KeyLayout
@@ -122,3 +124,48 @@ def test_redis_paused_for_ten_seconds_loses_nothing(
 ) -> None:
     recovered = run_through_a_fault(settings, own_redis, tmp_path, "pause")
     figure(request, "seconds_to_apply_the_rest_after_the_pause", round(recovered, 1))
+
+
+def test_the_api_answers_every_redis_failure_with_a_json_503_and_no_address(
+    settings: Settings, own_redis: Service
+) -> None:
+    """A real API process on a real Redis that runs out of memory, becomes a read-only
+    replica, pauses and goes away: each read is a JSON 503 with Retry-After and nothing
+    of Redis's address or error text; /readyz names the failing dependency only."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    own = settings.isolated(f"tfapifault-{uuid.uuid4().hex[:8]}", redis_url=url)
+    client = redis.Redis.from_url(url)
+    token = create_key(own, "fault-admin", admin=True, rate_per_s=100_000.0, burst=100_000)
+    path = "/v1/collections/users/records/user_id/nobody"
+    with (
+        running_api(own, "fault-api") as base,
+        httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=20
+        ) as api,
+    ):
+        assert api.get(path).status_code == 404  # healthy: no such profile
+
+        def unavailable(why: str) -> None:
+            response = api.get(path)
+            assert response.status_code == 503, (why, response.text)
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {"error": "profile store unavailable; try again"}
+            assert str(own_redis.port) not in response.text
+
+        client.config_set("maxmemory", 1)  # the key's rate-limit charge is a write: OOM
+        unavailable("out of memory")
+        client.config_set("maxmemory", 0)
+        client.replicaof("127.0.0.1", free_port())  # a replica of nothing: READONLY
+        unavailable("read-only")
+        client.replicaof("NO", "ONE")
+        assert api.get(path).status_code == 404
+        own_redis.stop()
+        unavailable("gone")
+        ready = api.get("/readyz")  # (an OOM or read-only Redis still answers a PING)
+        assert ready.status_code == 503
+        assert ready.json() == {
+            "status": "unavailable",
+            "failing": ["redis"],
+            "error": "redis: connection",
+        }
+    client.close()

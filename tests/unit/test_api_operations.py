@@ -11,6 +11,7 @@ from api.instrumented import ApiMetrics, InstrumentedStore
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
+from traitflow.resp import RespError
 from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
@@ -51,9 +52,33 @@ async def test_not_ready_when_the_ping_fails() -> None:
         assert (await client.get("/healthz")).status_code == 200  # alive all the same
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
+    # which dependency fails, never where it is (the log has the address)
     assert response.json() == {
-        "error": "redis did not answer: ConnectionError: Error 111 connecting to 127.0.0.1:1"
+        "status": "unavailable",
+        "failing": ["redis"],
+        "error": "redis: connection",
     }
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("LOADING Redis is loading the dataset in memory", "LOADING"),
+        ("READONLY You can't write against a read only replica.", "READONLY"),
+        ("MOVED 3999 127.0.0.1:6381", "MOVED"),
+    ],
+)
+async def test_not_ready_when_redis_answers_an_error(reply: str, kind: str) -> None:
+    store = PingingStore(RespError(reply))
+    async with serve(create_app(Settings(), store=store)) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "failing": ["redis"],
+        "error": f"redis: {kind}",
+    }
+    assert "127.0.0.1" not in response.text
 
 
 async def test_not_ready_when_the_ping_is_too_slow() -> None:
@@ -62,7 +87,11 @@ async def test_not_ready_when_the_ping_is_too_slow() -> None:
     async with serve(app) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"error": "redis did not answer within 0.05 s"}
+    assert response.json() == {
+        "status": "unavailable",
+        "failing": ["redis"],
+        "error": "redis: no answer within 0.05 s",
+    }
 
 
 async def test_a_wrapped_store_is_pinged_through() -> None:
