@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from streams.logs import KEPT, Checkpoint, History
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
+from tests.integration.stitching_support import figure
 from tests.integration.workers import alive, running_api, start_worker, worker_log
 from traitflow.config import Settings
 from traitflow.redis_logs import RedisLogHistory
@@ -134,3 +135,48 @@ def test_checkpoints_in_redis_keep_the_birth_and_the_latest(settings: Settings) 
     assert [c.offset for c in kept.checkpoints] == [0, *range(150, (KEPT + 30) * 5, 5)]
     assert kept.checkpoints[1] == Checkpoint(150, 160, 150 % 7)
     assert (epoch, restarted) == (1, History(1, [Checkpoint(0, 99, 1)]))
+
+
+@pytest.mark.parametrize("down_s", [5, pytest.param(30, marks=pytest.mark.soak)])
+def test_a_running_worker_survives_the_broker_stopped_and_restarted_empty(
+    settings: Settings,
+    broker: Service,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    down_s: int,
+) -> None:
+    """The worker keeps running while the embedded broker is down (5 s; 30 s in the
+    soak run) and comes back without its data (memory storage): once producers send
+    again, the new records are applied on top of the old ones, and every profile is
+    the oracle's."""
+    name = f"tfdown-{uuid.uuid4().hex[:8]}"
+    own = settings.isolated(
+        name,
+        kafka_bootstrap=f"127.0.0.1:{broker.port}",
+        topic_partitions=2,
+        home=tmp_path_factory.mktemp("down"),
+    )
+    run = Run(own, name)
+    publish = Publisher(own, next(iter(own.sources)))
+    with running_api(own, "down-api") as url:
+        token = create_key(own, "down-admin", admin=True, rate_per_s=100_000.0, burst=100_000)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers) as api:
+            asyncio.run(ensure_topics(own))
+            worker = start_worker(own, "down-worker")
+            try:
+                publish(run.make(40))
+                wait_until(lambda: alive(worker) and run.all_served(api), 60, "before")
+                broker.stop()
+                time.sleep(down_s)
+                broker.start()
+                back = time.monotonic()
+                asyncio.run(ensure_topics(own))
+                publish(run.make(12))
+                wait_until(lambda: alive(worker) and run.all_served(api), 90, "after")
+                recovered = time.monotonic() - back
+                log = worker_log(worker)
+            finally:
+                worker.stop()
+    assert "was reset" in log
+    figure(request, "seconds_from_the_restart_to_every_new_event_served", round(recovered, 1))
