@@ -8,7 +8,16 @@ messageId, then the value itself.
 
 `unique_count` and `most_frequent` keep every distinct value they have seen: exact,
 and as large as the field's cardinality for one profile. Use them on fields of
-bounded cardinality (categories, plans, countries), not on free text or ids.
+bounded cardinality (categories, plans, countries), not on free text or ids; or give
+them a cap (`max_values: N`). A capped state keeps the N + 1 values whose keys sort
+first (with `most_frequent`, their exact tallies), and forgets every other value:
+- which values are kept depends on the values seen, never on the order they came in,
+  so streaming equals batch, and merging two states (union, then the first N + 1
+  again) is exactly the state of all their events: a value in the first N + 1 of the
+  union is in the first N + 1 of each side that saw it, with all of its occurrences;
+- holding N + 1 values means more than N were seen: the cap overflowed. `unique_count`
+  then says N ("N or more"); `most_frequent` is the most frequent of the first N
+  values, the others being no longer counted. Up to N distinct values both are exact.
 """
 
 from __future__ import annotations
@@ -73,9 +82,14 @@ class RecentValues(Aggregator):
 
 
 class UniqueCount(Aggregator):
-    """Number of distinct values. State: the sorted distinct keys."""
+    """Number of distinct values; with `max_values`, at most that (see the module's
+    docstring). State: the sorted distinct keys, at most `max_values + 1` of them."""
 
     function = "unique_count"
+
+    def __init__(self, max_values: int | None = None) -> None:
+        self.max_values = max_values
+        self._kept = None if max_values is None else max_values + 1
 
     def initial(self) -> State:
         return []
@@ -84,40 +98,66 @@ class UniqueCount(Aggregator):
         key = value_key(value)
         at = bisect.bisect_left(state, key)
         if at == len(state) or state[at] != key:
-            state.insert(at, key)
+            kept = self._kept
+            if kept is None:
+                state.insert(at, key)
+            elif at < kept:  # else it sorts after every kept key: forgotten
+                state.insert(at, key)
+                del state[kept:]
         return state
 
     def merge(self, a: State, b: State) -> State:
-        return sorted(set(a) | set(b))
+        return sorted(set(a) | set(b))[: self._kept]
 
     def result(self, state: State) -> int:
-        return len(state)
+        if self.max_values is None:
+            return len(state)
+        return min(len(state), self.max_values)
 
 
 class MostFrequent(Aggregator):
     """The value seen most often; ties go to the value seen most recently (event
-    time, then messageId), then to the smaller key. State: {key: [count, ts, mid]}."""
+    time, then messageId), then to the smaller key. With `max_values`, only the
+    values whose keys sort first are counted (see the module's docstring).
+    State: {key: [count, ts, mid]}, at most `max_values + 1` keys."""
 
     function = "most_frequent"
+
+    def __init__(self, max_values: int | None = None) -> None:
+        self.max_values = max_values
+        self._kept = None if max_values is None else max_values + 1
 
     def initial(self) -> State:
         return {}
 
     def add(self, state: State, value: Any, ts: int, mid: str) -> State:
-        _tally(state, value_key(value), 1, ts, mid)
+        key = value_key(value)
+        kept = self._kept
+        if kept is not None and len(state) >= kept and key not in state:
+            last = max(state)
+            if key > last:
+                return state  # sorts after every kept key: forgotten
+            del state[last]
+        _tally(state, key, 1, ts, mid)
         return state
 
     def merge(self, a: State, b: State) -> State:
         merged = {key: list(seen) for key, seen in a.items()}
         for key, (count, ts, mid) in b.items():
             _tally(merged, key, count, ts, mid)
+        if self._kept is not None and len(merged) > self._kept:
+            merged = {key: merged[key] for key in sorted(merged)[: self._kept]}
         return merged
 
     def result(self, state: State) -> Any:
-        if not state:
+        counted = state
+        if self.max_values is not None and len(state) > self.max_values:
+            counted = dict(state)
+            del counted[max(counted)]  # past the cap: kept only to know it overflowed
+        if not counted:
             return None
-        top = max((count, ts, mid) for count, ts, mid in state.values())
-        best = min(key for key, (count, ts, mid) in state.items() if (count, ts, mid) == top)
+        top = max((count, ts, mid) for count, ts, mid in counted.values())
+        best = min(key for key, (count, ts, mid) in counted.items() if (count, ts, mid) == top)
         return value_of(best)
 
 

@@ -191,6 +191,9 @@ def aggregator_for(spec: AttributeSpec) -> Aggregator:
     """The aggregator of a spec's function, configured with its options."""
     if spec.function == "list":
         return RecentValues(size=spec.size or 10, distinct=bool(spec.distinct))
+    if spec.max_values is not None:
+        capped = UniqueCount if spec.function == "unique_count" else MostFrequent
+        return capped(max_values=spec.max_values)
     return _SHARED[spec.function]
 
 
@@ -250,10 +253,13 @@ def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAtt
 
 def state_key(spec: AttributeSpec) -> str:
     """e.g. `ltv/sum`, `seen/list:5:distinct`, `orders/count@30days`,
-    `cats/unique_count@1months/calendar`."""
+    `cats/unique_count@1months/calendar`, `cats/unique_count:100` (a cap: which values
+    a state keeps depends on it)."""
     shape: str = spec.function
     if spec.function == "list":
         shape += f":{spec.size or 10}" + (":distinct" if spec.distinct else "")
+    if spec.max_values is not None:
+        shape += f":{spec.max_values}"
     if spec.lookback is not None:
         shape += f"@{spec.lookback.count}{spec.lookback.unit}"
         shape += "/calendar" if spec.calendar else ""

@@ -29,6 +29,10 @@ Function = Literal[
     "most_frequent",
     "derived",
 ]
+#: the functions that take `max_values`
+CAPPED_FUNCTIONS = frozenset({"unique_count", "most_frequent"})
+#: the largest `max_values`
+MAX_VALUES = 10_000
 EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
 Unit = Literal["minutes", "hours", "days", "weeks", "months"]
 
@@ -82,6 +86,10 @@ class AttributeSpec(pydantic.BaseModel):
     #: `list` only: how many values to keep, and whether each value counts once
     size: int | None = pydantic.Field(default=None, ge=1, le=1000)
     distinct: bool | None = None
+    #: `unique_count` and `most_frequent` only: how many distinct values to keep (see
+    #: `attributes.multisets`). At most MAX_VALUES: a profile's states are read and
+    #: written whole, once per batch that touches it.
+    max_values: int | None = pydantic.Field(default=None, ge=1, le=MAX_VALUES, strict=True)
     #: `derived` only: a CEL expression over other attributes of the same profile
     expression: str | None = None
 
@@ -100,6 +108,11 @@ class AttributeSpec(pydantic.BaseModel):
         if self.function != "list" and given & {"size", "distinct"}:
             raise ValueError(
                 f"'size' and 'distinct' apply to function 'list', not {self.function!r}"
+            )
+        if self.max_values is not None and self.function not in CAPPED_FUNCTIONS:
+            raise ValueError(
+                "'max_values' applies to functions 'unique_count' and 'most_frequent', "
+                f"not {self.function!r}"
             )
         if self.function == "derived":
             if self.expression is None:

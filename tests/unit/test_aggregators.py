@@ -250,6 +250,22 @@ def unique_count(items: Sequence[Item]) -> int:
     return len({value_key(value) for value, _, _ in items})
 
 
+def capped_unique_count(cap: int) -> Any:
+    """The README's rule: the number of distinct values, at most `cap`."""
+    return lambda items: min(unique_count(items), cap)
+
+
+def capped_most_frequent(cap: int) -> Any:
+    """The README's rule: the most frequent of the `cap` values whose canonical JSON
+    sorts first; the other values are not counted."""
+
+    def batch(items: Sequence[Item]) -> Any:
+        counted = sorted({value_key(value) for value, _, _ in items})[:cap]
+        return most_frequent([item for item in items if value_key(item[0]) in counted])
+
+    return batch
+
+
 def most_frequent(items: Sequence[Item]) -> Any:
     if not items:
         return None
@@ -293,6 +309,25 @@ CASES = [
     ),
     pytest.param(UniqueCount(), items_of(multiset_values), unique_count, id="unique_count"),
     pytest.param(MostFrequent(), items_of(multiset_values), most_frequent, id="most_frequent"),
+    # capped: the values drawn have ~15 distinct keys, so caps of 1 and 3 often overflow
+    *(
+        pytest.param(
+            UniqueCount(max_values=cap),
+            items_of(multiset_values),
+            capped_unique_count(cap),
+            id=f"unique_count-max{cap}",
+        )
+        for cap in (1, 3)
+    ),
+    *(
+        pytest.param(
+            MostFrequent(max_values=cap),
+            items_of(multiset_values),
+            capped_most_frequent(cap),
+            id=f"most_frequent-max{cap}",
+        )
+        for cap in (1, 3)
+    ),
 ]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from attributes.aggregators import Count, MostRecent, Sum
 from attributes.events import Event
-from attributes.multisets import RecentValues
+from attributes.multisets import MostFrequent, RecentValues, UniqueCount
 from attributes.paths import MISSING
 from attributes.rules import (
     RuleFileError,
@@ -388,6 +388,54 @@ def test_list_options_on_another_function_or_out_of_range_are_errors() -> None:
     assert [(p.line, p.attribute) for p in found] == [(2, "total"), (6, "recent")]
     assert "'size' and 'distinct' apply to function 'list', not 'sum'" in found[0].problem
     assert found[1].problem.startswith("size:")
+
+
+def test_max_values_caps_unique_count_and_most_frequent() -> None:
+    rules = parse_rules(
+        rule_file(
+            "  - name: cats\n    function: unique_count\n    field: properties.c\n",
+            "  - name: cats_capped\n    function: unique_count\n    field: properties.c\n"
+            "    max_values: 100\n",
+            "  - name: fav\n    function: most_frequent\n    field: properties.c\n"
+            "    max_values: 10000\n    lookback: {count: 7, unit: days}\n",
+        )
+    )
+    cats, cats_capped, fav = rules.attributes
+    assert isinstance(cats.aggregator, UniqueCount)
+    assert cats.aggregator.max_values is None
+    assert isinstance(cats_capped.aggregator, UniqueCount)
+    assert cats_capped.aggregator.max_values == 100
+    assert fav.window is not None
+    assert isinstance(fav.window.inner, MostFrequent)
+    assert fav.window.inner.max_values == 10_000
+    # the cap decides what a state holds: changing it starts the attribute afresh
+    assert [a.key for a in rules.attributes] == [
+        "cats/unique_count",
+        "cats_capped/unique_count:100",
+        "fav/most_frequent:10000@7days",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "problem"),
+    [
+        (
+            "    function: list\n    max_values: 5\n",
+            "'max_values' applies to functions 'unique_count' and 'most_frequent', not 'list'",
+        ),
+        ("    function: unique_count\n    max_values: 0\n", "max_values: Input should be greater"),
+        ("    function: most_frequent\n    max_values: -3\n", "max_values: Input should be gr"),
+        ("    function: unique_count\n    max_values: 10001\n", "less than or equal to 10000"),
+        ("    function: unique_count\n    max_values: '100'\n", "max_values: Input should be a"),
+        ("    function: unique_count\n    max_values: 1.0e2\n", "max_values: Input should be a"),
+        ("    function: unique_count\n    max_values: true\n", "max_values: Input should be a"),
+    ],
+)
+def test_bad_max_values_are_reported(attribute: str, problem: str) -> None:
+    found = only_problem(rule_file("  - name: x\n    field: properties.c\n" + attribute))
+    assert (found.file, found.line, found.attribute) == (FILE, 2, "x")
+    assert problem in found.problem
+    assert str(found).startswith(f"{FILE}:2: attribute 'x': ")
 
 
 # --- filters, windows and derived attributes ------------------------------------------------
