@@ -1,5 +1,6 @@
 """Redis faults with a real worker and a real API: an evicting Redis refused at start,
-Redis killed -9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s (after each,
+Redis killed -9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s, a slow
+Redis (after each,
 every profile equals the batch answer and nothing was counted twice), and every Redis
 failure on the read path a JSON 503."""
 
@@ -10,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -169,3 +171,88 @@ def test_the_api_answers_every_redis_failure_with_a_json_503_and_no_address(
             "error": "redis: connection",
         }
     client.close()
+
+
+class SlowProxy:
+    """A TCP proxy on loopback that delays every chunk it forwards by `delay_s`, in a
+    thread of its own: Redis as slow as a far-away or overloaded one."""
+
+    def __init__(self, target_port: int, delay_s: float) -> None:
+        self.target_port, self.delay_s = target_port, delay_s
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> SlowProxy:
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._serve(), self.loop)
+        self.server = started.result(timeout=10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _serve(self) -> asyncio.Server:
+        return await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(self.delay_s)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_a_slow_redis_slows_the_worker_and_loses_nothing(
+    settings: Settings, own_redis: Service, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every Redis round trip of the worker 20 ms longer each way (the worker reaches
+    Redis through the proxy): batches grow, the stream is applied, every profile is the
+    oracle's."""
+    run = f"tfslow-{uuid.uuid4().hex[:8]}"
+    with SlowProxy(own_redis.port, 0.02) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        own = settings.isolated(run, redis_url=url, topic_partitions=4, home=tmp_path)
+        asyncio.run(ensure_topics(own))
+        keys = KeyLayout(own.key_prefix)
+        client = redis.Redis(port=own_redis.port)  # the test reads Redis directly
+        users = [f"{run}-{n}" for n in range(30)]
+        events = random_events(run, users, 2_000, seed=13)
+        worker = start_worker(own, "slow-worker")
+        try:
+            started = time.monotonic()
+            Publisher(own, next(iter(own.sources)))(events)
+            wait_until(partial(applied, client, keys, len(events)), timeout=90, what="all")
+            figure(request, "seconds_to_apply_2000_events", round(time.monotonic() - started, 1))
+            views = asyncio.run(
+                read_views(
+                    own.model_copy(update={"redis_url": f"redis://127.0.0.1:{own_redis.port}/0"}),
+                    users,
+                )
+            )
+            for user, view in zip(users, views, strict=True):
+                mine = [event for event in events if event["userId"] == user]
+                assert view == expected_view(own, mine, user), user
+        finally:
+            worker.stop()
+            client.close()
