@@ -34,12 +34,12 @@ from streams.processor import BatchProcessor, Record
 from traitflow.config import Settings
 from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import CachedProfileStore
+from traitflow.store import CachedProfileStore, NotDurable
 
 log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not reachable right now": retry the batch, never ack it.
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, NotDurable)
 
 #: Profiles re-rendered per expiry write.
 EXPIRY_ROUND = 1000
@@ -97,6 +97,8 @@ def create_app(
         settings.redis_url,
         settings.key_prefix,
         dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
+        durability=settings.redis_sync,
+        sync_timeout_s=settings.redis_sync_timeout_s,
     )
     store = CachedProfileStore(profiles, settings.state_cache_profiles)
 

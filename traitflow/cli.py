@@ -58,7 +58,7 @@ def _redis_or_exit(settings: Settings) -> None:
     from traitflow.redis_checks import UnsafeRedis, check_redis
 
     try:
-        check_redis(settings.redis_url)
+        check_redis(settings.redis_url, settings.redis_sync)
     except UnsafeRedis as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     #: how long a profile known only by anonymous ids (`anonymous_types`) lives without
     #: an event (or a window moving) before Redis drops it (0: for good)
     anonymous_ttl_s: float = Field(default=0.0, ge=0)
+    #: what the worker waits for after a batch's writes, before its offsets are
+    #: committed: "none" (Redis's own persistence: the embedded one writes its AOF
+    #: before replying), "disk" (WAITAOF: fsynced, Redis 7.2+) or "replicas:N" (WAIT)
+    redis_sync: str = Field(default="none", pattern=r"^(none|disk|replicas:[1-9][0-9]?)$")
+    redis_sync_timeout_s: float = Field(default=5.0, gt=0)
     anonymous_types: list[str] = ["anonymous_id"]
 
     @property

@@ -42,16 +42,33 @@ def eviction_problem(memory: Mapping[str, Any]) -> str | None:
     )
 
 
-def check_redis(url: str, wait_s: float = 10.0) -> None:
-    """Raise `UnsafeRedis` if the Redis at `url` could evict traitflow's keys. One that
-    does not answer within `wait_s` is only warned about: the worker retries its writes
-    and the API answers 503 until it does."""
+def sync_problem(server: Mapping[str, Any], sync: str) -> str | None:
+    """Why a Redis with this `INFO server` cannot give the durability `sync` asks for
+    (`Settings.redis_sync`), or None."""
+    version = str(server.get("redis_version", "0"))
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if sync == "disk" and numbers < (7, 2):
+        return (
+            f"TRAITFLOW_REDIS_SYNC=disk waits with WAITAOF, which Redis {version} does not "
+            "have (7.2+). Upgrade Redis, or run it with `appendfsync always` (every write "
+            "fsynced before its reply) and TRAITFLOW_REDIS_SYNC=none, or wait for "
+            "replicas instead (TRAITFLOW_REDIS_SYNC=replicas:1)"
+        )
+    return None
+
+
+def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
+    """Raise `UnsafeRedis` if the Redis at `url` could evict traitflow's keys, or cannot
+    give the durability `sync` asks for. One that does not answer within `wait_s` is
+    only warned about: the worker retries its writes and the API answers 503 until it
+    does."""
     client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     deadline = time.monotonic() + wait_s
     try:
         while True:
             try:
                 memory = client.info("memory")
+                server = client.info("server")
                 break
             except redis.exceptions.RedisError as exc:
                 if time.monotonic() > deadline:
@@ -60,5 +77,5 @@ def check_redis(url: str, wait_s: float = 10.0) -> None:
                 time.sleep(0.5)
     finally:
         client.close()
-    if problem := eviction_problem(memory):
+    if problem := eviction_problem(memory) or sync_problem(server, sync):
         raise UnsafeRedis(problem)

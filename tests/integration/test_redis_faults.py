@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis
 
+from attributes.profile import ProfileState, encode_state
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
@@ -29,8 +30,10 @@ from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
 from tests.integration.workers import ROOT, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.redis_checks import UnsafeRedis, check_redis
+from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout
+from traitflow.store import KeyLayout, NotDurable, ProfileWrite
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -256,3 +259,53 @@ def test_a_slow_redis_slows_the_worker_and_loses_nothing(
         finally:
             worker.stop()
             client.close()
+
+
+def test_waiting_for_a_replica_before_offsets_move(
+    settings: Settings, own_redis: Service, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """TRAITFLOW_REDIS_SYNC=replicas:1: the store's sync returns once a replica has the
+    writes, and fails (the batch is then retried, never acked) when none gets them."""
+    replica = Service("redis", tmp_path_factory.mktemp("replica"), "127.0.0.1", free_port())
+    replica.start()
+    prefix = f"tfsync-{uuid.uuid4().hex[:8]}"
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    try:
+        redis.Redis(port=own_redis.port).config_set("repl-diskless-sync-delay", 0)
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", own_redis.port)
+        wait_until(
+            lambda: (
+                redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up"
+            ),
+            what="the replica to be in sync",
+        )
+
+        async def go() -> None:
+            store = RedisProfileStore.from_url(
+                url, prefix, durability="replicas:1", sync_timeout_s=1.0
+            )
+            try:
+                state = ProfileState(id="u-1", version=1)
+                await store.save("user", [ProfileWrite(state, encode_state(state), b"{}")])
+                await store.sync()
+                assert redis.Redis(port=replica.port).exists(KeyLayout(prefix).view("user", "u-1"))
+                replica.stop()
+                with pytest.raises(NotDurable, match="reached 0 of 1 replicas"):
+                    await store.sync()
+            finally:
+                await store.close()
+
+        asyncio.run(go())
+    finally:
+        replica.stop()
+
+
+def test_waiting_for_the_disk_is_refused_on_a_redis_without_waitaof(
+    own_redis: Service,
+) -> None:
+    version = redis.Redis(port=own_redis.port).info("server")["redis_version"]
+    if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
+        check_redis(f"redis://127.0.0.1:{own_redis.port}/0", "disk")  # accepted there
+        return
+    with pytest.raises(UnsafeRedis, match="does not have"):
+        check_redis(f"redis://127.0.0.1:{own_redis.port}/0", "disk")
