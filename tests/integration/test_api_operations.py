@@ -38,7 +38,11 @@ async def test_not_ready_against_a_closed_port(settings: Settings) -> None:
         took = time.monotonic() - start
         assert (await client.get("/healthz")).status_code == 200
     assert response.status_code == 503
-    assert response.json()["error"].startswith("redis did not answer")
+    assert response.json() == {
+        "status": "unavailable",
+        "failing": ["redis"],
+        "error": "redis: connection",
+    }
     assert took < closed.api_ready_timeout_s + 1.0
 
 
@@ -70,7 +74,8 @@ async def test_reads_are_a_503_while_redis_is_unreachable(settings: Settings) ->
         response = await client.get(f"/v1/collections/{collection}/records/user_id/u-1")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
-    assert response.json()["error"].startswith("profile store unavailable: cannot connect")
+    # the store, and when to retry; not where it is (that is in the API's log)
+    assert response.json() == {"error": "profile store unavailable; try again"}
 
 
 async def test_reads_leave_no_reference_cycles(settings: Settings) -> None:
