@@ -15,11 +15,16 @@ from decimal import Decimal
 from attributes.expressions.arithmetic import INT_MAX, INT_MIN
 from attributes.expressions.errors import EvaluationError
 
+# Both read event strings, so neither may backtrack more than linearly: each part of
+# a text has one way to match (`[0-9]+\.?[0-9]*` had n ways to split n digits, and a
+# run of 40,000 digits then "x" took 24 s to refuse).
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _DOUBLE_TEXT = re.compile(
-    r"[+-]?(?:[0-9]+\.?[0-9]*(?:e[+-]?[0-9]+)?|\.[0-9]+(?:e[+-]?[0-9]+)?|inf|infinity|nan)",
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?|\.[0-9]+(?:e[+-]?[0-9]+)?|inf|infinity|nan)",
     re.IGNORECASE,
 )
+#: digits of the largest int, without leading zeros: a longer text is out of range
+_INT_DIGITS = len(str(INT_MAX))
 _BOOL_TEXT = {
     **dict.fromkeys(("1", "t", "true", "TRUE", "True"), True),
     **dict.fromkeys(("0", "f", "false", "FALSE", "False"), False),
@@ -34,8 +39,13 @@ def double_to_int(value: float) -> int:
 
 
 def string_to_int(text: str) -> int:
-    if _INT_TEXT.fullmatch(text) and INT_MIN <= (value := int(text)) <= INT_MAX:
-        return value
+    if _INT_TEXT.fullmatch(text):
+        # Python's int() refuses texts over 4,300 digits (ValueError): never asked
+        digits = text.lstrip("+-").lstrip("0") or "0"
+        if len(digits) <= _INT_DIGITS:
+            value = -int(digits) if text[0] == "-" else int(digits)
+            if INT_MIN <= value <= INT_MAX:
+                return value
     raise EvaluationError(f"cannot convert {text!r} to int")
 
 

@@ -669,6 +669,21 @@ def test_function_errors(source: str, message: str) -> None:
     assert evaluation_error(source).startswith(message)
 
 
+@pytest.mark.timeout(60)  # a regression would backtrack for minutes, not fail
+def test_conversions_of_long_event_strings_answer_at_once() -> None:
+    """Event strings meet these patterns: refusing a long one takes linear time (the
+    old double() pattern took 24 s on 40,000 digits and an "x"), and int() never asks
+    Python's int() to parse more than its 4,300 digits (a ValueError, not CEL's error)."""
+    digits = "1" * 250_000
+    for source in ("double(properties.text)", "int(properties.text)"):
+        message = evaluation_error(source, properties={"text": digits + "x"})
+        assert message.startswith("cannot convert '1111")
+    assert evaluation_error("int(properties.text)", properties={"text": digits})
+    assert evaluate("int(properties.text)", properties={"text": "0" * 5_000 + "42"}) == 42
+    assert evaluate("int(properties.text)", properties={"text": "-" + "0" * 5_000}) == 0
+    assert evaluate("double(properties.text)", properties={"text": digits}) == math.inf
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
