@@ -53,3 +53,12 @@ def test_the_engine_benchmark_runs(settings: Settings) -> None:
         "bench.engine", "--events", "400", "--users", "40", "--repeat", "1", settings=settings
     )
     assert out.startswith("engine ")
+
+
+def test_the_memory_benchmark_runs_on_its_own_redis(settings: Settings) -> None:
+    out = run("bench.memory", "--profiles", "40", "--sample", "10", settings=settings)
+    assert "dead_letters 0, merges 40" in out  # every anonymous start merged into its user
+    keys = next(line for line in out.splitlines() if line.startswith("keys "))
+    for kind in ("state", "view", "version", "index user_id", "index email", "index anonymous_id"):
+        assert f"{kind} 40," in keys + ","
+    assert "at 1M profiles" in out
