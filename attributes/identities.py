@@ -27,6 +27,8 @@ from typing import Any, Literal
 import pydantic
 
 from attributes.events import Event
+from attributes.expressions.errors import EvaluationError
+from attributes.expressions.regex import InvalidPattern, Pattern
 from attributes.paths import MISSING, Getter, InvalidPath, compile_path
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -90,7 +92,8 @@ class EntitySpec(pydantic.BaseModel):
     identities: list[IdentitySpec] = pydantic.Field(min_length=1)
     #: values ignored besides `DEFAULT_BLOCKED` (compared case-insensitively)
     blocked: list[str] = []
-    #: regular expressions; a value any of them matches in full is ignored
+    #: regular expressions (RE2 syntax, linear time); a value any of them matches in
+    #: full is ignored
     blocked_patterns: list[str] = []
     #: whether an event carrying identities of two profiles merges them
     stitching: bool = True
@@ -126,8 +129,8 @@ class EntitySpec(pydantic.BaseModel):
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                _whole(pattern)
+            except InvalidPattern as exc:
                 raise ValueError(f"blocked pattern {pattern!r}: {exc}") from None
         return patterns
 
@@ -159,6 +162,19 @@ DEFAULT_ACCOUNT = EntitySpec(
 )
 
 
+def _whole(pattern: str) -> Pattern:
+    """A blocked pattern, matched against a whole value, on RE2: identity values come
+    from events, and no event may stall a worker on a pattern (linear time)."""
+    return Pattern(f"^(?:{pattern})$")
+
+
+def _blocks(pattern: Pattern, value: str) -> bool:
+    try:
+        return pattern.search(value)
+    except EvaluationError:  # not valid Unicode (a lone surrogate): nothing to match
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledIdentity:
     type: str
@@ -184,7 +200,7 @@ class IdentityRules:
             for identity in spec.identities
         )
         self._blocked = DEFAULT_BLOCKED | {value.strip().lower() for value in spec.blocked}
-        self._patterns = tuple(re.compile(pattern) for pattern in spec.blocked_patterns)
+        self._patterns = tuple(_whole(pattern) for pattern in spec.blocked_patterns)
 
     def extract(self, event: Event) -> list[tuple[str, str]]:
         """The (type, value) identities `event` carries, highest priority first; one per
@@ -247,6 +263,6 @@ class IdentityRules:
         value = normalise(raw)
         if value.lower() in self._blocked:
             return None
-        if any(pattern.fullmatch(value) for pattern in self._patterns):
+        if any(_blocks(pattern, value) for pattern in self._patterns):
             return None
         return value

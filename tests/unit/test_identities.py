@@ -238,3 +238,26 @@ def test_profile_ids_of_different_identities_never_collide(
 @given(st.sampled_from(USER.types), identity_values)
 def test_the_rank_of_any_profile_id_is_its_types(kind: str, value: str) -> None:
     assert USER.id_rank(USER.profile_id(kind, value)) == USER.rank[kind]
+
+
+def test_blocked_patterns_run_in_linear_time_on_any_value() -> None:
+    """Identity values come from events: a pattern that backtracks exponentially in
+    Python's `re` ((a+)+$ on "aaaa…!") answers at once on RE2, matched whole."""
+    spec = EntitySpec(
+        identities=[IdentitySpec(type="user_id", paths=["userId"])],
+        blocked_patterns=[r"(a+)+", r"guest-\d+"],
+    )
+    rules = IdentityRules(spec)
+    hostile = "a" * 500 + "!"
+    assert rules.extract(Event(type="page", userId=hostile)) == [("user_id", hostile)]
+    assert rules.extract(Event(type="page", userId="a" * 500)) == []
+    assert rules.extract(Event(type="page", userId="guest-42")) == []
+    assert rules.extract(Event(type="page", userId="my-guest-42")) == [("user_id", "my-guest-42")]
+
+
+def test_a_blocked_pattern_re2_cannot_run_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="backreferences are not supported"):
+        EntitySpec(
+            identities=[IdentitySpec(type="user_id", paths=["userId"])],
+            blocked_patterns=[r"(a)\1"],
+        )
