@@ -82,7 +82,7 @@ def test_one_worker_killed_three_times_mid_stream(
     asyncio.run(ensure_topics(own))
     keys = KeyLayout(own.key_prefix)
     users = [f"{run}-{n}" for n in range(40)]
-    events = random_events(run, users, 3_000, seed=7)
+    events = random_events(run, users, 2_000, seed=7)
     worker = start_worker(own, "killed-0")
     try:
         Publisher(own, next(iter(own.sources)))(events)
