@@ -32,9 +32,10 @@ from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, Record
 from traitflow.config import Settings
+from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import CachedProfileStore, NotDurable
+from traitflow.store import CachedProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,12 @@ def create_app(
         settings.redis_url,
         settings.key_prefix,
         dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
-        durability=settings.redis_sync,
-        sync_timeout_s=settings.redis_sync_timeout_s,
     )
     store = CachedProfileStore(profiles, settings.state_cache_profiles)
+    # before a batch is acked: its writes on disk or replicas (traitflow.durability)
+    durable = DurabilityWait.from_url(
+        settings.redis_url, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
+    )
 
     processor = BatchProcessor(
         rules,
@@ -144,6 +147,7 @@ def create_app(
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
         await parking.close()
+        await durable.close()
 
     # mode types handlers with NamedArg("BaseSignalT", ...), a string mypy cannot match
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -165,7 +169,7 @@ def create_app(
             Record(m.topic, m.partition, m.offset, m.value, int(m.timestamp * 1000))
             for m in messages
         ]
-        await process_until_done(processor, records, metrics)
+        await process_until_done(processor, records, metrics, durable)
 
     batch_subscribe(app, ingest, process_messages, max_size=settings.batch_size)
     return app
@@ -227,13 +231,19 @@ async def observe_consumer(
 
 
 async def process_until_done(
-    processor: BatchProcessor, records: Sequence[Record], metrics: WorkerMetrics
+    processor: BatchProcessor,
+    records: Sequence[Record],
+    metrics: WorkerMetrics,
+    durable: DurabilityWait | None = None,
 ) -> None:
     """Process a batch, retrying until it is written; never raise.
 
     A batch handler must not raise (`streams.batches` would stop the worker: acking
     would commit records never applied). Retrying is safe: a retried batch is
-    idempotent (offset watermarks). A batch that keeps failing stalls its partitions
+    idempotent (offset watermarks). `durable` waits, once the batch is written, until
+    its writes are as durable as configured; a failed wait fails the batch like a
+    failed write (a Redis that restarted meanwhile may have lost them: only the batch
+    puts them back). A batch that keeps failing stalls its partitions
     visibly (logs; metrics: retries, lag, the oldest unprocessed record's age) instead
     of losing data; it also holds up a rebalance, which waits for the batch in progress.
     """
@@ -243,6 +253,8 @@ async def process_until_done(
         started = time.perf_counter()
         try:
             report = await processor.process(records)
+            if durable is not None and durable.waits:  # TRAITFLOW_REDIS_SYNC
+                await durable.wait()
         except Exception as exc:
             transient = isinstance(exc, TRANSIENT)
             metrics.batch_retried(transient)

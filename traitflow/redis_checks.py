@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from traitflow.durability import FSYNC_EVERY_WRITE, config_of, sync_problem
+
 log = logging.getLogger(__name__)
 
 SAFE_POLICY = "noeviction"
@@ -42,19 +44,12 @@ def eviction_problem(memory: Mapping[str, Any]) -> str | None:
     )
 
 
-def sync_problem(server: Mapping[str, Any], sync: str) -> str | None:
-    """Why a Redis with this `INFO server` cannot give the durability `sync` asks for
-    (`Settings.redis_sync`), or None."""
-    version = str(server.get("redis_version", "0"))
-    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-    if sync == "disk" and numbers < (7, 2):
-        return (
-            f"TRAITFLOW_REDIS_SYNC=disk waits with WAITAOF, which Redis {version} does not "
-            "have (7.2+). Upgrade Redis, or run it with `appendfsync always` (every write "
-            "fsynced before its reply) and TRAITFLOW_REDIS_SYNC=none, or wait for "
-            "replicas instead (TRAITFLOW_REDIS_SYNC=replicas:1)"
-        )
-    return None
+def _config(client: redis.Redis) -> dict[str, str] | None:
+    """What `sync_problem` reads of the configuration; None where CONFIG is refused."""
+    try:
+        return config_of(client.config_get(*FSYNC_EVERY_WRITE))
+    except redis.exceptions.ResponseError:
+        return None
 
 
 def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
@@ -69,6 +64,8 @@ def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
             try:
                 memory = client.info("memory")
                 server = client.info("server")
+                persistence = client.info("persistence")
+                config = _config(client)
                 break
             except redis.exceptions.RedisError as exc:
                 if time.monotonic() > deadline:
@@ -77,5 +74,5 @@ def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
                 time.sleep(0.5)
     finally:
         client.close()
-    if problem := eviction_problem(memory) or sync_problem(server, sync):
+    if problem := eviction_problem(memory) or sync_problem(sync, server, persistence, config):
         raise UnsafeRedis(problem)

@@ -131,8 +131,14 @@ class Service(Daemon):
 
     host: str = "127.0.0.1"
     port: int = 0
+    #: more command-line options, after ours (a later redis-server option wins): a
+    #: test's or benchmark's Redis with another fsync or eviction policy
+    options: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
+        return [*self._command(), *self.options]
+
+    def _command(self) -> list[str]:
         if self.name == "broker":
             url = f"tcp://{self.host}:{self.port}"
             return [

@@ -1,8 +1,8 @@
 """Redis faults with a real worker and a real API: an evicting Redis refused at start,
 Redis killed -9 and restarted mid-stream, Redis paused (SIGSTOP) for 10 s, a slow
-Redis (after each,
-every profile equals the batch answer and nothing was counted twice), and every Redis
-failure on the read path a JSON 503."""
+Redis (after each, every profile equals the batch answer, nothing was counted twice and
+no event is a dead letter), and every Redis failure on the read path a JSON 503. The
+durability waits (`TRAITFLOW_REDIS_SYNC`) are in test_durability.py."""
 
 from __future__ import annotations
 
@@ -22,18 +22,16 @@ import httpx
 import pytest
 import redis
 
-from attributes.profile import ProfileState, encode_state
 from tests.integration.conftest import Publisher, create_key, wait_until
+from tests.integration.dead_letter_support import parked_letters, topic_letters
 from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
 from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
 from tests.integration.workers import ROOT, running_api, start_worker
 from traitflow.config import Settings
-from traitflow.redis_checks import UnsafeRedis, check_redis
-from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout, NotDurable, ProfileWrite
+from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -53,34 +51,59 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         service.stop()
 
 
+def refusal(own: Settings, *command: str) -> str:
+    """What `traitflow COMMAND` with `own` says on stderr as it refuses to start."""
+    done = subprocess.run(
+        [sys.executable, "-m", "traitflow", *command],
+        env=own.child_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, (command, done.stdout, done.stderr)
+    return done.stderr
+
+
 def test_an_evicting_redis_is_refused_by_worker_and_api(
-    settings: Settings, own_redis: Service
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    url = f"redis://127.0.0.1:{own_redis.port}/0"
-    redis.Redis.from_url(url).config_set("maxmemory-policy", "allkeys-lru")
-    own = settings.isolated(f"tfevict-{uuid.uuid4().hex[:8]}", redis_url=url)
-    for command in (["worker"], ["api", "--port", str(free_port())]):
-        done = subprocess.run(
-            [sys.executable, "-m", "traitflow", *command],
-            env=own.child_env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 1, command
-        assert "maxmemory-policy is allkeys-lru" in done.stderr, done.stderr
+    evicting = Service(
+        "redis",
+        tmp_path_factory.mktemp("evicting"),
+        port=free_port(),
+        options=("--maxmemory-policy", "allkeys-lru"),
+    )
+    evicting.start()
+    try:
+        url = f"redis://127.0.0.1:{evicting.port}/0"
+        own = settings.isolated(f"tfevict-{uuid.uuid4().hex[:8]}", redis_url=url)
+        for command in (["worker"], ["api", "--port", str(free_port())]):
+            said = refusal(own, *command)
+            assert "maxmemory-policy is allkeys-lru" in said, said
+            assert "Set maxmemory-policy noeviction" in said, said
+    finally:
+        evicting.stop()
+
+
+def no_dead_letters(own: Settings) -> None:
+    """Every event of the fault tests is valid: none may end up a dead letter, on the
+    topic or parked in Redis."""
+    assert topic_letters(own) == []
+    assert parked_letters(own) == []
 
 
 def run_through_a_fault(
-    settings: Settings, own_redis: Service, tmp_path: Path, fault: str
+    settings: Settings, own_redis: Service, tmp_path: Path, fault: str, sync: str = "none"
 ) -> float:
     """Publish a stream, inject `fault` into Redis once a fifth of it is applied, and
     check every profile against the oracle; return the seconds from the end of the
-    fault to every event applied."""
+    fault to every event applied. `sync`: the worker's TRAITFLOW_REDIS_SYNC."""
     url = f"redis://127.0.0.1:{own_redis.port}/0"
     run = f"tffault-{uuid.uuid4().hex[:8]}"
-    own = settings.isolated(run, redis_url=url, topic_partitions=4, batch_size=50, home=tmp_path)
+    own = settings.isolated(
+        run, redis_url=url, topic_partitions=4, batch_size=50, home=tmp_path, redis_sync=sync
+    )
     asyncio.run(ensure_topics(own))
     keys = KeyLayout(own.key_prefix)
     client = redis.Redis.from_url(url)
@@ -108,6 +131,7 @@ def run_through_a_fault(
         for user, view in zip(users, views, strict=True):
             mine = [event for event in events if event["userId"] == user]
             assert view == expected_view(own, mine, user), user
+        no_dead_letters(own)
         return recovered
     finally:
         worker.stop()
@@ -256,56 +280,7 @@ def test_a_slow_redis_slows_the_worker_and_loses_nothing(
             for user, view in zip(users, views, strict=True):
                 mine = [event for event in events if event["userId"] == user]
                 assert view == expected_view(own, mine, user), user
+            no_dead_letters(own)
         finally:
             worker.stop()
             client.close()
-
-
-def test_waiting_for_a_replica_before_offsets_move(
-    settings: Settings, own_redis: Service, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """TRAITFLOW_REDIS_SYNC=replicas:1: the store's sync returns once a replica has the
-    writes, and fails (the batch is then retried, never acked) when none gets them."""
-    replica = Service("redis", tmp_path_factory.mktemp("replica"), "127.0.0.1", free_port())
-    replica.start()
-    prefix = f"tfsync-{uuid.uuid4().hex[:8]}"
-    url = f"redis://127.0.0.1:{own_redis.port}/0"
-    try:
-        redis.Redis(port=own_redis.port).config_set("repl-diskless-sync-delay", 0)
-        redis.Redis(port=replica.port).replicaof("127.0.0.1", own_redis.port)
-        wait_until(
-            lambda: (
-                redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up"
-            ),
-            what="the replica to be in sync",
-        )
-
-        async def go() -> None:
-            store = RedisProfileStore.from_url(
-                url, prefix, durability="replicas:1", sync_timeout_s=1.0
-            )
-            try:
-                state = ProfileState(id="u-1", version=1)
-                await store.save("user", [ProfileWrite(state, encode_state(state), b"{}")])
-                await store.sync()
-                assert redis.Redis(port=replica.port).exists(KeyLayout(prefix).view("user", "u-1"))
-                replica.stop()
-                with pytest.raises(NotDurable, match="reached 0 of 1 replicas"):
-                    await store.sync()
-            finally:
-                await store.close()
-
-        asyncio.run(go())
-    finally:
-        replica.stop()
-
-
-def test_waiting_for_the_disk_is_refused_on_a_redis_without_waitaof(
-    own_redis: Service,
-) -> None:
-    version = redis.Redis(port=own_redis.port).info("server")["redis_version"]
-    if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
-        check_redis(f"redis://127.0.0.1:{own_redis.port}/0", "disk")  # accepted there
-        return
-    with pytest.raises(UnsafeRedis, match="does not have"):
-        check_redis(f"redis://127.0.0.1:{own_redis.port}/0", "disk")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from traitflow.redis_checks import eviction_problem, sync_problem
+from traitflow.redis_checks import eviction_problem
 
 
 @pytest.mark.parametrize(
@@ -18,22 +18,3 @@ def test_a_policy_that_can_evict_is_a_problem_naming_it_and_the_fix(policy: str)
 def test_noeviction_is_safe_and_an_unknown_answer_is_not_judged() -> None:
     assert eviction_problem({"maxmemory_policy": "noeviction"}) is None
     assert eviction_problem({}) is None  # a Redis-compatible server that does not say
-
-
-@pytest.mark.parametrize(
-    ("version", "sync", "refused"),
-    [
-        ("7.0.15", "disk", True),
-        ("6.2.14", "disk", True),
-        ("7.2.4", "disk", False),
-        ("8.0.1", "disk", False),
-        ("7.0.15", "none", False),
-        ("7.0.15", "replicas:1", False),
-    ],
-)
-def test_waiting_for_the_disk_needs_waitaof(version: str, sync: str, refused: bool) -> None:
-    problem = sync_problem({"redis_version": version}, sync)
-    assert (problem is not None) is refused
-    if problem:
-        assert f"Redis {version} does not have" in problem
-        assert "appendfsync always" in problem
