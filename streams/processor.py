@@ -191,7 +191,6 @@ class BatchProcessor:
             if events:
                 await self._entity_batch(self.entities[entity], events, rejected, sent, report)
         await self._send(rejected, sent)
-        await self.store.sync()  # durable as configured before the caller acks
         if self.logs is not None:
             await self.logs.record([(p, Checkpoint.of(first)) for p, first in firsts.items()])
             for record in records:

@@ -30,7 +30,6 @@ from traitflow.store import (
     Identity,
     KeyLayout,
     MessageKey,
-    NotDurable,
     ProfileStore,
     ProfileWrite,
 )
@@ -118,8 +117,6 @@ class RedisProfileStore(ProfileStore):
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
         clock: Callable[[], int] = _now_ms,
-        durability: str = "none",
-        sync_timeout_s: float = 5.0,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -130,10 +127,6 @@ class RedisProfileStore(ProfileStore):
         #: an id costs a set member, not a key, and a whole bucket expires at once
         self.bucket_ms = max(1, -(-dedupe_window_ms // DEDUPE_BUCKETS))
         self.clock = clock
-        #: what `sync` waits for: "none", "disk", or "replicas" (`replicas` of them)
-        self.durability, _, count = durability.partition(":")
-        self.replicas = int(count or 0)
-        self.sync_timeout_s = sync_timeout_s
 
     @classmethod
     def from_url(
@@ -144,8 +137,6 @@ class RedisProfileStore(ProfileStore):
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
         clock: Callable[[], int] = _now_ms,
-        durability: str = "none",
-        sync_timeout_s: float = 5.0,
     ) -> RedisProfileStore:
         """`reads`: a lean connection to share (closing the store closes it)."""
         if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
@@ -160,8 +151,6 @@ class RedisProfileStore(ProfileStore):
             reads or RespClient.from_url(url),
             dedupe_window_ms=dedupe_window_ms,
             clock=clock,
-            durability=durability,
-            sync_timeout_s=sync_timeout_s,
         )
 
     async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
@@ -389,31 +378,6 @@ class RedisProfileStore(ProfileStore):
             "list[list[bytes] | None]", await self.reads.eval(_READ_PROFILES, keys, args)
         )
         return [None if reply is None else (reply[0], reply[1]) for reply in replies]
-
-    async def sync(self) -> None:
-        """Wait until every write so far reaches the disk (WAITAOF, Redis 7.2+) or
-        `replicas` replicas (WAIT). WAIT and WAITAOF cover the writes of their own
-        connection: a marker written first, on the same connection, comes after every
-        earlier write in Redis's one replication stream, so waiting for it covers them
-        all, whichever connection made them."""
-        mode = self.durability
-        if mode == "none":
-            return
-        timeout_ms = int(self.sync_timeout_s * 1000)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.sync_marker(), str(time.time()))
-            if mode == "disk":
-                pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-            else:
-                pipe.execute_command("WAIT", self.replicas, timeout_ms)
-            _, reached = await pipe.execute()
-        if mode == "disk" and int(reached[0]) < 1:
-            raise NotDurable(f"writes not on Redis's disk within {self.sync_timeout_s:g} s")
-        if mode != "disk" and int(reached) < self.replicas:
-            raise NotDurable(
-                f"writes reached {int(reached)} of {self.replicas} replicas within "
-                f"{self.sync_timeout_s:g} s"
-            )
 
     async def ping(self) -> None:
         """Raise unless Redis answers on the connection that reads use (readiness)."""

@@ -30,7 +30,8 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:dlr                         hash    "{dead-letter topic}/{partition}" -> the letters
                                            replayed (JSON {"next": n, "done": [offsets]})
     tf:dlr:lock                    string  the running replay's token (one at a time)
-    tf:sync                        string  written before each durability wait (`sync`)
+    tf:sync                        string  written before each durability wait
+                                           (`traitflow.durability`)
     tf:d:user:{source}:{n}         set     messageIds of that source applied in time
                                            bucket n (a seventh of the dedupe window);
                                            expires a window after the bucket's end, so
@@ -179,10 +180,6 @@ class Expected:
     versions: dict[str, int | None] = field(default_factory=dict)
 
 
-class NotDurable(Exception):
-    """Writes did not reach the disk or the replicas they must reach in time."""
-
-
 class Conflict(Exception):
     """A commit found something changed since it was read; nothing was written.
 
@@ -260,11 +257,6 @@ class ProfileStore(ABC):
 
     async def ping(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Raise unless the store's backend answers (readiness); nothing to ask in memory."""
-
-    async def sync(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
-        """Return once every write made so far is as durable as the store is told to
-        make it (Redis: on disk or on replicas, `Settings.redis_sync`); raise
-        `NotDurable` if it is not in time. The worker calls it before offsets move."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         pass
@@ -456,9 +448,6 @@ class CachedProfileStore(ProfileStore):
 
     async def ping(self) -> None:
         await self.inner.ping()
-
-    async def sync(self) -> None:
-        await self.inner.sync()
 
     async def close(self) -> None:
         await self.inner.close()

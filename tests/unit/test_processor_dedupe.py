@@ -11,7 +11,7 @@ import pytest
 
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import Expected, MemoryProfileStore, NotDurable, ProfileWrite
+from traitflow.store import Expected, MemoryProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -219,31 +219,3 @@ async def test_a_crash_between_a_split_commit_and_its_redo_loses_nothing(
     report = await Worker(example_rules, store).send(*SPLIT_BATCH)
     assert report.duplicates == 1
     assert await revenue(store, "user_id", "u-1") == 12.0
-
-
-async def test_a_batch_is_done_only_once_its_writes_are_durable(example_rules: RuleSet) -> None:
-    """The processor waits for the store's durability (WAIT/WAITAOF on Redis) after
-    the batch's writes; a wait that fails fails the batch, which is then retried,
-    never acknowledged."""
-
-    class Waiting(MemoryProfileStore):
-        def __init__(self) -> None:
-            super().__init__()
-            self.syncs = 0
-            self.durable = True
-
-        async def sync(self) -> None:
-            self.syncs += 1
-            if not self.durable:
-                raise NotDurable("writes reached 0 of 1 replicas within 1 s")
-
-    store = Waiting()
-    worker = Worker(example_rules, store)
-    await worker.send(at(WEB, 0, 0, order("m-1", 1.0, userId="u-1")))
-    assert store.syncs == 1
-    store.durable = False
-    with pytest.raises(NotDurable):
-        await worker.send(at(WEB, 0, 1, order("m-2", 1.0, userId="u-1")))
-    store.durable = True
-    again = await worker.send(at(WEB, 0, 1, order("m-2", 1.0, userId="u-1")))  # the retry
-    assert (again.duplicates, store.syncs) == (1, 3)  # written before; waited for again
