@@ -158,7 +158,8 @@ class Service(Daemon):
                 "--dir", str(data.resolve()),
                 # every acknowledged write survives a restart: the AOF is written before
                 # a reply is sent, so a killed process loses nothing; `everysec` fsync
-                # bounds what a crash of the machine loses to about a second
+                # bounds what a crash of the machine loses to about a second (README,
+                # "Durability"; `options` may say `--appendfsync always`)
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",
                 "--save", "",
@@ -205,5 +206,8 @@ def embedded_services(settings: Settings) -> list[Service]:
         services.append(Service("broker", settings.home / "broker", host, port))
     if not settings.redis_is_external:
         host, port = settings.redis_host_port
-        services.append(Service("redis", settings.home / "redis", host, port))
+        # TRAITFLOW_REDIS_SYNC=disk on Debian's Redis 7.0 (no WAITAOF) needs every write
+        # fsynced before its reply; the wait then costs one CONFIG GET per batch
+        fsync = ("--appendfsync", "always") if settings.redis_sync == "disk" else ()
+        services.append(Service("redis", settings.home / "redis", host, port, fsync))
     return services

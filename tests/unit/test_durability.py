@@ -3,9 +3,13 @@ waits themselves run against real redis-servers in tests/integration)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from traitflow.config import Settings
 from traitflow.durability import FSYNC_EVERY_WRITE, Sync, config_of, fsync_problem, sync_problem
+from traitflow.services import embedded_services
 
 AOF_ON = {"aof_enabled": 1}
 EVERYSEC = {"appendonly": "yes", "appendfsync": "everysec", "no-appendfsync-on-rewrite": "no"}
@@ -68,3 +72,15 @@ def test_config_replies_read_as_text_decoded_or_not() -> None:
         "appendfsync": "always",
         "appendonly": "yes",
     }
+
+
+@pytest.mark.parametrize(("sync", "fsync"), [("none", "everysec"), ("disk", "always")])
+def test_the_embedded_redis_fsyncs_every_write_when_the_worker_waits_for_the_disk(
+    sync: str, fsync: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TRAITFLOW_REDIS_URL", raising=False)
+    own = Settings(redis_sync=sync, home=tmp_path)  # the command makes the data directory
+    (embedded,) = [s for s in embedded_services(own) if s.name == "redis"]
+    command = embedded.command()
+    last = len(command) - 1 - command[::-1].index("--appendfsync")  # the last one wins
+    assert command[last + 1] == fsync
