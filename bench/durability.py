@@ -2,6 +2,7 @@
 
     python -m bench.durability [--batches 300 --profiles 200 --bytes 1500]
     python -m bench.durability --pipeline [--events 100000 --rounds 2]
+    python -m bench.durability --broker [--events 100000 --rounds 2]
 
 Starts redis-servers of its own (never the embedded one), each with the AOF on:
 `everysec` (the embedded default), `always`, and `everysec` with one replica. For each
@@ -13,13 +14,16 @@ column is where `appendfsync always` costs: the fsync is in every write's reply.
 
 `--pipeline` runs `bench.pipeline` (real worker, real broker) against each setting
 instead, in `--rounds` interleaved rounds, on a broker and redis-servers of its own,
-and prints each run's events/s: what the setting costs end to end.
+and prints each run's events/s: what the setting costs end to end. `--broker` does the
+same with the broker's storage instead (TRAITFLOW_BROKER_STORAGE: memory, disk), and
+prints each broker's start-up time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -66,9 +70,12 @@ async def measure(url: str, sync: str, batches: int, profiles: int, size: int) -
     return f"write {summary(writes)} | wait {summary(waits)}"
 
 
-def pipeline(broker: Service, runs: list[tuple[str, Service, str]], events: int) -> None:
-    """One `bench.pipeline` run per setting; prints its throughput and check."""
-    for name, service, sync in runs:
+def pipeline(brokers: list[Service], runs: list[tuple[str, Service, str]], events: int) -> None:
+    """One `bench.pipeline` run per setting (and broker); prints its throughput and
+    check."""
+    for (name, service, sync), broker in itertools.product(runs, brokers):
+        if len(brokers) > 1:
+            name = f"broker storage {broker.storage}"
         env = {
             "TRAITFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker.port}",
             "TRAITFLOW_REDIS_URL": f"redis://127.0.0.1:{service.port}/0",
@@ -85,7 +92,7 @@ def pipeline(broker: Service, runs: list[tuple[str, Service, str]], events: int)
         lines = [
             line
             for line in done.stdout.splitlines()
-            if line.startswith(("throughput", "profiles checked"))
+            if line.startswith(("produce", "throughput", "profiles checked"))
         ]
         print(f"{name:44} {' | '.join(lines) or done.stderr[-500:]}", flush=True)
 
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=200)
     parser.add_argument("--bytes", type=int, default=1500)
     parser.add_argument("--pipeline", action="store_true", help="end to end instead")
+    parser.add_argument("--broker", action="store_true", help="end to end, per broker storage")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -107,11 +115,19 @@ def main() -> None:
         replica = Service(
             "redis", Path(home, "replica"), port=free_port(), options=("--appendonly", "no")
         )
-        broker = Service("broker", Path(home, "broker"), port=free_port())
-        services = [everysec, always, replica, *([broker] if args.pipeline else [])]
+        brokers = [
+            Service("broker", Path(home, f"broker-{kind}"), port=free_port(), storage=kind)
+            for kind in (("memory", "disk") if args.broker else ("memory",))
+        ]
+        end_to_end = args.pipeline or args.broker
+        services = [everysec, always, replica, *(brokers if end_to_end else [])]
         try:
             for service in services:
+                started = time.perf_counter()
                 service.start()
+                if service.name == "broker":
+                    took = time.perf_counter() - started
+                    print(f"broker ({service.storage}) listening after {took:.2f} s")
             redis.Redis(port=replica.port).replicaof("127.0.0.1", everysec.port)
             while redis.Redis(port=replica.port).info("replication")["master_link_status"] != "up":
                 time.sleep(0.05)
@@ -121,9 +137,9 @@ def main() -> None:
                 ("appendfsync always / disk", always, "disk"),
                 ("appendfsync always / none", always, "none"),
             ]
-            if args.pipeline:
+            if end_to_end:
                 for _ in range(args.rounds):
-                    pipeline(broker, runs, args.events)
+                    pipeline(brokers, runs[:1] if args.broker else runs, args.events)
                 return
             print(f"{args.batches} batches of {args.profiles} values of {args.bytes} B; ms:")
             print(

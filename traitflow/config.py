@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -105,9 +105,13 @@ class Settings(BaseSettings):
     anonymous_ttl_s: float = Field(default=0.0, ge=0)
     #: what the worker waits for after a batch's writes, before its offsets are
     #: committed: "none" (Redis's own persistence: the embedded one writes its AOF
-    #: before replying), "disk" (WAITAOF: fsynced, Redis 7.2+) or "replicas:N" (WAIT)
+    #: before replying), "disk" (fsynced: WAITAOF on Redis 7.2+, `appendfsync always`
+    #: on older ones) or "replicas:N" (WAIT); see traitflow.durability
     redis_sync: str = Field(default="none", pattern=r"^(none|disk|replicas:[1-9][0-9]?)$")
     redis_sync_timeout_s: float = Field(default=5.0, gt=0)
+    #: where the embedded broker keeps topics, offsets and groups: "memory" (lost when
+    #: it stops) or "disk" (`TRAITFLOW_HOME/broker/data`, through traitflow.objectstore)
+    broker_storage: Literal["memory", "disk"] = "disk"
     anonymous_types: list[str] = ["anonymous_id"]
 
     @property

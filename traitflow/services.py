@@ -9,11 +9,13 @@ Kafka or Redis that was running on the machine is never touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,9 @@ class Service(Daemon):
     #: more command-line options, after ours (a later redis-server option wins): a
     #: test's or benchmark's Redis with another fsync or eviction policy
     options: tuple[str, ...] = ()
+    #: the broker's storage: "memory", or "disk" (its data directory, served to Tansu
+    #: as S3 by `traitflow.objectstore`, which runs it)
+    storage: str = "memory"
 
     def command(self) -> list[str]:
         return [*self._command(), *self.options]
@@ -141,13 +146,26 @@ class Service(Daemon):
     def _command(self) -> list[str]:
         if self.name == "broker":
             url = f"tcp://{self.host}:{self.port}"
-            return [
+            durable = self.storage == "disk"
+            broker = [
                 tansu_binary(),
                 "broker",
                 "--listener-url", url,
                 "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                "--storage-engine", "s3://tansu/" if durable else "memory://tansu/",
             ]  # fmt: skip
+            if not durable:
+                return broker
+            data = (self.directory / "data").resolve()
+            return [
+                sys.executable,
+                "-m",
+                "traitflow.objectstore",
+                "--dir",
+                str(data),
+                "--",
+                *broker,
+            ]
         if self.name == "redis":
             data = self.directory / "data"
             data.mkdir(parents=True, exist_ok=True)
@@ -203,7 +221,8 @@ def embedded_services(settings: Settings) -> list[Service]:
     services = []
     if not settings.kafka_is_external:
         host, port = settings.kafka_host_port
-        services.append(Service("broker", settings.home / "broker", host, port))
+        broker = Service("broker", settings.home / "broker", host, port)
+        services.append(dataclasses.replace(broker, storage=settings.broker_storage))
     if not settings.redis_is_external:
         host, port = settings.redis_host_port
         # TRAITFLOW_REDIS_SYNC=disk on Debian's Redis 7.0 (no WAITAOF) needs every write

@@ -84,3 +84,20 @@ def test_the_embedded_redis_fsyncs_every_write_when_the_worker_waits_for_the_dis
     command = embedded.command()
     last = len(command) - 1 - command[::-1].index("--appendfsync")  # the last one wins
     assert command[last + 1] == fsync
+
+
+@pytest.mark.parametrize(
+    ("storage", "engine"), [("disk", "s3://tansu/"), ("memory", "memory://tansu/")]
+)
+def test_the_embedded_broker_keeps_its_data_on_disk_unless_told_otherwise(
+    storage: str, engine: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("TRAITFLOW_BROKER_STORAGE", raising=False)
+    assert Settings(home=tmp_path).broker_storage == "disk"
+    own = Settings(broker_storage=storage, home=tmp_path)
+    (broker,) = [s for s in embedded_services(own) if s.name == "broker"]
+    command = broker.command()
+    assert command[command.index("--storage-engine") + 1] == engine
+    served = command[1:3] == ["-m", "traitflow.objectstore"]
+    assert served is (storage == "disk")
