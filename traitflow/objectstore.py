@@ -68,6 +68,8 @@ class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.rglob(".tmp-*"):  # writes a crash cut short
+            leftover.unlink(missing_ok=True)
 
     def path(self, bucket: str, key: str) -> Path:
         path = (self.root / bucket / key).resolve()

@@ -32,6 +32,8 @@ def keys_listed(body: bytes) -> tuple[list[str], list[str]]:
 
 
 def test_conditional_puts_are_optimistic_concurrency(tmp_path: Path) -> None:
+    (tmp_path / "tansu" / "a").mkdir(parents=True)
+    (tmp_path / "tansu" / "a" / ".tmp-cut-short").write_bytes(b"half a write")
     store = ObjectStore(tmp_path)
     create = {"if-none-match": "*"}
     first = store.handle("PUT", "/tansu/a/meta.json", create, b"1")
