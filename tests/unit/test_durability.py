@@ -4,6 +4,7 @@ waits themselves run against real redis-servers in tests/integration)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_the_embedded_redis_fsyncs_every_write_when_the_worker_waits_for_the_dis
     ("storage", "engine"), [("disk", "s3://tansu/"), ("memory", "memory://tansu/")]
 )
 def test_the_embedded_broker_keeps_its_data_on_disk_unless_told_otherwise(
-    storage: str, engine: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    storage: Literal["memory", "disk"], engine: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
     monkeypatch.delenv("TRAITFLOW_BROKER_STORAGE", raising=False)
