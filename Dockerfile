@@ -5,6 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN useradd --create-home --uid 10001 traitflow
 WORKDIR /app
 
+# what `pip install .` builds from: tests/integration/test_install.py builds the wheel
+# from these same COPY lines and checks it ships, imports and runs every module
 COPY pyproject.toml README.md ./
 COPY attributes ./attributes
 COPY streams ./streams
