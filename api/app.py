@@ -40,8 +40,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # one lean connection for the per-request commands of both stores: a request's
-        # rate-limit charge and its read go out in one write (api.auth.admit)
+        # one lean connection for every command a request sends (key records, the
+        # rate-limit charge, profiles, merge policies): a request's charge and its read
+        # go out in one write (api.auth.admit), and any of them that Redis does not
+        # answer fails within the client's timeout (traitflow.resp.TIMEOUT_S)
         reads = RespClient.from_url(settings.redis_url)
         app.state.keys = (  # the API keys (api.auth): Redis unless a test gives its own
             keys
@@ -62,7 +64,7 @@ def create_app(
             policies
             if policies is not None
             else RedisPolicyStore.from_url(
-                settings.redis_url, settings.key_prefix, settings.api_policy_cache_s
+                settings.redis_url, settings.key_prefix, settings.api_policy_cache_s, reads
             )
         )
         try:

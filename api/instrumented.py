@@ -9,7 +9,11 @@ process-global one, so that apps made in one process (tests) never share series.
 - `traitflow_api_request_seconds{method,route,status}`: their latency, from the first
   byte the app sees to the last it sends;
 - `traitflow_api_redis_seconds{operation}`: the latency of each store call
-  (`read_view`, `read_views`, `ping`, ...): one Redis round trip each.
+  (`read_view`, `read_views`, `ping`, ...): one Redis round trip each;
+- `traitflow_api_redis_errors_total{kind}`: requests answered 503 because Redis failed
+  (`api.errors`), by kind: an error reply's code (`LOADING`, `READONLY`, `OOM`, ...),
+  `timeout` or `connection`. The caller is told none of it; this and the log are
+  where an operator sees what is wrong.
 """
 
 from __future__ import annotations

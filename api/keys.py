@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
 from api import ratelimit
-from traitflow.resp import RespClient, Script
+from traitflow.resp import TIMEOUT_S, RespClient, Script
 from traitflow.store import KeyLayout
 
 TOKEN_PREFIX = "tf"
@@ -230,7 +230,10 @@ class RedisKeyStore(KeyStore):
         cls, url: str, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
     ) -> RedisKeyStore:
         """`reads`: a lean connection to share (closing the store closes it)."""
-        client = aioredis.Redis.from_url(url, decode_responses=False)
+        # administration only (create, list, revoke: the CLI); requests use `reads`
+        client = aioredis.Redis.from_url(
+            url, decode_responses=False, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+        )
         return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url), cache_ttl_s)
 
     async def create(self, key: ApiKey) -> None:

@@ -2,8 +2,10 @@
 they say nothing about profiles, and probes and scrapers carry none.
 
 - `GET /healthz`: the process is up (no I/O);
-- `GET /readyz`: the settings are loaded and Redis answers a PING within
-  `api_ready_timeout_s`; 503 otherwise, with the reason;
+- `GET /readyz`: the settings are loaded, and Redis answers a PING and takes a write
+  (each read charges its key's rate limit) within `api_ready_timeout_s`; otherwise
+  503 `{"status": "unavailable", "failing": [dependency], "error": reason}`, the reason
+  without any address;
 - `GET /metrics`: Prometheus text format, from the app's own registry
   (`api.instrumented`).
 """
@@ -20,7 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
 from api.instrumented import ApiMetrics
+from api.keys import KeyStore
 from traitflow.config import Settings
+from traitflow.store import ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: settings loaded and Redis answering",
+    summary="Readiness: settings loaded, Redis answering and taking writes",
     response_model=None,
     responses={
         200: _json({"status": "ready"}, "ready to serve reads"),
         503: _json(
-            {"status": "unavailable", "failing": ["redis"], "error": "redis: connection"},
-            "not ready: what fails (Redis unreachable, too slow or refusing; no settings),"
-            " never where it is",
+            {"status": "unavailable", "failing": ["redis"], "error": "redis: READONLY"},
+            "not ready: which dependency fails (`settings` or `redis`) and how (`redis: "
+            "connection`, `redis: no answer within 0.5 s`, `redis: ` and an error reply's "
+            "code: `LOADING`, `READONLY`, `OOM`, ...), never where it is (the log says)",
         ),
     },
 )
@@ -58,17 +63,39 @@ async def readyz(request: Request) -> Response | dict[str, str]:
     if not isinstance(getattr(state, "settings", None), Settings):
         return _unready("settings", "settings: not loaded")
     store = getattr(state, "store", None)
-    if store is None:
+    keys = getattr(state, "keys", None)
+    if store is None or keys is None:
         return _unready("redis", "redis: store not open")
     settings: Settings = state.settings
     try:
-        await asyncio.wait_for(store.ping(), settings.api_ready_timeout_s)
+        await asyncio.wait_for(_redis_serves(store, keys), settings.api_ready_timeout_s)
     except TimeoutError:
+        log.warning(
+            "readiness: Redis at %s did not answer within %g s",
+            errors.store_address(settings.redis_url),
+            settings.api_ready_timeout_s,
+        )
         return _unready("redis", f"redis: no answer within {settings.api_ready_timeout_s:g} s")
     except Exception as exc:
-        log.warning("readiness: Redis failed: %r", exc)  # the detail, with its address
-        return _unready("redis", f"redis: {errors.store_error_kind(exc)}")
+        kind = errors.store_error_kind(exc)
+        where = errors.store_address(settings.redis_url)
+        log.warning("readiness: Redis at %s failed (%s): %r", where, kind, exc)
+        return _unready("redis", f"redis: {kind}")
     return {"status": "ready"}
+
+
+#: the key id the readiness probe charges: not 12 hex digits, so no real key's
+PROBE_KEY_ID = "readyz"
+
+
+async def _redis_serves(store: ProfileStore, keys: KeyStore) -> None:
+    """What every authenticated read needs of Redis: an answer (a PING through the
+    profile store: a Redis that is down or loading fails here) and a write, since each
+    read charges its key's rate limit (a rate-limit charge on a bucket of the probe's
+    own, gone a second later: a read-only replica or a Redis out of memory, which
+    still answer a PING, fail here)."""
+    await store.ping()
+    await keys.take(PROBE_KEY_ID, rate_per_s=1000.0, burst=1)
 
 
 def _unready(dependency: str, reason: str) -> Response:

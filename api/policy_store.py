@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from attributes.policies import MergePolicy
+from traitflow.resp import RespClient
 from traitflow.store import KeyLayout
 
 
@@ -123,34 +122,39 @@ class MemoryPolicyStore(PolicyStore):
 
 
 class RedisPolicyStore(PolicyStore):
-    """One hash: policy id -> the policy as JSON."""
+    """One hash: policy id -> the policy as JSON. Read and written through the API's
+    lean Redis client (`traitflow.resp`): reads that name a policy run these commands,
+    so they fail as the record reads do (a typed error, or within its timeout)."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, cache_ttl_s: float = 2.0) -> None:
+    def __init__(self, reads: RespClient, keys: KeyLayout, cache_ttl_s: float = 2.0) -> None:
         super().__init__(cache_ttl_s)
-        self.client = client
+        self.reads = reads
         self.key = keys.merge_policies()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, cache_ttl_s: float = 2.0) -> RedisPolicyStore:
-        client = aioredis.Redis.from_url(url, decode_responses=False)
-        return cls(client, KeyLayout(prefix), cache_ttl_s)
+    def from_url(
+        cls, url: str, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
+    ) -> RedisPolicyStore:
+        """`reads`: a lean connection to share (closing the store closes it)."""
+        return cls(reads or RespClient.from_url(url), KeyLayout(prefix), cache_ttl_s)
 
     async def _load(self) -> dict[str, MergePolicy]:
-        stored = cast("dict[bytes, bytes]", await self.client.hgetall(self.key))
+        flat = cast("list[bytes]", await self.reads.call("HGETALL", self.key))
+        stored = dict(zip(flat[::2], flat[1::2], strict=True))
         return {
             policy_id.decode(): MergePolicy.model_validate_json(raw)
             for policy_id, raw in sorted(stored.items())
         }
 
     async def _create(self, policy_id: str, policy: MergePolicy) -> bool:
-        return bool(await self.client.hsetnx(self.key, policy_id, policy.model_dump_json()))
+        return bool(await self.reads.call("HSETNX", self.key, policy_id, policy.model_dump_json()))
 
     async def _replace(self, policy_id: str, policy: MergePolicy) -> bool:
-        added = await self.client.hset(self.key, policy_id, policy.model_dump_json())
+        added = await self.reads.call("HSET", self.key, policy_id, policy.model_dump_json())
         return not added
 
     async def _remove(self, policy_id: str) -> bool:
-        return bool(await self.client.hdel(self.key, policy_id))
+        return bool(await self.reads.call("HDEL", self.key, policy_id))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.reads.close()

@@ -13,7 +13,15 @@ concurrent requests share the connection, and the commands issued in one turn of
 event loop go out in one write (automatic pipelining: under load, one send syscall
 carries many requests' commands, and one read brings many replies). A lost connection fails the
 commands waiting on it with `RespConnectionError`; the next command reconnects.
-Replies are hiredis's: bytes, int, None, lists; an error reply raises `RespError`.
+Replies are hiredis's: bytes, int, None, lists; an error reply raises `RespError`, whose
+`code` is the reply's first word (`LOADING`, `READONLY`, `OOM`, `MOVED`, `ERR`, ...).
+
+Timeout: a command unanswered for `timeout_s` (`TIMEOUT_S`, 5 s, unless given) fails
+with `RespTimeoutError` (a `RespConnectionError`), and so does every command waiting
+behind it on the connection, which is dropped: a watchdog checks every `timeout_s / 2`, so a command
+fails between `timeout_s` and 1.5 times that after it was sent (7.5 s at most by
+default), and a Redis that stopped answering (paused, overloaded, a network gone
+silent) never holds a caller longer. Connecting, AUTH and SELECT share one such bound.
 """
 
 from __future__ import annotations
@@ -36,12 +44,31 @@ Arg = str | bytes | int | float
 _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
+#: seconds a command may go unanswered before it fails (see the module's docstring)
+TIMEOUT_S = 5.0
+
+
 class RespError(Exception):
-    """Redis answered a command with an error reply."""
+    """Redis answered a command with an error reply.
+
+    `code` is the reply's first word when it is one (Redis's error codes: `ERR`,
+    `WRONGTYPE`, `LOADING`, `READONLY`, `OOM`, `MOVED`, `NOSCRIPT`, ...), else `ERR`:
+    what kind of failure it is, to act on or to count, without the rest of the text,
+    which may name a server (`MOVED 3999 10.0.0.5:6379`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        word = message.split(" ", 1)[0]
+        self.code = word if word.isascii() and word.isalpha() and word.isupper() else "ERR"
 
 
 class RespConnectionError(ConnectionError):
     """The connection to Redis failed or was lost; the command may not have run."""
+
+
+class RespTimeoutError(RespConnectionError, TimeoutError):
+    """Redis did not answer in time (`TIMEOUT_S`): connecting, or a command. The
+    connection is dropped as if lost, so it is a `RespConnectionError` too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +118,7 @@ class Address:
 
 
 class RespClient:
-    def __init__(self, address: Address, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: Address, timeout_s: float = TIMEOUT_S) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._writer: asyncio.StreamWriter | None = None
@@ -104,7 +131,7 @@ class RespClient:
         self._outgoing: list[bytes] = []
 
     @classmethod
-    def from_url(cls, url: str, timeout_s: float = 5.0) -> RespClient:
+    def from_url(cls, url: str, timeout_s: float = TIMEOUT_S) -> RespClient:
         return cls(Address.from_url(url), timeout_s)
 
     async def call(self, *args: Arg) -> Any:
@@ -186,7 +213,11 @@ class RespClient:
                         raise
             except RespConnectionError:
                 raise  # the handshake's own, already worded
-            except (OSError, TimeoutError) as exc:
+            except TimeoutError as exc:
+                raise RespTimeoutError(
+                    f"cannot connect to Redis: no answer within {self.timeout_s:g} s"
+                ) from exc
+            except OSError as exc:
                 raise RespConnectionError(f"cannot connect to Redis: {exc}") from exc
             self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
             self._writer = writer
@@ -207,7 +238,7 @@ class RespClient:
             if writer is not None:
                 writer.close()
             self._fail_pending(
-                RespConnectionError(f"Redis did not answer within {self.timeout_s:g} s")
+                RespTimeoutError(f"Redis did not answer within {self.timeout_s:g} s")
             )
         self._watchdog = loop.call_later(self.timeout_s / 2, self._watch)
 
@@ -253,7 +284,8 @@ class RespClient:
                     if not future.done():  # its caller may have gone
                         future.set_result(reply)
                     reply = parser.gets()
-        except (OSError, IndexError) as exc:
+        except (OSError, IndexError, hiredis.ProtocolError) as exc:
+            # IndexError: a reply nothing asked for; ProtocolError: bytes that are not RESP
             if self._writer is writer:
                 self._writer = self._reader_task = None
             writer.close()

@@ -16,7 +16,15 @@ import pytest
 import redis
 
 from traitflow.config import Settings
-from traitflow.resp import Address, Arg, RespClient, RespConnectionError, RespError, Script
+from traitflow.resp import (
+    Address,
+    Arg,
+    RespClient,
+    RespConnectionError,
+    RespError,
+    RespTimeoutError,
+    Script,
+)
 from traitflow.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -128,6 +136,25 @@ async def test_an_error_reply_raises_and_the_connection_stays_usable(
         await client.call("NOSUCHCOMMAND", key)
     assert await client.call("GET", key) == b"not a number"
     assert client._writer is writer  # same connection: an error reply is no lost connection
+
+
+async def test_an_error_reply_carries_its_code(client: RespClient, prefix: str) -> None:
+    """What the API counts a failure by (`api.errors`), as a real Redis words it."""
+    key = f"{prefix}:list"
+    await client.call("RPUSH", key, "x")
+    with pytest.raises(RespError) as wrong_type:
+        await client.call("GET", key)
+    assert wrong_type.value.code == "WRONGTYPE"
+    with pytest.raises(RespError) as unknown:
+        await client.call("NOSUCHCOMMAND")
+    assert unknown.value.code == "ERR"
+    with pytest.raises(RespError) as no_script:
+        await client.call("EVALSHA", "0" * 40, 0)
+    assert no_script.value.code == "NOSCRIPT"
+    failing = Script.of("return redis.call('GET', KEYS[1])")  # WRONGTYPE inside a script
+    with pytest.raises(RespError) as in_script:
+        await client.eval(failing, [key], [])
+    assert in_script.value.code == "WRONGTYPE", str(in_script.value)
 
 
 async def test_errors_among_concurrent_calls_go_to_their_callers(
@@ -388,6 +415,32 @@ async def test_a_pending_command_fails_when_its_connection_is_killed(
     assert await client.call("ECHO", "back") == b"back"
 
 
+async def test_bytes_that_are_not_resp_fail_the_pending_commands_at_once() -> None:
+    """A server (or anything else on the port) that answers garbage: the connection is
+    dropped and its commands fail as lost, without waiting for the watchdog."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read(1024)  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(Address(host="127.0.0.1", port=port), timeout_s=5.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RespConnectionError, match="lost") as lost:
+            await within(4, client.call("PING"))
+        assert time.monotonic() - start < 1  # the watchdog would have taken 5 s or more
+        assert not isinstance(lost.value, RespTimeoutError)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_cannot_connect(address: Address) -> None:
     client = RespClient(dataclasses.replace(address, host="127.0.0.1", port=free_port()))
     try:
@@ -407,7 +460,7 @@ async def test_the_watchdog_drops_a_connection_redis_stopped_answering(
         redis_client.client_pause(2000, all=True)
         try:
             start = time.monotonic()
-            with pytest.raises(RespConnectionError, match=r"did not answer within 0\.5 s"):
+            with pytest.raises(RespTimeoutError, match=r"did not answer within 0\.5 s"):
                 await within(3, client.call("GET", key))
             took = time.monotonic() - start
             assert 0.5 <= took < 2.0

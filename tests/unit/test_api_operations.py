@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.exceptions
 
 from api.app import create_app
 from api.instrumented import ApiMetrics, InstrumentedStore
+from api.keys import KEY_ID, MemoryKeyStore
+from api.operations import PROBE_KEY_ID
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
@@ -79,6 +82,57 @@ async def test_not_ready_when_redis_answers_an_error(reply: str, kind: str) -> N
         "error": f"redis: {kind}",
     }
     assert "127.0.0.1" not in response.text
+
+
+class ChargeFailingKeys(MemoryKeyStore):
+    """Answers reads, refuses writes: the rate-limit charge fails."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__()
+        self.failure = failure
+        self.charged: list[str] = []
+
+    async def take(self, key_id: str, rate_per_s: float, burst: int) -> float:
+        self.charged.append(key_id)
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (RespError("READONLY You can't write against a read only replica."), "READONLY"),
+        (RespError("OOM command not allowed when used memory > 'maxmemory'."), "OOM"),
+        (
+            redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+            "READONLY",
+        ),
+    ],
+)
+async def test_not_ready_when_redis_answers_a_ping_but_refuses_writes(
+    failure: BaseException, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every read charges its key's rate limit, a write: a read-only replica or a Redis
+    out of memory answers PING and serves nothing. Readiness tries the same write."""
+    keys = ChargeFailingKeys(failure)
+    store = PingingStore()
+    app = create_app(Settings(redis_url="redis://10.9.8.7:6390/0"), store=store, keys=keys)
+    async with serve(app, key=None) as client:
+        response = await client.get("/readyz")
+    assert store.pings == 1
+    assert keys.charged == [PROBE_KEY_ID]
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "failing": ["redis"],
+        "error": f"redis: {kind}",
+    }
+    assert "10.9.8.7" not in response.text
+    assert "6390" not in response.text
+    assert "10.9.8.7:6390" in caplog.text  # where, for the operator
+
+
+def test_the_probe_charges_a_bucket_no_key_can_have() -> None:
+    assert KEY_ID.fullmatch(PROBE_KEY_ID) is None
 
 
 async def test_not_ready_when_the_ping_is_too_slow() -> None:

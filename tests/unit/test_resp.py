@@ -1,4 +1,4 @@
-"""`traitflow.resp` without a server: Redis URLs and script hashes."""
+"""`traitflow.resp` without a server: Redis URLs, script hashes, its errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from traitflow.resp import Address, Script
+from traitflow.resp import Address, RespConnectionError, RespError, RespTimeoutError, Script
 
 
 def test_host_port_and_db() -> None:
@@ -75,3 +75,34 @@ def test_script_sha_is_the_sha1_of_its_source(source: str) -> None:
 
 def test_scripts_differ_by_source() -> None:
     assert Script.of("return 1").sha != Script.of("return 2").sha
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ("LOADING Redis is loading the dataset in memory", "LOADING"),
+        ("READONLY You can't write against a read only replica.", "READONLY"),
+        ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
+        ("MOVED 3999 10.0.0.5:6379", "MOVED"),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE"),
+        ("ERR unknown command 'NOPE'", "ERR"),
+        ("NOSCRIPT No matching script. Please use EVAL.", "NOSCRIPT"),
+        # not a code: a script's own error text, lower case, digits, nothing at all
+        ("user script failed", "ERR"),
+        ("E2BIG too big", "ERR"),
+        ("", "ERR"),
+    ],
+)
+def test_an_error_reply_is_typed_by_its_first_word(reply: str, code: str) -> None:
+    error = RespError(reply)
+    assert error.code == code
+    assert str(error) == reply  # the whole reply stays, for the log
+
+
+def test_a_timeout_is_a_lost_connection_and_a_timeout() -> None:
+    """The watchdog drops the connection of a command Redis did not answer: callers that
+    handle a lost connection handle it, and those that tell timeouts apart can."""
+    error = RespTimeoutError("Redis did not answer within 5 s")
+    assert isinstance(error, RespConnectionError)
+    assert isinstance(error, TimeoutError)
+    assert not issubclass(RespConnectionError, TimeoutError)
