@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.integration.conftest import Publisher, wait_until
 from traitflow.config import Settings
 from traitflow.objectstore import XMLNS, ObjectStore
-from traitflow.services import Service, free_port
+from traitflow.services import Service, free_port, port_open
 from traitflow.topics import ensure_topics, read_topic
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,11 @@ def test_a_broker_on_disk_keeps_topics_and_offsets_across_a_kill(
         pid = broker.pid()
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
-        wait_until(lambda: broker.pid() is None, timeout=10, what="the broker to die")
+        wait_until(
+            lambda: broker.pid() is None and not port_open(broker.host, broker.port),
+            timeout=10,
+            what="the broker to die and its port to close",
+        )
         broker.start()
         assert len(asyncio.run(read_topic(own, topic))) == 50
         assert asyncio.run(commit(0)) == {0: 7, 1: 7}
