@@ -25,7 +25,7 @@ import redis
 
 from api.errors import UNAVAILABLE
 from tests.integration.conftest import create_key, wait_until
-from tests.integration.workers import running_api
+from tests.integration.workers import own_service, running_api
 from traitflow.config import Settings
 from traitflow.resp import TIMEOUT_S
 from traitflow.services import Service, free_port
@@ -78,15 +78,9 @@ REDIS_WORDS = ("LOADING", "loading", "READONLY", "read only", "OOM", "maxmemory"
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A redis-server of the test's own (never the session's: it is paused and
     stopped). A restart with other options keeps its pid file, so this stops that too."""
-    service = Service("redis", tmp_path_factory.mktemp("api-faults"), "127.0.0.1", free_port())
-    service.start()
-    try:
+    directory = tmp_path_factory.mktemp("api-faults")
+    with own_service(Service("redis", directory, "127.0.0.1", free_port())) as service:
         yield service
-    finally:
-        pid = service.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)  # a paused one would not stop
-        service.stop()
 
 
 async def call_every_route(base: str, token: str) -> list[tuple[str, httpx.Response]]:

@@ -26,7 +26,7 @@ from tests.integration.stitching_support import figure
 from tests.integration.test_redis_faults import SlowProxy, no_dead_letters
 from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
-from tests.integration.workers import alive, skipped_records, start_worker, worker_log
+from tests.integration.workers import alive, own_service, skipped_records, start_worker, worker_log
 from traitflow.config import Settings
 from traitflow.services import Service, free_port
 from traitflow.store import KeyLayout
@@ -40,25 +40,15 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A Tansu broker of the test's own (never the session's: it is paused or
     restarted), keeping its data on disk."""
     directory = tmp_path_factory.mktemp("own-broker")
-    service = Service("broker", directory, port=free_port(), storage="disk")
-    service.start()
-    try:
+    with own_service(Service("broker", directory, port=free_port(), storage="disk")) as service:
         yield service
-    finally:
-        pid = service.pid()
-        if pid is not None:
-            os.killpg(pid, signal.SIGCONT)  # a paused one would not stop
-        service.stop()
 
 
 @pytest.fixture
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    service = Service("redis", tmp_path_factory.mktemp("broker-fault-redis"), port=free_port())
-    service.start()
-    try:
+    directory = tmp_path_factory.mktemp("broker-fault-redis")
+    with own_service(Service("redis", directory, port=free_port())) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.mark.parametrize(

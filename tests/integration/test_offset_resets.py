@@ -19,7 +19,7 @@ from streams.logs import KEPT, Checkpoint, History
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
-from tests.integration.workers import alive, running_api, start_worker, worker_log
+from tests.integration.workers import alive, own_service, running_api, start_worker, worker_log
 from traitflow.config import Settings
 from traitflow.redis_logs import RedisLogHistory
 from traitflow.services import Service, free_port
@@ -31,12 +31,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    service = Service("broker", tmp_path_factory.mktemp("reset-broker"), "127.0.0.1", free_port())
-    service.start()
-    try:
+    directory = tmp_path_factory.mktemp("reset-broker")
+    with own_service(Service("broker", directory, "127.0.0.1", free_port())) as service:
         yield service
-    finally:
-        service.stop()
 
 
 class Run:

@@ -28,7 +28,7 @@ from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
 from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
-from tests.integration.workers import ROOT, running_api, start_worker
+from tests.integration.workers import ROOT, own_service, running_api, start_worker
 from traitflow.config import Settings
 from traitflow.services import Service, free_port
 from traitflow.store import KeyLayout
@@ -40,15 +40,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A redis-server of the test's own (never the session's: it is killed and paused)."""
-    service = Service("redis", tmp_path_factory.mktemp("own-redis"), "127.0.0.1", free_port())
-    service.start()
-    try:
+    directory = tmp_path_factory.mktemp("own-redis")
+    with own_service(Service("redis", directory, "127.0.0.1", free_port())) as service:
         yield service
-    finally:
-        pid = service.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)  # a paused one would not stop
-        service.stop()
 
 
 def refusal(own: Settings, *command: str) -> str:

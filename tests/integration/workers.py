@@ -4,7 +4,9 @@ what their logs say."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from traitflow.config import Settings
-from traitflow.services import Daemon, free_port, port_open
+from traitflow.services import Daemon, Service, free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,3 +69,17 @@ def alive(daemon: Daemon) -> bool:
     if daemon.pid() is None:
         pytest.fail(f"{daemon.name} exited early:\n{worker_log(daemon)[-5000:]}")
     return True
+
+
+@contextlib.contextmanager
+def own_service(service: Service) -> Iterator[Service]:
+    """Run `service`, a broker or redis-server of the test's own (never the session's:
+    tests kill, pause and restart them), and stop it after, paused or not."""
+    service.start()
+    try:
+        yield service
+    finally:
+        pid = service.pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGCONT)  # a paused one would not stop
+        service.stop()
