@@ -1,6 +1,6 @@
 """Rule-engine benchmark: the batch processor alone, in memory, no broker and no Redis.
 
-    python -m bench.engine --events 200000 --users 10000 --batch 2000
+    python -m bench.engine --events 200000 --users 10000 --batch 2000 [--rules FILE]
 
 The per-event cost of decoding, applying every rule, rendering and encoding the
 profiles of a batch, with the in-memory store behind the worker's state cache and the
@@ -27,9 +27,9 @@ from traitflow.store import CachedProfileStore, MemoryProfileStore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def run(records: list[Record], batch: int) -> float:
+async def run(records: list[Record], batch: int, rules_path: Path) -> float:
     entities = {entity: IdentityRules(spec) for entity, spec in Settings().entities.items()}
-    rules = load_rules(ROOT / "examples" / "rules.yaml", entities)
+    rules = load_rules(rules_path, entities)
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100_000)
     processor = BatchProcessor(rules, store, ListDeadLetters(), identities=entities)
     started = time.perf_counter()
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", type=Path, default=ROOT / "examples" / "rules.yaml")
     args = parser.parse_args()
     events, _ = make_events(args.events, args.users, seed=7)
     # one user's events stay in one partition, as with keyed producers
@@ -53,7 +54,7 @@ def main() -> None:
         for offset, (key, value) in enumerate(events)
     ]
     tune_gc()
-    best = min(asyncio.run(run(records, args.batch)) for _ in range(args.repeat))
+    best = min(asyncio.run(run(records, args.batch, args.rules)) for _ in range(args.repeat))
     print(
         f"engine  {args.events / best:,.0f} events/s  ({1e6 * best / args.events:.1f} us/event, "
         f"{args.events} events, {args.users} users, batches of {args.batch})"

@@ -26,7 +26,7 @@ from faust.types import Message
 
 from attributes.identities import IdentityRules
 from attributes.rules import RuleSet
-from streams import fastfaust
+from streams import fastfaust, faust_fixes
 from streams.batches import batch_subscribe
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
@@ -58,6 +58,7 @@ def faust_broker_url(bootstrap: str) -> str:
 def create_app(
     settings: Settings, rules: RuleSet, metrics: WorkerMetrics | None = None
 ) -> faust.App:
+    faust_fixes.install()
     fastfaust.install()
     metrics = metrics or WorkerMetrics()
     session, rebalance, heartbeat = settings.group_timeouts
@@ -75,6 +76,7 @@ def create_app(
         web_enabled=False,
         datadir=str(settings.home / "faust"),
     )
+    faust_fixes.set_fetch_wait(app, settings.fetch_wait)
     ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)
 
     async def produce_dead_letter(value: bytes, headers: Mapping[str, bytes]) -> Awaitable[Any]:

@@ -20,17 +20,14 @@ Python code, and one fixed wait appears once that is fixed.
    we have no tables (state lives in Redis), so we skip it.
 5. The Monitor sensor's per-event hooks cost ~25% of the agent side; traitflow keeps its
    own counters, so they are turned off.
-6. Not speed, but found with the same tests: on a revoke, `Consumer.on_partitions_revoked`
-   drops the acked-but-uncommitted offsets of the revoked partitions *before* the
-   revoke's final commit, so up to one commit interval of processed records was
-   redelivered to the partitions' next owner. We commit them first.
-7. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
+6. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
    the Stream API altogether: they are collected per fetch round and handed to a
    batch handler in one call (see `streams.batches` for how they are tracked and acked).
 
 `_drain_messages` is a modified copy of a private method, so `install()` patches only
 the faust-streaming version it was copied from and tested with, and otherwise leaves
-Faust as it is and says so.
+Faust as it is and says so. What correctness relies on is not here but in
+`streams.faust_fixes`, which applies to any version.
 """
 
 from __future__ import annotations
@@ -72,7 +69,6 @@ def install() -> bool:
     _cache_settings_lookups()
     _skip_table_manager_start_sleep()
     _disable_monitor_hooks()
-    _commit_before_forgetting_revoked_acks()
     _installed = True
     return True
 
@@ -296,17 +292,3 @@ def _disable_monitor_hooks() -> None:
         "track_tp_end_offset",
     ):
         setattr(Monitor, name, nothing)
-
-
-def _commit_before_forgetting_revoked_acks() -> None:
-    original = Consumer.on_partitions_revoked
-
-    async def on_partitions_revoked(self: Any, revoked: Any) -> None:
-        if revoked and not self.app.client_only:
-            try:
-                await self.commit(revoked)
-            except Exception as exc:  # the revoke must go on; at worst records are re-read
-                log.warning("commit before revoking %d partitions failed: %r", len(revoked), exc)
-        await original(self, revoked)
-
-    Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]

@@ -141,6 +141,19 @@ def test_group_timeouts_are_short_on_the_embedded_broker_and_kafka_safe_elsewher
     assert Settings().group_timeouts[0] == 30.0
 
 
+def test_the_fetch_wait_is_short_on_the_embedded_broker_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tansu answers a waiting fetch only when the wait is over: it is added latency there
+    monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("TRAITFLOW_FETCH_WAIT_MS", raising=False)
+    assert Settings().fetch_wait == 5
+    monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "kafka:9092")  # Kafka answers at once
+    assert Settings().fetch_wait == 500
+    monkeypatch.setenv("TRAITFLOW_FETCH_WAIT_MS", "20")
+    assert Settings().fetch_wait == 20
+
+
 def test_as_env_gives_a_child_process_the_same_effective_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -155,12 +168,10 @@ def test_as_env_gives_a_child_process_the_same_effective_settings(
 
     assert child.kafka_is_external  # the child is given the broker explicitly...
     assert child.group_timeouts == parent.group_timeouts == (2.0, 1.0, 0.5)  # ...same timeouts
+    assert child.fetch_wait == parent.fetch_wait == 5  # ...and the same fetch wait
     assert child.sources == {"a": "web", "b": "crm"}
-    assert child.model_dump(
-        exclude={"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
-    ) == parent.model_dump(
-        exclude={"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s"}
-    )
+    resolved = {"session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s", "fetch_wait_ms"}
+    assert child.model_dump(exclude=resolved) == parent.model_dump(exclude=resolved)
 
 
 def test_isolated_names_every_shared_resource_after_the_run() -> None:
