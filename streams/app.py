@@ -30,7 +30,7 @@ from streams import fastfaust, faust_fixes
 from streams.batches import batch_subscribe
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
-from streams.processor import BatchProcessor, Record
+from streams.processor import BatchProcessor, Decoded, Record
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.redis_logs import RedisLogHistory
@@ -166,14 +166,17 @@ def create_app(
     async def observe_stalls() -> None:
         await observe_consumer(app.consumer, ingest_topics, metrics, parking)
 
-    async def process_messages(messages: Sequence[Message]) -> None:
+    def decode(messages: Sequence[Message]) -> Decoded:
         records = [
             Record(m.topic, m.partition, m.offset, m.value, int(m.timestamp * 1000))
             for m in messages
         ]
-        await process_until_done(processor, records, metrics, durable)
+        return processor.decode(records)
 
-    batch_subscribe(app, ingest, process_messages, max_size=settings.batch_size)
+    async def process(decoded: Decoded) -> None:
+        await process_until_done(processor, decoded.records, metrics, durable, decoded)
+
+    batch_subscribe(app, ingest, process, max_size=settings.batch_size, prepare=decode)
     return app
 
 
@@ -237,8 +240,10 @@ async def process_until_done(
     records: Sequence[Record],
     metrics: WorkerMetrics,
     durable: DurabilityWait | None = None,
+    decoded: Decoded | None = None,
 ) -> None:
-    """Process a batch, retrying until it is written; never raise.
+    """Process a batch (`decoded`: already decoded), retrying until it is written;
+    never raise.
 
     A batch handler must not raise (`streams.batches` would stop the worker: acking
     would commit records never applied). Retrying is safe: a retried batch is
@@ -254,7 +259,7 @@ async def process_until_done(
     while True:
         started = time.perf_counter()
         try:
-            report = await processor.process(records)
+            report = await processor.process(records, decoded)
             if durable is not None and durable.waits:  # TRAITFLOW_REDIS_SYNC
                 await durable.wait()
         except Exception as exc:

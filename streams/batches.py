@@ -23,7 +23,13 @@ The rules that keep this at-least-once and in order, under rebalances and shutdo
   resumes flow, so they are read again, here or by the partition's new owner;
 - messages of an older consumer generation or of a partition no longer assigned are
   dropped the same way, never handed over;
-- one batch at a time per consumer, so each partition is handled in offset order.
+- batches are handled one after another per consumer, so each partition is handled
+  in offset order; but the next one is *prepared* (decoded: pure computation) while
+  the one before it waits for its writes, so the worker's core is not idle during
+  Redis round trips. Two batches at most are handed over at a time: the fetch loop
+  waits for the older one to finish before it reads on. A batch is applied only
+  after the one before it succeeded: if that one's handler raised (the worker
+  stops), the next is neither applied nor acked.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ from faust.types import Message
 
 log = logging.getLogger(__name__)
 
-#: Receives one batch of messages (each with topic, partition, offset, key, value,
-#: timestamp) and returns once their effect is durable; the messages are acked then.
-#: It must not raise: a failure has to be retried inside it (see `process_until_done`).
-BatchHandler = Callable[[Sequence[Message]], Awaitable[None]]
+#: Turns a batch's messages into what its handler takes. Pure computation (no I/O, no
+#: shared state): it may run while the previous batch is still being handled.
+Prepare = Callable[[Sequence[Message]], Any]
+
+#: Receives one prepared batch and returns once its effect is durable; the messages
+#: are acked then. It must not raise: a failure has to be retried inside it (see
+#: `process_until_done`).
+BatchHandler = Callable[[Any], Awaitable[None]]
 
 _APP_ATTRIBUTE = "_traitflow_batch_subscriptions"
 _CONSUMER_ATTRIBUTE = "_traitflow_batch_router"
@@ -50,15 +60,22 @@ _CONSUMER_ATTRIBUTE = "_traitflow_batch_router"
 
 @dataclass(slots=True)
 class Subscription:
+    prepare: Prepare
     handler: BatchHandler
     max_size: int
     pending: list[Message] = field(default_factory=list)
 
 
 def batch_subscribe(
-    app: faust.App, topic: faust.TopicT, handler: BatchHandler, *, max_size: int
+    app: faust.App,
+    topic: faust.TopicT,
+    handler: BatchHandler,
+    *,
+    max_size: int,
+    prepare: Prepare = list,
 ) -> None:
-    """Deliver `topic`'s records to `handler` in batches of at most `max_size`.
+    """Deliver `topic`'s records to `handler` in batches of at most `max_size`, each
+    first turned into what the handler takes by `prepare` (default: a list).
 
     A batch is what one fetch round returned for the topic (cut at `max_size`), so
     batches grow with the backlog and stay small when the worker keeps up. Call it
@@ -78,7 +95,7 @@ def batch_subscribe(
     for name in topic.topics:
         if name in subscriptions:
             raise ValueError(f"topic {name!r} already has a batch handler")
-        subscriptions[name] = Subscription(handler, max_size)
+        subscriptions[name] = Subscription(prepare, handler, max_size)
     # the conductor builds the consumer's subscription (and the acking topics) from
     # app.topics; it never sees these records, the fetch loop routes them here first
     app.topics.add(topic)
@@ -103,16 +120,18 @@ def router_of(consumer: Any) -> BatchRouter:
 
 
 class BatchRouter:
-    """Hands collected messages to their handlers, one batch at a time, and acks them."""
+    """Hands collected messages to their handlers, one batch after another, and acks
+    them; the next batch is prepared while the one before it is handled."""
 
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
         self.app = consumer.app
         self.subscriptions = subscriptions_of(self.app)
-        self.in_flight: asyncio.Future[None] | None = None
+        #: the newest batch handed over (it waits for the one before it, if any)
+        self.in_flight: asyncio.Future[bool] | None = None
 
     async def wait_in_flight(self) -> None:
-        """Wait for a batch left running by a cancelled fetch loop (keeps the order)."""
+        """Wait for batches left running by a cancelled fetch loop (keeps the order)."""
         if self.in_flight is not None and not self.in_flight.done():
             await asyncio.shield(self.in_flight)
 
@@ -134,8 +153,12 @@ class BatchRouter:
         for message in batch:
             message.tracked = True
             track(message)
-        task = self.in_flight = asyncio.ensure_future(self._deliver(subscription.handler, batch))
-        await asyncio.shield(task)
+        previous = self.in_flight
+        self.in_flight = asyncio.ensure_future(self._deliver(subscription, batch, previous))
+        if previous is not None:
+            # at most two batches handed over: before reading on, the older one
+            # finishes (shielded: a cancelled fetch loop leaves both running)
+            await asyncio.shield(previous)
 
     def _deliverable(self, batch: list[Message]) -> list[Message]:
         consumer = self.consumer
@@ -154,15 +177,26 @@ class BatchRouter:
             log.debug("%d records of an old assignment dropped", len(batch) - len(current))
         return current
 
-    async def _deliver(self, handler: BatchHandler, batch: Sequence[Message]) -> None:
+    async def _deliver(
+        self,
+        subscription: Subscription,
+        batch: Sequence[Message],
+        previous: asyncio.Future[bool] | None,
+    ) -> bool:
+        """Prepare, then (once the previous batch is done) handle and ack the batch;
+        whether it was handled."""
         try:
-            await handler(batch)
+            prepared = subscription.prepare(batch)  # while the previous one awaits Redis
+            if previous is not None and not await previous:
+                return False  # it failed (the worker stops): this one must not skip it
+            await subscription.handler(prepared)
         except Exception as exc:
             # Acking would commit records never applied, and going on would apply
             # later records first: stop the worker; a restart re-reads the batch.
             log.critical("batch handler raised; stopping the worker", exc_info=True)
             await self.app.crash(exc)
-            return
+            return False
         ack = self.consumer.ack
         for message in batch:
             ack(message)
+        return True

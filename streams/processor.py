@@ -38,6 +38,7 @@ from streams.logs import Checkpoint, LogHistory, judge
 from streams.records import (
     BatchReport,
     DeadLetterSink,
+    Decoded,
     Identified,
     ListDeadLetters,
     Record,
@@ -49,6 +50,7 @@ __all__ = [
     "BatchProcessor",
     "BatchReport",
     "DeadLetterSink",
+    "Decoded",
     "ListDeadLetters",
     "Record",
     "encode_view",
@@ -150,23 +152,12 @@ class BatchProcessor:
         for entity in self.entities.values():
             entity.floors = floors
 
-    async def process(self, records: Sequence[Record]) -> BatchReport:
-        async with self.lock:
-            return await self._process(records)
-
-    async def _process(self, records: Sequence[Record]) -> BatchReport:
-        """Decode, then have each entity compute and commit its events. An event that
-        one entity cannot apply is a dead letter, and the entities after it skip it."""
-        now = self._read_clock()
-        report = BatchReport(records=len(records))
-        firsts: dict[str, Record] = {}
-        for record in records:
-            first = firsts.get(record.source)
-            if first is None or record.offset < first.offset:
-                firsts[record.source] = record
-        if self.logs is not None:
-            records = await self._place(records, firsts, report)
-        self._set_floors(records)
+    def decode(self, records: Sequence[Record]) -> Decoded:
+        """Decode a batch and find each entity's events in it: pure computation, no
+        lock and no store, so the worker does it while the previous batch's writes
+        are still in flight (`streams.batches`). An event that is no event, over a
+        limit, or claimed by no entity is rejected with the reason."""
+        now = int(self.clock() * 1000)
         rejected: list[tuple[Record, str]] = []
         claims: dict[str, list[Identified]] = {entity: [] for entity in self.entities}
         for record in records:
@@ -181,6 +172,32 @@ class BatchProcessor:
                 continue
             for entity, item in claimed:
                 claims[entity].append(item)
+        return Decoded(records, claims, rejected)
+
+    async def process(
+        self, records: Sequence[Record], decoded: Decoded | None = None
+    ) -> BatchReport:
+        """Apply a batch; `decoded`, if given, is `decode(records)` done beforehand."""
+        async with self.lock:
+            return await self._process(records, decoded)
+
+    async def _process(self, records: Sequence[Record], decoded: Decoded | None) -> BatchReport:
+        """Decode, then have each entity compute and commit its events. An event that
+        one entity cannot apply is a dead letter, and the entities after it skip it."""
+        self._read_clock()
+        report = BatchReport(records=len(records))
+        firsts: dict[str, Record] = {}
+        for record in records:
+            first = firsts.get(record.source)
+            if first is None or record.offset < first.offset:
+                firsts[record.source] = record
+        if self.logs is not None:
+            records = await self._place(records, firsts, report)
+        self._set_floors(records)
+        if decoded is None or decoded.records is not records:  # none, or before epochs
+            decoded = self.decode(records)
+        rejected = list(decoded.rejected)  # a retried batch starts again from the decode
+        claims = decoded.claims
 
         sent: set[int] = set()  # ids of the rejected records already dead-lettered
         undecoded = len(rejected)

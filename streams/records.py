@@ -69,6 +69,16 @@ class Identified:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A batch decoded (`BatchProcessor.decode`): each entity's events, in record
+    order, and the records that are no event of any entity, with the reason."""
+
+    records: Sequence[Record]
+    claims: dict[str, list[Identified]]
+    rejected: list[tuple[Record, str]]
+
+
 @dataclass(slots=True)
 class BatchReport:
     records: int = 0
