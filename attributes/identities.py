@@ -206,9 +206,13 @@ class IdentityRules:
         """The (type, value) identities `event` carries, highest priority first; one per
         type (its first path with a usable value)."""
         found = []
+        usable = self.usable
         for identity in self._identities:
             for getter in identity.getters:
-                value = self.usable(identity.normalise, getter(event))
+                raw = getter(event)
+                if raw is MISSING or raw is None:  # most paths of most events: no call
+                    continue
+                value = usable(identity.normalise, raw)
                 if value is not None:
                     found.append((identity.type, value))
                     break
