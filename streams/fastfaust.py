@@ -1,28 +1,29 @@
-"""A speed patch for faust-streaming 0.15.3's consumer: 7k -> 20-25k events/s here.
+"""A speed patch for faust-streaming 0.15.3's consumer: what the worker's fetch loop
+needs to deliver ~100k records/s to its batch handler (stock Faust: ~5-14k/s to an
+agent).
 
 Why (measured with py-spy and per-thread CPU, see bench/README.md): a Faust worker
 against a fast broker is not waiting on Kafka, it is CPU-bound in Faust's per-message
-Python code, and one fixed wait appears once that is fixed.
+Python code: every message goes to the conductor through
+`wait_first(callback(message), suspend_flow.wait())`, and mode's `wait_first` creates
+four asyncio Tasks, runs `asyncio.wait` and cancels three of them (~48 us a message),
+then through a channel queue, an `Event` and the Stream API, to an agent.
 
-1. `Consumer._drain_messages` hands every message to the conductor through
-   `wait_first(callback(message), suspend_flow.wait())`; mode's `wait_first` creates
-   four asyncio Tasks, runs `asyncio.wait` and cancels three of them: ~48 us a message,
-   a third of the whole per-event cost. We await the callback directly when it cannot
-   block (flow active, producer buffer and stream buffers not full) and keep the
-   original race otherwise, which is what makes rebalances abandon a blocked delivery.
-2. When a stream buffer fills, the conductor pauses its partition, and the next
-   `getmany(timeout=1.0)` waits the full second on the partitions left (e.g. the empty
-   assignor topic). We wait briefly for paused partitions to resume and fetch with a
-   0.1 s timeout.
-3. Two settings lookups per message go through Faust's slow settings descriptors
-   (`App.create_event`, `ProducerBuffer.size`); we cache them.
-4. `TableManager.on_start` sleeps a hard-coded second before the conductor subscribes;
-   we have no tables (state lives in Redis), so we skip it.
-5. The Monitor sensor's per-event hooks cost ~25% of the agent side; traitflow keeps its
-   own counters, so they are turned off.
-6. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
-   the Stream API altogether: they are collected per fetch round and handed to a
-   batch handler in one call (see `streams.batches` for how they are tracked and acked).
+1. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
+   the Stream API altogether: the fetch loop (`Consumer._drain_messages`, copied) collects
+   them per fetch round and hands them to a batch handler in one call (see
+   `streams.batches` for how they are tracked and acked). Other topics' records (Faust's
+   own) go to the conductor as in stock Faust.
+2. `getmany(timeout=1.0)` waits out its second when every partition with data is paused
+   (a full stream buffer); the loop waits briefly for paused partitions to resume and
+   fetches with a 0.1 s timeout.
+3. `TableManager.on_start` sleeps a hard-coded second before the conductor subscribes;
+   we have no tables (state lives in Redis), so we skip it: a worker starts ~1 s sooner.
+
+Measured with `bench.faust_noop --shares`, parts that an earlier version had are gone
+because the worker's path gained nothing from them: a fast path past `wait_first` to
+the conductor, cached settings lookups per event, and the Monitor sensor's per-event
+hooks turned off (each 10-13% of an *agent's* rate, 0 of a batch topic's).
 
 `_drain_messages` is a modified copy of a private method, so `install()` patches only
 the faust-streaming version it was copied from and tested with, and otherwise leaves
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import faust
@@ -52,8 +54,10 @@ GETMANY_TIMEOUT_S = 0.1
 _installed = False
 
 
-def install() -> bool:
-    """Patch Faust (idempotent); return whether the patch is active."""
+def install(*, without: Collection[str] = ()) -> bool:
+    """Patch Faust (idempotent); return whether the patch is active. `without` leaves
+    out optional parts (`OPTIONAL`), for `bench.faust_noop` to measure each one's share;
+    the fetch loop itself is what batch topics need, so it is never left out."""
     global _installed
     if _installed:
         return True
@@ -65,18 +69,19 @@ def install() -> bool:
             ", ".join(sorted(PATCHED_VERSIONS)),
         )
         return False
+    if unknown := set(without) - OPTIONAL.keys():
+        raise ValueError(f"no optional part {sorted(unknown)} (parts: {sorted(OPTIONAL)})")
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
-    _cache_settings_lookups()
-    _skip_table_manager_start_sleep()
-    _disable_monitor_hooks()
+    for name, part in OPTIONAL.items():
+        if name not in without:
+            part()
     _installed = True
     return True
 
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:
-    # Copy of faust.transport.consumer.Consumer._drain_messages (0.15.3)
-    # with a fast path for delivering a message to the conductor, and batch
-    # topics routed around the conductor (streams.batches).
+    # Copy of faust.transport.consumer.Consumer._drain_messages (0.15.3) with batch
+    # topics routed around the conductor (streams.batches) and a shorter getmany wait.
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
@@ -90,63 +95,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
     commit_every = self._commit_every
     acks_enabled_for = self.app.topics.acks_enabled_for
 
-    # --- fast path helpers -------------------------------------------------
-    app = self.app
     suspend_flow_is_set = self.suspend_flow.is_set
-    flow_control_active = app.flow_control.is_active
-    tp_index = app.topics._tp_index  # TP -> set of subscribing channels
-    producer_buffer = app.producer.buffer
-    max_producer_buffer = producer_buffer.max_messages
-
-    producer_threaded = app.conf.producer_threaded
-    pending_queue = producer_buffer.pending  # asyncio.Queue (non-threaded)
-
-    def producer_buffer_full() -> bool:
-        if producer_threaded:
-            return bool(producer_buffer.size > max_producer_buffer)
-        return bool(pending_queue.qsize() > max_producer_buffer)
-
-    def can_deliver_without_blocking(tp: Any) -> bool:
-        if suspend_flow_is_set() or not flow_control_active():
-            return False
-        if producer_buffer_full():
-            return False
-        channels = tp_index.get(tp)
-        if channels:
-            for chan in channels:
-                if chan.queue.full():
-                    return False
-        return True
-
-    async def wait_for_room(tp: Any) -> None:
-        # A subscribed stream buffer is full (the agent is the bottleneck).
-        # Instead of paying a 4-task wait_first per message while it stays
-        # full, wait until every buffer for this TP is down to half, polling
-        # cheaply; give up as soon as flow is suspended (rebalance) or we
-        # stop -- the caller then falls back to the original wait_first path.
-        channels = tp_index.get(tp) or ()
-        while not (suspend_flow_is_set() or self.should_stop):
-            if not flow_control_active():
-                return
-            for chan in channels:
-                q = chan.queue
-                # pressure_drop_size (40% of maxsize) is where the conductor
-                # re-activates fetching for this TP (Consumer.on_buffer_drop)
-                if q.qsize() > q.pressure_drop_size:
-                    break
-            else:
-                return
-            await sleep(0.002)
-
-    async def to_conductor(tp: Any, message: Any) -> None:
-        if not can_deliver_without_blocking(tp):
-            await wait_for_room(tp)
-        if can_deliver_without_blocking(tp):
-            # cannot suspend: no tasks, no asyncio.wait
-            await callback(message)
-        else:
-            # original behaviour (abandon on suspend_flow)
-            await self.wait_first(callback(message), self.suspend_flow.wait())
 
     batches = router_of(self)
     batch_subscription = batches.subscriptions.get
@@ -211,8 +160,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                             pending.append(message)
                             if len(pending) >= subscription.max_size:
                                 await flush_batch(subscription)
-                        else:
-                            await to_conductor(tp, message)
+                        else:  # Faust's own topics, as stock Faust does
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev(
@@ -242,30 +191,6 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
         unset_flag(flag_consumer_fetching)
 
 
-def _cache_settings_lookups() -> None:
-    from faust.app.base import App
-    from faust.transport.producer import ProducerBuffer
-
-    def create_event(self: Any, key: Any, value: Any, headers: Any, message: Any) -> Any:
-        try:
-            event_cls = self.__dict__["_traitflow_event_cls"]
-        except KeyError:
-            event_cls = self.__dict__["_traitflow_event_cls"] = self.conf.Event
-        return event_cls(self, key, value, headers, message)
-
-    def size(self: Any) -> int:
-        try:
-            threaded = self.__dict__["_traitflow_threaded"]
-        except KeyError:
-            threaded = self.__dict__["_traitflow_threaded"] = bool(self.app.conf.producer_threaded)
-        if threaded:
-            return len(self.queue._queue) if self.queue else 0
-        return len(self.pending._queue)
-
-    App.create_event = create_event  # type: ignore[method-assign]
-    ProducerBuffer.size = property(size)  # type: ignore[method-assign,assignment]
-
-
 def _skip_table_manager_start_sleep() -> None:
     from faust.tables.manager import TableManager
 
@@ -278,17 +203,7 @@ def _skip_table_manager_start_sleep() -> None:
     TableManager.on_start = on_start  # type: ignore[method-assign]
 
 
-def _disable_monitor_hooks() -> None:
-    from faust.sensors.monitor import Monitor
-
-    def nothing(self: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    for name in (
-        "on_message_in",
-        "on_stream_event_in",
-        "on_stream_event_out",
-        "on_message_out",
-        "track_tp_end_offset",
-    ):
-        setattr(Monitor, name, nothing)
+#: the parts of the patch besides the fetch loop (point 3 of the docstring)
+OPTIONAL: dict[str, Callable[[], None]] = {
+    "start_sleep": _skip_table_manager_start_sleep,
+}
