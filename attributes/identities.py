@@ -267,6 +267,6 @@ class IdentityRules:
         value = normalise(raw)
         if value.lower() in self._blocked:
             return None
-        if any(_blocks(pattern, value) for pattern in self._patterns):
+        if self._patterns and any(_blocks(pattern, value) for pattern in self._patterns):
             return None
         return value
