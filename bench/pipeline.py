@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaProducer
 
 from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
-from traitflow.services import Daemon, embedded_services, free_port
+from traitflow.services import Daemon, embedded_services, free_port, port_open
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
@@ -151,6 +151,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (a supervisor's workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A port P such that P ... P + count - 1 are all free."""
+    while True:
+        port = free_port()
+        if not any(port_open("127.0.0.1", port + i) for i in range(1, count)):
+            return port
+
+
 def version(client: redis.Redis, settings: Settings, user: str) -> int:
     raw = client.get(KeyLayout(settings.key_prefix).view("user", user))
     return int(orjson.loads(raw)["version"]) if raw else 0
@@ -198,6 +212,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes in the consumer group"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="with N > 1: one `traitflow worker --processes N` instead of --workers commands",
+    )
     parser.add_argument("--anonymous", type=float, default=0.0, help="anonymous event share")
     parser.add_argument("--stitching", choices=["on", "off"], default="on")
     args = parser.parse_args()
@@ -225,14 +245,29 @@ def main() -> None:
 
     env = settings.child_env()
     client = redis.Redis.from_url(settings.redis_url)
-    daemons = [Daemon(f"bench-worker-{i}", settings.home / "bench") for i in range(args.workers)]
-    ports = [free_port() for _ in daemons]
     t_start = time.perf_counter()
-    command = [sys.executable, "-m", "traitflow", "worker", "--loglevel", "warning"]
+    if args.processes > 1:  # one command, its supervisor's children serve P, P + 1, ...
+        daemons = [Daemon("bench-workers", settings.home / "bench")]
+        base_port = consecutive_free_ports(args.processes)
+        ports = [base_port + i for i in range(args.processes)]
+        command = [sys.executable, "-m", "traitflow", "worker", "--processes", str(args.processes)]
+        envs = [env | {"TRAITFLOW_WORKER_METRICS_PORT": str(base_port)}]
+    else:  # one command per worker: `--workers` counts processes
+        home = settings.home / "bench"
+        daemons = [Daemon(f"bench-worker-{i}", home) for i in range(args.workers)]
+        ports = [free_port() for _ in daemons]
+        command = [sys.executable, "-m", "traitflow", "worker", "--processes", "1"]
+        envs = [env | {"TRAITFLOW_WORKER_METRICS_PORT": str(port)} for port in ports]
+    command += ["--loglevel", "warning"]
     processes = [
-        daemon.spawn(command, env | {"TRAITFLOW_WORKER_METRICS_PORT": str(port)}, ROOT)
-        for daemon, port in zip(daemons, ports, strict=True)
+        daemon.spawn(command, daemon_env, ROOT)
+        for daemon, daemon_env in zip(daemons, envs, strict=True)
     ]
+
+    def cpu() -> float:  # the supervisor's children's, if any
+        pids = [p.pid for p in processes]
+        return sum(cpu_seconds(pid) for pid in [*pids, *(c for p in pids for c in children(p))])
+
     try:
         last_views = [KeyLayout(settings.key_prefix).view("user", u) for u in last_user.values()]
         while not client.exists(*last_views):
@@ -241,7 +276,7 @@ def main() -> None:
                     sys.exit(f"worker died: see {daemon.log_file}")
             time.sleep(0.01)
         t_first = time.perf_counter()
-        cpu_first = sum(cpu_seconds(process.pid) for process in processes)
+        cpu_first = cpu()
         pending = dict(last_user)
         while pending:
             for partition, user in list(pending.items()):
@@ -249,7 +284,7 @@ def main() -> None:
                     del pending[partition]
             time.sleep(0.01)
         t_done = time.perf_counter()
-        cpu_done = sum(cpu_seconds(process.pid) for process in processes)
+        cpu_done = cpu()
         found = counters(ports, COUNTERS)
     finally:
         for daemon in daemons:
@@ -260,7 +295,8 @@ def main() -> None:
     span = t_done - t_first
     print(f"events            {args.events} over {args.users} users, {args.partitions} partitions")
     print(f"produce           {args.events / produce_s:,.0f} events/s")
-    print(f"workers           {args.workers}")
+    print(f"workers           {args.workers if args.processes == 1 else ''}", end="")
+    print(f"{args.processes} processes of one command" if args.processes > 1 else "")
     print(f"identities        anonymous share {args.anonymous:.0%}, stitching {args.stitching}")
     print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
     print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")

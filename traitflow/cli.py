@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -65,17 +66,35 @@ def _redis_or_exit(settings: Settings) -> None:
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) -> None:
+def worker(
+    loglevel: str = typer.Option("info", help="debug, info, warning"),
+    processes: int | None = typer.Option(
+        None,
+        min=1,
+        help="worker processes in the consumer group (default: TRAITFLOW_WORKER_PROCESSES, "
+        "else one per core); process i serves metrics on TRAITFLOW_WORKER_METRICS_PORT + i",
+    ),
+) -> None:
     """Run the stream worker: ingest topics -> computed attributes -> Redis."""
     import faust
 
     from streams.app import create_app
     from streams.metrics import WorkerMetrics
+    from traitflow.supervisor import Supervisor, default_processes
 
     settings = Settings()
     _redis_or_exit(settings)
+    rules = _rules_or_exit(settings.rules_path, settings)
+    count = processes or settings.worker_processes or default_processes()
+    if count > 1:
+        logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(message)s")
+        command = [sys.executable, "-m", "traitflow", "worker", "--processes", "1"]
+        supervisor = Supervisor(
+            [*command, "--loglevel", loglevel], count, metrics_port=settings.worker_metrics_port
+        )
+        raise typer.Exit(supervisor.run())
     metrics = WorkerMetrics()
-    faust_app = create_app(settings, _rules_or_exit(settings.rules_path, settings), metrics)
+    faust_app = create_app(settings, rules, metrics)
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.api_host, settings.worker_metrics_port)
     tune_gc()

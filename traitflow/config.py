@@ -242,8 +242,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=65_536, ge=0)
     #: how long `/readyz` waits for Redis to answer a PING
     api_ready_timeout_s: float = Field(default=0.5, gt=0)
-    #: where the worker serves Prometheus metrics (on `api_host`); unset = not served
+    #: where the worker serves Prometheus metrics (on `api_host`); unset = not served.
+    #: With several worker processes, process i serves on this port + i
     worker_metrics_port: int | None = None
+    #: worker processes `traitflow worker` runs (one consumer group); 0 = one per core
+    worker_processes: int = Field(default=0, ge=0)
     #: where embedded services keep pid files, logs and data
     home: Path = Path(".traitflow")
 

@@ -48,6 +48,15 @@ def test_the_pipeline_benchmark_runs_and_checks_every_profile(settings: Settings
     assert "commit conflicts" in out
 
 
+def test_the_pipeline_benchmark_runs_one_command_of_two_processes(settings: Settings) -> None:
+    out = run(
+        "bench.pipeline", "--events", "400", "--users", "40", "--partitions", "2",
+        "--processes", "2", settings=settings,
+    )  # fmt: skip
+    assert "2 processes of one command" in out
+    assert "profiles checked  40, wrong: 0" in out
+
+
 def test_the_engine_benchmark_runs(settings: Settings) -> None:
     out = run(
         "bench.engine", "--events", "400", "--users", "40", "--repeat", "1", settings=settings

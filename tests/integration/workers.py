@@ -24,7 +24,7 @@ def start_worker(settings: Settings, name: str) -> Daemon:
     """A worker with exactly `settings`, logging at INFO to `settings.home / name`."""
     daemon = Daemon(name, settings.home / name)
     daemon.spawn(
-        [sys.executable, "-m", "traitflow", "worker", "--loglevel", "info"],
+        [sys.executable, "-m", "traitflow", "worker", "--processes", "1", "--loglevel", "info"],
         settings.child_env(),
         cwd=ROOT,
     )

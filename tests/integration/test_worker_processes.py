@@ -1,0 +1,99 @@
+"""`traitflow worker --processes 2`: two processes of one consumer group share the
+partitions, a child killed -9 is started again, SIGTERM stops them all; every profile
+ends equal to the batch answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from functools import partial
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.integration.conftest import Publisher, wait_until
+from tests.integration.oracle import expected_view
+from tests.integration.test_stitching_workers import applied, counter
+from tests.integration.test_worker_kills import random_events, read_views
+from traitflow.config import Settings
+from traitflow.services import Daemon, free_port, port_open
+from traitflow.store import KeyLayout
+from traitflow.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are free (child i serves metrics on P + i)."""
+    while True:
+        port = free_port()
+        if not port_open("127.0.0.1", port + 1):
+            return port
+
+
+def children(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return {int(line) for line in found.stdout.split()}
+
+
+def records(port: int) -> float:
+    try:
+        return counter([port], "traitflow_records")
+    except Exception:  # not serving yet (starting, or just restarted)
+        return 0.0
+
+
+def test_two_processes_share_the_partitions_survive_a_kill_and_stop_together(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    run = f"tfproc-{uuid.uuid4().hex[:8]}"
+    port = two_free_ports()
+    own = settings.isolated(
+        run, topic_partitions=4, batch_size=50, home=tmp_path, worker_metrics_port=port
+    )
+    asyncio.run(ensure_topics(own))
+    keys = KeyLayout(own.key_prefix)
+    users = [f"{run}-{n}" for n in range(40)]
+    events = random_events(run, users, 1_600, seed=11)
+    first, second = events[:800], events[800:]
+    publish = Publisher(own, next(iter(own.sources)))
+    daemon = Daemon("workers", tmp_path / "workers")
+    command = [sys.executable, "-m", "traitflow", "worker", "--processes", "2"]
+    supervisor = daemon.spawn([*command, "--loglevel", "info"], own.child_env(), cwd=ROOT)
+    try:
+        wait_until(lambda: len(children(supervisor.pid)) == 2, what="two worker processes")
+        publish(first)
+        wait_until(partial(applied, redis_client, keys, len(first)), what="the first half")
+        # one group: each process applied some of the partitions, on its own metrics port
+        wait_until(lambda: records(port) > 0 and records(port + 1) > 0, what="both working")
+        assert records(port) + records(port + 1) >= len(first)
+
+        killed = min(children(supervisor.pid))
+        os.kill(killed, signal.SIGKILL)
+        wait_until(
+            lambda: len(children(supervisor.pid) - {killed}) == 2, what="the child started again"
+        )
+        publish(second)
+        wait_until(partial(applied, redis_client, keys, len(events)), what="every event")
+        views = asyncio.run(read_views(own, users))
+        for user, view in zip(users, views, strict=True):
+            mine = [event for event in events if event["userId"] == user]
+            assert view == expected_view(own, mine, user), user
+
+        running = children(supervisor.pid)
+        os.kill(supervisor.pid, signal.SIGTERM)  # the supervisor alone: it passes it on
+        assert supervisor.wait(60) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in running)
+        log = daemon.log_file.read_text(errors="replace")
+        assert f"(pid {killed}) exited with -9; starting it again in 1 s" in log
+    finally:
+        daemon.stop()
+        for key in redis_client.scan_iter(keys.all_keys(), count=10_000):
+            redis_client.unlink(key)

@@ -1,0 +1,149 @@
+"""`traitflow worker --processes N`: N worker processes of one consumer group, one command.
+
+Why processes: a worker is CPU-bound in Python on one core (bench/README.md), so a host
+with more cores runs more workers. They share the input partitions as any members of
+one consumer group do (the group id is the app id), so the supervisor only starts,
+watches and stops them; Kafka's group protocol does the rest.
+
+What an operator can rely on:
+- each child is `traitflow worker --processes 1` with this process's environment; with
+  `TRAITFLOW_WORKER_METRICS_PORT` set to P, child i serves its metrics on P + i;
+- a child that exits when it was not asked to is started again, after a backoff that
+  doubles (1 s, 2 s, ... 30 s) while children keep dying within `STABLE_S` of their
+  start, and is back to 1 s once one has run that long: a child that crashes in a loop
+  (bad rules, Redis refusing) does not spin a core, and every exit is a log line with
+  its exit code and the delay;
+- SIGTERM or SIGINT is passed on to every child; the supervisor waits up to
+  `STOP_GRACE_S` for them (a child finishes its batches in flight and commits), kills
+  what is left, and exits 0 if every child stopped cleanly, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+#: a child that ran this long before it exited was healthy: restart without waiting long
+STABLE_S = 30.0
+#: how long stopping children may take before they are killed
+STOP_GRACE_S = 30.0
+#: how often the supervisor looks at its children
+POLL_S = 0.2
+
+
+def default_processes() -> int:
+    """One per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def child_env(base: Mapping[str, str], index: int, metrics_port: int | None) -> dict[str, str]:
+    """Child `index`'s environment: one process, and its own metrics port if any."""
+    env = dict(base) | {"TRAITFLOW_WORKER_PROCESSES": "1"}
+    if metrics_port is not None:
+        env["TRAITFLOW_WORKER_METRICS_PORT"] = str(metrics_port + index)
+    return env
+
+
+@dataclass
+class Backoff:
+    """The delay before starting a child again: doubling while children die young."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    stable_s: float = STABLE_S
+    failures: int = 0
+
+    def after_exit(self, lived_s: float) -> float:
+        if lived_s >= self.stable_s:
+            self.failures = 0
+        delay = min(self.max_s, self.first_s * 2.0**self.failures)
+        self.failures += 1
+        return delay
+
+
+@dataclass
+class Child:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    #: when to start it again after an exit (monotonic); None: running or not due
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    command: Sequence[str]
+    processes: int
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    metrics_port: int | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> int:
+        """Start the children and watch them until asked to stop; the exit code."""
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.children = [Child(i) for i in range(self.processes)]
+            for child in self.children:
+                self._start(child)
+            while not self.stopping:
+                self.watch(time.monotonic())
+                time.sleep(POLL_S)
+            return self._stop_children()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def watch(self, now: float) -> None:
+        """Notice children that exited, and start those whose backoff is over."""
+        for child in self.children:
+            process = child.process
+            if process is not None and process.poll() is not None:
+                delay = self.backoff.after_exit(now - child.started)
+                log.error(
+                    "worker process %d (pid %d) exited with %s; starting it again in %.0f s",
+                    child.index,
+                    process.pid,
+                    process.returncode,
+                    delay,
+                )
+                child.process, child.restart_at = None, now + delay
+            if child.process is None and child.restart_at is not None and now >= child.restart_at:
+                self._start(child)
+
+    def _start(self, child: Child) -> None:
+        env = child_env(self.env, child.index, self.metrics_port)
+        child.process = subprocess.Popen(list(self.command), env=env)
+        child.started, child.restart_at = time.monotonic(), None
+        log.info("worker process %d started (pid %d)", child.index, child.process.pid)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _stop_children(self) -> int:
+        running = [c.process for c in self.children if c.process is not None]
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        clean = True
+        for process in running:
+            try:
+                code = process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in %.0f s; killed", process.pid, STOP_GRACE_S)
+                process.kill()
+                process.wait()
+                clean = False
+                continue
+            clean = clean and code in (0, -signal.SIGTERM)
+        return 0 if clean else 1
