@@ -4,8 +4,8 @@ Why: a consumer that wants lists of records (like `BatchProcessor`) pays Faust's
 per-event machinery for nothing: conductor callback, `Event` object, channel queue,
 `Stream` iteration, `take_events` buffering and a per-event ack coroutine. That was
 about a third of the worker's CPU. A *batch topic* skips all of it: the consumer's
-fetch loop (`fastfaust._drain_messages`) collects the topic's messages of one fetch
-round and hands them to one async handler, then acks them.
+fetch loop (`fastfaust._drain_messages`) collects the topic's messages and hands them
+to one async handler in batches, then acks them.
 
 What stays Faust's: the consumer group, rebalances, offset tracking and commits
 (acks go through `Consumer.ack`, so the committed offset is still the end of the
@@ -24,12 +24,13 @@ The rules that keep this at-least-once and in order, under rebalances and shutdo
 - messages of an older consumer generation or of a partition no longer assigned are
   dropped the same way, never handed over;
 - batches are handled one after another per consumer, so each partition is handled
-  in offset order; but the next one is *prepared* (decoded: pure computation) while
-  the one before it waits for its writes, so the worker's core is not idle during
-  Redis round trips. Two batches at most are handed over at a time: the fetch loop
-  waits for the older one to finish before it reads on. A batch is applied only
-  after the one before it succeeded: if that one's handler raised (the worker
-  stops), the next is neither applied nor acked.
+  in offset order. While one is handled, the fetch loop reads on and the records
+  wait (`flush_all`); a full batch's worth is handed over at once and *prepared*
+  (decoded: pure computation) while the one before it waits for its writes, so the
+  worker's core is not idle during Redis round trips. Two batches at most are handed
+  over at a time: the fetch loop then waits for the older one before it reads on. A
+  batch is applied only after the one before it succeeded: if that one's handler
+  raised (the worker stops), the next is neither applied nor acked.
 """
 
 from __future__ import annotations
@@ -136,29 +137,43 @@ class BatchRouter:
             await asyncio.shield(self.in_flight)
 
     async def flush_all(self) -> None:
+        """The end of a fetch round: hand over what it brought, unless a batch is still
+        being handled. Then the records wait for it, joined by those of the next
+        rounds, and are handed over the moment it is done (`_deliver`): the fetch loop
+        keeps reading meanwhile. (Waiting for it here instead held every record that
+        arrived during a batch for two batches more: aiokafka sends the next fetch only
+        once the last one's records are taken.)"""
+        if self.in_flight is not None and not self.in_flight.done():
+            return
         for subscription in self.subscriptions.values():
             if subscription.pending:
                 await self.flush(subscription)
 
     async def flush(self, subscription: Subscription) -> None:
-        """Hand over the subscription's pending messages, unless they are stale."""
+        """Hand over the subscription's pending messages, unless they are stale; with a
+        batch in flight, wait for it (two batches at most are handed over)."""
+        previous = self._hand_over(subscription)
+        if previous is not None:
+            # shielded: a cancelled fetch loop leaves both running
+            await asyncio.shield(previous)
+
+    def _hand_over(self, subscription: Subscription) -> asyncio.Future[bool] | None:
+        """Start handling the pending messages; the batch this one follows, if any.
+
+        No await between the checks in `_deliverable` and tracking: a revoke cannot
+        slip in between, and once tracked, its wait for unacked messages waits for
+        this batch."""
         batch, subscription.pending = subscription.pending, []
         batch = self._deliverable(batch)
         if not batch:
-            return
-        # No await between the checks in `_deliverable` and tracking: a revoke
-        # cannot slip in between, and once tracked, its wait for unacked messages
-        # waits for this batch.
+            return None
         track = self.consumer._unacked_messages.add
         for message in batch:
             message.tracked = True
             track(message)
         previous = self.in_flight
         self.in_flight = asyncio.ensure_future(self._deliver(subscription, batch, previous))
-        if previous is not None:
-            # at most two batches handed over: before reading on, the older one
-            # finishes (shielded: a cancelled fetch loop leaves both running)
-            await asyncio.shield(previous)
+        return previous
 
     def _deliverable(self, batch: list[Message]) -> list[Message]:
         consumer = self.consumer
@@ -199,4 +214,8 @@ class BatchRouter:
         ack = self.consumer.ack
         for message in batch:
             ack(message)
+        if self.in_flight is asyncio.current_task():  # the newest: what waited is next
+            for waiting in self.subscriptions.values():
+                if waiting.pending:
+                    self._hand_over(waiting)
         return True

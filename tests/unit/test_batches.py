@@ -152,3 +152,25 @@ async def test_a_batch_handed_over_while_flow_is_suspended_is_left_for_a_re_read
 
     assert recorder.events == []
     assert not consumer._unacked_messages  # untracked: Faust seeks back and reads it again
+
+
+async def test_records_of_a_fetch_round_wait_for_the_batch_in_flight_then_go_at_once() -> None:
+    recorder = Recorder()
+    router, consumer, subscription = router_with(recorder)
+    await hand_over(router, subscription, 1)
+    await settle()
+
+    subscription.pending = [FakeMessage(2), FakeMessage(3)]  # type: ignore[list-item]
+    await router.flush_all()  # returns at once: the fetch loop reads on meanwhile
+    subscription.pending.append(FakeMessage(4))  # type: ignore[arg-type]
+    await router.flush_all()
+    await settle()
+    assert recorder.events == ["prepare 1", "handle 1"]  # not handed over while busy
+
+    recorder.release.setdefault(1, asyncio.Event()).set()
+    await settle()
+    assert recorder.events[2:] == ["done 1", "prepare 2", "handle 2"]  # one batch: 2, 3, 4
+    recorder.release.setdefault(2, asyncio.Event()).set()
+    await router.wait_in_flight()
+    assert consumer.acked == [1, 2, 3, 4]
+    assert subscription.pending == []
