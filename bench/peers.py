@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,7 +171,9 @@ def run_quix(settings: Settings, topic: str, job: Job, changelog: str) -> Result
     prefix = f"quix-{uuid.uuid4().hex[:8]}"
     app = ROOT / "bench" / "peers_quix_app.py"
     daemon = Daemon(f"quix-{changelog}", settings.home / "bench")
+    state = settings.home / "bench" / "quix-state" / prefix  # its RocksDB, removed after
     arguments = [settings.kafka_bootstrap, topic, prefix, settings.redis_url, prefix, changelog]
+    arguments.append(str(state))
     python = quix_python(settings.home)
     spawned = time.time()
     process = daemon.spawn([str(python), str(app), *arguments], cwd=ROOT)
@@ -201,6 +204,7 @@ def run_quix(settings: Settings, topic: str, job: Job, changelog: str) -> Result
         cpu = cpu_seconds(process.pid) - cpu_first
     finally:
         daemon.stop()
+        shutil.rmtree(state, ignore_errors=True)
     users = sorted(job.totals)
     wrong = sum(wrong_values(value(user), job.totals[user]) for user in users)
     for key in client.scan_iter(match=f"{prefix}:*", count=10_000):

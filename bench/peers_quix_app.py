@@ -1,6 +1,6 @@
 """Quix Streams' side of `bench.peers`: run by the Quix virtualenv's python, not ours.
 
-    python bench/peers_quix_app.py BROKER TOPIC GROUP REDIS_URL PREFIX CHANGELOG
+    python bench/peers_quix_app.py BROKER TOPIC GROUP REDIS_URL PREFIX CHANGELOG STATE_DIR
 
 Per user, in RocksDB state: revenue_sum, orders, views and last_category (the most
 recent by event time); each record's new value goes to Redis through Quix's built-in
@@ -27,7 +27,7 @@ COMMIT_INTERVAL_S = 1.0
 
 
 def main() -> None:
-    broker, topic_name, group, redis_url, prefix, changelog = sys.argv[1:7]
+    broker, topic_name, group, redis_url, prefix, changelog, state_dir = sys.argv[1:8]
     url = urlsplit(redis_url)
     host, port, db = url.hostname or "127.0.0.1", url.port or 6379, int(url.path[1:] or 0)
     marker = redis.Redis(host=host, port=port, db=db)
@@ -38,6 +38,9 @@ def main() -> None:
         processing_guarantee="at-least-once",
         commit_interval=COMMIT_INTERVAL_S,
         use_changelog_topics=changelog == "on",
+        state_dir=state_dir,
+        # Tansu holds a new group's join for half the session timeout (45 s by default)
+        consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000},
     )
     topic = app.topic(topic_name, key_deserializer="str", value_deserializer="json")
     started: list[float] = []
