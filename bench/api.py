@@ -158,6 +158,17 @@ def half_load(
     return result, connections
 
 
+def wait_for_api(url: str, timeout_s: float = 20.0) -> None:
+    """Until the API at `url` answers `/healthz` (or `timeout_s` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+
+
 async def create_key(settings: Settings) -> str:
     keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
     record, token = new_key("bench", admin=True, rate_per_s=1e9, burst=1_000_000_000)
@@ -262,12 +273,7 @@ def main() -> None:
     }
     headers = {"Authorization": values["authorization"]}
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_for_api(url)
         sample = httpx.get(
             f"{url}/v1/collections/users/records/user_id/bench-user-0", headers=headers
         )

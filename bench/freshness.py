@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
-from bench.api import create_key
+from bench.api import create_key, wait_for_api
 from bench.pipeline import cleanup, cpu_seconds, make_events
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services, free_port
@@ -247,13 +246,7 @@ def main() -> None:
     )
     api.spawn([*command, "api", "--port", str(port)], env, ROOT)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(400):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_for_api(f"http://127.0.0.1:{port}")
         bench = Bench(settings, "127.0.0.1", port, token)
         asyncio.run(bench.main(rates, args.probes, args.interval_ms / 1000, process.pid))
     finally:
