@@ -72,20 +72,17 @@ def worker(
         None,
         min=1,
         help="worker processes in the consumer group (default: TRAITFLOW_WORKER_PROCESSES, "
-        "else one per core); process i serves metrics on TRAITFLOW_WORKER_METRICS_PORT + i",
+        "else one per core). 1: this process is the worker; N > 1: it supervises N, "
+        "process i serving metrics on TRAITFLOW_WORKER_METRICS_PORT + i",
     ),
 ) -> None:
     """Run the stream worker: ingest topics -> computed attributes -> Redis."""
-    import faust
-
-    from streams.app import create_app
-    from streams.metrics import WorkerMetrics
-    from traitflow.supervisor import Supervisor, default_processes
+    from traitflow.supervisor import Supervisor, resolve_processes
 
     settings = Settings()
     _redis_or_exit(settings)
     rules = _rules_or_exit(settings.rules_path, settings)
-    count = processes or settings.worker_processes or default_processes()
+    count = resolve_processes(processes, settings.worker_processes)
     if count > 1:
         logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(message)s")
         command = [sys.executable, "-m", "traitflow", "worker", "--processes", "1"]
@@ -93,6 +90,12 @@ def worker(
             [*command, "--loglevel", loglevel], count, metrics_port=settings.worker_metrics_port
         )
         raise typer.Exit(supervisor.run())
+
+    import faust
+
+    from streams.app import create_app
+    from streams.metrics import WorkerMetrics
+
     metrics = WorkerMetrics()
     faust_app = create_app(settings, rules, metrics)
     if settings.worker_metrics_port is not None:

@@ -149,7 +149,12 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
         print("  note: using your own Kafka/Redis; run the demo on empty ones for exact numbers")
     command = [sys.executable, "-m", "traitflow"]
     env = dict(os.environ)
-    worker.spawn([*command, "worker", "--loglevel", "warning"], env, cwd=Path.cwd())
+    # one worker process: the sample is a few events, which one process applies in
+    # milliseconds, while N processes would join the group one after another (a
+    # rebalance each) before the first profile is served
+    worker.spawn(
+        [*command, "worker", "--processes", "1", "--loglevel", "warning"], env, cwd=Path.cwd()
+    )
     api.spawn([*command, "api"], env, cwd=Path.cwd())
     print(f"  worker  started (log: {worker.log_file})")
     print(f"  api     started on http://{settings.api_host}:{settings.api_port}")

@@ -6,27 +6,36 @@ one consumer group do (the group id is the app id), so the supervisor only start
 watches and stops them; Kafka's group protocol does the rest.
 
 What an operator can rely on:
+- `--processes 1` runs no supervisor: the worker is the command's own process;
+- the rule file and Redis are checked once, before any child starts, so the usual
+  misconfigurations exit at once (2: rules, 1: Redis) instead of restarting in a loop;
 - each child is `traitflow worker --processes 1` with this process's environment; with
   `TRAITFLOW_WORKER_METRICS_PORT` set to P, child i serves its metrics on P + i;
 - a child that exits when it was not asked to is started again, after a backoff that
   doubles (1 s, 2 s, ... 30 s) while children keep dying within `STABLE_S` of their
   start, and is back to 1 s once one has run that long: a child that crashes in a loop
-  (bad rules, Redis refusing) does not spin a core, and every exit is a log line with
-  its exit code and the delay;
+  (a broker or Redis that refuses it, a bug) does not spin a core, and every exit is a
+  log line with its exit code and the delay (one backoff for all children: when every
+  child dies at once they come back one after another, then every 30 s);
 - SIGTERM or SIGINT is passed on to every child; the supervisor waits up to
   `STOP_GRACE_S` for them (a child finishes its batches in flight and commits), kills
-  what is left, and exits 0 if every child stopped cleanly, 1 otherwise.
+  what is left, and exits 0 if every child stopped cleanly, 1 otherwise (one had to be
+  killed, or had exited with an error);
+- the children die with the supervisor (SIGTERM on Linux, even if it is killed -9):
+  starting the command again never leaves a second set of workers in the group.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,29 @@ POLL_S = 0.2
 def default_processes() -> int:
     """One per core this process may run on."""
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def resolve_processes(option: int | None, setting: int, cores: int | None = None) -> int:
+    """How many processes: `--processes`, else TRAITFLOW_WORKER_PROCESSES, else (0 or
+    unset) one per core."""
+    return option or setting or cores or default_processes()
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    """Linux's prctl, looked up before a fork (the child must not load libraries)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:  # pragma: no cover
+    """In a child before exec: SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), and
+    gone at once if it already has."""
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def child_env(base: Mapping[str, str], index: int, metrics_port: int | None) -> dict[str, str]:
@@ -85,6 +117,7 @@ class Supervisor:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     metrics_port: int | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    stop_grace_s: float = STOP_GRACE_S
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
@@ -98,6 +131,7 @@ class Supervisor:
             while not self.stopping:
                 self.watch(time.monotonic())
                 time.sleep(POLL_S)
+            log.info("stopping the worker processes")
             return self._stop_children()
         finally:
             for sig, handler in previous.items():
@@ -110,7 +144,7 @@ class Supervisor:
             if process is not None and process.poll() is not None:
                 delay = self.backoff.after_exit(now - child.started)
                 log.error(
-                    "worker process %d (pid %d) exited with %s; starting it again in %.0f s",
+                    "worker process %d (pid %d) exited with %s; starting it again in %g s",
                     child.index,
                     process.pid,
                     process.returncode,
@@ -122,7 +156,8 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         env = child_env(self.env, child.index, self.metrics_port)
-        child.process = subprocess.Popen(list(self.command), env=env)
+        preexec = partial(_die_with_parent, os.getpid(), _libc_prctl())
+        child.process = subprocess.Popen(list(self.command), env=env, preexec_fn=preexec)
         child.started, child.restart_at = time.monotonic(), None
         log.info("worker process %d started (pid %d)", child.index, child.process.pid)
 
@@ -134,16 +169,18 @@ class Supervisor:
         for process in running:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.stop_grace_s
         clean = True
         for process in running:
             try:
                 code = process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("worker pid %d did not stop in %.0f s; killed", process.pid, STOP_GRACE_S)
+                log.error(
+                    "worker pid %d did not stop in %g s; killed", process.pid, self.stop_grace_s
+                )
                 process.kill()
                 process.wait()
                 clean = False
                 continue
-            clean = clean and code in (0, -signal.SIGTERM)
+            clean = clean and code in (0, -signal.SIGTERM, -signal.SIGINT)
         return 0 if clean else 1

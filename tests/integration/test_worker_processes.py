@@ -1,15 +1,20 @@
 """`traitflow worker --processes 2`: two processes of one consumer group share the
 partitions, a child killed -9 is started again, SIGTERM stops them all; every profile
-ends equal to the batch answer."""
+ends equal to the batch answer. And the supervisor alone, over children that crash at
+once, ignore SIGTERM or outlive it (no broker: they are small Python commands)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +46,14 @@ def two_free_ports() -> int:
 def children(pid: int) -> set[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return {int(line) for line in found.stdout.split()}
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def records(port: int) -> float:
@@ -93,7 +106,91 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_together(
         assert not any(Path(f"/proc/{pid}").exists() for pid in running)
         log = daemon.log_file.read_text(errors="replace")
         assert f"(pid {killed}) exited with -9; starting it again in 1 s" in log
+        assert "stopping the worker processes" in log
     finally:
         daemon.stop()
         for key in redis_client.scan_iter(keys.all_keys(), count=10_000):
             redis_client.unlink(key)
+
+
+SUPERVISE = """
+import json, logging, sys
+from traitflow.supervisor import Backoff, Supervisor
+logging.basicConfig(level="INFO", format="%(message)s")
+supervisor = Supervisor(
+    json.loads(sys.argv[1]), 2, backoff=Backoff(first_s=0.05, max_s=0.2), stop_grace_s=1.0
+)
+sys.exit(supervisor.run())
+"""
+
+
+@contextmanager
+def supervising(tmp_path: Path, child: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A supervisor of two `python -c child` processes, with a short backoff and grace;
+    yields it and the file its and its children's output goes to."""
+    log = tmp_path / "supervisor.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISE, json.dumps([sys.executable, "-c", child])],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        yield process, log
+    finally:
+        for pid in children(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+
+def test_children_that_crash_at_once_are_restarted_ever_more_slowly_and_stop_cleanly(
+    tmp_path: Path,
+) -> None:
+    with supervising(tmp_path, "import sys; sys.exit(3)") as (supervisor, log):
+
+        def delays() -> list[float]:
+            text = log.read_text()
+            return [
+                float(d) for d in re.findall(r"exited with 3; starting it again in (\S+) s", text)
+            ]
+
+        found = wait_until(lambda: len(delays()) >= 8 and delays(), timeout=30, what="restarts")
+        assert found[:3] == [0.05, 0.1, 0.2]  # one backoff for both: doubling, then capped
+        assert max(found) == 0.2
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(10) == 0  # stopped when asked; no child was running
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_the_exit_is_1(
+    tmp_path: Path,
+) -> None:
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    with supervising(tmp_path, stubborn) as (supervisor, log):
+        wait_until(lambda: log.read_text().count("ready") == 2, what="both children ready")
+        running = children(supervisor.pid)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(10) == 1
+        assert all(gone(pid) for pid in running)
+        assert log.read_text().count("did not stop in 1 s; killed") == 2
+
+
+def test_the_children_die_with_a_supervisor_killed_9(tmp_path: Path) -> None:
+    with supervising(tmp_path, "import time; time.sleep(60)") as (supervisor, _):
+        running: set[int] = wait_until(
+            lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid),
+            what="two children",
+        )
+        supervisor.kill()
+        supervisor.wait()
+        try:
+            wait_until(lambda: all(map(gone, running)), timeout=10, what="orphans to exit")
+        finally:
+            for pid in running:
+                if not gone(pid):  # a failure: orphans would otherwise sleep on
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)

@@ -40,3 +40,16 @@ def test_commands_are_listed() -> None:
     result = runner.invoke(app, ["--help"])
     for command in ("worker", "api", "services", "produce", "validate", "demo"):
         assert command in result.output
+
+
+def test_worker_processes_option_says_its_default_and_the_metrics_ports() -> None:
+    result = runner.invoke(app, ["worker", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # unwrapped from rich's box
+    assert "TRAITFLOW_WORKER_PROCESSES, else one per core" in text, text
+    assert "TRAITFLOW_WORKER_METRICS_PORT + i" in text, text
+
+
+def test_worker_refuses_zero_processes() -> None:
+    result = runner.invoke(app, ["worker", "--processes", "0"])
+    assert result.exit_code == 2

@@ -7,13 +7,29 @@ import os
 from dataclasses import dataclass
 
 import pytest
+from pydantic import ValidationError
 
 from traitflow.config import Settings
-from traitflow.supervisor import Backoff, Child, Supervisor, child_env, default_processes
+from traitflow.supervisor import (
+    Backoff,
+    Child,
+    Supervisor,
+    child_env,
+    default_processes,
+    resolve_processes,
+)
 
 
 def test_the_default_is_one_process_per_core_this_process_may_use() -> None:
     assert default_processes() == len(os.sched_getaffinity(0))
+
+
+def test_the_option_wins_then_the_setting_then_one_per_core() -> None:
+    assert resolve_processes(3, 5, cores=8) == 3
+    assert resolve_processes(None, 5, cores=8) == 5
+    assert resolve_processes(None, 0, cores=8) == 8  # 0 or unset: one per core
+    assert resolve_processes(1, 0, cores=8) == 1  # --processes 1: no supervisor
+    assert resolve_processes(None, 0) == default_processes()
 
 
 def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,6 +37,17 @@ def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert Settings().worker_processes == 0  # one per core
     monkeypatch.setenv("TRAITFLOW_WORKER_PROCESSES", "3")
     assert Settings().worker_processes == 3
+    monkeypatch.setenv("TRAITFLOW_WORKER_PROCESSES", "-1")
+    with pytest.raises(ValidationError, match="worker_processes"):
+        Settings()
+
+
+def test_a_test_or_benchmark_child_gets_the_setting_pinned() -> None:
+    """`isolated` keeps it and `as_env` writes it, so a worker started with a test's
+    settings runs the number of processes the test chose."""
+    pinned = Settings(worker_processes=1).isolated("tfpin")
+    assert pinned.worker_processes == 1
+    assert pinned.as_env()["TRAITFLOW_WORKER_PROCESSES"] == "1"
 
 
 def test_each_child_runs_one_process_and_serves_metrics_on_its_own_port() -> None:
@@ -38,6 +65,13 @@ def test_the_backoff_doubles_while_children_die_young_and_resets_after_a_stable_
     assert [backoff.after_exit(lived_s=2) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     assert backoff.after_exit(lived_s=3600) == 1  # it ran for an hour: a fresh failure
     assert backoff.after_exit(lived_s=1) == 2
+
+
+def test_children_that_all_die_at_once_come_back_one_after_another() -> None:
+    backoff = Backoff()  # the defaults: 1 s doubling to 30 s
+    first_round = [backoff.after_exit(lived_s=0.5) for _ in range(4)]
+    assert first_round == [1, 2, 4, 8]
+    assert max(backoff.after_exit(lived_s=0.5) for _ in range(4)) == 30
 
 
 @dataclass
