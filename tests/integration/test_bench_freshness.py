@@ -17,9 +17,13 @@ def test_the_freshness_benchmark_times_every_probe_idle_and_under_load(
     settings: Settings,
 ) -> None:
     out = run("bench.freshness", "--rates", "0,200", "--probes", "5", settings=settings)
-    lines = [line for line in out.splitlines() if line.startswith("load")]
-    assert len(lines) == 2, out
-    for line in lines:
-        found = re.search(r"probes 5  p50 ([\d.]+) ms .*? p99 ([\d.]+) ms", line)
-        assert found is not None, line
-        assert 0 < float(found[1]) <= float(found[2])
+    blocks = out.split("\nload ")[1:]
+    assert len(blocks) == 2, out
+    for rate, block in zip(("0", "200"), blocks, strict=True):
+        assert block.startswith(f"{rate} events/s"), block
+        assert "probes   5 sent, 5 seen" in block, block  # every probe served
+        found = re.search(r"p50 ([\d.]+) ms  p90 ([\d.]+) ms  p99 ([\d.]+) ms  max", block)
+        assert found is not None, block
+        p50, p90, p99 = (float(value) for value in found.groups())
+        assert 0 < p50 <= p90 <= p99
+        assert re.search(r"worker   CPU \d+% of a core; [\d,]+ batches", block), block
