@@ -21,16 +21,20 @@ the API: the difference between the two is what the API adds.
 Prints, per rate: the rate achieved, the probes sent and seen, p50/p90/p99/max, the
 produce acknowledgement of the same probes, the worker's CPU share over the run and
 its batches (from its Prometheus metrics: how many, records and ms each, share of the
-run spent in them). Half of a worker's capacity: `bench.pipeline`'s rate / 2. Exits 1
-when a probe was not served within `--timeout-s`.
+run spent in them), how long its threads were runnable but had no core (schedstat:
+on a shared 2-core machine a batch's wall time is partly waiting for a core), and how
+busy the machine's cores were. Half of a worker's capacity: `bench.pipeline`'s rate / 2.
+Exits 1 when a probe was not served within `--timeout-s`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -114,6 +118,10 @@ class Run:
     #: of the same probes: send -> the broker's acknowledgement
     acks_ms: list[float]
     worker_cpu: float
+    #: share of the run the worker's threads were runnable but had no core
+    worker_waited: float
+    #: share of all cores' time busy, everything on the machine
+    machine_busy: float
     #: the worker's metrics over the run (differences)
     records: float
     batches: float
@@ -131,6 +139,23 @@ async def served_version(
     fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
     await reader.readexactly(int(fields.get(b"content-length", b"0")))
     return int(fields.get(b"x-profile-version", b"0"))
+
+
+def run_queue_s(pid: int) -> float:
+    """Seconds the threads of `pid` have spent runnable but waiting for a core
+    (`/proc/<pid>/task/*/schedstat`, its second field): CPU contention, not work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot (`/proc/stat`)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def resp_command(*parts: bytes) -> bytes:
@@ -235,7 +260,8 @@ class Bench:
             raise RuntimeError("the background load did not start within 60 s")
         await asyncio.sleep(0.5)  # the load first, then the probes in it
         before = await asyncio.to_thread(counters, [metrics_port], METRICS)
-        cpu, started = cpu_seconds(worker), time.perf_counter()
+        cpu, waited, machine = cpu_seconds(worker), run_queue_s(worker), machine_ticks()
+        started = time.perf_counter()
         self.acks_ms = []
         tasks = []
         for _ in range(probes):
@@ -244,6 +270,8 @@ class Bench:
         results = await asyncio.gather(*tasks)
         span = time.perf_counter() - started
         worker_cpu = (cpu_seconds(worker) - cpu) / span
+        worker_waited = (run_queue_s(worker) - waited) / span
+        busy, ticks = (now - then for now, then in zip(machine_ticks(), machine, strict=True))
         after = await asyncio.to_thread(counters, [metrics_port], METRICS)
         stop.set()
         await asyncio.to_thread(load.join)
@@ -256,6 +284,8 @@ class Bench:
             latencies_ms=[ms for ms in results if ms is not None],
             acks_ms=list(self.acks_ms),
             worker_cpu=worker_cpu,
+            worker_waited=worker_waited,
+            machine_busy=busy / ticks if ticks else 0.0,
             records=records,
             batches=batches,
             batch_s=batch_s,
@@ -353,6 +383,10 @@ def report(run: Run, via: str = "api") -> None:
     )
     lines.append(
         f"  worker   CPU {run.worker_cpu:.0%} of a core; {run.batches:,.0f} batches{per_batch}"
+    )
+    lines.append(
+        f"  cores    the worker waited for a core {run.worker_waited:.0%} of the time; "
+        f"the machine's {os.cpu_count()} cores {run.machine_busy:.0%} busy"
     )
     print("\n".join(lines), flush=True)
 
