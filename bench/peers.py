@@ -183,7 +183,6 @@ def quix_python(home: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", QUIX]
         subprocess.run(pip, check=True)
-    print(f"Quix Streams' virtualenv: {venv}", flush=True)
     return python
 
 
@@ -331,6 +330,7 @@ def main() -> None:
 
     results: list[Result] = []
     if not args.skip_quix:
+        print(f"Quix Streams' virtualenv: {quix_python(base.home).parents[1]}", flush=True)
         results += [run_quix(base, topic, job, "on"), run_quix(base, topic, job, "off")]
     results += [run_traitflow(base, topic, job, False), run_traitflow(base, topic, job, True)]
     quix = results[:2] if not args.skip_quix else []
