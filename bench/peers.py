@@ -190,7 +190,8 @@ def run_quix(settings: Settings, topic: str, job: Job, changelog: str) -> Result
     client = redis.Redis.from_url(settings.redis_url)
     prefix = f"quix-{uuid.uuid4().hex[:8]}"
     app = ROOT / "bench" / "peers_quix_app.py"
-    daemon = Daemon(f"quix-{changelog}", settings.home / "bench")
+    # a name of its own: two runs at once must not stop each other's app by its pid file
+    daemon = Daemon(f"{prefix}-changelog-{changelog}", settings.home / "bench")
     state = settings.home / "bench" / "quix-state" / prefix  # its RocksDB, removed after
     arguments = [settings.kafka_bootstrap, topic, prefix, settings.redis_url, prefix, changelog]
     arguments.append(str(state))
