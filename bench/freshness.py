@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 
 from api.caching import view_version
 from bench.api import create_key, wait_for_api
-from bench.pipeline import cleanup, counters, cpu_seconds, make_events
+from bench.pipeline import cleanup, counters, cpu_seconds, drop_topics, make_events
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services, free_port
 from traitflow.store import KeyLayout
@@ -465,6 +465,7 @@ def main() -> None:
         worker.stop()
         api.stop()
         cleanup(redis.Redis.from_url(settings.redis_url), settings)
+        drop_topics(settings, settings.app_id)
     if not seen:
         sys.exit(f"some probes were not served within {args.timeout_s:.0f} s")
 

@@ -66,7 +66,7 @@ import redis
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.pipeline import children, cpu_seconds, publish
+from bench.pipeline import children, cpu_seconds, drop_topics, publish
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
 from traitflow.store import KeyLayout
@@ -188,7 +188,7 @@ def quix_python(home: Path) -> Path:
 
 def run_quix(settings: Settings, topic: str, job: Job, changelog: str) -> Result:
     client = redis.Redis.from_url(settings.redis_url)
-    prefix = f"quix-{uuid.uuid4().hex[:8]}"
+    prefix = f"{topic}-quix-{changelog}"  # its consumer group, changelog topics, keys
     app = ROOT / "bench" / "peers_quix_app.py"
     # a name of its own: two runs at once must not stop each other's app by its pid file
     daemon = Daemon(f"{prefix}-changelog-{changelog}", settings.home / "bench")
@@ -248,7 +248,7 @@ def rule_file(home: Path, reference: bool) -> Path:
 
 
 def run_traitflow(base: Settings, topic: str, job: Job, reference: bool) -> Result:
-    name = f"peers-{uuid.uuid4().hex[:8]}"
+    name = f"{topic}-{'reference' if reference else 'four'}"
     rules = rule_file(base.home / "bench", reference)
     settings = base.isolated(name, sources={topic: "web"}, rules_path=rules)
     client = redis.Redis.from_url(settings.redis_url)
@@ -345,6 +345,7 @@ def main() -> None:
             flush=True,
         )
     print(f"load average at end   {load()}", flush=True)
+    drop_topics(base, topic)  # every topic of the run is named after the job's
     if any(result.wrong for result in results):
         sys.exit(1)
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
@@ -198,6 +199,24 @@ def counters(ports: list[int], names: tuple[str, ...]) -> dict[str, float]:
     return totals
 
 
+def drop_topics(settings: Settings, fragment: str) -> None:
+    """Delete the broker's topics whose names contain `fragment` (a run's name): its
+    input, dead letters, Faust's and Quix's own; the embedded broker keeps them
+    otherwise, on disk."""
+
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            doomed = [name for name in await admin.list_topics() if fragment in name]
+            if doomed:
+                await admin.delete_topics(doomed)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
 def cleanup(client: redis.Redis, settings: Settings) -> None:
     for key in client.scan_iter(match=KeyLayout(settings.key_prefix).all_keys(), count=10_000):
         client.unlink(key)
@@ -291,6 +310,7 @@ def main() -> None:
             daemon.stop()
     wrong = check(client, settings, expected)
     cleanup(client, settings)
+    drop_topics(settings, f"bench-{run}")
 
     span = t_done - t_first
     print(f"events            {args.events} over {args.users} users, {args.partitions} partitions")
