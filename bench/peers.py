@@ -66,7 +66,7 @@ import redis
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.pipeline import children, cpu_seconds, drop_topics, publish
+from bench.pipeline import cpu_seconds, drop_topics, publish, tree_cpu_seconds, version
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services
 from traitflow.store import KeyLayout
@@ -258,13 +258,8 @@ def run_traitflow(base: Settings, topic: str, job: Job, reference: bool) -> Resu
     spawned = time.perf_counter()
     process = daemon.spawn([*command, "--loglevel", "warning"], settings.child_env(), ROOT)
 
-    def version(user: str) -> int:
-        raw = client.get(keys.view("user", user))
-        return int(orjson.loads(raw)["version"]) if raw else 0
-
     def cpu() -> float:
-        pids = [process.pid, *children(process.pid)]
-        return sum(cpu_seconds(pid) for pid in pids)
+        return tree_cpu_seconds(process.pid)
 
     try:
         views = [keys.view("user", user) for user in job.last_users.values()]
@@ -273,7 +268,10 @@ def run_traitflow(base: Settings, topic: str, job: Job, reference: bool) -> Resu
         )
         first, cpu_first = time.perf_counter(), cpu()
         wait_until(
-            lambda: all(version(u) >= job.totals[u].events for u in job.last_users.values()),
+            lambda: all(
+                version(client, settings, u) >= job.totals[u].events
+                for u in job.last_users.values()
+            ),
             600,
             "traitflow to apply every partition's last event",
             process,

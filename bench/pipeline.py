@@ -46,7 +46,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
-from traitflow.services import Daemon, embedded_services, free_port, port_open
+from traitflow.services import (
+    Daemon,
+    child_pids,
+    consecutive_free_ports,
+    embedded_services,
+    free_port,
+)
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
@@ -152,18 +158,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def children(pid: int) -> list[int]:
-    """The child processes of `pid` (a supervisor's workers)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
-
-
-def consecutive_free_ports(count: int) -> int:
-    """A port P such that P ... P + count - 1 are all free."""
-    while True:
-        port = free_port()
-        if not any(port_open("127.0.0.1", port + i) for i in range(1, count)):
-            return port
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and of the processes it started (a supervisor's workers)."""
+    return sum(cpu_seconds(p) for p in (pid, *child_pids(pid)))
 
 
 def version(client: redis.Redis, settings: Settings, user: str) -> int:
@@ -284,8 +281,7 @@ def main() -> None:
     ]
 
     def cpu() -> float:  # the supervisor's children's, if any
-        pids = [p.pid for p in processes]
-        return sum(cpu_seconds(pid) for pid in [*pids, *(c for p in pids for c in children(p))])
+        return sum(tree_cpu_seconds(process.pid) for process in processes)
 
     try:
         last_views = [KeyLayout(settings.key_prefix).view("user", u) for u in last_user.values()]

