@@ -52,10 +52,9 @@ from attributes.identities import IdentityRules
 from attributes.profile import ProfileState, decode_state
 from attributes.rules import load_rules
 from bench.pipeline import CATEGORIES
-from streams.processor import BatchProcessor, ListDeadLetters, Record
+from streams.app import redis_profiles, worker_processor
+from streams.processor import ListDeadLetters, Record
 from traitflow.config import Settings
-from traitflow.redis_logs import RedisLogHistory
-from traitflow.redis_store import RedisProfileStore
 from traitflow.runtime import tune_gc
 from traitflow.services import Service, free_port
 from traitflow.store import CachedProfileStore, KeyLayout
@@ -178,25 +177,11 @@ async def write_profiles(
     batches' merges, skips and dead letters."""
     entities = {entity: IdentityRules(spec) for entity, spec in settings.entities.items()}
     rules = load_rules(ROOT / "examples" / "rules.yaml", entities)
-    profiles = RedisProfileStore.from_url(
-        settings.redis_url,
-        settings.key_prefix,
-        dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
-    )
+    profiles = redis_profiles(settings)
     now = [0.0]
-    processor = BatchProcessor(
-        rules,
-        CachedProfileStore(profiles, settings.state_cache_profiles),
-        ListDeadLetters(),
-        clock=lambda: now[0],
-        remembered_renders=settings.state_cache_profiles,
-        identities=entities,
-        sources=settings.sources,
-        policy=settings.default_policy,
-        retractions=settings.source_deletes,
-        limits=settings.event_limits,
-        dedupe=settings.dedupe_window_s > 0,
-        logs=RedisLogHistory(profiles.client, profiles.keys),
+    store = CachedProfileStore(profiles, settings.state_cache_profiles)
+    processor = worker_processor(
+        settings, rules, profiles, store, ListDeadLetters(), clock=lambda: now[0]
     )
     seen: Counter[str] = Counter()
     started = time.perf_counter()

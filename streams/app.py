@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -30,12 +30,12 @@ from streams import fastfaust, faust_fixes
 from streams.batches import batch_subscribe
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
-from streams.processor import BatchProcessor, Decoded, Record
+from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import CachedProfileStore
+from traitflow.store import CachedProfileStore, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -96,34 +96,14 @@ def create_app(
         on_parked=metrics.parked,
     )
 
-    profiles = RedisProfileStore.from_url(
-        settings.redis_url,
-        settings.key_prefix,
-        dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
-    )
+    profiles = redis_profiles(settings)
     store = CachedProfileStore(profiles, settings.state_cache_profiles)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
     durable = DurabilityWait.from_url(
         settings.redis_url, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
     )
 
-    processor = BatchProcessor(
-        rules,
-        store,
-        dead_letters,
-        remembered_renders=settings.state_cache_profiles,
-        identities={entity: IdentityRules(spec) for entity, spec in settings.entities.items()},
-        sources=settings.sources,
-        policy=settings.default_policy,
-        retractions=settings.source_deletes,
-        limits=settings.event_limits,
-        dedupe=settings.dedupe_window_s > 0,
-        logs=RedisLogHistory(profiles.client, profiles.keys),
-        anonymous_ttl_ms=max(1, int(settings.anonymous_ttl_s * 1000))
-        if settings.anonymous_ttl_s
-        else None,
-        anonymous_types=settings.anonymous_types,
-    )
+    processor = worker_processor(settings, rules, profiles, store, dead_letters)
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()
     ingest_topics = set(settings.sources)
@@ -178,6 +158,46 @@ def create_app(
 
     batch_subscribe(app, ingest, process, max_size=settings.batch_size, prepare=decode)
     return app
+
+
+def redis_profiles(settings: Settings) -> RedisProfileStore:
+    """The worker's Redis profile store for `settings`."""
+    return RedisProfileStore.from_url(
+        settings.redis_url,
+        settings.key_prefix,
+        dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
+    )
+
+
+def worker_processor(
+    settings: Settings,
+    rules: RuleSet,
+    profiles: RedisProfileStore,
+    store: ProfileStore,
+    dead_letters: DeadLetterSink,
+    clock: Callable[[], float] = time.time,
+) -> BatchProcessor:
+    """The worker's batch processor for `settings`, writing through `store` (over
+    `profiles`): the one place settings meet the processor, so that a benchmark
+    (`bench.memory`) runs what the worker runs."""
+    return BatchProcessor(
+        rules,
+        store,
+        dead_letters,
+        clock=clock,
+        remembered_renders=settings.state_cache_profiles,
+        identities={entity: IdentityRules(spec) for entity, spec in settings.entities.items()},
+        sources=settings.sources,
+        policy=settings.default_policy,
+        retractions=settings.source_deletes,
+        limits=settings.event_limits,
+        dedupe=settings.dedupe_window_s > 0,
+        logs=RedisLogHistory(profiles.client, profiles.keys),
+        anonymous_ttl_ms=max(1, int(settings.anonymous_ttl_s * 1000))
+        if settings.anonymous_ttl_s
+        else None,
+        anonymous_types=settings.anonymous_types,
+    )
 
 
 async def expire_owned(processor: BatchProcessor, owned: set[str], metrics: WorkerMetrics) -> None:
