@@ -78,8 +78,8 @@ def batch_subscribe(
     """Deliver `topic`'s records to `handler` in batches of at most `max_size`, each
     first turned into what the handler takes by `prepare` (default: a list).
 
-    A batch is what one fetch round returned for the topic (cut at `max_size`), so
-    batches grow with the backlog and stay small when the worker keeps up. Call it
+    A batch is what arrived while the one before it was handled (cut at `max_size`),
+    so batches grow with the backlog and stay small when the worker keeps up. Call it
     before the worker starts. Needs the `fastfaust` patch: without it Faust would
     route the records to a stream nobody reads, so this raises instead.
     """
