@@ -172,6 +172,7 @@ def retract(state: ProfileState, origin: str, retraction: Retraction) -> None:
 def apply_event(
     state: ProfileState,
     event: Event,
+    *,
     ts: int,
     rules: RuleSet,
     source: str,
@@ -260,6 +261,7 @@ def compute_attributes(
     state: ProfileState,
     rules: RuleSet,
     now: int,
+    *,
     previous: Mapping[str, Any] | None = None,
     touched: Container[str] = (),
 ) -> dict[str, Any]:
@@ -293,7 +295,7 @@ def compute_attributes(
 
 
 def expire_windows(
-    state: ProfileState, rules: RuleSet, now: int, touched: set[str] | None = None
+    state: ProfileState, rules: RuleSet, now: int, *, touched: set[str] | None = None
 ) -> int | None:
     """Drop the buckets that are out of their windows at `now`, in place, adding the
     names of the attributes that lost some to `touched`; return when the next one
@@ -318,6 +320,7 @@ def render_view(
     state: ProfileState,
     rules: RuleSet,
     now: int,
+    *,
     previous: Mapping[str, Any] | None = None,
     touched: Container[str] = (),
     policy: MergePolicy = DEFAULT_POLICY,
@@ -329,7 +332,7 @@ def render_view(
         "entity": state.entity,
         "identities": state.identities,
         "traits": field_values(state.source_traits, policy),
-        "attributes": compute_attributes(state, rules, now, previous, touched),
+        "attributes": compute_attributes(state, rules, now, previous=previous, touched=touched),
         "first_seen": iso_from_ms(state.first_seen),
         "last_seen": iso_from_ms(state.last_seen),
         "version": state.version,

@@ -181,7 +181,7 @@ async def write_profiles(
     now = [0.0]
     store = CachedProfileStore(profiles, settings.state_cache_profiles)
     processor = worker_processor(
-        settings, rules, profiles, store, ListDeadLetters(), clock=lambda: now[0]
+        settings, rules, profiles, store=store, dead_letters=ListDeadLetters(), clock=lambda: now[0]
     )
     seen: Counter[str] = Counter()
     started = time.perf_counter()

@@ -103,7 +103,7 @@ def create_app(
         settings.redis_url, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
     )
 
-    processor = worker_processor(settings, rules, profiles, store, dead_letters)
+    processor = worker_processor(settings, rules, profiles, store=store, dead_letters=dead_letters)
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
     owned: set[str] = set()
     ingest_topics = set(settings.sources)
@@ -154,7 +154,9 @@ def create_app(
         return processor.decode(records)
 
     async def process(decoded: Decoded) -> None:
-        await process_until_done(processor, decoded.records, metrics, durable, decoded)
+        await process_until_done(
+            processor, decoded.records, metrics, durable=durable, decoded=decoded
+        )
 
     batch_subscribe(app, ingest, process, max_size=settings.batch_size, prepare=decode)
     return app
@@ -173,6 +175,7 @@ def worker_processor(
     settings: Settings,
     rules: RuleSet,
     profiles: RedisProfileStore,
+    *,
     store: ProfileStore,
     dead_letters: DeadLetterSink,
     clock: Callable[[], float] = time.time,
@@ -259,6 +262,7 @@ async def process_until_done(
     processor: BatchProcessor,
     records: Sequence[Record],
     metrics: WorkerMetrics,
+    *,
     durable: DurabilityWait | None = None,
     decoded: Decoded | None = None,
 ) -> None:

@@ -74,6 +74,7 @@ class EntityProcessor:
     def __init__(
         self,
         entity: str,
+        *,
         rules: RuleSet,
         identities: IdentityRules,
         store: ProfileStore,
@@ -81,6 +82,8 @@ class EntityProcessor:
         policy: MergePolicy,
         retractions: Mapping[str, Retraction],
         remembered_renders: int = 100_000,
+        idle_ttl_ms: int | None = None,
+        anonymous_types: frozenset[str] = frozenset({"anonymous_id"}),
     ) -> None:
         self.entity = entity
         self.rules = rules
@@ -96,8 +99,8 @@ class EntityProcessor:
         self.floors: dict[str, int] = {}
         #: how long an anonymous-only profile (identities of `anonymous_types` alone)
         #: lives without a write (ms); None: for good
-        self.idle_ttl_ms: int | None = None
-        self.anonymous_types: frozenset[str] = frozenset({"anonymous_id"})
+        self.idle_ttl_ms = idle_ttl_ms
+        self.anonymous_types = anonymous_types
         #: profile -> (the state object, its attribute values when last rendered): a
         #: store that keeps states (CachedProfileStore) hands back the same object, and
         #: then only the attributes an event touched are computed again
@@ -371,10 +374,12 @@ class EntityProcessor:
                 expiry = (source, None)
             return ProfileWrite(state, encode_state(state), None, expiry=expiry)
         if self.rules.windowed:
-            expiry = (source, expire_windows(state, self.rules, now, touched))
+            expiry = (source, expire_windows(state, self.rules, now, touched=touched))
         remembered = self._renders.pop(state.id, None)
         previous = remembered[1] if remembered is not None and remembered[0] is state else None
-        rendered = render_view(state, self.rules, now, previous, touched, self.policy)
+        rendered = render_view(
+            state, self.rules, now, previous=previous, touched=touched, policy=self.policy
+        )
         self._renders[state.id] = (state, rendered["attributes"])
         if len(self._renders) > self._remembered_renders:
             self._renders.popitem(last=False)
@@ -395,17 +400,18 @@ class EntityProcessor:
         for item in items:
             record, event = item.record, item.event
             source = record.source
+            origin = self.sources.get(record.topic, record.topic)
             applied = apply_event(
                 state,
                 event,
-                item.at,
-                self.rules,
-                record.log,
-                record.offset,
-                self.now,
-                origin := self.sources.get(record.topic, record.topic),
-                self.retractions.get(origin, "fields"),
-                self.identities.spec.traits_from,
+                ts=item.at,
+                rules=self.rules,
+                source=record.log,
+                offset=record.offset,
+                now=self.now,
+                origin=origin,
+                retraction=self.retractions.get(origin, "fields"),
+                traits_from=self.identities.spec.traits_from,
             )
             changed |= applied.changed
             report.duplicates += not applied.changed

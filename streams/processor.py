@@ -78,13 +78,13 @@ class BatchProcessor:
         rules: RuleSet,
         store: ProfileStore,
         dead_letters: DeadLetterSink,
+        *,
         clock: Callable[[], float] = time.time,
         remembered_renders: int = 100_000,
         identities: IdentityRules | Mapping[str, IdentityRules] | None = None,
         sources: Mapping[str, str] | None = None,
         policy: MergePolicy = DEFAULT_POLICY,
         retractions: Mapping[str, Retraction] | None = None,
-        *,
         limits: EventLimits | None = None,
         dedupe: bool = True,
         logs: LogHistory | None = None,
@@ -106,19 +106,18 @@ class BatchProcessor:
         self.entities = {
             entity: EntityProcessor(
                 entity,
-                rules.of(entity),
-                identity_rules,
-                store,
-                sources,
-                policy,
-                retractions,
-                remembered_renders,
+                rules=rules.of(entity),
+                identities=identity_rules,
+                store=store,
+                sources=sources,
+                policy=policy,
+                retractions=retractions,
+                remembered_renders=remembered_renders,
+                idle_ttl_ms=anonymous_ttl_ms,
+                anonymous_types=frozenset(anonymous_types),
             )
             for entity, identity_rules in identities.items()
         }
-        for processor in self.entities.values():
-            processor.idle_ttl_ms = anonymous_ttl_ms
-            processor.anonymous_types = frozenset(anonymous_types)
         self.lock = asyncio.Lock()
         types = {e: ", ".join(p.identities.types) for e, p in self.entities.items()}
         if len(types) == 1:

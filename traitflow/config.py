@@ -4,6 +4,11 @@ Every setting `x` can be overridden with `TRAITFLOW_X` (e.g. `TRAITFLOW_KAFKA_BO
 `TRAITFLOW_REDIS_URL`). The defaults point at the embedded broker and Redis that
 `traitflow services up` starts on ports of their own, so a demo never touches a Kafka
 or Redis that already runs on the machine.
+
+The environment is read in one place: `Settings.from_environ(environ)`, called once by
+each entry point (the CLI's callback, the API's uvicorn factory) with the environment
+it was started with. `Settings(...)` itself reads none, so a component given settings
+cannot pick up a variable its caller did not (as Starlette's `Config(environ=...)`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
 from attributes.limits import EventLimits
@@ -54,8 +68,64 @@ DEFAULT_DESTINATIONS = {
 }
 
 
+#: the environment `Settings.from_environ` is building settings from (None: no environment)
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("traitflow_environ", default=None)
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str]) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping, not `os.environ`:
+    the same parsing (JSON for structured values) and the same errors."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # before the base class loads the variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAITFLOW_", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The given values, then the environment `from_environ` was given, if any: never
+        the process's own (`os.environ`), which only an entry point hands over."""
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings,)
+        return init_settings, _MappingEnvSource(settings_cls, environ)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **values: Any) -> Settings:
+        """Settings from `environ`'s `TRAITFLOW_*` variables, `values` overriding them:
+        what an entry point builds, once, from the environment it was started with.
+        Whether the broker and Redis are the user's own (`kafka_is_external`,
+        `redis_is_external`: timeouts and which services to start follow) is whether
+        `environ` names them."""
+        with _reading(environ):
+            settings = cls(**values)
+        settings._kafka_from_env = "TRAITFLOW_KAFKA_BOOTSTRAP" in environ
+        settings._redis_from_env = "TRAITFLOW_REDIS_URL" in environ
+        return settings
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     redis_url: str = DEFAULT_REDIS_URL
@@ -345,12 +415,9 @@ class Settings(BaseSettings):
         return url.hostname or "127.0.0.1", url.port or 6379
 
     #: whether the environment named the broker / Redis when these settings were made
+    #: (`from_environ`; settings made from values alone name the embedded ones)
     _kafka_from_env: bool = PrivateAttr(default=False)
     _redis_from_env: bool = PrivateAttr(default=False)
-
-    def model_post_init(self, context: Any) -> None:
-        self._kafka_from_env = "TRAITFLOW_KAFKA_BOOTSTRAP" in os.environ
-        self._redis_from_env = "TRAITFLOW_REDIS_URL" in os.environ
 
     @property
     def kafka_is_external(self) -> bool:

@@ -108,7 +108,7 @@ async def store(example_rules: RuleSet) -> CountingStore:
         example_rules,
         store,
         dead_letters,
-        lambda: NOW_S,
+        clock=lambda: NOW_S,
         sources=SETTINGS.sources,
         policy=SETTINGS.default_policy,
         retractions=SETTINGS.source_deletes,

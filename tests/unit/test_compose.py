@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def _env(compose: dict[str, Any], service: str) -> dict[str, str]:
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Settings()
+    return Settings.from_environ(os.environ)
 
 
 def test_stack_has_the_four_services_with_health_checks(compose: dict[str, Any]) -> None:

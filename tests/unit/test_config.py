@@ -15,14 +15,14 @@ from traitflow.config import Settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read the environment: start every test from none of ours."""
+    """Settings read the environment they are given: start every test from none of ours."""
     for name in list(os.environ):
         if name.upper().startswith("TRAITFLOW_"):
             monkeypatch.delenv(name)
 
 
 def test_defaults_point_at_the_embedded_services() -> None:
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     assert settings.kafka_host_port == ("127.0.0.1", 19092)
     assert settings.redis_host_port == ("127.0.0.1", 16379)
     assert not settings.kafka_is_external
@@ -34,7 +34,7 @@ def test_defaults_point_at_the_embedded_services() -> None:
 
 def test_kafka_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "broker-1:9093,broker-2:9094")
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     assert settings.kafka_bootstrap == "broker-1:9093,broker-2:9094"
     assert settings.kafka_host_port == ("broker-1", 9093)
     assert settings.kafka_is_external
@@ -43,7 +43,7 @@ def test_kafka_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_redis_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_REDIS_URL", "redis://cache.internal:6380/2")
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     assert settings.redis_url == "redis://cache.internal:6380/2"
     assert settings.redis_host_port == ("cache.internal", 6380)
     assert settings.redis_is_external
@@ -79,12 +79,12 @@ def test_redis_host_port(url: str, host_port: tuple[str, int]) -> None:
 
 def test_sources_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_SOURCES", '{"web-events": "web", "app-events": "app"}')
-    assert Settings().sources == {"web-events": "web", "app-events": "app"}
+    assert Settings.from_environ(os.environ).sources == {"web-events": "web", "app-events": "app"}
 
 
 def test_collections_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_COLLECTIONS", '{"people": "user", "orgs": "account"}')
-    assert Settings().collections == {"people": "user", "orgs": "account"}
+    assert Settings.from_environ(os.environ).collections == {"people": "user", "orgs": "account"}
 
 
 def test_scalars_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,7 +92,7 @@ def test_scalars_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAITFLOW_KEY_PREFIX", "tf-test.1")
     monkeypatch.setenv("TRAITFLOW_RULES_PATH", "/etc/traitflow/rules.yaml")
     monkeypatch.setenv("TRAITFLOW_STATE_CACHE_PROFILES", "0")
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     assert settings.batch_size == 500
     assert settings.key_prefix == "tf-test.1"
     assert settings.rules_path == Path("/etc/traitflow/rules.yaml")
@@ -114,11 +114,11 @@ def test_scalars_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name.removeprefix("TRAITFLOW_").lower()):
-        Settings()
+        Settings.from_environ(os.environ)
 
 
 def test_settings_are_frozen() -> None:
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     with pytest.raises(pydantic.ValidationError):
         settings.batch_size = 1
 
@@ -131,14 +131,14 @@ def test_group_timeouts_are_short_on_the_embedded_broker_and_kafka_safe_elsewher
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
-    assert Settings().group_timeouts == (2.0, 1.0, 0.5)
+    assert Settings.from_environ(os.environ).group_timeouts == (2.0, 1.0, 0.5)
     monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "kafka:9092")
-    session, rebalance, heartbeat = Settings().group_timeouts
+    session, rebalance, heartbeat = Settings.from_environ(os.environ).group_timeouts
     assert 0 < rebalance <= session
     assert session >= 6.0  # Apache Kafka's default group.min.session.timeout.ms
     assert heartbeat < session / 3
     monkeypatch.setenv("TRAITFLOW_SESSION_TIMEOUT_S", "30")
-    assert Settings().group_timeouts[0] == 30.0
+    assert Settings.from_environ(os.environ).group_timeouts[0] == 30.0
 
 
 def test_the_fetch_wait_is_short_on_the_embedded_broker_only(
@@ -147,11 +147,11 @@ def test_the_fetch_wait_is_short_on_the_embedded_broker_only(
     # Tansu answers a waiting fetch only when the wait is over: it is added latency there
     monkeypatch.delenv("TRAITFLOW_KAFKA_BOOTSTRAP", raising=False)
     monkeypatch.delenv("TRAITFLOW_FETCH_WAIT_MS", raising=False)
-    assert Settings().fetch_wait == 5
+    assert Settings.from_environ(os.environ).fetch_wait == 5
     monkeypatch.setenv("TRAITFLOW_KAFKA_BOOTSTRAP", "kafka:9092")  # Kafka answers at once
-    assert Settings().fetch_wait == 500
+    assert Settings.from_environ(os.environ).fetch_wait == 500
     monkeypatch.setenv("TRAITFLOW_FETCH_WAIT_MS", "20")
-    assert Settings().fetch_wait == 20
+    assert Settings.from_environ(os.environ).fetch_wait == 20
 
 
 def test_as_env_gives_a_child_process_the_same_effective_settings(
@@ -164,7 +164,7 @@ def test_as_env_gives_a_child_process_the_same_effective_settings(
     for key, value in parent.as_env().items():
         monkeypatch.setenv(key, value)
 
-    child = Settings()
+    child = Settings.from_environ(os.environ)
 
     assert child.kafka_is_external  # the child is given the broker explicitly...
     assert child.group_timeouts == parent.group_timeouts == (2.0, 1.0, 0.5)  # ...same timeouts
@@ -200,7 +200,7 @@ def test_child_env_replaces_every_traitflow_variable(monkeypatch: pytest.MonkeyP
 
 
 def test_entities_default_to_users_and_accounts() -> None:
-    entities = Settings().entities
+    entities = Settings.from_environ(os.environ).entities
     assert list(entities) == ["user", "account"]
     user, account = entities["user"], entities["account"]
     assert [identity.type for identity in user.identities] == ["user_id", "email", "anonymous_id"]
@@ -222,7 +222,7 @@ def test_entities_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         }
     }
     monkeypatch.setenv("TRAITFLOW_ENTITIES", json.dumps(spec))
-    user = Settings().entities["user"]
+    user = Settings.from_environ(os.environ).entities["user"]
     assert [identity.type for identity in user.identities] == ["customer_id", "anonymous_id"]
     assert not user.stitching
 
@@ -232,8 +232,10 @@ def test_entities_declared_without_collections_are_served_as_their_plurals(
 ) -> None:
     household = {"identities": [{"type": "household_id", "paths": ["traits.household"]}]}
     monkeypatch.setenv("TRAITFLOW_ENTITIES", json.dumps({"household": household}))
-    assert Settings().collections == {"households": "household"}
-    assert Settings(collections={"homes": "household"}).collections == {"homes": "household"}
+    assert Settings.from_environ(os.environ).collections == {"households": "household"}
+    assert Settings.from_environ(
+        os.environ, collections={"homes": "household"}
+    ).collections == {"homes": "household"}
 
 
 @pytest.mark.parametrize(
@@ -255,7 +257,7 @@ def test_entities_must_be_named_and_served_as_declared(
 
 
 def test_an_isolated_copy_with_other_entities_serves_them() -> None:
-    users_only = Settings().isolated("run-4", entities={"user": DEFAULT_USER})
+    users_only = Settings.from_environ(os.environ).isolated("run-4", entities={"user": DEFAULT_USER})
     assert users_only.collections == {"users": "user"}
     assert list(users_only.destinations) == ["web-personalisation"]
     chosen = Settings(collections={"people": "user", "accounts": "account"})
@@ -269,15 +271,15 @@ def test_event_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TRAITFLOW_MAX_ID_LENGTH", "64")
     monkeypatch.setenv("TRAITFLOW_MAX_IDENTITIES_PER_EVENT", "4")
     monkeypatch.setenv("TRAITFLOW_MAX_FUTURE_SKEW_S", "60")
-    limits = Settings().event_limits
+    limits = Settings.from_environ(os.environ).event_limits
     assert (limits.max_bytes, limits.max_depth, limits.max_id_length) == (1000, 8, 64)
     assert (limits.max_identities, limits.max_future_skew_ms) == (4, 60_000)
     monkeypatch.setenv("TRAITFLOW_MAX_FUTURE_SKEW_S", "0")
-    assert Settings().event_limits.max_future_skew_ms is None
+    assert Settings.from_environ(os.environ).event_limits.max_future_skew_ms is None
 
 
 def test_the_default_limits_and_dedupe_window() -> None:
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     limits = settings.event_limits
     assert (limits.max_bytes, limits.max_depth, limits.max_id_length) == (262_144, 32, 512)
     assert limits.max_future_skew_ms == 86_400_000

@@ -56,7 +56,7 @@ class Worker:
     def __init__(self, rules: RuleSet, store: MemoryProfileStore, logs: MemoryLogHistory) -> None:
         self.dead_letters = ListDeadLetters()
         self.processor = BatchProcessor(
-            rules, store, self.dead_letters, lambda: NOW_S, logs=logs, dedupe=False
+            rules, store, self.dead_letters, clock=lambda: NOW_S, logs=logs, dedupe=False
         )
 
 

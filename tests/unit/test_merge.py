@@ -73,7 +73,9 @@ Item = tuple[Event, int, str, int, str]
 
 def applied(state: ProfileState, rules: RuleSet, item: Item) -> None:
     e, ts, partition, offset, origin = item
-    assert apply_event(state, e, ts, rules, partition, offset, NOW, origin).changed
+    assert apply_event(
+        state, e, ts=ts, rules=rules, source=partition, offset=offset, now=NOW, origin=origin
+    ).changed
 
 
 @settings(max_examples=150, deadline=None)
@@ -243,7 +245,15 @@ def test_windows_merge_bucket_by_bucket(example_rules: RuleSet) -> None:
     left, right = state("l"), state("r")
     for target, hours, offset in [(left, 1, 0), (left, 5, 1), (right, 1, 2), (right, 48, 3)]:
         e = event(**order, messageId=f"m-{offset}")
-        apply_event(target, e, NOW - hours * HOUR, example_rules, "events/0", offset, NOW)
+        apply_event(
+            target,
+            e,
+            ts=NOW - hours * HOUR,
+            rules=example_rules,
+            source="events/0",
+            offset=offset,
+            now=NOW,
+        )
     merge_states(left, right, example_rules)
     bucket = NOW - NOW % HOUR
     assert left.attributes[window.key] == [
@@ -256,10 +266,12 @@ def test_windows_merge_bucket_by_bucket(example_rules: RuleSet) -> None:
 
 def test_a_state_only_one_side_has_is_kept(example_rules: RuleSet) -> None:
     left, right = state("l"), state("r")
-    apply_event(left, event(type="page"), NOW, example_rules, "events/0", 0, NOW)
+    apply_event(
+        left, event(type="page"), ts=NOW, rules=example_rules, source="events/0", offset=0, now=NOW
+    )
     product = {"category": "books", "product_id": "sku-1"}
     viewed = event(type="track", event="Product Viewed", properties=product)
-    apply_event(right, viewed, NOW, example_rules, "events/0", 1, NOW)
+    apply_event(right, viewed, ts=NOW, rules=example_rules, source="events/0", offset=1, now=NOW)
     merge_states(left, right, example_rules)
     values = compute_attributes(left, example_rules, NOW)
     assert values["page_views"] == 1

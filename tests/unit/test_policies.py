@@ -7,6 +7,7 @@ entry with the largest (event time, messageId, source) over every source's entri
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -285,7 +286,7 @@ def test_policy_settings_survive_the_environment_a_child_process_gets(
     )
     for name, value in chosen.as_env().items():
         monkeypatch.setenv(name, value)
-    child = Settings()
+    child = Settings.from_environ(os.environ)
     assert child.sources == SOURCES
     assert child.merge_policies == chosen.merge_policies
     assert child.source_deletes == {"crm": "record"}
@@ -303,6 +304,6 @@ def test_isolated_settings_with_several_sources_still_validate(
     isolated = chosen.isolated("tf-iso")
     for name, value in isolated.as_env().items():
         monkeypatch.setenv(name, value)
-    child = Settings()  # what `traitflow worker` / `traitflow api` build from it
+    child = Settings.from_environ(os.environ)  # what `traitflow worker` / `traitflow api` build from it
     assert sorted(child.sources.values()) == ["crm", "web"]
     assert all(topic.startswith("tf-iso") for topic in child.sources)

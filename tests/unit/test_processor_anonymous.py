@@ -34,7 +34,9 @@ class Recording(MemoryProfileStore):
 
 
 def worker(rules: RuleSet, store: MemoryProfileStore, ttl_ms: int | None) -> BatchProcessor:
-    return BatchProcessor(rules, store, ListDeadLetters(), lambda: NOW_S, anonymous_ttl_ms=ttl_ms)
+    return BatchProcessor(
+        rules, store, ListDeadLetters(), clock=lambda: NOW_S, anonymous_ttl_ms=ttl_ms
+    )
 
 
 def page(offset: int, **ids: str) -> Record:

@@ -59,7 +59,7 @@ class Worker:
         self.store = store
         self.dead_letters = ListDeadLetters()
         self.processor = BatchProcessor(
-            rules, store, self.dead_letters, lambda: NOW_S, sources=SOURCES, dedupe=dedupe
+            rules, store, self.dead_letters, clock=lambda: NOW_S, sources=SOURCES, dedupe=dedupe
         )
 
     async def send(self, *records: Record) -> BatchReport:

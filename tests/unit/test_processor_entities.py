@@ -55,7 +55,7 @@ class Worker:
         self.dead_letters = ListDeadLetters()
         self.now_s = NOW_S
         self.processor = BatchProcessor(
-            self.rules, self.store, self.dead_letters, lambda: self.now_s, identities=ENTITIES
+            self.rules, self.store, self.dead_letters, clock=lambda: self.now_s, identities=ENTITIES
         )
         self.offset = 0
         self.sent: list[Record] = []

@@ -27,7 +27,7 @@ class Worker:
         self.store = MemoryProfileStore()
         self.dead_letters = ListDeadLetters()
         self.processor = BatchProcessor(
-            rules, self.store, self.dead_letters, lambda: NOW_S, limits=limits
+            rules, self.store, self.dead_letters, clock=lambda: NOW_S, limits=limits
         )
         self.offset = 0
 

@@ -68,7 +68,7 @@ class Pipeline:
             rules,
             self.store,
             self.dead_letters,
-            lambda: NOW_S,
+            clock=lambda: NOW_S,
             sources=SOURCES,
             policy=policy,
             retractions=retractions,

@@ -71,7 +71,7 @@ async def process(
 ) -> tuple[ProfileStore, list[BatchReport]]:
     store = MemoryProfileStore() if store is None else store
     dead_letters = ListDeadLetters()
-    processor = BatchProcessor(rules, store, dead_letters, clock, identities=identities)
+    processor = BatchProcessor(rules, store, dead_letters, clock=clock, identities=identities)
     reports = [await processor.process(batch) for batch in batches]
     assert dead_letters.records == []
     return store, reports

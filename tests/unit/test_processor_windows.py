@@ -54,7 +54,7 @@ def world(request: pytest.FixtureRequest) -> tuple[BatchProcessor, MemoryProfile
     """Also behind the worker's state cache, where renders reuse unchanged values."""
     store, clock = MemoryProfileStore(), Clock(NOW)
     front = store if request.param == "memory" else CachedProfileStore(store, 100)
-    return BatchProcessor(RULES, front, ListDeadLetters(), clock), store, clock
+    return BatchProcessor(RULES, front, ListDeadLetters(), clock=clock), store, clock
 
 
 async def attributes(store: MemoryProfileStore, user: str) -> Any:
@@ -147,7 +147,7 @@ async def test_a_profile_that_breaks_re_rendering_stops_no_other(
 
 async def test_a_deleted_profile_leaves_the_index() -> None:
     store, clock = MemoryProfileStore(), Clock(NOW)
-    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock)
+    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock=clock)
     await processor.process([order("u-1", 0, NOW - HOUR)])
     del store.states[("user", "u-1")]
     clock.ms = NOW + 3 * DAY
@@ -169,7 +169,7 @@ async def test_an_attribute_whose_state_changed_shape_starts_afresh() -> None:
     """Between runs `recent_orders` gains a longer window and `orders` becomes a sum:
     their old states do not fit, so they restart instead of failing every event."""
     store = MemoryProfileStore()
-    before = BatchProcessor(RULES, store, ListDeadLetters(), Clock(NOW))
+    before = BatchProcessor(RULES, store, ListDeadLetters(), clock=Clock(NOW))
     await before.process([order("u-1", 0, NOW - HOUR, 4.0), order("u-1", 1, NOW - HOUR, 6.0)])
 
     changed = parse_rules(
@@ -182,7 +182,7 @@ async def test_an_attribute_whose_state_changed_shape_starts_afresh() -> None:
         "    event: Order\n    lookback: {count: 1, unit: days}\n"
     )
     dead = ListDeadLetters()
-    after = BatchProcessor(changed, store, dead, Clock(NOW))
+    after = BatchProcessor(changed, store, dead, clock=Clock(NOW))
     await after.process([order("u-1", 2, NOW - HOUR, 5.0)])
 
     assert dead.records == []

@@ -50,7 +50,9 @@ class Profile:
         self.offset = 0
 
     def apply(self, e: Event, ts: int = Y2K_MS, source: str = SOURCE) -> Applied:
-        applied = apply_event(self.state, e, ts, self.rules, source, self.offset, NOW)
+        applied = apply_event(
+            self.state, e, ts=ts, rules=self.rules, source=source, offset=self.offset, now=NOW
+        )
         self.offset += 1
         return applied
 
@@ -122,13 +124,19 @@ def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
 def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     first = order("m-1", revenue=10, product_id="sku-1")
-    assert apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW).changed
+    assert apply_event(
+        state, first, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=5, now=NOW
+    ).changed
     settle(state, {SOURCE: 3})  # written with a batch that began at offset 4
     before = encode_state(state)
 
-    again = apply_event(state, first, Y2K_MS, example_rules, SOURCE, 5, NOW)
+    again = apply_event(
+        state, first, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=5, now=NOW
+    )
     older = order("m-0", revenue=99, product_id="sku-0")
-    below = apply_event(state, older, Y2K_MS + DAY, example_rules, SOURCE, 3, NOW)
+    below = apply_event(
+        state, older, ts=Y2K_MS + DAY, rules=example_rules, source=SOURCE, offset=3, now=NOW
+    )
 
     assert (again.changed, below.changed) == (False, False)
     assert (again.skips, below.skips) == ([], [])
@@ -142,11 +150,23 @@ def test_offsets_above_the_floor_are_applied_one_by_one(example_rules: RuleSet) 
     state = ProfileState(id="u-1")
     for offset in (9, 7):  # 7 after 9: a merge can bring offsets in any order
         apply_event(
-            state, order(f"m-{offset}", revenue=1), Y2K_MS, example_rules, SOURCE, offset, NOW
+            state,
+            order(f"m-{offset}", revenue=1),
+            ts=Y2K_MS,
+            rules=example_rules,
+            source=SOURCE,
+            offset=offset,
+            now=NOW,
         )
     assert state.recent == {SOURCE: [7, 9]}
     assert apply_event(
-        state, order("m-8", revenue=1), Y2K_MS, example_rules, SOURCE, 8, NOW
+        state,
+        order("m-8", revenue=1),
+        ts=Y2K_MS,
+        rules=example_rules,
+        source=SOURCE,
+        offset=8,
+        now=NOW,
     ).changed
     assert [applied_before(state, SOURCE, o) for o in range(6, 11)] == [False, *[True] * 3, False]
 
@@ -173,8 +193,24 @@ def test_merged_offsets_are_the_higher_floor_and_what_either_applied() -> None:
 
 def test_offsets_are_per_source(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
-    apply_event(state, order("m-1", revenue=10), Y2K_MS, example_rules, "events/0", 5, NOW)
-    applied = apply_event(state, order("m-2", revenue=5), Y2K_MS, example_rules, "events/1", 5, NOW)
+    apply_event(
+        state,
+        order("m-1", revenue=10),
+        ts=Y2K_MS,
+        rules=example_rules,
+        source="events/0",
+        offset=5,
+        now=NOW,
+    )
+    applied = apply_event(
+        state,
+        order("m-2", revenue=5),
+        ts=Y2K_MS,
+        rules=example_rules,
+        source="events/1",
+        offset=5,
+        now=NOW,
+    )
     assert applied.changed
     assert state.recent == {"events/0": [5], "events/1": [5]}
     assert compute_attributes(state, example_rules, NOW)["lifetime_value"] == 15
@@ -184,10 +220,22 @@ def test_offsets_are_per_source(example_rules: RuleSet) -> None:
 def test_offset_zero_is_applied_once(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     assert apply_event(
-        state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0, NOW
+        state,
+        order("m-1", revenue=1),
+        ts=Y2K_MS,
+        rules=example_rules,
+        source=SOURCE,
+        offset=0,
+        now=NOW,
     ).changed
     assert not apply_event(
-        state, order("m-1", revenue=1), Y2K_MS, example_rules, SOURCE, 0, NOW
+        state,
+        order("m-1", revenue=1),
+        ts=Y2K_MS,
+        rules=example_rules,
+        source=SOURCE,
+        offset=0,
+        now=NOW,
     ).changed
 
 
@@ -378,9 +426,11 @@ def test_a_decoded_state_carries_on_like_the_original(example_rules: RuleSet) ->
     stored = ProfileState(id="u-1")
     for offset in range(10):
         e = order(f"m-{offset}", revenue=0.1)
-        apply_event(kept, e, Y2K_MS, example_rules, SOURCE, offset, NOW)
+        apply_event(kept, e, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=offset, now=NOW)
         stored = decode_state(encode_state(stored))
-        apply_event(stored, e, Y2K_MS, example_rules, SOURCE, offset, NOW)
+        apply_event(
+            stored, e, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=offset, now=NOW
+        )
     assert compute_attributes(stored, example_rules, NOW)["lifetime_value"] == 1.0
     assert encode_state(stored) == encode_state(kept)
 
@@ -401,7 +451,15 @@ def test_reconcile_drops_states_the_rules_no_longer_read() -> None:
         "  - name: b\n    function: count\n"
     )
     state = ProfileState(id="u-1")
-    apply_event(state, event(type="page", messageId="m"), Y2K_MS, old, SOURCE, 0, NOW)
+    apply_event(
+        state,
+        event(type="page", messageId="m"),
+        ts=Y2K_MS,
+        rules=old,
+        source=SOURCE,
+        offset=0,
+        now=NOW,
+    )
     assert set(state.attributes) == {"a/count", "b/count"}
     assert reconcile(state, old) == []
     assert reconcile(state, new) == ["a/count"]
@@ -418,6 +476,14 @@ def test_the_view_keeps_the_file_order_when_derived_attributes_come_first() -> N
     )
     assert [a.name for a in rules.derived_inputs] == ["orders"]
     state = ProfileState(id="u-1")
-    apply_event(state, event(type="page", messageId="m"), Y2K_MS, rules, SOURCE, 0, NOW)
+    apply_event(
+        state,
+        event(type="page", messageId="m"),
+        ts=Y2K_MS,
+        rules=rules,
+        source=SOURCE,
+        offset=0,
+        now=NOW,
+    )
     values = compute_attributes(state, rules, NOW)
     assert list(values.items()) == [("doubled", 2), ("orders", 1), ("pages", 1), ("quadrupled", 4)]

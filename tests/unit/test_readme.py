@@ -63,7 +63,9 @@ async def test_the_accounts_walkthrough_serves_the_documented_account() -> None:
     rules = load_rules(ROOT / "examples" / "rules.yaml", entities)
     store = MemoryProfileStore()
     now = datetime(2026, 11, 12, tzinfo=UTC).timestamp()
-    processor = BatchProcessor(rules, store, ListDeadLetters(), lambda: now, identities=entities)
+    processor = BatchProcessor(
+        rules, store, ListDeadLetters(), clock=lambda: now, identities=entities
+    )
     records = [Record("events", 0, offset, line, 0) for offset, line in enumerate(lines)]
     assert (await processor.process(records)).dead_lettered == 0
     assert (

@@ -34,12 +34,12 @@ def test_the_option_wins_then_the_setting_then_one_per_core() -> None:
 
 def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRAITFLOW_WORKER_PROCESSES", raising=False)
-    assert Settings().worker_processes == 0  # one per core
+    assert Settings.from_environ(os.environ).worker_processes == 0  # one per core
     monkeypatch.setenv("TRAITFLOW_WORKER_PROCESSES", "3")
-    assert Settings().worker_processes == 3
+    assert Settings.from_environ(os.environ).worker_processes == 3
     monkeypatch.setenv("TRAITFLOW_WORKER_PROCESSES", "-1")
     with pytest.raises(ValidationError, match="worker_processes"):
-        Settings()
+        Settings.from_environ(os.environ)
 
 
 def test_a_test_or_benchmark_child_gets_the_setting_pinned() -> None:
