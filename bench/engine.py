@@ -22,7 +22,8 @@ from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.runtime import tune_gc
-from traitflow.store import CachedProfileStore, MemoryProfileStore
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

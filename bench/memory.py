@@ -57,7 +57,8 @@ from streams.processor import ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.runtime import tune_gc
 from traitflow.services import Service, free_port
-from traitflow.store import CachedProfileStore, KeyLayout
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000

@@ -35,7 +35,8 @@ from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import CachedProfileStore, ProfileStore
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import ProfileStore
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -41,6 +42,7 @@ from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.effects import Stitched, split
 from streams.records import BatchReport, Identified, Record
+from traitflow.state_cache import Checkout
 from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, ProfileWrite
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,18 @@ encode_view = msgspec.json.Encoder().encode
 class ComputeFailed(Exception):
     """Computing a batch's effect raised (a bug some input meets), not the store: the
     caller narrows the batch down to the event that breaks it (`BatchProcessor`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRead:
+    """What an entity's batch read before computing: where its identities point, the
+    profiles they name, what the commit must find unchanged, and which of its
+    messageIds were applied already."""
+
+    pointers: dict[Identity, str]
+    states: dict[str, ProfileState]
+    expected: Expected
+    applied: set[MessageKey]
 
 
 @contextmanager
@@ -111,24 +125,32 @@ class EntityProcessor:
         """Drop the remembered renders (their states are gone from the store's cache)."""
         self._renders.clear()
 
-    async def commit(self, stitched: Stitched, report: BatchReport) -> list[Identified]:
+    def checkout(self) -> Checkout:
+        """The hold of one attempt at a batch on the states it loads: leaving it forgets
+        those it did not commit, and their remembered renders (`Checkout`)."""
+        return Checkout(self.store, self.entity, forget=self._forget_renders)
+
+    def _forget_renders(self, profiles: Sequence[str]) -> None:
+        for pid in profiles:
+            self._renders.pop(pid, None)
+
+    async def commit(
+        self, work: Checkout, stitched: Stitched, report: BatchReport
+    ) -> list[Identified]:
         """Commit a batch's effect and report it; return the events to compute again.
 
         When the commit finds that another worker changed something the batch read,
         the parts of the batch that read none of it are committed (`effects.split`),
-        and the events of the others are returned, their states forgotten."""
+        and the events of the others are returned (their states are not committed:
+        `work` forgets them when it ends)."""
         redo: list[Identified] = []
         while stitched.writes or stitched.removed:
             try:
-                await self.store.commit(
-                    self.entity, stitched.writes, stitched.removed, stitched.expected
-                )
+                await work.commit(stitched.writes, stitched.removed, stitched.expected)
             except Conflict as conflict:
                 report.conflicts += 1
                 log.debug("part of a batch computed again: %s", conflict)
                 stitched, stale = split(stitched, conflict, self.identities.profile_id)
-                # states were changed in place: a store that keeps them must forget them
-                self.abandon(stale.profiles)
                 redo += stale.events
                 continue
             break
@@ -136,20 +158,14 @@ class EntityProcessor:
         return redo
 
     async def stitch(
-        self, events: list[Identified], rejected: list[tuple[Record, str]]
+        self, work: Checkout, events: list[Identified], rejected: list[tuple[Record, str]]
     ) -> Stitched:
         """Where the events belong (`attributes.stitching`), the merges they make, and
-        the writes of every profile they change, with what the commit must find."""
-        pointers, states, expected, applied = await self._read(events)
-        try:
-            return await self._stitched(events, pointers, states, expected, applied, rejected)
-        except BaseException:
-            self.abandon(list(states))  # states it changed must not stay in a cache
-            raise
+        the writes of every profile they change, with what the commit must find. The
+        states are loaded through `work`, which owns them until they are committed."""
+        return await self._stitched(work, events, await self._read(work, events), rejected)
 
-    async def _read(
-        self, events: Sequence[Identified]
-    ) -> tuple[dict[Identity, str], dict[str, ProfileState], Expected, set[MessageKey]]:
+    async def _read(self, work: Checkout, events: Sequence[Identified]) -> BatchRead:
         """Where the events' identities point, the profiles they name (and those a new
         identity's profile id may already name), what the commit must find, and which
         of the events' messageIds are applied already."""
@@ -164,7 +180,7 @@ class EntityProcessor:
             if item.ids[0] not in pointers
         ]
         ids = list(dict.fromkeys([*pointers.values(), *candidates]))
-        states = await self.store.load(self.entity, ids)
+        states = await work.load(ids)
         # Only pointers to no loaded profile need checking: one that points to a loaded
         # profile moves only when another commit merges that profile away, and that
         # commit changes the profile's version, which is checked.
@@ -178,24 +194,23 @@ class EntityProcessor:
         )
         for state in states.values():
             self._fit(state)
-        return pointers, states, expected, applied
+        return BatchRead(pointers, states, expected, applied)
 
     async def _stitched(
         self,
+        work: Checkout,
         events: list[Identified],
-        pointers: dict[Identity, str],
-        states: dict[str, ProfileState],
-        expected: Expected,
-        applied: set[MessageKey],
+        read: BatchRead,
         rejected: list[tuple[Record, str]],
     ) -> Stitched:
-        stitched = Stitched(events, pointers, expected=expected, profiles=[*states])
+        states, expected = read.states, read.expected
+        stitched = Stitched(events, read.pointers, expected=expected, profiles=[*states])
         # A pointer to a profile that is gone (merged away by another worker between the
         # two reads) is left out: its identity looks new, and the commit, which expects
         # the pointer as read, finds it moved and has the batch computed again.
-        pointers = {identity: pid for identity, pid in pointers.items() if pid in states}
+        pointers = {identity: pid for identity, pid in read.pointers.items() if pid in states}
         with computing():
-            fresh = self._fresh(events, pointers, states, applied, stitched)
+            fresh = self._fresh(events, pointers, states, read.applied, stitched)
             stitcher = Stitcher(self.identities, pointers, states)
             for item in fresh:
                 stitcher.assign(item.ids, item.previous, item.at)
@@ -239,8 +254,7 @@ class EntityProcessor:
                 # retried forever): find the events that break, dead-letter only those.
                 log.exception("profile %s failed; applying its events one by one", pid)
                 report.rollback(mark)
-                self.store.abandon(self.entity, [pid])
-                base = await self._before(pid, snapshot, links)
+                base = await self._before(work, pid, snapshot, links)
                 write = await self._apply_each(base, items, report, rejected, changed)
             if write is not None:
                 write.identities = links
@@ -297,23 +311,18 @@ class EntityProcessor:
         return fresh
 
     async def _before(
-        self, pid: str, snapshot: bytes | None, links: Sequence[Identity]
+        self, work: Checkout, pid: str, snapshot: bytes | None, links: Sequence[Identity]
     ) -> ProfileState:
         """A profile as it was before the batch's events: the snapshot of a merged
         one, else the stored state (or a new one) with the batch's links."""
         if snapshot is not None:
             return decode_state(snapshot)
-        state = (await self.store.load(self.entity, [pid])).get(pid)
+        state = await work.reload(pid)
         state = state or ProfileState(id=pid, entity=self.entity)
         self._fit(state)
         for kind, value in links:
             add_identity(state, kind, value)
         return state
-
-    def abandon(self, profiles: Sequence[str]) -> None:
-        self.store.abandon(self.entity, profiles)
-        for pid in profiles:
-            self._renders.pop(pid, None)
 
     async def expire(self, source: str, limit: int) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by
@@ -321,36 +330,33 @@ class EntityProcessor:
         due = await self.store.due(self.entity, source, self.now, limit)
         if not due:
             return 0
-        states = await self.store.load(self.entity, due)
-        if gone := [pid for pid in due if pid not in states]:
-            await self.store.unschedule(self.entity, source, gone)  # indexed, then deleted
-        writes = []
-        broken = []
-        for state in states.values():
+        async with self.checkout() as work:
+            states = await work.load(due)
+            if gone := [pid for pid in due if pid not in states]:
+                await self.store.unschedule(self.entity, source, gone)  # indexed, then deleted
+            writes = []
+            broken = []
+            for state in states.values():
+                try:
+                    self._fit(state)
+                    write = self._write(state, source, set())
+                except Exception:
+                    # a bug this profile meets must not stop the others' windows: it leaves
+                    # the index (its next event schedules it again)
+                    log.exception("profile %s could not be re-rendered; unscheduled", state.id)
+                    broken.append(state.id)
+                    continue
+                self._lifetime(write)  # a window that moved counts as activity
+                writes.append(write)
+            if broken:
+                await self.store.unschedule(self.entity, source, broken)
+            versions: dict[str, int | None] = {
+                w.state.id: states[w.state.id].version for w in writes
+            }
             try:
-                self._fit(state)
-                write = self._write(state, source, set())
-            except Exception:
-                # a bug this profile meets must not stop the others' windows: it leaves
-                # the index (its next event schedules it again)
-                log.exception("profile %s could not be re-rendered; unscheduled", state.id)
-                broken.append(state.id)
-                continue
-            self._lifetime(write)  # a window that moved counts as activity
-            writes.append(write)
-        if broken:
-            self.abandon(broken)
-            await self.store.unschedule(self.entity, source, broken)
-        expected = Expected(versions={w.state.id: states[w.state.id].version for w in writes})
-        try:
-            await self.store.commit(self.entity, writes, expected=expected)
-        except Conflict:
-            # another worker wrote one of them meanwhile (its write re-rendered it)
-            self.abandon(due)
-            return 0
-        except BaseException:
-            self.abandon(due)
-            raise
+                await work.commit(writes, expected=Expected(versions=versions))
+            except Conflict:
+                return 0  # another worker wrote one of them meanwhile (and re-rendered it)
         return len(writes)
 
     def _fit(self, state: ProfileState) -> None:

@@ -245,7 +245,9 @@ class BatchProcessor:
                 broken = {id(record) for record, _ in rejected}
                 events = [item for item in events if id(item.record) not in broken]
             if events:
-                await self._entity_batch(self.entities[entity], events, rejected, sent, report)
+                await self._entity_batch(
+                    self.entities[entity], events, rejected=rejected, sent=sent, report=report
+                )
         await self._send(rejected, sent)
 
     async def _place(
@@ -325,13 +327,17 @@ class BatchProcessor:
         self,
         processor: EntityProcessor,
         events: list[Identified],
+        *,
         rejected: list[tuple[Record, str]],
         sent: set[int],
         report: BatchReport,
     ) -> None:
         """Compute and commit one entity's events until every one's effect is
         committed (another worker may have written some of its profiles or identities
-        meanwhile: the events that read them are then computed again on top).
+        meanwhile: the events that read them are then computed again on top). Each
+        attempt is one `Checkout`: the states it loaded and did not commit are
+        forgotten when it ends, whichever way it ends, so the next attempt reads the
+        stored ones.
 
         When computing the batch raises (`ComputeFailed`), the events are done in two
         halves, one after the other (so each partition stays in offset order), until
@@ -339,32 +345,34 @@ class BatchProcessor:
         about 2·log2(n) smaller batches, not n."""
         while events:
             failed: list[tuple[Record, str]] = []
-            try:
-                stitched = await processor.stitch(events, failed)
-            except ComputeFailed as exc:
+            broke: ComputeFailed | None = None
+            async with processor.checkout() as work:
+                try:
+                    stitched = await processor.stitch(work, events, failed)
+                except ComputeFailed as exc:
+                    broke = exc
+                else:
+                    if not failed:
+                        await self._send(rejected, sent)  # durable before the commit
+                        events = await processor.commit(work, stitched, report)
+            if broke is not None:
                 if len(events) == 1:
                     log.warning("event %s/%s@%s broke stitching", *_where(events[0].record))
-                    rejected.append((events[0].record, f"event could not be stitched: {exc}"))
+                    rejected.append((events[0].record, f"event could not be stitched: {broke}"))
                     return
                 half = len(events) // 2
                 for part in (events[:half], events[half:]):
-                    await self._entity_batch(processor, part, rejected, sent, report)
+                    await self._entity_batch(
+                        processor, part, rejected=rejected, sent=sent, report=report
+                    )
                 return
             if failed:
                 # the events that broke are dead letters with no effect on this entity,
                 # not even on identities: its events are stitched again without them
-                processor.abandon(stitched.profiles)
                 known = {id(record) for record, _ in rejected}
                 rejected += [(record, why) for record, why in failed if id(record) not in known]
                 broken = {id(record) for record, _ in failed}
                 events = [item for item in events if id(item.record) not in broken]
-                continue
-            try:
-                await self._send(rejected, sent)  # durable before the commit
-                events = await processor.commit(stitched, report)
-            except BaseException:
-                processor.abandon(stitched.profiles)
-                raise
 
     async def expire(self, source: str, limit: int, owned: Container[str] | None = None) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by

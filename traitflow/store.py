@@ -58,7 +58,6 @@ Cluster, keys would need a hash tag per batch; not supported yet.)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -253,7 +252,8 @@ class ProfileStore(ABC):
         """Remove profiles from `source`'s expiry index."""
 
     def abandon(self, entity: str, ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
-        """States loaded for `ids` were modified and will not be saved: forget any copy."""
+        """States loaded for `ids` were modified and will not be saved: forget any copy
+        (`traitflow.state_cache.Checkout` says when)."""
 
     async def ping(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Raise unless the store's backend answers (readiness); nothing to ask in memory."""
@@ -358,96 +358,3 @@ class MemoryProfileStore(ProfileStore):
     ) -> list[tuple[bytes, bytes] | None]:
         keys = [self._served(entity, index, value) for index, value in lookups]
         return [None if key is None else (self.views[key], self.states[key]) for key in keys]
-
-
-class CachedProfileStore(ProfileStore):
-    """Keeps the decoded states this worker wrote, in front of another store.
-
-    Loads of cached profiles cost neither a round trip nor a decode. A cached state
-    may be stale, when another worker wrote the profile since (stitching sends one
-    person's events through several partitions): the commit's version check
-    (`Expected`) catches that, and the caller drops the entries (`abandon`) and redoes
-    the batch. The cache is also cleared when partitions move (`clear()` on every
-    rebalance), and entries of a failed write are dropped: `apply_event` mutates
-    cached states in place, so a state whose write failed is ahead of the store, and a
-    retried batch would find its offsets already applied and never write them.
-    """
-
-    def __init__(self, inner: ProfileStore, max_profiles: int) -> None:
-        self.inner = inner
-        self.max_profiles = max_profiles
-        self._states: OrderedDict[tuple[str, str], ProfileState] = OrderedDict()
-
-    def clear(self) -> None:
-        self._states.clear()
-
-    def abandon(self, entity: str, ids: Sequence[str]) -> None:
-        for pid in ids:
-            self._states.pop((entity, pid), None)
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
-        found: dict[str, ProfileState] = {}
-        missing: list[str] = []
-        for pid in ids:
-            state = self._states.get((entity, pid))
-            if state is None:
-                missing.append(pid)
-            else:
-                self._states.move_to_end((entity, pid))
-                found[pid] = state
-        if missing:
-            found.update(await self.inner.load(entity, missing))
-        return found
-
-    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
-        return await self.inner.lookup(entity, identities)
-
-    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
-        return await self.inner.applied(entity, messages)
-
-    async def commit(
-        self,
-        entity: str,
-        writes: Sequence[ProfileWrite],
-        removed: Sequence[str] = (),
-        expected: Expected | None = None,
-    ) -> None:
-        self.abandon(entity, removed)
-        try:
-            await self.inner.commit(entity, writes, removed, expected)
-        except BaseException:
-            self.abandon(entity, [write.state.id for write in writes])
-            raise
-        for write in writes:
-            self._states[(entity, write.state.id)] = write.state
-            self._states.move_to_end((entity, write.state.id))
-        while len(self._states) > self.max_profiles:
-            self._states.popitem(last=False)
-
-    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
-        return await self.inner.read_view(entity, index, value)
-
-    async def read_views(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[bytes | None]:
-        return await self.inner.read_views(entity, lookups)
-
-    async def read_profiles(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[tuple[bytes, bytes] | None]:
-        return await self.inner.read_profiles(entity, lookups)
-
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
-        return await self.inner.due(entity, source, now, limit)
-
-    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
-        await self.inner.unschedule(entity, source, ids)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()

@@ -14,7 +14,7 @@ from tests.integration.oracle import expected_view
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon
-from traitflow.store import CachedProfileStore
+from traitflow.state_cache import CachedProfileStore
 
 pytestmark = pytest.mark.integration
 

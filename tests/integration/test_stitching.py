@@ -37,7 +37,8 @@ from tests.integration.stitching_support import (
 )
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import CachedProfileStore, KeyLayout
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.integration
 

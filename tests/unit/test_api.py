@@ -10,7 +10,8 @@ from api.keys import MemoryKeyStore
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
-from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileWrite
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import MemoryProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
 from traitflow.resp import RespError
-from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileWrite
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import MemoryProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

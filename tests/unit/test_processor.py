@@ -16,7 +16,8 @@ from attributes.profile import ProfileState, decode_state
 from attributes.rules import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import CachedProfileStore, MemoryProfileStore, ProfileStore
+from traitflow.state_cache import CachedProfileStore
+from traitflow.store import MemoryProfileStore, ProfileStore
 
 pytestmark = pytest.mark.anyio
 

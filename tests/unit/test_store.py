@@ -1,18 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 
 from attributes.profile import ProfileState, encode_state
-from traitflow.store import (
-    PRIMARY_INDEX,
-    CachedProfileStore,
-    Expected,
-    KeyLayout,
-    MemoryProfileStore,
-    ProfileWrite,
-)
+from traitflow.store import PRIMARY_INDEX, KeyLayout, MemoryProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -114,109 +105,3 @@ def test_key_layout() -> None:
     assert keys.view("user", "u-1").startswith(keys.view_prefix("user"))
     assert keys.index("user", "anonymous_id", "a-1") == "tf:i:user:anonymous_id:a-1"
     assert keys.expiries("user", "events/3") == "tf:x:user:events/3"
-
-
-# --- CachedProfileStore ---------------------------------------------------------------------
-
-
-class CountingStore(MemoryProfileStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.loaded: list[str] = []
-        self.fail_saves = False
-
-    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
-        self.loaded.extend(ids)
-        return await super().load(entity, ids)
-
-    async def commit(
-        self,
-        entity: str,
-        writes: Sequence[ProfileWrite],
-        removed: Sequence[str] = (),
-        expected: Expected | None = None,
-    ) -> None:
-        if self.fail_saves:
-            raise ConnectionError("redis is down")
-        await super().commit(entity, writes, removed, expected)
-
-
-@pytest.fixture
-def inner() -> CountingStore:
-    return CountingStore()
-
-
-async def test_cache_serves_what_it_wrote_without_a_load(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=10)
-    saved = write("u-1", b"view-1", ("user_id", "u-1"))
-    await cache.save("user", [saved])
-    assert (await cache.load("user", ["u-1"]))["u-1"] is saved.state
-    assert inner.loaded == []
-    assert await cache.read_view("user", "user_id", "u-1") == b"view-1"  # written through
-
-
-async def test_cache_loads_what_it_does_not_hold(inner: CountingStore) -> None:
-    await inner.save("user", [write("u-2", b"view-2")])
-    cache = CachedProfileStore(inner, max_profiles=10)
-    await cache.save("user", [write("u-1", b"view-1")])
-    loaded = await cache.load("user", ["u-1", "u-2", "u-3"])
-    assert sorted(loaded) == ["u-1", "u-2"]
-    assert inner.loaded == ["u-2", "u-3"]
-
-
-async def test_cache_drops_states_whose_write_failed(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=10)
-    await cache.save("user", [write("u-1", b"v1")])
-    inner.fail_saves = True
-    with pytest.raises(ConnectionError):
-        await cache.save("user", [write("u-1", b"v2", version=2)])
-    assert len(cache) == 0
-    assert (await cache.load("user", ["u-1"]))["u-1"].version == 1  # the stored one
-
-
-async def test_cache_evicts_the_least_recently_used(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=2)
-    await cache.save("user", [write("u-1", b""), write("u-2", b"")])
-    await cache.load("user", ["u-1"])  # u-1 is now the most recently used
-    await cache.save("user", [write("u-3", b"")])
-    assert len(cache) == 2
-    await cache.load("user", ["u-1", "u-2", "u-3"])
-    assert inner.loaded == ["u-2"]
-
-
-async def test_cache_of_size_zero_holds_nothing(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=0)
-    await cache.save("user", [write("u-1", b"")])
-    assert len(cache) == 0
-    assert list(await cache.load("user", ["u-1"])) == ["u-1"]
-    assert inner.loaded == ["u-1"]
-
-
-async def test_cache_clear_and_abandon(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=10)
-    await cache.save("user", [write("u-1", b""), write("u-2", b"")])
-    cache.abandon("user", ["u-1", "u-9"])
-    assert len(cache) == 1
-    cache.clear()
-    assert len(cache) == 0
-    await cache.load("user", ["u-1", "u-2"])
-    assert inner.loaded == ["u-1", "u-2"]
-
-
-async def test_cache_keys_include_the_entity(inner: CountingStore) -> None:
-    cache = CachedProfileStore(inner, max_profiles=10)
-    await cache.save("user", [write("x-1", b"")])
-    assert await cache.load("account", ["x-1"]) == {}
-    assert inner.loaded == ["x-1"]
-
-
-async def test_cache_close_closes_the_inner_store() -> None:
-    class Closing(MemoryProfileStore):
-        closed = False
-
-        async def close(self) -> None:
-            self.closed = True
-
-    inner = Closing()
-    await CachedProfileStore(inner, max_profiles=1).close()
-    assert inner.closed
