@@ -12,6 +12,7 @@ ahead of FastAPI's per-request layers (`DirectApp`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,12 +32,11 @@ from traitflow.store import ProfileStore
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: Settings,
     store: ProfileStore | None = None,
     keys: KeyStore | None = None,
     policies: PolicyStore | None = None,
 ) -> FastAPI:
-    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,10 +90,15 @@ def create_app(
     return app
 
 
-def create_served_app() -> FastAPI:
-    """The app as `traitflow api` serves it (the factory each uvicorn worker calls):
-    built from the environment's settings, in a process whose garbage collector is
+def served_app(settings: Settings) -> FastAPI:
+    """The app as `traitflow api` serves it, in a process whose garbage collector is
     tuned for a long run (`traitflow.runtime.tune_gc`)."""
-    app = create_app()
+    app = create_app(settings)
     tune_gc()
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory each uvicorn worker process calls: an entry point, so the one place
+    such a process reads its environment."""
+    return served_app(Settings.from_environ(os.environ))

@@ -239,7 +239,7 @@ def main() -> None:
         f"{without_mw:.1f} µs without ({with_mw - without_mw:+.1f} µs per request)"
     )
 
-    base = Settings()
+    base = Settings.from_environ(os.environ)
     services = embedded_services(base)
     for service in services:
         service.start()

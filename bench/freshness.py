@@ -422,7 +422,7 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
 
-    base = Settings()
+    base = Settings.from_environ(os.environ)
     for service in embedded_services(base):
         service.start()
     settings = base.isolated(

@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--skip-quix", action="store_true", help="traitflow's rows only")
     args = parser.parse_args()
 
-    base = Settings()
+    base = Settings.from_environ(os.environ)
     for service in embedded_services(base):
         service.start()
     topic = f"peers-{uuid.uuid4().hex[:8]}"

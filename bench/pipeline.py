@@ -241,7 +241,7 @@ def main() -> None:
         sys.exit("--stitching off needs --anonymous 0: anonymous profiles would never merge")
 
     run = uuid.uuid4().hex[:8]
-    base = Settings()
+    base = Settings.from_environ(os.environ)
     for service in embedded_services(base):
         service.start()
     settings = base.isolated(

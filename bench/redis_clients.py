@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args()
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     for service in embedded_services(settings):
         service.start()
     uvloop.run(run(settings.redis_url, args.calls))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from attributes.rules import RuleFileError, RuleSet, load_rules
+from traitflow.cli_context import Environment, environment, settings_of
 from traitflow.cli_dead_letters import app as dead_letters_app
 from traitflow.config import Settings
 from traitflow.runtime import tune_gc
@@ -31,6 +33,12 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(dead_letters_app, name="dead-letters")
 
 
+@app.callback()
+def _environment(ctx: typer.Context) -> None:
+    # the one read of the process's environment: commands get settings_of(ctx)
+    ctx.obj = Environment(os.environ)
+
+
 def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
     """The rules, checked against the entities the settings declare."""
     try:
@@ -41,9 +49,11 @@ def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
 
 
 @app.command()
-def validate(rules: Path = typer.Argument(..., help="rule file to check")) -> None:
+def validate(
+    ctx: typer.Context, rules: Path = typer.Argument(..., help="rule file to check")
+) -> None:
     """Check a rule file; print every problem with file, line and attribute."""
-    ruleset = _rules_or_exit(rules, Settings())
+    ruleset = _rules_or_exit(rules, settings_of(ctx))
     counts = []
     for entity in ruleset.entities:
         part = ruleset.of(entity)
@@ -67,6 +77,7 @@ def _redis_or_exit(settings: Settings) -> None:
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     loglevel: str = typer.Option("info", help="debug, info, warning"),
     processes: int | None = typer.Option(
         None,
@@ -79,7 +90,7 @@ def worker(
     """Run the stream worker: ingest topics -> computed attributes -> Redis."""
     from traitflow.supervisor import Supervisor, resolve_processes
 
-    settings = Settings()
+    settings = settings_of(ctx)
     _redis_or_exit(settings)
     rules = _rules_or_exit(settings.rules_path, settings)
     count = resolve_processes(processes, settings.worker_processes)
@@ -87,7 +98,10 @@ def worker(
         logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(message)s")
         command = [sys.executable, "-m", "traitflow", "worker", "--processes", "1"]
         supervisor = Supervisor(
-            [*command, "--loglevel", loglevel], count, metrics_port=settings.worker_metrics_port
+            [*command, "--loglevel", loglevel],
+            count,
+            metrics_port=settings.worker_metrics_port,
+            env=environment(ctx).environ,  # each child reads it once, at its own start
         )
         raise typer.Exit(supervisor.run())
 
@@ -106,6 +120,7 @@ def worker(
 
 @app.command()
 def api(
+    ctx: typer.Context,
     host: str | None = typer.Option(None, help="default: TRAITFLOW_API_HOST"),
     port: int | None = typer.Option(None, help="default: TRAITFLOW_API_PORT"),
     workers: int = typer.Option(1, help="API worker processes"),
@@ -113,11 +128,15 @@ def api(
     """Serve profiles over HTTP."""
     import uvicorn
 
-    settings = Settings()
+    from api.app import served_app
+
+    settings = settings_of(ctx)
     _redis_or_exit(settings)
     uvicorn.run(
-        "api.app:create_served_app",
-        factory=True,
+        # one process: the app made from these settings; more: uvicorn starts each from
+        # the factory, which reads the environment they inherit, once, as this did
+        served_app(settings) if workers == 1 else "api.app:create_served_app",
+        factory=workers != 1,
         host=host or settings.api_host,
         port=port or settings.api_port,
         workers=workers,
@@ -127,20 +146,21 @@ def api(
 
 @app.command()
 def produce(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON-lines events"),
     topic: str | None = typer.Option(None, help="default: the first ingest topic"),
 ) -> None:
     """Publish a JSON-lines file of events (one event per line)."""
     from traitflow.topics import publish_file
 
-    sent = asyncio.run(publish_file(Settings(), file, topic))
+    sent = asyncio.run(publish_file(settings_of(ctx), file, topic))
     typer.echo(f"published {sent} events")
 
 
 @services_app.command("up")
-def services_up() -> None:
+def services_up(ctx: typer.Context) -> None:
     """Start the embedded broker and Redis (those not pointed elsewhere by env vars)."""
-    settings = Settings()
+    settings = settings_of(ctx)
     try:
         for service in embedded_services(settings):
             service.start()
@@ -151,22 +171,22 @@ def services_up() -> None:
 
 
 @services_app.command("down")
-def services_down() -> None:
+def services_down(ctx: typer.Context) -> None:
     """Stop everything traitflow started: demo worker and API, broker, Redis."""
     from traitflow.demo import demo_processes
 
-    settings = Settings()
+    settings = settings_of(ctx)
     for daemon in [*demo_processes(settings), *embedded_services(settings)]:
         daemon.stop()
         typer.echo(f"{daemon.name}: down")
 
 
 @services_app.command("status")
-def services_status() -> None:
+def services_status(ctx: typer.Context) -> None:
     """Show which embedded services and demo processes run."""
     from traitflow.demo import demo_processes
 
-    settings = Settings()
+    settings = settings_of(ctx)
     for service in embedded_services(settings):
         state = "up" if service.running() else "down"
         typer.echo(f"{service.name}: {state} ({service.host}:{service.port})")
@@ -176,6 +196,7 @@ def services_status() -> None:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     events: Path = typer.Option(Path("examples/events.jsonl"), exists=True, dir_okay=False),
     user: str = typer.Option("user-1", help="the profile to print"),
     timeout: float = typer.Option(120.0, help="seconds to wait for the profile"),
@@ -184,7 +205,7 @@ def demo(
     from traitflow.demo import DemoError, run_demo
 
     try:
-        run_demo(Settings(), events, user, timeout)
+        run_demo(settings_of(ctx), events, user, timeout, environment(ctx).environ)
     except (DemoError, ServiceError) as exc:
         typer.echo(f"demo failed: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -218,6 +239,7 @@ def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -
 
 @keys_app.command("create")
 def keys_create(
+    ctx: typer.Context,
     name: str = typer.Option(..., help="who or what the key is for"),
     collection: list[str] | None = typer.Option(
         None, "--collection", help="a collection it may read (repeat for more)"
@@ -232,7 +254,7 @@ def keys_create(
     """Create a key and print it: the only time it is shown (only its hash is kept)."""
     from api.keys import new_key
 
-    settings = Settings()
+    settings = settings_of(ctx)
     collections, destinations = collection or [], destination or []
     if admin and (collections or destinations):
         raise _fail("--admin reads everything: give it without --collection/--destination")
@@ -263,9 +285,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(ctx: typer.Context) -> None:
     """List keys: id, name, scopes, rate limit, creation time (never secrets)."""
-    settings = Settings()
+    settings = settings_of(ctx)
     records = _with_keys(settings, lambda keys: keys.list_keys())
     if not records:
         typer.echo("no API keys")
@@ -285,12 +307,13 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
+    ctx: typer.Context,
     key_id: str = typer.Argument(..., help="the key's id, as `keys list` shows"),
 ) -> None:
     """Delete a key. API processes refuse it within TRAITFLOW_API_KEY_CACHE_S seconds."""
     from api.keys import KEY_ID
 
-    settings = Settings()
+    settings = settings_of(ctx)
     if KEY_ID.fullmatch(key_id) is None:
         raise _fail(f"{key_id!r} is not a key id (12 hex digits, as `traitflow keys list` shows)")
     if not _with_keys(settings, lambda keys: keys.revoke(key_id)):

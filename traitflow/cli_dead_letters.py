@@ -18,6 +18,7 @@ import orjson
 import typer
 
 from streams.dead_letters import Letter, letter_from_record
+from traitflow.cli_context import settings_of
 from traitflow.config import Settings
 from traitflow.replay import (
     DeadLetters,
@@ -149,11 +150,12 @@ def describe(letter: Letter, full: bool) -> list[str]:
 
 @app.command("list")
 def list_letters(
+    ctx: typer.Context,
     limit: int = typer.Option(20, min=1, help="show the newest N"),
     parked: bool = typer.Option(False, "--parked", help="only the parked ones"),
 ) -> None:
     """List dead letters, newest last: id, where, origin, size, time, reason."""
-    settings = Settings()
+    settings = settings_of(ctx)
     found: Letters = _run(settings, lambda letters: letters.load(topic=not parked))
     every = sorted(found.all(), key=lambda letter: letter.time_ms)
     if not every:
@@ -170,11 +172,12 @@ def list_letters(
 
 @app.command("show")
 def show(
+    ctx: typer.Context,
     letter_id: str = typer.Argument(..., metavar="ID", help="as `dead-letters list` shows it"),
     full: bool = typer.Option(False, "--full", help="the whole value, however long"),
 ) -> None:
     """Show one dead letter: origin, reason, headers and the value (pretty JSON)."""
-    settings = Settings()
+    settings = settings_of(ctx)
     topic_id = TOPIC_ID.fullmatch(letter_id)
     if topic_id is None and PARKED_ID.fullmatch(letter_id) is None:
         raise _fail(
@@ -201,6 +204,7 @@ def show(
 
 @app.command("replay")
 def replay(
+    ctx: typer.Context,
     parked: bool = typer.Option(False, "--parked", help="only the parked ones"),
     since: str | None = typer.Option(None, help="dead-lettered since: 2h, 7d, 2026-11-04T09:00"),
     reason: str | None = typer.Option(None, help="only reasons containing this (any case)"),
@@ -209,7 +213,7 @@ def replay(
     """Publish dead letters' original bytes again to the topics they came from (after
     a rule or limit change). Each is published once: topic ones are recorded as
     replayed, parked ones removed."""
-    settings = Settings()
+    settings = settings_of(ctx)
     try:
         since_ms = parse_since(since, time.time()) if since is not None else None
     except ValueError as exc:

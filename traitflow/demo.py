@@ -11,9 +11,9 @@ lookback windows are relative to the present, and the demo should show them full
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,11 @@ def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: floa
     )
 
 
-def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> None:
+def run_demo(
+    settings: Settings, events: Path, user: str, timeout: float, environ: Mapping[str, str]
+) -> None:
+    """`environ`: the environment the demo was started with, which its worker and API
+    are started with (they read their settings from it, as the demo did)."""
     started = time.monotonic()
     now = time.time()
     lines = [line for line in events.read_bytes().splitlines() if line.strip()]
@@ -148,7 +152,7 @@ def run_demo(settings: Settings, events: Path, user: str, timeout: float) -> Non
     if settings.kafka_is_external or settings.redis_is_external:
         print("  note: using your own Kafka/Redis; run the demo on empty ones for exact numbers")
     command = [sys.executable, "-m", "traitflow"]
-    env = dict(os.environ)
+    env = dict(environ)
     # one worker process: the sample is a few events, which one process applies in
     # milliseconds, while N processes would join the group one after another (a
     # rebalance each) before the first profile is served

@@ -100,7 +100,9 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run = uuid.uuid4().hex[:8]
     kafka, redis_url = service_urls
-    base = Settings(kafka_bootstrap=kafka, redis_url=redis_url, sources={"events": "web"})
+    base = Settings.from_environ(  # the session's entry point: it reads the environment
+        os.environ, kafka_bootstrap=kafka, redis_url=redis_url, sources={"events": "web"}
+    )
     return base.isolated(
         f"tftest-{run}",
         topic_partitions=4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -218,8 +219,8 @@ def test_destinations_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(
         "TRAITFLOW_DESTINATIONS", '{"app": {"entity": "user", "attributes": ["loyal"]}}'
     )
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     assert settings.destinations == {"app": Destination(entity="user", attributes=["loyal"])}
-    assert Settings(**{}).as_env()["TRAITFLOW_DESTINATIONS"] == (
+    assert Settings.from_environ(os.environ).as_env()["TRAITFLOW_DESTINATIONS"] == (
         '{"app": {"entity": "user", "attributes": ["loyal"]}}'
     )

@@ -233,9 +233,9 @@ def test_entities_declared_without_collections_are_served_as_their_plurals(
     household = {"identities": [{"type": "household_id", "paths": ["traits.household"]}]}
     monkeypatch.setenv("TRAITFLOW_ENTITIES", json.dumps({"household": household}))
     assert Settings.from_environ(os.environ).collections == {"households": "household"}
-    assert Settings.from_environ(
-        os.environ, collections={"homes": "household"}
-    ).collections == {"homes": "household"}
+    assert Settings.from_environ(os.environ, collections={"homes": "household"}).collections == {
+        "homes": "household"
+    }
 
 
 @pytest.mark.parametrize(
@@ -257,7 +257,7 @@ def test_entities_must_be_named_and_served_as_declared(
 
 
 def test_an_isolated_copy_with_other_entities_serves_them() -> None:
-    users_only = Settings.from_environ(os.environ).isolated("run-4", entities={"user": DEFAULT_USER})
+    users_only = Settings().isolated("run-4", entities={"user": DEFAULT_USER})
     assert users_only.collections == {"users": "user"}
     assert list(users_only.destinations) == ["web-personalisation"]
     chosen = Settings(collections={"people": "user", "accounts": "account"})

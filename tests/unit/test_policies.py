@@ -304,6 +304,6 @@ def test_isolated_settings_with_several_sources_still_validate(
     isolated = chosen.isolated("tf-iso")
     for name, value in isolated.as_env().items():
         monkeypatch.setenv(name, value)
-    child = Settings.from_environ(os.environ)  # what `traitflow worker` / `traitflow api` build from it
+    child = Settings.from_environ(os.environ)  # what `traitflow worker` / `api` build
     assert sorted(child.sources.values()) == ["crm", "web"]
     assert all(topic.startswith("tf-iso") for topic in child.sources)
