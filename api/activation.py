@@ -24,8 +24,7 @@ from api.caching import view_response
 from api.direct import DirectRoute, admitted
 from api.errors import ApiError
 from api.records import cached, check_id, lookup_value
-from traitflow.config import Settings
-from traitflow.store import ProfileStore
+from api.state import services
 
 #: the hot path: no per-request FastAPI machinery (`api.direct`)
 router = APIRouter(route_class=DirectRoute)
@@ -122,7 +121,7 @@ async def activate(request: Request) -> Response:
 
 
 async def _activate(request: Request, principal: Principal) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     try:  # orjson, not msgspec: it refuses nesting deeper than 1024 instead of recursing
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -164,7 +163,7 @@ async def _activate(request: Request, principal: Principal) -> Response:
     check_id("id.type", id_type, settings, field="message")
     check_id("id.value", id_value, settings, field="message")
 
-    store: ProfileStore = request.app.state.store
+    store = services(request).store
     view = await store.read_view(
         destination.entity, id_type, lookup_value(request, destination.entity, id_type, id_value)
     )

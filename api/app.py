@@ -3,27 +3,30 @@
 A read is one Redis round trip (index lookup and fetch run inside Redis) and the
 stored JSON bytes go out as they are: no model is built for the response body.
 
-The app is assembled here from one module per concern: the three read shapes
-(`records`, `activation`, `entities`), `operations` (health, readiness, metrics) and
-`middleware` (limits, instrumentation). Routes find the settings and the store on
-`request.app.state`. The hot reads are `api.direct` routes, served on a short path
-ahead of FastAPI's per-request layers (`DirectApp`).
+The app is assembled here from one module per concern: the route modules registered
+in `api.routes` (the three read shapes `records`, `activation`, `entities`;
+`operations`: health, readiness, metrics; `merge_policies`) and `middleware` (limits,
+instrumentation). Routes find the settings and the stores in the app's typed
+services (`api.state.services(request)`), which this factory makes. The hot reads are
+`api.direct` routes, served on a short path ahead of FastAPI's per-request layers
+(`DirectApp`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import activation, entities, errors, merge_policies, middleware, operations, records
+from api import errors, middleware
 from api.direct import DirectApp
-from api.instrumented import InstrumentedStore
+from api.instrumented import ApiMetrics, InstrumentedStore
 from api.keys import KeyStore, RedisKeyStore
 from api.policy_store import PolicyStore, RedisPolicyStore
-from attributes.identities import IdentityRules
+from api.routes import ROUTE_MODULES, routers
+from api.state import ApiState, attach
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
@@ -36,7 +39,11 @@ def create_app(
     store: ProfileStore | None = None,
     keys: KeyStore | None = None,
     policies: PolicyStore | None = None,
+    route_modules: Sequence[str] = ROUTE_MODULES,
 ) -> FastAPI:
+    """The app over `settings`, serving the routes of `route_modules` (`api.routes`).
+    The stores given are used as they are (tests, benchmarks); those not given are
+    Redis's, opened by the app's lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,22 +52,22 @@ def create_app(
         # go out in one write (api.auth.admit), and any of them that Redis does not
         # answer fails within the client's timeout (traitflow.resp.TIMEOUT_S)
         reads = RespClient.from_url(settings.redis_url)
-        app.state.keys = (  # the API keys (api.auth): Redis unless a test gives its own
+        state.keys = (  # Redis unless a test gives its own
             keys
             if keys is not None
             else RedisKeyStore.from_url(
                 settings.redis_url, settings.key_prefix, settings.api_key_cache_s, reads
             )
         )
-        app.state.store = (
+        state.store = (
             store
             if store is not None
             else InstrumentedStore(  # times every Redis round trip for /metrics
                 RedisProfileStore.from_url(settings.redis_url, settings.key_prefix, reads),
-                app.state.metrics,
+                state.metrics,
             )
         )
-        app.state.policies = (  # merge policies made through the API (api.merge_policies)
+        state.policies = (
             policies
             if policies is not None
             else RedisPolicyStore.from_url(
@@ -70,23 +77,20 @@ def create_app(
         try:
             yield
         finally:
-            await app.state.policies.close()
-            await app.state.keys.close()
-            await app.state.store.close()
+            await state.policies.close()
+            await state.keys.close()
+            await state.store.close()
             await reads.close()
 
+    state = ApiState(settings, ApiMetrics())
     app = DirectApp(title="traitflow", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    #: entity -> its identity rules: lookups are normalised as the worker indexed them
-    app.state.identities = {
-        entity: IdentityRules(spec) for entity, spec in settings.entities.items()
-    }
+    attach(app, state)
     errors.install(app)
-    middleware.install(app, settings)
-    for module in (operations, records, activation, entities, merge_policies):
+    middleware.install(app, settings, state.metrics)
+    for router in routers(route_modules):
         # the routes themselves: FastAPI matches the routes of an `include_router`-ed
         # router through a wrapper that cost ~14% of a record read's CPU
-        app.router.routes.extend(module.router.routes)
+        app.router.routes.extend(router.routes)
     return app
 
 

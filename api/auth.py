@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from api.errors import ApiError
-from api.keys import ApiKey, KeyStore, parse_token
+from api.keys import ApiKey, parse_token
 from api.ratelimit import retry_after
-from traitflow.config import Settings
+from api.state import services
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +72,12 @@ async def admit(request: Request) -> tuple[Principal, Awaitable[float | bytes]]:
     if parsed is None:
         raise _unauthorized("malformed API key: expected 'Authorization: Bearer tf_<id>_<secret>'")
     key_id, secret = parsed
-    keys: KeyStore = request.app.state.keys
+    state = services(request)
+    keys = state.keys
     key = await keys.lookup(key_id)
     if key is None or not key.verifies(secret):
         raise _unauthorized("invalid API key")
-    settings: Settings = request.app.state.settings
+    settings = state.settings
     rate, burst = key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
     return Principal.of(key), keys.charge(key_id, rate, burst)
 

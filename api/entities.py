@@ -22,8 +22,8 @@ from api.caching import view_response
 from api.errors import ApiError
 from api.policies import chosen_policy, reshaped
 from api.records import RECORD_EXAMPLE, cached, check_id, collection_entity, lookup_value
+from api.state import services
 from attributes.policies import MergePolicy
-from traitflow.config import Settings
 from traitflow.store import PRIMARY_INDEX, ProfileStore
 
 router = APIRouter()
@@ -34,7 +34,7 @@ PROFILE_ENTITY = "user"
 
 def profile_entity(request: Request, principal: Principal) -> str:
     """The entity behind the profile schema, through the collection that serves it."""
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     for collection, entity in settings.collections.items():
         if entity == PROFILE_ENTITY:
             return collection_entity(request, collection, principal)
@@ -47,8 +47,8 @@ async def check_request(
     """The merge policy the request names, or None for the default (the stored views)."""
     if schema_name != PROFILE_SCHEMA:
         raise ApiError(400, f"schema.name {schema_name!r} is not served: use {PROFILE_SCHEMA}")
-    settings: Settings = request.app.state.settings
-    policy_id, policy = await chosen_policy(settings, request.app.state.policies, merge_policy)
+    settings = services(request).settings
+    policy_id, policy = await chosen_policy(settings, services(request).policies, merge_policy)
     return None if policy_id == settings.default_merge_policy else (policy_id, policy)
 
 
@@ -107,13 +107,13 @@ async def read_entity(
     merge_policy: str | None = Query(None, alias="mergePolicyId"),
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     policy = await check_request(request, schema_name, merge_policy)
     entity = profile_entity(request, principal)
     namespace = entity_id_ns or PRIMARY_INDEX
     check_id("entityIdNS", namespace, settings)
     check_id("entityId", entity_id, settings)
-    store: ProfileStore = request.app.state.store
+    store = services(request).store
     lookup = (namespace, lookup_value(request, entity, namespace, entity_id))
     decoded = (await views_under(store, entity, [lookup], policy))[0]
     if decoded is None:
@@ -190,7 +190,7 @@ async def read_entities(
     ),
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     policy = await check_request(request, body.schema_.name, body.mergePolicyId)
     entity = profile_entity(request, principal)
     identities = body.identities
@@ -208,7 +208,7 @@ async def read_entities(
         check_id(f"identities.{number}.entityIdNS.code", namespace, settings)
         check_id(f"identities.{number}.entityId", identity.entityId, settings)
         lookups.append((namespace, lookup_value(request, entity, namespace, identity.entityId)))
-    store: ProfileStore = request.app.state.store
+    store = services(request).store
     views = await views_under(store, entity, lookups, policy)
     found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for identity, decoded in zip(identities, views, strict=True):

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from traitflow.config import Settings
+from api.state import services_if_any
 from traitflow.resp import Address, RespConnectionError, RespError
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     failed and where (host, port, the error's text) goes to the log, once per request,
     and its kind to the metric; never to the caller."""
     kind = store_error_kind(exc)
-    settings = getattr(request.app.state, "settings", None)
-    where = store_address(settings.redis_url) if isinstance(settings, Settings) else "?"
+    state = services_if_any(request)
+    where = store_address(state.settings.redis_url) if state is not None else "?"
     log.warning(
         "%s %s: 503, Redis at %s failed (%s): %r",
         request.method,
@@ -138,9 +138,8 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
         kind,
         exc,
     )
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.observe_store_error(kind)
+    if state is not None:
+        state.metrics.observe_store_error(kind)
     return error(503, UNAVAILABLE, headers={"Retry-After": RETRY_AFTER_S})
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import Principal, authenticate
 from api.errors import ApiError
-from api.policy_store import PolicyStore
+from api.state import services
 from attributes.policies import MergePolicy
 from traitflow.config import Settings
 
@@ -90,7 +90,7 @@ def _to_store(
     """The checks of a create or a replace, in this order: an admin key (403), the
     policy sent (400), an id that is not a configured one (409)."""
     _admin(principal)
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     policy = _valid(body, settings)
     _not_configured(policy_id, settings)
     return settings, policy
@@ -101,8 +101,8 @@ async def list_policies(
     request: Request,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
-    settings: Settings = request.app.state.settings
-    policies: PolicyStore = request.app.state.policies
+    settings = services(request).settings
+    policies = services(request).policies
     children = [described(i, p, settings, "config") for i, p in settings.merge_policies.items()]
     stored = await policies.all()
     children += [described(i, p, settings, "api") for i, p in stored.items()]
@@ -115,10 +115,10 @@ async def read_policy(
     request: Request,
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     if (policy := settings.merge_policies.get(policy_id)) is not None:
         return described(policy_id, policy, settings, "config")
-    if (policy := await request.app.state.policies.get(policy_id)) is not None:
+    if (policy := await services(request).policies.get(policy_id)) is not None:
         return described(policy_id, policy, settings, "api")
     raise ApiError(404, f"merge policy {policy_id!r} not found")
 
@@ -130,7 +130,7 @@ async def create_policy(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
     settings, policy = _to_store(request, principal, body.id, body)
-    if not await request.app.state.policies.create(body.id, policy):
+    if not await services(request).policies.create(body.id, policy):
         raise ApiError(409, f"merge policy {body.id!r} exists: replace it with PUT")
     return described(body.id, policy, settings, "api")
 
@@ -144,7 +144,7 @@ async def replace_policy(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
     settings, policy = _to_store(request, principal, policy_id, body)
-    if not await request.app.state.policies.replace(policy_id, policy):
+    if not await services(request).policies.replace(policy_id, policy):
         response.status_code = 201
     return described(policy_id, policy, settings, "api")
 
@@ -156,7 +156,7 @@ async def delete_policy(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     _admin(principal)
-    _not_configured(policy_id, request.app.state.settings)
-    if not await request.app.state.policies.remove(policy_id):
+    _not_configured(policy_id, services(request).settings)
+    if not await services(request).policies.remove(policy_id):
         raise ApiError(404, f"merge policy {policy_id!r} not found")
     return Response(status_code=204)

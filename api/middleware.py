@@ -126,10 +126,9 @@ class RequestMetrics:
             )
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the middleware to `app`, and its metrics to `app.state.metrics`."""
-    metrics = ApiMetrics()
-    app.state.metrics = metrics
+def install(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
+    """Add the middleware to `app`, counting requests in `metrics` (the app's services'
+    own: `/metrics` serves them)."""
     # add_middleware puts each new one outside the ones before
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

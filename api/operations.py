@@ -21,9 +21,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
-from api.instrumented import ApiMetrics
 from api.keys import KeyStore
-from traitflow.config import Settings
+from api.state import services, services_if_any
 from traitflow.store import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -59,16 +58,14 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(request: Request) -> Response | dict[str, str]:
-    state = request.app.state
-    if not isinstance(getattr(state, "settings", None), Settings):
+    state = services_if_any(request)
+    if state is None:
         return _unready("settings", "settings: not loaded")
-    store = getattr(state, "store", None)
-    keys = getattr(state, "keys", None)
-    if store is None or keys is None:
+    if not state.is_open():
         return _unready("redis", "redis: store not open")
-    settings: Settings = state.settings
+    settings = state.settings
     try:
-        await asyncio.wait_for(_redis_serves(store, keys), settings.api_ready_timeout_s)
+        await asyncio.wait_for(_redis_serves(state.store, state.keys), settings.api_ready_timeout_s)
     except TimeoutError:
         log.warning(
             "readiness: Redis at %s did not answer within %g s",
@@ -121,6 +118,5 @@ def _unready(dependency: str, reason: str) -> Response:
     },
 )
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics
-    assert isinstance(registry, ApiMetrics)
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,9 +19,8 @@ from api.caching import view_response
 from api.direct import DirectRoute, admitted
 from api.errors import ApiError
 from api.policies import chosen_policy, reshaped
-from attributes.identities import IdentityRules
+from api.state import services
 from traitflow.config import Settings
-from traitflow.store import ProfileStore
 
 router = APIRouter()
 #: the single-record read, the hot path: no per-request FastAPI machinery (`api.direct`)
@@ -86,13 +85,13 @@ def check_id(what: str, value: str, settings: Settings, field: str = "error") ->
 
 def lookup_value(request: Request, entity: str, index: str, value: str) -> str:
     """`value` as the identity index holds it (`IdentityRules.lookup_value`)."""
-    rules: IdentityRules | None = request.app.state.identities.get(entity)
+    rules = services(request).identities.get(entity)
     return value if rules is None else rules.lookup_value(index, value)
 
 
 def collection_entity(request: Request, collection: str, principal: Principal) -> str:
     """The entity `collection` serves, once the caller may read it (403/404 otherwise)."""
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     if not principal.may_read_collection(collection):
         raise ApiError(403, f"this API key may not read collection {collection!r}")
     entity = settings.collections.get(collection)
@@ -148,16 +147,16 @@ async def read_record(
 ) -> Response:
     async with admitted(request) as principal:
         entity = collection_entity(request, collection, principal)
-        settings: Settings = request.app.state.settings
+        settings = services(request).settings
         check_id("index", index, settings)
         check_id("value", value, settings)
         policy_id, policy = settings.default_merge_policy, settings.default_policy
         if merge_policy is not None:
             policy_id, policy = await chosen_policy(
-                settings, request.app.state.policies, merge_policy
+                settings, services(request).policies, merge_policy
             )
         with_provenance = flag("provenance", provenance)
-        store: ProfileStore = request.app.state.store
+        store = services(request).store
         key = lookup_value(request, entity, index, value)
         wanted = shapes.parse_fields(fields)
         if policy_id == settings.default_merge_policy and not with_provenance:
@@ -224,7 +223,7 @@ async def read_records(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     entity = collection_entity(request, collection, principal)
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     lookups = body.lookups
     if not lookups:
         raise ApiError(400, "lookups should have at least one item")
@@ -236,7 +235,7 @@ async def read_records(
     for number, lookup in enumerate(lookups):
         check_id(f"lookups.{number}.index", lookup.index, settings)
         check_id(f"lookups.{number}.value", lookup.value, settings)
-    store: ProfileStore = request.app.state.store
+    store = services(request).store
     views = await store.read_views(
         entity,
         [(lu.index, lookup_value(request, entity, lu.index, lu.value)) for lu in lookups],

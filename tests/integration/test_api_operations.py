@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.state import state_of
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
 from traitflow.services import free_port
@@ -85,7 +86,7 @@ async def test_reads_leave_no_reference_cycles(settings: Settings) -> None:
     through a test client (whose own objects are cyclic)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):  # the real Redis stores, keys included
-        token = await add_key(app.state.keys, "no-cycles", admin=True)
+        token = await add_key(state_of(app).keys, "no-cycles", admin=True)
         header = bearer(token)["Authorization"].encode()
         collection = next(iter(settings.collections))
         statuses: list[int] = []
@@ -133,6 +134,6 @@ async def test_reads_leave_no_reference_cycles(settings: Settings) -> None:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
-        await app.state.keys.revoke(token.split("_")[1])
+        await state_of(app).keys.revoke(token.split("_")[1])
     assert statuses == [404] * 42
     assert garbage == []

@@ -5,7 +5,7 @@ async with serve(app) as client:                # sends an admin key
     await client.get("/v1/collections/users/records/id/u-1")
 async with serve(app, key=None) as anonymous:   # sends none
     ...
-token = await add_key(app.state.keys, collections=["users"])   # inside `serve`
+token = await add_key(state_of(app).keys, collections=["users"])   # inside `serve`
 await client.get(path, headers=bearer(token))  # a request with another key
 """
 
@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.keys import KeyStore, MemoryKeyStore, new_key
 from api.policy_store import MemoryPolicyStore
+from api.state import state_of
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
 
@@ -64,14 +65,15 @@ async def serve(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.As
     `MemoryPolicyStore` here instead of the Redis ones its lifespan made (which have not
     connected yet): unit tests do no I/O."""
     async with app.router.lifespan_context(app):
-        if not isinstance(app.state.keys, MemoryKeyStore):
-            await app.state.keys.close()
-            app.state.keys = MemoryKeyStore()
-        if not isinstance(app.state.policies, MemoryPolicyStore):
-            await app.state.policies.close()
-            app.state.policies = MemoryPolicyStore()
+        state = state_of(app)
+        if not isinstance(state.keys, MemoryKeyStore):
+            await state.keys.close()
+            state.keys = MemoryKeyStore()
+        if not isinstance(state.policies, MemoryPolicyStore):
+            await state.policies.close()
+            state.policies = MemoryPolicyStore()
         if key == ADMIN:
-            key = await add_key(app.state.keys, "test-admin", admin=True)
+            key = await add_key(state.keys, "test-admin", admin=True)
         headers = bearer(key) if key is not None else {}
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -90,5 +92,5 @@ async def client_for(
     app = create_app(settings, store=store, keys=MemoryKeyStore())
     async with serve(app, key=ADMIN if token and not scopes else None) as client:
         if scopes:
-            client.headers.update(bearer(await add_key(app.state.keys, **scopes)))
+            client.headers.update(bearer(await add_key(state_of(app).keys, **scopes)))
         yield client

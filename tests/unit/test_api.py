@@ -7,6 +7,7 @@ import pytest
 
 from api.app import create_app
 from api.keys import MemoryKeyStore
+from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
@@ -114,7 +115,7 @@ async def test_the_lifespan_closes_the_store() -> None:
     store = Closing()
     app = create_app(Settings(collections={"users": "user"}), store=store)
     async with serve(app) as client:
-        assert app.state.store is store
+        assert state_of(app).store is store
         assert (await client.get("/healthz")).status_code == 200
         assert not store.closed
     assert store.closed
@@ -124,4 +125,4 @@ async def test_the_given_store_is_used_even_when_empty() -> None:
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=10)
     app = create_app(Settings(collections={"users": "user"}), store=store)
     async with app.router.lifespan_context(app):
-        assert app.state.store is store
+        assert state_of(app).store is store

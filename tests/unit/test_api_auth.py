@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.keys import MemoryKeyStore
+from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
@@ -85,13 +86,13 @@ async def test_a_malformed_key_is_a_401(anonymous: httpx.AsyncClient, header: st
 
 
 async def test_the_scheme_is_case_insensitive(app: FastAPI, anonymous: httpx.AsyncClient) -> None:
-    token = await add_key(app.state.keys, admin=True)
+    token = await add_key(state_of(app).keys, admin=True)
     response = await anonymous.get(USER, headers={"Authorization": f"bearer {token}"})
     assert response.status_code == 200
 
 
 async def test_a_wrong_secret_is_a_401(app: FastAPI, anonymous: httpx.AsyncClient) -> None:
-    token = await add_key(app.state.keys, admin=True)
+    token = await add_key(state_of(app).keys, admin=True)
     wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
     assert_unauthorized(await anonymous.get(USER, headers=bearer(wrong)), "invalid API key")
 
@@ -102,16 +103,16 @@ async def test_an_unknown_key_is_a_401(anonymous: httpx.AsyncClient) -> None:
 
 
 async def test_a_revoked_key_is_a_401(app: FastAPI, anonymous: httpx.AsyncClient) -> None:
-    token = await add_key(app.state.keys, admin=True)
+    token = await add_key(state_of(app).keys, admin=True)
     assert (await anonymous.get(USER, headers=bearer(token))).status_code == 200
-    assert await app.state.keys.revoke(token.split("_")[1])
+    assert await state_of(app).keys.revoke(token.split("_")[1])
     assert_unauthorized(await anonymous.get(USER, headers=bearer(token)), "invalid API key")
 
 
 async def test_a_collection_key_reads_its_collection_only(
     app: FastAPI, anonymous: httpx.AsyncClient
 ) -> None:
-    token = await add_key(app.state.keys, collections=["users"])
+    token = await add_key(state_of(app).keys, collections=["users"])
     response = await anonymous.get(USER, headers=bearer(token))
     assert response.status_code == 200
     assert response.content == VIEW
@@ -123,7 +124,7 @@ async def test_a_collection_key_reads_its_collection_only(
 async def test_a_destination_key_reads_no_collection(
     app: FastAPI, anonymous: httpx.AsyncClient
 ) -> None:
-    token = await add_key(app.state.keys, destinations=["d1"])
+    token = await add_key(state_of(app).keys, destinations=["d1"])
     assert (await anonymous.get(USER, headers=bearer(token))).status_code == 403
 
 
@@ -131,7 +132,7 @@ async def test_an_unknown_collection_is_a_403_for_a_scoped_key(
     app: FastAPI, anonymous: httpx.AsyncClient
 ) -> None:
     """A scoped key learns nothing about which collections exist."""
-    token = await add_key(app.state.keys, collections=["users"])
+    token = await add_key(state_of(app).keys, collections=["users"])
     response = await anonymous.get("/v1/collections/nope/records/id/x", headers=bearer(token))
     assert response.status_code == 403
 
@@ -146,7 +147,7 @@ async def test_an_admin_key_reads_everything(app: FastAPI) -> None:
 async def test_past_the_burst_is_a_429_with_retry_after(
     app: FastAPI, anonymous: httpx.AsyncClient, clock: Clock
 ) -> None:
-    token = await add_key(app.state.keys, collections=["users"])  # settings: 10/s, burst 5
+    token = await add_key(state_of(app).keys, collections=["users"])  # settings: 10/s, burst 5
     for _ in range(5):
         assert (await anonymous.get(USER, headers=bearer(token))).status_code == 200
     limited = await anonymous.get(USER, headers=bearer(token))
@@ -161,8 +162,8 @@ async def test_past_the_burst_is_a_429_with_retry_after(
 async def test_a_key_has_its_own_limits_and_its_own_bucket(
     app: FastAPI, anonymous: httpx.AsyncClient, clock: Clock
 ) -> None:
-    slow = await add_key(app.state.keys, admin=True, rate_per_s=0.25, burst=2)
-    other = await add_key(app.state.keys, admin=True)
+    slow = await add_key(state_of(app).keys, admin=True, rate_per_s=0.25, burst=2)
+    other = await add_key(state_of(app).keys, admin=True)
     for _ in range(2):
         assert (await anonymous.get(USER, headers=bearer(slow))).status_code == 200
     limited = await anonymous.get(USER, headers=bearer(slow))
@@ -175,7 +176,7 @@ async def test_a_key_has_its_own_limits_and_its_own_bucket(
 
 async def test_refused_keys_take_no_tokens(app: FastAPI, anonymous: httpx.AsyncClient) -> None:
     """A wrong secret must not drain the bucket of the key whose id it names."""
-    token = await add_key(app.state.keys, admin=True, burst=1)
+    token = await add_key(state_of(app).keys, admin=True, burst=1)
     wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
     for _ in range(3):
         assert (await anonymous.get(USER, headers=bearer(wrong))).status_code == 401

@@ -18,6 +18,7 @@ from api.app import create_app
 from api.errors import UNAVAILABLE, store_address, store_error_kind
 from api.keys import ApiKey, MemoryKeyStore
 from api.policy_store import MemoryPolicyStore
+from api.state import state_of
 from attributes.policies import MergePolicy
 from tests.unit.api_support import serve
 from traitflow.config import Settings
@@ -179,7 +180,7 @@ async def assert_every_request_is_a_bare_503(
             assert response.json() == {"error": UNAVAILABLE}, where
             for secret in (HOST, PORT, PASSWORD, str(failure) or "<none>", kind):
                 assert secret not in response.text, (where, secret)
-        sample = app.state.metrics.registry.get_sample_value
+        sample = state_of(app).metrics.registry.get_sample_value
         assert sample("traitflow_api_redis_errors_total", {"kind": kind}) == len(requests)
     logged = [r for r in caplog.records if r.name == "api.errors"]
     assert [r.levelno for r in logged] == [logging.WARNING] * len(requests)

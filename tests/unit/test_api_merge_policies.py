@@ -12,6 +12,7 @@ import pytest
 
 from api.app import create_app
 from api.policy_store import MemoryPolicyStore
+from api.state import state_of
 from attributes.policies import MergePolicy
 from tests.unit import api_support
 from tests.unit.test_api_policies import RECORDS, SETTINGS, CountingStore
@@ -33,7 +34,7 @@ async def client(store: CountingStore) -> AsyncIterator[httpx.AsyncClient]:
 async def reader(client: httpx.AsyncClient) -> dict[str, str]:
     """Headers of a key that may read users, and nothing else."""
     app: Any = client._transport.app  # type: ignore[attr-defined]
-    return api_support.bearer(await api_support.add_key(app.state.keys, collections=["users"]))
+    return api_support.bearer(await api_support.add_key(state_of(app).keys, collections=["users"]))
 
 
 async def test_configured_policies_are_listed_read_only(client: httpx.AsyncClient) -> None:

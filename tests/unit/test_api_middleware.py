@@ -9,6 +9,7 @@ import pytest
 from fastapi import Request
 
 from api.app import create_app
+from api.state import state_of
 from tests.unit.api_support import serve
 from traitflow.config import Settings
 from traitflow.store import MemoryProfileStore
@@ -135,7 +136,7 @@ async def test_a_method_outside_http_s_usual_ones_is_other(client: httpx.AsyncCl
 async def test_each_app_has_its_own_registry() -> None:
     one = create_app(Settings(), store=MemoryProfileStore())
     two = create_app(Settings(), store=MemoryProfileStore())
-    assert one.state.metrics.registry is not two.state.metrics.registry
+    assert state_of(one).metrics.registry is not state_of(two).metrics.registry
     async with serve(one) as client:
         await client.get("/healthz")
     async with serve(two) as client:

@@ -18,6 +18,7 @@ from api.direct import DirectApp, DirectRoute, admitted
 from api.errors import ApiError
 from api.keys import MemoryKeyStore
 from api.middleware import BodySizeLimit
+from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
@@ -114,7 +115,7 @@ async def test_a_request_past_the_burst_is_a_429_even_for_a_missing_record() -> 
     checked before anything else."""
     app = await app_with(["u-1"], api_rate_per_s=0.001, api_burst=1)
     async with serve(app, key=None) as client:
-        token = await add_key(app.state.keys, collections=["users"])
+        token = await add_key(state_of(app).keys, collections=["users"])
         first = await client.get("/v1/collections/users/records/id/u-1", headers=bearer(token))
         missing = await client.get("/v1/collections/users/records/id/nobody", headers=bearer(token))
         other = await client.get("/v1/collections/nope/records/id/u-1", headers=bearer(token))
@@ -139,7 +140,7 @@ async def _reader() -> Principal:
 async def test_admitted_settles_the_charge_even_when_the_route_fails() -> None:
     app = await app_with([], api_rate_per_s=0.001, api_burst=2)
     async with serve(app, key=None) as client:
-        token = await add_key(app.state.keys, collections=["users"])
+        token = await add_key(state_of(app).keys, collections=["users"])
         statuses = [
             (
                 await client.get("/v1/collections/users/records/id/x", headers=bearer(token))

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from api.app import create_app, create_served_app
+from api.state import state_of
 from traitflow.cli import app
 from traitflow.config import Settings
 from traitflow.store import MemoryProfileStore
@@ -89,7 +90,7 @@ def test_values_override_the_mapping() -> None:
 @pytest.mark.usefixtures("conflicting")
 def test_the_api_app_uses_the_settings_it_is_given() -> None:
     settings = Settings(collections={"users": "user"})
-    assert create_app(settings, store=MemoryProfileStore()).state.settings is settings
+    assert state_of(create_app(settings, store=MemoryProfileStore())).settings is settings
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_the_uvicorn_factory_reads_the_environment_once(
     monkeypatch.setenv("TRAITFLOW_COLLECTIONS", '{"people": "user"}')
     app = create_served_app()
     assert len(reads) == 1
-    assert app.state.settings.collections == {"people": "user"}
+    assert state_of(app).settings.collections == {"people": "user"}
 
 
 @pytest.mark.parametrize(
