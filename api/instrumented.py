@@ -1,6 +1,6 @@
 """The API's Prometheus metrics, and a store that times its calls to Redis.
 
-Each app has its own `CollectorRegistry` (`app.state.metrics.registry`), not the
+Each app has its own `CollectorRegistry` (`ApiState.metrics.registry`), not the
 process-global one, so that apps made in one process (tests) never share series.
 
 - `traitflow_api_requests_total{method,route,status}`: requests by route template

@@ -102,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=3, metavar=("TOPIC", "MODE", "PATCHED"))
     args = parser.parse_args()
-    settings = Settings()
+    settings = Settings.from_environ(os.environ)
     if args.child:
         topic, mode, patched = args.child
         sys.argv = [sys.argv[0], "worker"]  # what Faust's command line expects

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import tempfile
@@ -368,7 +369,7 @@ def main() -> None:
 
     directory = Path(tempfile.mkdtemp(prefix="traitflow-bench-memory-"))
     server = Service("redis", directory, "127.0.0.1", free_port())
-    settings = Settings().model_copy(update={"redis_url": f"redis://{server.host}:{server.port}/0"})
+    settings = Settings.from_environ(os.environ, redis_url=f"redis://{server.host}:{server.port}/0")
     topic = next(iter(settings.sources))
     records = make_records(
         args.profiles, args.events, args.seed, topic, args.partitions, int(time.time() * 1000)
