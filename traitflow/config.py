@@ -16,26 +16,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.sources.utils import parse_env_vars
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
 from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
+from traitflow import environ_source
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 #: an entity's name is part of Redis keys and metric labels
@@ -68,33 +61,6 @@ DEFAULT_DESTINATIONS = {
 }
 
 
-#: the environment `Settings.from_environ` is building settings from (None: no environment)
-_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("traitflow_environ", default=None)
-
-
-@contextmanager
-def _reading(environ: Mapping[str, str]) -> Iterator[None]:
-    token = _ENVIRON.set(environ)
-    try:
-        yield
-    finally:
-        _ENVIRON.reset(token)
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping, not `os.environ`:
-    the same parsing (JSON for structured values) and the same errors."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ  # before the base class loads the variables
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAITFLOW_", frozen=True)
 
@@ -107,12 +73,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The given values, then the environment `from_environ` was given, if any: never
-        the process's own (`os.environ`), which only an entry point hands over."""
-        environ = _ENVIRON.get()
-        if environ is None:
-            return (init_settings,)
-        return init_settings, _MappingEnvSource(settings_cls, environ)
+        """Never the process's own environment: only one `from_environ` is given."""
+        return environ_source.sources(settings_cls, init_settings)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **values: Any) -> Settings:
@@ -121,7 +83,7 @@ class Settings(BaseSettings):
         Whether the broker and Redis are the user's own (`kafka_is_external`,
         `redis_is_external`: timeouts and which services to start follow) is whether
         `environ` names them."""
-        with _reading(environ):
+        with environ_source.reading(environ):
             settings = cls(**values)
         settings._kafka_from_env = "TRAITFLOW_KAFKA_BOOTSTRAP" in environ
         settings._redis_from_env = "TRAITFLOW_REDIS_URL" in environ
