@@ -1,9 +1,9 @@
 """`DirectRoute`: a documented FastAPI route without FastAPI's per-request machinery.
 
 A read route is a few microseconds of our own work around one Redis round trip, and
-FastAPI's dependency resolution and parameter validation cost ~200 µs of CPU per
-request on this machine (fastapi 0.165: `solve_dependencies` re-inspects annotations on
-every call), which made a record read ~6 times a constant endpoint. A `DirectRoute` keeps the
+FastAPI's dependency resolution and parameter validation cost many times that per
+request (`solve_dependencies` re-inspects annotations on every call; figures in
+bench/README.md, `bench.api`). A `DirectRoute` keeps the
 route's declaration, so OpenAPI documents its parameters, bodies and responses exactly
 as before, but calls the endpoint with the path and query parameters as the strings
 they are (missing query parameters as None) and nothing is injected or validated: the
@@ -113,8 +113,8 @@ class DirectApp(FastAPI):
     FastAPI runs every request through layers a direct route has no use for: its
     telemetry check, its own body limit, Starlette's exception middleware, an exit
     stack, the router's walk and the `request_response` wrapper, each with its own
-    closures per request. Together that was ~60-80 µs of a ~200 µs record read on this
-    machine (`bench/README.md`). Here a request whose method and path match one of the
+    closures per request. Together they were about a third of a record read's CPU
+    (bench/README.md). Here a request whose method and path match one of the
     direct routes goes through a shorter stack that does
     the same for it: `ServerErrorMiddleware` (a 500 for a bug, re-raised to the
     server), the app's own middleware (`app.add_middleware`: metrics, limits) and

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from api.state import services_if_any
+from attributes.errors import TraitflowError
 from traitflow.resp import Address, RespConnectionError, RespError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def error(
     )
 
 
-class ApiError(Exception):
+class ApiError(TraitflowError):
     """Raised anywhere in a request: answered as JSON `{field: message}` with `status`.
 
     `field` is "error" except where a product's contract says otherwise (RudderStack's

@@ -30,8 +30,9 @@ import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
 from api import ratelimit
+from api.key_layout import ApiKeyLayout
+from attributes.errors import InputError
 from traitflow.resp import TIMEOUT_S, RespClient, Script
-from traitflow.store import KeyLayout
 
 TOKEN_PREFIX = "tf"
 KEY_ID = re.compile(r"[0-9a-f]{12}")
@@ -86,6 +87,10 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return None if match is None else (match[1], match[2])
 
 
+class InvalidKeyParameters(InputError):
+    """A new key's name, rate or burst is not one a key may have."""
+
+
 def new_key(
     name: str,
     *,
@@ -97,15 +102,15 @@ def new_key(
 ) -> tuple[ApiKey, str]:
     """A fresh key's record and the key itself: the only time the key exists in full.
 
-    Raises ValueError for a bad name or limits (the CLI shows the message)."""
+    Raises InvalidKeyParameters for a bad name or limits (the CLI shows the message)."""
     if NAME.fullmatch(name) is None:
-        raise ValueError(
+        raise InvalidKeyParameters(
             f"invalid key name {name!r}: 1-100 characters, letters, digits, space and _.@:/-"
         )
     if rate_per_s is not None and not rate_per_s > 0:
-        raise ValueError(f"rate must be > 0 requests/s, not {rate_per_s}")
+        raise InvalidKeyParameters(f"rate must be > 0 requests/s, not {rate_per_s}")
     if burst is not None and burst < 1:
-        raise ValueError(f"burst must be >= 1, not {burst}")
+        raise InvalidKeyParameters(f"burst must be >= 1, not {burst}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     record = ApiKey(
@@ -213,11 +218,15 @@ class MemoryKeyStore(KeyStore):
 
 
 class RedisKeyStore(KeyStore):
-    """Records as JSON strings under `KeyLayout.api_key`, their ids in a set (listing
+    """Records as JSON strings under `ApiKeyLayout.api_key`, their ids in a set (listing
     never scans the profile keys), buckets as hashes driven by a Lua script."""
 
     def __init__(
-        self, client: aioredis.Redis, keys: KeyLayout, reads: RespClient, cache_ttl_s: float = 2.0
+        self,
+        client: aioredis.Redis,
+        keys: ApiKeyLayout,
+        reads: RespClient,
+        cache_ttl_s: float = 2.0,
     ) -> None:
         super().__init__(cache_ttl_s)
         self.client = client
@@ -234,7 +243,7 @@ class RedisKeyStore(KeyStore):
         client = aioredis.Redis.from_url(
             url, decode_responses=False, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
         )
-        return cls(client, KeyLayout(prefix), reads or RespClient.from_url(url), cache_ttl_s)
+        return cls(client, ApiKeyLayout(prefix), reads or RespClient.from_url(url), cache_ttl_s)
 
     async def create(self, key: ApiKey) -> None:
         async with self.client.pipeline(transaction=True) as transaction:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.instrumented import ApiMetrics
+from attributes.errors import InputError
 from traitflow.config import Settings
 
 UNMATCHED = "<unmatched>"
@@ -26,7 +27,10 @@ def too_large(limit: int) -> str:
     return f"request body larger than {limit} bytes"
 
 
-class BodyTooLarge(HTTPException):
+class BodyTooLarge(HTTPException, InputError):
+    """A request body over the limit: 413. An `HTTPException` first, which FastAPI passes
+    on as it is, and which the app's handlers (and `BodySizeLimit`) answer."""
+
     def __init__(self, limit: int) -> None:
         super().__init__(413, too_large(limit))
 

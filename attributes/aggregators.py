@@ -9,19 +9,31 @@ arrived in: streaming over any interleaving equals a batch recomputation.
 Order-independence is why `sum` keeps exact partial sums (Shewchuk's algorithm, the
 one behind `math.fsum`) instead of one float, and why `most_recent` breaks
 timestamp ties by messageId instead of by arrival.
+
+Each function is one class, `@register`ed where it is defined: `FUNCTIONS` is what a
+rule file may name (with `derived`, which reads attributes, not events), and the
+class says everything the rest needs, read once as the rules load: its name, its
+result's CEL type, whether it needs a field, the rule-file options it takes and the
+shape of its state (part of the attribute's state key).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
+
+from attributes.errors import DataError
+from attributes.expressions.types import DOUBLE, DYN, INT, CelType
 
 State = Any
 """An aggregator state: only JSON/msgpack-native values (None, int, float, str, list)."""
 
 
-class Rejected(ValueError):
+class Rejected(DataError):
     """A value this aggregator cannot take (e.g. a string to sum); the event is
     skipped for this attribute only, and the reason is reported."""
 
@@ -41,10 +53,31 @@ def _number(value: Any) -> int | float:
 class Aggregator(ABC):
     """Folds values into a state. `value` is what the attribute's field holds in the
     event (None for field-less functions); `ts` is event time in epoch ms; `mid` is
-    the event's messageId, the deterministic tie-break."""
+    the event's messageId, the deterministic tie-break.
 
+    A subclass that rule files may name is `@register`ed; it declares its `function`
+    and, where the defaults do not fit, the class attributes below. Its constructor
+    takes its `options` as keyword arguments, each with a default."""
+
+    #: its name in rule files (`function: sum`)
     function: ClassVar[str]
+    #: the CEL type of its result in derived expressions (`dyn` when it can be null)
+    result_type: ClassVar[CelType] = DYN
+    #: whether derived expressions see its non-null result as a double (an int becomes
+    #: a float: `sum` of ints, `min` and `max` of ints)
+    as_double: ClassVar[bool] = False
+    #: whether it reads a field; without one, it counts events
     needs_field: ClassVar[bool] = True
+    #: the rule-file options it takes (of OPTIONS), given to its constructor as
+    #: keyword arguments when the rule sets them
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def shape(self) -> str:
+        """What the form of its states depends on: the function, and the options that
+        change what a state holds (`list:5:distinct`, `unique_count:100`). The state
+        key includes it, so a change of shape starts the attribute afresh."""
+        return self.function
 
     @abstractmethod
     def initial(self) -> State: ...
@@ -67,6 +100,45 @@ class Aggregator(ABC):
         for state in states[1:]:
             total = self.merge(total, state)
         return self.result(total)
+
+
+_REGISTERED: dict[str, type[Aggregator]] = {}
+#: function name -> its aggregator class, every `@register`ed one (read-only): those
+#: below, `attributes.multisets`' (which `attributes.specs`, the rule-file format,
+#: imports), and any registered since
+FUNCTIONS: Mapping[str, type[Aggregator]] = MappingProxyType(_REGISTERED)
+#: not an aggregator: a derived attribute reads other attributes (`attributes.derived`)
+DERIVED = "derived"
+#: the rule-file keys an aggregator may take as `options`: `AttributeSpec` fields,
+#: whose bounds are checked there (a new one is a new field there too)
+OPTIONS = ("size", "distinct", "max_values")
+_FUNCTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+_Class = TypeVar("_Class", bound=type[Aggregator])
+
+
+def register(cls: _Class) -> _Class:
+    """Make an aggregator class a function rule files may name (a class decorator)."""
+    name = cls.__dict__.get("function")
+    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+        raise TypeError(
+            f"{cls.__qualname__} needs its own `function`: a name of lower-case letters, "
+            f"digits and '_', got {name!r}"
+        )
+    if name == DERIVED or name in _REGISTERED:
+        taken = "reserved" if name == DERIVED else f"{_REGISTERED[name].__qualname__}'s"
+        raise ValueError(f"function {name!r} is already {taken}")
+    if unknown := [option for option in cls.options if option not in OPTIONS]:
+        raise TypeError(f"{cls.__qualname__} takes options rule files lack: {unknown}")
+    if cls.__abstractmethods__:
+        raise TypeError(f"{cls.__qualname__} is abstract: {sorted(cls.__abstractmethods__)}")
+    _REGISTERED[name] = cls
+    return cls
+
+
+def unregister(function: str) -> None:
+    """Forget a registered function (for tests that register their own)."""
+    del _REGISTERED[function]
 
 
 def _add_partial(partials: list[float], x: float) -> None:
@@ -96,11 +168,14 @@ def _storable(total: int) -> int | str:
     return total if -_INT64 <= total < _INT64 else str(total)
 
 
+@register
 class Sum(Aggregator):
     """Exact sum. State: [int_total, [float partials]]; ints stay exact ints (stored as
     text past 64 bits) and floats are summed without rounding error until `result`."""
 
     function = "sum"
+    result_type = DOUBLE
+    as_double = True
 
     def initial(self) -> State:
         return [0, []]
@@ -136,10 +211,12 @@ def _exact_total(total: int, partials: list[float]) -> int | float:
     return math.fsum([*partials, high, float(total - int(high))])
 
 
+@register
 class Count(Aggregator):
     """Number of matching events (with a field: those where the field is present)."""
 
     function = "count"
+    result_type = INT
     needs_field = False
 
     def initial(self) -> State:
@@ -164,8 +241,10 @@ def _tie_key(number: int | float) -> tuple[bool, float]:
     return isinstance(number, float), math.copysign(1, number)
 
 
+@register
 class Min(Aggregator):
     function = "min"
+    as_double = True
 
     def initial(self) -> State:
         return None
@@ -184,8 +263,10 @@ class Min(Aggregator):
         return state
 
 
+@register
 class Max(Aggregator):
     function = "max"
+    as_double = True
 
     def initial(self) -> State:
         return None
@@ -204,6 +285,7 @@ class Max(Aggregator):
         return state
 
 
+@register
 class MostRecent(Aggregator):
     """The value of the latest event by event time. State: [ts, messageId, value];
     equal timestamps are ordered by messageId so every interleaving agrees."""
@@ -227,6 +309,7 @@ class MostRecent(Aggregator):
         return None if state is None else state[2]
 
 
+@register
 class First(Aggregator):
     """The value of the earliest event by event time. State: [ts, messageId, value];
     equal timestamps are ordered by messageId (the smallest wins)."""
@@ -250,11 +333,13 @@ class First(Aggregator):
         return None if state is None else state[2]
 
 
+@register
 class Avg(Aggregator):
     """Mean of the field. State: [exact sum state, count]: the mean of the exact sum,
     so it too is the same whatever order the events came in."""
 
     function = "avg"
+    as_double = True
     _sum = Sum()
 
     def initial(self) -> State:

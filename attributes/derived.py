@@ -6,10 +6,11 @@ consistent with them. A derived attribute may use another derived attribute; the
 file's order does not matter, a cycle is an error at load.
 
 Inside an expression an attribute has a CEL type, so that type errors show at load:
-`sum` is a double (an int total is converted), `count` and `unique_count` are ints,
-`list` is a list. The attributes that can be null (`avg`, `min` and `max` of nothing,
-`most_recent`, `first`, `most_frequent`, and derived ones) are `dyn`, checked as they
-are evaluated; `avg`, `min` and `max` hold doubles when they are not null. An
+its aggregator's `result_type` (`attributes.aggregators.FUNCTIONS`). `sum` is a double
+(an int total is converted), `count` and `unique_count` are ints, `list` is a list.
+The attributes that can be null (`avg`, `min` and `max` of nothing, `most_recent`,
+`first`, `most_frequent`, and derived ones) are `dyn`, checked as they are evaluated;
+`avg`, `min` and `max` hold doubles when they are not null (`as_double`). An
 expression that cannot be evaluated (null in arithmetic, an int division by zero)
 makes the derived attribute `null`.
 
@@ -20,35 +21,37 @@ null), which is why every value passes through `cel_value` first.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from attributes.aggregators import FUNCTIONS
+from attributes.errors import RuleError
 from attributes.expressions import (
-    DOUBLE,
     DYN,
-    INT,
     CelType,
     EvaluationError,
     Expression,
     ExpressionError,
     compile_expression,
-    list_of,
 )
 
+
+class _ResultTypes(Mapping[str, CelType]):
+    """The registered functions' `result_type`s, read from the registry as asked."""
+
+    def __getitem__(self, function: str) -> CelType:
+        return FUNCTIONS[function].result_type
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FUNCTIONS)
+
+    def __len__(self) -> int:
+        return len(FUNCTIONS)
+
+
 #: The CEL type of each aggregating function's result.
-RESULT_TYPES: dict[str, CelType] = {
-    "sum": DOUBLE,
-    "avg": DYN,
-    "min": DYN,
-    "max": DYN,
-    "count": INT,
-    "unique_count": INT,
-    "most_recent": DYN,
-    "first": DYN,
-    "most_frequent": DYN,
-    "list": list_of(DYN),
-}
+RESULT_TYPES: Mapping[str, CelType] = _ResultTypes()
 
 
 def _as_double(value: Any) -> Any:
@@ -59,12 +62,9 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-_NUMERIC = {"sum", "avg", "min", "max"}
-
-
 def cel_value(function: str) -> Callable[[Any], Any]:
     """How an attribute's served value becomes the value its CEL type promises."""
-    return _as_double if function in _NUMERIC else _as_is
+    return _as_double if FUNCTIONS[function].as_double else _as_is
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ class DerivedAttribute:
         return value
 
 
-class DerivedCycle(ValueError):
+class DerivedCycle(RuleError):
     def __init__(self, members: list[str]) -> None:
         self.members = members
         super().__init__(f"derived attributes form a cycle: {' -> '.join(members)}")

@@ -79,7 +79,7 @@ class IdentitySpec(pydantic.BaseModel):
         for path in paths:
             try:
                 compile_path(path)
-            except InvalidPath as exc:
+            except InvalidPath as exc:  # pydantic reports a ValueError, not a RuleError
                 raise ValueError(str(exc)) from None
         return paths
 
@@ -130,7 +130,7 @@ class EntitySpec(pydantic.BaseModel):
         for pattern in patterns:
             try:
                 _whole(pattern)
-            except InvalidPattern as exc:
+            except InvalidPattern as exc:  # pydantic reports a ValueError, not a RuleError
                 raise ValueError(f"blocked pattern {pattern!r}: {exc}") from None
         return patterns
 

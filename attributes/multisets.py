@@ -27,7 +27,8 @@ from typing import Any
 
 import msgspec
 
-from attributes.aggregators import Aggregator, State
+from attributes.aggregators import Aggregator, State, register
+from attributes.expressions.types import DYN, INT, list_of
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 
@@ -41,6 +42,7 @@ def value_of(key: str) -> Any:
     return msgspec.json.decode(key)
 
 
+@register
 class RecentValues(Aggregator):
     """The `size` most recent values by event time, newest first; with `distinct`,
     each value once (at its most recent occurrence). State: ascending
@@ -51,10 +53,16 @@ class RecentValues(Aggregator):
     by occurring again, which adds it anew."""
 
     function = "list"
+    result_type = list_of(DYN)
+    options = ("size", "distinct")
 
     def __init__(self, size: int = 10, distinct: bool = False) -> None:
         self.size = size
         self.distinct = distinct
+
+    @property
+    def shape(self) -> str:
+        return f"list:{self.size}" + (":distinct" if self.distinct else "")
 
     def initial(self) -> State:
         return []
@@ -81,15 +89,22 @@ class RecentValues(Aggregator):
         return [value_of(key) for _, _, key in reversed(state)]
 
 
+@register
 class UniqueCount(Aggregator):
     """Number of distinct values; with `max_values`, at most that (see the module's
     docstring). State: the sorted distinct keys, at most `max_values + 1` of them."""
 
     function = "unique_count"
+    result_type = INT
+    options = ("max_values",)
 
     def __init__(self, max_values: int | None = None) -> None:
         self.max_values = max_values
         self._kept = None if max_values is None else max_values + 1
+
+    @property
+    def shape(self) -> str:
+        return _capped(self.function, self.max_values)
 
     def initial(self) -> State:
         return []
@@ -115,6 +130,7 @@ class UniqueCount(Aggregator):
         return min(len(state), self.max_values)
 
 
+@register
 class MostFrequent(Aggregator):
     """The value seen most often; ties go to the value seen most recently (event
     time, then messageId), then to the smaller key. With `max_values`, only the
@@ -122,10 +138,15 @@ class MostFrequent(Aggregator):
     State: {key: [count, ts, mid]}, at most `max_values + 1` keys."""
 
     function = "most_frequent"
+    options = ("max_values",)
 
     def __init__(self, max_values: int | None = None) -> None:
         self.max_values = max_values
         self._kept = None if max_values is None else max_values + 1
+
+    @property
+    def shape(self) -> str:
+        return _capped(self.function, self.max_values)
 
     def initial(self) -> State:
         return {}
@@ -159,6 +180,11 @@ class MostFrequent(Aggregator):
         top = max((count, ts, mid) for count, ts, mid in counted.values())
         best = min(key for key, (count, ts, mid) in counted.items() if (count, ts, mid) == top)
         return value_of(best)
+
+
+def _capped(function: str, max_values: int | None) -> str:
+    """A capped state's shape names its cap: which values it keeps depends on it."""
+    return function if max_values is None else f"{function}:{max_values}"
 
 
 def _tally(state: dict[str, list[Any]], key: str, count: int, ts: int, mid: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from attributes.errors import RuleError
 from attributes.events import Event
 
 Getter = Callable[[Event], Any]
@@ -32,8 +33,8 @@ MISSING: Any = object()
 """Returned by a getter when the path does not exist in the event."""
 
 
-class InvalidPath(ValueError):
-    pass
+class InvalidPath(RuleError):
+    """A field path that names no part of an event; the message says why."""
 
 
 def compile_path(path: str) -> Getter:

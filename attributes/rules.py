@@ -17,12 +17,12 @@ from typing import Any
 import pydantic
 import yaml
 
-from attributes.aggregators import Aggregator, Avg, Count, First, Max, Min, MostRecent, Sum
+from attributes.aggregators import FUNCTIONS, Aggregator
 from attributes.derived import RESULT_TYPES, DerivedAttribute, cel_value, compile_derived
+from attributes.errors import RuleError
 from attributes.expressions import Expression, ExpressionError
 from attributes.filters import compile_filter
-from attributes.multisets import MostFrequent, RecentValues, UniqueCount
-from attributes.paths import Getter, InvalidPath, compile_path
+from attributes.paths import Getter, compile_path
 from attributes.specs import AttributeSpec
 from attributes.windows import WindowedAggregator, make_window
 
@@ -40,7 +40,7 @@ class RuleProblem:
         return f"{where}:{who} {self.problem}"
 
 
-class RuleFileError(ValueError):
+class RuleFileError(RuleError):
     """A rule file that cannot be used; `problems` lists every problem found."""
 
     def __init__(self, problems: list[RuleProblem]) -> None:
@@ -188,30 +188,20 @@ _NO_RULES = RuleSet.build([])
 
 
 def aggregator_for(spec: AttributeSpec) -> Aggregator:
-    """The aggregator of a spec's function, configured with its options."""
-    if spec.function == "list":
-        return RecentValues(size=spec.size or 10, distinct=bool(spec.distinct))
-    if spec.max_values is not None:
-        capped = UniqueCount if spec.function == "unique_count" else MostFrequent
-        return capped(max_values=spec.max_values)
-    return _SHARED[spec.function]
+    """The aggregator of a spec's function (`FUNCTIONS`), given the options it takes
+    that the spec sets."""
+    kind = FUNCTIONS[spec.function]
+    options = {key: value for key in kind.options if (value := getattr(spec, key)) is not None}
+    if options:
+        return kind(**options)
+    shared = _SHARED.get(kind)
+    if shared is None:
+        shared = _SHARED[kind] = kind()
+    return shared
 
 
-#: Aggregators without options are stateless: one instance serves every attribute.
-_SHARED: dict[str, Aggregator] = {
-    aggregator.function: aggregator
-    for aggregator in (
-        Sum(),
-        Count(),
-        Min(),
-        Max(),
-        Avg(),
-        MostRecent(),
-        First(),
-        UniqueCount(),
-        MostFrequent(),
-    )
-}
+#: Aggregators are stateless: one instance without options serves every attribute.
+_SHARED: dict[type[Aggregator], Aggregator] = {}
 
 
 def window_for(spec: AttributeSpec, aggregator: Aggregator) -> WindowedAggregator | None:
@@ -223,13 +213,12 @@ def window_for(spec: AttributeSpec, aggregator: Aggregator) -> WindowedAggregato
 
 
 def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAttribute:
+    """A spec's problems raise `RuleError` (a bad field path: `InvalidPath`, one); what
+    else it raises is a bug of traitflow's, not of the rule file."""
     aggregator = aggregator_for(spec)
     if aggregator.needs_field and spec.field is None:
-        raise ValueError(f"function {spec.function!r} needs a 'field'")
-    try:
-        getter = compile_path(spec.field) if spec.field is not None else None
-    except InvalidPath as exc:
-        raise ValueError(str(exc)) from None
+        raise RuleError(f"function {spec.function!r} needs a 'field'")
+    getter = compile_path(spec.field) if spec.field is not None else None
     where = None
     if spec.where is not None:
         where = filters.get(spec.where)
@@ -237,7 +226,7 @@ def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAtt
             try:
                 where = filters[spec.where] = compile_filter(spec.where)
             except ExpressionError as exc:
-                raise ValueError(f"where: {exc}") from None
+                raise RuleError(f"where: {exc}") from None
     return CompiledAttribute(
         spec.name,
         spec.entity,
@@ -247,19 +236,15 @@ def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAtt
         where,
         window_for(spec, aggregator),
         cel_value(spec.function),
-        state_key(spec),
+        state_key(spec, aggregator),
     )
 
 
-def state_key(spec: AttributeSpec) -> str:
-    """e.g. `ltv/sum`, `seen/list:5:distinct`, `orders/count@30days`,
-    `cats/unique_count@1months/calendar`, `cats/unique_count:100` (a cap: which values
-    a state keeps depends on it)."""
-    shape: str = spec.function
-    if spec.function == "list":
-        shape += f":{spec.size or 10}" + (":distinct" if spec.distinct else "")
-    if spec.max_values is not None:
-        shape += f":{spec.max_values}"
+def state_key(spec: AttributeSpec, aggregator: Aggregator | None = None) -> str:
+    """The name, the aggregator's `shape` and the window: e.g. `ltv/sum`,
+    `seen/list:5:distinct`, `orders/count@30days`, `cats/unique_count@1months/calendar`,
+    `cats/unique_count:100` (a cap: which values a state keeps depends on it)."""
+    shape = (aggregator or aggregator_for(spec)).shape
     if spec.lookback is not None:
         shape += f"@{spec.lookback.count}{spec.lookback.unit}"
         shape += "/calendar" if spec.calendar else ""
@@ -333,7 +318,7 @@ def parse_rules(
             continue
         try:
             compiled.append((spec, _compile(spec, filters)))
-        except ValueError as exc:
+        except RuleError as exc:  # not ValueError: a bug here is no problem of the file
             problems.append(RuleProblem(file, line, spec.name, str(exc)))
 
     # a derived attribute reads the attributes of its own entity's profile

@@ -3,34 +3,26 @@
 Pydantic at the edge: these models say what a user may write and turn every mistake
 into a message naming the key. What the hot path runs is compiled from them in
 `attributes.rules`.
+
+The functions, and which options each takes, are the registered aggregators'
+(`attributes.aggregators.FUNCTIONS`), read as each spec is checked: a function
+registered after this module was imported is accepted too.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import pydantic
 
+import attributes.multisets  # noqa: F401  (registers list, unique_count, most_frequent)
+from attributes.aggregators import DERIVED, FUNCTIONS, OPTIONS
 from attributes.windows import UNITS
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
-Function = Literal[
-    "sum",
-    "count",
-    "min",
-    "max",
-    "avg",
-    "most_recent",
-    "first",
-    "list",
-    "unique_count",
-    "most_frequent",
-    "derived",
-]
-#: the functions that take `max_values`
-CAPPED_FUNCTIONS = frozenset({"unique_count", "most_frequent"})
 #: the largest `max_values`
 MAX_VALUES = 10_000
 EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
@@ -67,7 +59,8 @@ class AttributeSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    function: Function
+    #: a registered aggregator's name, or `derived`
+    function: str
     entity: str = "user"
     description: str = ""
     field: str | None = None
@@ -83,15 +76,24 @@ class AttributeSpec(pydantic.BaseModel):
     calendar: bool = False
     #: with `lookback`: ignore events processed longer than this after their event time
     allowed_lateness: Span | None = None
-    #: `list` only: how many values to keep, and whether each value counts once
+    # the functions' options (`aggregators.OPTIONS`): each function takes those its
+    # aggregator class names in `options`
+    #: `list`: how many values to keep, and whether each value counts once
     size: int | None = pydantic.Field(default=None, ge=1, le=1000)
     distinct: bool | None = None
-    #: `unique_count` and `most_frequent` only: how many distinct values to keep (see
+    #: `unique_count` and `most_frequent`: how many distinct values to keep (see
     #: `attributes.multisets`). At most MAX_VALUES: a profile's states are read and
     #: written whole, once per batch that touches it.
     max_values: int | None = pydantic.Field(default=None, ge=1, le=MAX_VALUES, strict=True)
     #: `derived` only: a CEL expression over other attributes of the same profile
     expression: str | None = None
+
+    @pydantic.field_validator("function", mode="before")
+    @classmethod
+    def _known_function(cls, function: Any) -> str:
+        if isinstance(function, str) and (function in FUNCTIONS or function == DERIVED):
+            return function
+        raise ValueError(f"Input should be {_listed([*FUNCTIONS, DERIVED], 'or')}")
 
     @pydantic.field_validator("name")
     @classmethod
@@ -104,17 +106,15 @@ class AttributeSpec(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _options_fit_the_function(self) -> AttributeSpec:
-        given = {key for key in self.model_fields_set if getattr(self, key) not in (None, False)}
-        if self.function != "list" and given & {"size", "distinct"}:
-            raise ValueError(
-                f"'size' and 'distinct' apply to function 'list', not {self.function!r}"
-            )
-        if self.max_values is not None and self.function not in CAPPED_FUNCTIONS:
-            raise ValueError(
-                "'max_values' applies to functions 'unique_count' and 'most_frequent', "
-                f"not {self.function!r}"
-            )
-        if self.function == "derived":
+        given = {
+            key
+            for key in self.model_fields_set
+            if (value := getattr(self, key)) is not None and value is not False
+        }
+        taken = () if self.function == DERIVED else FUNCTIONS[self.function].options
+        if misplaced := [key for key in OPTIONS if key in given and key not in taken]:
+            raise ValueError(_misplaced_options(misplaced, self.function))
+        if self.function == DERIVED:
             if self.expression is None:
                 raise ValueError("function 'derived' needs an 'expression'")
             event_keys = given & {"field", "event", "type", "where", "lookback", "calendar"}
@@ -129,3 +129,30 @@ class AttributeSpec(pydantic.BaseModel):
         if self.allowed_lateness is not None and self.allowed_lateness.unit == "months":
             raise ValueError("allowed_lateness: use minutes, hours, days or weeks")
         return self
+
+
+def _listed(names: Sequence[str], conjunction: str) -> str:
+    """`'a', 'b' or 'c'` (as pydantic lists a Literal's values), `'a' and 'b'`."""
+    quoted = [repr(name) for name in names]
+    if len(quoted) == 1:
+        return quoted[0]
+    return f"{', '.join(quoted[:-1])} {conjunction} {quoted[-1]}"
+
+
+def _misplaced_options(keys: list[str], function: str) -> str:
+    """e.g. "'size' and 'distinct' apply to function 'list', not 'sum'", one clause per
+    set of functions that take them."""
+    by_takers: dict[tuple[str, ...], list[str]] = {}
+    for key in keys:
+        takers = tuple(name for name, kind in FUNCTIONS.items() if key in kind.options)
+        by_takers.setdefault(takers, []).append(key)
+    clauses = []
+    for takers, group in by_takers.items():
+        named = _listed(group, "and")
+        verb = "applies" if len(group) == 1 else "apply"
+        if not takers:
+            clauses.append(f"{named} {verb} to no function")
+            continue
+        functions = f"function{'s' if len(takers) > 1 else ''} {_listed(takers, 'and')}"
+        clauses.append(f"{named} {verb} to {functions}, not {function!r}")
+    return "; ".join(clauses)

@@ -76,7 +76,7 @@ def run_worker(topic: str, events: int, mode: str, patched: str, settings: Setti
         count(len(messages))
 
     if mode == "batch":
-        from streams.batches import batch_subscribe
+        from streams.fastfaust import batch_subscribe
 
         batch_subscribe(app, source, count_batch, max_size=settings.batch_size)
         faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()

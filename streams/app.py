@@ -1,14 +1,15 @@
 """The Faust app: ingest topics in, the batch processor in the middle, Redis out.
 
-Kept deliberately thin. The ingest topics are *batch topics* (`streams.batches`): the
-consumer hands each fetch round's records to one handler, which turns them into
+Kept deliberately thin. The ingest topics are *batch topics*
+(`streams.fastfaust.batch_subscribe`, `streams.batches`): the consumer hands each
+fetch round's records to one handler, which turns them into
 transport-neutral `Record`s for `BatchProcessor`; they are acked once it returns, i.e.
 after their effect is in Redis. Faust's per-event Stream machinery (agents, events,
 channel queues) is skipped: it cost a third of the worker's CPU. Faust still runs the
 worker, the consumer group, offset commits and the dead-letter producer (whose
 letters are parked in Redis when the topic refuses them: `streams.dead_letters`).
-State lives in Redis, not in Faust tables (see DESIGN.md: windowed tables never
-expire restored keys, and Tansu does not compact changelogs).
+State lives in Redis, not in Faust tables: windowed tables never expire restored
+keys, and Tansu does not compact changelogs.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from faust.types import Message
 from attributes.identities import IdentityRules
 from attributes.rules import RuleSet
 from streams import fastfaust, faust_fixes
-from streams.batches import batch_subscribe
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
+from streams.redis_logs import RedisLogHistory
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
-from traitflow.redis_logs import RedisLogHistory
 from traitflow.redis_store import RedisProfileStore
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import ProfileStore
@@ -159,7 +159,7 @@ def create_app(
             processor, decoded.records, metrics, durable=durable, decoded=decoded
         )
 
-    batch_subscribe(app, ingest, process, max_size=settings.batch_size, prepare=decode)
+    fastfaust.batch_subscribe(app, ingest, process, max_size=settings.batch_size, prepare=decode)
     return app
 
 

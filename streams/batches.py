@@ -3,9 +3,11 @@
 Why: a consumer that wants lists of records (like `BatchProcessor`) pays Faust's
 per-event machinery for nothing: conductor callback, `Event` object, channel queue,
 `Stream` iteration, `take_events` buffering and a per-event ack coroutine. That was
-about a third of the worker's CPU. A *batch topic* skips all of it: the consumer's
-fetch loop (`fastfaust._drain_messages`) collects the topic's messages and hands them
-to one async handler in batches, then acks them.
+about a third of the worker's CPU. A *batch topic* (`streams.fastfaust.batch_subscribe`)
+skips all of it: the consumer's fetch loop (`fastfaust._drain_messages`) collects the
+topic's messages and hands them to one async handler in batches, then acks them. This
+module is what that loop hands them to (`BatchRouter`) and knows nothing of the patch:
+`fastfaust` imports it, never the other way round.
 
 What stays Faust's: the consumer group, rebalances, offset tracking and commits
 (acks go through `Consumer.ack`, so the committed offset is still the end of the
@@ -41,7 +43,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 from faust.types import Message
 
 log = logging.getLogger(__name__)
@@ -65,41 +66,6 @@ class Subscription:
     handler: BatchHandler
     max_size: int
     pending: list[Message] = field(default_factory=list)
-
-
-def batch_subscribe(
-    app: faust.App,
-    topic: faust.TopicT,
-    handler: BatchHandler,
-    *,
-    max_size: int,
-    prepare: Prepare = list,
-) -> None:
-    """Deliver `topic`'s records to `handler` in batches of at most `max_size`, each
-    first turned into what the handler takes by `prepare` (default: a list).
-
-    A batch is what arrived while the one before it was handled (cut at `max_size`),
-    so batches grow with the backlog and stay small when the worker keeps up. Call it
-    before the worker starts. Needs the `fastfaust` patch: without it Faust would
-    route the records to a stream nobody reads, so this raises instead.
-    """
-    from streams import fastfaust
-
-    if not fastfaust.install():
-        raise RuntimeError(
-            f"batch topics need traitflow's consumer patch, which does not support "
-            f"faust-streaming {faust.__version__}"
-        )
-    if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, not {max_size}")
-    subscriptions = subscriptions_of(app)
-    for name in topic.topics:
-        if name in subscriptions:
-            raise ValueError(f"topic {name!r} already has a batch handler")
-        subscriptions[name] = Subscription(prepare, handler, max_size)
-    # the conductor builds the consumer's subscription (and the acking topics) from
-    # app.topics; it never sees these records, the fetch loop routes them here first
-    app.topics.add(topic)
 
 
 def subscriptions_of(app: Any) -> dict[str, Subscription]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
 from attributes.policies import MergePolicy
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 encode_view = msgspec.json.Encoder().encode
 
 
-class ComputeFailed(Exception):
+class ComputeFailed(TraitflowError):
     """Computing a batch's effect raised (a bug some input meets), not the store: the
     caller narrows the batch down to the event that breaks it (`BatchProcessor`)."""
 

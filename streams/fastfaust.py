@@ -1,24 +1,24 @@
 """A speed patch for faust-streaming 0.15.3's consumer: what the worker's fetch loop
-needs to deliver ~100k records/s to its batch handler (stock Faust: ~5-14k/s to an
-agent).
+needs so that Faust's own code is a small part of the worker's CPU (the rates, stock and
+patched: bench/README.md, `bench.faust_noop`).
 
-Why (measured with py-spy and per-thread CPU, see bench/README.md): a Faust worker
+Why (py-spy and per-thread CPU): a Faust worker
 against a fast broker is not waiting on Kafka, it is CPU-bound in Faust's per-message
 Python code: every message goes to the conductor through
 `wait_first(callback(message), suspend_flow.wait())`, and mode's `wait_first` creates
-four asyncio Tasks, runs `asyncio.wait` and cancels three of them (~48 us a message),
+four asyncio Tasks, runs `asyncio.wait` and cancels three of them for every message,
 then through a channel queue, an `Event` and the Stream API, to an agent.
 
-1. Records of *batch topics* (`streams.batches.batch_subscribe`) skip the conductor and
-   the Stream API altogether: the fetch loop (`Consumer._drain_messages`, copied) collects
-   them per fetch round and hands them to a batch handler in one call (see
-   `streams.batches` for how they are tracked and acked). Other topics' records (Faust's
-   own) go to the conductor as in stock Faust.
+1. Records of *batch topics* (`batch_subscribe`) skip the conductor and the Stream API
+   altogether: the fetch loop (`Consumer._drain_messages`, copied) collects them per
+   fetch round and hands them to a batch handler in one call (see `streams.batches`
+   for how they are tracked and acked). Other topics' records (Faust's own) go to the
+   conductor as in stock Faust.
 2. `getmany(timeout=1.0)` waits out its second when every partition with data is paused
    (a full stream buffer); the loop waits briefly for paused partitions to resume and
    fetches with a 0.1 s timeout.
 3. `TableManager.on_start` sleeps a hard-coded second before the conductor subscribes;
-   we have no tables (state lives in Redis), so we skip it: a worker starts ~1 s sooner.
+   we have no tables (state lives in Redis), so we skip it: a worker starts that much sooner.
 
 Measured with `bench.faust_noop --shares`, parts that an earlier version had are gone
 because the worker's path gained nothing from them: a fast path past `wait_first` to
@@ -42,7 +42,7 @@ from typing import Any
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 
-from streams.batches import router_of
+from streams.batches import BatchHandler, Prepare, Subscription, router_of, subscriptions_of
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,39 @@ def install(*, without: Collection[str] = ()) -> bool:
             part()
     _installed = True
     return True
+
+
+def batch_subscribe(
+    app: faust.App,
+    topic: faust.TopicT,
+    handler: BatchHandler,
+    *,
+    max_size: int,
+    prepare: Prepare = list,
+) -> None:
+    """Deliver `topic`'s records to `handler` in batches of at most `max_size`, each
+    first turned into what the handler takes by `prepare` (default: a list).
+
+    A batch is what arrived while the one before it was handled (cut at `max_size`),
+    so batches grow with the backlog and stay small when the worker keeps up. Call it
+    before the worker starts. Installs the patch: without it Faust would route the
+    records to a stream nobody reads, so this raises where it cannot be installed.
+    """
+    if not install():
+        raise RuntimeError(
+            f"batch topics need traitflow's consumer patch, which does not support "
+            f"faust-streaming {faust.__version__}"
+        )
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, not {max_size}")
+    subscriptions = subscriptions_of(app)
+    for name in topic.topics:
+        if name in subscriptions:
+            raise ValueError(f"topic {name!r} already has a batch handler")
+        subscriptions[name] = Subscription(prepare, handler, max_size)
+    # the conductor builds the consumer's subscription (and the acking topics) from
+    # app.topics; it never sees these records, the fetch loop routes them here first
+    app.topics.add(topic)
 
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:

@@ -13,8 +13,8 @@ instead of running without it.
    (`tests/integration/test_rebalance.py`). We commit them first.
 2. **The fetch wait is ours** (latency). Faust's aiokafka driver hard-codes
    `fetch_max_wait_ms=1500`. Kafka answers a waiting fetch as soon as records arrive,
-   but Tansu answers only when the wait is over, so an event waited ~0.75 s on
-   average (up to 1.5 s) before the worker saw it. The worker's consumer uses
+   but Tansu answers only when the wait is over, so an event waited half of that on
+   average (up to all of it) before the worker saw it. The worker's consumer uses
    `Settings.fetch_wait_ms` (`set_fetch_wait`) instead.
 """
 

@@ -252,7 +252,7 @@ def keys_create(
     burst: int | None = typer.Option(None, help="burst; default TRAITFLOW_API_BURST"),
 ) -> None:
     """Create a key and print it: the only time it is shown (only its hash is kept)."""
-    from api.keys import new_key
+    from api.keys import InvalidKeyParameters, new_key
 
     settings = settings_of(ctx)
     collections, destinations = collection or [], destination or []
@@ -273,7 +273,7 @@ def keys_create(
             rate_per_s=rate,
             burst=burst,
         )
-    except ValueError as exc:
+    except InvalidKeyParameters as exc:
         raise _fail(str(exc)) from None
     _with_keys(settings, lambda keys: keys.create(record))
     typer.echo(token)

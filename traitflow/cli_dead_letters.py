@@ -22,6 +22,7 @@ from traitflow.cli_context import settings_of
 from traitflow.config import Settings
 from traitflow.replay import (
     DeadLetters,
+    InvalidSince,
     LetterFilter,
     Letters,
     ReplayError,
@@ -216,7 +217,7 @@ def replay(
     settings = settings_of(ctx)
     try:
         since_ms = parse_since(since, time.time()) if since is not None else None
-    except ValueError as exc:
+    except InvalidSince as exc:
         raise _fail(str(exc)) from None
     letter_filter = LetterFilter(since_ms, reason)
 

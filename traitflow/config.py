@@ -289,9 +289,10 @@ class Settings(BaseSettings):
         Kafka answers a waiting fetch as soon as records arrive, so on an external
         broker the wait only bounds idle polling (500 ms, the consumer default). The
         embedded Tansu answers only when the wait is over, so there it is what an event
-        that arrives while the worker waits is delayed by: 5 ms (event -> served p50
-        ~8 ms) at ~6% of a core per idle worker. Faust's hard-coded 1500 ms made events
-        visible ~0.7 s late on average. An external Tansu wants `TRAITFLOW_FETCH_WAIT_MS`.
+        that arrives while the worker waits is delayed by: a few milliseconds, against
+        the idle polling that a shorter wait costs (figures: bench/README.md, issue 13).
+        Faust's hard-coded 1500 ms made events visible most of a second late. An
+        external Tansu wants `TRAITFLOW_FETCH_WAIT_MS`.
         """
         if self.fetch_wait_ms is not None:
             return self.fetch_wait_ms
@@ -302,7 +303,7 @@ class Settings(BaseSettings):
         """(session, rebalance, heartbeat) seconds for the consumer group.
 
         The embedded Tansu broker holds a new group's join for half the session
-        timeout, so there they are short (a worker starts in ~1 s). Apache Kafka
+        timeout, so there they are short (a worker joins its group quickly). Apache Kafka
         refuses sessions under 6 s by default (group.min.session.timeout.ms), so an
         external broker gets Kafka-safe values unless they are set explicitly.
         """

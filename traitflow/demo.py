@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from api.keys import RedisKeyStore, new_key
+from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
@@ -31,8 +32,8 @@ from traitflow.store import MemoryProfileStore
 from traitflow.topics import ensure_topics, publish_lines, read_dead_letters
 
 
-class DemoError(RuntimeError):
-    pass
+class DemoError(TraitflowError):
+    """The demo did not come up, or did not serve the profile it expected."""
 
 
 def demo_processes(settings: Settings) -> list[Daemon]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from attributes.errors import StoreError
 from traitflow.store import KeyLayout
 
 #: what a Redis older than WAITAOF must be set to for `disk`
@@ -48,7 +49,7 @@ FSYNC_EVERY_WRITE = {
 }
 
 
-class NotDurable(Exception):
+class NotDurable(StoreError):
     """A batch's writes did not reach the disk or the replicas in time (or cannot be
     known to have): the batch must not be acknowledged."""
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from attributes.errors import StoreError
 from traitflow.durability import FSYNC_EVERY_WRITE, config_of, sync_problem
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 SAFE_POLICY = "noeviction"
 
 
-class UnsafeRedis(RuntimeError):
+class UnsafeRedis(StoreError):
     """The Redis traitflow was pointed at could lose its keys; the message says why and
     what to set."""
 

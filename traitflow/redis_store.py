@@ -5,8 +5,8 @@ The worker's lookups, loads and commits go through redis-py; the API's reads thr
 the leaner `traitflow.resp` connection. A commit is Redis's optimistic transaction:
 WATCH the keys it must find unchanged, read and compare them, then MULTI with every
 write and EXEC, which Redis refuses if a watched key changed in between. (A Lua
-script doing the same took 7 times as long inside Redis: ~21 ms against ~3 ms for a
-batch of 1,400 profiles, and Redis runs one at a time.)
+script doing the same took several times as long inside Redis, which runs one script
+at a time: bench/README.md, "Design figures".)
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ return found
 class HiredisPackedConnection(Connection):
     """redis-py's asyncio connection with its commands packed by hiredis, in C.
 
-    redis-py packs every argument in Python; a worker's commit and lookups have ~20,000
-    arguments per batch, and packing them was ~15% of the worker's CPU (cProfile,
-    2026-11-23). The arguments here are what redis-py's encoder takes too: str, bytes,
-    int and float."""
+    redis-py packs every argument in Python, and a worker's commit and lookups have
+    tens of thousands of arguments per batch: packing them was a large share of the
+    worker's CPU (bench/README.md, "Design figures"). The arguments here are what
+    redis-py's encoder takes too: str, bytes, int and float."""
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
         first = args[0]

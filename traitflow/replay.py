@@ -17,6 +17,7 @@ next time: at least once, like the rest of the pipeline. One replay runs at a ti
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as aioredis
 
+from attributes.errors import InputError, TraitflowError
 from streams.dead_letters import Letter, RedisParking, letter_from_record
 from traitflow.config import Settings
 from traitflow.store import KeyLayout
@@ -41,8 +43,12 @@ CHUNK = 100
 LOCK_MS = 120_000
 
 
-class ReplayError(RuntimeError):
-    pass
+class ReplayError(TraitflowError):
+    """A replay cannot run now (another one holds the lock)."""
+
+
+class InvalidSince(InputError):
+    """`--since` is neither a duration nor a time."""
 
 
 @dataclass(slots=True)
@@ -91,15 +97,17 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 def parse_since(text: str, now_s: float) -> int:
     """`--since`: a duration back from now (`90s`, `30m`, `2h`, `7d`, `1w`) or an ISO
     8601 time (UTC unless it says otherwise); epoch milliseconds."""
+    problem = f"--since {text!r}: give a duration (30m, 2h, 7d) or a time (2026-11-04T09:00)"
     duration = _DURATION.fullmatch(text.strip())
     if duration:
-        return int((now_s - float(duration[1]) * _SECONDS[duration[2]]) * 1000)
+        since_s = now_s - float(duration[1]) * _SECONDS[duration[2]]
+        if not math.isfinite(since_s):  # more digits than a float holds
+            raise InvalidSince(problem)
+        return int(since_s * 1000)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(
-            f"--since {text!r}: give a duration (30m, 2h, 7d) or a time (2026-11-04T09:00)"
-        ) from None
+        raise InvalidSince(problem) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)

@@ -1,8 +1,8 @@
 """A minimal asyncio Redis client for the API's read path: one multiplexed connection.
 
-Why not redis-py here: on this machine a redis-py asyncio GET costs 117 to 167 µs of
-CPU in the calling process, against 9 to 111 µs here (32 or 1 at a time, uvloop;
-`bench.redis_clients`). A profile read is one round trip and little else, so
+Why not redis-py here: a redis-py asyncio GET costs the calling process several times
+the CPU of one here (`bench.redis_clients`; figures in bench/README.md). A profile
+read is one round trip and little else, so
 redis-py's per-command machinery (connection-pool checkout, retry and timeout
 wrappers, response callbacks) was most of the API's cost. The worker keeps
 redis-py: it makes two round trips per batch of thousands of events.
@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from attributes.errors import StoreError
+
 Arg = str | bytes | int | float
 
 #: hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments
@@ -48,7 +50,7 @@ _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 TIMEOUT_S = 5.0
 
 
-class RespError(Exception):
+class RespError(StoreError):
     """Redis answered a command with an error reply.
 
     `code` is the reply's first word when it is one (Redis's error codes: `ERR`,
@@ -62,8 +64,10 @@ class RespError(Exception):
         self.code = word if word.isascii() and word.isalpha() and word.isupper() else "ERR"
 
 
-class RespConnectionError(ConnectionError):
-    """The connection to Redis failed or was lost; the command may not have run."""
+class RespConnectionError(ConnectionError, StoreError):
+    """The connection to Redis failed or was lost; the command may not have run. A
+    `ConnectionError` (an OSError) first, as any lost connection: the worker retries it
+    as transient, the API answers 503."""
 
 
 class RespTimeoutError(RespConnectionError, TimeoutError):
@@ -302,7 +306,8 @@ class RespClient:
 class _ScriptCall:
     """One `eval` or `eval_soon`: EVALSHA, and EVAL if Redis lacks the script. A class
     rather than nested callbacks: a closure that re-arms itself is a reference cycle,
-    and at thousands of reads a second those cycles made the collector pause ~100 ms."""
+    and at thousands of reads a second those cycles made the cyclic garbage collector
+    pause the API for long stretches."""
 
     __slots__ = ("args", "client", "keys", "result", "script")
 

@@ -20,11 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from attributes.errors import TraitflowError
 from traitflow.config import Settings
 
 
-class ServiceError(RuntimeError):
-    pass
+class ServiceError(TraitflowError):
+    """An embedded service (the broker, Redis) could not be started or wiped: the message
+    says why."""
 
 
 #: Children this process spawned, kept so they are reaped (no zombies that still

@@ -1,4 +1,4 @@
-"""Profile storage: the Redis key layout (defined here and nowhere else) and the store.
+"""Profile storage: the Redis key layout (all of it listed here) and the store.
 
 Both the worker (writes) and the API (reads) go through `ProfileStore`. There are two
 implementations: `RedisProfileStore` (`traitflow.redis_store`), the real one, and
@@ -12,10 +12,9 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:i:user:{index}:{value}      string  -> profile id (one per identity)
     tf:x:user:{topic}/{partition}  zset    profile id, scored by when its windows next
                                            change (epoch ms); one per input partition
-    tf:k:{key_id}                  string  API key record (JSON: name, scopes, sha256 of
-                                           its secret; never the secret)
-    tf:ks                          set     ids of the API keys (for `traitflow keys list`)
-    tf:r:{key_id}                  hash    the API key's rate-limit token bucket
+    tf:k:{key_id}                  string  API key record          } the API's own keys,
+    tf:ks                          set     ids of the API keys     } named by
+    tf:r:{key_id}                  hash    its rate-limit bucket   } `api.key_layout`
     tf:mp                          hash    merge policy id -> policy (JSON), those made
                                            through the API (configured ones: settings)
     tf:l:{topic}/{partition}       zset    checkpoints of the input partition's log: the
@@ -61,6 +60,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from attributes.errors import StoreError
 from attributes.profile import ProfileState, decode_state
 
 PRIMARY_INDEX = "id"
@@ -133,17 +133,8 @@ class KeyLayout:
     def replay_lock(self) -> str:
         return f"{self.prefix}:dlr:lock"
 
-    def api_key(self, key_id: str) -> str:
-        return f"{self.prefix}:k:{key_id}"
-
-    def api_key_ids(self) -> str:
-        return f"{self.prefix}:ks"
-
     def merge_policies(self) -> str:
         return f"{self.prefix}:mp"
-
-    def rate_bucket(self, key_id: str) -> str:
-        return f"{self.prefix}:r:{key_id}"
 
 
 @dataclass(slots=True)
@@ -179,7 +170,7 @@ class Expected:
     versions: dict[str, int | None] = field(default_factory=dict)
 
 
-class Conflict(Exception):
+class Conflict(StoreError):
     """A commit found something changed since it was read; nothing was written.
 
     It names every check that failed, not only the first, so that the caller can

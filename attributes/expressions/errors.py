@@ -9,13 +9,16 @@ variable types raises `ExpressionError` at compile time. What depends on the dat
 
 from __future__ import annotations
 
+from attributes.errors import DataError, RuleError
 
-class ExpressionError(ValueError):
+
+class ExpressionError(RuleError):
     """The source is not a valid expression: syntax, unknown name, or a type error."""
 
 
-class EvaluationError(Exception):
-    """Evaluating a valid expression failed for this activation (CEL's runtime errors)."""
+class EvaluationError(DataError):
+    """Evaluating a valid expression failed for this activation (CEL's runtime errors).
+    Not a `RuleError`: the rule loader must never take one for a problem of the rule."""
 
 
 def describe_position(source: str, offset: int) -> str:

@@ -14,8 +14,9 @@ distinct pattern (one computed at run time, cached).
 
 Why `re2._re2`, the package's compiled binding, rather than `re2.compile(...).search`:
 the public wrapper maps byte offsets back to characters for match objects, which
-`matches` never needs; through it a search cost 3.7 µs, through the binding 0.7 µs
-(Python's `re`: 0.2 µs). pyproject.toml pins the package's minor version for it.
+`matches` never needs, and that mapping was most of a search's cost (figures:
+bench/README.md, "Design figures"). pyproject.toml pins the package's minor version
+for it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any, Final
 import re2
 from re2 import _re2
 
+from attributes.errors import RuleError
 from attributes.expressions.errors import EvaluationError
 
 
-class InvalidPattern(ValueError):
+class InvalidPattern(RuleError):
     """A pattern RE2 cannot compile; the message says why."""
 
 

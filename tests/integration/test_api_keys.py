@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from api.key_layout import ApiKeyLayout
 from api.keys import hash_secret, parse_token
 from tests.integration.conftest import ROOT, create_key, wait_until
 from traitflow.config import Settings
@@ -93,7 +94,7 @@ def test_cli_create_list_use_revoke(
     blob = everything_in_redis(redis_client, settings)
     assert secret.encode() not in blob
     assert token.encode() not in blob
-    record = redis_client.get(KeyLayout(settings.key_prefix).api_key(key_id))
+    record = redis_client.get(ApiKeyLayout(settings.key_prefix).api_key(key_id))
     assert record is not None
     assert hash_secret(secret).encode() in record
 
@@ -112,7 +113,7 @@ def test_cli_create_list_use_revoke(
     )
     assert time.monotonic() - started <= settings.api_key_cache_s + 1.0
     assert key_id not in traitflow(settings, "keys", "list").stdout
-    assert not redis_client.exists(KeyLayout(settings.key_prefix).api_key(key_id))
+    assert not redis_client.exists(ApiKeyLayout(settings.key_prefix).api_key(key_id))
 
     again = traitflow(settings, "keys", "revoke", key_id)
     assert again.returncode == 1
@@ -140,7 +141,7 @@ def test_the_rate_limit_answers_429_with_retry_after(
         assert limited.headers["retry-after"] == "1"
         assert limited.json() == {"error": "rate limit exceeded for this API key"}
         # the bucket is shared state in Redis, and forgotten once idle long enough to be full
-        bucket = KeyLayout(settings.key_prefix).rate_bucket(key_id)
+        bucket = ApiKeyLayout(settings.key_prefix).rate_bucket(key_id)
         assert 0 < redis_client.pttl(bucket) <= 4000
         time.sleep(1.1)
         assert client.get(NOBODY).status_code == 404

@@ -16,12 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from streams.logs import KEPT, Checkpoint, History
+from streams.redis_logs import RedisLogHistory
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
 from tests.integration.workers import alive, own_service, running_api, start_worker, worker_log
 from traitflow.config import Settings
-from traitflow.redis_logs import RedisLogHistory
 from traitflow.services import Service, free_port
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics

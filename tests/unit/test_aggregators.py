@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attributes.aggregators import (
+    FUNCTIONS,
+    OPTIONS,
     Aggregator,
     Avg,
     Count,
@@ -24,8 +26,12 @@ from attributes.aggregators import (
     Rejected,
     State,
     Sum,
+    register,
+    unregister,
 )
+from attributes.expressions import DOUBLE, DYN, INT, list_of
 from attributes.multisets import MostFrequent, RecentValues, UniqueCount, value_key
+from attributes.specs import AttributeSpec
 
 Item = tuple[Any, int, str]  # (value, event ms, messageId)
 
@@ -429,3 +435,108 @@ def test_avg_of_nothing_is_null_and_rejects_what_sum_rejects() -> None:
     with pytest.raises(Rejected):
         avg.add(avg.initial(), "12", 0, "m")
     assert avg.result(fold(avg, [(1, 0, "a"), (2, 0, "b")])) == 1.5
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+def test_each_built_in_function_declares_what_rules_and_derived_need() -> None:
+    declared = {
+        name: (kind.result_type, kind.as_double, kind.needs_field, kind.options)
+        for name, kind in FUNCTIONS.items()
+        if kind.__module__.startswith("attributes.")
+    }
+    assert declared == {
+        "sum": (DOUBLE, True, True, ()),
+        "count": (INT, False, False, ()),
+        "min": (DYN, True, True, ()),
+        "max": (DYN, True, True, ()),
+        "most_recent": (DYN, False, True, ()),
+        "first": (DYN, False, True, ()),
+        "avg": (DYN, True, True, ()),
+        "list": (list_of(DYN), False, True, ("size", "distinct")),
+        "unique_count": (INT, False, True, ("max_values",)),
+        "most_frequent": (DYN, False, True, ("max_values",)),
+    }
+
+
+def test_every_built_in_function_is_checked_against_its_batch_result() -> None:
+    """A function added to traitflow gets a row in CASES: the oracle tests above."""
+    tested = {case.values[0] for case in CASES}
+    built_in = [kind for kind in FUNCTIONS.values() if kind.__module__.startswith("attributes.")]
+    assert {kind.function for kind in built_in} <= {
+        aggregator.function for aggregator in tested if isinstance(aggregator, Aggregator)
+    }
+
+
+def test_the_options_functions_take_are_rule_file_keys() -> None:
+    assert set(OPTIONS) <= set(AttributeSpec.model_fields)
+
+
+class Tally(Aggregator):
+    """A count under another name: enough for registering."""
+
+    def initial(self) -> State:
+        return 0
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        return state + 1
+
+    def merge(self, a: State, b: State) -> State:
+        return a + b
+
+    def result(self, state: State) -> Any:
+        return state
+
+
+def test_register_files_a_class_under_its_function() -> None:
+    class Tallies(Tally):
+        function = "tally"
+
+    assert register(Tallies) is Tallies
+    try:
+        assert FUNCTIONS["tally"] is Tallies
+        with pytest.raises(TypeError):
+            FUNCTIONS["other"] = Tallies  # type: ignore[index]  # read-only: register
+    finally:
+        unregister("tally")
+    assert "tally" not in FUNCTIONS
+
+
+@pytest.mark.parametrize("name", ["sum", "most_frequent", "derived"])
+def test_a_taken_or_reserved_name_is_refused(name: str) -> None:
+    before = dict(FUNCTIONS)
+
+    class Again(Tally):
+        function = name
+
+    with pytest.raises(ValueError, match=f"function '{name}' is already "):
+        register(Again)
+    assert dict(FUNCTIONS) == before
+
+
+def test_a_class_without_a_name_or_with_an_unknown_option_is_refused() -> None:
+    before = dict(FUNCTIONS)
+
+    class Nameless(Tally):  # `function` of its own, or none
+        pass
+
+    class Badly(Tally):
+        function = "Bad Name"
+
+    class Percentile(Tally):
+        function = "percentile"
+        options = ("rank",)
+
+    class Abstract(Aggregator):
+        function = "abstract"
+
+    with pytest.raises(TypeError, match="needs its own `function`"):
+        register(Nameless)
+    with pytest.raises(TypeError, match="needs its own `function`"):
+        register(Badly)
+    with pytest.raises(TypeError, match=r"takes options rule files lack: \['rank'\]"):
+        register(Percentile)
+    with pytest.raises(TypeError, match="is abstract"):
+        register(Abstract)
+    assert dict(FUNCTIONS) == before

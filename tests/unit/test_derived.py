@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
+from attributes.aggregators import FUNCTIONS, Aggregator, State, register, unregister
 from attributes.derived import (
     RESULT_TYPES,
     DerivedAttribute,
@@ -12,7 +14,7 @@ from attributes.derived import (
     compile_derived,
     dependency_order,
 )
-from attributes.expressions import BOOL, DOUBLE, INT, compile_expression
+from attributes.expressions import BOOL, DOUBLE, INT, STRING, compile_expression
 
 
 def test_dependency_order_puts_each_after_what_it_reads() -> None:
@@ -64,6 +66,36 @@ def test_values_take_the_type_their_function_promises(
     converted = cel_value(function)(value)
     assert converted == expected
     assert type(converted) is type(expected)
+
+
+def test_result_types_and_conversions_are_read_from_the_registry() -> None:
+    class Initials(Aggregator):
+        function = "initials"
+        result_type = STRING
+
+        def initial(self) -> State:
+            return ""
+
+        def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+            return state + str(value)[:1]
+
+        def merge(self, a: State, b: State) -> State:
+            return a + b
+
+        def result(self, state: State) -> Any:
+            return state
+
+    assert "initials" not in RESULT_TYPES
+    register(Initials)
+    try:
+        assert RESULT_TYPES["initials"] == STRING
+        assert list(RESULT_TYPES) == list(FUNCTIONS)
+        assert cel_value("initials")("ab") == "ab"
+    finally:
+        unregister("initials")
+    assert "initials" not in RESULT_TYPES
+    doubles = {name for name in FUNCTIONS if type(cel_value(name)(1)) is float}
+    assert doubles == {"sum", "avg", "min", "max"}
 
 
 def derived(source: str) -> DerivedAttribute:

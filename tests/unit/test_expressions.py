@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from attributes.errors import RuleError
 from attributes.expressions import (
     BOOL,
     DOUBLE,
@@ -856,7 +857,7 @@ def test_expression_keeps_its_source() -> None:
 
 
 def test_evaluation_errors_are_not_expression_errors() -> None:
-    # the rule loader catches ExpressionError (a ValueError); a run-time error must not be one
-    assert not issubclass(EvaluationError, ValueError)
-    assert issubclass(ExpressionError, ValueError)
+    # the rule loader catches ExpressionError (a RuleError); a run-time error must not be one
+    assert not issubclass(EvaluationError, RuleError)
+    assert issubclass(ExpressionError, RuleError)
     assert re.fullmatch(r"no such key: 'missing'", evaluation_error("properties.missing"))

@@ -1,13 +1,26 @@
-"""API keys and the token bucket, without I/O: format, hashing, scopes, cache, limits."""
+"""API keys and the token bucket, without I/O: format, hashing, scopes, cache, limits,
+and the Redis keys the API names."""
 
 from __future__ import annotations
+
+import fnmatch
+import inspect
 
 import pytest
 
 from api import ratelimit
 from api.auth import Principal
-from api.keys import ApiKey, MemoryKeyStore, hash_secret, new_key, parse_token
+from api.key_layout import ApiKeyLayout
+from api.keys import (
+    ApiKey,
+    InvalidKeyParameters,
+    MemoryKeyStore,
+    hash_secret,
+    new_key,
+    parse_token,
+)
 from api.ratelimit import Bucket
+from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +101,7 @@ def test_a_wrong_secret_does_not_verify() -> None:
     ],
 )
 def test_bad_key_parameters_are_refused(arguments: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidKeyParameters, match=message):
         new_key(**arguments)  # type: ignore[arg-type]
 
 
@@ -185,3 +198,39 @@ def test_retry_after_is_whole_seconds_rounded_up(wait: float, header: str) -> No
 def test_an_idle_bucket_expires_once_it_would_be_full() -> None:
     assert ratelimit.idle_expiry_ms(rate=100.0, burst=200) == 3000
     assert ratelimit.idle_expiry_ms(rate=0.5, burst=1) == 3000
+
+
+# --- where keys are kept: the API's own Redis keys ---------------------------------------
+
+
+def _kinds(layout: KeyLayout | ApiKeyLayout) -> dict[str, str]:
+    """Each key a layout names -> its second part (`tf:k:...` -> `k`)."""
+    kinds = {}
+    for name in dir(type(layout)):
+        if name.startswith("_") or name in ("prefix", "all_keys"):
+            continue
+        attribute = getattr(layout, name)
+        if callable(attribute):
+            attribute = attribute(*["x"] * len(inspect.signature(attribute).parameters))
+        assert isinstance(attribute, str), name
+        prefix, kind, *_ = attribute.split(":")
+        assert prefix == layout.prefix, name
+        kinds[name] = kind
+    return kinds
+
+
+def test_the_api_names_its_keys_under_the_core_prefix() -> None:
+    keys = ApiKeyLayout("tf")
+    assert keys.api_key("0123456789ab") == "tf:k:0123456789ab"
+    assert keys.api_key_ids() == "tf:ks"
+    assert keys.rate_bucket("0123456789ab") == "tf:r:0123456789ab"
+    # one SCAN pattern still finds everything a deployment stores
+    pattern = KeyLayout("tf").all_keys()
+    assert all(fnmatch.fnmatchcase(key, pattern) for key in ("tf:ks", keys.api_key("x")))
+
+
+def test_no_core_key_takes_a_name_of_the_apis() -> None:
+    api = _kinds(ApiKeyLayout("tf"))
+    assert set(api.values()) == {"k", "ks", "r"}
+    clashes = {name: kind for name, kind in _kinds(KeyLayout("tf")).items() if kind in api.values()}
+    assert not clashes, f"KeyLayout keys named like the API's (api.key_layout): {clashes}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import yaml
 
+from attributes.aggregators import FUNCTIONS, unregister
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec, IdentityRules
 from attributes.rules import RuleSet, load_rules, parse_rules
 from attributes.specs import AttributeSpec
@@ -107,3 +109,23 @@ async def test_the_stitching_walkthrough_serves_the_documented_profile(
     attributes = {k: v for k, v in documented["attributes"].items() if k != "…"}
     assert attributes.items() <= served["attributes"].items()
     assert set(store.views) == {("user", "u-77")}  # the merged-away profiles are gone
+
+
+def test_the_add_a_function_example_is_one_class_and_works() -> None:
+    """The section's Python blocks, run in order: the class registers itself, and a
+    rule file uses it (with a window and a derived attribute) through the pure API;
+    the blocks assert what they compute."""
+    section = README.split("\n#### Add a function\n", 1)[1]
+    section = re.split(r"\n#{2,4} ", section, maxsplit=1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 2
+    assert "any" not in FUNCTIONS
+    namespace: dict[str, Any] = {"__name__": "readme_add_a_function"}
+    try:
+        exec(compile(blocks[0], "README.md (the class)", "exec"), namespace)
+        assert FUNCTIONS["any"] is namespace["AnyTrue"]
+        exec(compile(blocks[1], "README.md (its use)", "exec"), namespace)
+    finally:
+        if "any" in FUNCTIONS:
+            unregister("any")
+    assert namespace["rules"].names == ("ever_subscribed", "subscribed_lately", "lapsed")

@@ -10,6 +10,7 @@ import pytest
 from streams.dead_letters import Letter
 from traitflow import replay
 from traitflow.replay import (
+    InvalidSince,
     LetterFilter,
     ReplayLedger,
     ReplayPlan,
@@ -65,8 +66,10 @@ def test_since_is_a_duration_back_from_now_or_a_time() -> None:
     expected = datetime(2026, 11, 4, 9, tzinfo=UTC).timestamp() * 1000
     assert parse_since("2026-11-04T09:00", now) == expected
     assert parse_since("2026-11-04T10:00+01:00", now) == expected
-    with pytest.raises(ValueError, match="give a duration"):
+    with pytest.raises(InvalidSince, match="give a duration"):
         parse_since("yesterday", now)
+    with pytest.raises(InvalidSince, match="give a duration"):
+        parse_since("9" * 400 + "s", now)  # no float holds it
 
 
 def test_the_filter_matches_time_and_reason() -> None:

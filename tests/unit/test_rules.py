@@ -1,14 +1,32 @@
 from __future__ import annotations
 
+import bisect
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
+import pydantic
 import pytest
 
-from attributes.aggregators import Count, MostRecent, Sum
-from attributes.events import Event
+from attributes.aggregators import (
+    FUNCTIONS,
+    Aggregator,
+    Count,
+    MostRecent,
+    Rejected,
+    State,
+    Sum,
+    register,
+    unregister,
+)
+from attributes.derived import RESULT_TYPES, cel_value
+from attributes.events import Event, decode_event
+from attributes.expressions import DYN, list_of
 from attributes.multisets import MostFrequent, RecentValues, UniqueCount
 from attributes.paths import MISSING
+from attributes.profile import ProfileState, apply_event, compute_attributes
 from attributes.rules import (
     RuleFileError,
     RuleProblem,
@@ -16,6 +34,7 @@ from attributes.rules import (
     aggregator_for,
     load_rules,
     parse_rules,
+    state_key,
 )
 from attributes.specs import AttributeSpec
 
@@ -343,15 +362,203 @@ def test_each_attribute_is_selected_once(rules: RuleSet) -> None:
             assert len(chosen) == len(set(chosen))
 
 
-def test_every_function_has_its_aggregator() -> None:
-    functions = AttributeSpec.model_fields["function"].annotation.__args__  # type: ignore[union-attr]
-    for function in functions:
-        if function == "derived":
-            continue  # reads attributes, not events: no aggregator
-        field = None if function == "count" else "properties.x"
-        spec = AttributeSpec(name="a", function=function, field=field)
-        assert aggregator_for(spec).function == function
+# --- functions: the registry is what rule files may use ---------------------------------------
+
+BUILT_IN = [
+    "sum",
+    "count",
+    "min",
+    "max",
+    "most_recent",
+    "first",
+    "avg",
+    "list",
+    "unique_count",
+    "most_frequent",
+]
+
+
+def test_the_registry_is_what_specs_rules_and_derived_accept() -> None:
+    assert list(FUNCTIONS)[: len(BUILT_IN)] == BUILT_IN
+    assert set(RESULT_TYPES) == set(FUNCTIONS)
+    for function, kind in FUNCTIONS.items():
+        spec = AttributeSpec(
+            name="a", function=function, field="properties.x" if kind.needs_field else None
+        )
+        aggregator = aggregator_for(spec)
+        assert type(aggregator) is kind
+        assert aggregator.function == function
+        assert aggregator is aggregator_for(spec)  # no options: one shared instance
+        assert RESULT_TYPES[function] == kind.result_type
+        assert state_key(spec) == f"a/{aggregator.shape}"
+        assert aggregator.shape.startswith(function)
+        assert cel_value(function)(1) == (1.0 if kind.as_double else 1)
     assert not aggregator_for(AttributeSpec(name="a", function="count")).needs_field
+    listed = ", ".join(repr(name) for name in FUNCTIONS)
+    with pytest.raises(pydantic.ValidationError) as caught:
+        AttributeSpec(name="a", function="median")
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("function",)
+    assert error["msg"] == f"Value error, Input should be {listed} or 'derived'"
+
+
+@pytest.mark.parametrize("function", [5, None, ["sum"], {"sum": 1}])
+def test_a_function_that_is_no_name_lists_the_functions(function: Any) -> None:
+    problem = only_problem(
+        rule_file(f"  - name: x\n    function: {orjson.dumps(function).decode()}\n")
+    )
+    assert problem.problem.startswith("function: Input should be 'sum', 'count'")
+
+
+def test_state_keys_are_the_shapes_they_were() -> None:
+    """Stored states are found by these keys: a new spelling would drop every state."""
+    keys = {
+        "a": "a/sum",
+        "b": "b/list:10",
+        "c": "c/list:5:distinct",
+        "d": "d/list:3",
+        "e": "e/unique_count:100",
+        "f": "f/most_frequent:7@30days",
+        "g": "g/count@1months/calendar",
+        "h": "h/most_frequent",
+    }
+    rules = parse_rules(
+        rule_file(
+            "  - {name: a, function: sum, field: properties.x}\n",
+            "  - {name: b, function: list, field: properties.x, distinct: false}\n",
+            "  - {name: c, function: list, field: properties.x, size: 5, distinct: true}\n",
+            "  - {name: d, function: list, field: properties.x, size: 3}\n",
+            "  - {name: e, function: unique_count, field: properties.x, max_values: 100}\n",
+            "  - {name: f, function: most_frequent, field: properties.x, max_values: 7,\n"
+            "     lookback: {count: 30, unit: days}}\n",
+            "  - {name: g, function: count, lookback: {count: 1, unit: months}, calendar: true}\n",
+            "  - {name: h, function: most_frequent, field: properties.x}\n",
+        )
+    )
+    assert {attribute.name: attribute.key for attribute in rules.attributes} == keys
+
+
+class Largest(Aggregator):
+    """A function of the tests' own: the `size` largest numbers, largest first.
+    State: the numbers, ascending, at most `size` of them."""
+
+    function = "largest"
+    result_type = list_of(DYN)
+    options = ("size",)
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = size
+
+    @property
+    def shape(self) -> str:
+        return f"largest:{self.size}"
+
+    def initial(self) -> State:
+        return []
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Rejected(f"expected an int, got {value!r}")
+        bisect.insort(state, value)
+        del state[: -self.size]
+        return state
+
+    def merge(self, a: State, b: State) -> State:
+        return sorted(a + b)[-self.size :]
+
+    def result(self, state: State) -> Any:
+        return state[::-1]
+
+
+@pytest.fixture
+def largest() -> Iterator[type[Aggregator]]:
+    """`Largest` registered for one test, and forgotten after it."""
+    register(Largest)
+    try:
+        yield Largest
+    finally:
+        unregister("largest")
+
+
+LARGEST_RULES = """\
+attributes:
+  - {name: top, function: largest, field: properties.n}
+  - {name: top_two_this_week, function: largest, field: properties.n, size: 2,
+     lookback: {count: 7, unit: days}}
+  - {name: many, function: derived, expression: size(top) >= 3}
+"""
+DAY = 86_400_000
+NOW = 946_684_800_000 + 30 * DAY
+
+
+def test_a_registered_class_is_a_function_rule_files_can_use(largest: type[Aggregator]) -> None:
+    """Registering is the only edit: specs, rules (options, state key, windows) and
+    derived (its CEL type) take it from the registry."""
+    rules = parse_rules(LARGEST_RULES)
+    top, top_two = rules.attributes
+    assert (type(top.aggregator), type(top_two.window.inner if top_two.window else None)) == (
+        largest,
+        largest,
+    )
+    assert [top.key, top_two.key] == ["top/largest:3", "top_two_this_week/largest:2@7days"]
+    state = ProfileState(id="u-1")
+    for offset, (n, days_ago) in enumerate([(5, 1), (1, 2), (9, 20), (7, 3), ("x", 1)]):
+        body = {
+            "type": "track",
+            "event": "Pick",
+            "userId": "u-1",
+            "messageId": f"m-{offset}",
+            "properties": {"n": n},
+        }
+        apply_event(
+            state,
+            decode_event(orjson.dumps(body)),
+            ts=NOW - days_ago * DAY,
+            rules=rules,
+            source="events/0",
+            offset=offset,
+            now=NOW,
+        )
+    assert compute_attributes(state, rules, NOW) == {
+        "top": [9, 7, 5],
+        "top_two_this_week": [7, 5],  # 9 is 20 days old
+        "many": True,
+    }
+    assert set(state.attributes) == {"top/largest:3", "top_two_this_week/largest:2@7days"}
+
+
+def test_a_registered_function_is_checked_like_the_others(largest: type[Aggregator]) -> None:
+    found = problems(
+        rule_file(
+            "  - {name: a, function: largest}\n",  # 2: needs a field
+            "  - {name: b, function: count, size: 3}\n",  # 3: the option is not count's
+            "  - {name: c, function: largest, field: properties.n, max_values: 3}\n",
+            "  - {name: d, function: largest, field: properties.n, size: 0}\n",
+            "  - {name: e, function: largest, field: properties.n}\n",
+            "  - {name: f, function: derived, expression: e + 1}\n",  # 7: a list plus an int
+        )
+    )
+    assert [(problem.line, problem.problem) for problem in found] == [
+        (2, "function 'largest' needs a 'field'"),
+        (3, "'size' applies to functions 'list' and 'largest', not 'count'"),
+        (4, "'max_values' applies to functions 'unique_count' and 'most_frequent', not 'largest'"),
+        (5, "size: Input should be greater than or equal to 1"),
+        (7, found[-1].problem),
+    ]
+    assert found[-1].problem.startswith("expression: ")
+
+
+def test_an_unregistered_function_is_unknown_again() -> None:
+    register(Largest)
+    try:
+        assert parse_rules(LARGEST_RULES).attributes
+    finally:
+        unregister("largest")
+    assert "largest" not in FUNCTIONS
+    found = problems(LARGEST_RULES)
+    assert [problem.line for problem in found] == [2, 3, 5]  # the derived one reads them
+    assert found[0].problem.startswith("function: Input should be 'sum'")
+    assert "'largest'" not in found[0].problem
 
 
 def test_list_options() -> None:
@@ -386,8 +593,28 @@ def test_list_options_on_another_function_or_out_of_range_are_errors() -> None:
         "    size: 0\n"
     )
     assert [(p.line, p.attribute) for p in found] == [(2, "total"), (6, "recent")]
-    assert "'size' and 'distinct' apply to function 'list', not 'sum'" in found[0].problem
+    assert found[0].problem == "'size' applies to function 'list', not 'sum'"
     assert found[1].problem.startswith("size:")
+
+
+def test_misplaced_options_are_named_with_the_functions_that_take_them() -> None:
+    found = problems(
+        rule_file(
+            "  - {name: a, function: sum, field: properties.x, size: 3, distinct: true}\n",
+            "  - {name: b, function: list, field: properties.x, max_values: 3}\n",
+            "  - {name: c, function: derived, expression: '1', size: 2, max_values: 3}\n",
+            "  - {name: d, function: sum, field: properties.x, distinct: false}\n",  # fine
+        )
+    )
+    assert [(problem.line, problem.problem) for problem in found] == [
+        (2, "'size' and 'distinct' apply to function 'list', not 'sum'"),
+        (3, "'max_values' applies to functions 'unique_count' and 'most_frequent', not 'list'"),
+        (
+            4,
+            "'size' applies to function 'list', not 'derived'; "
+            "'max_values' applies to functions 'unique_count' and 'most_frequent', not 'derived'",
+        ),
+    ]
 
 
 def test_max_values_caps_unique_count_and_most_frequent() -> None:
