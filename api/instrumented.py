@@ -131,13 +131,16 @@ class InstrumentedStore(ProfileStore):
         self,
         entity: str,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
-        await self._timed("commit", self.inner.commit(entity, writes, removed, expected))
+        await self._timed(
+            "commit", self.inner.commit(entity, writes, removed=removed, expected=expected)
+        )
 
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
-        return await self._timed("due", self.inner.due(entity, source, now, limit))
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
+        return await self._timed("due", self.inner.due(entity, source, now=now, limit=limit))
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self._timed("unschedule", self.inner.unschedule(entity, source, ids))

@@ -83,7 +83,7 @@ class Aggregator(ABC):
     def initial(self) -> State: ...
 
     @abstractmethod
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State: ...
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State: ...
 
     @abstractmethod
     def merge(self, a: State, b: State) -> State: ...
@@ -180,7 +180,7 @@ class Sum(Aggregator):
     def initial(self) -> State:
         return [0, []]
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         number = _number(value)
         if isinstance(number, int):
             state[0] = _storable(_int_total(state[0]) + number)
@@ -222,7 +222,7 @@ class Count(Aggregator):
     def initial(self) -> State:
         return 0
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         return state + 1
 
     def merge(self, a: State, b: State) -> State:
@@ -249,7 +249,7 @@ class Min(Aggregator):
     def initial(self) -> State:
         return None
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         return self.merge(state, _number(value))
 
     def merge(self, a: State, b: State) -> State:
@@ -271,7 +271,7 @@ class Max(Aggregator):
     def initial(self) -> State:
         return None
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         return self.merge(state, _number(value))
 
     def merge(self, a: State, b: State) -> State:
@@ -295,7 +295,7 @@ class MostRecent(Aggregator):
     def initial(self) -> State:
         return None
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         if state is None or (ts, mid) >= (state[0], state[1]):
             return [ts, mid, value]
         return state
@@ -319,7 +319,7 @@ class First(Aggregator):
     def initial(self) -> State:
         return None
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         if state is None or (ts, mid) < (state[0], state[1]):
             return [ts, mid, value]
         return state
@@ -345,8 +345,8 @@ class Avg(Aggregator):
     def initial(self) -> State:
         return [self._sum.initial(), 0]
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
-        state[0] = self._sum.add(state[0], value, ts, mid)  # raises Rejected first
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
+        state[0] = self._sum.add(state[0], value, ts=ts, mid=mid)  # raises Rejected first
         state[1] += 1
         return state
 

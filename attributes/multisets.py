@@ -67,7 +67,7 @@ class RecentValues(Aggregator):
     def initial(self) -> State:
         return []
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         return self._keep(state, [[ts, mid, value_key(value)]])
 
     def merge(self, a: State, b: State) -> State:
@@ -109,7 +109,7 @@ class UniqueCount(Aggregator):
     def initial(self) -> State:
         return []
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         key = value_key(value)
         at = bisect.bisect_left(state, key)
         if at == len(state) or state[at] != key:
@@ -151,7 +151,7 @@ class MostFrequent(Aggregator):
     def initial(self) -> State:
         return {}
 
-    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str) -> State:
         key = value_key(value)
         kept = self._kept
         if kept is not None and len(state) >= kept and key not in state:
@@ -159,13 +159,13 @@ class MostFrequent(Aggregator):
             if key > last:
                 return state  # sorts after every kept key: forgotten
             del state[last]
-        _tally(state, key, 1, ts, mid)
+        _tally(state, key, count=1, ts=ts, mid=mid)
         return state
 
     def merge(self, a: State, b: State) -> State:
         merged = {key: list(seen) for key, seen in a.items()}
         for key, (count, ts, mid) in b.items():
-            _tally(merged, key, count, ts, mid)
+            _tally(merged, key, count=count, ts=ts, mid=mid)
         if self._kept is not None and len(merged) > self._kept:
             merged = {key: merged[key] for key in sorted(merged)[: self._kept]}
         return merged
@@ -187,7 +187,7 @@ def _capped(function: str, max_values: int | None) -> str:
     return function if max_values is None else f"{function}:{max_values}"
 
 
-def _tally(state: dict[str, list[Any]], key: str, count: int, ts: int, mid: str) -> None:
+def _tally(state: dict[str, list[Any]], key: str, *, count: int, ts: int, mid: str) -> None:
     """Count `count` more occurrences of `key`, the latest of them at (ts, mid)."""
     seen = state.get(key)
     if seen is None:

@@ -245,11 +245,13 @@ def apply_event(
             if attribute.window is None:
                 aggregator = attribute.aggregator
                 current = aggregator.initial() if current is None else current
-                state.attributes[attribute.key] = aggregator.add(current, value, ts, mid)
+                state.attributes[attribute.key] = aggregator.add(current, value, ts=ts, mid=mid)
             else:
                 window = attribute.window
                 current = window.initial() if current is None else current
-                state.attributes[attribute.key] = window.add(current, value, ts, mid, now)
+                state.attributes[attribute.key] = window.add(
+                    current, value, ts=ts, mid=mid, now=now
+                )
         except Rejected as exc:
             applied.skips.append(Skip(attribute.name, event.messageId, str(exc), exc.kind))
             continue

@@ -247,7 +247,7 @@ class WindowedAggregator:
     def initial(self) -> State:
         return []
 
-    def add(self, state: State, value: Any, ts: int, mid: str, now: int) -> State:
+    def add(self, state: State, value: Any, *, ts: int, mid: str, now: int) -> State:
         start = self.start(now)
         bucket = self.window.bucket(ts)
         if bucket < start:
@@ -258,9 +258,9 @@ class WindowedAggregator:
         self.expire(state, now)
         at = bisect.bisect_left(state, bucket, key=_bucket_of)
         if at < len(state) and state[at][0] == bucket:
-            state[at][1] = self.inner.add(state[at][1], value, ts, mid)
+            state[at][1] = self.inner.add(state[at][1], value, ts=ts, mid=mid)
         else:  # inner.add raises before anything is inserted
-            state.insert(at, [bucket, self.inner.add(self.inner.initial(), value, ts, mid)])
+            state.insert(at, [bucket, self.inner.add(self.inner.initial(), value, ts=ts, mid=mid)])
         return state
 
     def expire(self, state: State, now: int) -> State:

@@ -147,7 +147,9 @@ class EntityProcessor:
         redo: list[Identified] = []
         while stitched.writes or stitched.removed:
             try:
-                await work.commit(stitched.writes, stitched.removed, stitched.expected)
+                await work.commit(
+                    stitched.writes, removed=stitched.removed, expected=stitched.expected
+                )
             except Conflict as conflict:
                 report.conflicts += 1
                 log.debug("part of a batch computed again: %s", conflict)
@@ -164,7 +166,8 @@ class EntityProcessor:
         """Where the events belong (`attributes.stitching`), the merges they make, and
         the writes of every profile they change, with what the commit must find. The
         states are loaded through `work`, which owns them until they are committed."""
-        return await self._stitched(work, events, await self._read(work, events), rejected)
+        read = await self._read(work, events)
+        return await self._stitched(work, events, read=read, rejected=rejected)
 
     async def _read(self, work: Checkout, events: Sequence[Identified]) -> BatchRead:
         """Where the events' identities point, the profiles they name (and those a new
@@ -201,6 +204,7 @@ class EntityProcessor:
         self,
         work: Checkout,
         events: list[Identified],
+        *,
         read: BatchRead,
         rejected: list[tuple[Record, str]],
     ) -> Stitched:
@@ -211,7 +215,9 @@ class EntityProcessor:
         # the pointer as read, finds it moved and has the batch computed again.
         pointers = {identity: pid for identity, pid in read.pointers.items() if pid in states}
         with computing():
-            fresh = self._fresh(events, pointers, states, read.applied, stitched)
+            fresh = self._fresh(
+                events, pointers=pointers, states=states, applied=read.applied, stitched=stitched
+            )
             stitcher = Stitcher(self.identities, pointers, states)
             for item in fresh:
                 stitcher.assign(item.ids, item.previous, item.at)
@@ -249,14 +255,16 @@ class EntityProcessor:
             report = stitched.found(pid)
             mark = report.mark()
             try:
-                write = self._apply(state, items, report, changed)
+                write = self._apply(state, items, report, changed=changed)
             except Exception:
                 # A bug met by some input must not stall the partition (the batch would be
                 # retried forever): find the events that break, dead-letter only those.
                 log.exception("profile %s failed; applying its events one by one", pid)
                 report.rollback(mark)
-                base = await self._before(work, pid, snapshot, links)
-                write = await self._apply_each(base, items, report, rejected, changed)
+                base = await self._before(work, pid, snapshot=snapshot, links=links)
+                write = await self._apply_each(
+                    base, items, report, rejected=rejected, changed=changed
+                )
             if write is not None:
                 write.identities = links
                 self._lifetime(write, links)
@@ -285,6 +293,7 @@ class EntityProcessor:
     def _fresh(
         self,
         events: list[Identified],
+        *,
         pointers: dict[Identity, str],
         states: dict[str, ProfileState],
         applied: set[MessageKey],
@@ -312,7 +321,7 @@ class EntityProcessor:
         return fresh
 
     async def _before(
-        self, work: Checkout, pid: str, snapshot: bytes | None, links: Sequence[Identity]
+        self, work: Checkout, pid: str, *, snapshot: bytes | None, links: Sequence[Identity]
     ) -> ProfileState:
         """A profile as it was before the batch's events: the snapshot of a merged
         one, else the stored state (or a new one) with the batch's links."""
@@ -328,7 +337,7 @@ class EntityProcessor:
     async def expire(self, source: str, limit: int) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by
         `now`; return how many were written. The cost is that of the due profiles only."""
-        due = await self.store.due(self.entity, source, self.now, limit)
+        due = await self.store.due(self.entity, source, now=self.now, limit=limit)
         if not due:
             return 0
         async with self.checkout() as work:
@@ -397,6 +406,7 @@ class EntityProcessor:
         state: ProfileState,
         items: Sequence[Identified],
         report: BatchReport,
+        *,
         changed: bool = False,
     ) -> ProfileWrite | None:
         """Apply a profile's events of this batch; the write, or None if nothing
@@ -438,6 +448,7 @@ class EntityProcessor:
         base: ProfileState,
         items: Sequence[Identified],
         report: BatchReport,
+        *,
         rejected: list[tuple[Record, str]],
         changed: bool,
     ) -> ProfileWrite | None:
@@ -450,7 +461,7 @@ class EntityProcessor:
             trial = decode_state(encode_state(state))
             mark = report.mark()
             try:
-                outcome = self._apply(trial, [item], report, changed and write is None)
+                outcome = self._apply(trial, [item], report, changed=changed and write is None)
             except Exception as exc:
                 report.rollback(mark)
                 rejected.append((item.record, f"event could not be applied: {exc!r}"))

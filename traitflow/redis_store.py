@@ -221,6 +221,7 @@ class RedisProfileStore(ProfileStore):
         self,
         entity: str,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
@@ -318,7 +319,7 @@ class RedisProfileStore(ProfileStore):
                     continue
                 return
 
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         ids = cast(
             "list[bytes]",
             await self.client.zrange(

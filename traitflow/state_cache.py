@@ -55,11 +55,12 @@ class Checkout:
     async def commit(
         self,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
         """`ProfileStore.commit`; what it wrote (or deleted) is the store's again."""
-        await self.store.commit(self.entity, writes, removed, expected)
+        await self.store.commit(self.entity, writes, removed=removed, expected=expected)
         self._held.difference_update(write.state.id for write in writes)
         self._held.difference_update(removed)
 
@@ -140,12 +141,13 @@ class CachedProfileStore(ProfileStore):
         self,
         entity: str,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
         self.abandon(entity, removed)
         try:
-            await self.inner.commit(entity, writes, removed, expected)
+            await self.inner.commit(entity, writes, removed=removed, expected=expected)
         except BaseException:
             self.abandon(entity, [write.state.id for write in writes])
             raise
@@ -168,8 +170,8 @@ class CachedProfileStore(ProfileStore):
     ) -> list[tuple[bytes, bytes] | None]:
         return await self.inner.read_profiles(entity, lookups)
 
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
-        return await self.inner.due(entity, source, now, limit)
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
+        return await self.inner.due(entity, source, now=now, limit=limit)
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self.inner.unschedule(entity, source, ids)

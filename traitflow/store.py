@@ -202,6 +202,7 @@ class ProfileStore(ABC):
         self,
         entity: str,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
@@ -235,7 +236,7 @@ class ProfileStore(ABC):
         for reads that recompute part of a view (another merge policy, provenance)."""
 
     @abstractmethod
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         """Up to `limit` profiles in `source`'s expiry index due at or before `now`."""
 
     @abstractmethod
@@ -289,6 +290,7 @@ class MemoryProfileStore(ProfileStore):
         self,
         entity: str,
         writes: Sequence[ProfileWrite],
+        *,
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
@@ -324,7 +326,7 @@ class MemoryProfileStore(ProfileStore):
                 else:
                     scheduled[write.state.id] = when
 
-    async def due(self, entity: str, source: str, now: int, limit: int) -> list[str]:
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         scheduled = self.expiries.get((entity, source), {})
         ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
         return [pid for _, pid in ordered[:limit]]

@@ -83,15 +83,15 @@ def test_the_expiry_index_is_written_with_the_states(
                 write("u-5"),  # rules without windows: not indexed
             ],
         )
-        first = await store.due("user", "events/0", 2_500, limit=10)
-        limited = await store.due("user", "events/0", 2_500, limit=1)
+        first = await store.due("user", "events/0", now=2_500, limit=10)
+        limited = await store.due("user", "events/0", now=2_500, limit=1)
         # a later write moves an entry; None takes it out
         await store.save(
             "user", [write("u-2", ("events/0", 9_000)), write("u-3", ("events/0", None))]
         )
-        second = await store.due("user", "events/0", 5_000, limit=10)
+        second = await store.due("user", "events/0", now=5_000, limit=10)
         await store.unschedule("user", "events/0", ["u-1"])
-        third = await store.due("user", "events/0", 10_000, limit=10)
+        third = await store.due("user", "events/0", now=10_000, limit=10)
         return first, limited, second, third
 
     first, limited, second, third = with_store(settings, prefix, use)
@@ -120,7 +120,7 @@ def test_a_commit_checks_pointers_and_versions(settings: Settings, prefix: str) 
             except Conflict as conflict:
                 outcomes.append((conflict.pointers, conflict.profiles))
         fine = Expected({("anonymous_id", "a-1"): "u-1"}, {"u-1": 1, "u-2": None})
-        await store.commit("user", [write("u-2")], ["u-1"], fine)
+        await store.commit("user", [write("u-2")], removed=["u-1"], expected=fine)
         return outcomes, sorted(await store.load("user", ["u-1", "u-2", "u-9"]))
 
     outcomes, left = with_store(settings, prefix, use)

@@ -39,7 +39,7 @@ Item = tuple[Any, int, str]  # (value, event ms, messageId)
 def fold(aggregator: Aggregator, items: Sequence[Item], state: State | None = None) -> State:
     state = aggregator.initial() if state is None else state
     for value, ts, mid in items:
-        state = aggregator.add(state, value, ts, mid)
+        state = aggregator.add(state, value, ts=ts, mid=mid)
     return state
 
 
@@ -166,14 +166,14 @@ NOT_FINITE = [math.nan, math.inf, -math.inf]
 @pytest.mark.parametrize("value", NOT_NUMBERS, ids=repr)
 def test_numeric_aggregators_reject_non_numbers(aggregator: Aggregator, value: Any) -> None:
     with pytest.raises(Rejected, match="expected a number, got "):
-        aggregator.add(aggregator.initial(), value, 0, "m")
+        aggregator.add(aggregator.initial(), value, ts=0, mid="m")
 
 
 @pytest.mark.parametrize("aggregator", NUMERIC, ids=lambda agg: agg.function)
 @pytest.mark.parametrize("value", NOT_FINITE, ids=repr)
 def test_numeric_aggregators_reject_non_finite(aggregator: Aggregator, value: float) -> None:
     with pytest.raises(Rejected, match="expected a finite number"):
-        aggregator.add(aggregator.initial(), value, 0, "m")
+        aggregator.add(aggregator.initial(), value, ts=0, mid="m")
 
 
 @pytest.mark.parametrize("aggregator", NUMERIC, ids=lambda agg: agg.function)
@@ -181,7 +181,7 @@ def test_a_rejected_value_leaves_the_state_alone(aggregator: Aggregator) -> None
     state = fold(aggregator, [(2, 0, "m-1"), (3.5, 0, "m-2")])
     before = copy.deepcopy(state)
     with pytest.raises(Rejected):
-        aggregator.add(state, "oops", 0, "m-3")
+        aggregator.add(state, "oops", ts=0, mid="m-3")
     assert state == before
 
 
@@ -433,7 +433,7 @@ def test_avg_of_nothing_is_null_and_rejects_what_sum_rejects() -> None:
     avg = Avg()
     assert avg.result(avg.initial()) is None
     with pytest.raises(Rejected):
-        avg.add(avg.initial(), "12", 0, "m")
+        avg.add(avg.initial(), "12", ts=0, mid="m")
     assert avg.result(fold(avg, [(1, 0, "a"), (2, 0, "b")])) == 1.5
 
 

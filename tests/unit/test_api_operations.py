@@ -167,7 +167,7 @@ async def test_the_instrumented_store_times_reads_and_delegates() -> None:
     assert await store.read_view("user", "user_id", "x") == b"{}"
     assert await store.read_views("user", [("id", "u-1"), ("id", "nobody")]) == [b"{}", None]
     assert list(await store.load("user", ["u-1"])) == ["u-1"]
-    assert await store.due("user", "t/0", 0, 10) == []
+    assert await store.due("user", "t/0", now=0, limit=10) == []
     await store.unschedule("user", "t/0", ["u-1"])
     store.abandon("user", ["u-1"])
     assert store.views is inner.views  # anything else reads through

@@ -29,7 +29,7 @@ class Recording(MemoryProfileStore):
     async def commit(
         self, entity: str, writes: Any, removed: Any = (), expected: Any = None
     ) -> None:
-        await super().commit(entity, writes, removed, expected)
+        await super().commit(entity, writes, removed=removed, expected=expected)
         self.written += writes
 
 

@@ -50,7 +50,7 @@ class Interleaved(MemoryProfileStore):
         expected: Expected | None = None,
     ) -> None:
         await self._run(self.before)
-        await super().commit(entity, writes, removed, expected)
+        await super().commit(entity, writes, removed=removed, expected=expected)
         await self._run(self.after)
 
 

@@ -141,10 +141,10 @@ async def test_an_event_one_entity_cannot_apply_is_skipped_by_the_entities_after
     user = worker.processor.entities["user"]
     apply = EntityProcessor._apply
 
-    def breaking(self: EntityProcessor, state: Any, items: Any, *args: Any) -> Any:
+    def breaking(self: EntityProcessor, state: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
         if any(orjson.loads(item.record.value)["messageId"] == "o-bad" for item in items):
             raise RuntimeError("a bug this event meets")
-        return apply(self, state, items, *args)
+        return apply(self, state, items, *args, **kwargs)
 
     monkeypatch.setattr(user, "_apply", breaking.__get__(user))
     report = await worker.send(

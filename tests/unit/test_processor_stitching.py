@@ -361,7 +361,7 @@ class SpuriousConflicts(MemoryProfileStore):
             self.conflicts += 1
             pointers = [check for check in named if isinstance(check, tuple)]
             raise Conflict(pointers, [check for check in named if isinstance(check, str)])
-        await super().commit(entity, writes, removed, expected)
+        await super().commit(entity, writes, removed=removed, expected=expected)
 
 
 def totals(reports: Sequence[BatchReport]) -> tuple[int, ...]:

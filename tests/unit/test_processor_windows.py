@@ -119,7 +119,7 @@ async def test_expire_takes_at_most_limit_profiles_earliest_first(world: Any) ->
     clock.ms = NOW + 10 * HOUR  # u-0, u-1 and u-2 are due
     assert await processor.expire(SOURCE, limit=2) == 2
     assert set(store.expiries[("user", SOURCE)]) == {"u-2", "u-3", "u-4"}
-    assert await store.due("user", SOURCE, clock.ms, 10) == ["u-2"]
+    assert await store.due("user", SOURCE, now=clock.ms, limit=10) == ["u-2"]
     assert await processor.expire(SOURCE, limit=2) == 1
 
 

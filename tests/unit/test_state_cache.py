@@ -40,7 +40,7 @@ class CountingStore(MemoryProfileStore):
     ) -> None:
         if self.fail_saves:
             raise ConnectionError("redis is down")
-        await super().commit(entity, writes, removed, expected)
+        await super().commit(entity, writes, removed=removed, expected=expected)
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ def process(windowed: WindowedAggregator, arrivals: list[tuple[Item, int]]) -> A
     state = windowed.initial()
     for (value, ts, mid), now in arrivals:
         with contextlib.suppress(OutsideWindow):
-            state = windowed.add(state, value, ts, mid, now)
+            state = windowed.add(state, value, ts=ts, mid=mid, now=now)
     return state
 
 
@@ -214,10 +214,10 @@ def test_an_event_older_than_the_window_is_refused_with_a_reason() -> None:
     windowed = WindowedAggregator(Sum(), make_window(30, "days"))
     now = ms("2026-11-23 12:00:00")
     with pytest.raises(OutsideWindow, match="before the 30 days window"):
-        windowed.add(windowed.initial(), 5, now - 31 * DAY, "m", now)
+        windowed.add(windowed.initial(), 5, ts=now - 31 * DAY, mid="m", now=now)
     late = WindowedAggregator(Sum(), make_window(30, "days"), lateness=HOUR)
     with pytest.raises(OutsideWindow, match="arrived 7200s after its event time"):
-        late.add(late.initial(), 5, now - 2 * HOUR, "m", now)
+        late.add(late.initial(), 5, ts=now - 2 * HOUR, mid="m", now=now)
 
 
 def test_a_count_drops_when_its_day_passes_without_new_events() -> None:
@@ -225,7 +225,7 @@ def test_a_count_drops_when_its_day_passes_without_new_events() -> None:
     now = ms("2026-11-23 12:00:00")
     state = windowed.initial()
     for days_ago in (29, 10, 1):
-        state = windowed.add(state, None, now - days_ago * DAY, f"m{days_ago}", now)
+        state = windowed.add(state, None, ts=now - days_ago * DAY, mid=f"m{days_ago}", now=now)
     assert windowed.result(state, now) == 3
     due = windowed.next_expiry(state)
     assert due is not None
@@ -241,5 +241,5 @@ def test_future_events_count_now() -> None:
     """Clock skew: an event stamped a little ahead of the worker still counts."""
     windowed = WindowedAggregator(Count(), make_window(1, "hours"))
     now = ms("2026-11-23 12:00:00")
-    state = windowed.add(windowed.initial(), None, now + 5 * MINUTE, "m", now)
+    state = windowed.add(windowed.initial(), None, ts=now + 5 * MINUTE, mid="m", now=now)
     assert windowed.result(state, now) == 1
