@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import msgspec
 
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
@@ -34,22 +30,17 @@ from attributes.profile import (
     apply_event,
     decode_state,
     encode_state,
-    expire_windows,
-    reconcile,
-    render_view,
     settle,
 )
 from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.effects import Stitched, split
 from streams.records import BatchReport, Identified, Record
+from streams.rendering import ViewRenderer
 from traitflow.state_cache import Checkout
 from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, ProfileWrite
 
 log = logging.getLogger(__name__)
-
-#: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
-encode_view = msgspec.json.Encoder().encode
 
 
 class ComputeFailed(TraitflowError):
@@ -116,24 +107,16 @@ class EntityProcessor:
         #: lives without a write (ms); None: for good
         self.idle_ttl_ms = idle_ttl_ms
         self.anonymous_types = anonymous_types
-        #: profile -> (the state object, its attribute values when last rendered): a
-        #: store that keeps states (CachedProfileStore) hands back the same object, and
-        #: then only the attributes an event touched are computed again
-        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
-        self._remembered_renders = remembered_renders
+        self.views = ViewRenderer(rules=rules, policy=policy, remembered=remembered_renders)
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)."""
-        self._renders.clear()
+        self.views.clear()
 
     def checkout(self) -> Checkout:
         """The hold of one attempt at a batch on the states it loads: leaving it forgets
         those it did not commit, and their remembered renders (`Checkout`)."""
-        return Checkout(self.store, self.entity, forget=self._forget_renders)
-
-    def _forget_renders(self, profiles: Sequence[str]) -> None:
-        for pid in profiles:
-            self._renders.pop(pid, None)
+        return Checkout(self.store, self.entity, forget=self.views.forget)
 
     async def commit(
         self, work: Checkout, stitched: Stitched, report: BatchReport
@@ -197,7 +180,7 @@ class EntityProcessor:
             {pid: states[pid].version if pid in states else None for pid in ids},
         )
         for state in states.values():
-            self._fit(state)
+            self.views.fit(state)
         return BatchRead(pointers, states, expected, applied)
 
     async def _stitched(
@@ -232,7 +215,7 @@ class EntityProcessor:
                 stitched.found(absorbed).merges += 1
                 merge_states(states[survivor], states[absorbed], self.rules)
                 merged.add(survivor)
-                self._renders.pop(survivor, None)  # its remembered values are not the merge's
+                self.views.forget([survivor])  # its remembered values are not the merge's
         stitched.removed = [absorbed for absorbed, _ in plan.merges]  # loaded or created
         stitched.profiles += plan.created
 
@@ -329,7 +312,7 @@ class EntityProcessor:
             return decode_state(snapshot)
         state = await work.reload(pid)
         state = state or ProfileState(id=pid, entity=self.entity)
-        self._fit(state)
+        self.views.fit(state)
         for kind, value in links:
             add_identity(state, kind, value)
         return state
@@ -348,8 +331,8 @@ class EntityProcessor:
             broken = []
             for state in states.values():
                 try:
-                    self._fit(state)
-                    write = self._write(state, source, set())
+                    self.views.fit(state)
+                    write = self.views.write(state, source, touched=set(), now=self.now)
                 except Exception:
                     # a bug this profile meets must not stop the others' windows: it leaves
                     # the index (its next event schedules it again)
@@ -368,38 +351,6 @@ class EntityProcessor:
             except Conflict:
                 return 0  # another worker wrote one of them meanwhile (and re-rendered it)
         return len(writes)
-
-    def _fit(self, state: ProfileState) -> None:
-        """Make a loaded state fit the rules (`reconcile`), unless this processor wrote
-        it last: then it fits already, and the check is skipped."""
-        remembered = self._renders.get(state.id)
-        if remembered is not None and remembered[0] is state:
-            return
-        if reset := reconcile(state, self.rules):
-            log.info("profile %s: states of changed rules reset: %s", state.id, ", ".join(reset))
-
-    def _write(self, state: ProfileState, source: str, touched: set[str]) -> ProfileWrite:
-        """The write of a changed state: its view as of now, and when to look again.
-        `touched`: the attributes changed since the state was loaded. A deleted
-        profile has no view (reads answer 404) and nothing to expire."""
-        now = self.now
-        expiry: tuple[str, int | None] | None = None  # not indexed without windows
-        if state.deleted:
-            self._renders.pop(state.id, None)
-            if self.rules.windowed:
-                expiry = (source, None)
-            return ProfileWrite(state, encode_state(state), None, expiry=expiry)
-        if self.rules.windowed:
-            expiry = (source, expire_windows(state, self.rules, now, touched=touched))
-        remembered = self._renders.pop(state.id, None)
-        previous = remembered[1] if remembered is not None and remembered[0] is state else None
-        rendered = render_view(
-            state, self.rules, now, previous=previous, touched=touched, policy=self.policy
-        )
-        self._renders[state.id] = (state, rendered["attributes"])
-        if len(self._renders) > self._remembered_renders:
-            self._renders.popitem(last=False)
-        return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
 
     def _apply(
         self,
@@ -439,7 +390,7 @@ class EntityProcessor:
         if not changed:
             return None
         settle(state, self.floors)
-        write = self._write(state, source, touched)
+        write = self.views.write(state, source, touched=touched, now=self.now)
         write.messages = messages
         return write
 

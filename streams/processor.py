@@ -34,7 +34,7 @@ from attributes.limits import EventLimits, identity_problem, time_problem
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.rules import RuleSet
-from streams.entity import ComputeFailed, EntityProcessor, encode_view
+from streams.entity import ComputeFailed, EntityProcessor
 from streams.logs import Checkpoint, LogHistory, judge
 from streams.records import (
     BatchReport,
@@ -54,7 +54,6 @@ __all__ = [
     "Decoded",
     "ListDeadLetters",
     "Record",
-    "encode_view",
 ]
 
 log = logging.getLogger(__name__)

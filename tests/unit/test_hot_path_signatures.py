@@ -27,6 +27,7 @@ HOT_PATH = (
     "streams/entity.py",
     "streams/processor.py",
     "streams/records.py",
+    "streams/rendering.py",
     "traitflow/redis_store.py",
     "traitflow/state_cache.py",
     "traitflow/store.py",

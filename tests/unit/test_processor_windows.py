@@ -130,15 +130,15 @@ async def test_a_profile_that_breaks_re_rendering_stops_no_other(
     (its next event schedules it again), and every other due profile is re-rendered."""
     processor, store, clock = world
     await processor.process([order(f"u-{i}", i, NOW - (40 - i) * HOUR) for i in range(3)])
-    entity = processor.entities["user"]
-    write = type(entity)._write
+    views = processor.entities["user"].views
+    write = type(views).write
 
-    def breaking(self: Any, state: Any, *args: Any) -> Any:
+    def breaking(self: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
         if state.id == "u-1":
             raise RuntimeError("a bug this profile meets")
-        return write(self, state, *args)
+        return write(self, state, *args, **kwargs)
 
-    monkeypatch.setattr(entity, "_write", breaking.__get__(entity))
+    monkeypatch.setattr(views, "write", breaking.__get__(views))
     clock.ms = NOW + 11 * HOUR  # all three are due
     assert await processor.expire(SOURCE, limit=100) == 2
     assert await attributes(store, "u-0") == await attributes(store, "u-2")

@@ -1,0 +1,91 @@
+"""The write of a changed profile: its state, its served view, when to look again
+(`ViewRenderer`).
+
+A store that keeps states (`traitflow.state_cache.CachedProfileStore`) hands back the
+same state object a batch later. The renderer remembers, per profile, that object and
+the attribute values it last rendered from it, so that only the attributes an event
+touched are computed again. What is remembered counts for that very object only (an
+identity check): a state loaded afresh is rendered in full, and one changed outside
+`apply_event` (a merge) must be `forget`-ten first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from attributes.policies import MergePolicy
+from attributes.profile import (
+    ProfileState,
+    encode_state,
+    expire_windows,
+    reconcile,
+    render_view,
+)
+from attributes.rules import RuleSet
+from traitflow.store import ProfileWrite
+
+log = logging.getLogger(__name__)
+
+#: Views are JSON; msgspec (unlike orjson) also writes integers past 64 bits.
+encode_view = msgspec.json.Encoder().encode
+
+
+class ViewRenderer:
+    """Renders one entity's changed states under `rules` and `policy`, remembering the
+    last render of up to `remembered` profiles."""
+
+    def __init__(self, *, rules: RuleSet, policy: MergePolicy, remembered: int = 100_000) -> None:
+        self.rules = rules
+        self.policy = policy
+        self._remembered = remembered
+        #: profile -> (the state object, its attribute values when last rendered)
+        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
+
+    def clear(self) -> None:
+        """Forget every render (the states they were made from left the store's cache)."""
+        self._renders.clear()
+
+    def forget(self, profiles: Iterable[str]) -> None:
+        """Forget the renders of `profiles`: their states changed outside `apply_event`,
+        or will not be kept."""
+        for pid in profiles:
+            self._renders.pop(pid, None)
+
+    def fit(self, state: ProfileState) -> None:
+        """Make a loaded state fit the rules (`reconcile`), unless it was rendered here
+        last: then it fits already, and the check is skipped."""
+        remembered = self._renders.get(state.id)
+        if remembered is not None and remembered[0] is state:
+            return
+        if reset := reconcile(state, self.rules):
+            log.info("profile %s: states of changed rules reset: %s", state.id, ", ".join(reset))
+
+    def write(
+        self, state: ProfileState, source: str, *, touched: set[str], now: int
+    ) -> ProfileWrite:
+        """The write of a changed state: its view as of `now`, and when to look again.
+        `touched`: the attributes changed since the state was loaded. A deleted
+        profile has no view (reads answer 404) and nothing to expire."""
+        rules = self.rules
+        expiry: tuple[str, int | None] | None = None  # not indexed without windows
+        if state.deleted:
+            self._renders.pop(state.id, None)
+            if rules.windowed:
+                expiry = (source, None)
+            return ProfileWrite(state, encode_state(state), None, expiry=expiry)
+        if rules.windowed:
+            expiry = (source, expire_windows(state, rules, now, touched=touched))
+        remembered = self._renders.pop(state.id, None)
+        previous = remembered[1] if remembered is not None and remembered[0] is state else None
+        rendered = render_view(
+            state, rules, now, previous=previous, touched=touched, policy=self.policy
+        )
+        self._renders[state.id] = (state, rendered["attributes"])
+        if len(self._renders) > self._remembered:
+            self._renders.popitem(last=False)
+        return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
