@@ -29,6 +29,19 @@ Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 NOW = Y2K_MS + 3 * DAY  # the processing time: the tests' events are inside every window
 
 
+def apply_at(
+    state: ProfileState,
+    e: Event,
+    rules: RuleSet,
+    *,
+    offset: int,
+    ts: int = Y2K_MS,
+    source: str = SOURCE,
+) -> Applied:
+    """`apply_event` at `NOW`, by default of an event at `Y2K_MS` from `SOURCE`."""
+    return apply_event(state, e, ts=ts, rules=rules, source=source, offset=offset, now=NOW)
+
+
 def event(**fields: Any) -> Event:
     return decode_event(orjson.dumps({"userId": "u-1", **fields}))
 
@@ -50,9 +63,7 @@ class Profile:
         self.offset = 0
 
     def apply(self, e: Event, ts: int = Y2K_MS, source: str = SOURCE) -> Applied:
-        applied = apply_event(
-            self.state, e, ts=ts, rules=self.rules, source=source, offset=self.offset, now=NOW
-        )
+        applied = apply_at(self.state, e, self.rules, offset=self.offset, ts=ts, source=source)
         self.offset += 1
         return applied
 
@@ -124,19 +135,13 @@ def test_identities_accumulate_without_duplicates(profile: Profile) -> None:
 def test_a_replayed_offset_changes_nothing(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
     first = order("m-1", revenue=10, product_id="sku-1")
-    assert apply_event(
-        state, first, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=5, now=NOW
-    ).changed
+    assert apply_at(state, first, example_rules, offset=5).changed
     settle(state, {SOURCE: 3})  # written with a batch that began at offset 4
     before = encode_state(state)
 
-    again = apply_event(
-        state, first, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=5, now=NOW
-    )
+    again = apply_at(state, first, example_rules, offset=5)
     older = order("m-0", revenue=99, product_id="sku-0")
-    below = apply_event(
-        state, older, ts=Y2K_MS + DAY, rules=example_rules, source=SOURCE, offset=3, now=NOW
-    )
+    below = apply_at(state, older, example_rules, offset=3, ts=Y2K_MS + DAY)
 
     assert (again.changed, below.changed) == (False, False)
     assert (again.skips, below.skips) == ([], [])
@@ -149,25 +154,9 @@ def test_offsets_above_the_floor_are_applied_one_by_one(example_rules: RuleSet) 
     offsets above the floor count only when this profile applied them."""
     state = ProfileState(id="u-1")
     for offset in (9, 7):  # 7 after 9: a merge can bring offsets in any order
-        apply_event(
-            state,
-            order(f"m-{offset}", revenue=1),
-            ts=Y2K_MS,
-            rules=example_rules,
-            source=SOURCE,
-            offset=offset,
-            now=NOW,
-        )
+        apply_at(state, order(f"m-{offset}", revenue=1), example_rules, offset=offset)
     assert state.recent == {SOURCE: [7, 9]}
-    assert apply_event(
-        state,
-        order("m-8", revenue=1),
-        ts=Y2K_MS,
-        rules=example_rules,
-        source=SOURCE,
-        offset=8,
-        now=NOW,
-    ).changed
+    assert apply_at(state, order("m-8", revenue=1), example_rules, offset=8).changed
     assert [applied_before(state, SOURCE, o) for o in range(6, 11)] == [False, *[True] * 3, False]
 
 
@@ -193,24 +182,8 @@ def test_merged_offsets_are_the_higher_floor_and_what_either_applied() -> None:
 
 def test_offsets_are_per_source(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
-    apply_event(
-        state,
-        order("m-1", revenue=10),
-        ts=Y2K_MS,
-        rules=example_rules,
-        source="events/0",
-        offset=5,
-        now=NOW,
-    )
-    applied = apply_event(
-        state,
-        order("m-2", revenue=5),
-        ts=Y2K_MS,
-        rules=example_rules,
-        source="events/1",
-        offset=5,
-        now=NOW,
-    )
+    apply_at(state, order("m-1", revenue=10), example_rules, offset=5, source="events/0")
+    applied = apply_at(state, order("m-2", revenue=5), example_rules, offset=5, source="events/1")
     assert applied.changed
     assert state.recent == {"events/0": [5], "events/1": [5]}
     assert compute_attributes(state, example_rules, NOW)["lifetime_value"] == 15
@@ -219,24 +192,8 @@ def test_offsets_are_per_source(example_rules: RuleSet) -> None:
 
 def test_offset_zero_is_applied_once(example_rules: RuleSet) -> None:
     state = ProfileState(id="u-1")
-    assert apply_event(
-        state,
-        order("m-1", revenue=1),
-        ts=Y2K_MS,
-        rules=example_rules,
-        source=SOURCE,
-        offset=0,
-        now=NOW,
-    ).changed
-    assert not apply_event(
-        state,
-        order("m-1", revenue=1),
-        ts=Y2K_MS,
-        rules=example_rules,
-        source=SOURCE,
-        offset=0,
-        now=NOW,
-    ).changed
+    assert apply_at(state, order("m-1", revenue=1), example_rules, offset=0).changed
+    assert not apply_at(state, order("m-1", revenue=1), example_rules, offset=0).changed
 
 
 def test_version_counts_applied_events(profile: Profile) -> None:
@@ -426,11 +383,9 @@ def test_a_decoded_state_carries_on_like_the_original(example_rules: RuleSet) ->
     stored = ProfileState(id="u-1")
     for offset in range(10):
         e = order(f"m-{offset}", revenue=0.1)
-        apply_event(kept, e, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=offset, now=NOW)
+        apply_at(kept, e, example_rules, offset=offset)
         stored = decode_state(encode_state(stored))
-        apply_event(
-            stored, e, ts=Y2K_MS, rules=example_rules, source=SOURCE, offset=offset, now=NOW
-        )
+        apply_at(stored, e, example_rules, offset=offset)
     assert compute_attributes(stored, example_rules, NOW)["lifetime_value"] == 1.0
     assert encode_state(stored) == encode_state(kept)
 
@@ -451,15 +406,7 @@ def test_reconcile_drops_states_the_rules_no_longer_read() -> None:
         "  - name: b\n    function: count\n"
     )
     state = ProfileState(id="u-1")
-    apply_event(
-        state,
-        event(type="page", messageId="m"),
-        ts=Y2K_MS,
-        rules=old,
-        source=SOURCE,
-        offset=0,
-        now=NOW,
-    )
+    apply_at(state, event(type="page", messageId="m"), old, offset=0)
     assert set(state.attributes) == {"a/count", "b/count"}
     assert reconcile(state, old) == []
     assert reconcile(state, new) == ["a/count"]
@@ -476,14 +423,6 @@ def test_the_view_keeps_the_file_order_when_derived_attributes_come_first() -> N
     )
     assert [a.name for a in rules.derived_inputs] == ["orders"]
     state = ProfileState(id="u-1")
-    apply_event(
-        state,
-        event(type="page", messageId="m"),
-        ts=Y2K_MS,
-        rules=rules,
-        source=SOURCE,
-        offset=0,
-        now=NOW,
-    )
+    apply_at(state, event(type="page", messageId="m"), rules, offset=0)
     values = compute_attributes(state, rules, NOW)
     assert list(values.items()) == [("doubled", 2), ("orders", 1), ("pages", 1), ("quadrupled", 4)]
