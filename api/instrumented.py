@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Sequence
 from time import perf_counter
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from attributes.profile import ProfileState
 from traitflow.store import Expected, Identity, MessageKey, ProfileStore, ProfileWrite
@@ -62,6 +62,12 @@ class ApiMetrics:
             "Requests answered 503 because Redis failed, by kind: an error reply's first "
             "word (LOADING, READONLY, OOM, MOVED, ...), timeout or connection.",
             ["kind"],
+            registry=self.registry,
+        )
+        self.audience_size = Gauge(
+            "traitflow_audience_size",
+            "Profiles in each audience, as the worker's commits keep it (set per scrape).",
+            ["entity", "audience"],
             registry=self.registry,
         )
         # `labels()` takes a lock and builds a key per call: keep the children
@@ -141,6 +147,9 @@ class InstrumentedStore(ProfileStore):
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         return await self._timed("due", self.inner.due(entity, source, now=now, limit=limit))
+
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        return await self._timed("audience_sizes", self.inner.audience_sizes(entity))
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self._timed("unschedule", self.inner.unschedule(entity, source, ids))

@@ -56,6 +56,9 @@ class ProfileState(msgspec.Struct, kw_only=True):
     #: deleted by a source (`Retraction.RECORD`): kept, without a view, so that its
     #: identities and watermarks stay; the next event starts it afresh
     deleted: bool = False
+    #: the audiences it was a member of when last written (`attributes.audiences`):
+    #: what the next write's membership is compared with to find enters and exits
+    audiences: list[str] = []
 
 
 _state_encoder = msgspec.msgpack.Encoder()

@@ -18,9 +18,10 @@ import pydantic
 import yaml
 
 from attributes.aggregators import FUNCTIONS, Aggregator
+from attributes.audiences import Audience, AudienceSet, parse_audiences, section
 from attributes.derived import RESULT_TYPES, DerivedAttribute, cel_value, compile_derived
 from attributes.errors import RuleError
-from attributes.expressions import Expression, ExpressionError
+from attributes.expressions import DYN, CelType, Expression, ExpressionError
 from attributes.filters import compile_filter
 from attributes.paths import Getter, compile_path
 from attributes.specs import AttributeSpec
@@ -33,10 +34,12 @@ class RuleProblem:
     line: int | None
     attribute: str | None
     problem: str
+    #: what `attribute` names: an `attribute`, or an `audience`
+    kind: str = "attribute"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        who = f" attribute {self.attribute!r}:" if self.attribute else ""
+        who = f" {self.kind} {self.attribute!r}:" if self.attribute else ""
         return f"{where}:{who} {self.problem}"
 
 
@@ -99,6 +102,9 @@ class RuleSet:
     _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
         default_factory=dict, repr=False
     )
+    #: the audiences (`attributes.audiences`), in file order, and what evaluates them
+    audiences: tuple[Audience, ...] = ()
+    membership: AudienceSet = field(default_factory=lambda: AudienceSet.of((), {}))
 
     def of(self, entity: str) -> RuleSet:
         """The rules of one entity: what its profiles are computed with."""
@@ -131,10 +137,15 @@ class RuleSet:
         attributes: list[tuple[AttributeSpec, CompiledAttribute]],
         derived: Sequence[DerivedAttribute] = (),
         names: Sequence[str] | None = None,
+        audiences: Sequence[Audience] = (),
     ) -> RuleSet:
         entities = tuple(
             dict.fromkeys(
-                [*(compiled.entity for _, compiled in attributes), *(d.entity for d in derived)]
+                [
+                    *(compiled.entity for _, compiled in attributes),
+                    *(d.entity for d in derived),
+                    *(audience.entity for audience in audiences),
+                ]
             )
         )
         parts: dict[str, RuleSet] = {}
@@ -150,6 +161,7 @@ class RuleSet:
                     ],
                     [d for d in derived if d.entity == entity],
                     None if names is None else [n for n in names if entity_of[n] == entity],
+                    [audience for audience in audiences if audience.entity == entity],
                 )
         by_event: dict[str, list[CompiledAttribute]] = {}
         any_event: list[CompiledAttribute] = []
@@ -180,6 +192,10 @@ class RuleSet:
             state_keys=frozenset(compiled.key for _, compiled in attributes),
             entities=entities,
             parts=parts,
+            audiences=tuple(audiences),
+            membership=AudienceSet.of(
+                audiences, {compiled.name: compiled.cel_value for _, compiled in attributes}
+            ),
         )
 
 
@@ -340,6 +356,15 @@ def parse_rules(
         problems.extend(
             RuleProblem(file, seen[name], name, problem) for name, problem in failed.items()
         )
+    types: dict[str, dict[str, CelType]] = {}
+    for spec, _ in compiled:
+        types.setdefault(spec.entity, {})[spec.name] = RESULT_TYPES[spec.function]
+    for name in expressions:
+        types.setdefault(derived[name].entity, {})[name] = DYN  # null when it fails
+    audiences, failed_audiences = parse_audiences(section(root, data), types, entities)
+    problems.extend(
+        RuleProblem(file, p.line, p.name, p.problem, "audience") for p in failed_audiences
+    )
     if problems:
         problems.sort(key=lambda problem: problem.line or 0)
         raise RuleFileError(problems)
@@ -350,6 +375,7 @@ def parse_rules(
             for name, expression in expressions.items()
         ],
         names=list(seen),
+        audiences=audiences,
     )
 
 

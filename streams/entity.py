@@ -211,8 +211,12 @@ class EntityProcessor:
                 states[pid] = ProfileState(id=pid, entity=self.entity)
                 expected.versions.setdefault(pid, None)
             merged: set[str] = set()
+            #: survivor -> the audiences of the profiles it absorbed (they leave them)
+            departed: dict[str, list[str]] = {}
             for absorbed, survivor in plan.merges:
                 stitched.found(absorbed).merges += 1
+                gone = [*departed.pop(absorbed, ()), *states[absorbed].audiences]
+                departed.setdefault(survivor, []).extend(gone)
                 merge_states(states[survivor], states[absorbed], self.rules)
                 merged.add(survivor)
                 self.views.forget([survivor])  # its remembered values are not the merge's
@@ -250,6 +254,7 @@ class EntityProcessor:
                 )
             if write is not None:
                 write.identities = links
+                write.departed = departed.get(pid, [])
                 self._lifetime(write, links)
                 stitched.writes.append(write)
         return stitched

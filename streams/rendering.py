@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from attributes.audiences import membership_change
 from attributes.policies import MergePolicy
 from attributes.profile import (
     ProfileState,
@@ -77,7 +78,10 @@ class ViewRenderer:
             self._renders.pop(state.id, None)
             if rules.windowed:
                 expiry = (source, None)
-            return ProfileWrite(state, encode_state(state), None, expiry=expiry)
+            left, state.audiences = state.audiences, []  # without a view, in none
+            write = ProfileWrite(state, encode_state(state), None, expiry=expiry)
+            write.exited = left
+            return write
         if rules.windowed:
             expiry = (source, expire_windows(state, rules, now, touched=touched))
         remembered = self._renders.pop(state.id, None)
@@ -88,4 +92,17 @@ class ViewRenderer:
         self._renders[state.id] = (state, rendered["attributes"])
         if len(self._renders) > self._remembered:
             self._renders.popitem(last=False)
-        return ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
+        entered: list[str] = []
+        exited: list[str] = []
+        if rules.audiences or state.audiences:
+            # once per write, from what the view serves: the view and the state that
+            # remembers the membership are committed together
+            members = rules.membership.membership(rendered["attributes"], rendered["traits"])
+            if rules.audiences:
+                rendered["_audiences"] = members
+            entered, exited = membership_change(state.audiences, members)
+            if entered or exited:
+                state.audiences = [name for name, member in members.items() if member]
+        write = ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
+        write.entered, write.exited = entered, exited
+        return write

@@ -61,7 +61,8 @@ def validate(
             f"{entity} {len(part.names)} ({len(part.windowed)} windowed, "
             f"{len(part.derived)} derived)"
         )
-    typer.echo(f"{rules}: {len(ruleset.names)} attributes OK: {', '.join(counts)}")
+    audiences = f", {len(ruleset.audiences)} audiences" if ruleset.audiences else ""
+    typer.echo(f"{rules}: {len(ruleset.names)} attributes OK: {', '.join(counts)}{audiences}")
 
 
 def _redis_or_exit(settings: Settings) -> None:

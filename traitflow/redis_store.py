@@ -32,6 +32,7 @@ from traitflow.store import (
     MessageKey,
     ProfileStore,
     ProfileWrite,
+    audience_changes,
 )
 
 #: how long an applied messageId is remembered, unless set (Settings.dedupe_window_s)
@@ -245,6 +246,8 @@ class RedisProfileStore(ProfileStore):
         #: key -> its idle lifetime (ms); keys that must lose theirs
         expiring: dict[str, int] = {}
         persisted: list[str] = []
+        #: audience -> how much this commit changes its size
+        sizes: dict[str, int] = {}
         for pid in removed:
             deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
         for write in writes:
@@ -268,6 +271,8 @@ class RedisProfileStore(ProfileStore):
                 )
                 expiring.update(dict.fromkeys(owned, write.ttl_ms))
             persisted += (keys.index(entity, *identity) for identity in write.persist)
+            for name, change in audience_changes(write).items():
+                sizes[name] = sizes.get(name, 0) + change
             if write.expiry is not None:
                 source, when = write.expiry
                 if when is None:
@@ -311,6 +316,9 @@ class RedisProfileStore(ProfileStore):
                     transaction.pexpire(key, ttl)
                 for key in persisted:
                     transaction.persist(key)
+                for name, change in sizes.items():
+                    if change:  # in the same MULTI as the writes that change them
+                        transaction.hincrby(keys.audience_sizes(entity), name, change)
                 try:
                     await transaction.execute()
                 except WatchError:
@@ -330,6 +338,14 @@ class RedisProfileStore(ProfileStore):
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self.client.zrem(self.keys.expiries(entity, source), *ids)
+
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        """One HGETALL, on the reads' connection (the API asks)."""
+        reply = await self.reads.call("HGETALL", self.keys.audience_sizes(entity))
+        pairs = cast("list[bytes]", reply or [])
+        return {
+            name.decode(): int(size) for name, size in zip(pairs[::2], pairs[1::2], strict=True)
+        }
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         if index == PRIMARY_INDEX:

@@ -173,6 +173,9 @@ class CachedProfileStore(ProfileStore):
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         return await self.inner.due(entity, source, now=now, limit=limit)
 
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        return await self.inner.audience_sizes(entity)
+
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self.inner.unschedule(entity, source, ids)
 

@@ -31,6 +31,13 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:dlr:lock                    string  the running replay's token (one at a time)
     tf:sync                        string  written before each durability wait
                                            (`traitflow.durability`)
+    tf:o:{topic}/{partition}       stream  messages committed writes must publish
+                                           (topic, key, value), until the owner of the
+                                           input partition has sent them (`traitflow.
+                                           outbox`)
+    tf:a:user                      hash    audience name -> its size: the profiles in
+                                           it, adjusted by the commit of each write that
+                                           enters or exits it (`ProfileWrite.entered`)
     tf:d:user:{source}:{n}         set     messageIds of that source applied in time
                                            bucket n (a seventh of the dedupe window);
                                            expires a window after the bucket's end, so
@@ -136,6 +143,13 @@ class KeyLayout:
     def merge_policies(self) -> str:
         return f"{self.prefix}:mp"
 
+    def audience_sizes(self, entity: str) -> str:
+        return f"{self.prefix}:a:{entity}"
+
+    def outbox(self, source: str) -> str:
+        """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
+        return f"{self.prefix}:o:{source}"
+
 
 @dataclass(slots=True)
 class ProfileWrite:
@@ -158,6 +172,23 @@ class ProfileWrite:
     #: identities whose index keys must lose an expiry they have: a profile that was
     #: anonymous-only and is no longer (its other index keys are set by this write)
     persist: list[Identity] = field(default_factory=list)
+    #: the audiences the profile enters and exits by this write (its membership is in
+    #: the state and the view): the commit adjusts their sizes by one each
+    entered: list[str] = field(default_factory=list)
+    exited: list[str] = field(default_factory=list)
+    #: audiences of the profiles merged into this one, one entry per membership: those
+    #: profiles are deleted by the same commit, which takes them out of the sizes
+    departed: list[str] = field(default_factory=list)
+
+
+def audience_changes(write: ProfileWrite) -> dict[str, int]:
+    """Audience -> how much a write changes its size (entries that cancel out: none)."""
+    changes: dict[str, int] = {}
+    for name in write.entered:
+        changes[name] = changes.get(name, 0) + 1
+    for name in (*write.exited, *write.departed):
+        changes[name] = changes.get(name, 0) - 1
+    return {name: change for name, change in changes.items() if change}
 
 
 @dataclass(slots=True)
@@ -240,6 +271,11 @@ class ProfileStore(ABC):
         """Up to `limit` profiles in `source`'s expiry index due at or before `now`."""
 
     @abstractmethod
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        """Audience name -> how many of the entity's profiles are in it, as the commits
+        kept it (an audience no profile ever entered is absent)."""
+
+    @abstractmethod
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         """Remove profiles from `source`'s expiry index."""
 
@@ -268,6 +304,8 @@ class MemoryProfileStore(ProfileStore):
         #: (entity, profile id) -> the idle lifetime its last write gave it (nothing
         #: expires here: tests read what a Redis store would be told)
         self.ttls: dict[tuple[str, str], int] = {}
+        #: (entity, audience) -> its size
+        self.sizes: dict[tuple[str, str], int] = {}
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -314,6 +352,8 @@ class MemoryProfileStore(ProfileStore):
             for index, value in write.identities:
                 self.index[(entity, index, value)] = write.state.id
             self.messages.update((entity, *message) for message in write.messages)
+            for name, change in audience_changes(write).items():
+                self.sizes[(entity, name)] = self.sizes.get((entity, name), 0) + change
             if write.ttl_ms is None:
                 self.ttls.pop(key, None)
             else:
@@ -330,6 +370,9 @@ class MemoryProfileStore(ProfileStore):
         scheduled = self.expiries.get((entity, source), {})
         ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
         return [pid for _, pid in ordered[:limit]]
+
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        return {name: size for (owner, name), size in self.sizes.items() if owner == entity}
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         scheduled = self.expiries.get((entity, source), {})
