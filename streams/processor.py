@@ -28,9 +28,10 @@ import logging
 import time
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 
-from attributes.events import InvalidEvent, decode_event, event_time_ms
+from attributes.admission import Admission
+from attributes.events import InvalidEvent
 from attributes.identities import DEFAULT_USER, IdentityRules
-from attributes.limits import EventLimits, identity_problem, time_problem
+from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.rules import RuleSet
@@ -118,13 +119,11 @@ class BatchProcessor:
             for entity, identity_rules in identities.items()
         }
         self.lock = asyncio.Lock()
-        types = {e: ", ".join(p.identities.types) for e, p in self.entities.items()}
-        if len(types) == 1:
-            ((entity, listed),) = types.items()
-            self._unclaimed = f"event carries no {entity} identity ({listed})"
-        else:
-            listed = "; ".join(f"{entity}: {listed}" for entity, listed in types.items())
-            self._unclaimed = f"event carries no identity of any entity ({listed})"
+        #: the checks an event passes before any entity computes it (the HTTP ingest
+        #: makes the same ones before it acknowledges)
+        self.admission = Admission(
+            {entity: p.identities for entity, p in self.entities.items()}, self.limits
+        )
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)
@@ -290,30 +289,15 @@ class BatchProcessor:
         by no entity."""
         if record.value is None:
             raise InvalidEvent("record has no value")
-        limits = self.limits
-        event = decode_event(record.value, limits)
-        at = event_time_ms(event, record.timestamp_ms)
-        if problem := time_problem(at, now, limits):
-            raise InvalidEvent(problem)
+        admitted = self.admission.admit(record.value, now_ms=now, fallback_ms=record.timestamp_ms)
+        event, at = admitted.event, admitted.at_ms
         message = None
         if self.dedupe and event.messageId:
             message = (self.sources.get(record.topic, record.topic), event.messageId)
-        claimed: list[tuple[str, Identified]] = []
-        carried: list[tuple[str, str]] = []
-        for entity, processor in self.entities.items():
-            rules = processor.identities
-            identities = rules.extract(event)
-            if identities:
-                previous = rules.previous(event)
-                carried += identities
-                carried += previous
-                item = Identified(record, event, identities, previous, message, at)
-                claimed.append((entity, item))
-        if not claimed:
-            raise InvalidEvent(self._unclaimed)
-        if problem := identity_problem(carried, event.messageId, limits):
-            raise InvalidEvent(problem)
-        return claimed
+        return [
+            (claim.entity, Identified(record, event, claim.identities, claim.previous, message, at))
+            for claim in admitted.claims
+        ]
 
     async def _send(self, rejected: list[tuple[Record, str]], sent: set[int]) -> None:
         """Dead-letter the rejected records not sent yet; return once they are durable."""
