@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 import redis.exceptions
+from aiokafka.errors import KafkaError
 from faust.types import Message
 
 from attributes.identities import IdentityRules
@@ -34,9 +35,11 @@ from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
+from traitflow.outbox import Outbox, RedisOutbox, relay
 from traitflow.redis_store import RedisProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import ProfileStore
+from traitflow.store import Outgoing, ProfileStore
+from traitflow.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,8 @@ def create_app(
         async def expire_windows() -> None:
             await expire_owned(processor, owned, metrics)
 
+    relay_outboxes(app, settings, RedisOutbox(profiles.client, profiles.keys), owned)
+
     @app.timer(interval=STALL_METRICS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def observe_stalls() -> None:
         await observe_consumer(app.consumer, ingest_topics, metrics, parking)
@@ -201,7 +206,40 @@ def worker_processor(
         if settings.anonymous_ttl_s
         else None,
         anonymous_types=settings.anonymous_types,
+        audience_topic=settings.audience_changes_topic,
+        profile_topic=settings.profile_changes_topic,
     )
+
+
+def relay_outboxes(app: faust.App, settings: Settings, outbox: Outbox, owned: set[str]) -> None:
+    """Send what committed writes left in the outboxes of the owned partitions
+    (`traitflow.outbox`), every `outbox_interval_s`, to the announcement topics, which
+    are created at start. A failed round is logged and tried again at the next tick:
+    nothing is deleted before the broker acknowledged it."""
+    profile_topic = settings.profile_changes_topic
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def create_announcement_topics() -> None:
+        topics = [settings.audience_changes_topic, *([profile_topic] if profile_topic else [])]
+        await ensure_topics(settings, topics, compacted=[profile_topic] if profile_topic else [])
+
+    async def send(message: Outgoing) -> object:
+        producer = await app.maybe_start_producer()
+        delivery = await producer.send(message.topic, message.key, message.value, None, None, None)
+        return await delivery
+
+    @app.timer(interval=settings.outbox_interval_s)  # type: ignore[untyped-decorator]
+    async def relay_outbox() -> None:
+        try:
+            await relay(outbox, owned, send)
+        except Exception as exc:
+            transient = isinstance(exc, (*TRANSIENT, KafkaError))
+            log.log(
+                logging.WARNING if transient else logging.ERROR,
+                "outbox not relayed (%r); trying again at the next tick",
+                exc,
+                exc_info=not transient,
+            )
 
 
 async def expire_owned(processor: BatchProcessor, owned: set[str], metrics: WorkerMetrics) -> None:

@@ -34,6 +34,7 @@ from attributes.profile import (
 )
 from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
+from streams.announcements import Announcer
 from streams.effects import Stitched, split
 from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
@@ -90,6 +91,7 @@ class EntityProcessor:
         remembered_renders: int = 100_000,
         idle_ttl_ms: int | None = None,
         anonymous_types: frozenset[str] = frozenset({"anonymous_id"}),
+        announcer: Announcer | None = None,
     ) -> None:
         self.entity = entity
         self.rules = rules
@@ -107,6 +109,8 @@ class EntityProcessor:
         #: lives without a write (ms); None: for good
         self.idle_ttl_ms = idle_ttl_ms
         self.anonymous_types = anonymous_types
+        #: what its committed writes announce (audience changes, profile changes)
+        self.announcer = announcer or Announcer(entity=entity, audience_topic=None)
         self.views = ViewRenderer(rules=rules, policy=policy, remembered=remembered_renders)
 
     def forget_renders(self) -> None:
@@ -128,6 +132,8 @@ class EntityProcessor:
         and the events of the others are returned (their states are not committed:
         `work` forgets them when it ends)."""
         redo: list[Identified] = []
+        if self.announcer.announces:  # once: a split commit keeps the writes' messages
+            self.announcer.announce(stitched.writes, stitched.removed, self.now)
         while stitched.writes or stitched.removed:
             try:
                 await work.commit(
@@ -351,6 +357,8 @@ class EntityProcessor:
             versions: dict[str, int | None] = {
                 w.state.id: states[w.state.id].version for w in writes
             }
+            if self.announcer.announces:  # a window that moved can end a membership
+                self.announcer.announce(writes, (), self.now)
             try:
                 await work.commit(writes, expected=Expected(versions=versions))
             except Conflict:

@@ -35,6 +35,7 @@ from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.rules import RuleSet
+from streams.announcements import Announcer
 from streams.entity import ComputeFailed, EntityProcessor
 from streams.logs import Checkpoint, LogHistory, judge
 from streams.records import (
@@ -90,6 +91,8 @@ class BatchProcessor:
         logs: LogHistory | None = None,
         anonymous_ttl_ms: int | None = None,
         anonymous_types: Collection[str] = ("anonymous_id",),
+        audience_topic: str | None = None,
+        profile_topic: str | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -115,6 +118,9 @@ class BatchProcessor:
                 remembered_renders=remembered_renders,
                 idle_ttl_ms=anonymous_ttl_ms,
                 anonymous_types=frozenset(anonymous_types),
+                announcer=Announcer(
+                    entity=entity, audience_topic=audience_topic, profile_topic=profile_topic
+                ),
             )
             for entity, identity_rules in identities.items()
         }

@@ -79,7 +79,7 @@ class ViewRenderer:
             if rules.windowed:
                 expiry = (source, None)
             left, state.audiences = state.audiences, []  # without a view, in none
-            write = ProfileWrite(state, encode_state(state), None, expiry=expiry)
+            write = ProfileWrite(state, encode_state(state), None, expiry=expiry, source=source)
             write.exited = left
             return write
         if rules.windowed:
@@ -103,6 +103,8 @@ class ViewRenderer:
             entered, exited = membership_change(state.audiences, members)
             if entered or exited:
                 state.audiences = [name for name, member in members.items() if member]
-        write = ProfileWrite(state, encode_state(state), encode_view(rendered), expiry=expiry)
+        write = ProfileWrite(
+            state, encode_state(state), encode_view(rendered), expiry=expiry, source=source
+        )
         write.entered, write.exited = entered, exited
         return write

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     #: default) or "record" (the whole profile: reads answer 404)
     source_deletes: dict[str, Retraction] = {}
     dead_letter_topic: str = "traitflow-dead-letters"
+    #: where every audience enter and exit is announced (`streams.announcements`)
+    audience_changes_topic: str = "traitflow-audience-changes"
+    #: where every profile write is announced (a compacted topic); None: not announced
+    profile_changes_topic: str | None = None
+    #: how often the worker sends what committed writes left in its outboxes
+    outbox_interval_s: float = Field(default=0.1, gt=0)
     #: tries to produce a dead letter, and the seconds they may take in all, before it is
     #: parked in Redis (`streams.dead_letters`) and the batch goes on
     dead_letter_attempts: int = Field(default=3, ge=1)
@@ -328,8 +334,11 @@ class Settings(BaseSettings):
             "key_prefix": name,
             "sources": {f"{name}-{topic}": source for topic, source in self.sources.items()},
             "dead_letter_topic": f"{name}-dead-letters",
+            "audience_changes_topic": f"{name}-audience-changes",
             "worker_metrics_port": None,
         }
+        if self.profile_changes_topic is not None:
+            names["profile_changes_topic"] = f"{name}-profile-changes"
         current = self.model_dump()
         if "entities" in changes:  # what follows the entities follows the new ones
             for follower in ("collections", "destinations"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 from redis.typing import EncodableT
 
 from attributes.profile import ProfileState, decode_state
+from traitflow.outbox import entry_fields
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
     PRIMARY_INDEX,
@@ -319,6 +320,10 @@ class RedisProfileStore(ProfileStore):
                 for name, change in sizes.items():
                     if change:  # in the same MULTI as the writes that change them
                         transaction.hincrby(keys.audience_sizes(entity), name, change)
+                for write in writes:  # published once committed: `traitflow.outbox`
+                    for message in write.outgoing:
+                        fields: dict[Any, Any] = entry_fields(message)  # redis-py: invariant
+                        transaction.xadd(keys.outbox(write.source), fields)
                 try:
                     await transaction.execute()
                 except WatchError:

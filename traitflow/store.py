@@ -151,6 +151,16 @@ class KeyLayout:
         return f"{self.prefix}:o:{source}"
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message a write publishes once committed (`traitflow.outbox`): to `topic`,
+    keyed by `key`; a `value` of None is a tombstone (a compacted topic forgets the key)."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+
+
 @dataclass(slots=True)
 class ProfileWrite:
     state: ProfileState
@@ -179,6 +189,11 @@ class ProfileWrite:
     #: audiences of the profiles merged into this one, one entry per membership: those
     #: profiles are deleted by the same commit, which takes them out of the sizes
     departed: list[str] = field(default_factory=list)
+    #: the input partition ("topic/partition") whose batch or expiry round made the
+    #: write; its outbox takes the write's messages
+    source: str = ""
+    #: messages to publish once the write is committed, through `source`'s outbox
+    outgoing: list[Outgoing] = field(default_factory=list)
 
 
 def audience_changes(write: ProfileWrite) -> dict[str, int]:
@@ -306,6 +321,8 @@ class MemoryProfileStore(ProfileStore):
         self.ttls: dict[tuple[str, str], int] = {}
         #: (entity, audience) -> its size
         self.sizes: dict[tuple[str, str], int] = {}
+        #: input partition -> the messages committed writes left in its outbox
+        self.outboxes: dict[str, list[Outgoing]] = {}
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -354,6 +371,8 @@ class MemoryProfileStore(ProfileStore):
             self.messages.update((entity, *message) for message in write.messages)
             for name, change in audience_changes(write).items():
                 self.sizes[(entity, name)] = self.sizes.get((entity, name), 0) + change
+            if write.outgoing:
+                self.outboxes.setdefault(write.source, []).extend(write.outgoing)
             if write.ttl_ms is None:
                 self.ttls.pop(key, None)
             else:

@@ -17,15 +17,27 @@ from aiokafka.errors import TopicAlreadyExistsError
 from traitflow.config import Settings
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
-    """Create the ingest and dead-letter topics if they do not exist yet."""
+async def ensure_topics(
+    settings: Settings, names: Iterable[str] | None = None, *, compacted: Iterable[str] = ()
+) -> None:
+    """Create the ingest and dead-letter topics (or `names`) if they do not exist yet;
+    those in `compacted` keep the last record per key (a broker that does not compact,
+    like Tansu, keeps them all)."""
     wanted = list(names) if names is not None else [*settings.sources, settings.dead_letter_topic]
+    compact = set(compacted)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, settings.topic_partitions, 1) for name in wanted if name not in existing
+            NewTopic(
+                name,
+                settings.topic_partitions,
+                1,
+                topic_configs={"cleanup.policy": "compact"} if name in compact else None,
+            )
+            for name in wanted
+            if name not in existing
         ]
         if missing:
             # created concurrently by another process: what we wanted
