@@ -25,6 +25,7 @@ from api.direct import DirectApp
 from api.instrumented import ApiMetrics, InstrumentedStore
 from api.keys import KeyStore, RedisKeyStore
 from api.policy_store import PolicyStore, RedisPolicyStore
+from api.publisher import KafkaPublisher, Publisher
 from api.routes import ROUTE_MODULES, routers
 from api.state import ApiState, attach
 from traitflow.config import Settings
@@ -40,6 +41,7 @@ def create_app(
     keys: KeyStore | None = None,
     policies: PolicyStore | None = None,
     route_modules: Sequence[str] = ROUTE_MODULES,
+    publisher: Publisher | None = None,
 ) -> FastAPI:
     """The app over `settings`, serving the routes of `route_modules` (`api.routes`).
     The stores given are used as they are (tests, benchmarks); those not given are
@@ -74,9 +76,12 @@ def create_app(
                 settings.redis_url, settings.key_prefix, settings.api_policy_cache_s, reads
             )
         )
+        # the broker is connected to on the first publish (`api.publisher`)
+        state.publisher = publisher or KafkaPublisher.from_settings(settings)
         try:
             yield
         finally:
+            await state.publisher.close()
             await state.policies.close()
             await state.keys.close()
             await state.store.close()

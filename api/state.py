@@ -17,6 +17,7 @@ from starlette.requests import Request
 from api.instrumented import ApiMetrics
 from api.keys import KeyStore
 from api.policy_store import PolicyStore
+from api.publisher import Publisher
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
@@ -31,7 +32,7 @@ class ApiState:
     lifespan while it runs (their Redis connections open and close with it), and
     absent before: a request then fails as one on a closed app would."""
 
-    __slots__ = ("identities", "keys", "metrics", "policies", "settings", "store")
+    __slots__ = ("identities", "keys", "metrics", "policies", "publisher", "settings", "store")
 
     settings: Settings
     metrics: ApiMetrics
@@ -42,6 +43,8 @@ class ApiState:
     keys: KeyStore
     #: merge policies made through the API (`api.merge_policies`)
     policies: PolicyStore
+    #: where ingest publishes events (`api.ingest`, `api.publisher`)
+    publisher: Publisher
 
     def __init__(self, settings: Settings, metrics: ApiMetrics) -> None:
         self.settings = settings

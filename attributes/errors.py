@@ -43,6 +43,8 @@ lives in the module that raises it:
     │                             started or wiped
     ├── DemoError                 traitflow.demo: the demo did not serve the expected profile
     ├── ReplayError               traitflow.replay: a replay cannot run (another one holds the lock)
+    ├── PublishFailed             api.publisher: the broker did not acknowledge an ingest call's
+    │                             events in time: answered 503
     └── ApiError                  api.errors: answered as JSON `{field: message}` with `status`
 
 `tests/unit/test_errors.py` checks that every exception class of the four packages

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     app_id: str = "traitflow"
     #: ingest topic -> source name (merge policies rank sources)
     sources: dict[str, str] = {"traitflow-events": "default"}
+    #: HTTP ingest (`api.ingest`): a write key's SHA-256 (hex) -> the source its events
+    #: come from, published to the one ingest topic bound to that source
+    write_keys: dict[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")], str] = {}
     #: source -> what its `delete` events remove: "fields" (the traits it provided; the
     #: default) or "record" (the whole profile: reads answer 404)
     source_deletes: dict[str, Retraction] = {}
@@ -170,6 +173,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"sources: topic {topic!r} is bound to {source!r}; a source name must be "
                     "non-empty and have no ':' (it is part of Redis keys)"
+                )
+        for digest, source in self.write_keys.items():
+            if list(self.sources.values()).count(source) != 1:
+                raise ValueError(
+                    f"write_keys: the key {digest[:12]}... names source {source!r}, which must "
+                    f"be bound to exactly one ingest topic (sources: {self.sources})"
                 )
         return self
 
@@ -278,6 +287,8 @@ class Settings(BaseSettings):
     api_policy_cache_s: float = Field(default=2.0, ge=0)
     #: largest request body the API accepts (a bigger one is a 413 before it is read)
     api_max_body_bytes: int = Field(default=65_536, ge=0)
+    #: how long an HTTP ingest call waits for the broker to acknowledge its events (503 after)
+    ingest_timeout_s: float = Field(default=5.0, gt=0)
     #: how long `/readyz` waits for Redis to answer a PING
     api_ready_timeout_s: float = Field(default=0.5, gt=0)
     #: where the worker serves Prometheus metrics (on `api_host`); unset = not served.
