@@ -7,7 +7,7 @@ they say nothing about profiles, and probes and scrapers carry none.
   503 `{"status": "unavailable", "failing": [dependency], "error": reason}`, the reason
   without any address;
 - `GET /metrics`: Prometheus text format, from the app's own registry
-  (`api.instrumented`).
+  (`api.instrumented`), the audience sizes read from Redis for each scrape.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
+from api.audiences import observe_sizes
+from api.errors import ApiError
 from api.keys import KeyStore
 from api.state import services, services_if_any
+from attributes.errors import StoreError
 from traitflow.store import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -118,5 +121,10 @@ def _unready(dependency: str, reason: str) -> Response:
     },
 )
 async def metrics(request: Request) -> Response:
-    registry = services(request).metrics.registry
+    state = services(request)
+    try:
+        await observe_sizes(request, state.metrics.audience_size)
+    except (ApiError, StoreError) as exc:  # the other metrics are still worth a scrape
+        log.warning("audience sizes not refreshed for /metrics: %s", exc)
+    registry = state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

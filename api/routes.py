@@ -21,6 +21,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.activation",
     "api.entities",
     "api.merge_policies",
+    "api.audiences",
     "api.ingest",
 )
 

@@ -74,11 +74,30 @@ def _pick(document: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, A
 
 def activation_data(view: Mapping[str, Any], attributes: Sequence[str]) -> dict[str, Any]:
     """The activation API's `data`: the destination's attributes that the view has, in
-    the destination's order."""
+    the destination's order. A name that is an audience's, not an attribute's, is the
+    profile's membership (true or false), as a column of RudderStack's customer-360
+    table would be."""
     values = view.get("attributes")
     if not isinstance(values, Mapping):
         return {}
-    return {name: values[name] for name in attributes if name in values}
+    audiences = view.get("_audiences")
+    if not isinstance(audiences, Mapping):
+        audiences = {}
+    return {
+        name: values[name] if name in values else audiences[name]
+        for name in attributes
+        if name in values or name in audiences
+    }
+
+
+def segment_membership(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The view's audiences as Adobe's `segmentMembership`: those the profile is in,
+    `realized`, under the namespace `ups` (Adobe's own segments)."""
+    audiences = view.get("_audiences")
+    if not isinstance(audiences, Mapping):
+        return {}
+    realized = {name: {"status": "realized"} for name, member in audiences.items() if member}
+    return {"ups": realized}
 
 
 def adobe_identities(view: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -108,6 +127,8 @@ def adobe_entity(
         "traits": view.get("traits") or {},
         "attributes": view.get("attributes") or {},
     }
+    if "_audiences" in view:
+        entity["segmentMembership"] = segment_membership(view)
     if fields is not None:
         entity = project(entity, fields)
     shaped: dict[str, Any] = {}

@@ -421,6 +421,7 @@ class EntityProcessor:
         state = base
         write = None
         messages: list[MessageKey] = []
+        stored = list(base.audiences)  # each trial's write compares with the one before
         for item in items:
             trial = decode_state(encode_state(state))
             mark = report.mark()
@@ -435,4 +436,7 @@ class EntityProcessor:
                 messages += outcome.messages
         if write is not None:
             write.messages = messages
+            kept = write.state.audiences
+            write.entered = [name for name in kept if name not in stored]
+            write.exited = [name for name in stored if name not in kept]
         return write

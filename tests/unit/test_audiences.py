@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import pytest
 
-from attributes.audiences import membership_change
+from attributes.audiences import AudienceSpec, compile_audience, membership_change
+from attributes.events import decode_event
+from attributes.expressions import INT
+from attributes.paths import compile_path
 from attributes.policies import DEFAULT_POLICY
-from attributes.profile import ProfileState, decode_state
-from attributes.rules import RuleFileError, RuleProblem, parse_rules
+from attributes.profile import ProfileState, apply_event, decode_state
+from attributes.rules import CompiledAttribute, RuleFileError, RuleProblem, RuleSet, parse_rules
+from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rendering import ViewRenderer
+from tests.unit.conftest import ROOT
+from tests.unit.test_processor import Fragile, Pipeline, poke, records
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import MemoryProfileStore, ProfileWrite, audience_changes
 
@@ -180,9 +187,6 @@ def test_a_write_counts_entries_exits_and_departures() -> None:
 
 
 def order(state: ProfileState, offset: int, at: int, revenue: float) -> None:
-    from attributes.events import decode_event
-    from attributes.profile import apply_event
-
     event = decode_event(
         orjson.dumps(
             {"type": "track", "event": "Order", "userId": "u", "properties": {"revenue": revenue}}
@@ -309,3 +313,45 @@ async def test_a_merged_away_profile_leaves_the_sizes(world: Any) -> None:
     await processor.process([event(2, NOW, type="page", userId="u-1", anonymousId="a-1")])
     assert (await store.audience_sizes("user"))["recent_buyers"] == 1
     assert len(store.views) == 1
+
+
+# --- the README's example ---------------------------------------------------------------------
+
+
+async def test_the_readme_s_audiences_serve_as_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "audiences:" in b]
+    rules = parse_rules(block, "README.md")
+    store, clock = MemoryProfileStore(), Clock(NOW)
+    processor = BatchProcessor(rules, store, ListDeadLetters(), clock=clock)
+    order = {"type": "track", "event": "Order Completed", "properties": {"revenue": 600.0}}
+    await processor.process(
+        [
+            event(0, NOW - DAY, userId="u-1", **order),
+            event(1, NOW, type="identify", userId="u-1", traits={"plan": "pro"}),
+            event(2, NOW - DAY, userId="u-2", **order),
+        ]
+    )
+    views = [orjson.loads(store.views[("user", u)]) for u in ("u-1", "u-2")]
+    assert [v["_audiences"] for v in views] == [
+        {"recent_buyers": True, "pro_big_spenders": True},
+        {"recent_buyers": True, "pro_big_spenders": False},
+    ]
+    clock.ms = NOW + 7 * DAY
+    await processor.expire("events/0", 100)
+    assert await store.audience_sizes("user") == {"recent_buyers": 0, "pro_big_spenders": 1}
+
+
+async def test_the_slow_path_counts_an_entry_once() -> None:
+    """An event that breaks is dead-lettered (the profile's events are applied one by
+    one, then again without it): the entry is counted once."""
+    spec = AttributeSpec(name="fragile", function="count", field="properties.x")
+    compiled = CompiledAttribute("fragile", "user", Fragile(), compile_path("properties.x"))
+    audience = compile_audience(
+        AudienceSpec(name="poked", condition="fragile >= 1"), {"fragile": INT}
+    )
+    pipeline = Pipeline(RuleSet.build([(spec, compiled)], audiences=[audience]))
+    await pipeline.process(records([poke("u-1", 1), poke("u-1", "boom"), poke("u-1", 2)]))
+    assert [offset for offset, _ in pipeline.reasons] == [1]
+    assert (await pipeline.view("id", "u-1"))["_audiences"] == {"poked": True}
+    assert await pipeline.store.audience_sizes("user") == {"poked": 1}
