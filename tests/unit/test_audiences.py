@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 from attributes.audiences import AudienceSpec, compile_audience, membership_change
 from attributes.events import decode_event
@@ -20,6 +22,7 @@ from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rendering import ViewRenderer
 from tests.unit.conftest import ROOT
 from tests.unit.test_processor import Fragile, Pipeline, poke, records
+from traitflow.cli import app
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import MemoryProfileStore, ProfileWrite, audience_changes
 
@@ -355,3 +358,19 @@ async def test_the_slow_path_counts_an_entry_once() -> None:
     assert [offset for offset, _ in pipeline.reasons] == [1]
     assert (await pipeline.view("id", "u-1"))["_audiences"] == {"poked": True}
     assert await pipeline.store.audience_sizes("user") == {"poked": 1}
+
+
+# --- `traitflow validate` -------------------------------------------------------------------
+
+
+def test_validate_counts_audiences_and_reports_a_bad_one(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(ATTRIBUTES + "audiences:\n  - name: a\n    condition: spend > 1.0\n")
+    result = CliRunner().invoke(app, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "3 attributes OK: user 3 (1 windowed, 1 derived), 1 audiences" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ATTRIBUTES + "audiences:\n  - name: a\n    condition: spend + 1.0\n")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:14: audience 'a': condition: expected a bool expression" in result.output
