@@ -35,7 +35,7 @@ from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
-from traitflow.outbox import Outbox, RedisOutbox, relay
+from traitflow.outbox import RedisOutbox, relay
 from traitflow.redis_store import RedisProfileStore
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import Outgoing, ProfileStore
@@ -146,7 +146,8 @@ def create_app(
         async def expire_windows() -> None:
             await expire_owned(processor, owned, metrics)
 
-    relay_outboxes(app, settings, RedisOutbox(profiles.client, profiles.keys), owned)
+    outbox = RedisOutbox(profiles.client, profiles.keys)
+    relay_outboxes(app, settings, outbox=outbox, owned=owned, metrics=metrics)
 
     @app.timer(interval=STALL_METRICS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def observe_stalls() -> None:
@@ -211,7 +212,14 @@ def worker_processor(
     )
 
 
-def relay_outboxes(app: faust.App, settings: Settings, outbox: Outbox, owned: set[str]) -> None:
+def relay_outboxes(
+    app: faust.App,
+    settings: Settings,
+    *,
+    outbox: RedisOutbox,
+    owned: set[str],
+    metrics: WorkerMetrics,
+) -> None:
     """Send what committed writes left in the outboxes of the owned partitions
     (`traitflow.outbox`), every `outbox_interval_s`, to the announcement topics, which
     are created at start. A failed round is logged and tried again at the next tick:
@@ -240,6 +248,14 @@ def relay_outboxes(app: faust.App, settings: Settings, outbox: Outbox, owned: se
                 exc,
                 exc_info=not transient,
             )
+
+    @app.timer(interval=STALL_METRICS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def observe_outbox() -> None:
+        try:
+            async with asyncio.timeout(STALL_METRICS_TIMEOUT_S):
+                metrics.outbox_pending.set(await outbox.size(list(owned)))
+        except (redis.exceptions.RedisError, TimeoutError) as exc:
+            log.debug("outbox not counted: %r", exc)
 
 
 async def expire_owned(processor: BatchProcessor, owned: set[str], metrics: WorkerMetrics) -> None:

@@ -173,6 +173,12 @@ class WorkerMetrics:
             "`traitflow dead-letters replay --parked`.",
             registry=self.registry,
         )
+        self.outbox_pending = Gauge(
+            "traitflow_outbox_pending",
+            "Messages committed writes left in this worker's outboxes, not sent yet "
+            "(audience changes, profile changes): growing while the broker refuses them.",
+            registry=self.registry,
+        )
         self.consumer_lag = Gauge(
             "traitflow_consumer_lag",
             "Records of an input partition this worker owns not processed yet: its high "

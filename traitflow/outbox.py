@@ -82,6 +82,14 @@ class RedisOutbox:
         if ids:
             await self.client.xdel(self.keys.outbox(source), *ids)
 
+    async def size(self, sources: Iterable[str]) -> int:
+        """Messages waiting in `sources`' outboxes (one round trip): what the
+        `traitflow_outbox_pending` gauge shows, growing while the broker refuses them."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for source in sources:
+                pipe.xlen(self.keys.outbox(source))
+            return sum(await pipe.execute())
+
 
 #: send one message; returns once the broker has taken it (or raises)
 Send = Callable[[Outgoing], Awaitable[object]]
