@@ -28,6 +28,8 @@ from api.policy_store import PolicyStore, RedisPolicyStore
 from api.publisher import KafkaPublisher, Publisher
 from api.routes import ROUTE_MODULES, routers
 from api.state import ApiState, attach
+from api.td_config import load_personalization
+from api.td_services import Personalization, RedisServiceStore, ServiceStore
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
@@ -42,6 +44,7 @@ def create_app(
     policies: PolicyStore | None = None,
     route_modules: Sequence[str] = ROUTE_MODULES,
     publisher: Publisher | None = None,
+    personalization: ServiceStore | None = None,
 ) -> FastAPI:
     """The app over `settings`, serving the routes of `route_modules` (`api.routes`).
     The stores given are used as they are (tests, benchmarks); those not given are
@@ -78,6 +81,14 @@ def create_app(
         )
         # the broker is connected to on the first publish (`api.publisher`)
         state.publisher = publisher or KafkaPublisher.from_settings(settings)
+        state.personalization = Personalization(
+            configured,
+            personalization
+            if personalization is not None
+            else RedisServiceStore(reads, settings.key_prefix, settings.api_key_cache_s),
+            entities=list(settings.entities),
+            topics=list(settings.sources),
+        )
         try:
             yield
         finally:
@@ -87,6 +98,14 @@ def create_app(
             await state.store.close()
             await reads.close()
 
+    # a broken personalization file stops the API here, naming file, line and problem
+    configured = (
+        {}
+        if settings.personalization_file is None
+        else load_personalization(
+            settings.personalization_file, list(settings.entities), list(settings.sources)
+        )
+    )
     state = ApiState(settings, ApiMetrics())
     app = DirectApp(title="traitflow", version="0.1.0", lifespan=lifespan)
     attach(app, state)

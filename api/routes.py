@@ -23,6 +23,8 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.merge_policies",
     "api.audiences",
     "api.ingest",
+    "api.td_admin",
+    "api.td",  # last: its `POST /{database}/{table}` matches any two-segment path
 )
 
 

@@ -18,6 +18,7 @@ from api.instrumented import ApiMetrics
 from api.keys import KeyStore
 from api.policy_store import PolicyStore
 from api.publisher import Publisher
+from api.td_services import Personalization
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
 from traitflow.store import ProfileStore
@@ -32,7 +33,16 @@ class ApiState:
     lifespan while it runs (their Redis connections open and close with it), and
     absent before: a request then fails as one on a closed app would."""
 
-    __slots__ = ("identities", "keys", "metrics", "policies", "publisher", "settings", "store")
+    __slots__ = (
+        "identities",
+        "keys",
+        "metrics",
+        "personalization",
+        "policies",
+        "publisher",
+        "settings",
+        "store",
+    )
 
     settings: Settings
     metrics: ApiMetrics
@@ -45,6 +55,8 @@ class ApiState:
     policies: PolicyStore
     #: where ingest publishes events (`api.ingest`, `api.publisher`)
     publisher: Publisher
+    #: Treasure Data personalization services (`api.td`, `api.td_admin`)
+    personalization: Personalization
 
     def __init__(self, settings: Settings, metrics: ApiMetrics) -> None:
         self.settings = settings

@@ -14,7 +14,9 @@ lives in the module that raises it:
     │   │                         compile (syntax, unknown name, type)
     │   ├── InvalidPath           attributes.paths: a field path (`propertes.revenue`)
     │   ├── InvalidPattern        attributes.expressions.regex: a pattern RE2 cannot compile
-    │   └── DerivedCycle          attributes.derived: derived attributes that read each other
+    │   ├── DerivedCycle          attributes.derived: derived attributes that read each other
+    │   └── PersonalizationFileError  api.td_config: every problem of the personalization
+    │                             file, each with file, line and service
     ├── DataError                 data met at run time does not fit a rule: that event, or
     │   │                         that one attribute, alone is affected; nothing stops
     │   ├── InvalidEvent          attributes.events: no event, or over a limit: dead-lettered
@@ -25,6 +27,10 @@ lives in the module that raises it:
     │                             values (the filter skips, the derived attribute is null)
     ├── InputError                a value a person gave a command or a request is wrong
     │   ├── InvalidKeyParameters  api.keys: a new API key's name, rate or burst
+    │   ├── InvalidService        attributes.offers: a personalization service whose offers
+    │   │                         do not compile, or that names what is not configured
+    │   ├── InvalidEventObject    attributes.offers: a personalization call's body (TD's 3004)
+    │   ├── TdRefusal             api.td: a personalization call refused (TD's code, 415, 429)
     │   ├── InvalidSince          traitflow.replay: `dead-letters replay --since`
     │   └── BodyTooLarge          api.middleware: a request body over the limit (413); also
     │                             a starlette `HTTPException`, which FastAPI passes on

@@ -289,6 +289,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=65_536, ge=0)
     #: how long an HTTP ingest call waits for the broker to acknowledge its events (503 after)
     ingest_timeout_s: float = Field(default=5.0, gt=0)
+    #: Treasure Data personalization services, tokens and offers (`api.td_config`)
+    personalization_file: Path | None = None
     #: how long `/readyz` waits for Redis to answer a PING
     api_ready_timeout_s: float = Field(default=0.5, gt=0)
     #: where the worker serves Prometheus metrics (on `api_host`); unset = not served.
