@@ -1,9 +1,11 @@
 """Entities: Adobe Real-Time Customer Profile's profile access shape (`/access/entities`).
 
-Only the profile schema (`_xdm.context.profile`) is served; it is the `user` entity,
-read through the collection that serves `user` (which the caller's key must be allowed
-to read). An identity namespace (`entityIdNS`: `email`, `ECID`, ...) is one of our
-identity index names as it is; no namespace means `entityId` is the profile's own id.
+Every entity is served: the profile schema (`_xdm.context.profile`) is the `user`
+entity, and `_xdm.context.{entity}` any other configured one (`_xdm.context.account`,
+Adobe's B2B account schema, is the `account` entity). An entity is read through the
+collection that serves it (which the caller's key must be allowed to read). An identity
+namespace (`entityIdNS`: `email`, `ECID`, ...) is one of our identity index names as it is;
+no namespace means `entityId` is the profile's own id.
 `mergePolicyId` names one of the configured merge policies (`TRAITFLOW_MERGE_POLICIES`,
 default: `TRAITFLOW_DEFAULT_MERGE_POLICY`); another than the default gets the traits
 merged under it from the stored per-source fragments (`api.policies`).
@@ -30,23 +32,31 @@ router = APIRouter()
 
 PROFILE_SCHEMA = "_xdm.context.profile"
 PROFILE_ENTITY = "user"
+SCHEMA_PREFIX = "_xdm.context."
 
 
-def profile_entity(request: Request, principal: Principal) -> str:
-    """The entity behind the profile schema, through the collection that serves it."""
+def schema_of(entity: str) -> str:
+    return PROFILE_SCHEMA if entity == PROFILE_ENTITY else f"{SCHEMA_PREFIX}{entity}"
+
+
+def schema_entity(request: Request, schema_name: str, principal: Principal) -> str:
+    """The entity `schema_name` names, through the collection that serves it."""
     settings = services(request).settings
-    for collection, entity in settings.collections.items():
-        if entity == PROFILE_ENTITY:
+    entities = {schema_of(entity): entity for entity in settings.entities}
+    if schema_name not in entities:
+        served = ", ".join(sorted(entities))
+        raise ApiError(400, f"schema.name {schema_name!r} is not served: use one of {served}")
+    entity = entities[schema_name]
+    for collection, served_entity in settings.collections.items():
+        if served_entity == entity:
             return collection_entity(request, collection, principal)
-    raise ApiError(404, f"no collection serves the {PROFILE_ENTITY!r} entity")
+    raise ApiError(404, f"no collection serves the {entity!r} entity")
 
 
 async def check_request(
-    request: Request, schema_name: str, merge_policy: str | None
+    request: Request, merge_policy: str | None
 ) -> tuple[str, MergePolicy] | None:
     """The merge policy the request names, or None for the default (the stored views)."""
-    if schema_name != PROFILE_SCHEMA:
-        raise ApiError(400, f"schema.name {schema_name!r} is not served: use {PROFILE_SCHEMA}")
     settings = services(request).settings
     policy_id, policy = await chosen_policy(settings, services(request).policies, merge_policy)
     return None if policy_id == settings.default_merge_policy else (policy_id, policy)
@@ -108,8 +118,8 @@ async def read_entity(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings = services(request).settings
-    policy = await check_request(request, schema_name, merge_policy)
-    entity = profile_entity(request, principal)
+    entity = schema_entity(request, schema_name, principal)
+    policy = await check_request(request, merge_policy)
     namespace = entity_id_ns or PRIMARY_INDEX
     check_id("entityIdNS", namespace, settings)
     check_id("entityId", entity_id, settings)
@@ -191,8 +201,8 @@ async def read_entities(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings = services(request).settings
-    policy = await check_request(request, body.schema_.name, body.mergePolicyId)
-    entity = profile_entity(request, principal)
+    entity = schema_entity(request, body.schema_.name, principal)
+    policy = await check_request(request, body.mergePolicyId)
     identities = body.identities
     if not identities:
         raise ApiError(400, "identities should have at least one item")

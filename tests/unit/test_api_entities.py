@@ -289,3 +289,44 @@ async def test_post_bad_bodies_are_400s(
     )
     assert response.status_code == 400
     assert response.json()["error"]
+
+
+async def test_every_entity_is_served_under_its_own_schema(store: CountingStore) -> None:
+    """`_xdm.context.account` (Adobe's B2B account schema) is the `account` entity."""
+    state = ProfileState(id="acme", entity="account")
+    account = orjson.dumps(
+        {
+            "id": "acme",
+            "entity": "account",
+            "identities": {"account_id": ["acme"]},
+            "traits": {"plan": "enterprise"},
+            "attributes": {"seats": 40},
+            "version": 1,
+        }
+    )
+    write = ProfileWrite(state, encode_state(state), account, [("account_id", "acme")])
+    await store.save("account", [write])
+    settings = Settings(
+        collections={"people": "user", "accounts": "account"},
+        merge_policies={"mp-default": MergePolicy()},
+        default_merge_policy="mp-default",
+    )
+    async with api_support.client_for(settings, store) as client:
+        params = {"schema.name": "_xdm.context.account", "entityId": "acme"}
+        params["entityIdNS"] = "account_id"
+        got = await client.get("/access/entities", params=params)
+        posted = await client.post(
+            "/access/entities",
+            json={
+                "schema": {"name": "_xdm.context.account"},
+                "identities": [{"entityId": "acme", "entityIdNS": {"code": "account_id"}}],
+            },
+        )
+        unserved = await client.get("/access/entities", params=query(**{"schema.name": "x"}))
+    assert got.status_code == 200
+    assert got.json()["acme"]["entity"]["attributes"] == {"seats": 40}
+    assert posted.json()["acme"]["entity"]["traits"] == {"plan": "enterprise"}
+    assert unserved.status_code == 400
+    assert unserved.json()["error"] == (
+        "schema.name 'x' is not served: use one of _xdm.context.account, _xdm.context.profile"
+    )
