@@ -170,7 +170,9 @@ async def _activate(request: Request, principal: Principal) -> Response:
     data = (
         {}
         if view is None
-        else shapes.activation_data(shapes.decode_view(view), destination.attributes)
+        else shapes.activation_data(
+            shapes.decode_view(view), destination.attributes, destination.traits
+        )
     )
     answer = {"entity": entity, "id": {"type": id_type, "value": id_value}, "data": data}
     return view_response(request, shapes.encode(answer))

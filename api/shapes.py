@@ -72,22 +72,31 @@ def _pick(document: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, A
     return picked
 
 
-def activation_data(view: Mapping[str, Any], attributes: Sequence[str]) -> dict[str, Any]:
+def activation_data(
+    view: Mapping[str, Any], attributes: Sequence[str], traits: Sequence[str] = ()
+) -> dict[str, Any]:
     """The activation API's `data`: the destination's attributes that the view has, in
     the destination's order. A name that is an audience's, not an attribute's, is the
     profile's membership (true or false), as a column of RudderStack's customer-360
-    table would be."""
+    table would be. Then the destination's `traits` the profile has (`*`: all of them,
+    in the view's order); an attribute's column wins over a trait of the same name."""
     values = view.get("attributes")
     if not isinstance(values, Mapping):
         return {}
     audiences = view.get("_audiences")
     if not isinstance(audiences, Mapping):
         audiences = {}
-    return {
+    data = {
         name: values[name] if name in values else audiences[name]
         for name in attributes
         if name in values or name in audiences
     }
+    held = view.get("traits")
+    if traits and isinstance(held, Mapping):
+        for name in held if "*" in traits else traits:
+            if name in held and name not in data:
+                data[name] = held[name]
+    return data
 
 
 def segment_membership(view: Mapping[str, Any]) -> dict[str, Any]:

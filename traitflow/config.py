@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
@@ -37,12 +45,24 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
 
 class Destination(BaseModel):
-    """A named view served by the activation API: an entity and the attributes it exposes."""
+    """A named view served by the activation API: an entity, the attributes (or
+    audiences) it exposes and the identify traits it serves as columns too, by name
+    (`*`: every trait of the profile), as RudderStack serves every column of its
+    customer-360 table."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     entity: str = Field(min_length=1)
     attributes: list[str] = []
+    traits: list[str] = []
+
+    @model_serializer(mode="wrap")
+    def _without_unused_traits(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A destination that serves no trait is written as before traits existed."""
+        data = handler(self)
+        if not self.traits and isinstance(data, dict):
+            data.pop("traits", None)
+        return data
 
 
 #: the embedded destination: the example rules' attributes a web page personalises with

@@ -224,3 +224,17 @@ def test_destinations_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert Settings.from_environ(os.environ).as_env()["TRAITFLOW_DESTINATIONS"] == (
         '{"app": {"entity": "user", "attributes": ["loyal"]}}'
     )
+
+
+async def test_a_destination_may_serve_identify_traits_too(store: MemoryProfileStore) -> None:
+    """RudderStack serves every column of the customer-360 table: traits included."""
+    settings = Settings(
+        collections={"users": "user"},
+        destinations={
+            "crm-sync": Destination(entity="user", attributes=["purchase_count"], traits=["*"])
+        },
+    )
+    async with api_support.client_for(settings, store) as client:
+        response = await client.post("/v2/activation", json=body(destinationId="crm-sync"))
+    assert response.status_code == 200
+    assert response.json()["data"] == {"purchase_count": 3, "email": "ada@example.com"}

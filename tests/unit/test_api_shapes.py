@@ -78,6 +78,17 @@ def test_activation_data_never_exposes_traits_or_other_keys() -> None:
     assert shapes.activation_data({"attributes": None}, ["x"]) == {}
 
 
+def test_activation_data_serves_the_traits_a_destination_lists() -> None:
+    view = {
+        "attributes": {"orders": 2, "plan": "attribute"},
+        "traits": {"plan": "pro", "tz": "UTC"},
+    }
+    assert shapes.activation_data(view, ["orders"], ["tz", "missing"]) == {"orders": 2, "tz": "UTC"}
+    every = shapes.activation_data(view, ["orders", "plan"], ["*"])
+    assert every == {"orders": 2, "plan": "attribute", "tz": "UTC"}  # the attribute's column wins
+    assert shapes.activation_data({"attributes": {}, "traits": "junk"}, [], ["*"]) == {}
+
+
 def test_adobe_identities() -> None:
     assert shapes.adobe_identities(VIEW) == [
         {"id": "u-1", "namespace": {"code": "user_id"}},
