@@ -25,7 +25,6 @@ causes it (`membership_change`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +43,7 @@ from attributes.expressions import (
     compile_expression,
     map_of,
 )
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+from attributes.specs import identifier
 
 #: the variable a condition reads the profile's merged traits from
 TRAITS = "traits"
@@ -65,11 +63,7 @@ class AudienceSpec(pydantic.BaseModel):
     @pydantic.field_validator("name")
     @classmethod
     def _identifier(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError(
-                "must be an identifier: letters, digits, '_', not starting with a digit"
-            )
-        return name
+        return identifier(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,15 @@ from attributes.windows import UNITS
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
+
+def identifier(name: str) -> str:
+    """`name`, if it can be a CEL identifier (what derived attributes and audience
+    conditions read it as); a pydantic validation error otherwise."""
+    if not _NAME.match(name):
+        raise ValueError("must be an identifier: letters, digits, '_', not starting with a digit")
+    return name
+
+
 #: the largest `max_values`
 MAX_VALUES = 10_000
 EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
@@ -98,11 +107,7 @@ class AttributeSpec(pydantic.BaseModel):
     @pydantic.field_validator("name")
     @classmethod
     def _identifier(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError(
-                "must be an identifier: letters, digits, '_', not starting with a digit"
-            )
-        return name
+        return identifier(name)
 
     @pydantic.model_validator(mode="after")
     def _options_fit_the_function(self) -> AttributeSpec:
