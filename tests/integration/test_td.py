@@ -5,17 +5,23 @@ the admin API; TD's error codes one by one; the rate limit."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from attributes.offers import CONTENT_TYPE
-from tests.integration.conftest import create_key, user_id
+from attributes.offers import CONTENT_TYPE, hash_token
+from tests.integration.conftest import Publisher, create_key, user_id, wait_until
+from tests.integration.workers import running_api, start_worker
 from traitflow.config import Settings
 from traitflow.services import Daemon
+from traitflow.store import KeyLayout
+from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +160,72 @@ def test_a_revoked_token_is_refused(
     # the process that revoked forgets its cache at once; this API has one process
     response = call(api_server, service["path"], {"user_id": user_id()}, key, service["token"])
     assert response.json()["code"] == 3001
+
+
+AUDIENCE_RULES = """\
+attributes:
+  - name: spend
+    function: sum
+    field: properties.revenue
+    event: Order Completed
+audiences:
+  - name: big_spenders
+    condition: spend >= 100.0
+"""
+
+
+def test_an_audience_offer_from_the_file_reflects_the_call_that_enters_it(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A worker whose rules declare an audience, an API whose personalization file has
+    an offer for it: the call whose event makes the profile enter the audience gets
+    that offer in its own answer."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(AUDIENCE_RULES)
+    p13n = tmp_path / "p13n.yaml"
+    p13n.write_text(
+        f"""\
+services:
+  - name: web
+    account_id: "42"
+    database: p13n_db
+    table: customers
+    tokens: [{{instance_id: site, sha256: {hash_token("file-secret")}}}]
+    offers:
+      - name: vip
+        audience: big_spenders
+        attributes: {{spend: attributes.spend}}
+"""
+    )
+    own = settings.isolated(
+        f"tftd-{uuid.uuid4().hex[:8]}",
+        rules_path=rules,
+        home=tmp_path,
+        topic_partitions=2,
+        personalization_file=p13n,
+    )
+    asyncio.run(ensure_topics(own))
+    key = create_key(own, "td-file", collections=["users"], rate_per_s=1000.0, burst=1000)
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    Publisher(own, next(iter(own.sources)))([{"type": "identify", "userId": probe}])
+    worker = start_worker(own, "worker")
+    try:
+        view = KeyLayout(own.key_prefix).view("user", probe)
+        wait_until(lambda: redis_client.exists(view), timeout=60, what="the worker to start")
+        with running_api(own, "api") as url:
+            user = user_id()
+
+            def order(revenue: float) -> httpx.Response:
+                body = {"user_id": user, "event_name": "Order Completed", "revenue": revenue}
+                return call(url, "/p13n_db/customers", body, key, "42/site/file-secret")
+
+            first = order(60.0)
+            assert first.headers["x-event-applied"] == "true"
+            assert first.json() == {"offers": {}}
+            entering = order(60.0)  # 120 in all: the event of this very call enters it
+            assert entering.headers["x-event-applied"] == "true"
+            assert entering.json() == {
+                "offers": {"vip": {"attributes": {"spend": 120.0}, "batch_segments": []}}
+            }
+    finally:
+        worker.stop()
