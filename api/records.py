@@ -4,6 +4,12 @@ A collection is the served profiles of one entity (`Settings.collections`); a re
 looked up by any of the entity's identity indexes (`user_id`, `anonymous_id`, ...), `id`
 being the profile's own id. A record is the stored view, sent as the stored bytes
 unless `?fields=` projects it.
+
+A collection with a field mapping (`Settings.collection_fields`) serves records of the
+mapped fields instead, under their names: the record document the worker wrote with the
+view, read in the same round trip, or, for a profile written before the mapping (or
+under another one), the stored view mapped on the fly, which is the same record.
+`?fields=` then names paths in the mapped record.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from api.direct import DirectRoute, admitted
 from api.errors import ApiError
 from api.policies import chosen_policy, reshaped
 from api.state import services
+from attributes.records import RecordMapping, mapped_record
 from traitflow.config import Settings
+from traitflow.store import Found
 
 router = APIRouter()
 #: the single-record read, the hot path: no per-request FastAPI machinery (`api.direct`)
@@ -104,6 +112,17 @@ def no_record(collection: str, index: str, value: str) -> Response:
     return errors.error(404, f"no record with {index} = {value!r} in {collection!r}")
 
 
+def mapping_of(settings: Settings, entity: str, collection: str) -> RecordMapping | None:
+    """The field mapping of `collection` (None: it serves the view as it is)."""
+    return settings.record_mappings.get(entity, {}).get(collection)
+
+
+def record_of(found: Found, mapping: RecordMapping) -> bytes:
+    """A mapped collection's record: the stored document, or the view mapped now."""
+    stored, data = found
+    return data if stored else shapes.encode(mapped_record(shapes.decode_view(data), mapping))
+
+
 def projected(view: bytes, fields: list[str] | None) -> bytes:
     return (
         view if fields is None else shapes.encode(shapes.project(shapes.decode_view(view), fields))
@@ -156,9 +175,20 @@ async def read_record(
                 settings, services(request).policies, merge_policy
             )
         with_provenance = flag("provenance", provenance)
+        mapping = mapping_of(settings, entity, collection)
+        if mapping is not None and with_provenance:
+            raise ApiError(400, f"collection {collection!r} maps fields: it has no provenance")
         store = services(request).store
         key = lookup_value(request, entity, index, value)
         wanted = shapes.parse_fields(fields)
+        if mapping is not None and policy_id == settings.default_merge_policy:
+            stamp = mapping.stamp  # the record document and, if stale, the view: one trip
+            record = (
+                await store.read_records(entity, [(index, key)], collection=collection, stamp=stamp)
+            )[0]
+            if record is None:
+                return no_record(collection, index, value)
+            return view_response(request, projected(record_of(record, mapping), wanted))
         if policy_id == settings.default_merge_policy and not with_provenance:
             view = await store.read_view(entity, index, key)  # as stored: the hot path
             if view is None:
@@ -168,6 +198,8 @@ async def read_record(
         if found is None:
             return no_record(collection, index, value)
         document = reshaped(*found, policy_id, policy, with_provenance)
+        if mapping is not None:  # another policy's traits, mapped
+            document = mapped_record(document, mapping)
         body = document if wanted is None else shapes.project(document, wanted)
         return view_response(request, shapes.encode(body))
 
@@ -236,11 +268,14 @@ async def read_records(
         check_id(f"lookups.{number}.index", lookup.index, settings)
         check_id(f"lookups.{number}.value", lookup.value, settings)
     store = services(request).store
-    views = await store.read_views(
-        entity,
-        [(lu.index, lookup_value(request, entity, lu.index, lu.value)) for lu in lookups],
-    )
+    keys = [(lu.index, lookup_value(request, entity, lu.index, lu.value)) for lu in lookups]
     wanted = shapes.parse_fields(fields)
+    mapping = mapping_of(settings, entity, collection)
+    if mapping is not None:
+        found = await store.read_records(entity, keys, collection=collection, stamp=mapping.stamp)
+        views = [None if one is None else record_of(one, mapping) for one in found]
+    else:
+        views = await store.read_views(entity, keys)
     records = b",".join(b"null" if view is None else projected(view, wanted) for view in views)
     return Response(b'{"records":[' + records + b"]}", media_type="application/json")
 

@@ -209,6 +209,7 @@ def worker_processor(
         anonymous_types=settings.anonymous_types,
         audience_topic=settings.audience_changes_topic,
         profile_topic=settings.profile_changes_topic,
+        records=settings.record_mappings,
     )
 
 

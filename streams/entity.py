@@ -32,6 +32,7 @@ from attributes.profile import (
     encode_state,
     settle,
 )
+from attributes.records import RecordMapping
 from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.announcements import Announcer
@@ -92,6 +93,7 @@ class EntityProcessor:
         idle_ttl_ms: int | None = None,
         anonymous_types: frozenset[str] = frozenset({"anonymous_id"}),
         announcer: Announcer | None = None,
+        records: Mapping[str, RecordMapping] | None = None,
     ) -> None:
         self.entity = entity
         self.rules = rules
@@ -111,7 +113,10 @@ class EntityProcessor:
         self.anonymous_types = anonymous_types
         #: what its committed writes announce (audience changes, profile changes)
         self.announcer = announcer or Announcer(entity=entity, audience_topic=None)
-        self.views = ViewRenderer(rules=rules, policy=policy, remembered=remembered_renders)
+        #: the entity's collections with a field mapping: each write renders their records
+        self.views = ViewRenderer(
+            rules=rules, policy=policy, remembered=remembered_renders, records=records
+        )
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)."""

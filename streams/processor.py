@@ -34,6 +34,7 @@ from attributes.identities import DEFAULT_USER, IdentityRules
 from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
+from attributes.records import RecordMapping
 from attributes.rules import RuleSet
 from streams.announcements import Announcer
 from streams.entity import ComputeFailed, EntityProcessor
@@ -93,6 +94,7 @@ class BatchProcessor:
         anonymous_types: Collection[str] = ("anonymous_id",),
         audience_topic: str | None = None,
         profile_topic: str | None = None,
+        records: Mapping[str, Mapping[str, RecordMapping]] | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -121,6 +123,7 @@ class BatchProcessor:
                 announcer=Announcer(
                     entity=entity, audience_topic=audience_topic, profile_topic=profile_topic
                 ),
+                records=(records or {}).get(entity),
             )
             for entity, identity_rules in identities.items()
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -27,8 +27,9 @@ from attributes.profile import (
     reconcile,
     render_view,
 )
+from attributes.records import RecordMapping, mapped_record
 from attributes.rules import RuleSet
-from traitflow.store import ProfileWrite
+from traitflow.store import ProfileWrite, record_value
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,20 @@ encode_view = msgspec.json.Encoder().encode
 
 class ViewRenderer:
     """Renders one entity's changed states under `rules` and `policy`, remembering the
-    last render of up to `remembered` profiles."""
+    last render of up to `remembered` profiles. `records`: the entity's collections
+    with a field mapping, whose record documents each write carries."""
 
-    def __init__(self, *, rules: RuleSet, policy: MergePolicy, remembered: int = 100_000) -> None:
+    def __init__(
+        self,
+        *,
+        rules: RuleSet,
+        policy: MergePolicy,
+        remembered: int = 100_000,
+        records: Mapping[str, RecordMapping] | None = None,
+    ) -> None:
         self.rules = rules
         self.policy = policy
+        self.records = dict(records or {})
         self._remembered = remembered
         #: profile -> (the state object, its attribute values when last rendered)
         self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
@@ -81,6 +91,7 @@ class ViewRenderer:
             left, state.audiences = state.audiences, []  # without a view, in none
             write = ProfileWrite(state, encode_state(state), None, expiry=expiry, source=source)
             write.exited = left
+            write.records = dict.fromkeys(self.records)
             return write
         if rules.windowed:
             expiry = (source, expire_windows(state, rules, now, touched=touched))
@@ -107,4 +118,7 @@ class ViewRenderer:
             state, encode_state(state), encode_view(rendered), expiry=expiry, source=source
         )
         write.entered, write.exited = entered, exited
+        for collection, mapping in self.records.items():  # from the view, as committed
+            record = encode_view(mapped_record(rendered, mapping))
+            write.records[collection] = record_value(mapping.stamp, state.version, record)
         return write

@@ -17,6 +17,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec
 from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
+from attributes.records import RecordMapping, field_problem
 from traitflow import environ_source
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
@@ -79,6 +81,38 @@ DEFAULT_DESTINATIONS = {
         ],
     )
 }
+
+
+def _split_collections(data: Any) -> Any:
+    """Collections declared `{"entity", "fields"}`: their entity into `collections`,
+    their fields into `collection_fields`."""
+    if not isinstance(data, dict) or not isinstance(data.get("collections"), dict):
+        return data
+    collections: dict[Any, Any] = {}
+    fields = dict(data.get("collection_fields") or {})
+    for name, served in data["collections"].items():
+        if not isinstance(served, Mapping):
+            collections[name] = served
+            continue
+        unknown = sorted(set(served) - {"entity", "fields"})
+        entity, mapped = served.get("entity"), served.get("fields", {})
+        if unknown or not isinstance(entity, str) or not isinstance(mapped, Mapping):
+            raise ValueError(
+                f"collections: {name!r} should be an entity name or "
+                '{"entity": name, "fields": {field: path}}'
+                + (f" (unknown keys: {', '.join(map(str, unknown))})" if unknown else "")
+            )
+        for field, path in mapped.items():
+            if not isinstance(field, str) or not isinstance(path, str):
+                raise ValueError(f"collections: {name!r}: field {field!r} should map a path")
+        if name in fields:
+            raise ValueError(
+                f"collections: {name!r} declares fields both here and in collection_fields"
+            )
+        collections[name] = entity
+        if mapped:  # `{"entity": e}` alone is the plain form
+            fields[name] = dict(mapped)
+    return data | {"collections": collections, "collection_fields": fields}
 
 
 class Settings(BaseSettings):
@@ -139,8 +173,14 @@ class Settings(BaseSettings):
     #: traits come from (`attributes.identities`); the worker builds a profile of each
     #: entity whose identities an event carries, in this order
     entities: dict[str, EntitySpec] = {"user": DEFAULT_USER, "account": DEFAULT_ACCOUNT}
-    #: collection name (in API paths) -> entity; unset: each entity `e` as collection `es`
+    #: collection name (in API paths) -> entity; unset: each entity `e` as collection `es`.
+    #: A collection may be declared `{"entity": e, "fields": {name: path}}` instead: its
+    #: records are those fields of the view, under those names (`attributes.records`);
+    #: its entity is kept here and its fields in `collection_fields`
     collections: dict[str, str] = {"users": "user", "accounts": "account"}
+    #: collection -> its field mapping (name -> dotted path into the view), for those
+    #: declared with `fields`
+    collection_fields: dict[str, dict[str, str]] = {}
     #: activation destination id -> the entity and attributes it serves
     destinations: dict[str, Destination] = DEFAULT_DESTINATIONS
     #: merge policy id -> how it picks a field among sources (`attributes.policies`)
@@ -207,6 +247,7 @@ class Settings(BaseSettings):
     def _defaults_follow_entities(cls, data: Any) -> Any:
         """Without collections set, each declared entity is served as its plural; the
         default destinations are kept for the entities that are served."""
+        data = _split_collections(data)
         if not isinstance(data, dict) or not isinstance(data.get("entities"), dict):
             return data
         if "collections" not in data:
@@ -239,6 +280,42 @@ class Settings(BaseSettings):
                     f"(entities: {', '.join(self.entities)})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _collection_fields_are_mappings(self) -> Settings:
+        for collection, fields in self.collection_fields.items():
+            if collection not in self.collections:
+                raise ValueError(
+                    f"collection_fields: {collection!r} is not a collection "
+                    f"(collections: {', '.join(self.collections) or 'none'})"
+                )
+            if ":" in collection:
+                raise ValueError(
+                    f"collections: {collection!r} has fields, so its name must have no ':' "
+                    "(it is part of Redis keys)"
+                )
+            if not fields:
+                raise ValueError(f"collections: {collection!r} declares no fields")
+            named: dict[str, str] = {}
+            for name, path in fields.items():
+                if problem := field_problem(name, path):
+                    raise ValueError(f"collections: {collection!r}: {problem}")
+                if path in named:
+                    raise ValueError(
+                        f"collections: {collection!r}: field {name!r} maps {path!r}, "
+                        f"which field {named[path]!r} maps already"
+                    )
+                named[path] = name
+        return self
+
+    @cached_property
+    def record_mappings(self) -> dict[str, dict[str, RecordMapping]]:
+        """Entity -> its collections that declare fields -> their mapping."""
+        mappings: dict[str, dict[str, RecordMapping]] = {}
+        for collection, fields in self.collection_fields.items():
+            entity = self.collections[collection]
+            mappings.setdefault(entity, {})[collection] = RecordMapping.of(fields)
+        return mappings
 
     @model_validator(mode="after")
     def _policies_are_consistent(self) -> Settings:
@@ -377,6 +454,8 @@ class Settings(BaseSettings):
             for follower in ("collections", "destinations"):
                 if follower not in changes and follower not in self.model_fields_set:
                     del current[follower]
+        if "collections" in changes or "collections" not in current:
+            current.pop("collection_fields")  # the mappings are those of the collections
         copy = type(self).model_validate(current | names | changes)
         copy._kafka_from_env, copy._redis_from_env = self._kafka_from_env, self._redis_from_env
         return copy

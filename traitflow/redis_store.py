@@ -28,6 +28,7 @@ from traitflow.store import (
     PRIMARY_INDEX,
     Conflict,
     Expected,
+    Found,
     Identity,
     KeyLayout,
     MessageKey,
@@ -81,6 +82,34 @@ for i, key in ipairs(KEYS) do
     if view then pair = {view, redis.call('GET', ARGV[2] .. id)} end
   end
   found[i] = pair
+end
+return found
+""")
+
+
+# A mapped collection's records, in one round trip: as _READ_MANY, with ARGV[2] the
+# prefix of its record keys, ARGV[3] that of version keys, ARGV[4] the mapping's stamp
+# and the ids from ARGV[5] on. A record document is served (a string in the reply)
+# when it was written under this mapping for the profile's current version
+# (`store.record_value`); else the view is, inside a one-element array, to be mapped.
+_READ_RECORDS = Script.of("""
+local found = {}
+for i, key in ipairs(KEYS) do
+  local id = ARGV[i + 4]
+  if id == '' then id = redis.call('GET', key) end
+  local answer = false
+  if id then
+    local record = redis.call('GET', ARGV[2] .. id)
+    if record then
+      local want = ARGV[4] .. ':' .. (redis.call('GET', ARGV[3] .. id) or '') .. ':'
+      if string.sub(record, 1, #want) == want then answer = string.sub(record, #want + 1) end
+    end
+    if not answer then
+      local view = redis.call('GET', ARGV[1] .. id)
+      if view then answer = {view} end
+    end
+  end
+  found[i] = answer
 end
 return found
 """)
@@ -249,8 +278,10 @@ class RedisProfileStore(ProfileStore):
         persisted: list[str] = []
         #: audience -> how much this commit changes its size
         sizes: dict[str, int] = {}
+        mapped = {collection for write in writes for collection in write.records}
         for pid in removed:
             deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
+            deletes += (keys.record(entity, collection, pid) for collection in mapped)
         for write in writes:
             pid = write.state.id
             sets[keys.state(entity, pid)] = write.encoded_state
@@ -259,12 +290,18 @@ class RedisProfileStore(ProfileStore):
             else:
                 sets[keys.view(entity, pid)] = write.view
             sets[keys.version(entity, pid)] = str(write.state.version)
+            for collection, record in write.records.items():
+                if record is None:
+                    deletes.append(keys.record(entity, collection, pid))
+                else:
+                    sets[keys.record(entity, collection, pid)] = record
             for index, value in write.identities:
                 sets[keys.index(entity, index, value)] = pid
             for source, mid in write.messages:
                 messages.setdefault(source, []).append(mid)
             if write.ttl_ms is not None:
                 owned = [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
+                owned += (keys.record(entity, collection, pid) for collection in write.records)
                 owned += (
                     keys.index(entity, kind, value)
                     for kind, values in write.state.identities.items()
@@ -388,6 +425,32 @@ class RedisProfileStore(ProfileStore):
         keys, ids = self._lookup_keys(entity, lookups)
         args = [self.keys.view_prefix(entity), *ids]
         return cast("list[bytes | None]", await self.reads.eval(_READ_MANY, keys, args))
+
+    async def read_records(
+        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
+    ) -> list[Found | None]:
+        if not lookups:
+            return []
+        keys, ids = self._lookup_keys(entity, lookups)
+        layout = self.keys
+        args = [
+            layout.view_prefix(entity),
+            layout.record_prefix(entity, collection),
+            layout.version(entity, ""),
+            stamp,
+            *ids,
+        ]
+        replies = cast(
+            "list[bytes | list[bytes] | None]", await self.reads.eval(_READ_RECORDS, keys, args)
+        )
+        return [
+            None
+            if reply is None
+            else (True, reply)
+            if isinstance(reply, bytes)
+            else (False, reply[0])
+            for reply in replies
+        ]
 
     async def read_profiles(
         self, entity: str, lookups: Sequence[tuple[str, str]]

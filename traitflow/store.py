@@ -9,6 +9,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:s:user:{id}                 string  profile state (msgpack)
     tf:v:user:{id}                 string  served view (JSON bytes)
     tf:n:user:{id}                 string  the profile's version (what a commit checks)
+    tf:c:user:{collection}:{id}    string  the record of a collection with a field
+                                           mapping: "{mapping stamp}:{version}:" then
+                                           the record (JSON bytes); served only while
+                                           both match (`RECORD`)
     tf:i:user:{index}:{value}      string  -> profile id (one per identity)
     tf:x:user:{topic}/{partition}  zset    profile id, scored by when its windows next
                                            change (epoch ms); one per input partition
@@ -92,6 +96,13 @@ class KeyLayout:
     def version(self, entity: str, profile_id: str) -> str:
         return f"{self.prefix}:n:{entity}:{profile_id}"
 
+    def record(self, entity: str, collection: str, profile_id: str) -> str:
+        return f"{self.record_prefix(entity, collection)}{profile_id}"
+
+    def record_prefix(self, entity: str, collection: str) -> str:
+        """Collections with a field mapping have no ':' in their name (settings)."""
+        return f"{self.prefix}:c:{entity}:{collection}:"
+
     def view_prefix(self, entity: str) -> str:
         return f"{self.prefix}:v:{entity}:"
 
@@ -161,6 +172,23 @@ class Outgoing:
     value: bytes | None
 
 
+def record_value(stamp: str, version: int, record: bytes) -> bytes:
+    """What a record document's key holds: the record, after what it was made under
+    (a read serves it only if the mapping's stamp and the profile's version match)."""
+    return f"{stamp}:{version}:".encode() + record
+
+
+def record_header(stamp: str, version: bytes | int | None) -> bytes:
+    """The start of a record document that a read may serve (`record_value`)."""
+    held = version.decode() if isinstance(version, bytes) else str(version or "")
+    return f"{stamp}:{held}:".encode()
+
+
+#: what `ProfileStore.read_records` finds per lookup: (True, the stored record) or
+#: (False, the view, to map on the fly); None: no record
+Found = tuple[bool, bytes]
+
+
 @dataclass(slots=True)
 class ProfileWrite:
     state: ProfileState
@@ -194,6 +222,9 @@ class ProfileWrite:
     source: str = ""
     #: messages to publish once the write is committed, through `source`'s outbox
     outgoing: list[Outgoing] = field(default_factory=list)
+    #: collection -> its record document (`record_value`), for the entity's collections
+    #: with a field mapping; None deletes it (no view)
+    records: dict[str, bytes | None] = field(default_factory=dict)
 
 
 def audience_changes(write: ProfileWrite) -> dict[str, int]:
@@ -274,6 +305,17 @@ class ProfileStore(ABC):
         go (Redis: one round trip)."""
         return [await self.read_view(entity, index, value) for index, value in lookups]
 
+    async def read_records(
+        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
+    ) -> list[Found | None]:
+        """For each lookup of a collection with a field mapping (its `stamp`): the record
+        document written under that mapping for the profile's current version, else the
+        profile's view to map; None when no profile with a view is found.
+
+        This default maps every view; the stores below read the documents, in one go."""
+        views = await self.read_views(entity, lookups)
+        return [None if view is None else (False, view) for view in views]
+
     @abstractmethod
     async def read_profiles(
         self, entity: str, lookups: Sequence[tuple[str, str]]
@@ -311,6 +353,8 @@ class MemoryProfileStore(ProfileStore):
     def __init__(self) -> None:
         self.states: dict[tuple[str, str], bytes] = {}
         self.views: dict[tuple[str, str], bytes] = {}
+        #: (entity, collection, profile id) -> its record document
+        self.records: dict[tuple[str, str, str], bytes] = {}
         self.versions: dict[tuple[str, str], int] = {}
         self.index: dict[tuple[str, str, str], str] = {}
         self.expiries: dict[tuple[str, str], dict[str, int]] = {}
@@ -355,12 +399,20 @@ class MemoryProfileStore(ProfileStore):
             changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
             if moved or changed:
                 raise Conflict(moved, changed)
+        mapped = {collection for write in writes for collection in write.records}
         for profile in removed:
             for store in (self.states, self.views, self.versions, self.ttls):
                 store.pop((entity, profile), None)
+            for collection in mapped:
+                self.records.pop((entity, collection, profile), None)
         for write in writes:
             key = (entity, write.state.id)
             self.states[key] = write.encoded_state
+            for collection, record in write.records.items():
+                if record is None:
+                    self.records.pop((entity, collection, write.state.id), None)
+                else:
+                    self.records[(entity, collection, write.state.id)] = record
             if write.view is None:
                 self.views.pop(key, None)
             else:
@@ -407,6 +459,23 @@ class MemoryProfileStore(ProfileStore):
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         key = self._served(entity, index, value)
         return None if key is None else self.views[key]
+
+    async def read_records(
+        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
+    ) -> list[Found | None]:
+        found: list[Found | None] = []
+        for index, value in lookups:
+            key = self._served(entity, index, value)
+            if key is None:
+                found.append(None)
+                continue
+            record = self.records.get((entity, collection, key[1]), b"")
+            header = record_header(stamp, self.versions.get(key))
+            if record.startswith(header):
+                found.append((True, record[len(header) :]))
+            else:
+                found.append((False, self.views[key]))
+        return found
 
     async def read_profiles(
         self, entity: str, lookups: Sequence[tuple[str, str]]
