@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParameter
 from prometheus_client import Gauge
 
 from api import shapes
@@ -29,6 +30,9 @@ from attributes.rules import RuleFileError, load_rules
 from traitflow.config import Settings
 
 router = APIRouter()
+
+#: what an audience's name is (`attributes.specs.identifier`)
+AUDIENCE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 AUDIENCE_EXAMPLE: dict[str, Any] = {
     "name": "recent_buyers",
@@ -110,13 +114,14 @@ async def list_audiences(
             "description": "the audience",
             "content": {"application/json": {"example": AUDIENCE_EXAMPLE}},
         },
+        400: {"description": "a name no audience can have (not an identifier)"},
         403: {"description": "the API key may read no collection of the audience's entity"},
         404: {"description": "no such audience"},
     },
 )
 async def read_audience(
-    name: str,
     request: Request,
+    name: str = PathParameter(pattern=AUDIENCE_NAME, examples=["recent_buyers"]),
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     settings = services(request).settings

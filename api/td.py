@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParameter
 
 from api.keys import ApiKey, parse_token
 from api.publisher import PublishFailed
@@ -35,6 +36,7 @@ from attributes.errors import InputError
 from attributes.events import InvalidEvent, decode_event, iso_from_ms
 from attributes.offers import (
     CONTENT_TYPE,
+    NAME,
     InvalidEventObject,
     Service,
     allowed,
@@ -181,13 +183,21 @@ async def _applied(
                 }
             },
         },
-        400: {"description": 'TD\'s error codes 3000-3005: `{"error": ..., "code": 3001}`'},
+        400: {
+            "description": 'TD\'s error codes 3000-3005: `{"error": ..., "code": 3001}`; a '
+            "database or table name no service can have"
+        },
         401: {"description": "no or an invalid `Authorization: TD1` API key"},
         415: {"description": f"a content type other than {CONTENT_TYPE}"},
         429: {"description": "the API key's rate limit, with Retry-After"},
     },
 )
-async def personalize(database: str, table: str, request: Request) -> Response:
+async def personalize(
+    request: Request,
+    # a name no service can have is refused before anything else (400)
+    database: str = PathParameter(pattern=NAME, examples=["p13n_db"]),
+    table: str = PathParameter(pattern=NAME, examples=["customer_info_table"]),
+) -> Response:
     try:
         return await _personalize(database, table, request)
     except TdRefusal as refusal:

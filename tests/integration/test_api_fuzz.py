@@ -82,10 +82,10 @@ def fuzz(
 
     try:
         one()
-    except Unsatisfiable:
+    except Unsatisfiable as exc:
         # no invalid input exists for an operation that takes none (`/healthz`)
         if mode is GenerationMode.POSITIVE or has_inputs(operation):
-            raise
+            raise Unsatisfiable(f"{operation.label}, {mode.value} cases: {exc}") from exc
 
 
 def has_inputs(operation: schemathesis.APIOperation[Any, Any, Any, Any]) -> bool:
