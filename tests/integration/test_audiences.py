@@ -1,6 +1,7 @@
 """Audiences in a real worker and API, over the real broker and Redis: a profile enters
-an audience by an event and leaves it on time, with no event (its window moved); its
-record carries `_audiences`; the sizes follow, over HTTP and in the metrics."""
+an audience by an event and leaves one on time, with no event (its window moved), and
+another by an event; its record carries `_audiences`; the sizes follow, over HTTP and
+in the metrics."""
 
 from __future__ import annotations
 
@@ -148,9 +149,19 @@ def test_a_profile_enters_by_an_event_and_leaves_on_time(
                 assert 'traitflow_audience_size{audience="pro_spenders",entity="user"} 1.0' in (
                     metrics
                 )
+
+                # an event: the plan changes, and the profile leaves pro_spenders
+                publish([{"type": "identify", "userId": user, "traits": {"plan": "free"}}])
+                wait_until(
+                    lambda: not view(user)["_audiences"]["pro_spenders"],
+                    timeout=10,
+                    what="the profile to leave pro_spenders by an event",
+                )
+                assert view(user)["version"] == version + 1
+                assert sizes() == {"recent_buyers": 0, "pro_spenders": 0}
         assert redis_client.hgetall(keys.audience_sizes("user")) == {
             b"recent_buyers": b"0",
-            b"pro_spenders": b"1",
+            b"pro_spenders": b"0",
         }
     finally:
         worker.stop()
