@@ -236,6 +236,13 @@ def main() -> None:
     )
     parser.add_argument("--anonymous", type=float, default=0.0, help="anonymous event share")
     parser.add_argument("--stitching", choices=["on", "off"], default="on")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        default=ROOT / "examples" / "rules.yaml",
+        help="the rule file; it must hold the reference rules' attributes, which the check "
+        "reads (e.g. them plus bench/audiences.yaml)",
+    )
     args = parser.parse_args()
     if args.stitching == "off" and args.anonymous:
         sys.exit("--stitching off needs --anonymous 0: anonymous profiles would never merge")
@@ -247,7 +254,7 @@ def main() -> None:
     settings = base.isolated(
         f"bench-{run}",
         topic_partitions=args.partitions,
-        rules_path=ROOT / "examples" / "rules.yaml",
+        rules_path=args.rules.resolve(),
         entities=base.entities
         | {"user": DEFAULT_USER.model_copy(update={"stitching": args.stitching == "on"})},
     )
