@@ -147,7 +147,14 @@ def create_app(
             await expire_owned(processor, owned, metrics)
 
     outbox = RedisOutbox(profiles.client, profiles.keys)
-    relay_outboxes(app, settings, outbox=outbox, owned=owned, metrics=metrics)
+    relay_outboxes(
+        app,
+        settings,
+        outbox=outbox,
+        owned=owned,
+        metrics=metrics,
+        audiences=bool(rules.audiences),
+    )
 
     @app.timer(interval=STALL_METRICS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def observe_stalls() -> None:
@@ -220,17 +227,23 @@ def relay_outboxes(
     outbox: RedisOutbox,
     owned: set[str],
     metrics: WorkerMetrics,
+    audiences: bool,
 ) -> None:
     """Send what committed writes left in the outboxes of the owned partitions
-    (`traitflow.outbox`), every `outbox_interval_s`, to the announcement topics, which
-    are created at start. A failed round is logged and tried again at the next tick:
-    nothing is deleted before the broker acknowledged it."""
+    (`traitflow.outbox`), every `outbox_interval_s`, to the announcement topics. The
+    topics this worker announces to (audience changes when the rules declare
+    `audiences`, profile changes when configured) are created at start. The relay runs
+    either way: entries a worker with other rules left are still sent. A failed round is
+    logged and tried again at the next tick: nothing is deleted before the broker
+    acknowledged it."""
     profile_topic = settings.profile_changes_topic
+    compacted = [profile_topic] if profile_topic else []
+    topics = [settings.audience_changes_topic] if audiences else []
+    if topics or compacted:
 
-    @app.task  # type: ignore[untyped-decorator]
-    async def create_announcement_topics() -> None:
-        topics = [settings.audience_changes_topic, *([profile_topic] if profile_topic else [])]
-        await ensure_topics(settings, topics, compacted=[profile_topic] if profile_topic else [])
+        @app.task  # type: ignore[untyped-decorator]
+        async def create_announcement_topics() -> None:
+            await ensure_topics(settings, [*topics, *compacted], compacted=compacted)
 
     async def send(message: Outgoing) -> object:
         producer = await app.maybe_start_producer()
