@@ -34,6 +34,7 @@ import os
 import random
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from traitflow.topics import ensure_topics
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 COUNTERS = ("traitflow_commit_conflicts_total", "traitflow_profile_merges_total")
+METRICS_WAIT_S = 30.0
 
 
 @dataclass
@@ -183,16 +185,30 @@ def check(client: redis.Redis, settings: Settings, expected: Expected) -> int:
     return wrong
 
 
+def metrics_page(port: int, wait_s: float = METRICS_WAIT_S) -> str:
+    """A worker's /metrics page. A supervisor's second child may still be importing when
+    the first has done every event of a small run, so a refused connection is retried
+    until `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+                return str(page.read().decode())
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def counters(ports: list[int], names: tuple[str, ...]) -> dict[str, float]:
     """The sum over the workers of each named counter (all label sets together)."""
     totals = dict.fromkeys(names, 0.0)
     for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-            for line in page.read().decode().splitlines():
-                name, _, value = line.partition(" ")
-                base = name.split("{", 1)[0]
-                if base in totals:
-                    totals[base] += float(value)
+        for line in metrics_page(port).splitlines():
+            name, _, value = line.partition(" ")
+            base = name.split("{", 1)[0]
+            if base in totals:
+                totals[base] += float(value)
     return totals
 
 
