@@ -6,6 +6,12 @@ contract is TD's: `Content-Type: application/vnd.treasuredata.v1+json` (else 415
 rate limit applies: 429) and `WP13n-Token: {account_id}/{instance_id}/{token}`, and
 TD's error codes, each a 400 `{"error": message, "code": n}` with TD's message.
 
+The route is the API's last (`api.routes`) and its path matches any two-segment POST,
+so a path whose `database` no service has is answered the API's own 404 before any of
+TD's checks: a mistyped route is told it does not exist, not to change its content
+type. A known database keeps TD's contract whole, a table no service has included
+(3001: the token is not for that path).
+
 The body becomes a `track` event (`attributes.offers.call_event`), checked as the
 worker will check it and published to the service's ingest topic; the worker
 computes it like any other. Read-your-write: the call then waits, at most the
@@ -25,6 +31,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParameter
+from starlette.exceptions import HTTPException
 
 from api.keys import ApiKey, parse_token
 from api.publisher import PublishFailed
@@ -36,7 +43,6 @@ from attributes.errors import InputError
 from attributes.events import InvalidEvent, decode_event, iso_from_ms
 from attributes.offers import (
     CONTENT_TYPE,
-    NAME,
     InvalidEventObject,
     Service,
     allowed,
@@ -93,6 +99,12 @@ class TdRefusal(InputError):
             media_type="application/json",
             headers=self.headers,
         )
+
+
+async def _known_database(state: ApiState, database: str) -> bool:
+    """Whether some service, configured or made through the API, has `database`."""
+    registry: Registry = await state.personalization.registry()
+    return any(service.spec.database == database for service in registry.services.values())
 
 
 def _content_type(request: Request) -> None:
@@ -183,21 +195,26 @@ async def _applied(
                 }
             },
         },
-        400: {
-            "description": 'TD\'s error codes 3000-3005: `{"error": ..., "code": 3001}`; a '
-            "database or table name no service can have"
-        },
+        400: {"description": 'TD\'s error codes 3000-3005: `{"error": ..., "code": 3001}`'},
         401: {"description": "no or an invalid `Authorization: TD1` API key"},
+        404: {
+            "description": 'a database no service has: `{"error": "Not Found"}`, before '
+            "any other check"
+        },
         415: {"description": f"a content type other than {CONTENT_TYPE}"},
         429: {"description": "the API key's rate limit, with Retry-After"},
     },
 )
 async def personalize(
     request: Request,
-    # a name no service can have is refused before anything else (400)
-    database: str = PathParameter(pattern=NAME, examples=["p13n_db"]),
-    table: str = PathParameter(pattern=NAME, examples=["customer_info_table"]),
+    # no pattern: a name no service can have is a database no service has (404)
+    database: str = PathParameter(examples=["p13n_db"]),
+    table: str = PathParameter(examples=["customer_info_table"]),
 ) -> Response:
+    if not await _known_database(services(request), database):
+        # counted as the unknown path it is (`<unmatched>`), not as this route
+        request.scope.pop("route", None)
+        raise HTTPException(404)
     try:
         return await _personalize(database, table, request)
     except TdRefusal as refusal:
