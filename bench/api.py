@@ -54,9 +54,10 @@ from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon, embedded_services, free_port
-from traitflow.store import KeyLayout, MemoryProfileStore
+from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 

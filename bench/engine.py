@@ -22,9 +22,9 @@ from attributes.rules import load_rules
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.runtime import tune_gc
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

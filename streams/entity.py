@@ -208,6 +208,7 @@ class EntityProcessor:
         # two reads) is left out: its identity looks new, and the commit, which expects
         # the pointer as read, finds it moved and has the batch computed again.
         pointers = {identity: pid for identity, pid in read.pointers.items() if pid in states}
+        expiring = {pid for pid, state in states.items() if self._expiring(state)}
         with computing():
             fresh = self._fresh(
                 events, pointers=pointers, states=states, applied=read.applied, stitched=stitched
@@ -222,12 +223,19 @@ class EntityProcessor:
                 states[pid] = ProfileState(id=pid, entity=self.entity)
                 expected.versions.setdefault(pid, None)
             merged: set[str] = set()
-            #: survivor -> the audiences of the profiles it absorbed (they leave them)
+            #: survivor -> the audiences of the profiles it absorbed (they leave them):
+            #: those of kept profiles; (profile, audience) of expiring ones
             departed: dict[str, list[str]] = {}
+            departed_expiring: dict[str, list[tuple[str, str]]] = {}
             for absorbed, survivor in plan.merges:
                 stitched.found(absorbed).merges += 1
-                gone = [*departed.pop(absorbed, ()), *states[absorbed].audiences]
+                held = states[absorbed].audiences
+                gone = [*departed.pop(absorbed, ()), *(() if absorbed in expiring else held)]
                 departed.setdefault(survivor, []).extend(gone)
+                gone_expiring = departed_expiring.pop(absorbed, [])
+                if absorbed in expiring:
+                    gone_expiring += ((absorbed, name) for name in held)
+                departed_expiring.setdefault(survivor, []).extend(gone_expiring)
                 merge_states(states[survivor], states[absorbed], self.rules)
                 merged.add(survivor)
                 self.views.forget([survivor])  # its remembered values are not the merge's
@@ -266,9 +274,16 @@ class EntityProcessor:
             if write is not None:
                 write.identities = links
                 write.departed = departed.get(pid, [])
+                write.departed_expiring = departed_expiring.get(pid, [])
+                write.was_expiring = pid in expiring
                 self._lifetime(write, links)
                 stitched.writes.append(write)
         return stitched
+
+    def _expiring(self, state: ProfileState) -> bool:
+        """Whether the profile's keys expire when idle: anonymous-only, with a TTL."""
+        held = state.identities
+        return self.idle_ttl_ms is not None and bool(held) and held.keys() <= self.anonymous_types
 
     def _lifetime(self, write: ProfileWrite, links: Sequence[Identity] = ()) -> None:
         """An anonymous-only profile expires when idle (`idle_ttl_ms`); one that just
@@ -278,7 +293,7 @@ class EntityProcessor:
             return
         anonymous = self.anonymous_types
         held = write.state.identities
-        if held and held.keys() <= anonymous:
+        if self._expiring(write.state):
             write.ttl_ms = self.idle_ttl_ms
         elif any(kind not in anonymous for kind, _ in links):
             linked = set(links)
@@ -355,6 +370,7 @@ class EntityProcessor:
                     log.exception("profile %s could not be re-rendered; unscheduled", state.id)
                     broken.append(state.id)
                     continue
+                write.was_expiring = self._expiring(state)  # its identities are as loaded
                 self._lifetime(write)  # a window that moved counts as activity
                 writes.append(write)
             if broken:

@@ -27,8 +27,8 @@ from attributes.identities import IdentityRules
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.services import Daemon, embedded_services
-from traitflow.store import MemoryProfileStore
 from traitflow.topics import ensure_topics, publish_lines, read_dead_letters
 
 

@@ -11,17 +11,18 @@ at a time: bench/README.md, "Design figures".)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection
 from redis.exceptions import WatchError
 from redis.typing import EncodableT
 
 from attributes.profile import ProfileState, decode_state
+from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.outbox import entry_fields
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
@@ -34,7 +35,7 @@ from traitflow.store import (
     MessageKey,
     ProfileStore,
     ProfileWrite,
-    audience_changes,
+    now_ms,
 )
 
 #: how long an applied messageId is remembered, unless set (Settings.dedupe_window_s)
@@ -43,9 +44,17 @@ DEDUPE_WINDOW_MS = 7 * 86_400_000
 DEDUPE_BUCKETS = 7
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
+# An entity's audience sizes: its kept counts, then each audience with expiring members
+# and how many of them have a deadline after ARGV[2] (`traitflow.audience_counts`).
+# Pairs of name and count, an audience maybe twice.
+_AUDIENCE_SIZES = Script.of("""
+local out = redis.call('HGETALL', KEYS[1])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('ZCOUNT', ARGV[1] .. name, ARGV[2], '+inf')
+end
+return out
+""")
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
 _READ_BY_INDEX = Script.of("""
@@ -147,7 +156,7 @@ class RedisProfileStore(ProfileStore):
         reads: RespClient,
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -167,7 +176,7 @@ class RedisProfileStore(ProfileStore):
         reads: RespClient | None = None,
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> RedisProfileStore:
         """`reads`: a lean connection to share (closing the store closes it)."""
         if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
@@ -276,8 +285,8 @@ class RedisProfileStore(ProfileStore):
         #: key -> its idle lifetime (ms); keys that must lose theirs
         expiring: dict[str, int] = {}
         persisted: list[str] = []
-        #: audience -> how much this commit changes its size
-        sizes: dict[str, int] = {}
+        now = self.clock()
+        sizes = size_changes(writes, now)
         mapped = {collection for write in writes for collection in write.records}
         for pid in removed:
             deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
@@ -309,8 +318,6 @@ class RedisProfileStore(ProfileStore):
                 )
                 expiring.update(dict.fromkeys(owned, write.ttl_ms))
             persisted += (keys.index(entity, *identity) for identity in write.persist)
-            for name, change in audience_changes(write).items():
-                sizes[name] = sizes.get(name, 0) + change
             if write.expiry is not None:
                 source, when = write.expiry
                 if when is None:
@@ -343,7 +350,7 @@ class RedisProfileStore(ProfileStore):
                 for key, pids in unscheduled.items():
                     transaction.zrem(key, *pids)
                 if messages:
-                    bucket = self.clock() // self.bucket_ms
+                    bucket = now // self.bucket_ms
                     # kept until no lookup's window reaches back into the bucket
                     gone = (bucket + 1) * self.bucket_ms + self.dedupe_window_ms
                     for source, mids in messages.items():
@@ -354,9 +361,8 @@ class RedisProfileStore(ProfileStore):
                     transaction.pexpire(key, ttl)
                 for key in persisted:
                     transaction.persist(key)
-                for name, change in sizes.items():
-                    if change:  # in the same MULTI as the writes that change them
-                        transaction.hincrby(keys.audience_sizes(entity), name, change)
+                if sizes.kept or sizes.touched():  # with the writes that change them
+                    self._count(transaction, entity, sizes=sizes, now=now)
                 for write in writes:  # published once committed: `traitflow.outbox`
                     for message in write.outgoing:
                         fields: dict[Any, Any] = entry_fields(message)  # redis-py: invariant
@@ -368,6 +374,21 @@ class RedisProfileStore(ProfileStore):
                     # changed (or, if every value is still the one read, write now)
                     continue
                 return
+
+    def _count(self, transaction: Pipeline, entity: str, *, sizes: SizeChanges, now: int) -> None:
+        """Queue the commit's changes of audience sizes (`traitflow.audience_counts`);
+        the expiring members of the audiences it touches whose deadline has passed go."""
+        keys = self.keys
+        for name, change in sizes.kept.items():
+            transaction.hincrby(keys.audience_sizes(entity), name, change)
+        for name, members in sizes.expiring.items():
+            transaction.zadd(keys.expiring_members(entity, name), members)
+        for name, pids in sizes.dropped.items():
+            transaction.zrem(keys.expiring_members(entity, name), *pids)
+        if touched := sizes.touched():
+            transaction.sadd(keys.expiring_audiences(entity), *touched)
+            for name in touched:
+                transaction.zremrangebyscore(keys.expiring_members(entity, name), "-inf", now)
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         ids = cast(
@@ -382,12 +403,19 @@ class RedisProfileStore(ProfileStore):
         await self.client.zrem(self.keys.expiries(entity, source), *ids)
 
     async def audience_sizes(self, entity: str) -> dict[str, int]:
-        """One HGETALL, on the reads' connection (the API asks)."""
-        reply = await self.reads.call("HGETALL", self.keys.audience_sizes(entity))
+        """One script on the reads' connection (the API asks): the kept counts, plus
+        each audience's expiring members whose deadline is still ahead."""
+        keys = self.keys
+        reply = await self.reads.eval(
+            _AUDIENCE_SIZES,
+            [keys.audience_sizes(entity), keys.expiring_audiences(entity)],
+            [keys.expiring_members(entity, ""), f"({self.clock()}"],
+        )
         pairs = cast("list[bytes]", reply or [])
-        return {
-            name.decode(): int(size) for name, size in zip(pairs[::2], pairs[1::2], strict=True)
-        }
+        sizes: dict[str, int] = {}
+        for name, size in zip(pairs[::2], pairs[1::2], strict=True):
+            sizes[name.decode()] = sizes.get(name.decode(), 0) + int(size)
+        return sizes
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         if index == PRIMARY_INDEX:

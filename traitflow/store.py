@@ -39,9 +39,14 @@ Redis layout, for prefix `tf` and entity `user`:
                                            (topic, key, value), until the owner of the
                                            input partition has sent them (`traitflow.
                                            outbox`)
-    tf:a:user                      hash    audience name -> its size: the profiles in
-                                           it, adjusted by the commit of each write that
-                                           enters or exits it (`ProfileWrite.entered`)
+    tf:a:user                      hash    audience name -> its kept members: the
+                                           profiles in it that do not expire, adjusted
+                                           by the commit of each write that enters or
+                                           exits it (`traitflow.audience_counts`)
+    tf:ax:user                     set     audiences that have expiring members
+    tf:ax:user:{audience}          zset    its expiring (anonymous-only) members, scored
+                                           by when their keys expire; the size adds
+                                           those not yet due
     tf:d:user:{source}:{n}         set     messageIds of that source applied in time
                                            bucket n (a seventh of the dedupe window);
                                            expires a window after the bucket's end, so
@@ -67,18 +72,26 @@ Cluster, keys would need a hash tag per batch; not supported yet.)
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from attributes.errors import StoreError
-from attributes.profile import ProfileState, decode_state
+from attributes.profile import ProfileState
 
 PRIMARY_INDEX = "id"
 """The index name that addresses a profile by its own id, without an index lookup."""
 
 #: (identity type, value)
 Identity = tuple[str, str]
+
+
+def now_ms() -> int:
+    """Wall-clock time in ms: a store's default clock."""
+    return int(time.time() * 1000)
+
+
 #: (source name, messageId): an event as its producer names it (retries keep the id)
 MessageKey = tuple[str, str]
 
@@ -157,6 +170,13 @@ class KeyLayout:
     def audience_sizes(self, entity: str) -> str:
         return f"{self.prefix}:a:{entity}"
 
+    def expiring_audiences(self, entity: str) -> str:
+        return f"{self.prefix}:ax:{entity}"
+
+    def expiring_members(self, entity: str, audience: str) -> str:
+        """Audience names are identifiers: no ':' (`attributes.audiences`)."""
+        return f"{self.prefix}:ax:{entity}:{audience}"
+
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
         return f"{self.prefix}:o:{source}"
@@ -217,6 +237,12 @@ class ProfileWrite:
     #: audiences of the profiles merged into this one, one entry per membership: those
     #: profiles are deleted by the same commit, which takes them out of the sizes
     departed: list[str] = field(default_factory=list)
+    #: (profile id, audience) of merged-away profiles that were expiring: counted apart
+    #: (`traitflow.audience_counts`)
+    departed_expiring: list[tuple[str, str]] = field(default_factory=list)
+    #: the profile was expiring when loaded (anonymous-only): its memberships were
+    #: counted among the expiring ones
+    was_expiring: bool = False
     #: the input partition ("topic/partition") whose batch or expiry round made the
     #: write; its outbox takes the write's messages
     source: str = ""
@@ -225,16 +251,6 @@ class ProfileWrite:
     #: collection -> its record document (`record_value`), for the entity's collections
     #: with a field mapping; None deletes it (no view)
     records: dict[str, bytes | None] = field(default_factory=dict)
-
-
-def audience_changes(write: ProfileWrite) -> dict[str, int]:
-    """Audience -> how much a write changes its size (entries that cancel out: none)."""
-    changes: dict[str, int] = {}
-    for name in write.entered:
-        changes[name] = changes.get(name, 0) + 1
-    for name in (*write.exited, *write.departed):
-        changes[name] = changes.get(name, 0) - 1
-    return {name: change for name, change in changes.items() if change}
 
 
 @dataclass(slots=True)
@@ -345,140 +361,3 @@ class ProfileStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         pass
-
-
-class MemoryProfileStore(ProfileStore):
-    """A dict-backed store with the same semantics, for tests of pure logic."""
-
-    def __init__(self) -> None:
-        self.states: dict[tuple[str, str], bytes] = {}
-        self.views: dict[tuple[str, str], bytes] = {}
-        #: (entity, collection, profile id) -> its record document
-        self.records: dict[tuple[str, str, str], bytes] = {}
-        self.versions: dict[tuple[str, str], int] = {}
-        self.index: dict[tuple[str, str, str], str] = {}
-        self.expiries: dict[tuple[str, str], dict[str, int]] = {}
-        #: (entity, source, messageId) of applied events (kept for good: tests are short)
-        self.messages: set[tuple[str, str, str]] = set()
-        #: (entity, profile id) -> the idle lifetime its last write gave it (nothing
-        #: expires here: tests read what a Redis store would be told)
-        self.ttls: dict[tuple[str, str], int] = {}
-        #: (entity, audience) -> its size
-        self.sizes: dict[tuple[str, str], int] = {}
-        #: input partition -> the messages committed writes left in its outbox
-        self.outboxes: dict[str, list[Outgoing]] = {}
-
-    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
-        return {
-            identity: self.index[(entity, *identity)]
-            for identity in identities
-            if (entity, *identity) in self.index
-        }
-
-    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
-        return {
-            pid: decode_state(self.states[(entity, pid)])
-            for pid in ids
-            if (entity, pid) in self.states
-        }
-
-    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
-        return {key for key in messages if (entity, *key) in self.messages}
-
-    async def commit(
-        self,
-        entity: str,
-        writes: Sequence[ProfileWrite],
-        *,
-        removed: Sequence[str] = (),
-        expected: Expected | None = None,
-    ) -> None:
-        if expected is not None:
-            pointers, versions = self.index, self.versions
-            moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
-            changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
-            if moved or changed:
-                raise Conflict(moved, changed)
-        mapped = {collection for write in writes for collection in write.records}
-        for profile in removed:
-            for store in (self.states, self.views, self.versions, self.ttls):
-                store.pop((entity, profile), None)
-            for collection in mapped:
-                self.records.pop((entity, collection, profile), None)
-        for write in writes:
-            key = (entity, write.state.id)
-            self.states[key] = write.encoded_state
-            for collection, record in write.records.items():
-                if record is None:
-                    self.records.pop((entity, collection, write.state.id), None)
-                else:
-                    self.records[(entity, collection, write.state.id)] = record
-            if write.view is None:
-                self.views.pop(key, None)
-            else:
-                self.views[key] = write.view
-            self.versions[key] = write.state.version
-            for index, value in write.identities:
-                self.index[(entity, index, value)] = write.state.id
-            self.messages.update((entity, *message) for message in write.messages)
-            for name, change in audience_changes(write).items():
-                self.sizes[(entity, name)] = self.sizes.get((entity, name), 0) + change
-            if write.outgoing:
-                self.outboxes.setdefault(write.source, []).extend(write.outgoing)
-            if write.ttl_ms is None:
-                self.ttls.pop(key, None)
-            else:
-                self.ttls[key] = write.ttl_ms
-            if write.expiry is not None:
-                source, when = write.expiry
-                scheduled = self.expiries.setdefault((entity, source), {})
-                if when is None:
-                    scheduled.pop(write.state.id, None)
-                else:
-                    scheduled[write.state.id] = when
-
-    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
-        scheduled = self.expiries.get((entity, source), {})
-        ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
-        return [pid for _, pid in ordered[:limit]]
-
-    async def audience_sizes(self, entity: str) -> dict[str, int]:
-        return {name: size for (owner, name), size in self.sizes.items() if owner == entity}
-
-    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
-        scheduled = self.expiries.get((entity, source), {})
-        for pid in ids:
-            scheduled.pop(pid, None)
-
-    def _served(self, entity: str, index: str, value: str) -> tuple[str, str] | None:
-        """The (entity, id) key of the profile `index`=`value` finds, if it has a view."""
-        pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
-        key = (entity, pid or "")
-        return key if pid is not None and key in self.views else None
-
-    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
-        key = self._served(entity, index, value)
-        return None if key is None else self.views[key]
-
-    async def read_records(
-        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
-    ) -> list[Found | None]:
-        found: list[Found | None] = []
-        for index, value in lookups:
-            key = self._served(entity, index, value)
-            if key is None:
-                found.append(None)
-                continue
-            record = self.records.get((entity, collection, key[1]), b"")
-            header = record_header(stamp, self.versions.get(key))
-            if record.startswith(header):
-                found.append((True, record[len(header) :]))
-            else:
-                found.append((False, self.views[key]))
-        return found
-
-    async def read_profiles(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[tuple[bytes, bytes] | None]:
-        keys = [self._served(entity, index, value) for index, value in lookups]
-        return [None if key is None else (self.views[key], self.states[key]) for key in keys]

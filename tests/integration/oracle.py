@@ -11,7 +11,7 @@ import orjson
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 
 def expected_view(settings: Settings, events: Sequence[dict[str, Any]], user: str) -> Any:

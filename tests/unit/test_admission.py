@@ -16,7 +16,7 @@ from attributes.limits import EventLimits
 from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import EXAMPLES
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 ADMISSION = Admission(
     {"user": IdentityRules(DEFAULT_USER), "account": IdentityRules(DEFAULT_ACCOUNT)},

@@ -11,8 +11,9 @@ from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,8 @@ from api.activation import INVALID_DESTINATION, UNAUTHORIZED
 from attributes.profile import ProfileState, encode_state
 from tests.unit import api_support
 from traitflow.config import Destination, Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

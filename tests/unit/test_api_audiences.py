@@ -11,7 +11,8 @@ from api import shapes
 from attributes.profile import ProfileState, encode_state
 from tests.unit import api_support
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

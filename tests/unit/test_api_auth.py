@@ -14,7 +14,8 @@ from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

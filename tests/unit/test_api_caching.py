@@ -15,7 +15,8 @@ from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.api_support import serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

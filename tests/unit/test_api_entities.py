@@ -17,7 +17,8 @@ from attributes.profile import ProfileState, encode_state
 from tests.unit import api_support
 from tests.unit.api_support import serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

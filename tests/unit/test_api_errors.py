@@ -22,8 +22,8 @@ from api.state import state_of
 from attributes.policies import MergePolicy
 from tests.unit.api_support import serve
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.resp import RespConnectionError, RespError, RespTimeoutError
-from traitflow.store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from api.app import create_app
 from api.keys import MemoryKeyStore
 from tests.unit.api_support import serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

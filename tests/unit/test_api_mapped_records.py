@@ -18,7 +18,8 @@ from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings
-from traitflow.store import Found, MemoryProfileStore, ProfileWrite, record_value
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import Found, ProfileWrite, record_value
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,10 @@ from api.operations import PROBE_KEY_ID
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import serve
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.resp import RespError
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,8 @@ import pytest
 from attributes.profile import ProfileState, encode_state
 from tests.unit import api_support
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from api.app import create_app
 from api.state import ATTRIBUTE, ApiState, state_of
 from tests.unit.api_support import serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

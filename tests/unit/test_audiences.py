@@ -23,8 +23,9 @@ from streams.rendering import ViewRenderer
 from tests.unit.conftest import ROOT
 from tests.unit.test_processor import Fragile, Pipeline, poke, records
 from traitflow.cli import app
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore, ProfileWrite, audience_changes
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -178,12 +179,6 @@ def test_membership_change_names_entries_and_exits() -> None:
     assert membership_change([], {"a": True, "b": False}) == (["a"], [])
     assert membership_change(["a", "b"], {"a": True, "b": False}) == ([], ["b"])
     assert membership_change(["gone"], {"a": False}) == ([], ["gone"])  # no longer declared
-
-
-def test_a_write_counts_entries_exits_and_departures() -> None:
-    write = ProfileWrite(ProfileState(id="p"), b"", None)
-    write.entered, write.exited, write.departed = ["a", "b"], ["c"], ["a", "c"]
-    assert audience_changes(write) == {"b": 1, "c": -2}
 
 
 # --- the write: membership in the view and the state, left on time -----------------------

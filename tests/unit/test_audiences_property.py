@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from attributes.rules import parse_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore, ProfileStore
+from traitflow.store import ProfileStore
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

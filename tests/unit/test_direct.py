@@ -22,8 +22,9 @@ from api.state import state_of
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.resp import RespConnectionError
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from api.app import create_app, create_served_app
 from api.state import state_of
 from traitflow.cli import app
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

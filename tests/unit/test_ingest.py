@@ -20,7 +20,7 @@ from api.publisher import ListPublisher
 from api.state import state_of
 from tests.unit import api_support
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 from attributes.rules import RuleSet
 from streams.logs import KEPT, Checkpoint, History, MemoryLogHistory, judge
 from streams.processor import BatchProcessor, ListDeadLetters, Record
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,9 @@ from attributes.profile import ProfileState, decode_state
 from attributes.rules import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore, ProfileStore
+from traitflow.store import ProfileStore
 
 pytestmark = pytest.mark.anyio
 

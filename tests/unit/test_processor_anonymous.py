@@ -11,7 +11,8 @@ import pytest
 from attributes.profile import ProfileState
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,8 @@ import pytest
 
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import Expected, MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import Expected, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from attributes.rules import RuleSet, load_rules
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.conftest import EXAMPLES
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

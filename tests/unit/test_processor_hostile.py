@@ -13,7 +13,7 @@ from attributes.limits import EventLimits
 from attributes.rules import RuleSet
 from attributes.stitching import Stitcher
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

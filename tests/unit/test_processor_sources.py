@@ -15,7 +15,7 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import ProfileState, Retraction, applied_before, decode_state
 from attributes.rules import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

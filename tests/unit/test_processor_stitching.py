@@ -26,8 +26,9 @@ from attributes.rules import RuleSet
 from attributes.stitching import Identity
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.event_strategies import orders, product_views
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import Conflict, Expected, MemoryProfileStore, ProfileStore, ProfileWrite
+from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

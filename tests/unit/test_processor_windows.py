@@ -10,8 +10,8 @@ import pytest
 
 from attributes.rules import parse_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
 

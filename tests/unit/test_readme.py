@@ -16,7 +16,7 @@ from attributes.rules import RuleSet, load_rules, parse_rules
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import ROOT
-from traitflow.store import MemoryProfileStore
+from traitflow.memory_store import MemoryProfileStore
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```yaml\n(.*?)```", README, flags=re.DOTALL)

@@ -23,7 +23,8 @@ from attributes.rules import load_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,8 @@ from attributes.records import RecordMapping, mapped_record
 from attributes.rules import RuleSet
 from streams.rendering import ViewRenderer
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, record_header
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import record_header
 
 FIELDS = {
     "ltv": "attributes.lifetime_value",

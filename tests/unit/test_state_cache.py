@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import pytest
 
 from attributes.profile import ProfileState, encode_state
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore, Checkout
-from traitflow.store import Conflict, Expected, MemoryProfileStore, ProfileWrite
+from traitflow.store import Conflict, Expected, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from attributes.profile import ProfileState, encode_state
-from traitflow.store import PRIMARY_INDEX, KeyLayout, MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import PRIMARY_INDEX, KeyLayout, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

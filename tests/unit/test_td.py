@@ -22,7 +22,8 @@ from attributes.offers import CONTENT_TYPE, MAX_TOKENS, hash_token
 from attributes.profile import ProfileState, encode_state
 from tests.unit.api_support import add_key, bearer, serve
 from traitflow.config import Settings
-from traitflow.store import MemoryProfileStore, ProfileWrite
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,177 @@
+"""A dict-backed profile store with the Redis store's semantics, for tests of pure
+logic and for the demo's oracle: nothing expires here, but the audience sizes follow
+the deadlines a Redis store would set (on an injectable clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from attributes.profile import ProfileState, decode_state
+from traitflow.audience_counts import SizeChanges, size_changes
+from traitflow.store import (
+    PRIMARY_INDEX,
+    Conflict,
+    Expected,
+    Found,
+    Identity,
+    MessageKey,
+    Outgoing,
+    ProfileStore,
+    ProfileWrite,
+    now_ms,
+    record_header,
+)
+
+
+class MemoryProfileStore(ProfileStore):
+    """A dict-backed store with the same semantics, for tests of pure logic."""
+
+    def __init__(self, clock: Callable[[], int] = now_ms) -> None:
+        self.states: dict[tuple[str, str], bytes] = {}
+        self.views: dict[tuple[str, str], bytes] = {}
+        #: (entity, collection, profile id) -> its record document
+        self.records: dict[tuple[str, str, str], bytes] = {}
+        self.versions: dict[tuple[str, str], int] = {}
+        self.index: dict[tuple[str, str, str], str] = {}
+        self.expiries: dict[tuple[str, str], dict[str, int]] = {}
+        #: (entity, source, messageId) of applied events (kept for good: tests are short)
+        self.messages: set[tuple[str, str, str]] = set()
+        #: (entity, profile id) -> the idle lifetime its last write gave it (nothing
+        #: expires here: tests read what a Redis store would be told)
+        self.ttls: dict[tuple[str, str], int] = {}
+        #: (entity, audience) -> its count of kept members; its expiring members, with
+        #: their deadlines (`traitflow.audience_counts`), counted until `clock()` passes
+        self.sizes: dict[tuple[str, str], int] = {}
+        self.expiring: dict[tuple[str, str], dict[str, int]] = {}
+        self.clock = clock
+        #: input partition -> the messages committed writes left in its outbox
+        self.outboxes: dict[str, list[Outgoing]] = {}
+
+    async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
+        return {
+            identity: self.index[(entity, *identity)]
+            for identity in identities
+            if (entity, *identity) in self.index
+        }
+
+    async def load(self, entity: str, ids: Sequence[str]) -> dict[str, ProfileState]:
+        return {
+            pid: decode_state(self.states[(entity, pid)])
+            for pid in ids
+            if (entity, pid) in self.states
+        }
+
+    async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
+        return {key for key in messages if (entity, *key) in self.messages}
+
+    async def commit(
+        self,
+        entity: str,
+        writes: Sequence[ProfileWrite],
+        *,
+        removed: Sequence[str] = (),
+        expected: Expected | None = None,
+    ) -> None:
+        if expected is not None:
+            pointers, versions = self.index, self.versions
+            moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
+            changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
+            if moved or changed:
+                raise Conflict(moved, changed)
+        self._count(entity, size_changes(writes, self.clock()))
+        mapped = {collection for write in writes for collection in write.records}
+        for profile in removed:
+            for store in (self.states, self.views, self.versions, self.ttls):
+                store.pop((entity, profile), None)
+            for collection in mapped:
+                self.records.pop((entity, collection, profile), None)
+        for write in writes:
+            key = (entity, write.state.id)
+            self.states[key] = write.encoded_state
+            for collection, record in write.records.items():
+                if record is None:
+                    self.records.pop((entity, collection, write.state.id), None)
+                else:
+                    self.records[(entity, collection, write.state.id)] = record
+            if write.view is None:
+                self.views.pop(key, None)
+            else:
+                self.views[key] = write.view
+            self.versions[key] = write.state.version
+            for index, value in write.identities:
+                self.index[(entity, index, value)] = write.state.id
+            self.messages.update((entity, *message) for message in write.messages)
+            if write.outgoing:
+                self.outboxes.setdefault(write.source, []).extend(write.outgoing)
+            if write.ttl_ms is None:
+                self.ttls.pop(key, None)
+            else:
+                self.ttls[key] = write.ttl_ms
+            if write.expiry is not None:
+                source, when = write.expiry
+                scheduled = self.expiries.setdefault((entity, source), {})
+                if when is None:
+                    scheduled.pop(write.state.id, None)
+                else:
+                    scheduled[write.state.id] = when
+
+    async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
+        scheduled = self.expiries.get((entity, source), {})
+        ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
+        return [pid for _, pid in ordered[:limit]]
+
+    def _count(self, entity: str, changes: SizeChanges) -> None:
+        for name, change in changes.kept.items():
+            self.sizes[(entity, name)] = self.sizes.get((entity, name), 0) + change
+        for name, members in changes.expiring.items():
+            self.expiring.setdefault((entity, name), {}).update(members)
+        for name, pids in changes.dropped.items():
+            for pid in pids:
+                self.expiring.get((entity, name), {}).pop(pid, None)
+
+    async def audience_sizes(self, entity: str) -> dict[str, int]:
+        sizes = {name: size for (owner, name), size in self.sizes.items() if owner == entity}
+        now = self.clock()
+        for (owner, name), members in self.expiring.items():
+            if owner == entity:
+                alive = sum(deadline > now for deadline in members.values())
+                sizes[name] = sizes.get(name, 0) + alive
+        return sizes
+
+    async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
+        scheduled = self.expiries.get((entity, source), {})
+        for pid in ids:
+            scheduled.pop(pid, None)
+
+    def _served(self, entity: str, index: str, value: str) -> tuple[str, str] | None:
+        """The (entity, id) key of the profile `index`=`value` finds, if it has a view."""
+        pid = value if index == PRIMARY_INDEX else self.index.get((entity, index, value))
+        key = (entity, pid or "")
+        return key if pid is not None and key in self.views else None
+
+    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
+        key = self._served(entity, index, value)
+        return None if key is None else self.views[key]
+
+    async def read_records(
+        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
+    ) -> list[Found | None]:
+        found: list[Found | None] = []
+        for index, value in lookups:
+            key = self._served(entity, index, value)
+            if key is None:
+                found.append(None)
+                continue
+            record = self.records.get((entity, collection, key[1]), b"")
+            header = record_header(stamp, self.versions.get(key))
+            if record.startswith(header):
+                found.append((True, record[len(header) :]))
+            else:
+                found.append((False, self.views[key]))
+        return found
+
+    async def read_profiles(
+        self, entity: str, lookups: Sequence[tuple[str, str]]
+    ) -> list[tuple[bytes, bytes] | None]:
+        keys = [self._served(entity, index, value) for index, value in lookups]
+        return [None if key is None else (self.views[key], self.states[key]) for key in keys]
