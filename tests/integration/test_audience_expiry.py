@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -53,7 +53,7 @@ def test_an_expired_anonymous_member_leaves_the_audience_size(
         return {"type": "track", "event": "Order Completed", "messageId": f"{run}-{n}", **ids}
 
     def view(index: str, value: str) -> Any:
-        pid = redis_client.get(keys.index("user", index, value))
+        pid = cast("bytes | None", redis_client.get(keys.index("user", index, value)))
         raw = redis_client.get(keys.view("user", pid.decode())) if pid else None
         return orjson.loads(raw) if raw else None
 
