@@ -20,42 +20,34 @@ sha256sum`), never the secret; the admin API makes tokens and shows a secret onc
 Every problem is reported with file, line, service and what is wrong, and the API
 does not start with a broken file: a personalization that silently answers no
 offers is worse than one that is refused.
-The format of a service is `attributes.offers.ServiceSpec`.
+The format of a service is `attributes.offers.ServiceSpec`. The API loads the file
+without the rule file; `traitflow validate` loads both, and reports an offer that names
+an attribute or audience the rules do not declare (`attributes.offer_names`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
 
-from attributes.errors import RuleError
+from attributes.offer_names import undeclared
 from attributes.offers import InvalidService, Service, ServiceSpec, compile_service
+from attributes.rules import RuleFileError, RuleProblem, RuleSet
 
 
-@dataclass(frozen=True, slots=True)
-class FileProblem:
-    file: str
-    line: int | None
-    service: str | None
-    problem: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        who = f" service {self.service!r}:" if self.service else ""
-        return f"{where}:{who} {self.problem}"
+def _problem(file: str, line: int | None, service: str | None, problem: str) -> RuleProblem:
+    """A problem of the file, in the service named `service` (None: of the file)."""
+    return RuleProblem(file, line, service, problem, "service")
 
 
-class PersonalizationFileError(RuleError):
-    """A personalization file that cannot be used; `problems` lists every problem."""
-
-    def __init__(self, problems: list[FileProblem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
+class PersonalizationFileError(RuleFileError):
+    """A personalization file that cannot be used; `problems` lists every problem, each
+    a `RuleProblem` whose `name` is the service (`kind` "service"). A `RuleFileError`,
+    so that a command checking both files reports both alike."""
 
 
 def _lines(node: yaml.Node, key: str) -> list[int]:
@@ -86,11 +78,22 @@ def _error_line(error: Any, line: int, offer_lines: list[int]) -> int:
     return line
 
 
+def _offer_line(index: int | None, line: int, offer_lines: list[int]) -> int:
+    """The line of the service's offer `index` (None: the service's own line)."""
+    return offer_lines[index] if index is not None and index < len(offer_lines) else line
+
+
 def parse_personalization(
-    text: str, file: str, entities: Sequence[str], topics: Sequence[str]
+    text: str,
+    file: str,
+    entities: Sequence[str],
+    topics: Sequence[str],
+    rules: RuleSet | None = None,
 ) -> dict[str, Service]:
     """The services of a personalization file's text, by name; raises
-    PersonalizationFileError listing every problem."""
+    PersonalizationFileError listing every problem. With `rules` (`traitflow
+    validate`; the API loads no rules), an attribute or audience an offer names that
+    they do not declare for its service's entity is a problem too."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -98,15 +101,15 @@ def parse_personalization(
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise PersonalizationFileError(
-            [FileProblem(file, line, None, f"not valid YAML: {exc}")]
+            [_problem(file, line, None, f"not valid YAML: {exc}")]
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("services"), list):
         raise PersonalizationFileError(
-            [FileProblem(file, 1, None, "expected a mapping with a 'services' list")]
+            [_problem(file, 1, None, "expected a mapping with a 'services' list")]
         )
     assert root is not None
     service_nodes = [v for k, v in root.value if k.value == "services"][-1].value
-    problems: list[FileProblem] = []
+    problems: list[RuleProblem] = []
     services: dict[str, Service] = {}
     first: dict[str, int] = {}
     token_owner: dict[str, str] = {}
@@ -119,13 +122,13 @@ def parse_personalization(
             spec = ServiceSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
             problems.extend(
-                FileProblem(file, _error_line(e, line, offer_lines), label, _pydantic_problem(e))
+                _problem(file, _error_line(e, line, offer_lines), label, _pydantic_problem(e))
                 for e in exc.errors()
             )
             continue
         if spec.name in first:
             problems.append(
-                FileProblem(
+                _problem(
                     file, line, spec.name, f"duplicate name (first on line {first[spec.name]})"
                 )
             )
@@ -135,19 +138,19 @@ def parse_personalization(
             service = compile_service(spec, entities, topics)
         except InvalidService as exc:
             problems.extend(
-                FileProblem(
-                    file,
-                    offer_lines[index] if index is not None and index < len(offer_lines) else line,
-                    spec.name,
-                    message,
-                )
+                _problem(file, _offer_line(index, line, offer_lines), spec.name, message)
                 for index, message in exc.problems
             )
             continue
+        if rules is not None:
+            problems.extend(
+                _problem(file, _offer_line(index, line, offer_lines), spec.name, message)
+                for index, message in undeclared(spec, rules)
+            )
         for digest, instance in service.tokens.items():
             if (owner := token_owner.get(digest)) is not None:
                 problems.append(
-                    FileProblem(file, line, spec.name, f"token of {instance!r} is also {owner!r}'s")
+                    _problem(file, line, spec.name, f"token of {instance!r} is also {owner!r}'s")
                 )
             token_owner[digest] = spec.name
         services[spec.name] = service
@@ -157,11 +160,15 @@ def parse_personalization(
 
 
 def load_personalization(
-    path: str | Path, entities: Sequence[str], topics: Sequence[str]
+    path: str | Path,
+    entities: Sequence[str],
+    topics: Sequence[str],
+    rules: RuleSet | None = None,
 ) -> dict[str, Service]:
-    """The services of the file at `path`; a file that cannot be read is a problem of it."""
+    """The services of the file at `path` (`rules`: as `parse_personalization`); a file
+    that cannot be read is a problem of it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PersonalizationFileError([FileProblem(str(path), None, None, str(exc))]) from None
-    return parse_personalization(text, str(path), entities, topics)
+        raise PersonalizationFileError([_problem(str(path), None, None, str(exc))]) from None
+    return parse_personalization(text, str(path), entities, topics, rules)

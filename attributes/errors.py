@@ -9,14 +9,16 @@ lives in the module that raises it:
     TraitflowError
     ├── RuleError                 rules a user wrote are wrong: refused at load, never per event
     │   ├── RuleFileError         attributes.rules: every problem of a rule file, each with
-    │   │                         file, line, attribute and what is wrong (`problems`)
+    │   │   │                     file, line, name (an attribute's, an audience's) and what
+    │   │   │                     is wrong (`problems`, `RuleProblem`s)
+    │   │   └── PersonalizationFileError  api.td_config: every problem of the
+    │   │                         personalization file, the same `RuleProblem`s naming
+    │   │                         services
     │   ├── ExpressionError       attributes.expressions: a CEL expression that does not
     │   │                         compile (syntax, unknown name, type)
     │   ├── InvalidPath           attributes.paths: a field path (`propertes.revenue`)
     │   ├── InvalidPattern        attributes.expressions.regex: a pattern RE2 cannot compile
-    │   ├── DerivedCycle          attributes.derived: derived attributes that read each other
-    │   └── PersonalizationFileError  api.td_config: every problem of the personalization
-    │                             file, each with file, line and service
+    │   └── DerivedCycle          attributes.derived: derived attributes that read each other
     ├── DataError                 data met at run time does not fit a rule: that event, or
     │   │                         that one attribute, alone is affected; nothing stops
     │   ├── InvalidEvent          attributes.events: no event, or over a limit: dead-lettered

@@ -30,21 +30,27 @@ from attributes.windows import WindowedAggregator, make_window
 
 @dataclass(frozen=True)
 class RuleProblem:
+    """One problem of a file a user wrote: where, whose, and what is wrong. The rule
+    file and the personalization file (`api.td_config`) report theirs alike, as
+    `file:line: kind 'name': problem`, so one reader (and one test) serves both."""
+
     file: str
     line: int | None
-    attribute: str | None
+    #: the item the problem is in (None: the file as a whole)
+    name: str | None
     problem: str
-    #: what `attribute` names: an `attribute`, or an `audience`
+    #: what `name` names: an `attribute` or an `audience` (rule file), a `service`
     kind: str = "attribute"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        who = f" {self.kind} {self.attribute!r}:" if self.attribute else ""
+        who = f" {self.kind} {self.name!r}:" if self.name else ""
         return f"{where}:{who} {self.problem}"
 
 
 class RuleFileError(RuleError):
-    """A rule file that cannot be used; `problems` lists every problem found."""
+    """A file a user wrote that cannot be used (the rule file; the personalization
+    file's error derives from it); `problems` lists every problem found."""
 
     def __init__(self, problems: list[RuleProblem]) -> None:
         self.problems = problems

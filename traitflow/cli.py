@@ -22,6 +22,7 @@ from traitflow.services import ServiceError, embedded_services
 
 if TYPE_CHECKING:
     from api.keys import KeyStore
+    from attributes.offers import Service
 
 T = TypeVar("T")
 
@@ -50,10 +51,32 @@ def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
 
 @app.command()
 def validate(
-    ctx: typer.Context, rules: Path = typer.Argument(..., help="rule file to check")
+    ctx: typer.Context,
+    rules: Path = typer.Argument(..., help="rule file to check"),
+    personalization: Path | None = typer.Option(
+        None,
+        "--personalization",
+        help="personalization file to check with the rules (default: "
+        "TRAITFLOW_PERSONALIZATION_FILE, if set)",
+    ),
 ) -> None:
-    """Check a rule file; print every problem with file, line and attribute."""
-    ruleset = _rules_or_exit(rules, settings_of(ctx))
+    """Check a rule file, and the personalization file against it; print every problem
+    with file, line and what it is in (attribute, audience, service)."""
+    settings = settings_of(ctx)
+    personalization = personalization or settings.personalization_file
+    services = None
+    if personalization is None:
+        ruleset = _rules_or_exit(rules, settings)
+    else:
+        # the personalization file is checked even when the rules are not usable (its
+        # own problems then; the names its offers read need the rules)
+        try:
+            ruleset = load_rules(rules, settings.entities)
+        except RuleFileError as exc:
+            typer.echo(f"invalid rule file:\n{exc}", err=True)
+            _personalization_or_exit(personalization, settings, None)
+            raise typer.Exit(2) from None
+        services = _personalization_or_exit(personalization, settings, ruleset)
     counts = []
     for entity in ruleset.entities:
         part = ruleset.of(entity)
@@ -63,6 +86,23 @@ def validate(
         )
     audiences = f", {len(ruleset.audiences)} audiences" if ruleset.audiences else ""
     typer.echo(f"{rules}: {len(ruleset.names)} attributes OK: {', '.join(counts)}{audiences}")
+    if services is not None:
+        offers = sum(len(service.offers) for service in services.values())
+        typer.echo(f"{personalization}: {len(services)} service(s), {offers} offer(s) OK")
+
+
+def _personalization_or_exit(
+    path: Path, settings: Settings, rules: RuleSet | None
+) -> dict[str, Service]:
+    """The personalization file's services, checked as the API checks them and, given
+    the rules, for offers naming what the rules do not declare; exits 2 on problems."""
+    from api.td_config import PersonalizationFileError, load_personalization
+
+    try:
+        return load_personalization(path, list(settings.entities), list(settings.sources), rules)
+    except PersonalizationFileError as exc:
+        typer.echo(f"invalid personalization file:\n{exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _redis_or_exit(settings: Settings) -> None:

@@ -102,7 +102,7 @@ def test_a_bad_audience_is_reported_with_file_line_and_name(
     audiences: str, line: int, name: str, wrong: str
 ) -> None:
     (problem,) = problems(audiences, ["user", "account"])
-    assert (problem.file, problem.line, problem.attribute, problem.kind) == (
+    assert (problem.file, problem.line, problem.name, problem.kind) == (
         FILE,
         line,
         name,
@@ -116,7 +116,7 @@ def test_a_duplicate_audience_names_its_first_line() -> None:
     (problem,) = problems(
         "  - name: a\n    condition: 'true'\n  - name: a\n    condition: 'false'\n"
     )
-    assert (problem.line, problem.attribute) == (16, "a")
+    assert (problem.line, problem.name) == (16, "a")
     assert problem.problem == "duplicate audience (first defined on line 14)"
 
 
@@ -135,7 +135,7 @@ def test_every_bad_audience_is_reported_with_the_attributes_problems() -> None:
             + "audiences:\n  - name: a\n    condition: 1\n  - name: b\n    condition: 'true'\n",
             FILE,
         )
-    found = [(p.line, p.kind, p.attribute) for p in caught.value.problems]
+    found = [(p.line, p.kind, p.name) for p in caught.value.problems]
     assert found == [(6, "attribute", "spend"), (10, "attribute", "average"), (14, "audience", "a")]
 
 

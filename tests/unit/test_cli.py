@@ -53,3 +53,99 @@ def test_worker_processes_option_says_its_default_and_the_metrics_ports() -> Non
 def test_worker_refuses_zero_processes() -> None:
     result = runner.invoke(app, ["worker", "--processes", "0"])
     assert result.exit_code == 2
+
+
+# --- the personalization file, checked with the rules -------------------------------------
+
+RULES = """\
+attributes:
+  - {name: lifetime_value, function: sum, field: properties.revenue}
+audiences:
+  - {name: big_spenders, condition: lifetime_value >= 500.0}
+"""
+
+PERSONALIZATION = """\
+services:
+  - name: web
+    account_id: "1234"
+    database: p13n_db
+    table: customer_info_table
+    offers:
+      - name: loyal
+        condition: attributes.lifetime_value >= 100.0
+      - name: vip
+        audience: big_spenders
+"""
+
+
+def files(tmp_path: Path, personalization: str, rules: str = RULES) -> tuple[Path, Path]:
+    (tmp_path / "rules.yaml").write_text(rules)
+    (tmp_path / "p13n.yaml").write_text(personalization)
+    return tmp_path / "rules.yaml", tmp_path / "p13n.yaml"
+
+
+def test_validate_checks_the_example_personalization_file_with_the_rules() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "validate",
+            str(ROOT / "examples" / "rules.yaml"),
+            "--personalization",
+            str(ROOT / "examples" / "personalization.yaml"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "23 attributes OK" in result.output
+    assert "personalization.yaml: 1 service(s), 2 offer(s) OK" in result.output
+
+
+def test_validate_reads_the_personalization_file_of_the_settings(tmp_path: Path) -> None:
+    rules, p13n = files(tmp_path, PERSONALIZATION)
+    env = {"TRAITFLOW_PERSONALIZATION_FILE": str(p13n)}
+    result = runner.invoke(app, ["validate", str(rules)], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{p13n}: 1 service(s), 2 offer(s) OK" in result.output
+    result = runner.invoke(
+        app, ["validate", str(rules)], env={"TRAITFLOW_PERSONALIZATION_FILE": None}
+    )
+    assert "offer(s)" not in result.output  # none configured: the rules alone
+
+
+def test_validate_reports_offers_naming_what_the_rules_do_not_declare(tmp_path: Path) -> None:
+    rules, p13n = files(
+        tmp_path,
+        PERSONALIZATION.replace("lifetime_value >=", "lifetime_valu >=").replace(
+            "audience: big_spenders", "audience: big_spender"
+        ),
+    )
+    result = runner.invoke(app, ["validate", str(rules), "--personalization", str(p13n)])
+    assert result.exit_code == 2, result.output
+    assert "invalid personalization file:" in result.output
+    assert (
+        f"{p13n}:7: service 'web': offer 'loyal': condition: the rules declare no user "
+        "attribute 'lifetime_valu' at column 12 (did you mean 'lifetime_value'?)"
+    ) in result.output
+    assert (
+        f"{p13n}:9: service 'web': offer 'vip': the rules declare no user audience "
+        "'big_spender' (did you mean 'big_spenders'?)"
+    ) in result.output
+    assert "OK" not in result.output
+
+
+def test_validate_reports_a_personalization_file_that_is_no_yaml(tmp_path: Path) -> None:
+    rules, p13n = files(tmp_path, PERSONALIZATION.replace("offers:", "offers: [", 1))
+    result = runner.invoke(app, ["validate", str(rules), "--personalization", str(p13n)])
+    assert result.exit_code == 2, result.output
+    assert f"{p13n}:7: not valid YAML: " in result.output
+
+
+def test_validate_reports_both_files_when_the_rules_are_broken(tmp_path: Path) -> None:
+    rules, p13n = files(
+        tmp_path,
+        PERSONALIZATION.replace("table: customer_info_table", "entity: shop"),
+        RULES.replace("function: sum", "function: summ"),
+    )
+    result = runner.invoke(app, ["validate", str(rules), "--personalization", str(p13n)])
+    assert result.exit_code == 2, result.output
+    assert f"{rules}:2: attribute 'lifetime_value': function:" in result.output
+    assert f"{p13n}:2: service 'web': table: Field required" in result.output

@@ -158,7 +158,7 @@ def test_a_rule_problem_is_a_rule_error_naming_file_line_rule_and_problem(
         parse_rules(text, FILE)
     assert isinstance(caught.value, RuleFileError)
     (found,) = caught.value.problems
-    assert (found.file, found.line, found.attribute) == (FILE, 3, "ltv")
+    assert (found.file, found.line, found.name) == (FILE, 3, "ltv")
     assert problem in found.problem
     assert str(caught.value).startswith(f"{FILE}:3: attribute 'ltv': ")
 
@@ -172,7 +172,7 @@ def test_a_cycle_is_a_rule_error_on_each_member() -> None:
     with pytest.raises(RuleError) as caught:
         parse_rules(text, FILE)
     assert isinstance(caught.value, RuleFileError)
-    assert [(p.line, p.attribute) for p in caught.value.problems] == [(2, "a"), (3, "b")]
+    assert [(p.line, p.name) for p in caught.value.problems] == [(2, "a"), (3, "b")]
     assert all("form a cycle" in p.problem for p in caught.value.problems)
 
 

@@ -239,7 +239,7 @@ services:
 def test_the_file_reports_each_problem_with_its_line() -> None:
     with pytest.raises(PersonalizationFileError) as caught:
         parse_personalization(FILE, "p.yaml", ENTITIES, TOPICS)
-    lines = [(problem.line, problem.service) for problem in caught.value.problems]
+    lines = [(problem.line, problem.name) for problem in caught.value.problems]
     assert (9, "web") in lines  # the broken offer's own line
     assert (11, "web") in lines  # the duplicate
     assert (15, "other") in lines

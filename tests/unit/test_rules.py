@@ -132,7 +132,7 @@ def test_unknown_function() -> None:
         "    function: total\n"
         "    field: properties.revenue\n"
     )
-    assert (problem.file, problem.line, problem.attribute) == (FILE, 4, "spend")
+    assert (problem.file, problem.line, problem.name) == (FILE, 4, "spend")
     assert problem.problem.startswith("function: ")
     assert "'sum'" in problem.problem  # the valid choices are listed
     assert str(problem).startswith(f"{FILE}:4: attribute 'spend': function: ")
@@ -141,7 +141,7 @@ def test_unknown_function() -> None:
 @pytest.mark.parametrize("function", ["sum", "min", "max", "most_recent"])
 def test_functions_that_need_a_field(function: str) -> None:
     problem = only_problem(f"attributes:\n  - name: x\n    function: {function}\n")
-    assert (problem.line, problem.attribute) == (2, "x")
+    assert (problem.line, problem.name) == (2, "x")
     assert problem.problem == f"function {function!r} needs a 'field'"
 
 
@@ -149,7 +149,7 @@ def test_bad_field_root() -> None:
     problem = only_problem(
         "attributes:\n  - name: spend\n    function: sum\n    field: propertes.revenue\n"
     )
-    assert (problem.line, problem.attribute) == (2, "spend")
+    assert (problem.line, problem.name) == (2, "spend")
     assert "'propertes.revenue' must start with one of" in problem.problem
 
 
@@ -163,7 +163,7 @@ def test_duplicate_name_points_at_the_first() -> None:
         "    function: count\n"
         "    type: [page]\n"
     )
-    assert (problem.line, problem.attribute) == (5, "visits")
+    assert (problem.line, problem.name) == (5, "visits")
     assert problem.problem == "duplicate name (first defined on line 2)"
 
 
@@ -199,20 +199,20 @@ def test_unknown_key() -> None:
     problem = only_problem(
         "attributes:\n  - name: visits\n    function: count\n    events: [Page Viewed]\n"
     )
-    assert (problem.line, problem.attribute) == (2, "visits")
+    assert (problem.line, problem.name) == (2, "visits")
     assert problem.problem.startswith("events: ")
     assert "not permitted" in problem.problem
 
 
 def test_unknown_event_type() -> None:
     problem = only_problem("attributes:\n  - name: x\n    function: count\n    type: [click]\n")
-    assert (problem.line, problem.attribute) == (2, "x")
+    assert (problem.line, problem.name) == (2, "x")
     assert problem.problem.startswith("type.0: ")
 
 
 def test_an_item_that_is_not_a_mapping() -> None:
     problem = only_problem("attributes:\n  - visits\n")
-    assert (problem.line, problem.attribute) == (2, None)
+    assert (problem.line, problem.name) == (2, None)
     assert str(problem).startswith(f"{FILE}:2: ")
 
 
@@ -221,7 +221,7 @@ def test_invalid_yaml_reports_its_line() -> None:
         "attributes:\n  - name: a\n    function: count\n  - name: b\n\tfunction: count\n"
     )
     assert problem.line == 5
-    assert problem.attribute is None
+    assert problem.name is None
     assert problem.problem.startswith("not valid YAML: ")
 
 
@@ -231,7 +231,7 @@ def test_invalid_yaml_reports_its_line() -> None:
 )
 def test_not_a_mapping_with_an_attributes_list(text: str) -> None:
     problem = only_problem(text)
-    assert (problem.line, problem.attribute) == (1, None)
+    assert (problem.line, problem.name) == (1, None)
     assert problem.problem == "expected a mapping with an 'attributes' list"
 
 
@@ -240,7 +240,7 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(RuleFileError) as caught:
         load_rules(path)
     (problem,) = caught.value.problems
-    assert (problem.file, problem.line, problem.attribute) == (str(path), None, None)
+    assert (problem.file, problem.line, problem.name) == (str(path), None, None)
     assert str(problem) == f"{path}: cannot read: No such file or directory"
 
 
@@ -266,7 +266,7 @@ def test_every_problem_is_reported_at_once() -> None:
             "    function: count\n",
             FILE,
         )
-    found = [(p.line, p.attribute, p.problem.split(":")[0]) for p in caught.value.problems]
+    found = [(p.line, p.name, p.problem.split(":")[0]) for p in caught.value.problems]
     assert found == [
         (2, "spend", "function 'sum' needs a 'field'"),
         (6, "2fast", "name"),
@@ -592,7 +592,7 @@ def test_list_options_on_another_function_or_out_of_range_are_errors() -> None:
         "    field: properties.sku\n"
         "    size: 0\n"
     )
-    assert [(p.line, p.attribute) for p in found] == [(2, "total"), (6, "recent")]
+    assert [(p.line, p.name) for p in found] == [(2, "total"), (6, "recent")]
     assert found[0].problem == "'size' applies to function 'list', not 'sum'"
     assert found[1].problem.startswith("size:")
 
@@ -660,7 +660,7 @@ def test_max_values_caps_unique_count_and_most_frequent() -> None:
 )
 def test_bad_max_values_are_reported(attribute: str, problem: str) -> None:
     found = only_problem(rule_file("  - name: x\n    field: properties.c\n" + attribute))
-    assert (found.file, found.line, found.attribute) == (FILE, 2, "x")
+    assert (found.file, found.line, found.name) == (FILE, 2, "x")
     assert problem in found.problem
     assert str(found).startswith(f"{FILE}:2: attribute 'x': ")
 
@@ -755,7 +755,7 @@ def test_attributes_with_the_same_filter_share_one_compiled_filter() -> None:
 )
 def test_bad_filters_windows_and_expressions_are_reported(attribute: str, problem: str) -> None:
     found = only_problem(rule_file("  - name: x\n" + attribute))
-    assert (found.file, found.line, found.attribute) == (FILE, 2, "x")
+    assert (found.file, found.line, found.name) == (FILE, 2, "x")
     assert problem in found.problem
 
 
@@ -766,7 +766,7 @@ def test_a_derived_expression_is_type_checked_against_the_attributes_it_reads() 
             '  - name: label\n    function: derived\n    expression: orders + "x"\n',
         )
     )
-    assert (found.line, found.attribute) == (4, "label")
+    assert (found.line, found.name) == (4, "label")
     assert "no matching overload for '+' on int and string" in found.problem
 
 
@@ -779,7 +779,7 @@ def test_a_cycle_of_derived_attributes_is_reported_on_each_member() -> None:
             "  - name: ok\n    function: count\n",
         )
     )
-    assert [(p.line, p.attribute) for p in found] == [(2, "a"), (5, "b")]
+    assert [(p.line, p.name) for p in found] == [(2, "a"), (5, "b")]
     assert all(p.problem == "derived attributes form a cycle: a -> b -> a" for p in found)
 
 
@@ -848,7 +848,7 @@ def test_a_derived_attribute_reads_only_its_own_entity() -> None:
         "    function: derived\n"
         "    expression: spend > 100.0\n"
     )
-    assert (problem.line, problem.attribute) == (5, "rich_account")
+    assert (problem.line, problem.name) == (5, "rich_account")
     assert "spend" in problem.problem
 
 
@@ -876,5 +876,5 @@ def test_names_are_unique_across_entities() -> None:
         "    entity: account\n"
         "    function: count\n"
     )
-    assert (problem.line, problem.attribute) == (4, "spend")
+    assert (problem.line, problem.name) == (4, "spend")
     assert problem.problem.startswith("duplicate name")
