@@ -9,9 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
+from attributes.aggregators import State
+from attributes.audiences import AudienceSpec, compile_audience
+from attributes.expressions import INT
+from attributes.paths import compile_path
 from attributes.profile import ProfileState
-from attributes.rules import parse_rules
+from attributes.rules import CompiledAttribute, RuleSet, parse_rules
+from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from tests.unit.test_processor import Fragile, Pipeline, poke, records
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import ProfileWrite
@@ -162,3 +168,37 @@ async def test_without_a_lifetime_every_member_is_kept() -> None:
     await processor.process([order(0, anonymousId="a-1")])
     clock.ms += 10 * TTL
     assert await store.audience_sizes("user") == {"buyers": 1}
+
+
+# --- the slow path: events applied one by one, all of them kept ---------------------------
+
+
+class BreaksOnce(Fragile):
+    """A count whose first add raises: the batch's fast path fails, and each event alone
+    then works (a failure of the combination, not of one event)."""
+
+    function = "breaks_once"
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def add(self, state: State, value: Any, ts: int, mid: str) -> State:
+        if not self.broken:
+            self.broken = True
+            raise RuntimeError("once")
+        return state + 1
+
+
+@pytest.mark.anyio
+async def test_the_slow_path_s_write_counts_the_entries_of_all_its_events() -> None:
+    """The slow path keeps a write per event; the committed one is the last, whose own
+    comparison sees the audience entered by the first: the batch's entries are counted
+    against the state before the batch."""
+    spec = AttributeSpec(name="pokes", function="count", field="properties.x")
+    compiled = CompiledAttribute("pokes", "user", BreaksOnce(), compile_path("properties.x"))
+    audience = compile_audience(AudienceSpec(name="poked", condition="pokes >= 1"), {"pokes": INT})
+    pipeline = Pipeline(RuleSet.build([(spec, compiled)], audiences=[audience]))
+    await pipeline.process(records([poke("u-1", 1), poke("u-1", 2)]))
+    assert pipeline.reasons == []  # nothing dead-lettered: the slow path's write is committed
+    assert (await pipeline.view("id", "u-1"))["attributes"]["pokes"] == 2
+    assert await pipeline.store.audience_sizes("user") == {"poked": 1}
