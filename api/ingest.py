@@ -17,6 +17,15 @@ nothing is published, so that a caller never has to work out which events of a
 refused call to send again. `200 {"success": true}` is sent only once the broker
 acknowledged every event (`api.publisher`); a broker that does not is a 503.
 
+Operable write keys: `traitflow write-key new --source NAME` makes a key
+(`new_write_key`) and the `TRAITFLOW_WRITE_KEYS` entry of its digest; every call's
+events are counted by source and outcome (`traitflow_ingest_events_total`,
+`api.instrumented`), so that an operator sees a client with a wrong key (unauthorized)
+or a broker that does not take events (unavailable) without reading logs; and with
+`TRAITFLOW_WRITE_KEY_RATE_PER_S` each write key has a token bucket, the one API keys
+have (`api.ratelimit`, kept in Redis and shared by every API process), so that one
+source cannot flood the topic the others share: past it, a 429 with `Retry-After`.
+
 What the API fills in, as Segment does: `messageId` (a UUID) when the call has none,
 `receivedAt` (now), `sentAt` of a batch onto its events, and `timestamp` when the call
 has none: `originalTimestamp` corrected by the sender's clock skew (`receivedAt -
@@ -29,8 +38,12 @@ import base64
 import binascii
 import functools
 import hashlib
+import math
+import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +54,7 @@ from fastapi.responses import Response
 
 from api.errors import ApiError
 from api.publisher import KeyValue, PublishFailed
+from api.ratelimit import retry_after
 from api.state import ApiState, services
 from attributes.admission import Admission
 from attributes.events import InvalidEvent
@@ -55,6 +69,12 @@ SUCCESS = orjson.dumps({"success": True})
 MAX_PROBLEMS = 10
 #: seconds a 503 asks the caller to wait before sending again
 RETRY_AFTER_S = "1"
+#: what a fresh write key starts with (`new_write_key`): a leaked one is recognisable
+WRITE_KEY_PREFIX = "wk_"
+#: the metric's source of a call refused before a write key named one
+UNKNOWN_SOURCE = "<unknown>"
+#: the metric's outcome of a call refused with each status (any other 4xx: rejected)
+OUTCOMES = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -80,13 +100,90 @@ def write_key_of(header: str | None, body: dict[str, Any]) -> str:
     return key
 
 
-def topic_of(settings: Settings, key: str) -> str:
-    """The ingest topic of the source `key` names; 401 for a key not configured."""
-    source = settings.write_keys.get(hashlib.sha256(key.encode()).hexdigest())
+def hash_write_key(key: str) -> str:
+    """What `TRAITFLOW_WRITE_KEYS` holds of a key: its SHA-256, hex (a key this random
+    needs no slow, salted hash: there is nothing to guess from the digest)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_write_key() -> tuple[str, str]:
+    """A fresh write key and its digest: the only time the key exists in full."""
+    key = WRITE_KEY_PREFIX + secrets.token_urlsafe(24)
+    return key, hash_write_key(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """A configured write key: its digest, its source and the source's ingest topic."""
+
+    digest: str
+    source: str
+    topic: str
+
+
+def writer_of(settings: Settings, key: str) -> Writer:
+    """What `key` is configured as; 401 for a key not configured."""
+    digest = hash_write_key(key)
+    source = settings.write_keys.get(digest)
     if source is None:
         raise _unauthorized("invalid write key")
     # settings are validated: the source is bound to exactly one ingest topic
-    return next(topic for topic, bound in settings.sources.items() if bound == source)
+    topic = next(topic for topic, bound in settings.sources.items() if bound == source)
+    return Writer(digest, source, topic)
+
+
+@dataclass(slots=True)
+class Call:
+    """What the metric counts of one call, filled in as it is handled: its source once
+    its write key named one, its events once its body was read, and whether Redis
+    failed its rate-limit charge (a 503 the app's handlers answer, `api.errors`)."""
+
+    source: str = UNKNOWN_SOURCE
+    events: int = 1
+    store_failed: bool = False
+
+
+async def _counted(
+    request: Request, handle: Callable[[Request, Call], Awaitable[Response]]
+) -> Response:
+    """`handle`'s response, its call's events counted by source and outcome."""
+    call = Call()
+    metrics = services(request).metrics
+    try:
+        response = await handle(request, call)
+    except ApiError as exc:
+        metrics.observe_ingest(call.source, OUTCOMES.get(exc.status, "rejected"), call.events)
+        raise
+    except Exception:
+        if call.store_failed:
+            metrics.observe_ingest(call.source, "unavailable", call.events)
+        raise
+    metrics.observe_ingest(call.source, "accepted", call.events)
+    return response
+
+
+async def _authorized(request: Request, body: dict[str, Any], call: Call) -> Writer:
+    """The call's write key (401 unless configured), within its rate limit (429)."""
+    state = services(request)
+    settings = state.settings
+    writer = writer_of(settings, write_key_of(request.headers.get("authorization"), body))
+    call.source = writer.source
+    rate = settings.write_key_rate_per_s
+    if rate is not None:
+        burst = settings.write_key_burst or max(1, math.ceil(2 * rate))
+        try:
+            # the API keys' bucket (`tf:r:{id}`); no API key id has a `.` in it
+            wait = float(await state.keys.charge(f"wk.{writer.digest}", rate, burst))
+        except Exception:
+            call.store_failed = True
+            raise
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate limit exceeded for this write key; try again later",
+                headers={"Retry-After": retry_after(wait)},
+            )
+    return writer
 
 
 def _iso(moment: datetime) -> str:
@@ -176,11 +273,9 @@ async def _publish(request: Request, topic: str, records: list[KeyValue]) -> Res
     return Response(SUCCESS, media_type="application/json")
 
 
-async def _one(request: Request, kind: str) -> Response:
+async def _one(request: Request, call: Call, kind: str) -> Response:
     body = await _body(request)
-    topic = topic_of(
-        services(request).settings, write_key_of(request.headers.get("authorization"), body)
-    )
+    topic = (await _authorized(request, body, call)).topic
     body["type"] = kind
     received = datetime.now(UTC)
     try:
@@ -192,43 +287,47 @@ async def _one(request: Request, kind: str) -> Response:
 
 @router.post("/v1/track")
 async def track(request: Request) -> Response:
-    return await _one(request, "track")
+    return await _counted(request, functools.partial(_one, kind="track"))
 
 
 @router.post("/v1/identify")
 async def identify(request: Request) -> Response:
-    return await _one(request, "identify")
+    return await _counted(request, functools.partial(_one, kind="identify"))
 
 
 @router.post("/v1/page")
 async def page(request: Request) -> Response:
-    return await _one(request, "page")
+    return await _counted(request, functools.partial(_one, kind="page"))
 
 
 @router.post("/v1/screen")
 async def screen(request: Request) -> Response:
-    return await _one(request, "screen")
+    return await _counted(request, functools.partial(_one, kind="screen"))
 
 
 @router.post("/v1/group")
 async def group(request: Request) -> Response:
-    return await _one(request, "group")
+    return await _counted(request, functools.partial(_one, kind="group"))
 
 
 @router.post("/v1/alias")
 async def alias(request: Request) -> Response:
-    return await _one(request, "alias")
+    return await _counted(request, functools.partial(_one, kind="alias"))
 
 
 @router.post("/v1/batch")
 async def batch(request: Request) -> Response:
+    return await _counted(request, _batch)
+
+
+async def _batch(request: Request, call: Call) -> Response:
     """All or nothing (module docstring). The batch's `context` and `sentAt` apply to
     each event that has none of its own (its own context keys win)."""
     body = await _body(request)
-    topic = topic_of(
-        services(request).settings, write_key_of(request.headers.get("authorization"), body)
-    )
     events = body.get("batch")
+    if isinstance(events, list):
+        call.events = len(events)
+    topic = (await _authorized(request, body, call)).topic
     if not isinstance(events, list):
         raise ApiError(400, "batch: must be a list of events")
     shared = body.get("context")

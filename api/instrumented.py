@@ -13,7 +13,14 @@ process-global one, so that apps made in one process (tests) never share series.
 - `traitflow_api_redis_errors_total{kind}`: requests answered 503 because Redis failed
   (`api.errors`), by kind: an error reply's code (`LOADING`, `READONLY`, `OOM`, ...),
   `timeout` or `connection`. The caller is told none of it; this and the log are
-  where an operator sees what is wrong.
+  where an operator sees what is wrong;
+- `traitflow_ingest_events_total{source,outcome}`: events of HTTP ingest calls
+  (`api.ingest`) by the source their write key names (`<unknown>` before a key named
+  one) and what became of them: `accepted` (on the broker), `rejected` (refused by
+  validation: 400), `unauthorized` (no or an unknown write key: 401), `rate_limited`
+  (the write key's rate limit: 429), `unavailable` (503: the broker did not acknowledge
+  in time, or Redis failed the rate-limit charge). A refused call's events are all
+  counted, as none of them was published. Bounded: sources are configured.
 """
 
 from __future__ import annotations
@@ -64,6 +71,13 @@ class ApiMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.ingest_events = Counter(
+            "traitflow_ingest_events",
+            "Events of HTTP ingest calls, by source and outcome: accepted, rejected "
+            "(validation), unauthorized, rate_limited, unavailable (broker or Redis).",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
         self.audience_size = Gauge(
             "traitflow_audience_size",
             "Profiles in each audience, as the worker's commits keep it (set per scrape).",
@@ -73,6 +87,7 @@ class ApiMetrics:
         # `labels()` takes a lock and builds a key per call: keep the children
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._redis_children: dict[str, Histogram] = {}
+        self._ingest_children: dict[tuple[str, str], Counter] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -86,6 +101,14 @@ class ApiMetrics:
 
     def observe_store_error(self, kind: str) -> None:
         self.store_errors.labels(kind).inc()
+
+    def observe_ingest(self, source: str, outcome: str, events: int) -> None:
+        child = self._ingest_children.get((source, outcome))
+        if child is None:
+            child = self._ingest_children[source, outcome] = self.ingest_events.labels(
+                source, outcome
+            )
+        child.inc(events)
 
     def observe_redis(self, operation: str, seconds: float) -> None:
         child = self._redis_children.get(operation)

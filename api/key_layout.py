@@ -10,6 +10,8 @@ prefix `tf`:
                             never the secret)
     tf:ks           set     ids of the API keys (for `traitflow keys list`)
     tf:r:{key_id}   hash    the API key's rate-limit token bucket
+    tf:r:wk.{sha}   hash    an HTTP ingest write key's bucket (`api.ingest`; its SHA-256:
+                            no API key id has a `.`), when write keys are rate limited
 
 The second parts (`k`, `ks`, `r`) are listed in `traitflow.store`'s layout as the
 API's, so the core takes no key of them; tests/unit/test_keys.py checks that no core

@@ -32,6 +32,8 @@ app.add_typer(services_app, name="services")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(dead_letters_app, name="dead-letters")
+write_key_app = typer.Typer(no_args_is_help=True, help="HTTP ingest write keys: make one.")
+app.add_typer(write_key_app, name="write-key")
 
 
 @app.callback()
@@ -361,6 +363,38 @@ def keys_revoke(
         raise _fail(f"no API key with id {key_id}", 1)
     typer.echo(
         f"revoked key {key_id}; API processes refuse it within {settings.api_key_cache_s:g}s"
+    )
+
+
+@write_key_app.command("new")
+def write_key_new(
+    ctx: typer.Context,
+    source: str = typer.Option(..., help="the source its events come from (TRAITFLOW_SOURCES)"),
+) -> None:
+    """Make a write key; print it, the only time it is shown, then its entry for
+    TRAITFLOW_WRITE_KEYS (its SHA-256 -> the source). Nothing is stored: configure it."""
+    import json
+    import shlex
+
+    from api.ingest import new_write_key
+
+    settings = settings_of(ctx)
+    topics = [topic for topic, bound in settings.sources.items() if bound == source]
+    if len(topics) != 1:  # the API would refuse to start with the entry
+        bound = json.dumps(settings.sources)
+        raise _fail(
+            f"source {source!r} is not bound to one ingest topic (TRAITFLOW_SOURCES: {bound})"
+        )
+    key, digest = new_write_key()
+    typer.echo(key)
+    typer.echo(json.dumps({digest: source})[1:-1])
+    value = shlex.quote(json.dumps({**settings.write_keys, digest: source}))
+    typer.echo(
+        f"made a write key for source {source!r} (topic {topics[0]}); this is the only time it "
+        "is shown: store it now.\nAdd its entry to TRAITFLOW_WRITE_KEYS of every API process "
+        f"and restart them; with the value this shell has:\nTRAITFLOW_WRITE_KEYS={value}\n"
+        "Send the key as the Basic auth username, with an empty password.",
+        err=True,
     )
 
 

@@ -386,6 +386,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=65_536, ge=0)
     #: how long an HTTP ingest call waits for the broker to acknowledge its events (503 after)
     ingest_timeout_s: float = Field(default=5.0, gt=0)
+    #: per write key: HTTP ingest calls/s (token bucket refill) and burst (default twice
+    #: the rate), the bucket shared by every API process in Redis; unset: no limit, and
+    #: ingest makes no Redis round trip
+    write_key_rate_per_s: float | None = Field(default=None, gt=0)
+    write_key_burst: int | None = Field(default=None, ge=1)
     #: Treasure Data personalization services, tokens and offers (`api.td_config`)
     personalization_file: Path | None = None
     #: how long `/readyz` waits for Redis to answer a PING

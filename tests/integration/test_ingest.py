@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import user_id, wait_until
 from tests.integration.test_pipeline import served
@@ -194,3 +196,28 @@ def test_a_stopped_broker_is_a_503_and_loses_nothing_acknowledged(
         published = {e["messageId"] for e in on_topic(own, topic)}
         assert set(acknowledged) <= published
         assert len(acknowledged) >= 41
+
+
+def test_a_write_keys_rate_limit_is_a_bucket_in_redis_and_counted(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The API keys' bucket, on a real Redis (its Lua script), under the write key's id;
+    the refused call on /metrics."""
+    limited = with_write_key(settings, write_key_rate_per_s=0.01, write_key_burst=2)
+    ((_, source),) = limited.sources.items()
+    with running_api(limited, "ingest-limited-api") as url, ingest_client(url) as client:
+        statuses = [
+            client.post("/v1/track", json={"userId": user_id(), "event": "E"}).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        metrics = client.get("/metrics").text
+    digest = hashlib.sha256(WRITE_KEY.encode()).hexdigest()
+    assert redis_client.exists(f"{settings.key_prefix}:r:wk.{digest}") == 1
+    counted = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "traitflow_ingest_events_total" and sample.labels["source"] == source
+    }
+    assert counted == {"accepted": 2.0, "rate_limited": 1.0}
