@@ -1,12 +1,20 @@
 """Rule-engine benchmark: the batch processor alone, in memory, no broker and no Redis.
 
-    python -m bench.engine --events 200000 --users 10000 --batch 2000 [--rules FILE]
+    python -m bench.engine --events 200000 --users 10000 --batch 2000 [--rules FILE] [--announce]
 
 The per-event cost of decoding, applying every rule, rendering and encoding the
 profiles of a batch, with the in-memory store behind the worker's state cache and the
 worker's garbage-collector settings and entities (as in the worker: owned profiles are
 not decoded again; every event is offered to users and accounts): the ceiling the
 worker could reach if Kafka and Redis cost nothing. Best of --repeat runs.
+
+Audience enters and exits are evaluated with every write, as in the worker, but not
+announced unless `--announce` is given: then each write also carries its `Audience
+Entered` / `Audience Exited` messages, built as the worker builds them (the in-memory
+store keeps them; nothing is produced). With and without it, the difference is the
+cost of building the messages, apart from evaluating the membership; what the worker
+pays on top (the outbox in the commit, the relay's produce) only `bench.pipeline`
+shows.
 """
 
 from __future__ import annotations
@@ -29,12 +37,18 @@ from traitflow.state_cache import CachedProfileStore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def run(records: list[Record], batch: int, rules_path: Path) -> float:
-    declared = Settings.from_environ(os.environ).entities  # the benchmark's entry point
-    entities = {entity: IdentityRules(spec) for entity, spec in declared.items()}
+async def run(records: list[Record], batch: int, rules_path: Path, *, announce: bool) -> float:
+    settings = Settings.from_environ(os.environ)  # the benchmark's entry point
+    entities = {entity: IdentityRules(spec) for entity, spec in settings.entities.items()}
     rules = load_rules(rules_path, entities)
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100_000)
-    processor = BatchProcessor(rules, store, ListDeadLetters(), identities=entities)
+    processor = BatchProcessor(
+        rules,
+        store,
+        ListDeadLetters(),
+        identities=entities,
+        audience_topic=settings.audience_changes_topic if announce else None,
+    )
     started = time.perf_counter()
     for start in range(0, len(records), batch):
         await processor.process(records[start : start + batch])
@@ -49,6 +63,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rules", type=Path, default=ROOT / "examples" / "rules.yaml")
+    parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="build each audience enter and exit message, as the worker does",
+    )
     args = parser.parse_args()
     events, _ = make_events(args.events, args.users, seed=7)
     # one user's events stay in one partition, as with keyed producers
@@ -57,10 +76,14 @@ def main() -> None:
         for offset, (key, value) in enumerate(events)
     ]
     tune_gc()
-    best = min(asyncio.run(run(records, args.batch, args.rules)) for _ in range(args.repeat))
+    best = min(
+        asyncio.run(run(records, args.batch, args.rules, announce=args.announce))
+        for _ in range(args.repeat)
+    )
     print(
         f"engine  {args.events / best:,.0f} events/s  ({1e6 * best / args.events:.1f} us/event, "
-        f"{args.events} events, {args.users} users, batches of {args.batch})"
+        f"{args.events} events, {args.users} users, batches of {args.batch}"
+        f"{', announcing audience changes' if args.announce else ''})"
     )
 
 
