@@ -21,6 +21,9 @@ view is written (`streams.rendering`), including when its windows move without a
 event, so an audience over a window is left on time. The previous membership is kept
 in the profile state, which makes an enter or an exit visible to the write that
 causes it (`membership_change`).
+
+A write that follows a render of the same state evaluates again only the conditions
+that read something that changed (`attributes.reevaluation`).
 """
 
 from __future__ import annotations
@@ -192,9 +195,20 @@ class AudienceSet:
     ) -> dict[str, bool]:
         """`{audience: is a member}` for a profile's rendered attribute values and
         merged traits, in declaration order."""
+        return self.evaluate(self.activation(attributes, traits))
+
+    def activation(
+        self, attributes: Mapping[str, Any], traits: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The conditions' variables: the attributes they read, as their CEL values, and
+        the traits if one reads them."""
         variables = {name: convert(attributes.get(name)) for name, convert in self.reads}
         if self.reads_traits and TRAITS not in variables:
             variables[TRAITS] = traits
+        return variables
+
+    def evaluate(self, variables: Mapping[str, Any]) -> dict[str, bool]:
+        """`{audience: is a member}` for the conditions' variables (`activation`)."""
         return {audience.name: audience.includes(variables) for audience in self.audiences}
 
 

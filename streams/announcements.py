@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import orjson
 
 from attributes.events import iso_from_ms
+from attributes.profile import ProfileState
 from traitflow.store import Outgoing, ProfileWrite
 
 
@@ -43,35 +44,37 @@ class Announcer:
     def announce(self, writes: Sequence[ProfileWrite], removed: Sequence[str], now: int) -> None:
         """Add the messages of `writes` (and the tombstones of the profiles `removed`,
         merged into one of them) to the writes, at processing time `now` (epoch ms)."""
+        timestamp = iso_from_ms(now)  # one time for every message of the commit
+        audiences, profiles = self.audience_topic, self.profile_topic
         for write in writes:
             state = write.state
             key = state.id.encode()
-            if self.audience_topic is not None:
-                for name, event in (
-                    *((name, "Audience Entered") for name in write.entered),
-                    *((name, "Audience Exited") for name in write.exited),
-                ):
-                    write.outgoing.append(
-                        Outgoing(self.audience_topic, key, self._change(write, name, event, now))
-                    )
-            if self.profile_topic is not None:
-                write.outgoing.append(Outgoing(self.profile_topic, key, write.view))
+            outgoing = write.outgoing
+            if audiences is not None:
+                for name in write.entered:
+                    change = self._change(state, name, "Audience Entered", "entered", timestamp)
+                    outgoing.append(Outgoing(audiences, key, change))
+                for name in write.exited:
+                    change = self._change(state, name, "Audience Exited", "exited", timestamp)
+                    outgoing.append(Outgoing(audiences, key, change))
+            if profiles is not None:
+                outgoing.append(Outgoing(profiles, key, write.view))
         if self.profile_topic is not None and removed and writes:
             # any write of the commit will do: its partition's owner sends them
             writes[0].outgoing += [
                 Outgoing(self.profile_topic, pid.encode(), None) for pid in removed
             ]
 
-    def _change(self, write: ProfileWrite, audience: str, event: str, now: int) -> bytes:
-        state = write.state
-        verb = "entered" if event == "Audience Entered" else "exited"
+    def _change(
+        self, state: ProfileState, audience: str, event: str, verb: str, timestamp: str
+    ) -> bytes:
         return orjson.dumps(
             {
                 "type": "track",
                 "event": event,
                 "messageId": f"{self.entity}:{state.id}:{state.version}:{audience}:{verb}",
                 "userId": state.id,
-                "timestamp": iso_from_ms(now),
+                "timestamp": timestamp,
                 "properties": {
                     "audience": audience,
                     "entity": self.entity,

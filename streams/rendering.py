@@ -4,9 +4,11 @@
 A store that keeps states (`traitflow.state_cache.CachedProfileStore`) hands back the
 same state object a batch later. The renderer remembers, per profile, that object and
 the attribute values it last rendered from it, so that only the attributes an event
-touched are computed again. What is remembered counts for that very object only (an
-identity check): a state loaded afresh is rendered in full, and one changed outside
-`apply_event` (a merge) must be `forget`-ten first.
+touched are computed again, and only the audiences that read one of them (or the
+traits, when they changed) are evaluated again (`attributes.reevaluation`).
+What is remembered counts for that very object only (an identity check): a state
+loaded afresh is rendered in full, and one changed outside `apply_event` (a merge)
+must be `forget`-ten first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 
 import msgspec
 
-from attributes.audiences import membership_change
 from attributes.policies import MergePolicy
 from attributes.profile import (
     ProfileState,
@@ -28,6 +29,7 @@ from attributes.profile import (
     render_view,
 )
 from attributes.records import RecordMapping, mapped_record
+from attributes.reevaluation import Evaluated, Reevaluation
 from attributes.rules import RuleSet
 from traitflow.store import ProfileWrite, record_value
 
@@ -54,8 +56,16 @@ class ViewRenderer:
         self.policy = policy
         self.records = dict(records or {})
         self._remembered = remembered
-        #: profile -> (the state object, its attribute values when last rendered)
-        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any]]] = OrderedDict()
+        #: profile -> (the state object, its attribute values when last rendered, the
+        #: membership evaluated from them)
+        self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any], Evaluated | None]] = (
+            OrderedDict()
+        )
+        self._audiences = Reevaluation(
+            rules.membership,
+            (attribute.name for attribute in rules.attributes),
+            {derived.name: derived.expression.names for derived in rules.derived},
+        )
 
     def clear(self) -> None:
         """Forget every render (the states they were made from left the store's cache)."""
@@ -96,24 +106,32 @@ class ViewRenderer:
         if rules.windowed:
             expiry = (source, expire_windows(state, rules, now, touched=touched))
         remembered = self._renders.pop(state.id, None)
-        previous = remembered[1] if remembered is not None and remembered[0] is state else None
+        previous = last = None
+        if remembered is not None and remembered[0] is state:
+            _, previous, last = remembered
         rendered = render_view(
             state, rules, now, previous=previous, touched=touched, policy=self.policy
         )
-        self._renders[state.id] = (state, rendered["attributes"])
-        if len(self._renders) > self._remembered:
-            self._renders.popitem(last=False)
+        evaluated = None
         entered: list[str] = []
         exited: list[str] = []
         if rules.audiences or state.audiences:
             # once per write, from what the view serves: the view and the state that
             # remembers the membership are committed together
-            members = rules.membership.membership(rendered["attributes"], rendered["traits"])
+            evaluated = self._audiences.evaluate(
+                rendered["attributes"],
+                rendered["traits"],
+                state.audiences,
+                last=last,
+                touched=touched,
+            )
             if rules.audiences:
-                rendered["_audiences"] = members
-            entered, exited = membership_change(state.audiences, members)
-            if entered or exited:
-                state.audiences = [name for name, member in members.items() if member]
+                rendered["_audiences"] = evaluated.members
+            entered, exited = evaluated.entered, evaluated.exited
+            state.audiences = evaluated.joined
+        self._renders[state.id] = (state, rendered["attributes"], evaluated)
+        if len(self._renders) > self._remembered:
+            self._renders.popitem(last=False)
         write = ProfileWrite(
             state, encode_state(state), encode_view(rendered), expiry=expiry, source=source
         )
