@@ -12,22 +12,19 @@ at a time: bench/README.md, "Design figures".)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection
 from redis.exceptions import WatchError
 from redis.typing import EncodableT
 
 from attributes.profile import ProfileState, decode_state
-from traitflow.audience_counts import SizeChanges, size_changes
-from traitflow.outbox import entry_fields
+from traitflow.commit_plan import CommitPlan
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
     PRIMARY_INDEX,
-    Conflict,
     Expected,
     Found,
     Identity,
@@ -267,106 +264,21 @@ class RedisProfileStore(ProfileStore):
     ) -> None:
         if not writes and not removed:
             return
-        keys = self.keys
-        #: key -> (the value it must still have, the identity or profile it guards)
-        checks: dict[str, tuple[bytes, Identity | str]] = {}
-        if expected is not None:
-            for identity, pid in expected.pointers.items():
-                checks[keys.index(entity, *identity)] = ((pid or "").encode(), identity)
-            for pid, version in expected.versions.items():
-                want = b"" if version is None else str(version).encode()
-                checks[keys.version(entity, pid)] = (want, pid)
-        sets: dict[str, bytes | str] = {}
-        deletes: list[str] = []
-        scheduled: dict[str, dict[str, int]] = {}
-        unscheduled: dict[str, list[str]] = {}
-        #: source -> the messageIds this commit applies
-        messages: dict[str, list[str]] = {}
-        #: key -> its idle lifetime (ms); keys that must lose theirs
-        expiring: dict[str, int] = {}
-        persisted: list[str] = []
-        now = self.clock()
-        sizes = size_changes(writes, now)
-        mapped = {collection for write in writes for collection in write.records}
-        for pid in removed:
-            deletes += [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
-            deletes += (keys.record(entity, collection, pid) for collection in mapped)
-        for write in writes:
-            pid = write.state.id
-            sets[keys.state(entity, pid)] = write.encoded_state
-            if write.view is None:
-                deletes.append(keys.view(entity, pid))
-            else:
-                sets[keys.view(entity, pid)] = write.view
-            sets[keys.version(entity, pid)] = str(write.state.version)
-            for collection, record in write.records.items():
-                if record is None:
-                    deletes.append(keys.record(entity, collection, pid))
-                else:
-                    sets[keys.record(entity, collection, pid)] = record
-            for index, value in write.identities:
-                sets[keys.index(entity, index, value)] = pid
-            for source, mid in write.messages:
-                messages.setdefault(source, []).append(mid)
-            if write.ttl_ms is not None:
-                owned = [keys.state(entity, pid), keys.view(entity, pid), keys.version(entity, pid)]
-                owned += (keys.record(entity, collection, pid) for collection in write.records)
-                owned += (
-                    keys.index(entity, kind, value)
-                    for kind, values in write.state.identities.items()
-                    for value in values
-                )
-                expiring.update(dict.fromkeys(owned, write.ttl_ms))
-            persisted += (keys.index(entity, *identity) for identity in write.persist)
-            if write.expiry is not None:
-                source, when = write.expiry
-                if when is None:
-                    unscheduled.setdefault(keys.expiries(entity, source), []).append(pid)
-                else:
-                    scheduled.setdefault(keys.expiries(entity, source), {})[pid] = when
+        plan = CommitPlan.of(
+            self.keys, entity, writes, removed=removed, expected=expected, now=self.clock()
+        )
         while True:
             async with self.client.pipeline(transaction=True) as transaction:
-                if checks:
+                if plan.checks:
                     # optimistic: a watched key that changes before EXEC makes EXEC fail
-                    await transaction.watch(*checks)
-                    found = cast("list[bytes | None]", await transaction.mget(list(checks)))
-                    stale = [
-                        guarded
-                        for (want, guarded), have in zip(checks.values(), found, strict=True)
-                        if (have or b"") != want
-                    ]
-                    if stale:
-                        raise Conflict(
-                            [g for g in stale if isinstance(g, tuple)],
-                            [g for g in stale if isinstance(g, str)],
-                        )
+                    await transaction.watch(*plan.checks)
+                    found = await transaction.mget(list(plan.checks))
+                    if conflict := plan.conflict(cast("list[bytes | None]", found)):
+                        raise conflict
                     transaction.multi()  # type: ignore[no-untyped-call]
-                if sets:
-                    transaction.mset(sets)
-                if deletes:
-                    transaction.delete(*deletes)
-                for key, members in scheduled.items():
-                    transaction.zadd(key, members)
-                for key, pids in unscheduled.items():
-                    transaction.zrem(key, *pids)
-                if messages:
-                    bucket = now // self.bucket_ms
-                    # kept until no lookup's window reaches back into the bucket
-                    gone = (bucket + 1) * self.bucket_ms + self.dedupe_window_ms
-                    for source, mids in messages.items():
-                        key = keys.messages(entity, source, bucket)
-                        transaction.sadd(key, *mids)
-                        transaction.pexpireat(key, gone)
-                for key, ttl in expiring.items():
-                    transaction.pexpire(key, ttl)
-                for key in persisted:
-                    transaction.persist(key)
-                if sizes.kept or sizes.touched():  # with the writes that change them
-                    self._count(transaction, entity, sizes=sizes, now=now)
-                for write in writes:  # published once committed: `traitflow.outbox`
-                    for message in write.outgoing:
-                        fields: dict[Any, Any] = entry_fields(message)  # redis-py: invariant
-                        transaction.xadd(keys.outbox(write.source), fields)
+                plan.queue(
+                    transaction, bucket_ms=self.bucket_ms, dedupe_window_ms=self.dedupe_window_ms
+                )
                 try:
                     await transaction.execute()
                 except WatchError:
@@ -374,21 +286,6 @@ class RedisProfileStore(ProfileStore):
                     # changed (or, if every value is still the one read, write now)
                     continue
                 return
-
-    def _count(self, transaction: Pipeline, entity: str, *, sizes: SizeChanges, now: int) -> None:
-        """Queue the commit's changes of audience sizes (`traitflow.audience_counts`);
-        the expiring members of the audiences it touches whose deadline has passed go."""
-        keys = self.keys
-        for name, change in sizes.kept.items():
-            transaction.hincrby(keys.audience_sizes(entity), name, change)
-        for name, members in sizes.expiring.items():
-            transaction.zadd(keys.expiring_members(entity, name), members)
-        for name, pids in sizes.dropped.items():
-            transaction.zrem(keys.expiring_members(entity, name), *pids)
-        if touched := sizes.touched():
-            transaction.sadd(keys.expiring_audiences(entity), *touched)
-            for name in touched:
-                transaction.zremrangebyscore(keys.expiring_members(entity, name), "-inf", now)
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         ids = cast(
