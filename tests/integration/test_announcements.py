@@ -22,12 +22,11 @@ import orjson
 import pytest
 import redis
 
-from tests.integration.conftest import Publisher, wait_until
+from tests.integration.conftest import wait_until
 from tests.integration.test_worker_kills import kill9
-from tests.integration.workers import start_worker
+from tests.integration.workers import start_worker, worker_with_rules
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
-from traitflow.topics import ensure_topics, read_topic
+from traitflow.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -84,30 +83,25 @@ def test_announcements_survive_kill_9_exactly_once_in_effect(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     run = f"tfann-{uuid.uuid4().hex[:8]}"
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    settings = settings.isolated(
+    with worker_with_rules(
+        settings,
+        tmp_path,
+        RULES,
         run,
-        rules_path=rules,
-        home=tmp_path,
         profile_changes_topic=f"{run}-changes",
         topic_partitions=2,
-    )
-    asyncio.run(ensure_topics(settings))
-    publish = Publisher(settings, next(iter(settings.sources)))
-    keys = KeyLayout(settings.key_prefix)
-    events = orders(run, seed=15)
-    expected = batch_membership(events)
+    ) as own:
+        settings, keys, publish = own.settings, own.keys, own.publish
+        events = orders(run, seed=15)
+        expected = batch_membership(events)
 
-    def view(user: str) -> dict[str, Any] | None:
-        raw = redis_client.get(keys.view("user", user))
-        return orjson.loads(raw) if raw else None
+        def view(user: str) -> dict[str, Any] | None:
+            raw = redis_client.get(keys.view("user", user))
+            return orjson.loads(raw) if raw else None
 
-    def applied() -> int:
-        return sum((v := view(user)) is not None and v["version"] for user in expected)
+        def applied() -> int:
+            return sum((v := view(user)) is not None and v["version"] for user in expected)
 
-    worker = start_worker(settings, "worker")
-    try:
         wave = len(events) // WAVES
         for start in range(0, len(events), wave):
             publish(events[start : start + wave])
@@ -117,8 +111,8 @@ def test_announcements_survive_kill_9_exactly_once_in_effect(
                 return applied() >= goal
 
             wait_until(halfway, timeout=60, what="part of the wave")
-            kill9(worker)  # mid-wave: batches and outbox entries in flight
-            worker = start_worker(settings, "worker")
+            kill9(own.worker)  # mid-wave: batches and outbox entries in flight
+            own.worker = start_worker(settings, "worker")  # the one stopped at the end
         wait_until(lambda: applied() == len(events), timeout=90, what="every event applied")
         wait_until(
             lambda: all(
@@ -129,8 +123,6 @@ def test_announcements_survive_kill_9_exactly_once_in_effect(
             timeout=30,
             what="the outboxes to be sent",
         )
-    finally:
-        worker.stop()
 
     changes = asyncio.run(read_topic(settings, settings.audience_changes_topic))
     entered: dict[tuple[str, str], set[str]] = defaultdict(set)

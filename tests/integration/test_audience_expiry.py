@@ -5,7 +5,6 @@ with a count over every profile left in Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -15,11 +14,9 @@ import orjson
 import pytest
 import redis
 
-from tests.integration.conftest import Publisher, create_key, wait_until
-from tests.integration.workers import alive, running_api, start_worker
+from tests.integration.conftest import create_key, wait_until
+from tests.integration.workers import alive, running_api, worker_with_rules
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
-from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -38,36 +35,28 @@ audiences:
 def test_an_expired_anonymous_member_leaves_the_audience_size(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
     run = uuid.uuid4().hex[:8]
-    settings = settings.isolated(
-        f"tfaex-{run}", rules_path=rules, home=tmp_path, anonymous_ttl_s=TTL_S
-    )
-    asyncio.run(ensure_topics(settings))
-    keys = KeyLayout(settings.key_prefix)
-    publish = Publisher(settings, next(iter(settings.sources)))
-    idle, linked, known = f"anon-{run}", f"anon2-{run}", f"user-{run}"
+    with worker_with_rules(settings, tmp_path, RULES, f"tfaex-{run}", anonymous_ttl_s=TTL_S) as own:
+        settings, keys, publish, worker = own.settings, own.keys, own.publish, own.worker
+        idle, linked, known = f"anon-{run}", f"anon2-{run}", f"user-{run}"
 
-    def order(n: int, **ids: str) -> dict[str, Any]:
-        return {"type": "track", "event": "Order Completed", "messageId": f"{run}-{n}", **ids}
+        def order(n: int, **ids: str) -> dict[str, Any]:
+            return {"type": "track", "event": "Order Completed", "messageId": f"{run}-{n}", **ids}
 
-    def view(index: str, value: str) -> Any:
-        pid = cast("bytes | None", redis_client.get(keys.index("user", index, value)))
-        raw = redis_client.get(keys.view("user", pid.decode())) if pid else None
-        return orjson.loads(raw) if raw else None
+        def view(index: str, value: str) -> Any:
+            pid = cast("bytes | None", redis_client.get(keys.index("user", index, value)))
+            raw = redis_client.get(keys.view("user", pid.decode())) if pid else None
+            return orjson.loads(raw) if raw else None
 
-    def counted() -> int:
-        """The batch answer: the members among the profiles Redis still holds."""
-        views = list(redis_client.scan_iter(match=f"{keys.view_prefix('user')}*"))
-        return sum(
-            orjson.loads(raw)["_audiences"]["buyers"]
-            for raw in redis_client.mget(views)
-            if raw is not None
-        )
+        def counted() -> int:
+            """The batch answer: the members among the profiles Redis still holds."""
+            views = list(redis_client.scan_iter(match=f"{keys.view_prefix('user')}*"))
+            return sum(
+                orjson.loads(raw)["_audiences"]["buyers"]
+                for raw in redis_client.mget(views)
+                if raw is not None
+            )
 
-    worker = start_worker(settings, "worker")
-    try:
         with running_api(settings, "api") as url:
             token = create_key(settings, "audience-expiry", admin=True)
             headers = {"Authorization": f"Bearer {token}"}
@@ -111,8 +100,6 @@ def test_an_expired_anonymous_member_leaves_the_audience_size(
                 assert view("anonymous_id", linked)["_audiences"] == {"buyers": True}
                 listed = api.get("/v1/audiences").json()["audiences"]
                 assert [(a["name"], a["size"]) for a in listed] == [("buyers", 2)]
-    finally:
-        worker.stop()
     # what the counts hold: the two kept members; the expired one is not yet pruned
     # (no commit touched the audience since) but its deadline is past
     assert redis_client.hget(keys.audience_sizes("user"), "buyers") == b"2"

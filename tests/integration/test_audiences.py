@@ -5,7 +5,6 @@ in the metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,11 +16,9 @@ import orjson
 import pytest
 import redis
 
-from tests.integration.conftest import Publisher, create_key, wait_until
-from tests.integration.workers import alive, running_api, start_worker
+from tests.integration.conftest import create_key, wait_until
+from tests.integration.workers import running_api, worker_with_rules
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
-from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -51,29 +48,14 @@ def stamp(ms: int) -> str:
 def test_a_profile_enters_by_an_event_and_leaves_on_time(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    settings = settings.isolated(
-        f"tfaud-{uuid.uuid4().hex[:8]}", rules_path=rules, home=tmp_path, topic_partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
-    keys = KeyLayout(settings.key_prefix)
-    user, other = f"aud-{uuid.uuid4().hex[:8]}", f"aud-{uuid.uuid4().hex[:8]}"
-    publish = Publisher(settings, next(iter(settings.sources)))
+    name = f"tfaud-{uuid.uuid4().hex[:8]}"
+    with worker_with_rules(settings, tmp_path, RULES, name, topic_partitions=2) as own:
+        settings, keys, publish = own.settings, own.keys, own.publish
+        user, other = f"aud-{uuid.uuid4().hex[:8]}", f"aud-{uuid.uuid4().hex[:8]}"
 
-    def view(pid: str) -> Any:
-        raw = redis_client.get(keys.view("user", pid))
-        return orjson.loads(raw) if raw else None
-
-    worker = start_worker(settings, "worker")
-    try:
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
-        wait_until(
-            lambda: alive(worker) and view(probe) is not None,
-            timeout=60,
-            what="the worker to process its first event",
-        )
+        def view(pid: str) -> Any:
+            raw = redis_client.get(keys.view("user", pid))
+            return orjson.loads(raw) if raw else None
 
         # an order that leaves the 20-minute window (1-second buckets) 15 s from now
         window = 20 * 60_000
@@ -163,5 +145,3 @@ def test_a_profile_enters_by_an_event_and_leaves_on_time(
             b"recent_buyers": b"0",
             b"pro_spenders": b"0",
         }
-    finally:
-        worker.stop()

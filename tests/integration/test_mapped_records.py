@@ -5,7 +5,6 @@ without one (written before the mapping)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,10 @@ import orjson
 import pytest
 import redis
 
-from tests.integration.conftest import Publisher, create_key, wait_until
-from tests.integration.workers import alive, running_api, start_worker
+from tests.integration.conftest import create_key, wait_until
+from tests.integration.workers import alive, running_api, worker_with_rules
 from traitflow.config import Settings
-from traitflow.store import KeyLayout, record_header
-from traitflow.topics import ensure_topics
+from traitflow.store import record_header
 
 pytestmark = pytest.mark.integration
 
@@ -39,28 +37,23 @@ FIELDS = {"ltv": "attributes.spend", "email": "traits.email", "in_vip": "_audien
 def test_a_mapped_record_is_written_by_the_worker_and_read_in_one_trip(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    settings = settings.isolated(
+    with worker_with_rules(
+        settings,
+        tmp_path,
+        RULES,
         f"tfmap-{uuid.uuid4().hex[:8]}",
-        rules_path=rules,
-        home=tmp_path,
         topic_partitions=2,
         collections={"users": {"entity": "user", "fields": FIELDS}, "profiles": "user"},
         destinations={},
-    )
-    asyncio.run(ensure_topics(settings))
-    keys = KeyLayout(settings.key_prefix)
-    mapping = settings.record_mappings["user"]["users"]
-    user = f"map-{uuid.uuid4().hex[:8]}"
-    publish = Publisher(settings, next(iter(settings.sources)))
+    ) as own:
+        settings, keys, publish, worker = own.settings, own.keys, own.publish, own.worker
+        mapping = settings.record_mappings["user"]["users"]
+        user = f"map-{uuid.uuid4().hex[:8]}"
 
-    def view(pid: str) -> Any:
-        raw = redis_client.get(keys.view("user", pid))
-        return orjson.loads(raw) if raw else None
+        def view(pid: str) -> Any:
+            raw = redis_client.get(keys.view("user", pid))
+            return orjson.loads(raw) if raw else None
 
-    worker = start_worker(settings, "worker")
-    try:
         publish(
             [
                 {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}},
@@ -117,5 +110,3 @@ def test_a_mapped_record_is_written_by_the_worker_and_read_in_one_trip(
                     "/v1/collections/users/records/batch",
                     json={"lookups": [{"index": "id", "value": pid}]},
                 ).json() == {"records": [expected]}
-    finally:
-        worker.stop()

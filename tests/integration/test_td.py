@@ -5,7 +5,6 @@ the admin API; TD's error codes one by one; the rate limit."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,15 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from attributes.offers import CONTENT_TYPE, hash_token
-from tests.integration.conftest import Publisher, create_key, user_id, wait_until
-from tests.integration.workers import running_api, start_worker
+from tests.integration.conftest import create_key, user_id
+from tests.integration.workers import running_api, worker_with_rules
 from traitflow.config import Settings
 from traitflow.services import Daemon
-from traitflow.store import KeyLayout
-from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -175,13 +171,11 @@ audiences:
 
 
 def test_an_audience_offer_from_the_file_reflects_the_call_that_enters_it(
-    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     """A worker whose rules declare an audience, an API whose personalization file has
     an offer for it: the call whose event makes the profile enter the audience gets
     that offer in its own answer."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(AUDIENCE_RULES)
     p13n = tmp_path / "p13n.yaml"
     p13n.write_text(
         f"""\
@@ -197,21 +191,16 @@ services:
         attributes: {{spend: attributes.spend}}
 """
     )
-    own = settings.isolated(
+    with worker_with_rules(
+        settings,
+        tmp_path,
+        AUDIENCE_RULES,
         f"tftd-{uuid.uuid4().hex[:8]}",
-        rules_path=rules,
-        home=tmp_path,
         topic_partitions=2,
         personalization_file=p13n,
-    )
-    asyncio.run(ensure_topics(own))
-    key = create_key(own, "td-file", collections=["users"], rate_per_s=1000.0, burst=1000)
-    probe = f"probe-{uuid.uuid4().hex[:8]}"
-    Publisher(own, next(iter(own.sources)))([{"type": "identify", "userId": probe}])
-    worker = start_worker(own, "worker")
-    try:
-        view = KeyLayout(own.key_prefix).view("user", probe)
-        wait_until(lambda: redis_client.exists(view), timeout=60, what="the worker to start")
+    ) as started:
+        own = started.settings
+        key = create_key(own, "td-file", collections=["users"], rate_per_s=1000.0, burst=1000)
         with running_api(own, "api") as url:
             user = user_id()
 
@@ -227,5 +216,3 @@ services:
             assert entering.json() == {
                 "offers": {"vip": {"attributes": {"spend": 120.0}, "batch_segments": []}}
             }
-    finally:
-        worker.stop()

@@ -8,7 +8,6 @@ window, and drop the profile from the Redis expiry index once its windows are em
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,11 +19,9 @@ import pytest
 import redis
 
 from attributes.profile import ProfileState, decode_state
-from tests.integration.conftest import Publisher, wait_until
-from tests.integration.workers import alive, start_worker
+from tests.integration.conftest import wait_until
+from tests.integration.workers import worker_with_rules
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
-from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -53,43 +50,28 @@ def stamp(ms: int) -> str:
 def test_a_silent_profile_s_window_empties_on_time(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    settings = settings.isolated(
-        f"tfwin-{uuid.uuid4().hex[:8]}", rules_path=rules, home=tmp_path, topic_partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
-    topic = next(iter(settings.sources))
-    keys = KeyLayout(settings.key_prefix)
-    user = f"win-{uuid.uuid4().hex[:8]}"
+    name = f"tfwin-{uuid.uuid4().hex[:8]}"
+    with worker_with_rules(settings, tmp_path, RULES, name, topic_partitions=2) as own:
+        settings, keys, publish = own.settings, own.keys, own.publish
+        user = f"win-{uuid.uuid4().hex[:8]}"
 
-    def view() -> Any:
-        raw = redis_client.get(keys.view("user", user))
-        return orjson.loads(raw) if raw else None
+        def view() -> Any:
+            raw = redis_client.get(keys.view("user", user))
+            return orjson.loads(raw) if raw else None
 
-    def state() -> ProfileState:
-        return decode_state(cast("bytes", redis_client.get(keys.state("user", user))))
+        def state() -> ProfileState:
+            return decode_state(cast("bytes", redis_client.get(keys.state("user", user))))
 
-    def indexed() -> list[tuple[bytes, float]]:
-        """Every entry of the expiry indexes of this run's partitions."""
-        entries: list[tuple[bytes, float]] = []
-        for key in redis_client.scan_iter(match=f"{settings.key_prefix}:x:user:*"):
-            entries += cast(
-                "list[tuple[bytes, float]]", redis_client.zrange(key, 0, -1, withscores=True)
-            )
-        return entries
+        def indexed() -> list[tuple[bytes, float]]:
+            """Every entry of the expiry indexes of this run's partitions."""
+            entries: list[tuple[bytes, float]] = []
+            for key in redis_client.scan_iter(match=f"{settings.key_prefix}:x:user:*"):
+                entries += cast(
+                    "list[tuple[bytes, float]]", redis_client.zrange(key, 0, -1, withscores=True)
+                )
+            return entries
 
-    window = 20 * 60_000
-    publish = Publisher(settings, topic)
-    worker = start_worker(settings, "worker")
-    try:
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
-
-        def ready() -> bool:
-            return alive(worker) and bool(redis_client.exists(keys.view("user", probe)))
-
-        wait_until(ready, timeout=60, what="the worker to process its first event")
+        window = 20 * 60_000
 
         # two orders: one leaves the window 5 s from now, the other 10 s from now
         now = int(time.time() * 1000)
@@ -131,5 +113,3 @@ def test_a_silent_profile_s_window_empties_on_time(
         assert indexed() == []
         assert state().version == version  # no event was applied: time alone moved it
         assert state().attributes["orders_last_20m/count@20minutes"] == []
-    finally:
-        worker.stop()

@@ -3,19 +3,29 @@ what their logs say."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, free_port, port_open
+from traitflow.store import KeyLayout
+from traitflow.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Publisher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +39,55 @@ def start_worker(settings: Settings, name: str) -> Daemon:
         cwd=ROOT,
     )
     return daemon
+
+
+@dataclass
+class OwnWorker:
+    """What a test reaches its own worker by (see `worker_with_rules`)."""
+
+    settings: Settings
+    keys: KeyLayout
+    publish: Publisher
+    worker: Daemon  # a test that restarts the worker sets the new one here: it is stopped
+
+
+@contextlib.contextmanager
+def worker_with_rules(
+    settings: Settings, tmp_path: Path, rules: str, name: str, **changes: Any
+) -> Iterator[OwnWorker]:
+    """A real worker with `rules` (the text of a rules file), yielded once it has written
+    a profile and stopped after. Its settings are `settings.isolated(name, **changes)`
+    with the rules file and home in `tmp_path`: topics, consumer group and keys of its own.
+
+    Why: each test whose rules are not the session worker's needs a worker of its own,
+    and each repeated this setup. The probe profile's write shows that the worker has
+    joined its group and consumes, so a test's own timeouts do not include the seconds
+    of a group join."""
+    from tests.integration.conftest import Publisher, wait_until  # conftest imports us
+
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(rules)
+    own = settings.isolated(name, rules_path=rules_path, home=tmp_path, **changes)
+    asyncio.run(ensure_topics(own))
+    keys = KeyLayout(own.key_prefix)
+    started = OwnWorker(
+        own, keys, Publisher(own, next(iter(own.sources))), start_worker(own, "worker")
+    )
+    try:
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        started.publish([{"type": "identify", "userId": probe, "traits": {"probe": True}}])
+        client = redis.Redis.from_url(own.redis_url)
+        try:
+            wait_until(
+                lambda: alive(started.worker) and client.exists(keys.view("user", probe)),
+                timeout=60,
+                what="the worker to process its first event",
+            )
+        finally:
+            client.close()
+        yield started
+    finally:
+        started.worker.stop()
 
 
 @contextlib.contextmanager
