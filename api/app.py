@@ -33,6 +33,7 @@ from api.td_services import Personalization, RedisServiceStore, ServiceStore
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
+from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.runtime import tune_gc
 from traitflow.store import ProfileStore
 
@@ -45,6 +46,7 @@ def create_app(
     route_modules: Sequence[str] = ROUTE_MODULES,
     publisher: Publisher | None = None,
     personalization: ServiceStore | None = None,
+    catalog: RuleCatalog | None = None,
 ) -> FastAPI:
     """The app over `settings`, serving the routes of `route_modules` (`api.routes`).
     The stores given are used as they are (tests, benchmarks); those not given are
@@ -79,6 +81,9 @@ def create_app(
                 settings.redis_url, settings.key_prefix, settings.api_policy_cache_s, reads
             )
         )
+        state.catalog = catalog or RedisRuleCatalog.from_url(
+            settings.redis_url, settings.key_prefix
+        )
         # the broker is connected to on the first publish (`api.publisher`)
         state.publisher = publisher or KafkaPublisher.from_settings(settings)
         state.personalization = Personalization(
@@ -93,6 +98,7 @@ def create_app(
             yield
         finally:
             await state.publisher.close()
+            await state.catalog.close()
             await state.policies.close()
             await state.keys.close()
             await state.store.close()

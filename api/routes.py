@@ -21,6 +21,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.activation",
     "api.entities",
     "api.merge_policies",
+    "api.computed_attributes",
     "api.audiences",
     "api.ingest",
     "api.td_admin",

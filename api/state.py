@@ -21,6 +21,7 @@ from api.publisher import Publisher
 from api.td_services import Personalization
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
+from traitflow.rule_catalog import RuleCatalog
 from traitflow.store import ProfileStore
 
 #: the one attribute of `app.state` the API uses
@@ -34,6 +35,7 @@ class ApiState:
     absent before: a request then fails as one on a closed app would."""
 
     __slots__ = (
+        "catalog",
         "identities",
         "keys",
         "metrics",
@@ -53,6 +55,8 @@ class ApiState:
     keys: KeyStore
     #: merge policies made through the API (`api.merge_policies`)
     policies: PolicyStore
+    #: computed attributes made through the API (`api.computed_attributes`)
+    catalog: RuleCatalog
     #: where ingest publishes events (`api.ingest`, `api.publisher`)
     publisher: Publisher
     #: Treasure Data personalization services (`api.td`, `api.td_admin`)

@@ -270,6 +270,8 @@ def state_key(spec: AttributeSpec, aggregator: Aggregator | None = None) -> str:
     if spec.lookback is not None:
         shape += f"@{spec.lookback.count}{spec.lookback.unit}"
         shape += "/calendar" if spec.calendar else ""
+    if spec.revision:
+        shape += f"~{spec.revision}"
     return f"{spec.name}/{shape}"
 
 
@@ -280,10 +282,17 @@ def _pydantic_problem(error: Any) -> str:
 
 
 def parse_rules(
-    text: str, file: str = "<rules>", entities: Collection[str] | None = None
+    text: str,
+    file: str = "<rules>",
+    entities: Collection[str] | None = None,
+    managed: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> RuleSet:
     """Parse and compile a rule file's text; raise RuleFileError listing every problem.
-    With `entities` (the configured ones), a rule for any other entity is a problem."""
+    With `entities` (the configured ones), a rule for any other entity is a problem.
+    `managed` are attributes made through the API (`traitflow.rule_catalog`), each with
+    where it comes from (a problem's "file"): they follow the file's attributes and are
+    checked with them, so that a name is unique and an expression reads only what
+    exists across both."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -299,39 +308,45 @@ def parse_rules(
     assert isinstance(root, yaml.MappingNode)
     # like safe_load, the last of repeated keys wins
     items_node = [value for key, value in root.value if key.value == "attributes"][-1]
-    lines = [node.start_mark.line + 1 for node in items_node.value]
+    items: list[tuple[Any, str, int | None]] = [
+        (raw, file, node.start_mark.line + 1)
+        for raw, node in zip(data["attributes"], items_node.value, strict=True)
+    ]
+    items += ((dict(raw), origin, None) for origin, raw in managed)
+    #: attribute name -> where it is defined
+    origins: dict[str, str] = {}
 
     problems: list[RuleProblem] = []
     compiled: list[tuple[AttributeSpec, CompiledAttribute]] = []
     derived: dict[str, AttributeSpec] = {}
     filters: dict[str, Expression] = {}
-    seen: dict[str, int] = {}
-    for raw, line in zip(data["attributes"], lines, strict=True):
+    seen: dict[str, int | None] = {}
+    for raw, origin, line in items:
         name = raw.get("name") if isinstance(raw, dict) else None
         label = name if isinstance(name, str) else None
         try:
             spec = AttributeSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
             problems.extend(
-                RuleProblem(file, line, label, _pydantic_problem(e)) for e in exc.errors()
+                RuleProblem(origin, line, label, _pydantic_problem(e)) for e in exc.errors()
             )
             continue
         if spec.name in seen:
             problems.append(
                 RuleProblem(
-                    file,
+                    origin,
                     line,
                     spec.name,
-                    f"duplicate name (first defined on line {seen[spec.name]})",
+                    f"duplicate name (first defined {_at(origins[spec.name], seen[spec.name])})",
                 )
             )
             continue
-        seen[spec.name] = line
+        seen[spec.name], origins[spec.name] = line, origin
         if entities is not None and spec.entity not in entities:
             declared = ", ".join(entities) or "none"
             problems.append(
                 RuleProblem(
-                    file, line, spec.name, f"entity {spec.entity!r} is not declared ({declared})"
+                    origin, line, spec.name, f"entity {spec.entity!r} is not declared ({declared})"
                 )
             )
             continue
@@ -341,7 +356,7 @@ def parse_rules(
         try:
             compiled.append((spec, _compile(spec, filters)))
         except RuleError as exc:  # not ValueError: a bug here is no problem of the file
-            problems.append(RuleProblem(file, line, spec.name, str(exc)))
+            problems.append(RuleProblem(origin, line, spec.name, str(exc)))
 
     # a derived attribute reads the attributes of its own entity's profile
     expressions: dict[str, Expression] = {}
@@ -360,7 +375,8 @@ def parse_rules(
         )
         expressions.update(compiled_here)
         problems.extend(
-            RuleProblem(file, seen[name], name, problem) for name, problem in failed.items()
+            RuleProblem(origins[name], seen[name], name, problem)
+            for name, problem in failed.items()
         )
     types: dict[str, dict[str, CelType]] = {}
     for spec, _ in compiled:
@@ -383,6 +399,11 @@ def parse_rules(
         names=list(seen),
         audiences=audiences,
     )
+
+
+def _at(origin: str, line: int | None) -> str:
+    """Where an attribute was defined, for a problem's text."""
+    return f"on line {line}" if line else f"in {origin}"
 
 
 def load_rules(path: str | Path, entities: Collection[str] | None = None) -> RuleSet:

@@ -96,6 +96,10 @@ class AttributeSpec(pydantic.BaseModel):
     max_values: int | None = pydantic.Field(default=None, ge=1, le=MAX_VALUES, strict=True)
     #: `derived` only: a CEL expression over other attributes of the same profile
     expression: str | None = None
+    #: part of the state key when set: a new revision starts a fresh state (an
+    #: attribute made through the API gets one per change of its condition, so that
+    #: no state mixes events counted under two conditions)
+    revision: int = pydantic.Field(default=0, ge=0)
 
     @pydantic.field_validator("function", mode="before")
     @classmethod

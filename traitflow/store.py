@@ -39,6 +39,12 @@ Redis layout, for prefix `tf` and entity `user`:
                                            (topic, key, value), until the owner of the
                                            input partition has sent them (`traitflow.
                                            outbox`)
+    tf:ca                          hash    computed attribute id -> the attribute made
+                                           through the API (JSON; `traitflow.
+                                           rule_catalog`)
+    tf:ca:v                        string  the rules version: incremented by each
+                                           change of `tf:ca` (absent: 0); commits are
+                                           made only at the version they computed with
     tf:a:user                      hash    audience name -> its kept members: the
                                            profiles in it that do not expire, adjusted
                                            by the commit of each write that enters or
@@ -166,6 +172,12 @@ class KeyLayout:
 
     def merge_policies(self) -> str:
         return f"{self.prefix}:mp"
+
+    def computed_attributes(self) -> str:
+        return f"{self.prefix}:ca"
+
+    def rules_version(self) -> str:
+        return f"{self.prefix}:ca:v"
 
     def audience_sizes(self, entity: str) -> str:
         return f"{self.prefix}:a:{entity}"

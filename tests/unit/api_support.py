@@ -23,6 +23,7 @@ from api.keys import KeyStore, MemoryKeyStore, new_key
 from api.policy_store import MemoryPolicyStore
 from api.state import state_of
 from traitflow.config import Settings
+from traitflow.rule_catalog import MemoryRuleCatalog
 from traitflow.store import ProfileStore
 
 ADMIN = "admin"
@@ -61,9 +62,9 @@ async def serve(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.As
     """Run `app`'s lifespan and yield a client for it that sends `key`: `ADMIN` (an
     admin key made for the occasion), None (no key) or a key of yours.
 
-    An app built without `keys=` or `policies=` gets a `MemoryKeyStore` and a
-    `MemoryPolicyStore` here instead of the Redis ones its lifespan made (which have not
-    connected yet): unit tests do no I/O."""
+    An app built without `keys=`, `policies=` or `catalog=` gets a `MemoryKeyStore`, a
+    `MemoryPolicyStore` and a `MemoryRuleCatalog` here instead of the Redis ones its
+    lifespan made (which have not connected yet): unit tests do no I/O."""
     async with app.router.lifespan_context(app):
         state = state_of(app)
         if not isinstance(state.keys, MemoryKeyStore):
@@ -72,6 +73,9 @@ async def serve(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.As
         if not isinstance(state.policies, MemoryPolicyStore):
             await state.policies.close()
             state.policies = MemoryPolicyStore()
+        if not isinstance(state.catalog, MemoryRuleCatalog):
+            await state.catalog.close()
+            state.catalog = MemoryRuleCatalog()
         if key == ADMIN:
             key = await add_key(state.keys, "test-admin", admin=True)
         headers = bearer(key) if key is not None else {}

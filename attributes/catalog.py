@@ -1,0 +1,161 @@
+"""Computed attributes made through the API (Adobe's `ca/attributes`), and their
+lifecycle: what a change may do, checked before anything is stored.
+
+An attribute made this way is a rule like the rule file's (its `definition` is an
+`AttributeSpec`'s fields), plus an id, a status and times. Only the live ones
+(`PROCESSING`, `ACTIVE`) are computed by the workers; a `DRAFT` is kept and checked
+but not computed, a `DISABLED` one is neither (its state is dropped at each profile's
+next write: `attributes.profile.reconcile`). The rule file's attributes are listed
+beside them, read-only, as configured merge policies are.
+
+A change of what an attribute counts (its condition, event, function or window)
+gives it a new `revision`, part of its state key: no state mixes events counted
+under two definitions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from attributes.errors import RuleError
+
+
+class Status(enum.StrEnum):
+    DRAFT = "DRAFT"
+    PROCESSING = "PROCESSING"
+    ACTIVE = "ACTIVE"
+    DISABLED = "DISABLED"
+
+
+#: the statuses whose attributes the workers compute
+LIVE = frozenset({Status.PROCESSING, Status.ACTIVE})
+#: what a user may ask a status to become (PROCESSING is the system's: a backfill)
+REQUESTABLE = frozenset({Status.DRAFT, Status.ACTIVE, Status.DISABLED})
+#: the definition fields a PATCH may change (Adobe's: description, condition,
+#: window; and the status); the name, entity and function make another attribute
+PATCHABLE = frozenset({"description", "where", "expression", "lookback", "event", "status"})
+#: the fields whose change changes what is counted: a new revision
+COUNTING = frozenset({"where", "expression", "lookback", "event"})
+
+
+class LifecycleError(RuleError):
+    """A change the lifecycle does not allow; `field` names what was wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedAttribute:
+    id: str
+    status: Status
+    #: the rule's fields, as in a rule file (`attributes.specs.AttributeSpec`)
+    definition: Mapping[str, Any]
+    created_ms: int
+    updated_ms: int
+    #: the rules version that made its current definition and status
+    version: int = 0
+    #: what its backfill has done, while PROCESSING (`attributes` are not told)
+    progress: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.definition["name"])
+
+    @property
+    def entity(self) -> str:
+        return str(self.definition.get("entity", "user"))
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "definition": dict(self.definition),
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "version": self.version,
+            "progress": dict(self.progress),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ManagedAttribute:
+        return cls(
+            id=str(data["id"]),
+            status=Status(data["status"]),
+            definition=dict(data["definition"]),
+            created_ms=int(data["created_ms"]),
+            updated_ms=int(data["updated_ms"]),
+            version=int(data.get("version", 0)),
+            progress=dict(data.get("progress") or {}),
+        )
+
+
+def requested(status: Any) -> Status:
+    """A status a user asked for; LifecycleError if it is none they may ask for."""
+    allowed = ", ".join(sorted(REQUESTABLE))
+    if not isinstance(status, str) or status not in REQUESTABLE:
+        raise LifecycleError("status", f"must be one of {allowed}")
+    return Status(status)
+
+
+def on_request(current: Status | None, wanted: Status, *, backfill: bool) -> Status:
+    """The status an attribute gets when a user asks for `wanted` (`current`: None for a
+    new one). Activating makes it PROCESSING when its history is to be backfilled."""
+    if wanted is Status.DRAFT and current not in (None, Status.DRAFT):
+        raise LifecycleError("status", f"a {current} attribute cannot go back to DRAFT")
+    if wanted is Status.ACTIVE:
+        if current in LIVE:
+            return current
+        return Status.PROCESSING if backfill else Status.ACTIVE
+    return wanted
+
+
+def patched(
+    attribute: ManagedAttribute, patch: Mapping[str, Any], *, now_ms: int, backfill: bool
+) -> ManagedAttribute:
+    """`attribute` with `patch` applied (LifecycleError naming the field if it may not
+    be). A change of what it counts gives it a new revision, and a live one is
+    computed again (PROCESSING, when backfilled)."""
+    unknown = sorted(set(patch) - PATCHABLE)
+    if unknown:
+        allowed = ", ".join(sorted(PATCHABLE))
+        raise LifecycleError(unknown[0], f"cannot be changed (these can: {allowed})")
+    definition = {**attribute.definition}
+    counting = False
+    for key, value in patch.items():
+        if key == "status":
+            continue
+        if value is None:
+            counting |= key in COUNTING and key in definition
+            definition.pop(key, None)
+        elif definition.get(key) != value:
+            counting |= key in COUNTING
+            definition[key] = value
+    status = attribute.status
+    if "status" in patch:
+        status = on_request(attribute.status, requested(patch["status"]), backfill=backfill)
+    if counting:
+        definition["revision"] = int(definition.get("revision", 0)) + 1
+        if status in LIVE and backfill:
+            status = Status.PROCESSING
+    return replace(attribute, definition=definition, status=status, updated_ms=now_ms)
+
+
+def live_definitions(attributes: Sequence[ManagedAttribute]) -> list[tuple[str, Mapping[str, Any]]]:
+    """What the workers compute: the live attributes' definitions, each with where it
+    comes from (`attributes.rules.parse_rules`'s `managed`)."""
+    return [(origin(a.id), a.definition) for a in attributes if a.live]
+
+
+def origin(attribute_id: str) -> str:
+    """Where a managed attribute is defined, as a problem names it."""
+    return f"ca/attributes/{attribute_id}"

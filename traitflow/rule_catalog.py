@@ -1,0 +1,188 @@
+"""Where the computed attributes made through the API are kept, with the rules
+version: one number that every change increments, so that a worker knows, by one
+GET, whether its rules are still current (`streams.rule_switch`).
+
+A change is read, checked against everything stored and written in one optimistic
+transaction (WATCH the version): two API processes changing attributes at once
+cannot both pass a check made against a set the other has changed. The rule file's
+attributes are not here: each process reads the file (`RuleSource`).
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from attributes.catalog import ManagedAttribute, Status, live_definitions
+from attributes.rules import RuleFileError, RuleProblem, RuleSet, parse_rules
+from traitflow.store import KeyLayout
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The managed attributes at one rules version."""
+
+    version: int = 0
+    attributes: tuple[ManagedAttribute, ...] = ()
+
+    def get(self, attribute_id: str) -> ManagedAttribute | None:
+        return next((a for a in self.attributes if a.id == attribute_id), None)
+
+    def named(self, name: str) -> ManagedAttribute | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an edit stores: `put` replaces or adds an attribute, `drop` removes one."""
+
+    put: ManagedAttribute | None = None
+    drop: str | None = None
+
+
+def new_id() -> str:
+    return f"ca-{uuid.uuid4().hex[:12]}"
+
+
+class RuleCatalog(abc.ABC):
+    @abc.abstractmethod
+    async def version(self) -> int:
+        """The current rules version (0: nothing was ever changed)."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Catalog:
+        """The attributes and the version they are at, read together."""
+
+    @abc.abstractmethod
+    async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
+        """Apply `edit` to the current catalog and store what it returns, with the
+        version incremented; the catalog after. `edit` raises to refuse (nothing is
+        stored) and may be called again if another change came first."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def _applied(catalog: Catalog, change: Change) -> Catalog:
+    version = catalog.version + 1
+    replaced = {change.drop, change.put.id if change.put is not None else None}
+    kept = [a for a in catalog.attributes if a.id not in replaced]
+    if change.put is not None:
+        kept.append(replace(change.put, version=version))
+    kept.sort(key=lambda a: (a.created_ms, a.id))
+    return Catalog(version, tuple(kept))
+
+
+class MemoryRuleCatalog(RuleCatalog):
+    """In memory, for tests of the API and the worker's logic without Redis."""
+
+    def __init__(self) -> None:
+        self.catalog = Catalog()
+
+    async def version(self) -> int:
+        return self.catalog.version
+
+    async def snapshot(self) -> Catalog:
+        return self.catalog
+
+    async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
+        self.catalog = _applied(self.catalog, edit(self.catalog))
+        return self.catalog
+
+
+class RedisRuleCatalog(RuleCatalog):
+    """A hash of attribute id -> JSON (`KeyLayout.computed_attributes`) and the version
+    (`KeyLayout.rules_version`)."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeyLayout) -> None:
+        self.client = client
+        self.hash = keys.computed_attributes()
+        self.version_key = keys.rules_version()
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> RedisRuleCatalog:
+        return cls(aioredis.Redis.from_url(url), KeyLayout(prefix))
+
+    async def version(self) -> int:
+        return int(await self.client.get(self.version_key) or 0)
+
+    async def snapshot(self) -> Catalog:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.version_key)
+            pipe.hgetall(self.hash)
+            version, stored = await pipe.execute()
+        return _decoded(version, stored)
+
+    async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(self.version_key)
+                catalog = _decoded(await pipe.get(self.version_key), await pipe.hgetall(self.hash))
+                after = _applied(catalog, change := edit(catalog))
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if change.drop is not None:
+                    pipe.hdel(self.hash, change.drop)
+                if change.put is not None:
+                    stored = after.get(change.put.id)
+                    assert stored is not None
+                    pipe.hset(self.hash, stored.id, orjson.dumps(stored.as_json()))
+                pipe.set(self.version_key, after.version)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue  # another change came first: check against it
+                return after
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _decoded(version: bytes | str | None, stored: Mapping[bytes | str, bytes | str]) -> Catalog:
+    attributes = [ManagedAttribute.from_json(orjson.loads(raw)) for raw in stored.values()]
+    attributes.sort(key=lambda a: (a.created_ms, a.id))
+    return Catalog(int(version or 0), tuple(attributes))
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """The rule file's text, read once, and what composing it with the catalog gives:
+    the rules the workers compute (file attributes first, then the live managed ones)."""
+
+    text: str
+    path: str
+    entities: Collection[str] | None = None
+    #: attribute names the file declares (a managed attribute may not take one)
+    names: frozenset[str] = field(default=frozenset())
+
+    @classmethod
+    def read(cls, path: str | Path, entities: Collection[str] | None = None) -> RuleSource:
+        """The file at `path`; RuleFileError if it cannot be read or used."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = RuleProblem(str(path), None, None, f"cannot read: {exc}")
+            raise RuleFileError([problem]) from None
+        rules = parse_rules(text, str(path), entities)
+        return cls(text, str(path), entities, frozenset(rules.names))
+
+    def compose(self, attributes: Sequence[ManagedAttribute]) -> RuleSet:
+        """The rules with the live ones of `attributes`; RuleFileError names each
+        problem with the attribute's `ca/attributes/{id}`."""
+        return parse_rules(self.text, self.path, self.entities, live_definitions(attributes))
+
+    def check(self, attributes: Sequence[ManagedAttribute]) -> None:
+        """Raise RuleFileError unless `attributes` compose with the file, as if every
+        one that is not DISABLED were live (a DRAFT must be ready to activate)."""
+        trial = [
+            a if a.status is not Status.DRAFT else replace(a, status=Status.ACTIVE)
+            for a in attributes
+            if a.status is not Status.DISABLED
+        ]
+        self.compose(trial)
