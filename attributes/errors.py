@@ -18,7 +18,9 @@ lives in the module that raises it:
     │   │                         compile (syntax, unknown name, type)
     │   ├── InvalidPath           attributes.paths: a field path (`propertes.revenue`)
     │   ├── InvalidPattern        attributes.expressions.regex: a pattern RE2 cannot compile
-    │   └── DerivedCycle          attributes.derived: derived attributes that read each other
+    │   ├── DerivedCycle          attributes.derived: derived attributes that read each other
+    │   └── LifecycleError        attributes.catalog: a change of a computed attribute that
+    │                             its lifecycle refuses (`field` names what)
     ├── DataError                 data met at run time does not fit a rule: that event, or
     │   │                         that one attribute, alone is affected; nothing stops
     │   ├── InvalidEvent          attributes.events: no event, or over a limit: dead-lettered
