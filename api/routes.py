@@ -25,6 +25,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.audiences",
     "api.ingest",
     "api.td_admin",
+    "api.explorer",
     "api.td",  # last: its `POST /{database}/{table}` matches any two-segment path
 )
 

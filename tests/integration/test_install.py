@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from api import explorer
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +90,8 @@ def test_the_wheel_installed_elsewhere_runs_the_cli_and_imports_every_module(
     assert shipped == set(PACKAGES), "the wheel ships the four packages (no tests, no bench)"
     for package in PACKAGES:  # PEP 561: their type hints are for their users' type checkers
         assert f"{package}/py.typed" in names, package
+    for page in [*explorer.PAGES.values(), *explorer.ASSETS]:  # package data, not modules
+        assert f"api/{explorer.STATIC.name}/{page}" in names, page
 
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     python = venv / "bin" / "python"
