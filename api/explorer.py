@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from api import shapes
 from api.auth import Principal, authenticate
 from api.errors import ApiError
 from api.state import services
+from attributes.catalog import ManagedAttribute
 from attributes.rules import RuleFileError, RuleSet, load_rules
 from traitflow.config import Settings
 
@@ -115,10 +117,45 @@ def _rule_set(path: Path, entities: tuple[str, ...]) -> RuleSet:
     return load_rules(path, entities)
 
 
+async def listed_rules(request: Request) -> tuple[list[dict[str, Any]], int]:
+    """What the rules page lists, and the current rules version: the one place its data
+    comes from. The rule file's rules, then those made through the computed-attributes
+    API (`api.computed_attributes`), each with its status and, while it backfills, the
+    progress its catalog entry holds."""
+    state = services(request)
+    catalog = await state.catalog.snapshot()
+    managed = [managed_rule(attribute) for attribute in catalog.attributes]
+    return configured_rules(state.settings) + managed, catalog.version
+
+
+def managed_rule(attribute: ManagedAttribute) -> dict[str, Any]:
+    """An attribute made through the API, as the rules page lists it."""
+    definition = attribute.definition
+    lookback = definition.get("lookback")
+    window = None
+    if isinstance(lookback, Mapping):
+        window = f"{lookback.get('count')} {lookback.get('unit')}"
+        window += "/calendar" if definition.get("calendar") else ""
+    listed = {
+        "name": attribute.name,
+        "function": str(definition.get("function", "")),
+        "window": window,
+        "entity": attribute.entity,
+        "description": str(definition.get("description", "")),
+    }
+    if "expression" in definition:
+        listed["expression"] = str(definition["expression"])
+    return listed | {
+        "status": attribute.status.value,
+        "backfill": dict(attribute.progress) or None,
+        "origin": "api",
+        "id": attribute.id,
+    }
+
+
 def configured_rules(settings: Settings) -> list[dict[str, Any]]:
-    """The rules the rules page lists, in rule-file order: the one place its data comes
-    from, so that it can read the computed-attributes API's rules (with their own
-    status and backfill progress) instead. The rule file is read once per process, as
+    """The rule file's rules, in its order, each ACTIVE and never backfilled (read-only
+    through the computed-attributes API too). The file is read once per process, as
     for audiences; one the API cannot use answers 503."""
     try:
         rules = _rule_set(settings.rules_path, tuple(settings.entities))
@@ -143,7 +180,14 @@ def configured_rules(settings: Settings) -> list[dict[str, Any]]:
             "expression": derived.expression.source,
         }
     return [
-        {"name": name, **listed[name], "status": CONFIGURED_STATUS, "backfill": None}
+        {
+            "name": name,
+            **listed[name],
+            "status": CONFIGURED_STATUS,
+            "backfill": None,
+            "origin": "file",
+            "id": f"file:{name}",  # as the computed-attributes API names it
+        }
         for name in rules.names
         if name in listed
     ]
@@ -168,8 +212,22 @@ RULES_EXAMPLE = {
             "description": "Total revenue of all completed orders.",
             "status": CONFIGURED_STATUS,
             "backfill": None,
-        }
-    ]
+            "origin": "file",
+            "id": "file:lifetime_value",
+        },
+        {
+            "name": "orders_30d",
+            "function": "count",
+            "window": "30 days",
+            "entity": "user",
+            "description": "Orders in the last 30 days.",
+            "status": "PROCESSING",
+            "backfill": {"done": 1200, "total": 5000},
+            "origin": "api",
+            "id": "ca-3f9c0a1b2d4e",
+        },
+    ],
+    "rulesVersion": 4,
 }
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no API key, or an invalid one"},
@@ -202,7 +260,7 @@ async def explorer_entities(
     summary="The rules the profile explorer lists (admin key)",
     responses={
         200: {
-            "description": "the rules, in rule-file order, with their status",
+            "description": "the rule file's rules, then those made through the API",
             "content": {"application/json": {"example": RULES_EXAMPLE}},
         },
         **ADMIN_RESPONSES,
@@ -214,5 +272,6 @@ async def explorer_rules(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     admin_only(principal)
-    body = {"rules": configured_rules(services(request).settings)}
+    rules, version = await listed_rules(request)
+    body = {"rules": rules, "rulesVersion": version}
     return Response(shapes.encode(body), media_type="application/json")

@@ -234,23 +234,41 @@ async function lookUp(event) {
 
 // ---- the rules page -------------------------------------------------------------
 
-// The page's one source of rules: the configured rules for now; to be switched to the
-// computed-attributes API (with its own status and backfill progress) when it exists.
+// The page's one source of rules (api/explorer.py's listed_rules says where they come
+// from): the rule file's, then those made through the computed-attributes API.
 async function loadRules(key) {
   const result = await call("/explorer/api/rules", key);
-  return result.status === 200 ? { rules: result.body.rules } : { failed: result };
+  if (result.status !== 200) return { failed: result };
+  return { rules: result.body.rules, version: result.body.rulesVersion };
 }
 
+function percent(fraction) {
+  return Math.floor(Math.max(0, Math.min(1, fraction)) * 100) + "%";
+}
+
+// A backfill's progress as the catalog holds it: a fraction, {done, total}, {fraction}
+// or {percent}, with an optional ETA; anything else is shown as it is.
 function progress(backfill) {
   if (backfill === null || backfill === undefined) return "—";
-  if (typeof backfill === "number") return Math.round(backfill * 100) + "%";
-  const done = backfill.progress !== undefined ? Math.round(backfill.progress * 100) + "%" : "";
-  return backfill.eta ? done + " (ETA " + backfill.eta + ")" : done || text(backfill);
+  if (typeof backfill === "number") return percent(backfill);
+  if (typeof backfill !== "object") return text(backfill);
+  let done = null;
+  if (typeof backfill.fraction === "number") done = percent(backfill.fraction);
+  else if (typeof backfill.percent === "number") done = percent(backfill.percent / 100);
+  else if (typeof backfill.done === "number" && typeof backfill.total === "number") {
+    done = percent(backfill.total > 0 ? backfill.done / backfill.total : 1);
+    done += " (" + backfill.done + " of " + backfill.total + ")";
+  }
+  if (done === null) return text(backfill);
+  const eta = backfill.eta !== undefined ? backfill.eta : backfill.eta_s;
+  if (eta === undefined || eta === null) return done;
+  return done + ", ETA " + (typeof eta === "number" ? Math.ceil(eta) + " s" : text(eta));
 }
 
 async function startRulesPage(key) {
   const loaded = await loadRules(key);
   if (loaded.failed) return failure(loaded.failed);
+  $("rules-version").textContent = loaded.version ? "rules version " + loaded.version : "";
   fill(
     "rules",
     loaded.rules.map((rule) =>
@@ -261,6 +279,7 @@ async function startRulesPage(key) {
           rule.function,
           rule.window || "",
           rule.description || rule.expression || "",
+          rule.origin === "api" ? "API" : "rule file",
           rule.status,
           progress(rule.backfill),
         ],

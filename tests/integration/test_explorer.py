@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.workers import alive, running_api, start_worker
@@ -70,6 +71,14 @@ audiences:
     description: Spent 500 or more.
     condition: lifetime_value >= 500.0
 """
+#: an attribute the rules test makes through the computed-attributes API
+ORDERS_7D = {
+    "name": "orders_7d",
+    "function": "count",
+    "event": "Order Completed",
+    "lookback": {"count": 7, "unit": "days"},
+    "description": "Orders in the last 7 days.",
+}
 RULE_NAMES = ["lifetime_value", "orders", "last_product", "orders_30d", "big_spender"]
 
 #: the name Debian's package gives the browser (`apt-get install chromium`)
@@ -285,6 +294,15 @@ def test_a_profile_is_found_by_its_email_and_shown_whole(
 
 
 def test_the_rules_page_lists_the_rules(explored: Explored, watched: Watched) -> None:
+    # an attribute made through the computed-attributes API follows the file's, as a draft
+    headers = {"Authorization": f"Bearer {explored.admin_key}"}
+    made = httpx.post(
+        f"{explored.url}/data/core/ca/attributes",
+        headers=headers,
+        json={**ORDERS_7D, "status": "DRAFT"},
+        timeout=5.0,
+    )
+    assert made.status_code == 201, made.text
     page = watched.page
     page.goto(f"{explored.url}/explorer/rules")
     enter_key(page, explored.admin_key)
@@ -292,13 +310,25 @@ def test_the_rules_page_lists_the_rules(explored: Explored, watched: Watched) ->
     names = page.locator("#rules tbody tr").evaluate_all(
         "rows => rows.map(row => row.dataset.name)"
     )
-    assert names == RULE_NAMES
+    assert names == [*RULE_NAMES, "orders_7d"]
+    assert cells(page, "rules", "orders_7d") == [
+        "orders_7d",
+        "user",
+        "count",
+        "7 days",
+        "Orders in the last 7 days.",
+        "API",
+        "DRAFT",
+        "—",
+    ]
+    assert page.inner_text("#rules-version").startswith("rules version ")
     assert cells(page, "rules", "orders_30d") == [
         "orders_30d",
         "user",
         "count",
         "30 days",
         "Orders in the last 30 days.",
+        "rule file",
         "ACTIVE",
         "—",
     ]
@@ -331,3 +361,42 @@ def test_a_key_that_is_not_an_admin_key_is_refused_with_a_reason(
     assert page.evaluate("sessionStorage.length") == 0
     # the refusals are the API's 401 and 403, which the browser logs as failed loads
     assert all("401" in error or "403" in error for error in watched.errors), watched.errors
+
+
+def test_what_the_api_adds_later_is_shown_when_present(
+    explored: Explored, watched: Watched
+) -> None:
+    """A view's rule version and a rule's backfill progress, which the worker and the
+    computed-attributes API fill in: the real answers, with those fields added on the way
+    to the page (a view here was written with the rule file alone, and only a backfill
+    makes progress)."""
+
+    def with_rules_version(route: Route) -> None:
+        answer = route.fetch()
+        route.fulfill(response=answer, json={**answer.json(), "rules_version": 7})
+
+    def backfilling(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for rule in body["rules"]:
+            if rule["name"] == "orders":
+                rule |= {"status": "PROCESSING", "backfill": {"done": 120, "total": 500}}
+        route.fulfill(response=answer, json=body)
+
+    page = watched.page
+    page.route("**/v1/collections/users/records/**", with_rules_version)
+    page.route("**/explorer/api/rules", backfilling)
+    page.goto(f"{explored.url}/explorer")
+    enter_key(page, explored.admin_key)
+    page.wait_for_selector("#lookup-form", state="visible")
+    page.select_option("#lookup-index", "anonymous_id")
+    page.fill("#lookup-value", explored.anonymous)
+    page.click("#lookup-form button[type=submit]")
+    page.wait_for_selector("#profile", state="visible")
+    assert "Rule version\n7" in page.inner_text("#profile-summary")
+    assert cells(page, "attributes", "orders")[2].endswith("; rule version 7")
+
+    page.goto(f"{explored.url}/explorer/rules")
+    page.wait_for_selector("#rules-section", state="visible")
+    assert cells(page, "rules", "orders")[6:] == ["PROCESSING", "24% (120 of 500)"]
+    assert watched.errors == []

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from api import explorer
+from api.app import create_app
+from attributes.catalog import ManagedAttribute, Status
 from tests.unit import api_support
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.rule_catalog import Change, MemoryRuleCatalog
 
 pytestmark = pytest.mark.anyio
 
@@ -183,6 +186,8 @@ async def test_the_rules_are_listed_in_file_order_as_configured_and_active(
                 "description": "Orders in the last 7 days.",
                 "status": "ACTIVE",
                 "backfill": None,
+                "origin": "file",
+                "id": "file:orders_7d",
             },
             {
                 "name": "big_spender",
@@ -193,6 +198,8 @@ async def test_the_rules_are_listed_in_file_order_as_configured_and_active(
                 "expression": "spend >= 100.0",
                 "status": "ACTIVE",
                 "backfill": None,
+                "origin": "file",
+                "id": "file:big_spender",
             },
             {
                 "name": "spend",
@@ -202,6 +209,8 @@ async def test_the_rules_are_listed_in_file_order_as_configured_and_active(
                 "description": "Total revenue.",
                 "status": "ACTIVE",
                 "backfill": None,
+                "origin": "file",
+                "id": "file:spend",
             },
             {
                 "name": "seats",
@@ -211,9 +220,76 @@ async def test_the_rules_are_listed_in_file_order_as_configured_and_active(
                 "description": "",
                 "status": "ACTIVE",
                 "backfill": None,
+                "origin": "file",
+                "id": "file:seats",
             },
-        ]
+        ],
+        "rulesVersion": 0,
     }
+
+
+async def test_attributes_made_through_the_api_follow_with_their_status_and_progress(
+    settings: Settings,
+) -> None:
+    catalog = MemoryRuleCatalog()
+    app = create_app(settings, store=MemoryProfileStore(), catalog=catalog)
+    made = ManagedAttribute(
+        "ca-0123456789ab",
+        Status.PROCESSING,
+        {
+            "name": "orders_30d",
+            "function": "count",
+            "event": "Order Completed",
+            "lookback": {"count": 30, "unit": "days"},
+            "description": "Orders in the last 30 days.",
+        },
+        created_ms=1,
+        updated_ms=2,
+        progress={"done": 120, "total": 500},
+    )
+    derived = ManagedAttribute(
+        "ca-ba9876543210",
+        Status.DRAFT,
+        {"name": "big", "function": "derived", "expression": "spend > 100.0"},
+        created_ms=3,
+        updated_ms=3,
+    )
+    await catalog.change(lambda _: Change(put=made))
+    await catalog.change(lambda _: Change(put=derived))
+    async with api_support.serve(app) as client:
+        answer = (await client.get("/explorer/api/rules")).json()
+    assert [rule["name"] for rule in answer["rules"]] == [
+        "orders_7d",
+        "big_spender",
+        "spend",
+        "seats",
+        "orders_30d",
+        "big",
+    ]
+    assert answer["rules"][4] == {
+        "name": "orders_30d",
+        "function": "count",
+        "window": "30 days",
+        "entity": "user",
+        "description": "Orders in the last 30 days.",
+        "status": "PROCESSING",
+        "backfill": {"done": 120, "total": 500},
+        "origin": "api",
+        "id": "ca-0123456789ab",
+    }
+    assert answer["rules"][5] == {
+        "name": "big",
+        "function": "derived",
+        "window": None,
+        "entity": "user",
+        "description": "",
+        "expression": "spend > 100.0",
+        "status": "DRAFT",
+        "backfill": None,
+        "origin": "api",
+        "id": "ca-ba9876543210",
+    }
+    assert answer["rulesVersion"] == 2
 
 
 async def test_an_unusable_rule_file_is_a_json_503(tmp_path: Path) -> None:
