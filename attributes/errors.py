@@ -45,6 +45,8 @@ lives in the module that raises it:
     │   │   │                     transient, the API answers 503
     │   │   └── RespTimeoutError  traitflow.resp: no answer in time; also a `TimeoutError`
     │   ├── Conflict              traitflow.store: a commit's reads changed: computed again
+    │   ├── RulesChanged          traitflow.store: a commit computed with rules older than
+    │   │                         the current version: the worker switches, computes again
     │   ├── NotDurable            traitflow.durability: writes not on disk/replicas in time
     │   └── UnsafeRedis           traitflow.redis_checks: a Redis that could lose traitflow's keys
     ├── ComputeFailed             streams.entity: computing a batch raised (a bug some input

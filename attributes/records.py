@@ -27,6 +27,7 @@ ROOTS: dict[str, bool] = {
     "first_seen": False,
     "last_seen": False,
     "version": False,
+    "rules_version": False,
 }
 
 

@@ -33,10 +33,12 @@ from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
+from streams.rule_switch import RuleSwitch
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.outbox import RedisOutbox, relay
 from traitflow.redis_store import RedisProfileStore
+from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import Outgoing, ProfileStore
 from traitflow.topics import ensure_topics
@@ -60,8 +62,16 @@ def faust_broker_url(bootstrap: str) -> str:
 
 
 def create_app(
-    settings: Settings, rules: RuleSet, metrics: WorkerMetrics | None = None
+    settings: Settings,
+    rules: RuleSet,
+    metrics: WorkerMetrics | None = None,
+    *,
+    source: RuleSource | None = None,
+    rules_version: int = 0,
 ) -> faust.App:
+    """The worker's app computing `rules`. With `source`, the rule file they were
+    composed from, the worker follows the attributes made through the API: `rules` are
+    at `rules_version`, and it switches when that moves (`streams.rule_switch`)."""
     faust_fixes.install()
     fastfaust.install()
     metrics = metrics or WorkerMetrics()
@@ -140,7 +150,27 @@ def create_app(
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
-    if any(entity.rules.windowed for entity in processor.entities.values()):
+    if source is not None:
+        switch = RuleSwitch(RedisRuleCatalog(profiles.client, profiles.keys), source)
+        processor.reload = switch.current
+        if rules_version:
+            processor.switch(rules, rules_version)
+        metrics.rules_version.set(rules_version)
+
+        @app.timer(interval=settings.rules_poll_s)  # type: ignore[untyped-decorator]
+        async def switch_rules() -> None:
+            try:
+                await switch.poll(processor, metrics)
+            except Exception as exc:
+                transient = isinstance(exc, TRANSIENT)
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "cannot switch to the current rules (%s); commits wait for it",
+                    exc,
+                )
+
+    # attributes made through the API may bring windows to rules that had none
+    if source is not None or any(e.rules.windowed for e in processor.entities.values()):
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:

@@ -117,6 +117,8 @@ class EntityProcessor:
         self.views = ViewRenderer(
             rules=rules, policy=policy, remembered=remembered_renders, records=records
         )
+        #: the rules version `rules` is (`traitflow.rule_catalog`; 0: the file alone)
+        self.rules_version = 0
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)."""
@@ -125,7 +127,15 @@ class EntityProcessor:
     def checkout(self) -> Checkout:
         """The hold of one attempt at a batch on the states it loads: leaving it forgets
         those it did not commit, and their remembered renders (`Checkout`)."""
-        return Checkout(self.store, self.entity, forget=self.views.forget)
+        return Checkout(
+            self.store, self.entity, forget=self.views.forget, rules_version=self.rules_version
+        )
+
+    def switch(self, rules: RuleSet, rules_version: int) -> None:
+        """Compute with `rules`, the rules version `rules_version`, from the next batch
+        on: every commit after is made at that version, or refused."""
+        self.rules, self.rules_version = rules, rules_version
+        self.views = self.views.switched(rules, rules_version)
 
     async def commit(
         self, work: Checkout, stitched: Stitched, report: BatchReport

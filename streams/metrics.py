@@ -173,6 +173,12 @@ class WorkerMetrics:
             "`traitflow dead-letters replay --parked`.",
             registry=self.registry,
         )
+        self.rules_version = Gauge(
+            "traitflow_rules_version",
+            "The rules version this worker computes with (attributes changed through the "
+            "API increment it): workers that differ for long cannot switch (see the log).",
+            registry=self.registry,
+        )
         self.outbox_pending = Gauge(
             "traitflow_outbox_pending",
             "Messages committed writes left in this worker's outboxes, not sent yet "

@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection, Container, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Mapping, Sequence
 
 from attributes.admission import Admission
 from attributes.events import InvalidEvent
@@ -47,7 +47,7 @@ from streams.records import (
     ListDeadLetters,
     Record,
 )
-from traitflow.store import ProfileStore
+from traitflow.store import ProfileStore, RulesChanged
 
 __all__ = [
     "ENTITY",
@@ -95,8 +95,12 @@ class BatchProcessor:
         audience_topic: str | None = None,
         profile_topic: str | None = None,
         records: Mapping[str, Mapping[str, RecordMapping]] | None = None,
+        reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
     ) -> None:
         self.store = store
+        #: the current rules and their version, read again when a commit finds the
+        #: rules changed (`streams.rule_switch`); None: the rules never change
+        self.reload = reload
         self.logs = logs
         #: partition -> (the offset after the last batch committed here, its epoch)
         self._next: dict[str, tuple[int, int]] = {}
@@ -133,6 +137,25 @@ class BatchProcessor:
         self.admission = Admission(
             {entity: p.identities for entity, p in self.entities.items()}, self.limits
         )
+
+    @property
+    def rules_version(self) -> int:
+        """The rules version the entities compute with (`traitflow.rule_catalog`)."""
+        return next(iter(self.entities.values())).rules_version
+
+    def switch(self, rules: RuleSet, rules_version: int) -> None:
+        """Compute with `rules`, the rules version `rules_version`, from now on. Call
+        it holding `lock`, between batches."""
+        for entity, processor in self.entities.items():
+            processor.switch(rules.of(entity), rules_version)
+        log.info("switched to rules version %d", rules_version)
+
+    async def switch_to_current(self) -> None:
+        """A commit found the rules changed: switch to the current ones (`reload`)."""
+        if self.reload is None:
+            raise RuntimeError("the rules version changed, and this processor cannot reload")
+        rules, version = await self.reload()
+        self.switch(rules, version)
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)
@@ -346,7 +369,11 @@ class BatchProcessor:
                 else:
                     if not failed:
                         await self._send(rejected, sent)  # durable before the commit
-                        events = await processor.commit(work, stitched, report)
+                        try:
+                            events = await processor.commit(work, stitched, report)
+                        except RulesChanged:  # none of it written: again, with the new rules
+                            await self.switch_to_current()
+                            continue
             if broke is not None:
                 if len(events) == 1:
                     log.warning("event %s/%s@%s broke stitching", *_where(events[0].record))
@@ -381,7 +408,11 @@ class BatchProcessor:
             written = 0
             for processor in self.entities.values():
                 if processor.rules.windowed:
-                    written += await processor.expire(source, limit)
+                    try:
+                        written += await processor.expire(source, limit)
+                    except RulesChanged:  # the next round re-renders with the new rules
+                        await self.switch_to_current()
+                        return written
             return written
 
 

@@ -51,11 +51,14 @@ class ViewRenderer:
         policy: MergePolicy,
         remembered: int = 100_000,
         records: Mapping[str, RecordMapping] | None = None,
+        rules_version: int = 0,
     ) -> None:
         self.rules = rules
         self.policy = policy
         self.records = dict(records or {})
         self._remembered = remembered
+        #: served with each view (`rules_version`) unless 0: the rule file alone
+        self.rules_version = rules_version
         #: profile -> (the state object, its attribute values when last rendered, the
         #: membership evaluated from them)
         self._renders: OrderedDict[str, tuple[ProfileState, dict[str, Any], Evaluated | None]] = (
@@ -65,6 +68,17 @@ class ViewRenderer:
             rules.membership,
             (attribute.name for attribute in rules.attributes),
             {derived.name: derived.expression.names for derived in rules.derived},
+        )
+
+    def switched(self, rules: RuleSet, rules_version: int) -> ViewRenderer:
+        """A renderer like this one for other rules: it remembers no render (each was
+        made under the old rules)."""
+        return ViewRenderer(
+            rules=rules,
+            policy=self.policy,
+            remembered=self._remembered,
+            records=self.records,
+            rules_version=rules_version,
         )
 
     def clear(self) -> None:
@@ -112,6 +126,8 @@ class ViewRenderer:
         rendered = render_view(
             state, rules, now, previous=previous, touched=touched, policy=self.policy
         )
+        if self.rules_version:
+            rendered["rules_version"] = self.rules_version
         evaluated = None
         entered: list[str] = []
         exited: list[str] = []

@@ -17,6 +17,7 @@ from attributes.rules import RuleFileError, RuleSet, load_rules
 from traitflow.cli_context import Environment, environment, settings_of
 from traitflow.cli_dead_letters import app as dead_letters_app
 from traitflow.config import Settings
+from traitflow.rule_catalog import RuleSource
 from traitflow.runtime import tune_gc
 from traitflow.services import ServiceError, embedded_services
 
@@ -48,6 +49,29 @@ def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
         return load_rules(path, settings.entities)
     except RuleFileError as exc:
         typer.echo(f"invalid rule file:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _current_rules_or_exit(settings: Settings) -> tuple[RuleSource, tuple[RuleSet, int]]:
+    """The rule file and the current rules: the file's with the attributes made
+    through the API (`traitflow.rule_catalog`), at their version."""
+    import asyncio
+
+    from traitflow.rule_catalog import RedisRuleCatalog
+
+    async def current(source: RuleSource) -> tuple[RuleSet, int]:
+        catalog = RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            snapshot = await catalog.snapshot()
+        finally:
+            await catalog.close()
+        return source.compose(snapshot.attributes), snapshot.version
+
+    try:
+        source = RuleSource.read(settings.rules_path, settings.entities)
+        return source, asyncio.run(current(source))
+    except RuleFileError as exc:
+        typer.echo(f"invalid rules (file, or attributes made through the API):\n{exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -153,8 +177,9 @@ def worker(
     from streams.app import create_app
     from streams.metrics import WorkerMetrics
 
+    source, (rules, version) = _current_rules_or_exit(settings)
     metrics = WorkerMetrics()
-    faust_app = create_app(settings, rules, metrics)
+    faust_app = create_app(settings, rules, metrics, source=source, rules_version=version)
     if settings.worker_metrics_port is not None:
         metrics.serve(settings.api_host, settings.worker_metrics_port)
     tune_gc()

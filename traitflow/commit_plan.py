@@ -17,7 +17,14 @@ from redis.asyncio.client import Pipeline
 
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.outbox import entry_fields
-from traitflow.store import Conflict, Expected, Identity, KeyLayout, ProfileWrite
+from traitflow.store import Conflict, Expected, Identity, KeyLayout, ProfileWrite, RulesChanged
+
+
+@dataclass(frozen=True, slots=True)
+class RulesAt:
+    """The rules version a commit was computed with: what its check guards."""
+
+    version: int
 
 
 @dataclass(slots=True)
@@ -26,8 +33,9 @@ class CommitPlan:
     entity: str
     #: the commit's time (ms): dedupe buckets and expiring audience members use it
     now: int
-    #: key -> (the value it must still have, the identity or profile it guards)
-    checks: dict[str, tuple[bytes, Identity | str]] = field(default_factory=dict)
+    #: key -> (the value it must still have, the identity, profile or rules version it
+    #: guards)
+    checks: dict[str, tuple[bytes, Identity | str | RulesAt]] = field(default_factory=dict)
     sets: dict[str, bytes | str] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     #: expiry index key -> {profile id: when its windows next change}; ids that leave it
@@ -75,6 +83,9 @@ class CommitPlan:
         for pid, version in expected.versions.items():
             want = b"" if version is None else str(version).encode()
             self.checks[keys.version(entity, pid)] = (want, pid)
+        if (rules := expected.rules_version) is not None:
+            want = str(rules).encode() if rules else b""  # version 0: no key yet
+            self.checks[keys.rules_version()] = (want, RulesAt(rules))
 
     def _add(self, write: ProfileWrite) -> None:
         keys, entity, pid = self.keys, self.entity, write.state.id
@@ -113,8 +124,9 @@ class CommitPlan:
         outbox = keys.outbox(write.source)
         self.outgoing += ((outbox, entry_fields(message)) for message in write.outgoing)
 
-    def conflict(self, found: Sequence[bytes | None]) -> Conflict | None:
-        """What changed, given the values of `checks`' keys now (in their order)."""
+    def conflict(self, found: Sequence[bytes | None]) -> Conflict | RulesChanged | None:
+        """What changed, given the values of `checks`' keys now (in their order): the
+        rules first (all the rest is computed again anyway)."""
         stale = [
             guarded
             for (want, guarded), have in zip(self.checks.values(), found, strict=True)
@@ -122,6 +134,8 @@ class CommitPlan:
         ]
         if not stale:
             return None
+        if rules := [g for g in stale if isinstance(g, RulesAt)]:
+            return RulesChanged(rules[0].version)
         return Conflict(
             [g for g in stale if isinstance(g, tuple)], [g for g in stale if isinstance(g, str)]
         )

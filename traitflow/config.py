@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     profile_changes_topic: str | None = None
     #: how often the worker sends what committed writes left in its outboxes
     outbox_interval_s: float = Field(default=0.1, gt=0)
+    #: seconds between a worker's checks of the rules version (`streams.rule_switch`):
+    #: how soon an idle worker switches to attributes changed through the API (a busy
+    #: one switches at its next commit)
+    rules_poll_s: float = Field(default=1.0, gt=0)
     #: tries to produce a dead letter, and the seconds they may take in all, before it is
     #: parked in Redis (`streams.dead_letters`) and the batch goes on
     dead_letter_attempts: int = Field(default=3, ge=1)

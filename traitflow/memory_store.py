@@ -18,6 +18,7 @@ from traitflow.store import (
     Outgoing,
     ProfileStore,
     ProfileWrite,
+    RulesChanged,
     now_ms,
     record_header,
 )
@@ -44,6 +45,8 @@ class MemoryProfileStore(ProfileStore):
         self.sizes: dict[tuple[str, str], int] = {}
         self.expiring: dict[tuple[str, str], dict[str, int]] = {}
         self.clock = clock
+        #: the current rules version (`traitflow.rule_catalog`): a test moves it
+        self.rules_version = 0
         #: input partition -> the messages committed writes left in its outbox
         self.outboxes: dict[str, list[Outgoing]] = {}
 
@@ -73,6 +76,9 @@ class MemoryProfileStore(ProfileStore):
         expected: Expected | None = None,
     ) -> None:
         if expected is not None:
+            computed_with = expected.rules_version
+            if computed_with is not None and computed_with != self.rules_version:
+                raise RulesChanged(computed_with)
             pointers, versions = self.index, self.versions
             moved = [i for i, p in expected.pointers.items() if pointers.get((entity, *i)) != p]
             changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]

@@ -33,11 +33,16 @@ class Checkout:
         self,
         store: ProfileStore,
         entity: str,
+        *,
         forget: Callable[[Sequence[str]], None] | None = None,
+        rules_version: int | None = None,
     ) -> None:
         self.store = store
         self.entity = entity
         self._forget = forget
+        #: the rules version its states are computed with: every commit is refused if
+        #: the rules changed since (`traitflow.store.RulesChanged`); None: not checked
+        self.rules_version = rules_version
         #: ids of the states handed out and not committed since
         self._held: set[str] = set()
 
@@ -59,7 +64,11 @@ class Checkout:
         removed: Sequence[str] = (),
         expected: Expected | None = None,
     ) -> None:
-        """`ProfileStore.commit`; what it wrote (or deleted) is the store's again."""
+        """`ProfileStore.commit`, at this checkout's rules version; what it wrote (or
+        deleted) is the store's again."""
+        if self.rules_version is not None:
+            expected = expected or Expected()
+            expected.rules_version = self.rules_version
         await self.store.commit(self.entity, writes, removed=removed, expected=expected)
         self._held.difference_update(write.state.id for write in writes)
         self._held.difference_update(removed)

@@ -273,6 +273,8 @@ class Expected:
     pointers: dict[Identity, str | None] = field(default_factory=dict)
     #: profile id -> its version when loaded (None: it did not exist)
     versions: dict[str, int | None] = field(default_factory=dict)
+    #: the rules version the writes were computed with (None: not checked)
+    rules_version: int | None = None
 
 
 class Conflict(StoreError):
@@ -287,6 +289,16 @@ class Conflict(StoreError):
         moved = [f"{index} {value!r} moved" for index, value in sorted(self.pointers)]
         changed = [f"profile {pid!r} changed" for pid in sorted(self.profiles)]
         super().__init__("; ".join([*moved, *changed]) or "nothing named")
+
+
+class RulesChanged(StoreError):
+    """A commit was computed with rules older than the current version
+    (`traitflow.rule_catalog`); nothing was written. The worker switches to the
+    current rules and computes the batch again."""
+
+    def __init__(self, computed_with: int) -> None:
+        self.computed_with = computed_with
+        super().__init__(f"the rules changed since version {computed_with}")
 
 
 class ProfileStore(ABC):

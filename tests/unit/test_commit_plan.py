@@ -8,7 +8,7 @@ from redis.asyncio.client import Pipeline
 
 from attributes.profile import ProfileState
 from traitflow.commit_plan import CommitPlan
-from traitflow.store import Expected, KeyLayout, Outgoing, ProfileWrite
+from traitflow.store import Conflict, Expected, KeyLayout, Outgoing, ProfileWrite, RulesChanged
 
 KEYS = KeyLayout("tf")
 NOW = 1_794_394_800_000
@@ -65,7 +65,7 @@ def test_the_conflict_names_every_check_that_failed() -> None:
     assert list(plan.checks) == ["tf:i:user:email:a@x", "tf:n:user:u-1", "tf:n:user:u-2"]
     assert plan.conflict([None, b"2", None]) is None
     conflict = plan.conflict([b"u-9", b"2", b"1"])
-    assert conflict is not None
+    assert isinstance(conflict, Conflict)
     assert conflict.pointers == frozenset({("email", "a@x")})
     assert conflict.profiles == frozenset({"u-2"})
 
@@ -104,3 +104,15 @@ def test_an_expiring_member_is_scored_by_its_deadline_and_the_due_ones_pruned() 
         ("sadd", ("tf:ax:user", "buyers")),
         ("zremrangebyscore", ("tf:ax:user:buyers", "-inf", NOW)),
     ]
+
+
+def test_a_commit_at_an_older_rules_version_is_refused_whatever_else_changed() -> None:
+    expected = Expected(versions={"u-1": 2}, rules_version=3)
+    plan = CommitPlan.of(KEYS, "user", [write()], expected=expected, now=NOW)
+    assert plan.checks["tf:ca:v"][0] == b"3"
+    assert plan.conflict([b"2", b"3"]) is None
+    changed = plan.conflict([b"1", b"4"])
+    assert isinstance(changed, RulesChanged)
+    assert changed.computed_with == 3
+    first = CommitPlan.of(KEYS, "user", [write()], expected=Expected(rules_version=0), now=NOW)
+    assert first.checks["tf:ca:v"][0] == b""  # version 0: the key does not exist yet
