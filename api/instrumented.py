@@ -84,6 +84,11 @@ class ApiMetrics:
             ["entity", "audience"],
             registry=self.registry,
         )
+        self.erasures_requested = Counter(
+            "traitflow_erasures_requested",
+            "Erase requests (GDPR) accepted by DELETE /access/entities and published.",
+            registry=self.registry,
+        )
         # `labels()` takes a lock and builds a key per call: keep the children
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._redis_children: dict[str, Histogram] = {}
@@ -155,6 +160,17 @@ class InstrumentedStore(ProfileStore):
 
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
         return await self._timed("applied", self.inner.applied(entity, messages))
+
+    async def note_erasure(self, request: str, status: bytes) -> None:
+        await self._timed("note_erasure", self.inner.note_erasure(request, status))
+
+    async def erasure_status(self, request: str) -> bytes | None:
+        return await self._timed("erasure_status", self.inner.erasure_status(request))
+
+    async def tombstones(
+        self, entity: str, identities: Sequence[Identity]
+    ) -> dict[Identity, bytes]:
+        return await self._timed("tombstones", self.inner.tombstones(entity, identities))
 
     async def commit(
         self,

@@ -20,6 +20,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.records",
     "api.activation",
     "api.entities",
+    "api.erasures",
     "api.merge_policies",
     "api.computed_attributes",
     "api.audiences",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from attributes.erasure import ERASE, erase_target
 from attributes.events import Event, InvalidEvent, decode_event, event_time_ms
 from attributes.identities import IdentityRules
 from attributes.limits import EventLimits, identity_problem, time_problem
@@ -63,6 +64,14 @@ class Admission:
             raise InvalidEvent(problem)
         claims: list[Claim] = []
         carried: list[tuple[str, str]] = []
+        if event.type == ERASE:  # names its entity and identity itself
+            try:
+                entity, kind, value = erase_target(event, self.entities)
+            except ValueError as exc:
+                raise InvalidEvent(str(exc)) from None
+            if problem := identity_problem([(kind, value)], event.messageId, limits):
+                raise InvalidEvent(problem)
+            return Admitted(event, at, [Claim(entity, [(kind, value)], [])])
         for entity, rules in self.entities.items():
             identities = rules.extract(event)
             if identities:

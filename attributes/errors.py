@@ -36,6 +36,8 @@ lives in the module that raises it:
     │   ├── InvalidEventObject    attributes.offers: a personalization call's body (TD's 3004)
     │   ├── TdRefusal             api.td: a personalization call refused (TD's code, 415, 429)
     │   ├── InvalidSince          traitflow.replay: `dead-letters replay --since`
+    │   ├── InvalidErasure        traitflow.erasure_requests: an erase naming no identity of
+    │   │                         the entity (unknown type, empty or too long a value)
     │   └── BodyTooLarge          api.middleware: a request body over the limit (413); also
     │                             a starlette `HTTPException`, which FastAPI passes on
     ├── StoreError                Redis failed, refused, or changed under a conditional write

@@ -19,8 +19,9 @@ from attributes.errors import DataError
 from attributes.limits import EventLimits, depth_problem, size_problem, too_deep
 
 #: the Segment spec's types, and `delete`: a source retracting what it said of a profile
-#: (Hightouch: a row removed from a sync); what it removes is the source's setting
-EventType = Literal["track", "identify", "page", "screen", "alias", "group", "delete"]
+#: (Hightouch: a row removed from a sync); what it removes is the source's setting;
+#: `erase`: a person erased, tombstone left (`attributes.erasure`)
+EventType = Literal["track", "identify", "page", "screen", "alias", "group", "delete", "erase"]
 
 
 class InvalidEvent(DataError):

@@ -205,9 +205,11 @@ def apply_event(
     else:  # a merge can bring offsets in any order
         bisect.insort(recent, offset)
     state.version += 1
-    if event.type == "delete":
-        # a profile that first hears of its identity in a delete has nothing to serve
-        retract(state, origin, "record" if state.version == 1 else retraction)
+    if event.type == "delete" or event.type == "erase":
+        # a profile that first hears of its identity in a delete has nothing to serve;
+        # an erase removes the whole profile (`attributes.erasure`)
+        whole = state.version == 1 or event.type == "erase"
+        retract(state, origin, "record" if whole else retraction)
         return Applied(changed=True, touched=[a.name for a in rules.attributes])
     first = state.version == 1 or state.deleted
     state.deleted = False

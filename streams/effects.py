@@ -56,6 +56,7 @@ class Stitched:
             report.skips += findings.skips
             report.refusals += findings.refusals
             report.merges += findings.merges
+            report.erasures += findings.erasures
 
 
 class Parts:

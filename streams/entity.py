@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from attributes.erasure import Tombstone
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
@@ -37,6 +38,7 @@ from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.announcements import Announcer
 from streams.effects import Stitched, split
+from streams.erasures import decoded, erase, erase_request, erased_event, profile_identities
 from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
 from traitflow.state_cache import Checkout
@@ -60,6 +62,8 @@ class BatchRead:
     states: dict[str, ProfileState]
     expected: Expected
     applied: set[MessageKey]
+    #: the tombstones of those of its identities that were erased
+    tombstones: dict[Identity, Tombstone]
 
 
 @contextmanager
@@ -179,8 +183,10 @@ class EntityProcessor:
         of the events' messageIds are applied already."""
         wanted = list(dict.fromkeys(i for item in events for i in (*item.ids, *item.previous)))
         messages = list(dict.fromkeys(item.message for item in events if item.message))
-        pointers, applied = await asyncio.gather(
-            self.store.lookup(self.entity, wanted), self.store.applied(self.entity, messages)
+        pointers, applied, tombstones = await asyncio.gather(
+            self.store.lookup(self.entity, wanted),
+            self.store.applied(self.entity, messages),
+            self.store.tombstones(self.entity, wanted),
         )
         candidates = [
             self.identities.profile_id(*item.ids[0])
@@ -202,7 +208,7 @@ class EntityProcessor:
         )
         for state in states.values():
             self.views.fit(state)
-        return BatchRead(pointers, states, expected, applied)
+        return BatchRead(pointers, states, expected, applied, decoded(tombstones))
 
     async def _stitched(
         self,
@@ -220,9 +226,7 @@ class EntityProcessor:
         pointers = {identity: pid for identity, pid in read.pointers.items() if pid in states}
         expiring = {pid for pid, state in states.items() if self._expiring(state)}
         with computing():
-            fresh = self._fresh(
-                events, pointers=pointers, states=states, applied=read.applied, stitched=stitched
-            )
+            fresh = self._fresh(events, pointers=pointers, read=read, stitched=stitched)
             stitcher = Stitcher(self.identities, pointers, states)
             for item in fresh:
                 stitcher.assign(item.ids, item.previous, item.at)
@@ -287,6 +291,13 @@ class EntityProcessor:
                 write.departed_expiring = departed_expiring.get(pid, [])
                 write.was_expiring = pid in expiring
                 self._lifetime(write, links)
+                erasing, request = erase_request(items)
+                if erasing:
+                    self.views.forget([pid])
+                    ids = profile_identities(write)
+                    earlier = decoded(await self.store.tombstones(self.entity, ids))
+                    erase(write, request=request, earlier=earlier.values(), now=self.now)
+                    report.erasures += 1
                 stitched.writes.append(write)
         return stitched
 
@@ -319,22 +330,25 @@ class EntityProcessor:
         events: list[Identified],
         *,
         pointers: dict[Identity, str],
-        states: dict[str, ProfileState],
-        applied: set[MessageKey],
+        read: BatchRead,
         stitched: Stitched,
     ) -> list[Identified]:
         """The events not applied before: neither a redelivered record (its offset is
-        applied to the profile its identity points to) nor a producer's retry (its
-        messageId is applied, or was earlier in this batch). Those are counted as
-        duplicates and not stitched again: the graph has moved on since, and stitching
-        them now could merge what they never did."""
+        applied to the profile its identity points to, or to one erased since:
+        `streams.erasures`) nor a producer's retry (its messageId is applied, or was
+        earlier in this batch). Those are counted as duplicates and not stitched again:
+        the graph has moved on since, and stitching them now could merge what they never
+        did."""
         fresh: list[Identified] = []
-        seen = set(applied)
+        states, tombstones = read.states, read.tombstones
+        seen = set(read.applied)
         for item in events:
             owner = states.get(pointers.get(item.ids[0], ""))
             record = item.record
-            if (owner is not None and applied_before(owner, record.log, record.offset)) or (
-                item.message is not None and item.message in seen
+            if (
+                (owner is not None and applied_before(owner, record.log, record.offset))
+                or (item.message is not None and item.message in seen)
+                or erased_event(item, tombstones)
             ):
                 pid = owner.id if owner is not None else self.identities.profile_id(*item.ids[0])
                 stitched.found(pid).duplicates += 1

@@ -127,6 +127,12 @@ class WorkerMetrics:
             ["identity_type"],
             registry=self.registry,
         )
+        self.erasures = Counter(
+            "traitflow_profile_erasures",
+            "Erase commands applied (GDPR requests and source delete jobs): each leaves "
+            "tombstones of hashed identities.",
+            registry=self.registry,
+        )
         self.commit_conflicts = Counter(
             "traitflow_commit_conflicts",
             "Commits that found another worker changed what they read (its readers are redone).",
@@ -238,6 +244,7 @@ class WorkerMetrics:
         for refusal in report.refusals:
             self.refused_links.labels(refusal.identity[0]).inc()
         self.commit_conflicts.inc(report.conflicts)
+        self.erasures.inc(report.erasures)
         for partition in report.resets:
             self.offset_resets.labels(partition).inc()
         self.batch_seconds.observe(seconds)

@@ -38,6 +38,7 @@ from attributes.records import RecordMapping
 from attributes.rules import RuleSet
 from streams.announcements import Announcer
 from streams.entity import ComputeFailed, EntityProcessor
+from streams.erasures import erase_segments
 from streams.logs import Checkpoint, LogHistory, judge
 from streams.records import (
     BatchReport,
@@ -274,9 +275,9 @@ class BatchProcessor:
             if len(rejected) > undecoded:  # an earlier entity could not apply some
                 broken = {id(record) for record, _ in rejected}
                 events = [item for item in events if id(item.record) not in broken]
-            if events:
+            for segment in erase_segments(events) if events else ():  # an erase: alone
                 await self._entity_batch(
-                    self.entities[entity], events, rejected=rejected, sent=sent, report=report
+                    self.entities[entity], segment, rejected=rejected, sent=sent, report=report
                 )
         await self._send(rejected, sent)
 

@@ -94,6 +94,8 @@ class BatchReport:
     conflicts: int = 0
     #: input partitions found reset: their offsets start again below what was committed
     resets: list[str] = field(default_factory=list)
+    #: profiles erased (`streams.erasures`)
+    erasures: int = 0
 
     def mark(self) -> tuple[int, int, int, int]:
         return self.duplicates, len(self.skips), len(self.refusals), self.merges

@@ -17,7 +17,16 @@ from redis.asyncio.client import Pipeline
 
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.outbox import entry_fields
-from traitflow.store import Conflict, Expected, Identity, KeyLayout, ProfileWrite, RulesChanged
+from traitflow.store import (
+    ERASURE_STATUS_TTL_MS,
+    Conflict,
+    Erasure,
+    Expected,
+    Identity,
+    KeyLayout,
+    ProfileWrite,
+    RulesChanged,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,9 @@ class CommitPlan:
     def _add(self, write: ProfileWrite) -> None:
         keys, entity, pid = self.keys, self.entity, write.state.id
         sets = self.sets
+        if write.erasure is not None:
+            self._erase(write, write.erasure)
+            return
         sets[keys.state(entity, pid)] = write.encoded_state
         if write.view is None:
             self.deletes.append(keys.view(entity, pid))
@@ -121,6 +133,30 @@ class CommitPlan:
                 self.unscheduled.setdefault(keys.expiries(entity, source), []).append(pid)
             else:
                 self.scheduled.setdefault(keys.expiries(entity, source), {})[pid] = when
+        outbox = keys.outbox(write.source)
+        self.outgoing += ((outbox, entry_fields(message)) for message in write.outgoing)
+
+    def _erase(self, write: ProfileWrite, erasure: Erasure) -> None:
+        """Every key of the profile goes (its audience memberships leave with the sizes:
+        the write's `exited`); its identities' tombstones and the request's status stay."""
+        keys, entity, pid = self.keys, self.entity, write.state.id
+        self.deletes += [
+            keys.state(entity, pid),
+            keys.view(entity, pid),
+            keys.version(entity, pid),
+            *(keys.record(entity, collection, pid) for collection in write.records),
+            *(keys.index(entity, *identity) for identity in erasure.identities),
+        ]
+        for partition in erasure.partitions:
+            self.unscheduled.setdefault(keys.expiries(entity, partition), []).append(pid)
+        for digest, tombstone in erasure.tombstones.items():
+            self.sets[keys.tombstone(entity, digest)] = tombstone
+        if erasure.request:
+            status = keys.erasure(erasure.request)
+            self.sets[status] = erasure.status
+            self.expiring[status] = ERASURE_STATUS_TTL_MS
+        for source, mid in write.messages:
+            self.messages.setdefault(source, []).append(mid)
         outbox = keys.outbox(write.source)
         self.outgoing += ((outbox, entry_fields(message)) for message in write.outgoing)
 

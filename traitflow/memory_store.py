@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.store import (
     PRIMARY_INDEX,
     Conflict,
+    Erasure,
     Expected,
     Found,
     Identity,
@@ -49,6 +51,9 @@ class MemoryProfileStore(ProfileStore):
         self.rules_version = 0
         #: input partition -> the messages committed writes left in its outbox
         self.outboxes: dict[str, list[Outgoing]] = {}
+        #: (entity, identity digest) -> its tombstone; request id -> erase status
+        self.tombstone_keys: dict[tuple[str, str], bytes] = {}
+        self.erasures: dict[str, bytes] = {}
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -63,6 +68,21 @@ class MemoryProfileStore(ProfileStore):
             for pid in ids
             if (entity, pid) in self.states
         }
+
+    async def tombstones(
+        self, entity: str, identities: Sequence[Identity]
+    ) -> dict[Identity, bytes]:
+        held = self.tombstone_keys
+        digests = {
+            identity: (entity, identity_digest(entity, *identity)) for identity in identities
+        }
+        return {i: held[key] for i, key in digests.items() if key in held}
+
+    async def note_erasure(self, request: str, status: bytes) -> None:
+        self.erasures[request] = status
+
+    async def erasure_status(self, request: str) -> bytes | None:
+        return self.erasures.get(request)
 
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
         return {key for key in messages if (entity, *key) in self.messages}
@@ -93,6 +113,9 @@ class MemoryProfileStore(ProfileStore):
                 self.records.pop((entity, collection, profile), None)
         for write in writes:
             key = (entity, write.state.id)
+            if write.erasure is not None:
+                self._erase(entity, write, write.erasure)
+                continue
             self.states[key] = write.encoded_state
             for collection, record in write.records.items():
                 if record is None:
@@ -120,6 +143,24 @@ class MemoryProfileStore(ProfileStore):
                     scheduled.pop(write.state.id, None)
                 else:
                     scheduled[write.state.id] = when
+
+    def _erase(self, entity: str, write: ProfileWrite, erasure: Erasure) -> None:
+        pid = write.state.id
+        for store in (self.states, self.views, self.versions, self.ttls):
+            store.pop((entity, pid), None)
+        for collection in write.records:
+            self.records.pop((entity, collection, pid), None)
+        for identity in erasure.identities:
+            self.index.pop((entity, *identity), None)
+        for partition in erasure.partitions:
+            self.expiries.get((entity, partition), {}).pop(pid, None)
+        for digest, tombstone in erasure.tombstones.items():
+            self.tombstone_keys[(entity, digest)] = tombstone
+        if erasure.request:
+            self.erasures[erasure.request] = erasure.status
+        self.messages.update((entity, *message) for message in write.messages)
+        if write.outgoing:
+            self.outboxes.setdefault(write.source, []).extend(write.outgoing)
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         scheduled = self.expiries.get((entity, source), {})

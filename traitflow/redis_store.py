@@ -20,10 +20,12 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import WatchError
 from redis.typing import EncodableT
 
+from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.commit_plan import CommitPlan
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
+    ERASURE_STATUS_TTL_MS,
     PRIMARY_INDEX,
     Expected,
     Found,
@@ -226,6 +228,21 @@ class RedisProfileStore(ProfileStore):
             for identity, pid in zip(identities, pids, strict=True)
             if pid is not None
         }
+
+    async def tombstones(
+        self, entity: str, identities: Sequence[Identity]
+    ) -> dict[Identity, bytes]:
+        if not identities:
+            return {}
+        names = [self.keys.tombstone(entity, identity_digest(entity, *i)) for i in identities]
+        found = cast("list[bytes | None]", await self.client.mget(names))
+        return {i: raw for i, raw in zip(identities, found, strict=True) if raw is not None}
+
+    async def note_erasure(self, request: str, status: bytes) -> None:
+        await self.client.set(self.keys.erasure(request), status, px=ERASURE_STATUS_TTL_MS)
+
+    async def erasure_status(self, request: str) -> bytes | None:
+        return cast("bytes | None", await self.client.get(self.keys.erasure(request)))
 
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
         """One SMISMEMBER per source and live time bucket (eight), in one round trip."""

@@ -146,6 +146,17 @@ class CachedProfileStore(ProfileStore):
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
         return await self.inner.applied(entity, messages)
 
+    async def note_erasure(self, request: str, status: bytes) -> None:
+        await self.inner.note_erasure(request, status)
+
+    async def erasure_status(self, request: str) -> bytes | None:
+        return await self.inner.erasure_status(request)
+
+    async def tombstones(
+        self, entity: str, identities: Sequence[Identity]
+    ) -> dict[Identity, bytes]:
+        return await self.inner.tombstones(entity, identities)
+
     async def commit(
         self,
         entity: str,
@@ -161,6 +172,9 @@ class CachedProfileStore(ProfileStore):
             self.abandon(entity, [write.state.id for write in writes])
             raise
         for write in writes:
+            if write.erasure is not None:  # nothing of it is stored any more
+                self._states.pop((entity, write.state.id), None)
+                continue
             self._states[(entity, write.state.id)] = write.state
             self._states.move_to_end((entity, write.state.id))
         while len(self._states) > self.max_profiles:

@@ -57,6 +57,11 @@ Redis layout, for prefix `tf` and entity `user`:
                                            bucket n (a seventh of the dedupe window);
                                            expires a window after the bucket's end, so
                                            nothing scans for old ones
+    tf:t:user:{digest}             string  tombstone of an erased identity (digest:
+                                           SHA-256 of entity, type, value): offset
+                                           watermarks only (`attributes.erasure`)
+    tf:er:{request}                string  an erase request's status (JSON, no identity):
+                                           pending (the API), applied (the commit)
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
@@ -189,6 +194,12 @@ class KeyLayout:
         """Audience names are identifiers: no ':' (`attributes.audiences`)."""
         return f"{self.prefix}:ax:{entity}:{audience}"
 
+    def tombstone(self, entity: str, digest: str) -> str:
+        return f"{self.prefix}:t:{entity}:{digest}"
+
+    def erasure(self, request: str) -> str:
+        return f"{self.prefix}:er:{request}"
+
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
         return f"{self.prefix}:o:{source}"
@@ -219,6 +230,26 @@ def record_header(stamp: str, version: bytes | int | None) -> bytes:
 #: what `ProfileStore.read_records` finds per lookup: (True, the stored record) or
 #: (False, the view, to map on the fly); None: no record
 Found = tuple[bool, bytes]
+
+
+#: how long an erase request's status is kept (ms)
+ERASURE_STATUS_TTL_MS = 30 * 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class Erasure:
+    """A write that erases its profile (`attributes.erasure`): every key of it goes,
+    tombstones stay, and the request's status says applied, in the same commit."""
+
+    #: the erase request's id (its status key) and the status it gets (JSON)
+    request: str
+    status: bytes
+    #: identity digest -> its tombstone (encoded)
+    tombstones: dict[str, bytes]
+    #: the profile's identities: their index keys go
+    identities: list[Identity]
+    #: input partitions whose expiry index may hold the profile
+    partitions: list[str]
 
 
 @dataclass(slots=True)
@@ -263,6 +294,8 @@ class ProfileWrite:
     #: collection -> its record document (`record_value`), for the entity's collections
     #: with a field mapping; None deletes it (no view)
     records: dict[str, bytes | None] = field(default_factory=dict)
+    #: the write erases the profile instead of writing it (its state is not stored)
+    erasure: Erasure | None = None
 
 
 @dataclass(slots=True)
@@ -313,6 +346,20 @@ class ProfileStore(ABC):
     @abstractmethod
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
         """Those of `messages` applied within the dedupe window."""
+
+    @abstractmethod
+    async def tombstones(
+        self, entity: str, identities: Sequence[Identity]
+    ) -> dict[Identity, bytes]:
+        """The tombstone (encoded) of each of `identities` that was erased."""
+
+    @abstractmethod
+    async def note_erasure(self, request: str, status: bytes) -> None:
+        """Keep an erase request's status (JSON) before the worker applies it."""
+
+    @abstractmethod
+    async def erasure_status(self, request: str) -> bytes | None:
+        """An erase request's status (JSON), or None for an unknown or forgotten one."""
 
     @abstractmethod
     async def commit(

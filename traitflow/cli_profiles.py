@@ -1,0 +1,118 @@
+"""`traitflow profiles`: erase a person (GDPR) by any of their identities, and follow the
+request (`traitflow.erasure_requests`; the API's `DELETE /access/entities` does the
+same). The command publishes an erase command and prints the request's id; the worker
+that owns its partition erases the profile in its normal commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import orjson
+import typer
+
+from attributes.identities import IdentityRules
+from traitflow.cli_context import settings_of
+from traitflow.config import Settings
+from traitflow.erasure_requests import (
+    InvalidErasure,
+    erase_record,
+    new_request_id,
+    pending_status,
+    publish_erase,
+    target_identity,
+)
+from traitflow.redis_store import RedisProfileStore
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, help="Profiles: erase one by identity (GDPR).")
+
+#: how often `--wait` asks for the status (s)
+POLL_S = 0.2
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaitable[T]]) -> T:
+    """Run `action` with the profile store; an unreachable Redis or broker is a message
+    (host and port only: a URL may hold a password), not a traceback."""
+    import redis
+    from aiokafka.errors import KafkaError
+
+    async def run() -> T:
+        store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (redis.RedisError, OSError) as exc:
+        raise _fail(f"Redis or the broker did not answer: {type(exc).__name__}", 1) from None
+    except KafkaError as exc:
+        raise _fail(f"the broker did not acknowledge: {type(exc).__name__}", 1) from None
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    value: str = typer.Argument(..., help="the identity's value, or the profile id"),
+    kind: str | None = typer.Option(
+        None, "--type", help="identity type (email, user_id, ...); none: VALUE is a profile id"
+    ),
+    entity: str = typer.Option("user", help="the entity the profile is of"),
+    wait: float = typer.Option(0.0, help="wait up to this many seconds for it to be applied"),
+) -> None:
+    """Erase the profile an identity finds: state, view, index keys, audiences, expiry
+    entries; only a tombstone of hashed identities and offsets stays."""
+    settings = settings_of(ctx)
+    spec = settings.entities.get(entity)
+    if spec is None:
+        raise _fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
+    try:
+        identity = target_identity(IdentityRules(spec), kind, value)
+    except InvalidErasure as exc:
+        raise _fail(str(exc)) from None
+    request = new_request_id()
+
+    async def action(store: RedisProfileStore) -> bytes | None:
+        await store.note_erasure(request, pending_status(request, entity, int(time.time() * 1000)))
+        await publish_erase(settings, *erase_record(entity, identity, request))
+        deadline = time.monotonic() + wait
+        status = await store.erasure_status(request)
+        while wait > 0 and _state(status) != "applied" and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            status = await store.erasure_status(request)
+        return status
+
+    status = _with_store(settings, action)
+    typer.echo(request)
+    if wait > 0:
+        typer.echo((status or b"{}").decode())
+        if _state(status) != "applied":
+            raise _fail(f"not applied within {wait:g} s: is a worker running?", 1)
+
+
+@app.command("erasure")
+def erasure(
+    ctx: typer.Context, request: str = typer.Argument(..., help="the id `delete` printed")
+) -> None:
+    """Print an erase request's status (JSON): pending, or applied."""
+    status = _with_store(settings_of(ctx), lambda store: store.erasure_status(request))
+    if status is None:
+        raise _fail(f"no erase request {request!r} (unknown, or its status expired)", 1)
+    typer.echo(status.decode())
+
+
+def _state(status: bytes | None) -> str | None:
+    if status is None:
+        return None
+    found = orjson.loads(status).get("status")
+    return found if isinstance(found, str) else None
