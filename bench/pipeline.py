@@ -7,7 +7,7 @@ then starts `--workers` `traitflow worker` processes (one consumer group) on it 
 measures:
 - start-up: worker process start -> first profile written (consumer-group join etc.);
 - throughput: first profile written -> every event applied, in events/s;
-- the worker's CPU use over that span;
+- the worker's CPU use over that span, and per event;
 - the workers' commit conflicts and merges (their Prometheus counters, read at the end).
 
 "Every event applied" is exact, not sampled: a partition is processed in offset order,
@@ -340,6 +340,10 @@ def main() -> None:
     print(f"worker start-up   {t_first - t_start:.2f} s (process start -> first profile written)")
     print(f"throughput        {args.events / span:,.0f} events/s ({span:.2f} s)")
     print(f"worker CPU        {100 * (cpu_done - cpu_first) / span:.0f}% of one core (all workers)")
+    per_event = 1e6 * (cpu_done - cpu_first) / args.events
+    print(
+        f"worker CPU/event  {per_event:.1f} us (all workers; moves less than the rate when shared)"
+    )
     conflicts, merges = (found[name] for name in COUNTERS)
     print(f"conflicts, merges {conflicts:,.0f} commit conflicts, {merges:,.0f} profile merges")
     print(f"profiles checked  {len(expected.events)}, wrong: {wrong}")
