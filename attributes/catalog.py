@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attributes.errors import RuleError
+from attributes.profile import ProfileState
+from attributes.rules import CompiledAttribute
 
 
 class Status(enum.StrEnum):
@@ -143,11 +145,26 @@ def patched(
     status = attribute.status
     if "status" in patch:
         status = on_request(attribute.status, requested(patch["status"]), backfill=backfill)
+        # states left by profiles not written while it was off must not be counted on
+        counting |= attribute.status is Status.DISABLED and status in LIVE
     if counting:
         definition["revision"] = int(definition.get("revision", 0)) + 1
         if status in LIVE and backfill:
             status = Status.PROCESSING
     return replace(attribute, definition=definition, status=status, updated_ms=now_ms)
+
+
+def new_attribute(
+    attribute_id: str,
+    definition: Mapping[str, Any],
+    status: Status,
+    now_ms: int,
+) -> ManagedAttribute:
+    """An attribute made now. Its first revision is its creation time, so that its
+    state key is its own: an attribute of the same name made before and deleted may
+    have left states in profiles not written since."""
+    stamped = {**definition, "revision": now_ms}
+    return ManagedAttribute(attribute_id, status, stamped, now_ms, now_ms)
 
 
 def live_definitions(attributes: Sequence[ManagedAttribute]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -159,3 +176,22 @@ def live_definitions(attributes: Sequence[ManagedAttribute]) -> list[tuple[str, 
 def origin(attribute_id: str) -> str:
     """Where a managed attribute is defined, as a problem names it."""
     return f"ca/attributes/{attribute_id}"
+
+
+def join_history(
+    state: ProfileState, history: ProfileState, attributes: Sequence[CompiledAttribute]
+) -> bool:
+    """Fold `history`'s states of `attributes` (a backfill's: events before the live
+    computation of them began) into `state`'s, in place; whether any changed. Each is
+    merged as stitching merges two profiles' (`Aggregator.merge`), so the result is the
+    attribute over both spans of events, each counted once."""
+    changed = False
+    for attribute in attributes:
+        theirs = history.attributes.get(attribute.key)
+        if theirs is None:
+            continue
+        mine = state.attributes.get(attribute.key)
+        merger = attribute.window if attribute.window is not None else attribute.aggregator
+        state.attributes[attribute.key] = theirs if mine is None else merger.merge(mine, theirs)
+        changed = True
+    return changed

@@ -372,6 +372,12 @@ class EntityProcessor:
             add_identity(state, kind, value)
         return state
 
+    def rerendered(self, write: ProfileWrite) -> None:
+        """A write made with no event (a window moved, a backfill joined): its idle
+        lifetime, and where its audiences are counted, from its identities as loaded."""
+        write.was_expiring = self._expiring(write.state)
+        self._lifetime(write)
+
     async def expire(self, source: str, limit: int) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by
         `now`; return how many were written. The cost is that of the due profiles only."""
@@ -394,8 +400,7 @@ class EntityProcessor:
                     log.exception("profile %s could not be re-rendered; unscheduled", state.id)
                     broken.append(state.id)
                     continue
-                write.was_expiring = self._expiring(state)  # its identities are as loaded
-                self._lifetime(write)  # a window that moved counts as activity
+                self.rerendered(write)  # a window that moved counts as activity
                 writes.append(write)
             if broken:
                 await self.store.unschedule(self.entity, source, broken)

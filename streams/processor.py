@@ -97,11 +97,17 @@ class BatchProcessor:
         profile_topic: str | None = None,
         records: Mapping[str, Mapping[str, RecordMapping]] | None = None,
         reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
+        note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         #: the current rules and their version, read again when a commit finds the
         #: rules changed (`streams.rule_switch`); None: the rules never change
         self.reload = reload
+        #: notes where a partition's computing at a rules version starts (`_note_starts`)
+        self.note_start = note_start
+        #: (partition, rules version) noted; the first offset of each partition's batch
+        self._noted: set[tuple[str, int]] = set()
+        self._firsts: dict[str, int] = {}
         self.logs = logs
         #: partition -> (the offset after the last batch committed here, its epoch)
         self._next: dict[str, tuple[int, int]] = {}
@@ -157,6 +163,16 @@ class BatchProcessor:
             raise RuntimeError("the rules version changed, and this processor cannot reload")
         rules, version = await self.reload()
         self.switch(rules, version)
+
+    async def _note_starts(self) -> None:
+        """Before the batch's first commit at the current rules version, note where
+        each of its partitions starts (`note_start`): a backfill of an attribute of that
+        version reads the partition's history up to there (`streams.backfill`)."""
+        version = self.rules_version
+        fresh = {p: o for p, o in self._firsts.items() if (p, version) not in self._noted}
+        if fresh and self.note_start is not None:
+            await self.note_start(version, fresh)
+            self._noted.update((p, version) for p in fresh)
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)
@@ -224,6 +240,7 @@ class BatchProcessor:
                 firsts[record.source] = record
         if self.logs is not None:
             records = await self._place(records, firsts, report)
+        self._firsts = {source: first.offset for source, first in firsts.items()}
         self._set_floors(records)
         if decoded is None or decoded.records is not records:  # none, or before epochs
             decoded = self.decode(records)
@@ -371,6 +388,7 @@ class BatchProcessor:
                     if not failed:
                         await self._send(rejected, sent)  # durable before the commit
                         try:
+                            await self._note_starts()
                             events = await processor.commit(work, stitched, report)
                         except RulesChanged:  # none of it written: again, with the new rules
                             await self.switch_to_current()

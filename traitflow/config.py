@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     #: how soon an idle worker switches to attributes changed through the API (a busy
     #: one switches at its next commit)
     rules_poll_s: float = Field(default=1.0, gt=0)
+    #: whether an attribute made ACTIVE through the API is first computed over the
+    #: history retained in the ingest topics (PROCESSING until joined: `streams.
+    #: backfill`), and how many of those events it reads per second at most
+    backfill: bool = True
+    backfill_rate_per_s: float = Field(default=20_000.0, gt=0)
     #: tries to produce a dead letter, and the seconds they may take in all, before it is
     #: parked in Redis (`streams.dead_letters`) and the batch goes on
     dead_letter_attempts: int = Field(default=3, ge=1)

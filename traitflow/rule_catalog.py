@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -64,7 +65,13 @@ class RuleCatalog(abc.ABC):
     async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
         """Apply `edit` to the current catalog and store what it returns, with the
         version incremented; the catalog after. `edit` raises to refuse (nothing is
-        stored) and may be called again if another change came first."""
+        stored), returns an empty `Change` to store nothing, and may be called again if
+        another change came first."""
+
+    @abc.abstractmethod
+    async def set_progress(self, attribute_id: str, progress: Mapping[str, Any]) -> None:
+        """Record what an attribute's backfill has done (`ManagedAttribute.progress`):
+        not a change of the rules, so the version stays."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -85,16 +92,22 @@ class MemoryRuleCatalog(RuleCatalog):
 
     def __init__(self) -> None:
         self.catalog = Catalog()
+        self.progress: dict[str, dict[str, Any]] = {}
 
     async def version(self) -> int:
         return self.catalog.version
 
-    async def snapshot(self) -> Catalog:
+    async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
+        change = edit(self.catalog)
+        if change.put is not None or change.drop is not None:
+            self.catalog = _applied(self.catalog, change)
         return self.catalog
 
-    async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
-        self.catalog = _applied(self.catalog, edit(self.catalog))
-        return self.catalog
+    async def set_progress(self, attribute_id: str, progress: Mapping[str, Any]) -> None:
+        self.progress[attribute_id] = dict(progress)
+
+    async def snapshot(self) -> Catalog:
+        return _with_progress(self.catalog, self.progress)
 
 
 class RedisRuleCatalog(RuleCatalog):
@@ -105,6 +118,7 @@ class RedisRuleCatalog(RuleCatalog):
         self.client = client
         self.hash = keys.computed_attributes()
         self.version_key = keys.rules_version()
+        self.progress_key = keys.backfill_progress()
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisRuleCatalog:
@@ -117,15 +131,25 @@ class RedisRuleCatalog(RuleCatalog):
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self.version_key)
             pipe.hgetall(self.hash)
-            version, stored = await pipe.execute()
-        return _decoded(version, stored)
+            pipe.hgetall(self.progress_key)
+            version, stored, progress = await pipe.execute()
+        return _with_progress(
+            _decoded(version, stored),
+            {k.decode(): orjson.loads(v) for k, v in progress.items()},
+        )
+
+    async def set_progress(self, attribute_id: str, progress: Mapping[str, Any]) -> None:
+        await self.client.hset(self.progress_key, attribute_id, orjson.dumps(dict(progress)))
 
     async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
         while True:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.version_key)
                 catalog = _decoded(await pipe.get(self.version_key), await pipe.hgetall(self.hash))
-                after = _applied(catalog, change := edit(catalog))
+                change = edit(catalog)
+                if change.put is None and change.drop is None:
+                    return catalog
+                after = _applied(catalog, change)
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if change.drop is not None:
                     pipe.hdel(self.hash, change.drop)
@@ -142,6 +166,15 @@ class RedisRuleCatalog(RuleCatalog):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _with_progress(catalog: Catalog, progress: Mapping[str, Mapping[str, Any]]) -> Catalog:
+    """`catalog` with each PROCESSING attribute's backfill progress."""
+    attributes = tuple(
+        replace(a, progress=progress.get(a.id, {})) if a.status is Status.PROCESSING else a
+        for a in catalog.attributes
+    )
+    return Catalog(catalog.version, attributes)
 
 
 def _decoded(version: bytes | str | None, stored: Mapping[bytes | str, bytes | str]) -> Catalog:

@@ -45,6 +45,12 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ca:v                        string  the rules version: incremented by each
                                            change of `tf:ca` (absent: 0); commits are
                                            made only at the version they computed with
+    tf:rs:{topic}/{partition}      hash    rules version -> the first offset of the
+                                           partition a worker computed at it (noted
+                                           before that commit): where a backfill of an
+                                           attribute of that version stops
+    tf:bf                          hash    attribute id -> its backfill's progress (JSON)
+    tf:bf:lock                     string  the token of the worker running backfills
     tf:a:user                      hash    audience name -> its kept members: the
                                            profiles in it that do not expire, adjusted
                                            by the commit of each write that enters or
@@ -183,6 +189,16 @@ class KeyLayout:
 
     def rules_version(self) -> str:
         return f"{self.prefix}:ca:v"
+
+    def backfill_progress(self) -> str:
+        return f"{self.prefix}:bf"
+
+    def backfill_lock(self) -> str:
+        return f"{self.prefix}:bf:lock"
+
+    def rules_starts(self, partition: str) -> str:
+        """`partition` is the input partition, "topic/partition"."""
+        return f"{self.prefix}:rs:{partition}"
 
     def audience_sizes(self, entity: str) -> str:
         return f"{self.prefix}:a:{entity}"

@@ -8,11 +8,15 @@ from attributes.catalog import (
     LifecycleError,
     ManagedAttribute,
     Status,
+    join_history,
     live_definitions,
+    new_attribute,
     on_request,
     patched,
     requested,
 )
+from attributes.profile import ProfileState
+from attributes.rules import parse_rules
 
 COUNT = {"name": "orders", "function": "count", "event": "Order Completed"}
 
@@ -68,3 +72,24 @@ def test_only_live_attributes_are_computed() -> None:
 def test_an_attribute_round_trips_through_json() -> None:
     made = attribute(Status.PROCESSING, where="true")
     assert ManagedAttribute.from_json(made.as_json()) == made
+
+
+def test_a_new_attribute_s_state_is_its_own_and_re_enabling_starts_afresh() -> None:
+    made = new_attribute("ca-2", COUNT, Status.ACTIVE, 1_000)
+    assert made.definition["revision"] == 1_000
+    off = patched(made, {"status": "DISABLED"}, now_ms=2_000, backfill=True)
+    assert off.definition["revision"] == 1_000
+    on = patched(off, {"status": "ACTIVE"}, now_ms=3_000, backfill=True)
+    assert (on.status, on.definition["revision"]) == (Status.PROCESSING, 1_001)
+
+
+def test_history_joins_the_live_state_of_the_backfilled_attributes_only() -> None:
+    rules = parse_rules(
+        "attributes:\n  - {name: n, function: count}\n  - {name: s, function: sum, field: properties.x}\n"
+    )
+    count = next(a for a in rules.attributes if a.name == "n")
+    live = ProfileState(id="p", attributes={count.key: 2, "s/sum": 5.0})
+    history = ProfileState(id="p", attributes={count.key: 3, "s/sum": 7.0})
+    assert join_history(live, history, [count])
+    assert live.attributes == {count.key: 5, "s/sum": 5.0}
+    assert not join_history(live, ProfileState(id="p"), [count])

@@ -1,0 +1,389 @@
+"""Backfill: an attribute made or changed through the API is computed over the history
+still retained in the ingest topics, then joined with what the workers computed live
+since they switched to it, with no event counted twice.
+
+Where the live computation began is a fact per input partition: before its first
+commit at a rules version, a worker notes each partition's first offset in the batch
+(`tf:rs:{partition}`, `BatchProcessor._note_starts`). Every event below it was
+committed under older rules (without the attribute), every one from it on under rules
+at least that new (with it). So the backfill reads each partition from its earliest
+retained offset up to there. A partition that no batch has reached at that version is
+read to its end, once the workers' consumer group has committed that end (nothing of
+it is in flight). Each event is applied, by the worker's own `apply_event` with the
+attribute alone, to a scratch state of the profile its identities point to now; each
+scratch state is then merged into the live one as stitching merges two profiles
+(`attributes.catalog.join_history`), and the attribute becomes ACTIVE.
+
+One worker runs backfills at a time (a lease in Redis: `BackfillRunner`). It reads at
+a bounded rate (`TRAITFLOW_BACKFILL_RATE_PER_S`) and joins a few profiles at a time
+under the processor's lock, so live batches go on between them.
+
+Limits: the history is held in memory, one scratch state per profile, until joined;
+a producer's retry of one event on both sides of the start is counted twice; a
+backfill whose worker dies starts again from the beginning once its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from attributes.catalog import ManagedAttribute, Status, join_history, origin
+from attributes.events import InvalidEvent
+from attributes.profile import ProfileState, apply_event
+from attributes.rules import CompiledAttribute, RuleSet, parse_rules
+from streams.entity import EntityProcessor
+from streams.processor import BatchProcessor
+from traitflow.config import Settings
+from traitflow.rule_catalog import Catalog, Change, RuleCatalog
+from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
+
+log = logging.getLogger(__name__)
+
+#: profiles joined per hold of the processor's lock
+JOIN_CHUNK = 100
+#: how often progress is saved, and the lease renewed (seconds)
+PROGRESS_S = 1.0
+
+
+def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
+    """Where a partition's history for an attribute of `version` ends: the first offset
+    computed at that version or a newer one (`tf:rs:{partition}`); None if none was."""
+    found = [int(offset) for noted, offset in starts.items() if int(noted) >= version]
+    return min(found) if found else None
+
+
+@dataclass(slots=True)
+class Span:
+    """The part of one partition a backfill reads: offsets `low` to `end` (excluded)."""
+
+    partition: TopicPartition
+    low: int
+    end: int
+
+
+class Backfill:
+    """Computes one attribute over the retained history and joins it (`run`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: BatchProcessor,
+        catalog: RuleCatalog,
+        client: aioredis.Redis,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.catalog = catalog
+        self.client = client
+        self.keys = KeyLayout(settings.key_prefix)
+
+    async def run(self, attribute: ManagedAttribute) -> bool:
+        """Backfill `attribute` (PROCESSING, at its version); whether it is done (False:
+        it changed or left the rules meanwhile, and its new definition is next)."""
+        started = int(time.time() * 1000)
+        rules = parse_rules(
+            "attributes: []\n", "backfill", list(self.settings.entities),
+            [(origin(attribute.id), attribute.definition)],
+        )  # fmt: skip
+        targets = rules.attributes  # a derived attribute has no state to backfill
+        if not targets:
+            return True
+        spans = await self._spans(attribute, started)
+        histories = await self._read(attribute, rules, spans, started)
+        return await self._join(attribute, targets, histories, started)
+
+    async def _progress(self, attribute: ManagedAttribute, **progress: object) -> None:
+        await self.catalog.set_progress(attribute.id, progress)
+
+    async def _spans(self, attribute: ManagedAttribute, started: int) -> list[Span]:
+        """Each ingest partition's history for `attribute`, once every end is known."""
+        settings = self.settings
+        # group_id: to read the workers' committed offsets (it never joins the group)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in settings.sources
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            lows = await consumer.beginning_offsets(partitions)
+            while True:
+                highs = await consumer.end_offsets(partitions)
+                spans, waiting = [], 0
+                for tp in partitions:
+                    noted = self.keys.rules_starts(f"{tp.topic}/{tp.partition}")
+                    end = history_end(await self.client.hgetall(noted), attribute.version)
+                    if end is None and highs[tp] > lows[tp]:
+                        committed = await consumer.committed(tp)
+                        if committed is not None and committed >= highs[tp]:
+                            end = highs[tp]  # nothing in flight: all of it is older
+                    elif end is None:
+                        end = highs[tp]  # empty
+                    if end is None:
+                        waiting += 1
+                        continue
+                    spans.append(Span(tp, lows[tp], max(lows[tp], end)))
+                if not waiting:
+                    return spans
+                await self._progress(
+                    attribute, phase="waiting", done=0, total=0, started_ms=started
+                )
+                await asyncio.sleep(PROGRESS_S)
+        finally:
+            await consumer.stop()
+
+    async def _read(
+        self, attribute: ManagedAttribute, rules: RuleSet, spans: list[Span], started: int
+    ) -> dict[str, ProfileState]:
+        """Scratch states of the attribute, per profile, over the spans' events."""
+        entity = self.processor.entities[attribute.entity]
+        wanted = {s.partition: s for s in spans if s.end > s.low}
+        total = sum(s.end - s.low for s in wanted.values())
+        histories: dict[str, ProfileState] = {}
+        seen: set[tuple[str, str]] = set()
+        done = 0
+        if not wanted:
+            return histories
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(wanted))
+            for tp, span in wanted.items():
+                consumer.seek(tp, span.low)
+            rate = self.settings.backfill_rate_per_s
+            saved = time.monotonic()
+            while wanted:
+                began = time.monotonic()
+                fetched = await consumer.getmany(timeout_ms=500, max_records=1000)
+                records = []
+                for tp, batch in fetched.items():
+                    reading = wanted.get(tp)
+                    if reading is None:
+                        continue
+                    records += [r for r in batch if r.offset < reading.end]
+                    if batch and batch[-1].offset >= reading.end - 1:
+                        del wanted[tp]
+                        consumer.pause(tp)
+                await self._apply(entity, rules, records, histories, seen)
+                done += len(records)
+                if time.monotonic() - saved >= PROGRESS_S:
+                    saved = time.monotonic()
+                    await self._progress(
+                        attribute, phase="reading", done=done, total=total, started_ms=started
+                    )
+                await asyncio.sleep(max(0.0, len(records) / rate - (time.monotonic() - began)))
+        finally:
+            await consumer.stop()
+        return histories
+
+    async def _apply(
+        self,
+        entity: EntityProcessor,
+        rules: RuleSet,
+        records: list,  # type: ignore[type-arg]  # aiokafka's ConsumerRecord
+        histories: dict[str, ProfileState],
+        seen: set[tuple[str, str]],
+    ) -> None:
+        """Apply each record's event to the scratch state of the profile it is for now."""
+        now = int(time.time() * 1000)
+        admitted = []
+        for record in records:
+            try:
+                found = self.processor.admission.admit(
+                    record.value, now_ms=now, fallback_ms=record.timestamp
+                )
+            except InvalidEvent:
+                continue  # a dead letter when it was live: nothing counted it
+            for claim in found.claims:
+                if claim.entity == entity.entity:
+                    admitted.append((record, found, claim.identities))
+        identities = list(dict.fromkeys(i for _, _, ids in admitted for i in ids))
+        pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
+        for record, found, ids in admitted:
+            pid = next((pointers[i] for i in ids if i in pointers), None)
+            if pid is None:
+                continue  # its profile is gone (erased, or an idle anonymous one expired)
+            event = found.event
+            where = entity.sources.get(record.topic, record.topic)
+            if event.messageId:
+                if (where, event.messageId) in seen:
+                    continue  # a producer's retry: live dedupe counted it once
+                seen.add((where, event.messageId))
+            state = histories.setdefault(pid, ProfileState(id=pid, entity=entity.entity))
+            apply_event(
+                state,
+                event,
+                ts=found.at_ms,
+                rules=rules,
+                source=f"{record.topic}/{record.partition}",
+                offset=record.offset,
+                now=record.timestamp,
+                origin=where,
+                retraction=entity.retractions.get(where, "fields"),
+                traits_from=entity.identities.spec.traits_from,
+            )
+
+    async def _join(
+        self,
+        attribute: ManagedAttribute,
+        targets: tuple[CompiledAttribute, ...],
+        histories: dict[str, ProfileState],
+        started: int,
+    ) -> bool:
+        """Fold the scratch states into the stored profiles, a chunk at a time; False if
+        the attribute left the rules the worker computes meanwhile."""
+        pids = list(histories)
+        for at in range(0, len(pids), JOIN_CHUNK):
+            chunk = {pid: histories[pid] for pid in pids[at : at + JOIN_CHUNK]}
+            while True:
+                try:
+                    async with self.processor.lock:
+                        entity = self.processor.entities[attribute.entity]
+                        live = {a.key for a in entity.rules.attributes}
+                        if not all(t.key in live for t in targets):
+                            return False
+                        await fold(entity, chunk, targets, int(self.processor.clock() * 1000))
+                    break
+                except Conflict:
+                    continue  # a live batch wrote one of them meanwhile: again, on top
+                except RulesChanged:
+                    await self.processor.switch_to_current()
+            await self._progress(
+                attribute, phase="joining", done=min(len(pids), at + JOIN_CHUNK),
+                total=len(pids), started_ms=started,
+            )  # fmt: skip
+        return True
+
+
+async def fold(
+    entity: EntityProcessor,
+    histories: Mapping[str, ProfileState],
+    targets: tuple[CompiledAttribute, ...],
+    now: int,
+) -> int:
+    """Merge `histories` into the stored profiles of `entity` and write them, in one
+    commit at the processor's rules version; how many were written. Conflict if one
+    changed since it was loaded (nothing is written)."""
+    entity.now = now
+    names = {t.name for t in targets}
+    async with entity.checkout() as work:
+        states = await work.load(list(histories))
+        loaded = {pid: state.version for pid, state in states.items()}
+        writes = []
+        for pid, state in states.items():
+            entity.views.fit(state)
+            if not join_history(state, histories[pid], targets):
+                continue
+            state.version += 1
+            source = next(iter(state.offsets), "").split("@")[0]  # its owner expires it
+            write = entity.views.write(state, source, touched=set(names), now=now)
+            entity.rerendered(write)
+            writes.append(write)
+        if writes:
+            if entity.announcer.announces:
+                entity.announcer.announce(writes, (), now)
+            versions: dict[str, int | None] = {w.state.id: loaded[w.state.id] for w in writes}
+            await work.commit(writes, expected=Expected(versions=versions))
+    return len(writes)
+
+
+class BackfillRunner:
+    """Runs the backfills of PROCESSING attributes, one at a time across the workers:
+    each tick, a worker that holds no backfill tries to take the lease (`tf:bf:lock`),
+    and keeps it while it works."""
+
+    def __init__(self, backfill: Backfill, lease_s: float = 30.0) -> None:
+        self.backfill = backfill
+        self.lease_ms = int(lease_s * 1000)
+        self.task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        if self.task is not None and not self.task.done():
+            return
+        backfill = self.backfill
+        catalog = await backfill.catalog.snapshot()
+        waiting = [
+            a
+            for a in catalog.attributes
+            if a.status is Status.PROCESSING and a.version <= backfill.processor.rules_version
+        ]
+        if not waiting:
+            return
+        token = uuid.uuid4().hex
+        lock = backfill.keys.backfill_lock()
+        if not await backfill.client.set(lock, token, nx=True, px=self.lease_ms):
+            return  # another worker runs one
+        self.task = asyncio.create_task(self._run(waiting[0], token))
+
+    async def _run(self, attribute: ManagedAttribute, token: str) -> None:
+        backfill = self.backfill
+        lock = backfill.keys.backfill_lock()
+        renew = asyncio.create_task(self._renew(lock, token))
+        try:
+            log.info("backfilling %s (%s)", attribute.name, attribute.id)
+            if await backfill.run(attribute):
+                await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
+                log.info("backfilled %s: ACTIVE", attribute.name)
+            else:
+                log.info(
+                    "%s changed while it was backfilled: its new definition is next", attribute.name
+                )
+        except Exception:
+            log.exception("backfill of %s failed; it is tried again", attribute.name)
+        finally:
+            renew.cancel()
+            if await backfill.client.get(lock) == token.encode():
+                await backfill.client.delete(lock)
+
+    async def _renew(self, lock: str, token: str) -> None:
+        client = self.backfill.client
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            if await client.get(lock) == token.encode():
+                await client.pexpire(lock, self.lease_ms)
+
+
+def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], Change]:
+    """The catalog edit that makes a backfilled attribute ACTIVE, unless it changed
+    meanwhile (then nothing: its new definition has a backfill of its own)."""
+
+    def edit(catalog: Catalog) -> Change:
+        current = catalog.get(attribute.id)
+        if current is None or current.status is not Status.PROCESSING:
+            return Change()
+        if current.version != attribute.version:
+            return Change()
+        return Change(put=replace(current, status=Status.ACTIVE, updated_ms=now_ms))
+
+    return edit
+
+
+def start_notes(
+    client: aioredis.Redis, keys: KeyLayout
+) -> Callable[[int, Mapping[str, int]], Awaitable[None]]:
+    """`BatchProcessor.note_start` on Redis: the first note of a (partition, version)
+    stays (HSETNX), the offset before which that partition was computed with older
+    rules."""
+
+    async def note(version: int, firsts: Mapping[str, int]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for partition, offset in firsts.items():
+                pipe.hsetnx(keys.rules_starts(partition), str(version), offset)
+            await pipe.execute()
+
+    return note

@@ -1,0 +1,112 @@
+"""Backfill with a real worker, broker and Redis: an attribute made while events flow
+is computed over the topic's history and joined with its live values; every profile
+ends equal to the batch answer over the whole topic, with no event counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from attributes.catalog import ManagedAttribute, Status, new_attribute
+from tests.integration.conftest import wait_until
+from tests.integration.workers import alive, worker_log, worker_with_rules
+from traitflow.config import Settings
+from traitflow.rule_catalog import Catalog, Change, RedisRuleCatalog
+
+pytestmark = pytest.mark.integration
+
+RULES = """\
+attributes:
+  - name: purchase_count
+    function: count
+    event: Order Completed
+"""
+ORDERS_ALL = {"name": "orders_all", "function": "count", "event": "Order Completed"}
+
+
+def catalog_call(settings: Settings, work: Any) -> Any:
+    async def call() -> Any:
+        catalog = RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await work(catalog)
+        finally:
+            await catalog.close()
+
+    return asyncio.run(call())
+
+
+def test_an_attribute_made_while_events_flow_is_backfilled_and_joined(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    run = f"tfbf-{uuid.uuid4().hex[:8]}"
+    with worker_with_rules(settings, tmp_path, RULES, run, topic_partitions=2) as own:
+        users = [f"{run}-u{n}" for n in range(16)]
+        sent = dict.fromkeys(users, 0)
+
+        def orders(batch: str, each: int) -> None:
+            own.publish(
+                [
+                    {
+                        "type": "track",
+                        "event": "Order Completed",
+                        "userId": user,
+                        "messageId": f"{run}-{batch}-{user}-{n}",
+                    }
+                    for n in range(each)
+                    for user in users
+                ]
+            )
+            for user in users:
+                sent[user] += each
+
+        def view(user: str) -> Any:
+            raw = redis_client.get(own.keys.view("user", user))
+            return orjson.loads(raw) if raw else None
+
+        def caught_up() -> bool:
+            return all(
+                (v := view(u)) is not None and v["attributes"]["purchase_count"] == sent[u]
+                for u in users
+            )
+
+        orders("a", 3)
+        wait_until(lambda: alive(own.worker) and caught_up(), timeout=60, what="history")
+
+        made = new_attribute(f"ca-{uuid.uuid4().hex[:12]}", ORDERS_ALL, Status.PROCESSING, 1)
+
+        def create(catalog: Catalog) -> Change:
+            return Change(put=made)
+
+        catalog_call(own.settings, lambda c: c.change(create))
+        orders("b", 2)  # while the workers switch and the backfill runs
+
+        def status() -> ManagedAttribute | None:
+            snapshot = catalog_call(own.settings, lambda c: c.snapshot())
+            found: ManagedAttribute | None = snapshot.get(made.id)
+            return found if found is not None and found.status is Status.ACTIVE else None
+
+        wait_until(
+            lambda: alive(own.worker) and status(),
+            timeout=90,
+            what=f"the backfill to finish:\n{worker_log(own.worker)[-3000:]}",
+        )
+        orders("c", 1)  # after: live alone
+        wait_until(caught_up, timeout=30, what="the last orders")
+        deadline = time.monotonic() + 10
+        for user in users:
+            got = view(user)
+            while got["attributes"].get("orders_all") != 6 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                got = view(user)
+            assert got["attributes"] == {"purchase_count": 6, "orders_all": 6}, user
+        progress = orjson.loads(redis_client.hget(own.keys.backfill_progress(), made.id) or b"{}")
+        assert progress["phase"] == "joining"
+        assert progress["done"] == progress["total"] == len(users) + 1  # and the probe
+        assert "backfilled orders_all: ACTIVE" in worker_log(own.worker)

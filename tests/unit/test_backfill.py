@@ -1,0 +1,80 @@
+"""The parts of a backfill that need no broker (`streams.backfill`): where a partition's
+history ends, folding scratch states into stored profiles, and activation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from attributes.catalog import ManagedAttribute, Status
+from attributes.events import decode_event
+from attributes.profile import ProfileState, apply_event
+from attributes.rules import parse_rules
+from streams.backfill import activated, fold, history_end
+from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.memory_store import MemoryProfileStore
+from traitflow.rule_catalog import Catalog
+
+pytestmark = pytest.mark.anyio
+
+NOW_S = 1_794_394_800.0
+RULES = parse_rules(
+    """\
+attributes:
+  - name: orders
+    function: count
+    event: Order
+audiences:
+  - name: repeat
+    condition: orders > 2
+"""
+)
+
+
+def test_the_history_ends_where_the_version_or_a_newer_one_began() -> None:
+    starts: dict[bytes | str, bytes | str] = {b"3": b"120", b"5": b"90", b"2": b"40"}
+    assert history_end(starts, 3) == 90  # a later version's batch can start earlier
+    assert history_end(starts, 6) is None  # no batch at it yet
+    assert history_end({}, 1) is None
+    assert history_end({"4": "7"}, 4) == 7  # decoded replies read alike
+
+
+def order(offset: int) -> Record:
+    body = {"type": "track", "event": "Order", "userId": "u-1", "messageId": f"m-{offset}"}
+    return Record("events", 0, offset, orjson.dumps(body), int(NOW_S * 1000))
+
+
+async def test_folding_history_counts_both_spans_once_and_renders_the_view() -> None:
+    store = MemoryProfileStore()
+    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock=lambda: NOW_S)
+    await processor.process([order(10)])  # live, after the start
+    history = ProfileState(id="u-1", entity="user")
+    for offset in range(3):  # before the start
+        event = decode_event(orjson.dumps({"type": "track", "event": "Order"}))
+        apply_event(history, event, ts=1, rules=RULES, source="events/0", offset=offset, now=1)
+    entity = processor.entities["user"]
+    written = await fold(
+        entity,
+        {"u-1": history, "gone": ProfileState(id="gone")},
+        RULES.attributes,
+        int(NOW_S * 1000),
+    )
+    assert written == 1  # a profile no longer stored is skipped
+    view = orjson.loads(await store.read_view("user", "id", "u-1") or b"")
+    assert view["attributes"]["orders"] == 4
+    assert view["_audiences"] == {"repeat": True}
+    assert await store.audience_sizes("user") == {"repeat": 1}
+
+
+def test_activation_happens_only_for_the_definition_that_was_backfilled() -> None:
+    backfilled = ManagedAttribute("ca-1", Status.PROCESSING, {"name": "n"}, 1, 1, version=4)
+    done = activated(backfilled, 9)(Catalog(5, (backfilled,)))
+    assert done.put is not None
+    assert (done.put.status, done.put.updated_ms) == (Status.ACTIVE, 9)
+    changed = replace(backfilled, version=5)  # its condition changed meanwhile
+    assert activated(backfilled, 9)(Catalog(5, (changed,))).put is None
+    disabled = replace(backfilled, status=Status.DISABLED)
+    assert activated(backfilled, 9)(Catalog(5, (disabled,))).put is None
+    assert activated(backfilled, 9)(Catalog(5, ())).put is None
