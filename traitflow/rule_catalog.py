@@ -171,7 +171,9 @@ class RedisRuleCatalog(RuleCatalog):
 def _with_progress(catalog: Catalog, progress: Mapping[str, Mapping[str, Any]]) -> Catalog:
     """`catalog` with each PROCESSING attribute's backfill progress."""
     attributes = tuple(
-        replace(a, progress=progress.get(a.id, {})) if a.status is Status.PROCESSING else a
+        replace(a, progress=progress[a.id])
+        if a.status is Status.PROCESSING and a.id in progress
+        else a
         for a in catalog.attributes
     )
     return Catalog(catalog.version, attributes)

@@ -85,7 +85,8 @@ def test_a_new_attribute_s_state_is_its_own_and_re_enabling_starts_afresh() -> N
 
 def test_history_joins_the_live_state_of_the_backfilled_attributes_only() -> None:
     rules = parse_rules(
-        "attributes:\n  - {name: n, function: count}\n  - {name: s, function: sum, field: properties.x}\n"
+        "attributes:\n  - {name: n, function: count}\n"
+        "  - {name: s, function: sum, field: properties.x}\n"
     )
     count = next(a for a in rules.attributes if a.name == "n")
     live = ProfileState(id="p", attributes={count.key: 2, "s/sum": 5.0})
