@@ -14,6 +14,8 @@ services (`api.state.services(request)`), which this factory makes. The hot read
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +33,8 @@ from api.state import ApiState, attach
 from api.td_config import load_personalization
 from api.td_services import Personalization, RedisServiceStore, ServiceStore
 from traitflow.config import Settings
+from traitflow.export_run import ExportMetrics, ExportRunner
+from traitflow.export_store import ExportJobs
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
@@ -94,9 +98,23 @@ def create_app(
             entities=list(settings.entities),
             topics=list(settings.sources),
         )
+        # export jobs get a connection of their own (a round's MGET of hundreds of views
+        # would queue ahead of the reads on theirs); this process runs jobs unless told
+        # not to, or unless it was given its stores (a test's app has no Redis to export)
+        exports = RespClient.from_url(settings.redis_url)
+        state.exports = ExportJobs(exports, settings.key_prefix)
+        runner = None
+        if settings.export_in_api and store is None:
+            state.export_runner = ExportRunner(settings, exports, export_metrics)
+            runner = asyncio.create_task(state.export_runner.run_forever())
         try:
             yield
         finally:
+            if runner is not None:  # a job it runs is let go, for another to take over
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            await exports.close()
             await state.publisher.close()
             await state.catalog.close()
             await state.policies.close()
@@ -113,6 +131,7 @@ def create_app(
         )
     )
     state = ApiState(settings, ApiMetrics())
+    export_metrics = ExportMetrics(state.metrics.registry)
     app = DirectApp(title="traitflow", version="0.1.0", lifespan=lifespan)
     attach(app, state)
     errors.install(app)

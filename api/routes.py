@@ -26,6 +26,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.audiences",
     "api.ingest",
     "api.td_admin",
+    "api.exports",
     "api.explorer",
     "api.td",  # last: its `POST /{database}/{table}` matches any two-segment path
 )

@@ -21,6 +21,8 @@ from api.publisher import Publisher
 from api.td_services import Personalization
 from attributes.identities import IdentityRules
 from traitflow.config import Settings
+from traitflow.export_run import ExportRunner
+from traitflow.export_store import ExportJobs
 from traitflow.rule_catalog import RuleCatalog
 from traitflow.store import ProfileStore
 
@@ -36,6 +38,8 @@ class ApiState:
 
     __slots__ = (
         "catalog",
+        "export_runner",
+        "exports",
         "identities",
         "keys",
         "metrics",
@@ -61,6 +65,10 @@ class ApiState:
     publisher: Publisher
     #: Treasure Data personalization services (`api.td`, `api.td_admin`)
     personalization: Personalization
+    #: export jobs (`api.exports`), and this process's runner of them (None: it runs
+    #: none, `TRAITFLOW_EXPORT_IN_API` off or an app given its stores)
+    exports: ExportJobs
+    export_runner: ExportRunner | None
 
     def __init__(self, settings: Settings, metrics: ApiMetrics) -> None:
         self.settings = settings
@@ -68,6 +76,7 @@ class ApiState:
         self.identities = {
             entity: IdentityRules(spec) for entity, spec in settings.entities.items()
         }
+        self.export_runner = None
 
     def is_open(self) -> bool:
         """Whether the lifespan has set the stores (`/readyz` asks)."""

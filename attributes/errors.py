@@ -36,6 +36,8 @@ lives in the module that raises it:
     │   ├── InvalidEventObject    attributes.offers: a personalization call's body (TD's 3004)
     │   ├── TdRefusal             api.td: a personalization call refused (TD's code, 415, 429)
     │   ├── InvalidSince          traitflow.replay: `dead-letters replay --since`
+    │   ├── InvalidExport         traitflow.export_jobs: an export naming an unknown entity or
+    │   │                         audience, a file with a path, a bad topic, rate or batch
     │   ├── InvalidErasure        traitflow.erasure_requests: an erase naming no identity of
     │   │                         the entity (unknown type, empty or too long a value)
     │   └── BodyTooLarge          api.middleware: a request body over the limit (413); also
@@ -57,6 +59,10 @@ lives in the module that raises it:
     │                             started or wiped
     ├── DemoError                 traitflow.demo: the demo did not serve the expected profile
     ├── ReplayError               traitflow.replay: a replay cannot run (another one holds the lock)
+    ├── ExportRefused             traitflow.export_jobs: an export job cannot be run now
+    │                             (unknown, finished, or another runner holds its lease)
+    ├── DestinationChanged        traitflow.export_run: an export's file is shorter than what
+    │                             the job wrote into it: the job fails
     ├── PublishFailed             api.publisher: the broker did not acknowledge an ingest call's
     │                             events in time: answered 503
     └── ApiError                  api.errors: answered as JSON `{field: message}` with `status`

@@ -16,6 +16,7 @@ import typer
 from attributes.rules import RuleFileError, RuleSet, load_rules
 from traitflow.cli_context import Environment, environment, settings_of
 from traitflow.cli_dead_letters import app as dead_letters_app
+from traitflow.cli_export import app as export_app
 from traitflow.cli_profiles import app as profiles_app
 from traitflow.config import Settings
 from traitflow.rule_catalog import RuleSource
@@ -34,6 +35,7 @@ app.add_typer(services_app, name="services")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(export_app, name="export")
 app.add_typer(profiles_app, name="profiles")
 write_key_app = typer.Typer(no_args_is_help=True, help="HTTP ingest write keys: make one.")
 app.add_typer(write_key_app, name="write-key")

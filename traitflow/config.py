@@ -411,6 +411,22 @@ class Settings(BaseSettings):
     worker_processes: int = Field(default=0, ge=0)
     #: where embedded services keep pid files, logs and data
     home: Path = Path(".traitflow")
+    #: where export jobs write their files (a job names a file in it); unset: HOME/exports
+    export_dir: Path | None = None
+    #: profiles an export job reads per second, and per round (one MGET; each SCAN's
+    #: COUNT), unless the job says otherwise: its load on Redis
+    export_rate_per_s: float = Field(default=5000.0, gt=0)
+    export_batch: int = Field(default=500, ge=1, le=10_000)
+    #: how long an export job's runner holds it without saving progress; once it is
+    #: over (the runner died), another runner takes the job over
+    export_lease_s: float = Field(default=15.0, gt=0)
+    #: whether API processes run export jobs: those made through the API, and any
+    #: whose runner died
+    export_in_api: bool = True
+
+    @property
+    def exports_path(self) -> Path:
+        return self.export_dir if self.export_dir is not None else self.home / "exports"
 
     @property
     def fetch_wait(self) -> int:

@@ -21,6 +21,14 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:r:{key_id}                  hash    its rate-limit bucket   } `api.key_layout`
     tf:mp                          hash    merge policy id -> policy (JSON), those made
                                            through the API (configured ones: settings)
+    tf:xj                          zset    export job ids, scored by creation (epoch ms)
+    tf:xj:{job}                    hash    an export job: spec, status, checkpoint (SCAN
+                                           cursor, counts, file bytes), times, error
+                                           (`traitflow.export_store`)
+    tf:xj:{job}:lease              string  the token of the runner holding the job;
+                                           expires unless its checkpoints renew it
+    tf:xj:runnable                 set     export jobs NEW or PROCESSING (a runner may
+                                           take one whose lease is gone)
     tf:l:{topic}/{partition}       zset    checkpoints of the input partition's log: the
                                            first record of committed batches, scored by
                                            offset ("offset:timestamp:crc"; `streams.logs`)
@@ -219,6 +227,19 @@ class KeyLayout:
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
         return f"{self.prefix}:o:{source}"
+
+    def export_jobs(self) -> str:
+        return f"{self.prefix}:xj"
+
+    def export_job(self, job_id: str) -> str:
+        """Job ids are hex (`traitflow.export_store`): never `runnable`."""
+        return f"{self.prefix}:xj:{job_id}"
+
+    def export_lease(self, job_id: str) -> str:
+        return f"{self.prefix}:xj:{job_id}:lease"
+
+    def export_runnable(self) -> str:
+        return f"{self.prefix}:xj:runnable"
 
 
 @dataclass(frozen=True, slots=True)

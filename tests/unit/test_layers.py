@@ -3,7 +3,8 @@
 Layers, top down. A module may import its own layer and the layers below it; never a
 layer above, nor the other layer of its own level:
 
-    entry points   traitflow.cli, traitflow.cli_dead_letters, traitflow.demo,
+    entry points   traitflow.cli, traitflow.cli_dead_letters, traitflow.cli_export,
+                   traitflow.demo,
                    traitflow.replay (what `traitflow dead-letters` runs; nothing else
                    uses it), traitflow.__main__
     api | streams  the HTTP service | the worker: one level, neither imports the other
@@ -46,6 +47,7 @@ ENTRY_POINTS = (
     "traitflow.__main__",
     "traitflow.cli",
     "traitflow.cli_dead_letters",
+    "traitflow.cli_export",
     "traitflow.demo",
     "traitflow.replay",
 )
