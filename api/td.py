@@ -43,6 +43,7 @@ from attributes.errors import InputError
 from attributes.events import InvalidEvent, decode_event, iso_from_ms
 from attributes.offers import (
     CONTENT_TYPE,
+    NAME,
     InvalidEventObject,
     Service,
     allowed,
@@ -199,7 +200,7 @@ async def _applied(
         401: {"description": "no or an invalid `Authorization: TD1` API key"},
         404: {
             "description": 'a database no service has: `{"error": "Not Found"}`, before '
-            "any other check"
+            "any other check (a name no service can have: 400)"
         },
         415: {"description": f"a content type other than {CONTENT_TYPE}"},
         429: {"description": "the API key's rate limit, with Retry-After"},
@@ -207,9 +208,10 @@ async def _applied(
 )
 async def personalize(
     request: Request,
-    # no pattern: a name no service can have is a database no service has (404)
-    database: str = PathParameter(examples=["p13n_db"]),
-    table: str = PathParameter(examples=["customer_info_table"]),
+    # a name no service can have is refused before anything else (400): what the API
+    # fuzzer sends as invalid input; a valid name of no service's database is a 404
+    database: str = PathParameter(pattern=NAME, examples=["p13n_db"]),
+    table: str = PathParameter(pattern=NAME, examples=["customer_info_table"]),
 ) -> Response:
     if not await _known_database(services(request), database):
         # counted as the unknown path it is (`<unmatched>`), not as this route
