@@ -29,7 +29,8 @@ from faust.types import Message
 from attributes.identities import IdentityRules
 from attributes.rules import RuleSet
 from streams import fastfaust, faust_fixes
-from streams.backfill import Backfill, BackfillRunner, start_notes
+from streams.backfill import Backfill
+from streams.backfill_runner import BackfillRunner, start_notes
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record

@@ -28,21 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from attributes.catalog import ManagedAttribute, Status, join_history, origin
 from attributes.events import InvalidEvent
-from attributes.profile import ProfileState, apply_event
+from attributes.profile import ProfileState, apply_event, render_view
 from attributes.rules import CompiledAttribute, RuleSet, parse_rules
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
-from traitflow.rule_catalog import Catalog, Change, RuleCatalog
+from traitflow.rule_catalog import RuleCatalog
 from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int 
     computed at that version or a newer one (`tf:rs:{partition}`); None if none was."""
     found = [int(offset) for noted, offset in starts.items() if int(noted) >= version]
     return min(found) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A profile's value of an attribute as served now, and after a backfill."""
+
+    profile: str
+    before: object
+    after: object
 
 
 @dataclass(slots=True)
@@ -84,6 +93,8 @@ class Backfill:
         self.catalog = catalog
         self.client = client
         self.keys = KeyLayout(settings.key_prefix)
+        #: whether progress is saved (a dry run saves none)
+        self.recording = True
 
     async def run(self, attribute: ManagedAttribute) -> bool:
         """Backfill `attribute` (PROCESSING, at its version); whether it is done (False:
@@ -100,11 +111,45 @@ class Backfill:
         histories = await self._read(attribute, rules, spans, started)
         return await self._join(attribute, targets, histories, started)
 
-    async def _progress(self, attribute: ManagedAttribute, **progress: object) -> None:
-        await self.catalog.set_progress(attribute.id, progress)
+    async def preview(self, attribute: ManagedAttribute, sample: int) -> list[Preview]:
+        """What a backfill would make of `attribute` for up to `sample` profiles, with
+        nothing written: each one's served value now, and after. For a PROCESSING
+        attribute, after is the history joined with the live value; for any other, the
+        attribute over the whole retained topic (a DRAFT's values to be; an ACTIVE
+        one's recomputation, which should equal what is served)."""
+        self.recording = False
+        rules = parse_rules(
+            "attributes: []\n", "dry-run", list(self.settings.entities),
+            [(origin(attribute.id), attribute.definition)],
+        )  # fmt: skip
+        whole = attribute.status is not Status.PROCESSING
+        spans = await self._spans(attribute, 0, whole=whole)
+        histories = await self._read(attribute, rules, spans, 0)
+        chosen = sorted(histories)[:sample]
+        store = self.processor.entities[attribute.entity].store
+        stored = await store.load(attribute.entity, chosen)
+        views = await store.read_views(attribute.entity, [("id", pid) for pid in chosen])
+        now = int(time.time() * 1000)
+        found = []
+        for pid, raw in zip(chosen, views, strict=True):
+            before = orjson.loads(raw)["attributes"].get(attribute.name) if raw else None
+            state = stored.get(pid, ProfileState(id=pid, entity=attribute.entity))
+            if whole:
+                state = ProfileState(id=pid, entity=attribute.entity)
+            join_history(state, histories[pid], rules.attributes)
+            after = render_view(state, rules, now)["attributes"].get(attribute.name)
+            found.append(Preview(pid, before, after))
+        return found
 
-    async def _spans(self, attribute: ManagedAttribute, started: int) -> list[Span]:
-        """Each ingest partition's history for `attribute`, once every end is known."""
+    async def _progress(self, attribute: ManagedAttribute, **progress: object) -> None:
+        if self.recording:
+            await self.catalog.set_progress(attribute.id, progress)
+
+    async def _spans(
+        self, attribute: ManagedAttribute, started: int, *, whole: bool = False
+    ) -> list[Span]:
+        """Each ingest partition's history for `attribute`, once every end is known
+        (`whole`: up to what the workers have consumed of it)."""
         settings = self.settings
         # group_id: to read the workers' committed offsets (it never joins the group)
         consumer = AIOKafkaConsumer(
@@ -125,13 +170,20 @@ class Backfill:
                 spans, waiting = [], 0
                 for tp in partitions:
                     noted = self.keys.rules_starts(f"{tp.topic}/{tp.partition}")
-                    end = history_end(await self.client.hgetall(noted), attribute.version)
+                    end = (
+                        None
+                        if whole
+                        else history_end(await self.client.hgetall(noted), attribute.version)
+                    )
                     if end is None and highs[tp] > lows[tp]:
+                        # what the workers have consumed: all of it older, if nothing
+                        # is in flight. (Not the end the broker reports: Tansu reports
+                        # the start of a partition's last record batch.)
                         committed = await consumer.committed(tp)
-                        if committed is not None and committed >= highs[tp]:
-                            end = highs[tp]  # nothing in flight: all of it is older
-                    elif end is None:
-                        end = highs[tp]  # empty
+                        if committed is not None and (whole or committed >= highs[tp]):
+                            end = committed
+                    if end is None and (whole or highs[tp] <= lows[tp]):
+                        end = highs[tp]  # empty, or never consumed
                     if end is None:
                         waiting += 1
                         continue
@@ -300,90 +352,3 @@ async def fold(
             versions: dict[str, int | None] = {w.state.id: loaded[w.state.id] for w in writes}
             await work.commit(writes, expected=Expected(versions=versions))
     return len(writes)
-
-
-class BackfillRunner:
-    """Runs the backfills of PROCESSING attributes, one at a time across the workers:
-    each tick, a worker that holds no backfill tries to take the lease (`tf:bf:lock`),
-    and keeps it while it works."""
-
-    def __init__(self, backfill: Backfill, lease_s: float = 30.0) -> None:
-        self.backfill = backfill
-        self.lease_ms = int(lease_s * 1000)
-        self.task: asyncio.Task[None] | None = None
-
-    async def tick(self) -> None:
-        if self.task is not None and not self.task.done():
-            return
-        backfill = self.backfill
-        catalog = await backfill.catalog.snapshot()
-        waiting = [
-            a
-            for a in catalog.attributes
-            if a.status is Status.PROCESSING and a.version <= backfill.processor.rules_version
-        ]
-        if not waiting:
-            return
-        token = uuid.uuid4().hex
-        lock = backfill.keys.backfill_lock()
-        if not await backfill.client.set(lock, token, nx=True, px=self.lease_ms):
-            return  # another worker runs one
-        self.task = asyncio.create_task(self._run(waiting[0], token))
-
-    async def _run(self, attribute: ManagedAttribute, token: str) -> None:
-        backfill = self.backfill
-        lock = backfill.keys.backfill_lock()
-        renew = asyncio.create_task(self._renew(lock, token))
-        try:
-            log.info("backfilling %s (%s)", attribute.name, attribute.id)
-            if await backfill.run(attribute):
-                await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
-                log.info("backfilled %s: ACTIVE", attribute.name)
-            else:
-                log.info(
-                    "%s changed while it was backfilled: its new definition is next", attribute.name
-                )
-        except Exception:
-            log.exception("backfill of %s failed; it is tried again", attribute.name)
-        finally:
-            renew.cancel()
-            if await backfill.client.get(lock) == token.encode():
-                await backfill.client.delete(lock)
-
-    async def _renew(self, lock: str, token: str) -> None:
-        client = self.backfill.client
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            if await client.get(lock) == token.encode():
-                await client.pexpire(lock, self.lease_ms)
-
-
-def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], Change]:
-    """The catalog edit that makes a backfilled attribute ACTIVE, unless it changed
-    meanwhile (then nothing: its new definition has a backfill of its own)."""
-
-    def edit(catalog: Catalog) -> Change:
-        current = catalog.get(attribute.id)
-        if current is None or current.status is not Status.PROCESSING:
-            return Change()
-        if current.version != attribute.version:
-            return Change()
-        return Change(put=replace(current, status=Status.ACTIVE, updated_ms=now_ms))
-
-    return edit
-
-
-def start_notes(
-    client: aioredis.Redis, keys: KeyLayout
-) -> Callable[[int, Mapping[str, int]], Awaitable[None]]:
-    """`BatchProcessor.note_start` on Redis: the first note of a (partition, version)
-    stays (HSETNX), the offset before which that partition was computed with older
-    rules."""
-
-    async def note(version: int, firsts: Mapping[str, int]) -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            for partition, offset in firsts.items():
-                pipe.hsetnx(keys.rules_starts(partition), str(version), offset)
-            await pipe.execute()
-
-    return note

@@ -15,10 +15,11 @@ import pytest
 import redis
 
 from attributes.catalog import ManagedAttribute, Status, new_attribute
+from streams.dry_run import dry_run
 from tests.integration.conftest import wait_until
 from tests.integration.workers import alive, worker_log, worker_with_rules
 from traitflow.config import Settings
-from traitflow.rule_catalog import Catalog, Change, RedisRuleCatalog
+from traitflow.rule_catalog import Catalog, Change, RedisRuleCatalog, RuleSource
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +111,22 @@ def test_an_attribute_made_while_events_flow_is_backfilled_and_joined(
         assert progress["phase"] == "joining"
         assert progress["done"] == progress["total"] == len(users) + 1  # and the probe
         assert "backfilled orders_all: ACTIVE" in worker_log(own.worker)
+
+        # a dry run writes nothing: recomputing the ACTIVE one over the whole topic gives
+        # what is served; a DRAFT's values to be are shown beside its absence
+        source = RuleSource.read(own.settings.rules_path, own.settings.entities)
+        again = asyncio.run(dry_run(own.settings, source, made.id, 5))
+        assert len(again) == 5
+        assert all(p.before == p.after == 6 for p in again if p.profile in users), again
+        big = new_attribute(
+            f"ca-{uuid.uuid4().hex[:12]}",
+            {**ORDERS_ALL, "name": "orders_b", "where": "messageId.contains('-b-')"},
+            Status.DRAFT,
+            2,
+        )
+        catalog_call(own.settings, lambda c: c.change(lambda _: Change(put=big)))
+        drafted = asyncio.run(dry_run(own.settings, source, big.id, 100))
+        assert {p.profile: (p.before, p.after) for p in drafted if p.profile in users} == {
+            user: (None, 2) for user in users
+        }
+        assert all("orders_b" not in view(user)["attributes"] for user in users)

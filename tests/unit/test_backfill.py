@@ -12,7 +12,8 @@ from attributes.catalog import ManagedAttribute, Status
 from attributes.events import decode_event
 from attributes.profile import ProfileState, apply_event
 from attributes.rules import parse_rules
-from streams.backfill import activated, fold, history_end
+from streams.backfill import fold, history_end
+from streams.backfill_runner import activated
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.rule_catalog import Catalog

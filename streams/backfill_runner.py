@@ -1,0 +1,113 @@
+"""Who runs backfills (`streams.backfill`), and what they need from the live workers.
+
+`BackfillRunner`: one worker at a time runs the backfill of a PROCESSING attribute,
+under a lease in Redis that it renews while it works and that expires if it dies (then
+another worker starts the backfill again). `start_notes`: where each partition's
+computing at a rules version began, noted before the first commit at it, which is
+where a backfill of an attribute of that version stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+
+import redis.asyncio as aioredis
+
+from attributes.catalog import ManagedAttribute, Status
+from streams.backfill import Backfill
+from traitflow.rule_catalog import Catalog, Change
+from traitflow.store import KeyLayout
+
+log = logging.getLogger(__name__)
+
+
+class BackfillRunner:
+    """Runs the backfills of PROCESSING attributes, one at a time across the workers:
+    each tick, a worker that holds no backfill tries to take the lease (`tf:bf:lock`),
+    and keeps it while it works."""
+
+    def __init__(self, backfill: Backfill, lease_s: float = 30.0) -> None:
+        self.backfill = backfill
+        self.lease_ms = int(lease_s * 1000)
+        self.task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        if self.task is not None and not self.task.done():
+            return
+        backfill = self.backfill
+        catalog = await backfill.catalog.snapshot()
+        waiting = [
+            a
+            for a in catalog.attributes
+            if a.status is Status.PROCESSING and a.version <= backfill.processor.rules_version
+        ]
+        if not waiting:
+            return
+        token = uuid.uuid4().hex
+        lock = backfill.keys.backfill_lock()
+        if not await backfill.client.set(lock, token, nx=True, px=self.lease_ms):
+            return  # another worker runs one
+        self.task = asyncio.create_task(self._run(waiting[0], token))
+
+    async def _run(self, attribute: ManagedAttribute, token: str) -> None:
+        backfill = self.backfill
+        lock = backfill.keys.backfill_lock()
+        renew = asyncio.create_task(self._renew(lock, token))
+        try:
+            log.info("backfilling %s (%s)", attribute.name, attribute.id)
+            if await backfill.run(attribute):
+                await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
+                log.info("backfilled %s: ACTIVE", attribute.name)
+            else:
+                log.info(
+                    "%s changed while it was backfilled: its new definition is next", attribute.name
+                )
+        except Exception:
+            log.exception("backfill of %s failed; it is tried again", attribute.name)
+        finally:
+            renew.cancel()
+            if await backfill.client.get(lock) == token.encode():
+                await backfill.client.delete(lock)
+
+    async def _renew(self, lock: str, token: str) -> None:
+        client = self.backfill.client
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            if await client.get(lock) == token.encode():
+                await client.pexpire(lock, self.lease_ms)
+
+
+def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], Change]:
+    """The catalog edit that makes a backfilled attribute ACTIVE, unless it changed
+    meanwhile (then nothing: its new definition has a backfill of its own)."""
+
+    def edit(catalog: Catalog) -> Change:
+        current = catalog.get(attribute.id)
+        if current is None or current.status is not Status.PROCESSING:
+            return Change()
+        if current.version != attribute.version:
+            return Change()
+        return Change(put=replace(current, status=Status.ACTIVE, updated_ms=now_ms))
+
+    return edit
+
+
+def start_notes(
+    client: aioredis.Redis, keys: KeyLayout
+) -> Callable[[int, Mapping[str, int]], Awaitable[None]]:
+    """`BatchProcessor.note_start` on Redis: the first note of a (partition, version)
+    stays (HSETNX), the offset before which that partition was computed with older
+    rules."""
+
+    async def note(version: int, firsts: Mapping[str, int]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for partition, offset in firsts.items():
+                pipe.hsetnx(keys.rules_starts(partition), str(version), offset)
+            await pipe.execute()
+
+    return note
