@@ -8,7 +8,9 @@ directory) hold `--profiles` profiles as the worker lays them out: a view of abo
 kilobyte (`tf:v`), a state, a version and two index keys each, so that the SCAN also
 walks keys it does not export. A quarter are in the audience `vip`. Each run is
 unpaced (`rate` far above what it reaches) unless it says so; Redis's own CPU per
-profile is read from INFO commandstats (SCAN and MGET) before and after.
+profile is read from INFO commandstats (SCAN and MGET) before and after. Beside each
+run, another process reads one view every millisecond and reports its latencies: what
+an export does to live reads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,10 +95,50 @@ async def one_run(settings: Settings, spec: ExportSpec) -> tuple[float, int]:
         await client.close()
 
 
+def probe(url: str, key: str) -> None:
+    """A light reader beside the export: a GET of one view every millisecond, on a
+    connection of its own, until SIGTERM; prints its latencies (µs) as JSON."""
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    client = redis.Redis.from_url(url)
+    took: list[float] = []
+    while not stop:
+        started = time.perf_counter()
+        client.get(key)
+        took.append((time.perf_counter() - started) * 1e6)
+        time.sleep(0.001)
+    took.sort()
+
+    def at(share: float) -> float:
+        return took[min(len(took) - 1, int(share * len(took)))]
+
+    print(orjson.dumps({"p50": at(0.5), "p99": at(0.99), "max": took[-1]}).decode())
+
+
+class Probe:
+    """`probe` in a process of its own while a run goes on."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.export", "--probe", url, key], stdout=subprocess.PIPE
+        )
+        time.sleep(0.5)  # connected and reading
+
+    def stop(self) -> str:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=30)
+        seen = orjson.loads(out)
+        return f"reads p50 {seen['p50']:.0f} µs, p99 {seen['p99']:.0f} µs, max {seen['max']:.0f} µs"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", type=int, default=50_000)
+    parser.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        probe(*args.probe)
+        return
     home = Path(tempfile.mkdtemp(prefix="bench-export-"))
     store = Service("redis", home / "redis", "127.0.0.1", free_port())
     broker = Service("broker", home / "broker", "127.0.0.1", free_port())
@@ -112,6 +157,10 @@ def main() -> None:
         print(
             f"{args.profiles:,} profiles, {client.dbsize():,} keys; load {os.getloadavg()[0]:.1f}"
         )
+        read = KeyLayout(settings.key_prefix).view("user", "u-7")
+        idle = Probe(settings.redis_url, read)
+        time.sleep(3.0)
+        print(f"{'no export (3 s)':36} {idle.stop()}")
         runs = [
             ("all, file, batch 100", None, "file", 1e9, 100),
             ("all, file, batch 500", None, "file", 1e9, 500),
@@ -123,13 +172,15 @@ def main() -> None:
         for n, (what, audience, destination, rate, batch) in enumerate(runs):
             target = f"run-{n}.ndjson" if destination == "file" else f"bench-export-{n}"
             spec = ExportSpec("user", audience, destination, target, rate, batch)  # type: ignore[arg-type]
+            beside = Probe(settings.redis_url, read)
             before = redis_usec(client)
             seconds, exported = asyncio.run(one_run(settings, spec))
             used = redis_usec(client) - before
             print(
                 f"{what:36} {exported:>7,} exported in {seconds:5.2f} s: "
                 f"{exported / seconds:8,.0f} profiles/s, {args.profiles / seconds:8,.0f} "
-                f"views read/s; Redis {used / args.profiles:5.1f} µs CPU per view read"
+                f"views read/s; Redis {used / args.profiles:5.1f} µs CPU per view read; "
+                f"{beside.stop()}"
             )
         client.close()
     finally:

@@ -313,6 +313,9 @@ async def _run(
         if metrics is not None:
             metrics.jobs.labels("interrupted").inc()
         raise
+    except Exception as exc:  # a view that is not JSON, a bug: FAILED, not retried forever
+        log.exception("export job %s", job.id)
+        return await _failed(jobs, job, token, lease_ms, checkpoint, exc, metrics)
     finally:
         await sink.close()
     return await jobs.get(job.id) or job
@@ -383,6 +386,8 @@ class ExportRunner:
                 await self.run_pending()
             except (StoreError, OSError) as exc:  # Redis is down: try again later
                 log.warning("export runner: %s: %s", type(exc).__name__, exc)
+            except Exception:  # never a runner that stopped for good, unseen
+                log.exception("export runner")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
 

@@ -186,8 +186,9 @@ def test_an_audience_export_writes_its_members_only(tmp_path: Path) -> None:
     assert ids_in(tmp_path / "out.ndjson") == ["u-1", "u-3", "u-4"]
 
 
-class Died(Exception):
-    """The process running the export stopped between two rounds."""
+class Died(BaseException):
+    """The process running the export stopped between two rounds (no exception a run
+    would handle: nothing of it runs any more)."""
 
 
 def test_a_run_that_dies_is_taken_over_from_its_checkpoint(tmp_path: Path) -> None:
@@ -262,3 +263,13 @@ def test_a_finished_or_unknown_job_is_not_run(tmp_path: Path) -> None:
         run(fake, settings_in(tmp_path), job_id, resume_failed=True)
     with pytest.raises(ExportRefused, match="no such job"):
         run(fake, settings_in(tmp_path), "0123456789ab")
+
+
+def test_a_view_that_cannot_be_read_fails_the_job_instead_of_stopping_its_runner(
+    tmp_path: Path,
+) -> None:
+    fake = fake_with(PAGES, VIEWS | {"u-3": b'{"id":"u-3","_audiences":{"vip":true'})
+    job = run(fake, settings_in(tmp_path), create(fake, spec("vip")))
+    assert job.status == "FAILED"
+    assert "JSONDecodeError" in (job.error or "")
+    assert fake.sets[KEYS.export_runnable()] == set()  # not taken again and again
