@@ -47,6 +47,8 @@ from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
 
 log = logging.getLogger(__name__)
 
+#: a span's end when it is read to the end of the log (a dry run's)
+OPEN = 2**63 - 1
 #: profiles joined per hold of the processor's lock
 JOIN_CHUNK = 100
 #: how often progress is saved, and the lease renewed (seconds)
@@ -149,7 +151,7 @@ class Backfill:
         self, attribute: ManagedAttribute, started: int, *, whole: bool = False
     ) -> list[Span]:
         """Each ingest partition's history for `attribute`, once every end is known
-        (`whole`: up to what the workers have consumed of it)."""
+        (`whole`: to the end of the log, `OPEN`)."""
         settings = self.settings
         # group_id: to read the workers' committed offsets (it never joins the group)
         consumer = AIOKafkaConsumer(
@@ -175,15 +177,17 @@ class Backfill:
                         if whole
                         else history_end(await self.client.hgetall(noted), attribute.version)
                     )
-                    if end is None and highs[tp] > lows[tp]:
+                    if whole:
+                        end = OPEN
+                    elif end is None and highs[tp] > lows[tp]:
                         # what the workers have consumed: all of it older, if nothing
                         # is in flight. (Not the end the broker reports: Tansu reports
                         # the start of a partition's last record batch.)
                         committed = await consumer.committed(tp)
-                        if committed is not None and (whole or committed >= highs[tp]):
+                        if committed is not None and committed >= highs[tp]:
                             end = committed
-                    if end is None and (whole or highs[tp] <= lows[tp]):
-                        end = highs[tp]  # empty, or never consumed
+                    elif end is None:
+                        end = highs[tp]  # empty
                     if end is None:
                         waiting += 1
                         continue
@@ -231,6 +235,8 @@ class Backfill:
                     if batch and batch[-1].offset >= reading.end - 1:
                         del wanted[tp]
                         consumer.pause(tp)
+                if not fetched and all(s.end == OPEN for s in wanted.values()):
+                    break  # read to the end of the log
                 await self._apply(entity, rules, records, histories, seen)
                 done += len(records)
                 if time.monotonic() - saved >= PROGRESS_S:
