@@ -48,8 +48,8 @@ FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 #: a file a job writes is named in the export directory: no path, no hidden file
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-#: what Kafka accepts as a topic name
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: what Kafka accepts as a topic name ("." and ".." are not)
+TOPIC_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}$")
 #: views one round reads at most
 MAX_BATCH = 10_000
 

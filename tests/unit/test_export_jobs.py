@@ -65,6 +65,7 @@ def test_a_valid_spec_is_itself_and_survives_encoding() -> None:
         ({"target": "out/all.ndjson"}, "file"),
         ({"target": ".hidden"}, "file"),
         ({"destination": "topic", "target": "a topic"}, "topic"),
+        ({"destination": "topic", "target": ".."}, "topic"),
         ({"rate_per_s": 0.0}, "rate"),
         ({"rate_per_s": float("inf")}, "rate"),
         ({"batch": 0}, "batchSize"),
