@@ -6,12 +6,13 @@ traits), so `Reevaluation` evaluates again only the conditions that read one of 
 directly or through derived attributes, or the traits when they changed; the others
 keep their last result, and only the conditions evaluated can enter or exit.
 
-That is exact because a condition sees nothing else: the attributes it reads and the
-traits, no clock (CEL timestamps are refused), and a windowed attribute's value moves
-only when a bucket enters or leaves its window, which the write is told as a touched
-attribute (`attributes.profile.expire_windows`), as the render is. A condition that
-reads a name the rules do not compute is evaluated on every write. Traits are compared
-by type as well as value (`same_value`): `1 == True` in Python, not to a condition.
+That is exact because a condition's value depends on its variables alone: the
+attributes it reads and the traits (CEL has no clock function), and a windowed
+attribute's value moves only when a bucket enters or leaves its window, which the
+write is told as a touched attribute (`attributes.profile.expire_windows`), as the
+render is. A condition that reads a name the rules do not compute (a `now`, were one
+declared) is evaluated on every write. Traits are compared as JSON text, which tells
+`1`, `1.0` and `true` apart (Python's `==` does not; a condition may).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from attributes.audiences import TRAITS, AudienceSet, membership_change
 from attributes.expressions import EvaluationError
+
+_json = msgspec.json.Encoder().encode
 
 
 @dataclass(slots=True)
@@ -34,8 +39,8 @@ class Evaluated:
     activation: dict[str, Any]
     #: `{audience: is a member}`, in declaration order (the view's `_audiences`)
     members: dict[str, bool]
-    #: the merged traits the membership saw
-    traits: Mapping[str, Any]
+    #: the merged traits the membership saw, as JSON (None: not read, or not JSON)
+    traits: bytes | None
     #: the audiences the profile is in, for its state (the very list it keeps)
     joined: list[str]
     entered: list[str] = field(default_factory=list)
@@ -134,12 +139,13 @@ class Reevaluation:
         `last`: what the last write of the same state evaluated (None: evaluate every
         condition); `touched`: the attributes that changed since (as the render is
         told, windows that moved included)."""
+        seen = as_json(traits) if self._traits else None
         if last is None:
             activation = self.audiences.activation(attributes, traits)
             members = self._evaluate(self._all, activation, {})
-            return self._changes(Evaluated(activation, members, traits, joined), joined)
+            return self._changes(Evaluated(activation, members, seen, joined), joined)
         changed = frozenset(touched)
-        retraits = bool(self._traits) and not same_value(traits, last.traits)
+        retraits = bool(self._traits) and (seen is None or seen != last.traits)
         plan = self._plans.get((changed, retraits)) or self._plan(changed, retraits)
         if not plan.audiences:
             if joined is last.joined:
@@ -153,7 +159,7 @@ class Reevaluation:
         if retraits:
             activation[TRAITS] = traits
         members = self._evaluate(plan.audiences, activation, dict(last.members))
-        evaluated = Evaluated(activation, members, traits if retraits else last.traits, joined)
+        evaluated = Evaluated(activation, members, seen, joined)
         if joined is not last.joined:  # changed since: compared in full
             return self._changes(evaluated, joined)
         before = last.members
@@ -205,18 +211,10 @@ class Reevaluation:
         return plan
 
 
-def same_value(one: Any, other: Any) -> bool:
-    """Whether two JSON values are the same to a condition: of the same types, maps
-    in the same order (`1 == True` and `1 == 1.0` in Python; not to every CEL call)."""
-    if type(one) is not type(other):
-        return False
-    if type(one) is dict:
-        return len(one) == len(other) and all(
-            key == other_key and same_value(value, other_value)
-            for (key, value), (other_key, other_value) in zip(
-                one.items(), other.items(), strict=True
-            )
-        )
-    if type(one) is list:
-        return len(one) == len(other) and all(map(same_value, one, other))
-    return bool(one == other)
+def as_json(traits: Mapping[str, Any]) -> bytes | None:
+    """The traits as JSON text, to compare with the last write's (None: they cannot
+    be written as JSON, so they count as changed)."""
+    try:
+        return _json(traits)
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -23,7 +23,7 @@ from attributes.events import decode_event
 from attributes.expressions import BOOL, INT, Expression
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event
-from attributes.reevaluation import Reevaluation, same_value
+from attributes.reevaluation import Reevaluation, as_json
 from attributes.rules import parse_rules
 from streams.rendering import ViewRenderer
 from traitflow.store import ProfileWrite
@@ -184,13 +184,18 @@ def test_a_condition_over_a_name_the_rules_do_not_compute_is_evaluated_every_tim
     assert (later.members, later.entered) == ({"late": True}, ["late"])
 
 
-def test_same_value_tells_types_and_order_apart() -> None:
-    assert same_value({"a": [1, {"b": "c"}]}, {"a": [1, {"b": "c"}]})
-    assert not same_value({"a": 1}, {"a": True})
-    assert not same_value({"a": 1}, {"a": 1.0})
-    assert not same_value({"a": 1, "b": 2}, {"b": 2, "a": 1})
-    assert not same_value([1], [1, 2])
-    assert not same_value({"a": float("nan")}, {"a": float("nan")})
+def test_a_trait_that_changes_type_alone_is_a_change() -> None:
+    """`1 == 1.0 == True` in Python; `string(traits.v)` or `traits.v == true` tell them apart."""
+    on_traits, calls = counting("on_traits", "traits", lambda v: v["traits"].get("v") is True)
+    reevaluation = Reevaluation(AudienceSet.of([on_traits], {}), [], {})
+    last = reevaluation.evaluate({}, {"v": 1}, [])
+    for value in (1.0, True):
+        last = reevaluation.evaluate({}, {"v": value}, last.joined, last=last)
+    assert (len(calls), last.members, last.entered) == (3, {"on_traits": True}, ["on_traits"])
+    last = reevaluation.evaluate({}, {"v": True}, last.joined, last=last)  # the same again
+    assert len(calls) == 3
+    assert as_json({"v": 2**70}) == b'{"v":1180591620717411303424}'
+    assert as_json({"v": object()}) is None  # not JSON: taken as changed
 
 
 # --- the oracle: whatever changes, the incremental membership is the full evaluation ------
