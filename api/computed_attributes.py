@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi import Path as PathParameter
@@ -23,17 +24,24 @@ from fastapi import Path as PathParameter
 from api.auth import Principal, authenticate
 from api.errors import ApiError
 from api.state import services
-from attributes.catalog import (
-    LifecycleError,
-    ManagedAttribute,
-    Status,
-    on_request,
-    patched,
-    requested,
-)
-from attributes.rules import RuleFileError, RuleSet
+from attributes.catalog import Status
+from attributes.rules import RuleFileError
+from traitflow import rule_changes
 from traitflow.config import Settings
-from traitflow.rule_catalog import Catalog, Change, RuleSource, new_id
+from traitflow.rule_catalog import RuleSource
+from traitflow.rule_changes import (
+    REFUSALS,
+    ConfiguredAttribute,
+    Refusal,
+    UnknownAttribute,
+    described,
+    editable,
+    found,
+    listed,
+    problem_text,
+)
+
+T = TypeVar("T")
 
 router = APIRouter()
 
@@ -65,52 +73,22 @@ def _admin(principal: Principal) -> None:
         raise ApiError(403, "computed attributes need an admin key")
 
 
-def described(attribute: ManagedAttribute) -> dict[str, Any]:
-    definition = dict(attribute.definition)
-    return {
-        "id": attribute.id,
-        "name": attribute.name,
-        "entity": attribute.entity,
-        "description": definition.pop("description", ""),
-        "status": attribute.status.value,
-        "origin": "api",
-        "definition": {k: v for k, v in definition.items() if k not in ("name", "entity")},
-        "createEpoch": attribute.created_ms // 1000,
-        "updateEpoch": attribute.updated_ms // 1000,
-        "rulesVersion": attribute.version,
-        "progress": dict(attribute.progress),
-    }
+def _refusal(exc: Refusal) -> ApiError:
+    """A refused change as the API answers it: 404 for an unknown id, 409 for a rule
+    file attribute, else a 400 naming the field, or the attribute and its problem."""
+    if isinstance(exc, UnknownAttribute):
+        return ApiError(404, str(exc))
+    if isinstance(exc, ConfiguredAttribute):
+        return ApiError(409, str(exc))
+    return ApiError(400, problem_text(exc))
 
 
-def configured(rules: RuleSet) -> list[dict[str, Any]]:
-    """The rule file's attributes, as the API lists them (always ACTIVE)."""
-    listed = [
-        {"name": a.name, "entity": a.entity, "description": a.description} for a in rules.attributes
-    ]
-    listed += [
-        {"name": d.name, "entity": d.entity, "description": d.description} for d in rules.derived
-    ]
-    order = {name: i for i, name in enumerate(rules.names)}
-    listed.sort(key=lambda a: order.get(a["name"], 0))
-    return [
-        {**a, "id": f"file:{a['name']}", "status": Status.ACTIVE.value, "origin": "file"}
-        for a in listed
-    ]
-
-
-def _problem(exc: RuleFileError | LifecycleError) -> ApiError:
-    """A 400 naming what is wrong: the field, or the attribute and its problem."""
-    if isinstance(exc, LifecycleError):
-        return ApiError(400, f"{exc.field}: {exc.problem}")
-    return ApiError(400, "; ".join(p.problem if p.name else str(p) for p in exc.problems))
-
-
-async def _change(request: Request, edit: Any) -> Catalog:
-    """Apply `edit` through the catalog; its refusals are 400s."""
+async def _answered(change: Awaitable[T]) -> T:
+    """Run a change of `traitflow.rule_changes`; its refusals are 4xx answers."""
     try:
-        return await services(request).catalog.change(edit)
-    except (RuleFileError, LifecycleError) as exc:
-        raise _problem(exc) from None
+        return await change
+    except REFUSALS as exc:
+        raise _refusal(exc) from None
 
 
 @router.get(PATH, summary="List computed attributes")
@@ -126,15 +104,10 @@ async def list_attributes(
     settings = services(request).settings
     source = rule_source(settings)
     catalog = await services(request).catalog.snapshot()
-    listed = configured(source.compose(())) + [described(a) for a in catalog.attributes]
-    listed = [
-        a
-        for a in listed
-        if (entity is None or a["entity"] == entity) and (status is None or a["status"] == status)
-    ]
-    page = listed[offset : offset + limit]
+    every = listed(source, catalog, entity=entity, status=status)
+    page = every[offset : offset + limit]
     return {
-        "_page": {"totalCount": len(listed), "pageSize": len(page), "offset": offset},
+        "_page": {"totalCount": len(every), "pageSize": len(page), "offset": offset},
         "rulesVersion": catalog.version,
         "computedAttributes": page,
     }
@@ -147,14 +120,12 @@ async def read_attribute(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> dict[str, Any]:
     _admin(principal)
-    if attribute_id.startswith("file:"):
-        source = rule_source(services(request).settings)
-        for attribute in configured(source.compose(())):
-            if attribute["id"] == attribute_id:
-                return attribute
-    elif (found := (await services(request).catalog.snapshot()).get(attribute_id)) is not None:
-        return described(found)
-    raise ApiError(404, f"computed attribute {attribute_id!r} not found")
+    settings = services(request).settings
+    catalog = await services(request).catalog.snapshot()
+    try:
+        return found(catalog, attribute_id, lambda: rule_source(settings))
+    except UnknownAttribute as exc:
+        raise _refusal(exc) from None
 
 
 @router.post(PATH, status_code=201, summary="Create a computed attribute")
@@ -166,25 +137,11 @@ async def create_attribute(
     """The body is a rule as a rule file writes it (`name`, `function`, `event`,
     `where`, `lookback`, ...), plus `status` (`DRAFT`, the default, or `ACTIVE`)."""
     _admin(principal)
-    settings = services(request).settings
-    source = rule_source(settings)
-    definition = {k: v for k, v in body.items() if k != "status"}
+    source = rule_source(services(request).settings)
+    catalog = services(request).catalog
     now = int(time.time() * 1000)
-    attribute_id = new_id()
-
-    def create(catalog: Catalog) -> Change:
-        status = on_request(None, requested(body.get("status", "DRAFT")), backfill=False)
-        name = definition.get("name")
-        if isinstance(name, str) and name in source.names:
-            raise LifecycleError("name", f"{name!r} is an attribute of the rule file")
-        made = ManagedAttribute(attribute_id, status, definition, now, now)
-        source.check([*catalog.attributes, made])
-        return Change(put=made)
-
-    after = await _change(request, create)
-    made = after.get(attribute_id)
-    assert made is not None
-    return described(made)
+    change = rule_changes.create(catalog, source, body, now_ms=now, backfill=False)
+    return described(await _answered(change))
 
 
 @router.patch(PATH + "/{attribute_id}", summary="Change a computed attribute")
@@ -200,20 +157,10 @@ async def patch_attribute(
     _admin(principal)
     _not_configured(attribute_id)
     source = rule_source(services(request).settings)
+    catalog = services(request).catalog
     now = int(time.time() * 1000)
-
-    def patch(catalog: Catalog) -> Change:
-        current = catalog.get(attribute_id)
-        if current is None:
-            raise ApiError(404, f"computed attribute {attribute_id!r} not found")
-        changed = patched(current, body, now_ms=now, backfill=False)
-        source.check([a if a.id != attribute_id else changed for a in catalog.attributes])
-        return Change(put=changed)
-
-    after = await _change(request, patch)
-    changed = after.get(attribute_id)
-    assert changed is not None
-    return described(changed)
+    change = rule_changes.patch(catalog, source, attribute_id, body, now_ms=now, backfill=False)
+    return described(await _answered(change))
 
 
 @router.delete(PATH + "/{attribute_id}", status_code=204, summary="Delete a computed attribute")
@@ -227,21 +174,14 @@ async def delete_attribute(
     _admin(principal)
     _not_configured(attribute_id)
     source = rule_source(services(request).settings)
-
-    def delete(catalog: Catalog) -> Change:
-        if catalog.get(attribute_id) is None:
-            raise ApiError(404, f"computed attribute {attribute_id!r} not found")
-        source.check([a for a in catalog.attributes if a.id != attribute_id])
-        return Change(drop=attribute_id)
-
-    await _change(request, delete)
+    await _answered(rule_changes.delete(services(request).catalog, source, attribute_id))
     return Response(status_code=204)
 
 
 def _not_configured(attribute_id: str) -> None:
-    if attribute_id.startswith("file:"):
-        raise ApiError(
-            409,
-            f"{attribute_id[5:]!r} is declared in the rule file (TRAITFLOW_RULES_PATH): "
-            "change it there",
-        )
+    """A rule file attribute is a 409 before the file is read (a file the API cannot
+    use would otherwise make it a 503)."""
+    try:
+        editable(attribute_id)
+    except ConfiguredAttribute as exc:
+        raise _refusal(exc) from None

@@ -40,6 +40,10 @@ lives in the module that raises it:
     │   │                         audience, a file with a path, a bad topic, rate or batch
     │   ├── InvalidErasure        traitflow.erasure_requests: an erase naming no identity of
     │   │                         the entity (unknown type, empty or too long a value)
+    │   ├── UnknownAttribute      traitflow.rule_changes: no computed attribute has that id
+    │   │                         (the API's 404; `traitflow rules` exits 2)
+    │   ├── ConfiguredAttribute   traitflow.rule_changes: a change of a rule file attribute,
+    │   │                         read-only through the API (409) and `traitflow rules`
     │   └── BodyTooLarge          api.middleware: a request body over the limit (413); also
     │                             a starlette `HTTPException`, which FastAPI passes on
     ├── StoreError                Redis failed, refused, or changed under a conditional write
