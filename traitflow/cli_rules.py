@@ -122,19 +122,22 @@ def duration_text(seconds: float) -> str:
 
 
 def progress_text(progress: Mapping[str, Any], now_ms: int, width: int = BAR_WIDTH) -> str:
-    """A backfill's progress (`done`, `total`, `started_ms`) as a bar, the percentage,
-    the counts and an ETA (the rate so far, carried over what is left). Without a
-    total it says how many events are done; without a start or any done, no ETA."""
+    """A backfill's progress (`done`, `total`, `started_ms`, and the `phase` it is in)
+    as the phase, a bar, the percentage, the counts and an ETA (the rate so far,
+    carried over what is left). Without a total it says how many are done; without a
+    start or anything done, no ETA."""
     done = progress.get("done")
     total = progress.get("total")
-    if not isinstance(done, int | float):
-        return "waiting to start"
+    phase = progress.get("phase")
+    prefix = f"{phase} " if isinstance(phase, str) and phase else ""
+    if not isinstance(done, int | float) or (not done and not total):
+        return prefix.strip() or "waiting to start"
     if not isinstance(total, int | float) or total <= 0:
-        return f"{done:,} events"
+        return f"{prefix}{done:,} done"
     fraction = min(max(done / total, 0.0), 1.0)
     filled = int(fraction * width)
     bar = "#" * filled + "-" * (width - filled)
-    text = f"[{bar}] {fraction * 100:5.1f}%  {done:,}/{total:,}"
+    text = f"{prefix}[{bar}] {fraction * 100:5.1f}%  {done:,}/{total:,}"
     started = progress.get("started_ms")
     if isinstance(started, int | float) and 0 < done < total and now_ms > started:
         left = (now_ms - started) / 1000 * (total - done) / done

@@ -239,8 +239,17 @@ def test_a_progress_bar_says_the_percentage_the_counts_and_the_eta() -> None:
 def test_a_progress_bar_without_a_rate_has_no_eta() -> None:
     assert progress_text({"done": 0, "total": 80}, NOW_MS, 8) == "[--------]   0.0%  0/80  ETA ?"
     assert progress_text({"done": 3, "total": 80}, NOW_MS, 8) == "[--------]   3.8%  3/80  ETA ?"
-    assert progress_text({"done": 1234}, NOW_MS) == "1,234 events"
+    assert progress_text({"done": 1234}, NOW_MS) == "1,234 done"
     assert progress_text({}, NOW_MS) == "waiting to start"
+
+
+def test_a_backfill_s_phase_leads_its_progress() -> None:
+    """What streams.backfill records: waiting for the workers, reading the topics,
+    joining the histories into the profiles."""
+    waiting = {"phase": "waiting", "done": 0, "total": 0, "started_ms": NOW_MS}
+    assert progress_text(waiting, NOW_MS) == "waiting"
+    joining = {"phase": "joining", "done": 30, "total": 40, "started_ms": NOW_MS - 3_000}
+    assert progress_text(joining, NOW_MS, 4) == "joining [###-]  75.0%  30/40  ETA 1s"
 
 
 def test_durations_read_as_people_do() -> None:
