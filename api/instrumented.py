@@ -84,6 +84,27 @@ class ApiMetrics:
             ["entity", "audience"],
             registry=self.registry,
         )
+        #: profile counts (`traitflow.profile_counts`): per entity, source, namespace
+        self.profile_counts = (
+            Gauge(
+                "traitflow_profiles",
+                "Profiles of each entity, as the worker's commits keep it (set per scrape).",
+                ["entity"],
+                registry=self.registry,
+            ),
+            Gauge(
+                "traitflow_profiles_by_source",
+                "Profiles holding traits from each source (set per scrape).",
+                ["entity", "source"],
+                registry=self.registry,
+            ),
+            Gauge(
+                "traitflow_profiles_by_namespace",
+                "Profiles holding an identity of each type (set per scrape).",
+                ["entity", "namespace"],
+                registry=self.registry,
+            ),
+        )
         self.erasures_requested = Counter(
             "traitflow_erasures_requested",
             "Erase requests (GDPR) accepted by DELETE /access/entities and published.",
@@ -189,6 +210,9 @@ class InstrumentedStore(ProfileStore):
 
     async def audience_sizes(self, entity: str) -> dict[str, int]:
         return await self._timed("audience_sizes", self.inner.audience_sizes(entity))
+
+    async def profile_counts(self, entity: str) -> dict[str, int]:
+        return await self._timed("profile_counts", self.inner.profile_counts(entity))
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self._timed("unschedule", self.inner.unschedule(entity, source, ids))

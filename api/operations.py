@@ -7,7 +7,8 @@ they say nothing about profiles, and probes and scrapers carry none.
   503 `{"status": "unavailable", "failing": [dependency], "error": reason}`, the reason
   without any address;
 - `GET /metrics`: Prometheus text format, from the app's own registry
-  (`api.instrumented`), the audience sizes read from Redis for each scrape.
+  (`api.instrumented`), the audience sizes and profile counts read from Redis for each
+  scrape.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from api import errors
 from api.audiences import observe_sizes
 from api.errors import ApiError
 from api.keys import KeyStore
+from api.profile_status import observe_counts
 from api.state import services, services_if_any
 from attributes.errors import StoreError
 from traitflow.store import ProfileStore
@@ -126,5 +128,9 @@ async def metrics(request: Request) -> Response:
         await observe_sizes(request, state.metrics.audience_size)
     except (ApiError, StoreError) as exc:  # the other metrics are still worth a scrape
         log.warning("audience sizes not refreshed for /metrics: %s", exc)
+    try:
+        await observe_counts(request, state.metrics.profile_counts)
+    except (ApiError, StoreError) as exc:
+        log.warning("profile counts not refreshed for /metrics: %s", exc)
     registry = state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.merge_policies",
     "api.computed_attributes",
     "api.audiences",
+    "api.profile_status",
     "api.ingest",
     "api.td_admin",
     "api.exports",

@@ -59,6 +59,9 @@ class ProfileState(msgspec.Struct, kw_only=True):
     #: the audiences it was a member of when last written (`attributes.audiences`):
     #: what the next write's membership is compared with to find enters and exits
     audiences: list[str] = []
+    #: the categories it was counted in when last written (`traitflow.profile_counts`);
+    #: None: stored before profiles were counted, so never counted
+    counted: list[str] | None = None
 
 
 _state_encoder = msgspec.msgpack.Encoder()

@@ -41,6 +41,7 @@ from streams.effects import Stitched, split
 from streams.erasures import decoded, erase, erase_request, erased_event, profile_identities
 from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
+from traitflow.profile_counts import departures, recount
 from traitflow.state_cache import Checkout
 from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, ProfileWrite
 
@@ -253,6 +254,7 @@ class EntityProcessor:
                 merge_states(states[survivor], states[absorbed], self.rules)
                 merged.add(survivor)
                 self.views.forget([survivor])  # its remembered values are not the merge's
+            counted_away = departures(plan.merges, states, expiring)  # as `departed`
         stitched.removed = [absorbed for absorbed, _ in plan.merges]  # loaded or created
         stitched.profiles += plan.created
 
@@ -289,6 +291,8 @@ class EntityProcessor:
                 write.identities = links
                 write.departed = departed.get(pid, [])
                 write.departed_expiring = departed_expiring.get(pid, [])
+                write.categories_departed = counted_away[0].get(pid, [])
+                write.categories_departed_expiring = counted_away[1].get(pid, [])
                 write.was_expiring = pid in expiring
                 self._lifetime(write, links)
                 erasing, request = erase_request(items)
@@ -298,6 +302,7 @@ class EntityProcessor:
                     earlier = decoded(await self.store.tombstones(self.entity, ids))
                     erase(write, request=request, earlier=earlier.values(), now=self.now)
                     report.erasures += 1
+                recount(write)  # its profile counts (`traitflow.profile_counts`)
                 stitched.writes.append(write)
         return stitched
 
@@ -377,6 +382,7 @@ class EntityProcessor:
         lifetime, and where its audiences are counted, from its identities as loaded."""
         write.was_expiring = self._expiring(write.state)
         self._lifetime(write)
+        recount(write)
 
     async def expire(self, source: str, limit: int) -> int:
         """Re-render the profiles indexed under `source` whose windows have moved by

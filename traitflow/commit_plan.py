@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.outbox import entry_fields
+from traitflow.profile_counts import category_moves
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
     Conflict,
@@ -56,6 +57,8 @@ class CommitPlan:
     expiring: dict[str, int] = field(default_factory=dict)
     persisted: list[str] = field(default_factory=list)
     sizes: SizeChanges = field(default_factory=SizeChanges)
+    #: the changes of the profile counts (`traitflow.profile_counts`)
+    counts: SizeChanges = field(default_factory=SizeChanges)
     #: (outbox key, message) to publish once committed (`traitflow.outbox`)
     outgoing: list[tuple[str, dict[Any, Any]]] = field(default_factory=list)
 
@@ -71,6 +74,7 @@ class CommitPlan:
         now: int,
     ) -> CommitPlan:
         plan = cls(keys, entity, now, sizes=size_changes(writes, now))
+        plan.counts = size_changes(writes, now, category_moves)
         if expected is not None:
             plan._expect(expected)
         mapped = {collection for write in writes for collection in write.records}
@@ -204,17 +208,36 @@ class CommitPlan:
             transaction.xadd(outbox, fields)
 
     def _count(self, transaction: Pipeline) -> None:
-        """The changes of audience sizes (`traitflow.audience_counts`), in the same
-        MULTI as the writes that make them; the expiring members of the audiences it
-        touches whose deadline has passed go."""
-        keys, entity, sizes = self.keys, self.entity, self.sizes
+        """The changes of audience sizes (`traitflow.audience_counts`) and profile
+        counts (`traitflow.profile_counts`), in the same MULTI as the writes that make
+        them; the expiring members of the names it touches whose deadline has passed go."""
+        keys, entity = self.keys, self.entity
+        self._sized(
+            transaction,
+            self.sizes,
+            keys.audience_sizes(entity),
+            (keys.expiring_audiences(entity), keys.expiring_members(entity, "")),
+        )
+        self._sized(
+            transaction,
+            self.counts,
+            keys.profile_counts(entity),
+            (keys.expiring_categories(entity), keys.expiring_profiles(entity, "")),
+        )
+
+    def _sized(
+        self, transaction: Pipeline, sizes: SizeChanges, kept: str, expiring: tuple[str, str]
+    ) -> None:
+        """`sizes` into hash `kept`, set `expiring[0]` (the names with expiring
+        members) and the sorted sets named `expiring[1]` + name."""
+        names, members_of = expiring
         for name, change in sizes.kept.items():
-            transaction.hincrby(keys.audience_sizes(entity), name, change)
+            transaction.hincrby(kept, name, change)
         for name, members in sizes.expiring.items():
-            transaction.zadd(keys.expiring_members(entity, name), members)
+            transaction.zadd(members_of + name, members)
         for name, pids in sizes.dropped.items():
-            transaction.zrem(keys.expiring_members(entity, name), *pids)
+            transaction.zrem(members_of + name, *pids)
         if touched := sizes.touched():
-            transaction.sadd(keys.expiring_audiences(entity), *touched)
+            transaction.sadd(names, *touched)
             for name in touched:
-                transaction.zremrangebyscore(keys.expiring_members(entity, name), "-inf", self.now)
+                transaction.zremrangebyscore(members_of + name, "-inf", self.now)

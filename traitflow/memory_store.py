@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import SizeChanges, size_changes
+from traitflow.profile_counts import category_moves
 from traitflow.store import (
     PRIMARY_INDEX,
     Conflict,
@@ -46,6 +47,9 @@ class MemoryProfileStore(ProfileStore):
         #: their deadlines (`traitflow.audience_counts`), counted until `clock()` passes
         self.sizes: dict[tuple[str, str], int] = {}
         self.expiring: dict[tuple[str, str], dict[str, int]] = {}
+        #: the same for the profile counts' categories (`traitflow.profile_counts`)
+        self.counts: dict[tuple[str, str], int] = {}
+        self.expiring_counted: dict[tuple[str, str], dict[str, int]] = {}
         self.clock = clock
         #: the current rules version (`traitflow.rule_catalog`): a test moves it
         self.rules_version = 0
@@ -104,7 +108,10 @@ class MemoryProfileStore(ProfileStore):
             changed = [p for p, v in expected.versions.items() if versions.get((entity, p)) != v]
             if moved or changed:
                 raise Conflict(moved, changed)
-        self._count(entity, size_changes(writes, self.clock()))
+        now = self.clock()
+        self._count(entity, size_changes(writes, now), (self.sizes, self.expiring))
+        counted = (self.counts, self.expiring_counted)
+        self._count(entity, size_changes(writes, now, category_moves), counted)
         mapped = {collection for write in writes for collection in write.records}
         for profile in removed:
             for store in (self.states, self.views, self.versions, self.ttls):
@@ -167,19 +174,36 @@ class MemoryProfileStore(ProfileStore):
         ordered = sorted((when, pid) for pid, when in scheduled.items() if when <= now)
         return [pid for _, pid in ordered[:limit]]
 
-    def _count(self, entity: str, changes: SizeChanges) -> None:
+    @staticmethod
+    def _count(
+        entity: str,
+        changes: SizeChanges,
+        into: tuple[dict[tuple[str, str], int], dict[tuple[str, str], dict[str, int]]],
+    ) -> None:
+        kept, expiring = into
         for name, change in changes.kept.items():
-            self.sizes[(entity, name)] = self.sizes.get((entity, name), 0) + change
+            kept[(entity, name)] = kept.get((entity, name), 0) + change
         for name, members in changes.expiring.items():
-            self.expiring.setdefault((entity, name), {}).update(members)
+            expiring.setdefault((entity, name), {}).update(members)
         for name, pids in changes.dropped.items():
             for pid in pids:
-                self.expiring.get((entity, name), {}).pop(pid, None)
+                expiring.get((entity, name), {}).pop(pid, None)
 
     async def audience_sizes(self, entity: str) -> dict[str, int]:
-        sizes = {name: size for (owner, name), size in self.sizes.items() if owner == entity}
+        return self._sized(entity, self.sizes, self.expiring)
+
+    async def profile_counts(self, entity: str) -> dict[str, int]:
+        return self._sized(entity, self.counts, self.expiring_counted)
+
+    def _sized(
+        self,
+        entity: str,
+        kept: dict[tuple[str, str], int],
+        expiring: dict[tuple[str, str], dict[str, int]],
+    ) -> dict[str, int]:
+        sizes = {name: size for (owner, name), size in kept.items() if owner == entity}
         now = self.clock()
-        for (owner, name), members in self.expiring.items():
+        for (owner, name), members in expiring.items():
             if owner == entity:
                 alive = sum(deadline > now for deadline in members.values())
                 sizes[name] = sizes.get(name, 0) + alive

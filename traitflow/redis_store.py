@@ -22,6 +22,7 @@ from redis.typing import EncodableT
 
 from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
+from traitflow.audience_counts import read_sizes
 from traitflow.commit_plan import CommitPlan
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
@@ -42,18 +43,6 @@ DEDUPE_WINDOW_MS = 7 * 86_400_000
 #: time buckets per dedupe window: a lookup asks this many sets (plus the current one)
 DEDUPE_BUCKETS = 7
 
-
-# An entity's audience sizes: its kept counts, then each audience with expiring members
-# and how many of them have a deadline after ARGV[2] (`traitflow.audience_counts`).
-# Pairs of name and count, an audience maybe twice.
-_AUDIENCE_SIZES = Script.of("""
-local out = redis.call('HGETALL', KEYS[1])
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    out[#out + 1] = name
-    out[#out + 1] = redis.call('ZCOUNT', ARGV[1] .. name, ARGV[2], '+inf')
-end
-return out
-""")
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
 _READ_BY_INDEX = Script.of("""
@@ -320,16 +309,14 @@ class RedisProfileStore(ProfileStore):
         """One script on the reads' connection (the API asks): the kept counts, plus
         each audience's expiring members whose deadline is still ahead."""
         keys = self.keys
-        reply = await self.reads.eval(
-            _AUDIENCE_SIZES,
-            [keys.audience_sizes(entity), keys.expiring_audiences(entity)],
-            [keys.expiring_members(entity, ""), f"({self.clock()}"],
-        )
-        pairs = cast("list[bytes]", reply or [])
-        sizes: dict[str, int] = {}
-        for name, size in zip(pairs[::2], pairs[1::2], strict=True):
-            sizes[name.decode()] = sizes.get(name.decode(), 0) + int(size)
-        return sizes
+        expiring = (keys.expiring_audiences(entity), keys.expiring_members(entity, ""))
+        return await read_sizes(self.reads, keys.audience_sizes(entity), expiring, self.clock())
+
+    async def profile_counts(self, entity: str) -> dict[str, int]:
+        """As `audience_sizes`, for the counted categories (`traitflow.profile_counts`)."""
+        keys = self.keys
+        expiring = (keys.expiring_categories(entity), keys.expiring_profiles(entity, ""))
+        return await read_sizes(self.reads, keys.profile_counts(entity), expiring, self.clock())
 
     async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
         if index == PRIMARY_INDEX:

@@ -199,6 +199,9 @@ class CachedProfileStore(ProfileStore):
     async def audience_sizes(self, entity: str) -> dict[str, int]:
         return await self.inner.audience_sizes(entity)
 
+    async def profile_counts(self, entity: str) -> dict[str, int]:
+        return await self.inner.profile_counts(entity)
+
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
         await self.inner.unschedule(entity, source, ids)
 

@@ -67,6 +67,13 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ax:user:{audience}          zset    its expiring (anonymous-only) members, scored
                                            by when their keys expire; the size adds
                                            those not yet due
+    tf:pc:user                     hash    counted category ("profile", "source:{name}",
+                                           "namespace:{identity type}") -> its kept
+                                           profiles, as `tf:a:user` counts audience
+                                           members (`traitflow.profile_counts`)
+    tf:pcx:user                    set     categories that have expiring profiles
+    tf:pcx:user:{category}         zset    its expiring (anonymous-only) profiles, scored
+                                           by when their keys expire
     tf:d:user:{source}:{n}         set     messageIds of that source applied in time
                                            bucket n (a seventh of the dedupe window);
                                            expires a window after the bucket's end, so
@@ -218,6 +225,16 @@ class KeyLayout:
         """Audience names are identifiers: no ':' (`attributes.audiences`)."""
         return f"{self.prefix}:ax:{entity}:{audience}"
 
+    def profile_counts(self, entity: str) -> str:
+        return f"{self.prefix}:pc:{entity}"
+
+    def expiring_categories(self, entity: str) -> str:
+        return f"{self.prefix}:pcx:{entity}"
+
+    def expiring_profiles(self, entity: str, category: str) -> str:
+        """Categories are "kind:name" (`traitflow.profile_counts`): never empty."""
+        return f"{self.prefix}:pcx:{entity}:{category}"
+
     def tombstone(self, entity: str, digest: str) -> str:
         return f"{self.prefix}:t:{entity}:{digest}"
 
@@ -323,6 +340,13 @@ class ProfileWrite:
     #: the profile was expiring when loaded (anonymous-only): its memberships were
     #: counted among the expiring ones
     was_expiring: bool = False
+    #: the counted categories (`traitflow.profile_counts`) the profile enters and exits
+    #: by this write, and those of the profiles merged into it (as `departed` and
+    #: `departed_expiring` for audiences); its categories after it: `state.counted`
+    categories_entered: list[str] = field(default_factory=list)
+    categories_exited: list[str] = field(default_factory=list)
+    categories_departed: list[str] = field(default_factory=list)
+    categories_departed_expiring: list[tuple[str, str]] = field(default_factory=list)
     #: the input partition ("topic/partition") whose batch or expiry round made the
     #: write; its outbox takes the write's messages
     source: str = ""
@@ -455,6 +479,12 @@ class ProfileStore(ABC):
     async def audience_sizes(self, entity: str) -> dict[str, int]:
         """Audience name -> how many of the entity's profiles are in it, as the commits
         kept it (an audience no profile ever entered is absent)."""
+
+    @abstractmethod
+    async def profile_counts(self, entity: str) -> dict[str, int]:
+        """Counted category -> how many of the entity's profiles are in it, as the
+        commits kept it (`traitflow.profile_counts`; a category never entered is
+        absent)."""
 
     @abstractmethod
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:
