@@ -18,9 +18,8 @@ profile Redis expires leaves them with its deadline. A profile deleted by its so
 or erased is in no category.
 
 Counts start when this counting is deployed: a state stored before has no list
-(`counted` is None), was never counted, and is counted at its next write. Counting
-the others would need a pass over every state (SCAN, decode, `categories`) with the
-workers stopped, writing `counted` back and the counters with it.
+(`counted` is None), was never counted, and is counted at its next write; or at once,
+workers stopped, by `traitflow profiles recount` (`traitflow.profile_recount`).
 """
 
 from __future__ import annotations

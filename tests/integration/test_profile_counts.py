@@ -6,6 +6,7 @@ counts with a count over every profile state left in Redis (the batch answer).""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,17 @@ from typing import Any, cast
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from attributes.erasure import erase_event
-from attributes.profile import decode_state
+from attributes.profile import ProfileState, decode_state, encode_state
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.sources_support import source_topics, two_source_worker
 from tests.integration.workers import running_api
 from traitflow.config import Settings
 from traitflow.profile_counts import composition, tally
+from traitflow.profile_recount import Recount, recount
+from traitflow.redis_store import RedisProfileStore
 from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.integration
@@ -62,6 +66,32 @@ def batch_answer(client: redis.Redis, keys: KeyLayout) -> dict[str, Any]:
     names = list(client.scan_iter(match=f"{keys.state_prefix('user')}*", count=1000))
     raws = cast("list[bytes | None]", client.mget(names)) if names else []
     return composition(tally(decode_state(raw) for raw in raws if raw is not None))
+
+
+def stored_counts(settings: Settings, entity: str = "user") -> dict[str, int]:
+    """What `ProfileStore.profile_counts` reads (the API's one script)."""
+
+    async def read() -> dict[str, int]:
+        store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await store.profile_counts(entity)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def recounted(settings: Settings, **options: Any) -> Recount:
+    """`traitflow profiles recount`'s pass, on `settings`' Redis keys."""
+
+    async def run() -> Recount:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            return await recount(client, KeyLayout(settings.key_prefix), "user", **options)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 def served(api: httpx.Client) -> dict[str, Any]:
@@ -164,3 +194,52 @@ def test_served_counts_equal_a_count_over_every_profile_left(
             metrics = api.get("/metrics").text
             assert 'traitflow_profiles{entity="user"} 2.0' in metrics
             assert 'traitflow_profiles_by_source{entity="user",source="crm"} 2.0' in metrics
+    # the workers stopped: a recount rebuilds the same counts from the states, as it
+    # would over profiles stored before counting (a state without its list, counters lost)
+    u6 = cast("bytes", redis_client.get(keys.index("user", "user_id", f"u6-{run}"))).decode()
+    legacy = decode_state(cast("bytes", redis_client.get(keys.state("user", u6))))
+    legacy.counted = None
+    redis_client.set(keys.state("user", u6), encode_state(legacy))
+    redis_client.delete(keys.profile_counts("user"))
+    found = recounted(own)
+    assert found.rewritten == 1
+    assert composition(found.counts()) == expected
+    assert composition(stored_counts(own)) == expected == batch_answer(redis_client, keys)
+
+
+def test_a_recount_counts_expiring_profiles_by_deadline_and_replaces_old_counters(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    own = settings.isolated(f"tfrc-{uuid.uuid4().hex[:8]}")
+    keys = KeyLayout(own.key_prefix)
+    kept = ProfileState(
+        id="k", identities={"user_id": ["k"]}, source_traits={"crm": {"tier": [1, "m", "a"]}}
+    )
+    anonymous = ProfileState(id="a", identities={"anonymous_id": ["a"]})
+    deleted = ProfileState(id="d", identities={"user_id": ["d"]}, deleted=True)
+    try:
+        redis_client.set(keys.state("user", "k"), encode_state(kept))
+        redis_client.set(keys.state("user", "a"), encode_state(anonymous), px=60_000)
+        redis_client.set(keys.state("user", "d"), encode_state(deleted))
+        redis_client.hset(keys.profile_counts("user"), "profile", 99)
+        redis_client.sadd(keys.expiring_categories("user"), "namespace:ghost")
+        redis_client.zadd(keys.expiring_profiles("user", "namespace:ghost"), {"g": 1})
+        found = recounted(own, batch=1, rate_per_s=1000)
+        assert (found.scanned, found.rewritten) == (3, 3)
+        assert found.expiring.keys() == {"profile", "namespace:anonymous_id"}
+        assert stored_counts(own) == {
+            "profile": 2,
+            "source:crm": 1,
+            "namespace:user_id": 1,
+            "namespace:anonymous_id": 1,
+        }
+        assert not redis_client.exists(keys.expiring_profiles("user", "namespace:ghost"))
+        assert 0 < redis_client.pttl(keys.state("user", "a")) <= 60_000
+        rewritten = decode_state(cast("bytes", redis_client.get(keys.state("user", "a"))))
+        assert rewritten.counted == ["profile", "namespace:anonymous_id"]
+        again = recounted(own)
+        assert again.rewritten == 0
+        assert again.counts() == found.counts()
+    finally:
+        for key in redis_client.scan_iter(keys.all_keys()):
+            redis_client.unlink(key)

@@ -1,0 +1,61 @@
+"""`traitflow profiles recount`: rebuild the profile counts from every stored state
+(`traitflow.profile_recount`), with the workers stopped. Registered on `traitflow
+profiles` by `traitflow.cli`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from traitflow.cli_context import settings_of
+from traitflow.profile_counts import composition
+from traitflow.profile_recount import Recount, recount
+from traitflow.store import KeyLayout
+
+
+def recount_command(
+    ctx: typer.Context,
+    entity: str = typer.Option("user", help="the entity whose profiles are counted"),
+    rate: float = typer.Option(2000.0, min=1.0, help="profile states read per second, at most"),
+    batch: int = typer.Option(200, min=1, help="states per round (one SCAN COUNT, one MGET)"),
+    workers_stopped: bool = typer.Option(
+        False, "--workers-stopped", help="say that no worker runs (required)"
+    ),
+) -> None:
+    """Count every profile of ENTITY again, per source and identity namespace, and
+    replace its counters (for profiles stored before the counts existed). Stop the
+    workers first: a commit during the pass would be miscounted."""
+    import redis
+    import redis.asyncio as aioredis
+
+    settings = settings_of(ctx)
+    if entity not in settings.entities:
+        typer.echo(
+            f"error: unknown entity {entity!r}: use one of {', '.join(settings.entities)}", err=True
+        )
+        raise typer.Exit(2)
+    if not workers_stopped:
+        typer.echo("error: stop every worker first, then pass --workers-stopped", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> Recount:
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        try:
+            return await recount(
+                client, KeyLayout(settings.key_prefix), entity, rate_per_s=rate, batch=batch
+            )
+        finally:
+            await client.aclose()
+
+    try:
+        found = asyncio.run(run())
+    except (redis.RedisError, OSError) as exc:
+        typer.echo(f"error: Redis did not answer: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    counted = composition(found.counts())
+    typer.echo(
+        f"{found.scanned} states counted, {found.rewritten} rewritten: "
+        f"{counted['profiles']} profiles; sources {counted['sources']}; "
+        f"namespaces {counted['namespaces']}"
+    )
