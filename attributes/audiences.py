@@ -12,7 +12,8 @@ is in, and `traitflow validate` checks both:
 
 A condition sees the profile's attributes by name, as derived attributes do (each
 with its CEL type, so that type errors show at load), and its merged traits as the
-map `traits` (an attribute named `traits` hides it). A condition that cannot be
+map `traits` (an attribute named `traits` hides it), and the processing time as the
+timestamp `now` (`attributes.clock`). A condition that cannot be
 evaluated for a profile (a null compared with a number, a missing trait) is false
 for it: the profile is not a member, as a `where` filter does not match.
 
@@ -39,6 +40,7 @@ from attributes.expressions import (
     BOOL,
     DYN,
     STRING,
+    TIMESTAMP,
     CelType,
     EvaluationError,
     Expression,
@@ -46,7 +48,7 @@ from attributes.expressions import (
     compile_expression,
     map_of,
 )
-from attributes.specs import identifier
+from attributes.specs import NOW, identifier
 
 #: the variable a condition reads the profile's merged traits from
 TRAITS = "traits"
@@ -110,7 +112,7 @@ def section(root: yaml.MappingNode, data: Mapping[str, Any]) -> list[tuple[Any, 
 def compile_audience(spec: AudienceSpec, attributes: Mapping[str, CelType]) -> Audience:
     """Compile an audience's condition against the CEL types of its entity's
     attributes; raises ExpressionError (e.g. a condition that is not a bool)."""
-    variables: dict[str, CelType] = {TRAITS: map_of(STRING, DYN)}
+    variables: dict[str, CelType] = {TRAITS: map_of(STRING, DYN), NOW: TIMESTAMP}
     variables.update(attributes)
     condition = compile_expression(spec.condition, variables, expect=BOOL)
     return Audience(spec.name, spec.entity, condition, spec.description)
@@ -173,6 +175,8 @@ class AudienceSet:
     reads: tuple[tuple[str, Callable[[Any], Any]], ...]
     #: whether a condition reads the traits
     reads_traits: bool
+    #: whether a condition reads `now`, the processing time (`attributes.clock`)
+    reads_now: bool = False
 
     @classmethod
     def of(
@@ -182,29 +186,35 @@ class AudienceSet:
         cel_value`; a derived attribute's value is used as it is)."""
         read = set().union(*(audience.condition.names for audience in audiences))
         reads = tuple(
-            (name, cel_values.get(name, _as_is)) for name in sorted(read) if name != TRAITS
+            (name, cel_values.get(name, _as_is))
+            for name in sorted(read)
+            if name not in (TRAITS, NOW)
         )
-        return cls(tuple(audiences), reads, TRAITS in read)
+        return cls(tuple(audiences), reads, TRAITS in read, NOW in read)
 
     @property
     def names(self) -> list[str]:
         return [audience.name for audience in self.audiences]
 
     def membership(
-        self, attributes: Mapping[str, Any], traits: Mapping[str, Any]
+        self, attributes: Mapping[str, Any], traits: Mapping[str, Any], *, now: Any = None
     ) -> dict[str, bool]:
         """`{audience: is a member}` for a profile's rendered attribute values and
-        merged traits, in declaration order."""
-        return self.evaluate(self.activation(attributes, traits))
+        merged traits, in declaration order; `now`: the processing time as a timestamp
+        (`attributes.clock.now_value`), for conditions that read it."""
+        return self.evaluate(self.activation(attributes, traits, now=now))
 
     def activation(
-        self, attributes: Mapping[str, Any], traits: Mapping[str, Any]
+        self, attributes: Mapping[str, Any], traits: Mapping[str, Any], *, now: Any = None
     ) -> dict[str, Any]:
-        """The conditions' variables: the attributes they read, as their CEL values, and
-        the traits if one reads them."""
+        """The conditions' variables: the attributes they read, as their CEL values, the
+        traits if one reads them, and `now` if one reads it (given: without it such a
+        condition fails, so is false)."""
         variables = {name: convert(attributes.get(name)) for name, convert in self.reads}
         if self.reads_traits and TRAITS not in variables:
             variables[TRAITS] = traits
+        if self.reads_now and now is not None:
+            variables[NOW] = now
         return variables
 
     def evaluate(self, variables: Mapping[str, Any]) -> dict[str, bool]:

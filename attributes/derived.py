@@ -12,7 +12,9 @@ The attributes that can be null (`avg`, `min` and `max` of nothing, `most_recent
 `first`, `most_frequent`, and derived ones) are `dyn`, checked as they are evaluated;
 `avg`, `min` and `max` hold doubles when they are not null (`as_double`). An
 expression that cannot be evaluated (null in arithmetic, an int division by zero)
-makes the derived attribute `null`.
+makes the derived attribute `null`. `now` is the processing time, a timestamp
+(`attributes.clock`); a timestamp or duration result is served as RFC 3339 text or
+an ISO 8601 duration (`PT5400S`), and other expressions read it as a time.
 
 The compiled expressions trust the declared types (a `double` variable is never
 null), which is why every value passes through `cel_value` first.
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from attributes.aggregators import FUNCTIONS
+from attributes.clock import NOW
 from attributes.errors import RuleError
 from attributes.expressions import (
     DYN,
+    TIMESTAMP,
     CelType,
     EvaluationError,
     Expression,
@@ -126,6 +130,7 @@ def compile_derived(
     An attribute that reads a broken one is left out without a problem of its own."""
     problems: dict[str, str] = {}
     everything = {name: DYN for name in (*aggregated, *sources)}
+    everything[NOW] = TIMESTAMP
     reads: dict[str, frozenset[str]] = {}
     for name, source in sources.items():
         try:
@@ -145,7 +150,7 @@ def compile_derived(
                 problems[name] = str(cycle)
                 reads.pop(name, None)
 
-    types = dict(aggregated)
+    types = {**aggregated, NOW: TIMESTAMP}
     compiled: dict[str, Expression] = {}
     for name in order:
         if name not in reads:

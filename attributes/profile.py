@@ -29,6 +29,7 @@ from typing import Any, Literal
 import msgspec
 
 from attributes.aggregators import Rejected
+from attributes.clock import NOW, now_value
 from attributes.events import Event, iso_from_ms
 from attributes.filters import FilterResults
 from attributes.paths import MISSING
@@ -297,6 +298,8 @@ def compute_attributes(
             values[name] = aggregator.result(aggregator.initial() if stored is None else stored)
     if rules.derived:
         inputs = {a.name: a.cel_value(values[a.name]) for a in rules.derived_inputs}
+        if rules.derived_reads_now:
+            inputs[NOW] = now_value(now)  # the processing time (`attributes.clock`)
         for derived in rules.derived:
             values[derived.name] = inputs[derived.name] = derived.evaluate(inputs)
         if rules.derived_interleaved:

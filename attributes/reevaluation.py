@@ -7,11 +7,12 @@ directly or through derived attributes, or the traits when they changed; the oth
 keep their last result, and only the conditions evaluated can enter or exit.
 
 That is exact because a condition's value depends on its variables alone: the
-attributes it reads and the traits (CEL has no clock function), and a windowed
-attribute's value moves only when a bucket enters or leaves its window, which the
-write is told as a touched attribute (`attributes.profile.expire_windows`), as the
-render is. A condition that reads a name the rules do not compute (a `now`, were one
-declared) is evaluated on every write. Traits are compared as JSON text, which tells
+attributes it reads, the traits and `now`, the processing time (a condition that
+reads it, directly or through a derived attribute, is evaluated on every write), and
+a windowed attribute's value moves only when a bucket enters or leaves its window,
+which the write is told as a touched attribute (`attributes.profile.expire_windows`),
+as the render is. A condition that reads a name the rules do not compute is evaluated
+on every write. Traits are compared as JSON text, which tells
 `1`, `1.0` and `true` apart (Python's `==` does not; a condition may).
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 import msgspec
 
 from attributes.audiences import TRAITS, AudienceSet, membership_change
+from attributes.clock import NOW
 from attributes.expressions import EvaluationError
 
 _json = msgspec.json.Encoder().encode
@@ -102,7 +104,9 @@ class Reevaluation:
         always: set[int] = set()
         unknown: set[str] = set()
         for index, audience in enumerate(audiences.audiences):
-            for name in audience.condition.names - {TRAITS}:
+            if NOW in audience.condition.names:
+                always.add(index)  # the clock moved since the last write
+            for name in audience.condition.names - {TRAITS, NOW}:
                 found = sources(name, frozenset())
                 if found is None:
                     always.add(index)
@@ -133,15 +137,17 @@ class Reevaluation:
         *,
         last: Evaluated | None = None,
         touched: Collection[str] = (),
+        now: Any = None,
     ) -> Evaluated:
         """The membership for a profile's rendered attribute values and merged traits,
         and its changes from `joined` (the audiences its state says it is in).
         `last`: what the last write of the same state evaluated (None: evaluate every
         condition); `touched`: the attributes that changed since (as the render is
-        told, windows that moved included)."""
+        told, windows that moved included); `now`: the processing time as a timestamp,
+        for the conditions that read it (evaluated on every write)."""
         seen = as_json(traits) if self._traits else None
         if last is None:
-            activation = self.audiences.activation(attributes, traits)
+            activation = self.audiences.activation(attributes, traits, now=now)
             members = self._evaluate(self._all, activation, {})
             return self._changes(Evaluated(activation, members, seen, joined), joined)
         changed = frozenset(touched)
@@ -158,6 +164,8 @@ class Reevaluation:
             activation[name] = convert(attributes.get(name))
         if retraits:
             activation[TRAITS] = traits
+        if now is not None and self.audiences.reads_now:
+            activation[NOW] = now
         members = self._evaluate(plan.audiences, activation, dict(last.members))
         evaluated = Evaluated(activation, members, seen, joined)
         if joined is not last.joined:  # changed since: compared in full

@@ -19,6 +19,7 @@ import yaml
 
 from attributes.aggregators import FUNCTIONS, Aggregator
 from attributes.audiences import Audience, AudienceSet, parse_audiences, section
+from attributes.clock import NOW, timestamp_reader
 from attributes.derived import RESULT_TYPES, DerivedAttribute, cel_value, compile_derived
 from attributes.errors import RuleError
 from attributes.expressions import DYN, CelType, Expression, ExpressionError
@@ -108,9 +109,19 @@ class RuleSet:
     _chosen: dict[tuple[str, str | None], tuple[CompiledAttribute, ...]] = field(
         default_factory=dict, repr=False
     )
+    #: whether a derived attribute reads `now`, and whether it or an audience condition
+    #: does: values then change on time, without events (`attributes.clock`)
+    derived_reads_now: bool = False
+    reads_now: bool = False
     #: the audiences (`attributes.audiences`), in file order, and what evaluates them
     audiences: tuple[Audience, ...] = ()
     membership: AudienceSet = field(default_factory=lambda: AudienceSet.of((), {}))
+
+    @property
+    def changes_on_time(self) -> bool:
+        """Whether its profiles' views change without events (windows, `now`): they are
+        then indexed by when to render them again (`streams.rendering`)."""
+        return bool(self.windowed) or self.reads_now
 
     def of(self, entity: str) -> RuleSet:
         """The rules of one entity: what its profiles are computed with."""
@@ -185,6 +196,7 @@ class RuleSet:
             names = [compiled.name for _, compiled in attributes] + [d.name for d in derived]
         read = set().union(*(d.expression.names for d in derived))
         aggregated = [compiled.name for _, compiled in attributes]
+        conditions_read = set().union(*(audience.condition.names for audience in audiences))
         return cls(
             attributes=tuple(compiled for _, compiled in attributes),
             _by_event={name: tuple(attrs) for name, attrs in by_event.items()},
@@ -198,6 +210,8 @@ class RuleSet:
             state_keys=frozenset(compiled.key for _, compiled in attributes),
             entities=entities,
             parts=parts,
+            derived_reads_now=NOW in read,
+            reads_now=NOW in read or NOW in conditions_read,
             audiences=tuple(audiences),
             membership=AudienceSet.of(
                 audiences, {compiled.name: compiled.cel_value for _, compiled in attributes}
@@ -257,7 +271,7 @@ def _compile(spec: AttributeSpec, filters: dict[str, Expression]) -> CompiledAtt
         spec.description,
         where,
         window_for(spec, aggregator),
-        cel_value(spec.function),
+        timestamp_reader(cel_value(spec.function)) if spec.as_ else cel_value(spec.function),
         state_key(spec, aggregator),
     )
 

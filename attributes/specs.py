@@ -34,6 +34,11 @@ def identifier(name: str) -> str:
 
 #: the largest `max_values`
 MAX_VALUES = 10_000
+#: the variable expressions read the processing time from (`attributes.clock`): no
+#: attribute may take its name
+NOW = "now"
+#: the functions whose value can be read as a time (`as: timestamp`): one field value
+TIMED_FUNCTIONS = ("most_recent", "first", "min", "max")
 EventType = Literal["track", "identify", "page", "screen", "alias", "group"]
 Unit = Literal["minutes", "hours", "days", "weeks", "months"]
 
@@ -96,6 +101,9 @@ class AttributeSpec(pydantic.BaseModel):
     max_values: int | None = pydantic.Field(default=None, ge=1, le=MAX_VALUES, strict=True)
     #: `derived` only: a CEL expression over other attributes of the same profile
     expression: str | None = None
+    #: `timestamp`: expressions read the value (RFC 3339 text or epoch milliseconds) as
+    #: a CEL timestamp; the served value is unchanged (`attributes.clock`)
+    as_: Literal["timestamp"] | None = pydantic.Field(default=None, alias="as")
     #: part of the state key when set: a new revision starts a fresh state (an
     #: attribute made through the API gets one per change of its condition, so that
     #: no state mixes events counted under two conditions)
@@ -111,10 +119,14 @@ class AttributeSpec(pydantic.BaseModel):
     @pydantic.field_validator("name")
     @classmethod
     def _identifier(cls, name: str) -> str:
+        if name == NOW:
+            raise ValueError(f"'{NOW}' is the processing time in expressions: choose another name")
         return identifier(name)
 
     @pydantic.model_validator(mode="after")
     def _options_fit_the_function(self) -> AttributeSpec:
+        if self.as_ is not None and self.function not in TIMED_FUNCTIONS:
+            raise ValueError(f"'as' applies to functions {_listed(TIMED_FUNCTIONS, 'and')}")
         given = {
             key
             for key in self.model_fields_set

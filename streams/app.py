@@ -184,7 +184,7 @@ def create_app(
                 )
 
     # attributes made through the API may bring windows to rules that had none
-    if source is not None or any(e.rules.windowed for e in processor.entities.values()):
+    if source is not None or any(e.rules.changes_on_time for e in processor.entities.values()):
 
         @app.timer(interval=settings.expiry_interval_s)  # type: ignore[untyped-decorator]
         async def expire_windows() -> None:
@@ -261,6 +261,7 @@ def worker_processor(
         audience_topic=settings.audience_changes_topic,
         profile_topic=settings.profile_changes_topic,
         records=settings.record_mappings,
+        time_refresh_ms=max(1, int(settings.time_refresh_s * 1000)),
     )
 
 

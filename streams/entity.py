@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from attributes.clock import DEFAULT_REFRESH_MS
 from attributes.erasure import Tombstone
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
@@ -99,6 +100,7 @@ class EntityProcessor:
         anonymous_types: frozenset[str] = frozenset({"anonymous_id"}),
         announcer: Announcer | None = None,
         records: Mapping[str, RecordMapping] | None = None,
+        time_refresh_ms: int = DEFAULT_REFRESH_MS,
     ) -> None:
         self.entity = entity
         self.rules = rules
@@ -120,7 +122,11 @@ class EntityProcessor:
         self.announcer = announcer or Announcer(entity=entity, audience_topic=None)
         #: the entity's collections with a field mapping: each write renders their records
         self.views = ViewRenderer(
-            rules=rules, policy=policy, remembered=remembered_renders, records=records
+            rules=rules,
+            policy=policy,
+            remembered=remembered_renders,
+            records=records,
+            time_refresh_ms=time_refresh_ms,
         )
         #: the rules version `rules` is (`traitflow.rule_catalog`; 0: the file alone)
         self.rules_version = 0

@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Container, Mapping, Sequence
 
 from attributes.admission import Admission
+from attributes.clock import DEFAULT_REFRESH_MS
 from attributes.events import InvalidEvent
 from attributes.identities import DEFAULT_USER, IdentityRules
 from attributes.limits import EventLimits
@@ -98,6 +99,7 @@ class BatchProcessor:
         records: Mapping[str, Mapping[str, RecordMapping]] | None = None,
         reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
         note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None = None,
+        time_refresh_ms: int = DEFAULT_REFRESH_MS,
     ) -> None:
         self.store = store
         #: the current rules and their version, read again when a commit finds the
@@ -135,6 +137,7 @@ class BatchProcessor:
                     entity=entity, audience_topic=audience_topic, profile_topic=profile_topic
                 ),
                 records=(records or {}).get(entity),
+                time_refresh_ms=time_refresh_ms,
             )
             for entity, identity_rules in identities.items()
         }
@@ -170,6 +173,18 @@ class BatchProcessor:
         version reads the partition's history up to there (`streams.backfill`)."""
         version = self.rules_version
         fresh = {p: o for p, o in self._firsts.items() if (p, version) not in self._noted}
+        if fresh and self.note_start is not None:
+            await self.note_start(version, fresh)
+            self._noted.update((p, version) for p in fresh)
+
+    async def note_positions(self) -> None:
+        """At a switch between batches: the offset each partition this worker reads
+        resumes at is where its computing at the new version starts (a partition with
+        no traffic since gets no batch to note it by). Hold `lock`."""
+        version = self.rules_version
+        fresh = {
+            p: offset for p, (offset, _) in self._next.items() if (p, version) not in self._noted
+        }
         if fresh and self.note_start is not None:
             await self.note_start(version, fresh)
             self._noted.update((p, version) for p in fresh)
@@ -426,7 +441,7 @@ class BatchProcessor:
             self._read_clock()
             written = 0
             for processor in self.entities.values():
-                if processor.rules.windowed:
+                if processor.rules.changes_on_time:
                     try:
                         written += await processor.expire(source, limit)
                     except RulesChanged:  # the next round re-renders with the new rules

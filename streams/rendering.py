@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from attributes.clock import DEFAULT_REFRESH_MS, next_render, now_value
 from attributes.policies import MergePolicy
 from attributes.profile import (
     ProfileState,
@@ -52,8 +53,11 @@ class ViewRenderer:
         remembered: int = 100_000,
         records: Mapping[str, RecordMapping] | None = None,
         rules_version: int = 0,
+        time_refresh_ms: int = DEFAULT_REFRESH_MS,
     ) -> None:
         self.rules = rules
+        #: how soon a profile whose rules read `now` is rendered again (`attributes.clock`)
+        self.time_refresh_ms = time_refresh_ms
         self.policy = policy
         self.records = dict(records or {})
         self._remembered = remembered
@@ -79,6 +83,7 @@ class ViewRenderer:
             remembered=self._remembered,
             records=self.records,
             rules_version=rules_version,
+            time_refresh_ms=self.time_refresh_ms,
         )
 
     def clear(self) -> None:
@@ -105,12 +110,13 @@ class ViewRenderer:
     ) -> ProfileWrite:
         """The write of a changed state: its view as of `now`, and when to look again.
         `touched`: the attributes changed since the state was loaded. A deleted
-        profile has no view (reads answer 404) and nothing to expire."""
+        profile has no view (reads answer 404) and nothing to expire. A profile whose
+        rules read `now` is looked at again `time_refresh_ms` later at the latest."""
         rules = self.rules
         expiry: tuple[str, int | None] | None = None  # not indexed without windows
         if state.deleted:
             self._renders.pop(state.id, None)
-            if rules.windowed:
+            if rules.windowed or rules.reads_now:
                 expiry = (source, None)
             left, state.audiences = state.audiences, []  # without a view, in none
             write = ProfileWrite(state, encode_state(state), None, expiry=expiry, source=source)
@@ -119,6 +125,9 @@ class ViewRenderer:
             return write
         if rules.windowed:
             expiry = (source, expire_windows(state, rules, now, touched=touched))
+        if rules.reads_now:
+            windows_due = expiry[1] if expiry is not None else None
+            expiry = (source, next_render(now, windows_due, self.time_refresh_ms))
         remembered = self._renders.pop(state.id, None)
         previous = last = None
         if remembered is not None and remembered[0] is state:
@@ -140,6 +149,7 @@ class ViewRenderer:
                 state.audiences,
                 last=last,
                 touched=touched,
+                now=now_value(now) if rules.reads_now else None,
             )
             if rules.audiences:
                 rendered["_audiences"] = evaluated.members

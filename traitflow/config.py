@@ -374,6 +374,10 @@ class Settings(BaseSettings):
     state_cache_profiles: int = Field(default=100_000, ge=0)
     #: how often the worker re-renders profiles whose lookback windows have moved
     expiry_interval_s: float = Field(default=1.0, gt=0)
+    #: how stale a value read from `now` (derived attributes, audience conditions) may
+    #: get: such a profile is rendered again this long after each write at the latest
+    #: (`attributes.clock`)
+    time_refresh_s: float = Field(default=3600.0, gt=0)
     #: consumer-group timeouts; unset = `group_timeouts` picks them
     session_timeout_s: float | None = Field(default=None, gt=0)
     rebalance_timeout_s: float | None = Field(default=None, gt=0)

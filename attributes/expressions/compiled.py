@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from attributes.expressions.errors import EvaluationError, ExpressionError, describe_position
@@ -23,7 +24,7 @@ Evaluator = Callable[[Activation], Any]
 NOT_CONSTANT: Any = object()
 """`Compiled.constant` of a subexpression whose value is known only at run time."""
 
-_SCALARS = (bool, int, float, str, type(None))
+_SCALARS = (bool, int, float, str, type(None), datetime, timedelta)  # all immutable
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`.
+"""Compiles calls of the standard functions: size, conversions, string tests, `dyn`,
+timestamps, durations and their accessors (`times.py`).
 
 Calls are resolved at compile time against the overload tables, so an unknown
 function, a wrong argument count or `size(1)` fails when the rules load. A
@@ -17,20 +18,20 @@ from attributes.expressions.compiled import Compiled, Scope, apply
 from attributes.expressions.errors import EvaluationError
 from attributes.expressions.nodes import Call
 from attributes.expressions.operators import no_matching_overload
-from attributes.expressions.overloads import FUNCTIONS
+from attributes.expressions.overloads import FUNCTIONS, TIME_ACCESSORS, TIME_ACCESSORS_IN_ZONE
 from attributes.expressions.regex import InvalidPattern, Pattern, cached_pattern
+from attributes.expressions.times import parse_duration, parse_timestamp
 from attributes.expressions.types import BOOL, DYN, STRING
 from attributes.expressions.values import no_overload
 
-_METHODS = frozenset({"size", "contains", "startsWith", "endsWith", "matches"})
-_GLOBALS = frozenset({"size", "int", "double", "string", "bool", "dyn", "matches"})
-
-_TIME_FUNCTIONS = (
-    *("timestamp", "duration", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear"),
-    *("getFullYear", "getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds"),
+_METHODS = frozenset({"size", "contains", "startsWith", "endsWith", "matches", *TIME_ACCESSORS})
+_GLOBALS = frozenset(
+    {"size", "int", "double", "string", "bool", "dyn", "matches", "timestamp", "duration"}
 )
+#: literal texts are checked when the rules load: `duration("3 days")` is refused then
+_PARSERS = {"timestamp": parse_timestamp, "duration": parse_duration}
+
 _UNSUPPORTED = {
-    **dict.fromkeys(_TIME_FUNCTIONS, "timestamps and durations are not supported"),
     "uint": "uint values are not supported",
     "bytes": "bytes values are not supported",
     "type": "type() and type values are not supported",
@@ -48,8 +49,17 @@ def compile_call(node: Call, operands: list[Compiled], scope: Scope) -> Compiled
     if name == "matches":
         _check_arity(node, operands, 2, scope)
         return _matches(node, operands[0], operands[1], scope)
-    overloads = FUNCTIONS[name]
+    if name in TIME_ACCESSORS:
+        accessors = TIME_ACCESSORS_IN_ZONE if len(operands) == 2 else TIME_ACCESSORS
+        overloads = accessors[name]
+    else:
+        overloads = FUNCTIONS[name]
     _check_arity(node, operands, overloads.arity, scope)
+    if name in _PARSERS and type(operands[0].constant) is str:
+        try:
+            _PARSERS[name](operands[0].constant)
+        except EvaluationError as error:
+            raise scope.error(str(error), node.offset) from None
     compiled = overloads.compile(operands)
     if compiled is None:
         types = tuple(operand.type for operand in operands)

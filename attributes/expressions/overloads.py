@@ -1,4 +1,5 @@
-"""CEL's standard overloads for the operators and functions this subset supports.
+"""CEL's standard overloads for the operators and functions this subset supports
+(those on timestamps and durations are implemented in `times.py`).
 
 An overload set maps the kinds of the arguments to the Python function that
 implements the operation. The same table serves the checker (is there any overload
@@ -15,9 +16,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attributes.expressions import arithmetic, conversions
+from attributes.expressions import arithmetic, conversions, times
 from attributes.expressions.compiled import Activation, Compiled, Evaluator, apply
-from attributes.expressions.types import BOOL, DOUBLE, DYN, INT, STRING, CelType, list_of
+from attributes.expressions.types import (
+    BOOL,
+    DOUBLE,
+    DURATION,
+    DYN,
+    INT,
+    STRING,
+    TIMESTAMP,
+    CelType,
+    list_of,
+)
 from attributes.expressions.values import PYTHON_TYPES, no_overload
 
 Function = Callable[..., Any]
@@ -161,7 +172,8 @@ def _identity(value: Any) -> Any:
 
 
 def _ordering(symbol: str, compare: Function) -> OverloadSet:
-    """`<` and friends: on numbers across int and double, strings, and bools."""
+    """`<` and friends: on numbers across int and double, strings, bools, timestamps
+    and durations."""
     with_doubles = arithmetic.ordering_of_doubles(compare)
     return OverloadSet(
         symbol,
@@ -171,6 +183,8 @@ def _ordering(symbol: str, compare: Function) -> OverloadSet:
         ("double double", BOOL, with_doubles),
         ("string string", BOOL, compare),
         ("bool bool", BOOL, compare),
+        ("timestamp timestamp", BOOL, compare),
+        ("duration duration", BOOL, compare),
     )
 
 
@@ -181,9 +195,17 @@ ARITHMETIC = {
         ("double double", DOUBLE, operator.add),
         ("string string", STRING, operator.add),
         ("list list", list_of(DYN), operator.add),
+        ("timestamp duration", TIMESTAMP, times.add_timestamp_duration),
+        ("duration timestamp", TIMESTAMP, times.add_duration_timestamp),
+        ("duration duration", DURATION, times.add_durations),
     ),
     "-": OverloadSet(
-        "-", ("int int", INT, arithmetic.subtract_int), ("double double", DOUBLE, operator.sub)
+        "-",
+        ("int int", INT, arithmetic.subtract_int),
+        ("double double", DOUBLE, operator.sub),
+        ("timestamp timestamp", DURATION, times.subtract_timestamps),
+        ("timestamp duration", TIMESTAMP, times.subtract_timestamp_duration),
+        ("duration duration", DURATION, times.subtract_durations),
     ),
     "*": OverloadSet(
         "*", ("int int", INT, arithmetic.multiply_int), ("double double", DOUBLE, operator.mul)
@@ -215,6 +237,7 @@ FUNCTIONS = {
         ("int", INT, _identity),
         ("double", INT, conversions.double_to_int),
         ("string", INT, conversions.string_to_int),
+        ("timestamp", INT, times.timestamp_to_int),
     ),
     "double": OverloadSet(
         "double",
@@ -228,6 +251,8 @@ FUNCTIONS = {
         ("int", STRING, str),
         ("double", STRING, conversions.double_to_string),
         ("bool", STRING, conversions.bool_to_string),
+        ("timestamp", STRING, times.timestamp_to_string),
+        ("duration", STRING, times.duration_to_string),
     ),
     "bool": OverloadSet(
         "bool", ("bool", BOOL, _identity), ("string", BOOL, conversions.string_to_bool)
@@ -235,4 +260,33 @@ FUNCTIONS = {
     "contains": OverloadSet("contains", ("string string", BOOL, operator.contains)),
     "startsWith": OverloadSet("startsWith", ("string string", BOOL, str.startswith)),
     "endsWith": OverloadSet("endsWith", ("string string", BOOL, str.endswith)),
+    "timestamp": OverloadSet(
+        "timestamp",
+        ("string", TIMESTAMP, times.parse_timestamp),
+        ("timestamp", TIMESTAMP, times.identity),
+    ),
+    "duration": OverloadSet(
+        "duration",
+        ("string", DURATION, times.parse_duration),
+        ("duration", DURATION, times.identity),
+    ),
+}
+
+#: the time accessors on a receiver alone (`t.getHours()`, `d.getHours()`) ...
+TIME_ACCESSORS = {
+    name: OverloadSet(
+        name,
+        ("timestamp", INT, read),
+        *(
+            (("duration", INT, times.DURATION_FIELDS[name]),)
+            if name in times.DURATION_FIELDS
+            else ()
+        ),
+    )
+    for name, read in times.TIMESTAMP_FIELDS.items()
+}
+#: ... and with a time zone (`t.getHours("Europe/Paris")`, `t.getHours("+05:30")`)
+TIME_ACCESSORS_IN_ZONE = {
+    name: OverloadSet(name, ("timestamp string", INT, read))
+    for name, read in times.TIMESTAMP_FIELDS.items()
 }

@@ -1,9 +1,9 @@
 """Static types of expressions, as declared for variables and inferred by the compiler.
 
-The checker knows only what a rule file needs: the scalar types, null, and lists and
-maps with element types. `DYN` means "known at run time only"; JSON event properties
-are `map(string, dyn)`, so `properties.revenue > 100.0` type-checks, and the
-comparison checks the actual value when it runs.
+The checker knows only what a rule file needs: the scalar types, null, timestamps
+and durations, and lists and maps with element types. `DYN` means "known at run time
+only"; JSON event properties are `map(string, dyn)`, so `properties.revenue > 100.0`
+type-checks, and the comparison checks the actual value when it runs.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ INT = CelType("int")
 DOUBLE = CelType("double")
 STRING = CelType("string")
 NULL = CelType("null_type")
+#: CEL's google.protobuf.Timestamp and Duration (`attributes.expressions.times`)
+TIMESTAMP = CelType("timestamp")
+DURATION = CelType("duration")
 
 
 def list_of(element: CelType) -> CelType:

@@ -10,6 +10,7 @@ the key 1, and a negative list index is an error, not the last element.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from attributes.expressions.errors import EvaluationError
@@ -23,6 +24,8 @@ KINDS: dict[type, str] = {
     type(None): "null_type",
     list: "list",
     dict: "map",
+    datetime: "timestamp",
+    timedelta: "duration",
 }
 PYTHON_TYPES: dict[str, type] = {kind: python_type for python_type, kind in KINDS.items()}
 

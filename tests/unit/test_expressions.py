@@ -702,8 +702,9 @@ def test_conversions_of_long_event_strings_answer_at_once() -> None:
         ("contains(event, 'a')", "contains() is called on a value: x.contains(...) at column 1"),
         ("event.int()", "int() is not a method: call it as int(x) at column 7"),
         ("event.matches('[')", "invalid regular expression '[': missing ]: [ at column 7"),
-        ("timestamp('2026-01-01T00:00:00Z')", "timestamp(): timestamps and durations are not"),
-        ("duration('1h')", "duration(): timestamps and durations are not supported at column 1"),
+        # timestamps and durations are supported (issue 16): a bad literal is refused
+        ("timestamp('2026-01-01')", "timestamp('2026-01-01'): not an RFC 3339 timestamp"),
+        ("duration('3 days')", "duration('3 days'): not a duration such as '36h'"),
         ("uint(1)", "uint(): uint values are not supported at column 1"),
         ("bytes('a')", "bytes(): bytes values are not supported at column 1"),
         ("type(1)", "type(): type() and type values are not supported at column 1"),
