@@ -148,7 +148,8 @@ class WorkerMetrics:
         )
         self.window_expiries = Counter(
             "traitflow_window_expiries",
-            "Profiles re-rendered because a lookback window moved, without an event.",
+            "Profiles re-rendered without an event: a lookback window moved, or their rules "
+            "read now (TRAITFLOW_TIME_REFRESH_S).",
             registry=self.registry,
         )
         self.batch_seconds = Histogram(

@@ -8,11 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from attributes.audiences import membership_change
 from attributes.clock import next_render, now_value
 from attributes.events import decode_event
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event, compute_attributes
+from attributes.reevaluation import Reevaluation
 from attributes.rules import RuleFileError, RuleSet, parse_rules
 from streams.rendering import ViewRenderer
 
@@ -203,3 +207,63 @@ def test_an_audience_without_a_clock_is_not_a_member() -> None:
         {"last_order_at": at, "orders": 1}, {}, now=now_value(START + 3 * DAY)
     )
     assert later["lapsed"] is True
+
+
+# --- the oracle: as time passes, the incremental membership is the full evaluation ------
+
+TIMED_RULES = parse_rules("""\
+attributes:
+  - {name: x, function: count, event: X}
+  - {name: at, function: most_recent, field: timestamp, event: X}
+  - {name: age_hours, function: derived, expression: (now - at).getHours()}
+audiences:
+  - {name: some_x, condition: x > 2}
+  - {name: old, condition: "now - at > duration('5h')"}
+  - {name: aged, condition: age_hours > 3 && x > 0}
+""")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.one_of(st.none(), st.integers(0, 10)),
+            st.integers(0, 12),
+            st.sets(st.sampled_from(["x", "at", "age_hours"])),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_incremental_membership_over_now_equals_a_full_evaluation(
+    steps: list[tuple[int, int | None, int, set[str]]],
+) -> None:
+    """Only the clock moves between some writes (nothing touched): the audiences that
+    read `now`, directly or through a derived attribute, still follow it."""
+    membership = TIMED_RULES.membership
+    reevaluation = Reevaluation(
+        membership,
+        [a.name for a in TIMED_RULES.attributes],
+        {d.name: d.expression.names for d in TIMED_RULES.derived},
+    )
+    last = None
+    joined: list[str] = []
+    before: tuple[int, int | None] | None = None
+    clock = START
+    for x, at_hours, hours_later, extra in steps:
+        clock += hours_later * HOUR
+        at = None if at_hours is None else now_value(START + at_hours * HOUR)
+        age = None if at is None else (now_value(clock) - at) // (now_value(HOUR) - now_value(0))
+        view = {"x": x, "at": at, "age_hours": age}
+        touched = extra | {
+            name
+            for name, index in (("x", 0), ("at", 1))
+            if before is None or before[index] != (x, at_hours)[index]
+        }
+        now = now_value(clock)
+        last = reevaluation.evaluate(view, {}, joined, last=last, touched=touched, now=now)
+        expected = membership.membership(view, {}, now=now)
+        assert last.members == expected
+        assert (last.entered, last.exited) == membership_change(joined, expected)
+        joined, before = last.joined, (x, at_hours)
