@@ -140,7 +140,9 @@ async def create_attribute(
     source = rule_source(services(request).settings)
     catalog = services(request).catalog
     now = int(time.time() * 1000)
-    change = rule_changes.create(catalog, source, body, now_ms=now, backfill=False)
+    change = rule_changes.create(
+        catalog, source, body, now_ms=now, backfill=services(request).settings.backfill
+    )
     return described(await _answered(change))
 
 
@@ -159,7 +161,14 @@ async def patch_attribute(
     source = rule_source(services(request).settings)
     catalog = services(request).catalog
     now = int(time.time() * 1000)
-    change = rule_changes.patch(catalog, source, attribute_id, body, now_ms=now, backfill=False)
+    change = rule_changes.patch(
+        catalog,
+        source,
+        attribute_id,
+        body,
+        now_ms=now,
+        backfill=services(request).settings.backfill,
+    )
     return described(await _answered(change))
 
 

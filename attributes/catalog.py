@@ -160,17 +160,27 @@ def new_attribute(
     status: Status,
     now_ms: int,
 ) -> ManagedAttribute:
-    """An attribute made now. Its first revision is its creation time, so that its
-    state key is its own: an attribute of the same name made before and deleted may
-    have left states in profiles not written since."""
-    stamped = {**definition, "revision": now_ms}
-    return ManagedAttribute(attribute_id, status, stamped, now_ms, now_ms)
+    """An attribute made now."""
+    return ManagedAttribute(attribute_id, status, dict(definition), now_ms, now_ms)
+
+
+#: revisions an attribute may have (`compiled`)
+REVISIONS = 10_000
+
+
+def compiled(attribute: ManagedAttribute) -> dict[str, Any]:
+    """The rule the workers compute for `attribute`: its definition with a revision of
+    its own, made of its creation time and its revision, so that its state key is
+    unique to it (an attribute of the same name made before and deleted may have left
+    states in profiles not written since)."""
+    revision = int(attribute.definition.get("revision", 0)) % REVISIONS
+    return {**attribute.definition, "revision": attribute.created_ms * REVISIONS + revision}
 
 
 def live_definitions(attributes: Sequence[ManagedAttribute]) -> list[tuple[str, Mapping[str, Any]]]:
     """What the workers compute: the live attributes' definitions, each with where it
     comes from (`attributes.rules.parse_rules`'s `managed`)."""
-    return [(origin(a.id), a.definition) for a in attributes if a.live]
+    return [(origin(a.id), compiled(a)) for a in attributes if a.live]
 
 
 def origin(attribute_id: str) -> str:

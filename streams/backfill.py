@@ -35,7 +35,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from attributes.catalog import ManagedAttribute, Status, join_history, origin
+from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event, render_view
 from attributes.rules import CompiledAttribute, RuleSet, parse_rules
@@ -104,7 +104,7 @@ class Backfill:
         started = int(time.time() * 1000)
         rules = parse_rules(
             "attributes: []\n", "backfill", list(self.settings.entities),
-            [(origin(attribute.id), attribute.definition)],
+            [(origin(attribute.id), compiled(attribute))],
         )  # fmt: skip
         targets = rules.attributes  # a derived attribute has no state to backfill
         if not targets:
@@ -122,7 +122,7 @@ class Backfill:
         self.recording = False
         rules = parse_rules(
             "attributes: []\n", "dry-run", list(self.settings.entities),
-            [(origin(attribute.id), attribute.definition)],
+            [(origin(attribute.id), compiled(attribute))],
         )  # fmt: skip
         whole = attribute.status is not Status.PROCESSING
         spans = await self._spans(attribute, 0, whole=whole)

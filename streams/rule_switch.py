@@ -46,4 +46,5 @@ class RuleSwitch:
                 rules, version = await self.current()
                 if version != processor.rules_version:
                     processor.switch(rules, version)
+                    await processor.note_positions()
         metrics.rules_version.set(processor.rules_version)

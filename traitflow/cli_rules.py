@@ -226,7 +226,7 @@ def create(
     made = _run(
         settings,
         lambda catalog: rule_changes.create(
-            catalog, source, definition, now_ms=_now_ms(), backfill=False
+            catalog, source, definition, now_ms=_now_ms(), backfill=settings.backfill
         ),
     )
     _echo_json(rule_changes.described(made))
@@ -247,7 +247,7 @@ def update(
     changed = _run(
         settings,
         lambda catalog: rule_changes.patch(
-            catalog, source, attribute_id, changes, now_ms=_now_ms(), backfill=False
+            catalog, source, attribute_id, changes, now_ms=_now_ms(), backfill=settings.backfill
         ),
     )
     _echo_json(rule_changes.described(changed))
@@ -292,3 +292,38 @@ def status(
                 typer.echo("")
 
     _run(settings, draw)
+
+
+@app.command("backfill")
+def backfill(
+    ctx: typer.Context,
+    attribute_id: str = typer.Argument(..., help="its id (ca-…)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="compute over the topic's history, write nothing, report"
+    ),
+    sample: int = typer.Option(10, min=1, max=1000, help="profiles to report"),
+) -> None:
+    """What a backfill makes of an attribute, for a sample of profiles: the value each
+    is served now, and after. A PROCESSING attribute's history joins its live values; a
+    DRAFT's (or an ACTIVE one's, as a check) is computed over the whole topic. The
+    backfill itself starts when an attribute is made ACTIVE (workers run it)."""
+    if not dry_run:
+        raise _fail("only --dry-run: a backfill starts when the attribute is made ACTIVE")
+    from streams.dry_run import dry_run as preview  # the worker's parts: loaded here only
+
+    settings = settings_of(ctx)
+    source = _source(settings)
+    try:
+        found = asyncio.run(preview(settings, source, attribute_id, sample))
+    except LookupError as exc:
+        raise _fail(str(exc.args[0])) from None
+    width = max([len("profile"), *(len(p.profile) for p in found)])
+    typer.echo(f"{'profile':<{width}}  {'now':>14}  {'after':>14}")
+    for p in found:
+        typer.echo(f"{p.profile:<{width}}  {_shown(p.before):>14}  {_shown(p.after):>14}")
+    changed = sum(p.before != p.after for p in found)
+    typer.echo(f"{len(found)} profiles, {changed} would change; nothing was written")
+
+
+def _shown(value: object) -> str:
+    return "-" if value is None else json.dumps(value)

@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attributes.catalog import LifecycleError, ManagedAttribute, Status, on_request, patched
+from attributes.catalog import (
+    LifecycleError,
+    ManagedAttribute,
+    Status,
+    new_attribute,
+    on_request,
+    patched,
+)
 from attributes.catalog import requested as requested_status
 from attributes.errors import InputError
 from attributes.rules import RuleFileError, RuleSet
@@ -149,7 +156,7 @@ async def create(
         name = definition.get("name")
         if isinstance(name, str) and name in source.names:
             raise LifecycleError("name", f"{name!r} is an attribute of the rule file")
-        made = ManagedAttribute(attribute_id, status, definition, now_ms, now_ms)
+        made = new_attribute(attribute_id, definition, status, now_ms)
         source.check([*current.attributes, made])
         return Change(put=made)
 

@@ -5,6 +5,8 @@ ends equal to the batch answer over the whole topic, with no event counted twice
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -130,3 +132,15 @@ def test_an_attribute_made_while_events_flow_is_backfilled_and_joined(
             user: (None, 2) for user in users
         }
         assert all("orders_b" not in view(user)["attributes"] for user in users)
+        shown = subprocess.run(
+            [sys.executable, "-m", "traitflow", "rules", "backfill", big.id, "--dry-run"],
+            env=own.settings.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        rows = [line.split() for line in shown.stdout.splitlines()[1:-1]]
+        assert [row[1:] for row in rows if row[0] in users] == [["-", "2"]] * 9
+        assert shown.stdout.splitlines()[-1] == "10 profiles, 10 would change; nothing was written"

@@ -42,7 +42,8 @@ def rules(settings: Settings, *arguments: str) -> subprocess.CompletedProcess[st
 def test_the_cli_and_the_api_change_the_same_attributes(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
-    own = settings.isolated(f"tfcr-{uuid.uuid4().hex[:8]}", rules_path=path)
+    # no backfill: ACTIVE at once (no worker runs here to backfill)
+    own = settings.isolated(f"tfcr-{uuid.uuid4().hex[:8]}", rules_path=path, backfill=False)
     body = tmp_path / "orders.yaml"
     body.write_text("name: orders_7d\nfunction: count\nlookback: {count: 7, unit: days}\n")
 

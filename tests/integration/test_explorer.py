@@ -126,7 +126,9 @@ def explored(
     home = tmp_path_factory.mktemp("explorer")
     rules = home / "rules.yaml"
     rules.write_text(RULES)
-    own = settings.isolated(f"tfexp-{uuid.uuid4().hex[:8]}", rules_path=rules, home=home)
+    own = settings.isolated(
+        f"tfexp-{uuid.uuid4().hex[:8]}", rules_path=rules, home=home, backfill=False
+    )
     asyncio.run(ensure_topics(own))
     keys = KeyLayout(own.key_prefix)
     publish = Publisher(own, next(iter(own.sources)))

@@ -52,7 +52,8 @@ def catalog() -> MemoryRuleCatalog:
 def app(tmp_path: Path, catalog: MemoryRuleCatalog) -> FastAPI:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    return create_app(Settings(rules_path=rules), catalog=catalog)
+    # no backfill: ACTIVE at once (`test_activating_with_backfill_is_processing_first`)
+    return create_app(Settings(rules_path=rules, backfill=False), catalog=catalog)
 
 
 @pytest.fixture
@@ -155,3 +156,17 @@ async def test_only_an_admin_key_may_see_or_change_them(
     assert (await client.get(PATH, headers=bearer(token))).status_code == 403
     assert (await client.post(PATH, json=ORDERS_30D, headers=bearer(token))).status_code == 403
     assert (await client.get(f"{PATH}/not-an-id")).status_code == 400
+
+
+async def test_activating_with_backfill_is_processing_first(tmp_path: Path) -> None:
+    """With backfill (the default), an attribute asked ACTIVE is PROCESSING until a
+    worker has computed it over the history (`streams.backfill`)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    app = create_app(Settings(rules_path=rules), catalog=MemoryRuleCatalog())
+    async with serve(app) as client:
+        made = (await client.post(PATH, json={**ORDERS_30D, "status": "ACTIVE"})).json()
+        assert made["status"] == "PROCESSING"
+        draft = (await client.post(PATH, json={**ORDERS_30D, "name": "later"})).json()
+        activated = await client.patch(f"{PATH}/{draft['id']}", json={"status": "ACTIVE"})
+        assert activated.json()["status"] == "PROCESSING"

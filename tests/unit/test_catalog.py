@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from attributes.catalog import (
+    REVISIONS,
     LifecycleError,
     ManagedAttribute,
     Status,
+    compiled,
     join_history,
     live_definitions,
     new_attribute,
@@ -76,11 +78,12 @@ def test_an_attribute_round_trips_through_json() -> None:
 
 def test_a_new_attribute_s_state_is_its_own_and_re_enabling_starts_afresh() -> None:
     made = new_attribute("ca-2", COUNT, Status.ACTIVE, 1_000)
-    assert made.definition["revision"] == 1_000
+    assert compiled(made)["revision"] == 1_000 * REVISIONS  # its own, whatever its name
     off = patched(made, {"status": "DISABLED"}, now_ms=2_000, backfill=True)
-    assert off.definition["revision"] == 1_000
+    assert "revision" not in off.definition
     on = patched(off, {"status": "ACTIVE"}, now_ms=3_000, backfill=True)
-    assert (on.status, on.definition["revision"]) == (Status.PROCESSING, 1_001)
+    assert (on.status, on.definition["revision"]) == (Status.PROCESSING, 1)
+    assert compiled(on)["revision"] == 1_000 * REVISIONS + 1
 
 
 def test_history_joins_the_live_state_of_the_backfilled_attributes_only() -> None:

@@ -58,6 +58,7 @@ def catalogs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalogs:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     monkeypatch.setenv("TRAITFLOW_RULES_PATH", str(rules))
+    monkeypatch.setenv("TRAITFLOW_BACKFILL", "false")  # ACTIVE at once
     # were a command to reach for Redis, it would fail with exit 1
     monkeypatch.setenv("TRAITFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
     made = Catalogs()

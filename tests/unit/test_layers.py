@@ -4,6 +4,7 @@ Layers, top down. A module may import its own layer and the layers below it; nev
 layer above, nor the other layer of its own level:
 
     entry points   traitflow.cli, traitflow.cli_dead_letters, traitflow.cli_export,
+                   traitflow.cli_rules (its dry run runs the worker's parts),
                    traitflow.demo,
                    traitflow.replay (what `traitflow dead-letters` runs; nothing else
                    uses it), traitflow.__main__
@@ -48,6 +49,7 @@ ENTRY_POINTS = (
     "traitflow.cli",
     "traitflow.cli_dead_letters",
     "traitflow.cli_export",
+    "traitflow.cli_rules",
     "traitflow.demo",
     "traitflow.replay",
 )

@@ -43,6 +43,7 @@ def blocks(language: str) -> list[str]:
 def catalog(monkeypatch: pytest.MonkeyPatch) -> MemoryRuleCatalog:
     made = MemoryRuleCatalog()
     monkeypatch.setenv("TRAITFLOW_RULES_PATH", str(EXAMPLE_RULES))
+    monkeypatch.setenv("TRAITFLOW_BACKFILL", "false")  # ACTIVE at once, as the README shows
     monkeypatch.setenv("TRAITFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setattr(cli_rules, "open_catalog", lambda settings: made)
     return made

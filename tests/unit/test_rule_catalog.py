@@ -42,7 +42,8 @@ def test_live_attributes_follow_the_file_s_and_may_read_them(source: RuleSource)
         ]
     )
     assert rules.names == ("spend", "orders", "average")
-    assert {a.key for a in rules.attributes} == {"spend/sum", "orders/count~2"}
+    # an attribute's revision is its own: creation time (1) and revision (2)
+    assert {a.key for a in rules.attributes} == {"spend/sum", "orders/count~10002"}
 
 
 def test_a_problem_names_the_attribute_where_it_was_made(source: RuleSource) -> None:
