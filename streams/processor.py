@@ -189,18 +189,6 @@ class BatchProcessor:
             await self.note_start(version, fresh)
             self._noted.update((p, version) for p in fresh)
 
-    async def note_positions(self) -> None:
-        """At a switch between batches: the offset each partition this worker reads
-        resumes at is where its computing at the new version starts (a partition with
-        no traffic since gets no batch to note it by). Hold `lock`."""
-        version = self.rules_version
-        fresh = {
-            p: offset for p, (offset, _) in self._next.items() if (p, version) not in self._noted
-        }
-        if fresh and self.note_start is not None:
-            await self.note_start(version, fresh)
-            self._noted.update((p, version) for p in fresh)
-
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)
         and where each partition's batches were (after a rebalance, another worker may
