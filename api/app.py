@@ -35,10 +35,13 @@ from api.td_services import Personalization, RedisServiceStore, ServiceStore
 from traitflow.config import Settings
 from traitflow.export_run import ExportMetrics, ExportRunner
 from traitflow.export_store import ExportJobs
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.redis_store import RedisProfileStore
 from traitflow.resp import RespClient
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.runtime import tune_gc
+from traitflow.source_job_run import SourceJobMetrics, SourceJobRunner
+from traitflow.source_jobs import MemorySourceJobs, RedisSourceJobs, SourceJobStore
 from traitflow.store import ProfileStore
 
 
@@ -51,6 +54,7 @@ def create_app(
     publisher: Publisher | None = None,
     personalization: ServiceStore | None = None,
     catalog: RuleCatalog | None = None,
+    source_jobs: SourceJobStore | None = None,
 ) -> FastAPI:
     """The app over `settings`, serving the routes of `route_modules` (`api.routes`).
     The stores given are used as they are (tests, benchmarks); those not given are
@@ -90,6 +94,19 @@ def create_app(
         )
         # the broker is connected to on the first publish (`api.publisher`)
         state.publisher = publisher or KafkaPublisher.from_settings(settings)
+        # source delete jobs: an app given a memory store scans that one (tests); this
+        # process runs jobs unless told not to, or unless it was given its stores
+        state.source_jobs = source_jobs or (
+            MemorySourceJobs(store)
+            if isinstance(store, MemoryProfileStore)
+            else RedisSourceJobs.from_url(settings.redis_url, settings.key_prefix)
+        )
+        source_runner = None
+        if settings.source_jobs_in_api and store is None:
+            running = SourceJobRunner(
+                settings, state.source_jobs, state.publisher.publish_batch, metrics=job_metrics
+            )
+            source_runner = asyncio.create_task(running.run_forever())
         state.personalization = Personalization(
             configured,
             personalization
@@ -110,6 +127,11 @@ def create_app(
         try:
             yield
         finally:
+            if source_runner is not None:  # a job it runs is let go, for another to take
+                source_runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await source_runner
+            await state.source_jobs.close()
             if runner is not None:  # a job it runs is let go, for another to take over
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -131,6 +153,7 @@ def create_app(
         )
     )
     state = ApiState(settings, ApiMetrics())
+    job_metrics = SourceJobMetrics(state.metrics.registry)
     export_metrics = ExportMetrics(state.metrics.registry)
     app = DirectApp(title="traitflow", version="0.1.0", lifespan=lifespan)
     attach(app, state)

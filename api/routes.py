@@ -21,6 +21,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "api.activation",
     "api.entities",
     "api.erasures",
+    "api.source_jobs",
     "api.merge_policies",
     "api.computed_attributes",
     "api.audiences",

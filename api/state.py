@@ -24,6 +24,7 @@ from traitflow.config import Settings
 from traitflow.export_run import ExportRunner
 from traitflow.export_store import ExportJobs
 from traitflow.rule_catalog import RuleCatalog
+from traitflow.source_jobs import SourceJobStore
 from traitflow.store import ProfileStore
 
 #: the one attribute of `app.state` the API uses
@@ -47,6 +48,7 @@ class ApiState:
         "policies",
         "publisher",
         "settings",
+        "source_jobs",
         "store",
     )
 
@@ -65,6 +67,8 @@ class ApiState:
     publisher: Publisher
     #: Treasure Data personalization services (`api.td`, `api.td_admin`)
     personalization: Personalization
+    #: source delete jobs (`api.source_jobs`)
+    source_jobs: SourceJobStore
     #: export jobs (`api.exports`), and this process's runner of them (None: it runs
     #: none, `TRAITFLOW_EXPORT_IN_API` off or an app given its stores)
     exports: ExportJobs

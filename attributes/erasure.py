@@ -73,14 +73,44 @@ def tombstone_of(state: ProfileState, earlier: Iterable[Tombstone], now: int) ->
     return Tombstone(offsets=held.offsets, recent=held.recent, erased_at=now)
 
 
-def erase_event(entity: str, kind: str, value: str, request: str) -> dict[str, Any]:
+def erase_event(
+    entity: str, kind: str, value: str, request: str, *, source: str | None = None, job: str = ""
+) -> dict[str, Any]:
     """The erase command for `kind`=`value` of `entity`; `request` is its id (the
-    messageId: a retried publish counts once), under which its status is kept."""
-    return {
-        "type": ERASE,
-        "messageId": request,
-        "properties": {"entity": entity, "identity": {"type": kind, "value": value}},
-    }
+    messageId: a retried publish counts once), under which its status is kept. With
+    `source`, only what that source contributed goes (`scoped_retraction`), for the
+    source delete job `job`."""
+    props: dict[str, Any] = {"entity": entity, "identity": {"type": kind, "value": value}}
+    if source is not None:
+        props |= {"source": source, "job": job}
+    return {"type": ERASE, "messageId": request, "properties": props}
+
+
+def erase_scope(event: Event) -> tuple[str, str] | None:
+    """(source, job) of an erase limited to one source's contribution; None: the whole
+    profile."""
+    source, job = event.properties.get("source"), event.properties.get("job")
+    if isinstance(source, str) and source and isinstance(job, str):
+        return source, job
+    return None
+
+
+def contributors(state: ProfileState, sources: Mapping[str, str]) -> set[str]:
+    """The sources that contributed to a profile: those whose traits it holds, and
+    those of every input partition it applied an event of (`sources`: topic -> source;
+    a topic not listed is its own source, as the worker names it)."""
+    found = set(state.source_traits)
+    for log in (*state.offsets, *state.recent):
+        topic = log.partition("@")[0].rpartition("/")[0]
+        found.add(sources.get(topic, topic))
+    return found
+
+
+def scoped_retraction(state: ProfileState, source: str, sources: Mapping[str, str]) -> str:
+    """What an erase limited to `source` removes of `state`: the whole profile
+    ("record") when no other source contributed to it, else only the source's traits
+    ("fields"): attribute states do not record which source's events made them."""
+    return "record" if contributors(state, sources) <= {source} else "fields"
 
 
 def erase_target(event: Event, entities: Mapping[str, IdentityRules]) -> tuple[str, str, str]:

@@ -40,6 +40,8 @@ lives in the module that raises it:
     │   │                         audience, a file with a path, a bad topic, rate or batch
     │   ├── InvalidErasure        traitflow.erasure_requests: an erase naming no identity of
     │   │                         the entity (unknown type, empty or too long a value)
+    │   ├── InvalidSourceJob      traitflow.source_jobs: a source delete job naming a source
+    │   │                         no ingest topic is bound to
     │   ├── UnknownAttribute      traitflow.rule_changes: no computed attribute has that id
     │   │                         (the API's 404; `traitflow rules` exits 2)
     │   ├── ConfiguredAttribute   traitflow.rule_changes: a change of a rule file attribute,

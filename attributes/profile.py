@@ -211,9 +211,8 @@ def apply_event(
     state.version += 1
     if event.type == "delete" or event.type == "erase":
         # a profile that first hears of its identity in a delete has nothing to serve;
-        # an erase removes the whole profile (`attributes.erasure`)
-        whole = state.version == 1 or event.type == "erase"
-        retract(state, origin, "record" if whole else retraction)
+        # what an erase removes is the caller's to say (`attributes.erasure`)
+        retract(state, origin, "record" if state.version == 1 else retraction)
         return Applied(changed=True, touched=[a.name for a in rules.attributes])
     first = state.version == 1 or state.deleted
     state.deleted = False

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from attributes.clock import DEFAULT_REFRESH_MS
-from attributes.erasure import Tombstone
+from attributes.erasure import ERASE, Tombstone
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
@@ -39,7 +39,15 @@ from attributes.rules import RuleSet
 from attributes.stitching import Identity, Stitcher
 from streams.announcements import Announcer
 from streams.effects import Stitched, split
-from streams.erasures import decoded, erase, erase_request, erased_event, profile_identities
+from streams.erasures import (
+    decoded,
+    erase,
+    erase_job,
+    erase_request,
+    erase_retraction,
+    erased_event,
+    profile_identities,
+)
 from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
 from traitflow.profile_counts import departures, recount
@@ -301,8 +309,9 @@ class EntityProcessor:
                 write.categories_departed_expiring = counted_away[1].get(pid, [])
                 write.was_expiring = pid in expiring
                 self._lifetime(write, links)
+                write.job = erase_job(items)
                 erasing, request = erase_request(items)
-                if erasing:
+                if erasing and write.state.deleted:  # not when one source's traits went
                     self.views.forget([pid])
                     ids = profile_identities(write)
                     earlier = decoded(await self.store.tombstones(self.entity, ids))
@@ -444,6 +453,9 @@ class EntityProcessor:
             record, event = item.record, item.event
             source = record.source
             origin = self.sources.get(record.topic, record.topic)
+            retraction = self.retractions.get(origin, "fields")
+            if event.type == ERASE:  # all of the profile, or what one source contributed
+                origin, retraction = erase_retraction(event, state, self.sources)
             applied = apply_event(
                 state,
                 event,
@@ -453,7 +465,7 @@ class EntityProcessor:
                 offset=record.offset,
                 now=self.now,
                 origin=origin,
-                retraction=self.retractions.get(origin, "fields"),
+                retraction=retraction,
                 traits_from=self.identities.spec.traits_from,
             )
             changed |= applied.changed

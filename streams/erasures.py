@@ -21,11 +21,14 @@ from attributes.erasure import (
     Tombstone,
     decode_tombstone,
     encode_tombstone,
+    erase_scope,
     erased_before,
     identity_digest,
+    scoped_retraction,
     tombstone_of,
 )
-from attributes.events import iso_from_ms
+from attributes.events import Event, iso_from_ms
+from attributes.profile import ProfileState, Retraction
 from attributes.stitching import Identity
 from streams.records import Identified
 from traitflow.store import Erasure, ProfileWrite
@@ -101,7 +104,28 @@ def erase(
 
 
 def erase_request(items: Sequence[Identified]) -> tuple[bool, str | None]:
-    """Whether a profile's events of a batch end with an erase, and its request id."""
+    """Whether a profile's events of a batch end with an erase, and its request id (None
+    for a source delete job's: its status is the job's)."""
     if items and items[-1].event.type == ERASE:
-        return True, items[-1].event.messageId
+        event = items[-1].event
+        return True, None if erase_scope(event) is not None else event.messageId
     return False, None
+
+
+def erase_retraction(
+    event: Event, state: ProfileState, sources: Mapping[str, str]
+) -> tuple[str, Retraction]:
+    """(origin, retraction) an erase is applied with (`apply_event`): the whole profile,
+    or, for a source delete job's, what `scoped_retraction` says of that source."""
+    scope = erase_scope(event)
+    if scope is None:
+        return "", "record"
+    source = scope[0]
+    return source, "record" if scoped_retraction(state, source, sources) == "record" else "fields"
+
+
+def erase_job(items: Sequence[Identified]) -> str | None:
+    """The source delete job whose command a profile's events of a batch end with."""
+    if items and items[-1].event.type == ERASE and (scope := erase_scope(items[-1].event)):
+        return scope[1] or None
+    return None

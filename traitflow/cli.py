@@ -18,6 +18,7 @@ from traitflow.cli_context import Environment, environment, settings_of
 from traitflow.cli_dead_letters import app as dead_letters_app
 from traitflow.cli_export import app as export_app
 from traitflow.cli_profiles import app as profiles_app
+from traitflow.cli_profiles import jobs_app
 from traitflow.cli_recount import recount_command
 from traitflow.cli_rules import app as rules_app
 from traitflow.config import Settings
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(export_app, name="export")
 app.add_typer(profiles_app, name="profiles")
+app.add_typer(jobs_app, name="jobs")
 profiles_app.command("recount")(recount_command)
 app.add_typer(rules_app, name="rules")
 write_key_app = typer.Typer(no_args_is_help=True, help="HTTP ingest write keys: make one.")

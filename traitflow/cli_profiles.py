@@ -1,7 +1,10 @@
 """`traitflow profiles`: erase a person (GDPR) by any of their identities, and follow the
 request (`traitflow.erasure_requests`; the API's `DELETE /access/entities` does the
 same). The command publishes an erase command and prints the request's id; the worker
-that owns its partition erases the profile in its normal commit."""
+that owns its partition erases the profile in its normal commit.
+
+`traitflow jobs`: source delete jobs (`traitflow.source_jobs`; the API's `/system/jobs`):
+create one (and run it here with `--run`), list them, show one."""
 
 from __future__ import annotations
 
@@ -25,10 +28,21 @@ from traitflow.erasure_requests import (
     target_identity,
 )
 from traitflow.redis_store import RedisProfileStore
+from traitflow.source_job_run import SourceJobRunner, kafka_publisher
+from traitflow.source_jobs import (
+    InvalidSourceJob,
+    RedisSourceJobs,
+    SourceJob,
+    now_ms,
+    source_topic,
+)
 
 T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, help="Profiles: erase one by identity (GDPR).")
+jobs_app = typer.Typer(
+    no_args_is_help=True, help="Source delete jobs: delete what one source contributed."
+)
 
 #: how often `--wait` asks for the status (s)
 POLL_S = 0.2
@@ -116,3 +130,55 @@ def _state(status: bytes | None) -> str | None:
         return None
     found = orjson.loads(status).get("status")
     return found if isinstance(found, str) else None
+
+
+def _with_jobs(settings: Settings, action: Callable[[RedisSourceJobs], Awaitable[T]]) -> T:
+    async def with_store(store: RedisProfileStore) -> T:
+        jobs = RedisSourceJobs.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            return await action(jobs)
+        finally:
+            await jobs.close()
+
+    return _with_store(settings, with_store)
+
+
+@jobs_app.command("create")
+def jobs_create(
+    ctx: typer.Context,
+    source: str = typer.Option(..., help="the source (Adobe: dataSetId) whose data goes"),
+    run: bool = typer.Option(False, help="run it here, in the foreground, until scanned"),
+) -> None:
+    """Make a source delete job (an API process runs it unless --run runs it here)."""
+    settings = settings_of(ctx)
+    try:
+        source_topic(settings, source)
+    except InvalidSourceJob as exc:
+        raise _fail(str(exc)) from None
+
+    async def action(jobs: RedisSourceJobs) -> SourceJob | None:
+        job = SourceJob.new(source, now_ms())
+        await jobs.create(job)
+        if not run:
+            return job
+        async with kafka_publisher(settings) as publish:
+            return await SourceJobRunner(settings, jobs, publish).run(job.id)
+
+    job = _with_jobs(settings, action)
+    typer.echo(orjson.dumps(job.shown() if job else None).decode())
+
+
+@jobs_app.command("list")
+def jobs_list(ctx: typer.Context, limit: int = typer.Option(50, min=1)) -> None:
+    """Source delete jobs, newest first (one JSON object a line)."""
+    for job in _with_jobs(settings_of(ctx), lambda jobs: jobs.newest(limit)):
+        typer.echo(orjson.dumps(job.shown()).decode())
+
+
+@jobs_app.command("show")
+def jobs_show(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
+    """One source delete job: status and progress (JSON)."""
+    job = _with_jobs(settings_of(ctx), lambda jobs: jobs.get(job_id))
+    if job is None:
+        raise _fail(f"no source delete job {job_id!r}", 1)
+    typer.echo(orjson.dumps(job.shown()).decode())

@@ -61,6 +61,8 @@ class CommitPlan:
     counts: SizeChanges = field(default_factory=SizeChanges)
     #: (outbox key, message) to publish once committed (`traitflow.outbox`)
     outgoing: list[tuple[str, dict[Any, Any]]] = field(default_factory=list)
+    #: source delete jobs whose commands this commit applies, once per command
+    jobs: list[str] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -103,6 +105,8 @@ class CommitPlan:
     def _add(self, write: ProfileWrite) -> None:
         keys, entity, pid = self.keys, self.entity, write.state.id
         sets = self.sets
+        if write.job is not None:
+            self.jobs.append(write.job)
         if write.erasure is not None:
             self._erase(write, write.erasure)
             return
@@ -204,6 +208,8 @@ class CommitPlan:
         for key in self.persisted:
             transaction.persist(key)
         self._count(transaction)
+        for job in self.jobs:
+            transaction.hincrby(self.keys.source_job(job), "applied", 1)
         for outbox, fields in self.outgoing:
             transaction.xadd(outbox, fields)
 

@@ -210,6 +210,13 @@ class Settings(BaseSettings):
     #: how long an applied (source, messageId) is remembered, so that a producer's
     #: retry counts once (0: no deduplication by messageId; offsets still guard)
     dedupe_window_s: float = Field(default=7 * 86_400.0, ge=0)
+    #: profile states a source delete job reads per second, and per round (a SCAN's
+    #: COUNT, one MGET): its load on Redis (`traitflow.source_jobs`)
+    source_job_rate_per_s: float = Field(default=2000.0, gt=0)
+    source_job_batch: int = Field(default=200, ge=1, le=10_000)
+    #: whether API processes run source delete jobs: those made through the API, and
+    #: any whose runner died (its lease ran out)
+    source_jobs_in_api: bool = True
     #: how long a profile known only by anonymous ids (`anonymous_types`) lives without
     #: an event (or a window moving) before Redis drops it (0: for good)
     anonymous_ttl_s: float = Field(default=0.0, ge=0)

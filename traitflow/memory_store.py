@@ -58,6 +58,8 @@ class MemoryProfileStore(ProfileStore):
         #: (entity, identity digest) -> its tombstone; request id -> erase status
         self.tombstone_keys: dict[tuple[str, str], bytes] = {}
         self.erasures: dict[str, bytes] = {}
+        #: source delete job -> its commands committed
+        self.job_tallies: dict[str, int] = {}
 
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         return {
@@ -120,6 +122,8 @@ class MemoryProfileStore(ProfileStore):
                 self.records.pop((entity, collection, profile), None)
         for write in writes:
             key = (entity, write.state.id)
+            if write.job is not None:
+                self.job_tallies[write.job] = self.job_tallies.get(write.job, 0) + 1
             if write.erasure is not None:
                 self._erase(entity, write, write.erasure)
                 continue

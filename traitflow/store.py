@@ -83,6 +83,12 @@ Redis layout, for prefix `tf` and entity `user`:
                                            watermarks only (`attributes.erasure`)
     tf:er:{request}                string  an erase request's status (JSON, no identity):
                                            pending (the API), applied (the commit)
+    tf:sj                          zset    source delete job ids, scored by creation (ms)
+    tf:sj:{job}                    hash    a source delete job: source, status, SCAN
+                                           checkpoint, counts; `applied` is incremented
+                                           by each commit of its commands
+                                           (`traitflow.source_jobs`)
+    tf:sj:{job}:lease              string  the token of the process running the job
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
@@ -241,6 +247,15 @@ class KeyLayout:
     def erasure(self, request: str) -> str:
         return f"{self.prefix}:er:{request}"
 
+    def source_jobs(self) -> str:
+        return f"{self.prefix}:sj"
+
+    def source_job(self, job_id: str) -> str:
+        return f"{self.prefix}:sj:{job_id}"
+
+    def source_job_lease(self, job_id: str) -> str:
+        return f"{self.prefix}:sj:{job_id}:lease"
+
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
         return f"{self.prefix}:o:{source}"
@@ -357,6 +372,8 @@ class ProfileWrite:
     records: dict[str, bytes | None] = field(default_factory=dict)
     #: the write erases the profile instead of writing it (its state is not stored)
     erasure: Erasure | None = None
+    #: the source delete job whose command made the write: its commit counts it
+    job: str | None = None
 
 
 @dataclass(slots=True)

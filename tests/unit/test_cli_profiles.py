@@ -36,3 +36,9 @@ def test_an_unreachable_redis_is_a_message_not_a_traceback() -> None:
     result = runner.invoke(app, ["profiles", "erasure", "er-0"])
     assert result.exit_code == 1
     assert "did not answer" in result.output
+
+
+def test_a_job_for_a_source_no_topic_is_bound_to_is_refused() -> None:
+    result = runner.invoke(app, ["jobs", "create", "--source", "erp"])
+    assert result.exit_code == 2
+    assert "not a configured source" in result.output
