@@ -67,12 +67,21 @@ def _current_rules_or_exit(settings: Settings) -> tuple[RuleSource, tuple[RuleSe
     through the API (`traitflow.rule_catalog`), at their version."""
     import asyncio
 
+    import redis
+
     from traitflow.rule_catalog import RedisRuleCatalog
 
     async def current(source: RuleSource) -> tuple[RuleSet, int]:
         catalog = RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
         try:
             snapshot = await catalog.snapshot()
+        except (redis.RedisError, OSError) as exc:
+            # safe: every commit is checked against the current version, and one made
+            # with the file alone is refused and computed again once Redis answers
+            logging.getLogger(__name__).warning(
+                "Redis did not answer (%r): starting with the rule file alone", exc
+            )
+            return source.compose(()), 0
         finally:
             await catalog.close()
         return source.compose(snapshot.attributes), snapshot.version
