@@ -10,7 +10,9 @@ touching this file.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
@@ -27,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
+from tests.integration.conftest import create_key
+from tests.integration.workers import running_api
 from tests.unit.api_support import bearer
 from traitflow.config import Settings
 
@@ -45,15 +49,29 @@ error the spec does not list, e.g. a 400 for a header it cannot describe)."""
 
 
 @pytest.fixture(scope="module")
-def auth_headers(admin_key: str) -> dict[str, str]:
-    """The one place the fuzzer gets its key: the session's admin key (conftest), whose
-    rate limit the fuzzer cannot reach."""
-    return bearer(admin_key)
+def fuzzed(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Settings]]:
+    """An API process with keys of its own in Redis (its URL, its settings): what the
+    fuzzer makes through it (computed attributes, merge policies, jobs) reaches no
+    worker of the session's, whose rules and profiles other tests read."""
+    own = settings.isolated(f"tffuzz-{uuid.uuid4().hex[:8]}", home=tmp_path_factory.mktemp("fuzz"))
+    with running_api(own, "api-fuzz") as url:
+        yield url, own
 
 
 @pytest.fixture(scope="module")
-def schema(api_server: str) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{api_server}/openapi.json")
+def auth_headers(fuzzed: tuple[str, Settings]) -> dict[str, str]:
+    """The one place the fuzzer gets its key: an admin key whose rate limit the fuzzer
+    cannot reach."""
+    _, own = fuzzed
+    return bearer(create_key(own, "fuzzer", admin=True, rate_per_s=100_000.0, burst=100_000))
+
+
+@pytest.fixture(scope="module")
+def schema(fuzzed: tuple[str, Settings]) -> schemathesis.BaseSchema:
+    url, _ = fuzzed
+    return schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 def fuzz(

@@ -141,7 +141,7 @@ def prefix(settings: Settings, redis_client: redis.Redis) -> Iterator[str]:
 
 def stored(redis_client: redis.Redis, prefix: str) -> dict[bytes, Any]:
     """Every key under `prefix` and its value (strings as bytes, sorted sets as pairs,
-    sets of applied messageIds as sorted lists)."""
+    sets of applied messageIds as sorted lists, hashes as dicts)."""
     found: dict[bytes, Any] = {}
     for key in redis_client.scan_iter(KeyLayout(prefix).all_keys(), count=1000):
         kind = redis_client.type(key)
@@ -149,6 +149,8 @@ def stored(redis_client: redis.Redis, prefix: str) -> dict[bytes, Any]:
             found[key] = redis_client.zrange(key, 0, -1, withscores=True)
         elif kind == b"set":
             found[key] = sorted(redis_client.smembers(key))
+        elif kind == b"hash":  # counters (audience sizes, profile counts)
+            found[key] = redis_client.hgetall(key)
         else:
             found[key] = redis_client.get(key)
     return found
