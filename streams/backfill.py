@@ -102,10 +102,7 @@ class Backfill:
         """Backfill `attribute` (PROCESSING, at its version); whether it is done (False:
         it changed or left the rules meanwhile, and its new definition is next)."""
         started = int(time.time() * 1000)
-        rules = parse_rules(
-            "attributes: []\n", "backfill", list(self.settings.entities),
-            [(origin(attribute.id), compiled(attribute))],
-        )  # fmt: skip
+        rules = self._alone(attribute)
         targets = rules.attributes  # a derived attribute has no state to backfill
         if not targets:
             return True
@@ -120,10 +117,7 @@ class Backfill:
         attribute over the whole retained topic (a DRAFT's values to be; an ACTIVE
         one's recomputation, which should equal what is served)."""
         self.recording = False
-        rules = parse_rules(
-            "attributes: []\n", "dry-run", list(self.settings.entities),
-            [(origin(attribute.id), compiled(attribute))],
-        )  # fmt: skip
+        rules = self._alone(attribute)
         whole = attribute.status is not Status.PROCESSING
         spans = await self._spans(attribute, 0, whole=whole)
         histories = await self._read(attribute, rules, spans, 0)
@@ -142,6 +136,13 @@ class Backfill:
             after = render_view(state, rules, now)["attributes"].get(attribute.name)
             found.append(Preview(pid, before, after))
         return found
+
+    def _alone(self, attribute: ManagedAttribute) -> RuleSet:
+        """`attribute` compiled alone, as the workers compile it (same state key)."""
+        return parse_rules(
+            "attributes: []\n", "backfill", list(self.settings.entities),
+            [(origin(attribute.id), compiled(attribute))],
+        )  # fmt: skip
 
     async def _progress(self, attribute: ManagedAttribute, **progress: object) -> None:
         if self.recording:

@@ -171,20 +171,19 @@ class BatchProcessor:
         """Before the batch's first commit at the current rules version, note where
         each of its partitions starts (`note_start`): a backfill of an attribute of that
         version reads the partition's history up to there (`streams.backfill`)."""
-        version = self.rules_version
-        fresh = {p: o for p, o in self._firsts.items() if (p, version) not in self._noted}
-        if fresh and self.note_start is not None:
-            await self.note_start(version, fresh)
-            self._noted.update((p, version) for p in fresh)
+        await self._note(self._firsts)
 
     async def note_positions(self) -> None:
         """At a switch between batches: the offset each partition this worker reads
         resumes at is where its computing at the new version starts (a partition with
         no traffic since gets no batch to note it by). Hold `lock`."""
+        await self._note({p: offset for p, (offset, _) in self._next.items()})
+
+    async def _note(self, offsets: Mapping[str, int]) -> None:
+        """Note `offsets` (partition -> offset) at the current rules version, each
+        partition once per version."""
         version = self.rules_version
-        fresh = {
-            p: offset for p, (offset, _) in self._next.items() if (p, version) not in self._noted
-        }
+        fresh = {p: o for p, o in offsets.items() if (p, version) not in self._noted}
         if fresh and self.note_start is not None:
             await self.note_start(version, fresh)
             self._noted.update((p, version) for p in fresh)

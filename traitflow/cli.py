@@ -64,17 +64,17 @@ def _rules_or_exit(path: Path, settings: Settings) -> RuleSet:
 
 def _current_rules_or_exit(settings: Settings) -> tuple[RuleSource, tuple[RuleSet, int]]:
     """The rule file and the current rules: the file's with the attributes made
-    through the API (`traitflow.rule_catalog`), at their version."""
-    import asyncio
-
+    through the API (`traitflow.rule_catalog`), at their version, as a running worker
+    reads them (`streams.rule_switch`)."""
     import redis
 
+    from streams.rule_switch import RuleSwitch
     from traitflow.rule_catalog import RedisRuleCatalog
 
     async def current(source: RuleSource) -> tuple[RuleSet, int]:
         catalog = RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
         try:
-            snapshot = await catalog.snapshot()
+            return await RuleSwitch(catalog, source).current()
         except (redis.RedisError, OSError) as exc:
             # safe: every commit is checked against the current version, and one made
             # with the file alone is refused and computed again once Redis answers
@@ -84,7 +84,6 @@ def _current_rules_or_exit(settings: Settings) -> tuple[RuleSource, tuple[RuleSe
             return source.compose(()), 0
         finally:
             await catalog.close()
-        return source.compose(snapshot.attributes), snapshot.version
 
     try:
         source = RuleSource.read(settings.rules_path, settings.entities)
@@ -178,7 +177,7 @@ def worker(
 
     settings = settings_of(ctx)
     _redis_or_exit(settings)
-    rules = _rules_or_exit(settings.rules_path, settings)
+    _rules_or_exit(settings.rules_path, settings)  # refused before any process starts
     count = resolve_processes(processes, settings.worker_processes)
     if count > 1:
         logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(message)s")
