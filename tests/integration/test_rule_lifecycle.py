@@ -121,6 +121,6 @@ def switched(first: Any, second: Any, version: int) -> None:
     line = f"switched to rules version {version}"
     wait_until(
         lambda: all(line in worker_log(w) for w in (first, second)),
-        timeout=20,
+        timeout=60,  # a worker that joined its group late under the full suite's load
         what=f"both workers to switch to rules version {version}",
     )
