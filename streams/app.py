@@ -290,10 +290,12 @@ def relay_outboxes(
         async def create_announcement_topics() -> None:
             await ensure_topics(settings, [*topics, *compacted], compacted=compacted)
 
-    async def send(message: Outgoing) -> object:
+    async def send(message: Outgoing) -> Awaitable[object]:
         producer = await app.maybe_start_producer()
-        delivery = await producer.send(message.topic, message.key, message.value, None, None, None)
-        return await delivery
+        delivery: Awaitable[object] = await producer.send(
+            message.topic, message.key, message.value, None, None, None
+        )
+        return delivery
 
     @app.timer(interval=settings.outbox_interval_s)  # type: ignore[untyped-decorator]
     async def relay_outbox() -> None:

@@ -91,35 +91,57 @@ class RedisOutbox:
             return sum(await pipe.execute())
 
 
-#: send one message; returns once the broker has taken it (or raises)
-Send = Callable[[Outgoing], Awaitable[object]]
+#: hand one message to the producer; returns once it is queued, in the order of the
+#: calls, with what completes when the broker has taken it (or raises)
+Send = Callable[[Outgoing], Awaitable[Awaitable[object]]]
 
 
 async def relay(outbox: Outbox, sources: Iterable[str], send: Send) -> int:
     """Send every pending message of `sources`' outboxes, oldest first, and delete what
     the broker acknowledged; return how many were sent. A failed send stops that
     partition's round where it failed (what was acknowledged before it is deleted), so
-    order holds and nothing unsent is deleted; the next round starts again there."""
+    order holds and nothing unsent is deleted; the next round starts again there.
+
+    Messages are handed to the producer one after the other and only their
+    acknowledgements are awaited together: handed over concurrently, the first sends
+    to a topic whose metadata the producer has yet to fetch all wait for it and resume
+    in no set order, and a profile's older view could land after its newer one on
+    the compacted topic."""
     sent = 0
     for source in list(sources):  # a live set: a revoke may shrink it meanwhile
         while True:
             entries = await outbox.pending(source, RELAY_BATCH)
             if not entries:
                 break
-            results = await asyncio.gather(
-                *(send(message) for _, message in entries), return_exceptions=True
-            )
+            deliveries, refused = await _hand_over([message for _, message in entries], send)
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
             done = []
-            for (entry_id, _), result in zip(entries, results, strict=True):
+            for (entry_id, _), result in zip(entries, results, strict=False):
                 if isinstance(result, BaseException):
                     break
                 done.append(entry_id)
             await outbox.remove(source, done)
             sent += len(done)
-            if len(done) < len(entries):
+            if len(done) < len(results):
                 failed = results[len(done)]
                 assert isinstance(failed, BaseException)
                 raise failed
+            if refused is not None:
+                raise refused
             if len(entries) < RELAY_BATCH:
                 break
     return sent
+
+
+async def _hand_over(
+    messages: Sequence[Outgoing], send: Send
+) -> tuple[list[Awaitable[object]], Exception | None]:
+    """Each message to the producer in order, until one is refused: the deliveries of
+    those it took, and the refusal (None: it took them all)."""
+    deliveries = []
+    for message in messages:
+        try:
+            deliveries.append(await send(message))
+        except Exception as exc:
+            return deliveries, exc
+    return deliveries, None

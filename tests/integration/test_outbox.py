@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 import redis
@@ -58,8 +58,9 @@ def test_a_commit_leaves_its_messages_and_the_relay_sends_them(
             waiting = await outbox.size(["events/0", "events/1"])
             sent: list[Outgoing] = []
 
-            async def send(message: Outgoing) -> None:
+            async def send(message: Outgoing) -> Awaitable[object]:
                 sent.append(message)
+                return asyncio.sleep(0)  # taken at once
 
             count = await relay(outbox, ["events/0"], send)
             return waiting, count, sent, await outbox.size(["events/0"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import asyncio
+from collections.abc import Awaitable, Collection, Sequence
 
 import pytest
 
@@ -34,14 +35,37 @@ def message(n: int, topic: str = "changes") -> Outgoing:
 
 
 class Broker:
+    """A producer: `send` queues a message and returns its delivery, which fails for
+    the keys in `refuse` (the broker refused it)."""
+
     def __init__(self, refuse: Collection[bytes] = ()) -> None:
         self.refuse = set(refuse)
         self.received: list[Outgoing] = []
 
-    async def send(self, sent: Outgoing) -> None:
+    async def send(self, sent: Outgoing) -> Awaitable[object]:
+        self.received.append(sent)
+        return self._delivered(sent)
+
+    async def _delivered(self, sent: Outgoing) -> None:
         if sent.key in self.refuse:
             raise ConnectionError("the broker is away")
-        self.received.append(sent)
+
+
+class SlowToTakeBroker(Broker):
+    """A producer that takes each message only after a wait of its own (as its first
+    sends to a topic wait for the topic's metadata, and resume in no set order), and
+    acknowledges them in reverse."""
+
+    def __init__(self, delays: Sequence[float]) -> None:
+        super().__init__()
+        self.delays = list(delays)
+
+    async def send(self, sent: Outgoing) -> Awaitable[object]:
+        await asyncio.sleep(self.delays.pop(0))
+        return await super().send(sent)
+
+    async def _delivered(self, sent: Outgoing) -> None:
+        await asyncio.sleep(0.001 * (10 - len(self.received)))
 
 
 def test_a_message_survives_its_stream_entry() -> None:
@@ -76,6 +100,29 @@ async def test_a_failed_send_keeps_it_and_what_follows_for_the_next_round() -> N
     assert await relay(box, ["events/0"], broker.send) == 2
     # u-3 may have been sent twice (it was in flight with u-2): a repeat, never a loss
     assert broker.received[-2:] == [message(2), message(3)]
+
+
+async def test_messages_reach_the_producer_in_order_however_long_it_takes_each() -> None:
+    box = ListOutbox(events_0=[message(n) for n in range(4)])
+    broker = SlowToTakeBroker(delays=[0.02, 0.0, 0.01, 0.0])
+    assert await relay(box, ["events/0"], broker.send) == 4
+    assert broker.received == [message(n) for n in range(4)]
+
+
+async def test_a_producer_that_refuses_a_message_keeps_it_for_the_next_round() -> None:
+    box = ListOutbox(events_0=[message(1), message(2), message(3)])
+    broker = Broker()
+    taken = broker.send
+
+    async def full(sent: Outgoing) -> Awaitable[object]:
+        if sent == message(2):
+            raise BufferError("the producer's buffer is full")
+        return await taken(sent)
+
+    with pytest.raises(BufferError):
+        await relay(box, ["events/0"], full)
+    assert broker.received == [message(1)]
+    assert [m for _, m in box.queues["events/0"]] == [message(2), message(3)]
 
 
 async def test_a_full_round_reads_again(monkeypatch: pytest.MonkeyPatch) -> None:
