@@ -182,5 +182,7 @@ class Supervisor:
                 process.wait()
                 clean = False
                 continue
-            clean = clean and code in (0, -signal.SIGTERM, -signal.SIGINT)
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                log.error("worker pid %d exited with %s while stopping", process.pid, code)
+                clean = False
         return 0 if clean else 1
