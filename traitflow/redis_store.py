@@ -11,6 +11,7 @@ at a time: bench/README.md, "Design figures".)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -42,6 +43,9 @@ from traitflow.store import (
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 #: time buckets per dedupe window: a lookup asks this many sets (plus the current one)
 DEDUPE_BUCKETS = 7
+#: seconds a commit waits before it watches again after its client gave up a WATCH
+#: because of an error (a Redis Cluster slot migrating: `traitflow.redis_cluster`)
+REDIRECT_PAUSE_S = 0.05
 
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
@@ -275,21 +279,28 @@ class RedisProfileStore(ProfileStore):
         )
         while True:
             async with self.client.pipeline(transaction=True) as transaction:
-                if plan.checks:
-                    # optimistic: a watched key that changes before EXEC makes EXEC fail
-                    await transaction.watch(*plan.checks)
-                    found = await transaction.mget(list(plan.checks))
-                    if conflict := plan.conflict(cast("list[bytes | None]", found)):
-                        raise conflict
-                    transaction.multi()  # type: ignore[no-untyped-call]
-                plan.queue(
-                    transaction, bucket_ms=self.bucket_ms, dedupe_window_ms=self.dedupe_window_ms
-                )
                 try:
+                    if plan.checks:
+                        # optimistic: a watched key that changes before EXEC makes EXEC fail
+                        await transaction.watch(*plan.checks)
+                        found = await transaction.mget(list(plan.checks))
+                        if conflict := plan.conflict(cast("list[bytes | None]", found)):
+                            raise conflict
+                        transaction.multi()  # type: ignore[no-untyped-call]
+                    plan.queue(
+                        transaction,
+                        bucket_ms=self.bucket_ms,
+                        dedupe_window_ms=self.dedupe_window_ms,
+                    )
                     await transaction.execute()
-                except WatchError:
+                except WatchError as exc:
                     # written between the check and EXEC: check again, to name what
-                    # changed (or, if every value is still the one read, write now)
+                    # changed (or, if every value is still the one read, write now).
+                    # Raised while handling another error, it is the client giving up
+                    # the WATCH: on a Redis Cluster, the slot moving (`traitflow.
+                    # redis_cluster`); check again on the owner, after a pause
+                    if exc.__context__ is not None:
+                        await asyncio.sleep(REDIRECT_PAUSE_S)
                     continue
                 return
 
