@@ -19,12 +19,14 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from attributes.errors import TraitflowError
 from traitflow.config import Settings
+from traitflow.kafka_client import client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,19 @@ class Publisher(ABC):
 
 
 class KafkaPublisher(Publisher):
-    """An aiokafka producer with `acks=all`, started on first use."""
+    """An aiokafka producer with `acks=all`, started on first use. `client` is what it
+    connects with (`traitflow.kafka_client.client_kwargs`: the bootstrap servers, TLS
+    and SASL)."""
 
     def __init__(
-        self, bootstrap: str, *, timeout_s: float = 5.0, max_request_size: int = 1024 * 1024
+        self,
+        client: dict[str, Any],
+        *,
+        timeout_s: float = 5.0,
+        max_request_size: int = 1024 * 1024,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.client = client
+        self.bootstrap = client["bootstrap_servers"]
         self.timeout_s = timeout_s
         self.max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
@@ -73,7 +82,7 @@ class KafkaPublisher(Publisher):
         # the fields the API fills in
         size = max(1024 * 1024, 2 * settings.api_max_body_bytes)
         return cls(
-            settings.kafka_bootstrap, timeout_s=settings.ingest_timeout_s, max_request_size=size
+            client_kwargs(settings), timeout_s=settings.ingest_timeout_s, max_request_size=size
         )
 
     async def _started(self) -> AIOKafkaProducer:
@@ -82,7 +91,7 @@ class KafkaPublisher(Publisher):
         async with self._starting:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap,
+                    **self.client,
                     acks="all",
                     linger_ms=1,  # concurrent calls share a produce request
                     max_request_size=self.max_request_size,

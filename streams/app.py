@@ -38,6 +38,7 @@ from streams.redis_logs import RedisLogHistory
 from streams.rule_switch import RuleSwitch
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
+from traitflow.kafka_client import faust_options
 from traitflow.outbox import RedisOutbox, relay
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
@@ -94,6 +95,10 @@ def create_app(
         broker_heartbeat_interval=heartbeat,
         web_enabled=False,
         datadir=str(settings.home / "faust"),
+        # the one topic Faust creates itself, its assignor's leader topic (no records);
+        # unset: Faust's 1 (it takes no -1 for the broker's default)
+        topic_replication_factor=settings.topic_replication_factor or 1,
+        **faust_options(settings),  # TLS and SASL, for its consumer and producer
     )
     faust_fixes.set_fetch_wait(app, settings.fetch_wait)
     ingest = app.topic(*settings.sources, key_type=bytes, value_type=bytes)

@@ -42,6 +42,7 @@ from attributes.rules import CompiledAttribute, RuleSet, parse_rules
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
+from traitflow.kafka_client import client_kwargs
 from traitflow.rule_catalog import RuleCatalog
 from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
 
@@ -156,7 +157,7 @@ class Backfill:
         settings = self.settings
         # group_id: to read the workers' committed offsets (it never joins the group)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             group_id=settings.app_id,
             enable_auto_commit=False,
         )
@@ -214,9 +215,7 @@ class Backfill:
         done = 0
         if not wanted:
             return histories
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign(list(wanted))

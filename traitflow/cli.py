@@ -177,6 +177,7 @@ def worker(
 
     settings = settings_of(ctx)
     _redis_or_exit(settings)
+    _kafka_or_exit(settings)
     _rules_or_exit(settings.rules_path, settings)  # refused before any process starts
     count = resolve_processes(processes, settings.worker_processes)
     if count > 1:
@@ -202,6 +203,23 @@ def worker(
         metrics.serve(settings.api_host, settings.worker_metrics_port)
     tune_gc()
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+
+
+def _kafka_or_exit(settings: Settings) -> None:
+    """Refuse to start when the broker refuses what the settings say (its TLS
+    certificate not trusted, the SASL credentials or mechanism refused), with a message
+    naming the settings to check: Faust's own start would end in a traceback saying
+    only that it could not bootstrap. A broker that did not answer or closed the
+    connection is logged and left to Faust's start, as before."""
+    from traitflow.kafka_client import connection_problem
+
+    problem = asyncio.run(connection_problem(settings))
+    if problem is None:
+        return
+    if problem.fatal:
+        typer.echo(f"error: {problem.message}", err=True)
+        raise typer.Exit(1)
+    logging.getLogger(__name__).warning("%s", problem.message)
 
 
 @app.command()
@@ -237,9 +255,18 @@ def produce(
     topic: str | None = typer.Option(None, help="default: the first ingest topic"),
 ) -> None:
     """Publish a JSON-lines file of events (one event per line)."""
+    from aiokafka.errors import KafkaError
+
+    from traitflow.kafka_client import connection_problem
     from traitflow.topics import publish_file
 
-    sent = asyncio.run(publish_file(settings_of(ctx), file, topic))
+    settings = settings_of(ctx)
+    try:
+        sent = asyncio.run(publish_file(settings, file, topic))
+    except KafkaError as exc:  # what the broker refused, if it did, says more
+        problem = asyncio.run(connection_problem(settings))
+        typer.echo(f"error: {problem.message if problem else repr(exc)}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"published {sent} events")
 
 

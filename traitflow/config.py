@@ -27,7 +27,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -38,7 +40,7 @@ from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
 from attributes.records import RecordMapping, field_problem
-from traitflow import environ_source
+from traitflow import environ_source, kafka_client
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
 #: an entity's name is part of Redis keys and metric labels
@@ -116,7 +118,10 @@ def _split_collections(data: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRAITFLOW_", frozen=True)
+    # an error names the setting, never its value: some are secrets
+    model_config = SettingsConfigDict(
+        env_prefix="TRAITFLOW_", frozen=True, hide_input_in_errors=True
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -177,6 +182,34 @@ class Settings(BaseSettings):
     dead_letter_attempts: int = Field(default=3, ge=1)
     dead_letter_timeout_s: float = Field(default=5.0, gt=0)
     topic_partitions: int = Field(default=8, ge=1)
+    #: replication factor and min.insync.replicas of the topics traitflow creates
+    #: (`traitflow.topics.new_topics`); unset: the broker's defaults
+    topic_replication_factor: int | None = Field(default=None, ge=1)
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
+    #: how every Kafka client connects (`traitflow.kafka_client`; README, "Secured
+    #: Kafka"): TLS with SSL and SASL_SSL (the broker's certificate checked against the
+    #: CA file, else the system's CAs; a client certificate and key when the broker asks
+    #: for one), SASL with SASL_PLAINTEXT and SASL_SSL. The password is never logged
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = Field(default=None, min_length=1)
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        if problem := kafka_client.security_problem(self):
+            raise ValueError(problem)
+        return self
+
     rules_path: Path = Path("examples/rules.yaml")
     #: entity -> its identity types (priority order), limits, stitching and where its
     #: traits come from (`attributes.identities`); the worker builds a profile of each
@@ -514,6 +547,8 @@ class Settings(BaseSettings):
             "heartbeat_interval_s": heartbeat,
             "fetch_wait_ms": self.fetch_wait,
         }
+        if self.kafka_sasl_password is not None:  # dumped masked: the child needs it
+            values["kafka_sasl_password"] = self.kafka_sasl_password.get_secret_value()
         return {
             f"TRAITFLOW_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
             for name, value in values.items()

@@ -74,7 +74,9 @@ async def publish_erase(settings: Settings, key: bytes, value: bytes) -> None:
     """Publish one erase command (the CLI's path; the API has its own producer)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    from traitflow.kafka_client import client_kwargs
+
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(erase_topic(settings), value, key=key)

@@ -171,11 +171,12 @@ class TopicSink(Sink):
     async def start(self, job: Job) -> set[bytes]:
         from aiokafka import AIOKafkaProducer
 
+        from traitflow.kafka_client import client_kwargs
         from traitflow.topics import ensure_topics
 
         await ensure_topics(self.settings, [self.topic], compacted=[self.topic])
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **client_kwargs(self.settings),
             acks="all",
             linger_ms=5,
             max_request_size=8 * 1024 * 1024,

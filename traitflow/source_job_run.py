@@ -56,7 +56,9 @@ async def kafka_publisher(settings: Settings) -> AsyncIterator[Publish]:
     """A `Publish` through a producer of this process (the CLI's; the API has its own)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    from traitflow.kafka_client import client_kwargs
+
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all")
     await producer.start()
 
     async def publish(topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:

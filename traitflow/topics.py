@@ -12,37 +12,56 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from traitflow.config import Settings
+from traitflow.kafka_client import client_kwargs
+
+
+def new_topics(
+    settings: Settings, names: Iterable[str], *, compacted: Iterable[str] = ()
+) -> list[NewTopic]:
+    """The topics `names` as traitflow creates them: `topic_partitions` partitions, the
+    replication factor and `min.insync.replicas` of the settings (unset: the broker's
+    defaults: replication factor -1, no `min.insync.replicas` config), those in
+    `compacted` keeping the last record per key."""
+    compact = set(compacted)
+    made = []
+    for name in names:
+        configs = {"cleanup.policy": "compact"} if name in compact else {}
+        if settings.topic_min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+        # aiokafka's NewTopic refuses -1 without replica assignments, which the
+        # protocol allows (CreateTopics: -1 is the broker's default.replication.factor)
+        topic = NewTopic(name, settings.topic_partitions, 1, topic_configs=configs or None)
+        topic.replication_factor = settings.topic_replication_factor or -1
+        made.append(topic)
+    return made
 
 
 async def ensure_topics(
     settings: Settings, names: Iterable[str] | None = None, *, compacted: Iterable[str] = ()
 ) -> None:
-    """Create the ingest and dead-letter topics (or `names`) if they do not exist yet;
-    those in `compacted` keep the last record per key (a broker that does not compact,
-    like Tansu, keeps them all)."""
+    """Create the ingest and dead-letter topics (or `names`) if they do not exist yet
+    (`new_topics`); those in `compacted` keep the last record per key (a broker that
+    does not compact, like Tansu, keeps them all). A topic the broker refuses to
+    create (too few brokers for the replication factor, no ACL) raises, naming it."""
     wanted = list(names) if names is not None else [*settings.sources, settings.dead_letter_topic]
-    compact = set(compacted)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     try:
+        await admin.start()  # in the try: a client that failed to start is closed too
         existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                name,
-                settings.topic_partitions,
-                1,
-                topic_configs={"cleanup.policy": "compact"} if name in compact else None,
-            )
-            for name in wanted
-            if name not in existing
-        ]
+        missing = new_topics(
+            settings, [n for n in wanted if n not in existing], compacted=compacted
+        )
         if missing:
             # created concurrently by another process: what we wanted
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
+                for topic, code, message in response.topic_errors:
+                    if code not in (0, TopicAlreadyExistsError.errno):
+                        error = for_code(code)
+                        raise error(f"creating topic {topic!r}: {message or error.description}")
     finally:
         await admin.close()
 
@@ -62,10 +81,10 @@ def partition_key(line: bytes) -> bytes | None:
 
 async def publish_lines(settings: Settings, topic: str, lines: Iterable[bytes]) -> int:
     """Publish raw event lines (blank lines skipped); return how many were sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
     deliveries = []
     try:
+        await producer.start()
         for line in lines:
             line = line.strip()
             if line:
@@ -91,12 +110,10 @@ async def read_dead_letters(
     Reads until `at_least` records were seen or `wait_s` passed (with `at_least` 0:
     for `wait_s`); it joins no consumer group and commits nothing."""
     topic = settings.dead_letter_topic
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
     found: list[tuple[bytes, dict[str, bytes]]] = []
     try:
+        await consumer.start()
         assigned = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
@@ -116,7 +133,7 @@ _FETCH_BYTES = 64 * 1024 * 1024
 
 def _reader(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_kwargs(settings),
         enable_auto_commit=False,
         max_partition_fetch_bytes=_FETCH_BYTES,
         fetch_max_bytes=_FETCH_BYTES,
@@ -133,9 +150,9 @@ async def read_topic(
     the end the broker lists (Tansu lists it low, as the last batch's first offset + 1,
     so that alone could stop one batch short), or `timeout_s` at most."""
     consumer = _reader(settings)
-    await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:
+        await consumer.start()
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         assigned = [TopicPartition(topic, p) for p in partitions]
         if not assigned:
@@ -163,8 +180,8 @@ async def read_record(
 ) -> ConsumerRecord[bytes, bytes] | None:
     """The record at `offset` of one partition, or None if it is not there."""
     consumer = _reader(settings)
-    await consumer.start()
     try:
+        await consumer.start()
         if partition not in (consumer.partitions_for_topic(topic) or ()):
             return None
         tp = TopicPartition(topic, partition)
@@ -191,10 +208,10 @@ async def publish_records(
     """Publish (topic, value, headers) records keyed like events (`partition_key`);
     return once every one was delivered, or raise."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, max_request_size=max_request_size
+        **client_kwargs(settings), linger_ms=5, max_request_size=max_request_size
     )
-    await producer.start()
     try:
+        await producer.start()
         deliveries: list[Any] = []
         for topic, value, headers in records:
             deliveries.append(
