@@ -23,6 +23,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -204,11 +205,20 @@ class Sum(Aggregator):
 
 
 def _exact_total(total: int, partials: list[float]) -> int | float:
+    """The total as a number; past a double's range, an infinity or NaN (served as
+    null), never an exception: a render that raised would dead-letter every later
+    event of the profile, and stop its windows' expiry."""
     if not partials:
         return total
     # float(total) alone rounds past 2**53; its exact remainder joins the fsum
     high = float(total)
-    return math.fsum([*partials, high, float(total - int(high))])
+    try:
+        return math.fsum([*partials, high, float(total - int(high))])
+    except OverflowError:  # exact, but beyond a double: the infinity of its sign
+        exact = sum(map(Fraction, partials), Fraction(total))
+        return math.inf if exact > 0 else -math.inf
+    except ValueError:  # partials overflowed as they were added (inf and -inf)
+        return math.nan
 
 
 @register

@@ -213,11 +213,22 @@ class RuleSource:
         return parse_rules(self.text, self.path, self.entities, live_definitions(attributes))
 
     def check(self, attributes: Sequence[ManagedAttribute]) -> None:
-        """Raise RuleFileError unless `attributes` compose with the file, as if every
-        one that is not DISABLED were live (a DRAFT must be ready to activate)."""
+        """Raise RuleFileError unless `attributes` compose with the file twice: as if
+        every one that is not DISABLED were live (a DRAFT must be ready to activate),
+        and as the workers compute them, the live ones alone. Both, because a live
+        attribute that reads a DRAFT composes in the first and not in the second: no
+        worker could switch to such a catalog, and every commit would wait for it."""
         trial = [
             a if a.status is not Status.DRAFT else replace(a, status=Status.ACTIVE)
             for a in attributes
             if a.status is not Status.DISABLED
         ]
         self.compose(trial)
+        try:
+            self.compose(attributes)
+        except RuleFileError as exc:
+            drafts = sorted(a.name for a in attributes if a.status is Status.DRAFT)
+            hint = f" (not computed while DRAFT: {', '.join(drafts)})" if drafts else ""
+            raise RuleFileError(
+                [replace(p, problem=p.problem + hint) for p in exc.problems]
+            ) from None

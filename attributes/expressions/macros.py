@@ -5,6 +5,17 @@ iterate over a list's elements or a map's keys. Each evaluation copies the
 activation into a dict once and rebinds `x` in it per element, so the body's
 closures read `x` like any variable. `all` and `exists` absorb errors as `&&` and
 `||` do (`[0, 1].exists(x, 1 / x == 1)` is true); the others fail on the first error.
+
+Comprehensions are the one way an expression's cost can grow faster than its text:
+nested ones multiply (three nested over a 100-element list are a million steps, and
+two over an event's 100,000-element list ten billion), and a `map` can build values
+far larger than the event. A worker evaluates filters inside its batches, so such an
+expression would stall it on every event, or on one hostile event. Each evaluation
+of an outermost comprehension therefore has a budget, `MAX_ITERATIONS`, shared with
+the comprehensions nested in it: each is charged the length of what it iterates
+over, and `map` the length of each string, list or map it builds. Past the budget
+the evaluation fails (an `EvaluationError`: the filter does not match, a derived
+attribute is null), in time bounded by the budget, whatever the data.
 """
 
 from __future__ import annotations
@@ -88,11 +99,33 @@ def _has(node: Call, scope: Scope, compile_node: CompileNode) -> Compiled:
     return Compiled(BOOL, lambda activation: has_field(evaluate(activation), field))
 
 
+#: the elements (and built lengths) one outermost comprehension may go through,
+#: those nested in it included
+MAX_ITERATIONS = 100_000
+#: where the budget left travels in the bindings (no CEL name can read it)
+_BUDGET = "\0budget"
+
+
 def _iteration(macro: str, iterated: Evaluator) -> Iteration:
     def iterate(activation: Activation) -> tuple[dict[str, Any], Iterable[Any]]:
-        return dict(activation), iteration_range(iterated(activation), macro)
+        bindings = dict(activation)
+        elements = iteration_range(iterated(activation), macro)
+        budget = bindings.get(_BUDGET)
+        if budget is None:  # an outermost comprehension: a budget of its own
+            budget = bindings[_BUDGET] = [MAX_ITERATIONS]
+        _charge(budget, len(elements), macro)
+        return bindings, elements
 
     return iterate
+
+
+def _charge(budget: list[int], steps: int, macro: str) -> None:
+    budget[0] -= steps
+    if budget[0] < 0:
+        raise EvaluationError(
+            f"{macro}() went past {MAX_ITERATIONS:,} elements in one evaluation "
+            "(nested comprehensions count together)"
+        )
 
 
 def _deciding(macro: str, decisive: bool) -> Callable[[Iteration, str, Evaluator], Evaluator]:
@@ -102,12 +135,15 @@ def _deciding(macro: str, decisive: bool) -> Callable[[Iteration, str, Evaluator
     def quantifier(iteration: Iteration, variable: str, predicate: Evaluator) -> Evaluator:
         def evaluate(activation: Activation) -> bool:
             bindings, elements = iteration(activation)
+            budget = bindings[_BUDGET]
             error: EvaluationError | None = None
             for element in elements:
                 bindings[variable] = element
                 try:
                     result = predicate(bindings)
                 except EvaluationError as failure:
+                    if budget[0] < 0:
+                        raise  # spent: no element may decide any more
                     error = failure
                     continue
                 if result is decisive:
@@ -157,11 +193,15 @@ def _map(
 ) -> Evaluator:
     def evaluate(activation: Activation) -> list[Any]:
         bindings, elements = iteration(activation)
+        budget = bindings[_BUDGET]
         mapped = []
         for element in elements:
             bindings[variable] = element
             if predicate is None or require_bool(predicate(bindings), "map"):
-                mapped.append(transform(bindings))
+                value = transform(bindings)
+                if isinstance(value, str | list | dict):  # what it builds is kept
+                    _charge(budget, len(value), "map")
+                mapped.append(value)
         return mapped
 
     return evaluate

@@ -9,7 +9,6 @@ the key 1, and a negative list index is an error, not the last element.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -123,7 +122,7 @@ def has_field(value: Any, field: str) -> bool:
     raise EvaluationError(f"has() cannot test field '{field}' on {kind_of(value)}")
 
 
-def iteration_range(value: Any, macro: str) -> Iterable[Any]:
+def iteration_range(value: Any, macro: str) -> list[Any] | dict[Any, Any]:
     """What a macro iterates over: a list's elements or a map's keys."""
     if isinstance(value, list | dict):
         return value

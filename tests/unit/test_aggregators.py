@@ -100,6 +100,18 @@ def test_sum_is_exact_when_a_large_int_total_meets_floats() -> None:
     assert total(Sum(), values) == float(sum(map(Fraction, values)))
 
 
+def test_a_sum_past_a_double_s_range_is_infinite_or_nan_never_an_error() -> None:
+    """Its result is computed at each render of the profile: had it raised, every
+    later event of the profile would be a dead letter (events are admitted with any
+    finite double, e.g. 1e308)."""
+    assert math.isnan(total(Sum(), [1e308, 1e308]))  # added one by one, partials overflow
+    # one bucket each (a window): exact, out of range, the infinity of its sign
+    assert Sum().result_of([[0, [1e308]], [0, [1e308]]]) == math.inf
+    assert Sum().result_of([[0, [-1e308]], [0, [-1e308]], [0, [1.0]]]) == -math.inf
+    assert math.isnan(total(Sum(), [1e308, 1e308, -1e308]))  # the partials overflowed
+    assert math.isnan(total(Avg(), [1e308, 1e308]))
+
+
 # --- count --------------------------------------------------------------------------------
 
 

@@ -149,6 +149,18 @@ async def test_an_attribute_others_read_cannot_be_deleted_or_disabled(
     assert (await client.patch(f"{PATH}/{base['id']}", json={"name": "x"})).status_code == 400
 
 
+async def test_an_active_attribute_that_reads_a_draft_is_a_400(
+    client: httpx.AsyncClient, catalog: MemoryRuleCatalog
+) -> None:
+    """Stored, it would be a catalog no worker can compose: every commit would wait."""
+    assert (await client.post(PATH, json=ORDERS_30D)).json()["status"] == "DRAFT"
+    derived = {"name": "recent_share", "function": "derived", "expression": "orders_30d * 2"}
+    refused = await client.post(PATH, json={**derived, "status": "ACTIVE"})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("expression: unknown variable 'orders_30d'")
+    assert catalog.catalog.version == 1  # the DRAFT alone
+
+
 async def test_only_an_admin_key_may_see_or_change_them(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:

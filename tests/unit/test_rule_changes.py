@@ -123,3 +123,33 @@ async def test_listing_and_finding_cover_the_file_and_the_catalog(source: RuleSo
     )
     with pytest.raises(UnknownAttribute):
         rule_changes.found(snapshot, "file:nothing", lambda: source)
+
+
+async def test_a_live_attribute_cannot_read_a_draft(source: RuleSource) -> None:
+    """A DRAFT is checked as if it were active, and the catalog is checked as the
+    workers compose it too: an ACTIVE derived attribute over a DRAFT would compose in
+    the first check alone, and no worker could switch to it (every commit waiting)."""
+    catalog = MemoryRuleCatalog()
+    await rule_changes.create(catalog, source, ORDERS, now_ms=1, backfill=False)  # a DRAFT
+    reader = {"name": "twice", "function": "derived", "expression": "orders * 2"}
+    with pytest.raises(RuleFileError) as refused:
+        await rule_changes.create(
+            catalog, source, {**reader, "status": "ACTIVE"}, now_ms=2, backfill=False
+        )
+    assert rule_changes.problem_text(refused.value).startswith("expression: unknown variable")
+    assert "not computed while DRAFT: orders" in rule_changes.problem_text(refused.value)
+    # as a DRAFT it is kept; activating it alone is refused, after the one it reads is not
+    draft = await rule_changes.create(catalog, source, reader, now_ms=3, backfill=False)
+    with pytest.raises(RuleFileError):
+        await rule_changes.patch(
+            catalog, source, draft.id, {"status": "ACTIVE"}, now_ms=4, backfill=False
+        )
+    orders = catalog.catalog.named("orders")
+    assert orders is not None
+    await rule_changes.patch(
+        catalog, source, orders.id, {"status": "ACTIVE"}, now_ms=5, backfill=False
+    )
+    await rule_changes.patch(
+        catalog, source, draft.id, {"status": "ACTIVE"}, now_ms=6, backfill=False
+    )
+    source.compose(catalog.catalog.attributes)  # what a worker switches to
