@@ -35,6 +35,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from attributes.aggregators import DERIVED
 from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event, render_view
@@ -102,9 +103,13 @@ class Backfill:
     async def run(self, attribute: ManagedAttribute) -> bool:
         """Backfill `attribute` (PROCESSING, at its version); whether it is done (False:
         it changed or left the rules meanwhile, and its new definition is next)."""
+        if attribute.definition.get("function") == DERIVED:
+            # computed from the others at each render: no state, no history. (Compiled
+            # alone it would not compile: what it reads is not there.)
+            return True
         started = int(time.time() * 1000)
         rules = self._alone(attribute)
-        targets = rules.attributes  # a derived attribute has no state to backfill
+        targets = rules.attributes
         if not targets:
             return True
         spans = await self._spans(attribute, started)

@@ -31,20 +31,29 @@ class BackfillRunner:
     each tick, a worker that holds no backfill tries to take the lease (`tf:bf:lock`),
     and keeps it while it works."""
 
-    def __init__(self, backfill: Backfill, lease_s: float = 30.0) -> None:
+    def __init__(self, backfill: Backfill, lease_s: float = 30.0, retry_s: float = 60.0) -> None:
         self.backfill = backfill
         self.lease_ms = int(lease_s * 1000)
         self.task: asyncio.Task[None] | None = None
+        #: how long a backfill that failed waits before it is tried again
+        self.retry_s = retry_s
+        #: attribute id -> (the version whose backfill failed, when to try it again)
+        self.failed: dict[str, tuple[int, float]] = {}
 
     async def tick(self) -> None:
         if self.task is not None and not self.task.done():
             return
         backfill = self.backfill
         catalog = await backfill.catalog.snapshot()
+        now = time.monotonic()
+        # one that failed goes after the others (until its retry, or a new version of
+        # it): one attribute whose backfill fails every time must not hold back the rest
         waiting = [
             a
             for a in catalog.attributes
-            if a.status is Status.PROCESSING and a.version <= backfill.processor.rules_version
+            if a.status is Status.PROCESSING
+            and a.version <= backfill.processor.rules_version
+            and not self._resting(a, now)
         ]
         if not waiting:
             return
@@ -53,6 +62,11 @@ class BackfillRunner:
         if not await backfill.client.set(lock, token, nx=True, px=self.lease_ms):
             return  # another worker runs one
         self.task = asyncio.create_task(self._run(waiting[0], token))
+
+    def _resting(self, attribute: ManagedAttribute, now: float) -> bool:
+        """Whether this version of `attribute` failed to backfill, too lately to retry."""
+        failed = self.failed.get(attribute.id)
+        return failed is not None and failed[0] == attribute.version and failed[1] > now
 
     async def _run(self, attribute: ManagedAttribute, token: str) -> None:
         backfill = self.backfill
@@ -68,7 +82,12 @@ class BackfillRunner:
                     "%s changed while it was backfilled: its new definition is next", attribute.name
                 )
         except Exception:
-            log.exception("backfill of %s failed; it is tried again", attribute.name)
+            self.failed[attribute.id] = (attribute.version, time.monotonic() + self.retry_s)
+            log.exception(
+                "backfill of %s failed; it is tried again in %.0f s, other backfills first",
+                attribute.name,
+                self.retry_s,
+            )
         finally:
             renew.cancel()
             if await backfill.client.get(lock) == token.encode():
