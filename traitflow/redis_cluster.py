@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -212,6 +213,29 @@ def cluster_client(url: str, prefix: str, **options: Any) -> aioredis.Redis:
         retry_on_error=list(REDIRECTIONS),
         **options,
     )
+
+
+def cluster_sync_client(url: str, prefix: str, **options: Any) -> redis.Redis:
+    """A blocking redis-py client of the node that serves `prefix`'s slot now (start
+    checks, CLI commands, scripts: short-lived, so it does not follow a later MOVED;
+    one that meets it fails, and is run again)."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"Redis Cluster mode takes a redis:// URL, not {parts.scheme}://")
+    slot = slot_of(hash_tag(prefix) if not is_hash_tag(prefix) else prefix)
+    seed = redis.Redis.from_url(url, **options)
+    try:
+        ranges = seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    finally:
+        seed.close()
+    for start, end, master, *_ in ranges:
+        if int(start) <= slot <= int(end):
+            host = master[0].decode() if isinstance(master[0], bytes) else master[0]
+            userinfo, at, _ = parts.netloc.rpartition("@")
+            netloc = f"{userinfo}{at}{host or parts.hostname}:{int(master[1])}"
+            owner = parts._replace(netloc=netloc)
+            return redis.Redis.from_url(owner.geturl(), **options)
+    raise redis.ConnectionError(f"no node of the Redis Cluster serves slot {slot}")
 
 
 class ClusterRespClient(RespClient):

@@ -45,7 +45,13 @@ from tests.integration.test_stitching import (
     stitch_concurrently,
 )
 from traitflow.config import Settings
-from traitflow.redis_cluster import ClusterRespClient, cluster_profile_store, hash_tag, slot_of
+from traitflow.redis_cluster import (
+    ClusterRespClient,
+    cluster_profile_store,
+    cluster_sync_client,
+    hash_tag,
+    slot_of,
+)
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import KeyLayout
 
@@ -149,6 +155,24 @@ def test_keys_under_the_tag_share_one_slot(prefix: str) -> None:
         keys.messages(ENTITY, "web", 12),
     ]
     assert {slot_of(name) for name in names} == {slot_of(prefix)}
+
+
+def test_a_blocking_client_reaches_the_node_that_serves_the_tag(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """What start checks and CLI commands use: whichever node the URL names."""
+    client = cluster_sync_client(cluster.url, prefix)
+    owner = cluster.client(cluster.owner(slot_of(prefix)))
+    try:
+        client.set(f"{prefix}:probe", b"here")
+        assert owner.get(f"{prefix}:probe") == b"here"
+        assert (
+            client.connection_pool.connection_kwargs["port"]
+            == owner.connection_pool.connection_kwargs["port"]
+        )
+    finally:
+        client.close()
+        owner.close()
 
 
 @pytest.mark.parametrize("commits", ORDERS)
