@@ -371,6 +371,9 @@ def main() -> None:
     server = Service("redis", directory, "127.0.0.1", free_port())
     settings = Settings.from_environ(os.environ, redis_url=f"redis://{server.host}:{server.port}/0")
     topic = next(iter(settings.sources))
+    # its logins link devices to users, as a trusted source's do (README, Trusted links)
+    trusted = {settings.sources[topic]: "trusted"}
+    settings = Settings.from_environ(os.environ, redis_url=settings.redis_url, source_trust=trusted)
     records = make_records(
         args.profiles, args.events, args.seed, topic, args.partitions, int(time.time() * 1000)
     )

@@ -256,6 +256,7 @@ def worker_processor(
         sources=settings.sources,
         policy=settings.default_policy,
         retractions=settings.source_deletes,
+        trust=settings.trust,
         limits=settings.event_limits,
         dedupe=settings.dedupe_window_s > 0,
         logs=RedisLogHistory(profiles.client, profiles.keys),

@@ -273,8 +273,9 @@ class Backfill:
             except InvalidEvent:
                 continue  # a dead letter when it was live: nothing counted it
             for claim in found.claims:
-                if claim.entity == entity.entity:
-                    admitted.append((record, found, claim.identities))
+                if claim.entity == entity.entity:  # its profile: the one it was applied to
+                    ids = entity.anchored(claim.identities, record.topic)
+                    admitted.append((record, found, ids))
         identities = list(dict.fromkeys(i for _, _, ids in admitted for i in ids))
         pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
         for record, found, ids in admitted:

@@ -36,7 +36,7 @@ from attributes.profile import (
 )
 from attributes.records import RecordMapping
 from attributes.rules import RuleSet
-from attributes.stitching import Identity, Stitcher
+from attributes.stitching import TRUST_ALL, Identity, SourceTrust, Stitcher, Trust, anchored
 from streams.announcements import Announcer
 from streams.effects import Stitched, split
 from streams.erasures import (
@@ -109,6 +109,7 @@ class EntityProcessor:
         announcer: Announcer | None = None,
         records: Mapping[str, RecordMapping] | None = None,
         time_refresh_ms: int = DEFAULT_REFRESH_MS,
+        trust: SourceTrust = TRUST_ALL,
     ) -> None:
         self.entity = entity
         self.rules = rules
@@ -120,6 +121,8 @@ class EntityProcessor:
         self.policy = policy
         #: source -> what its `delete` events remove (a source not listed: its fields)
         self.retractions = retractions
+        #: what each source's events may link (`attributes.stitching`, trusted links)
+        self.trust = trust
         self.now = 0
         self.floors: dict[str, int] = {}
         #: how long an anonymous-only profile (identities of `anonymous_types` alone)
@@ -138,6 +141,19 @@ class EntityProcessor:
         )
         #: the rules version `rules` is (`traitflow.rule_catalog`; 0: the file alone)
         self.rules_version = 0
+
+    def trust_of(self, topic: str) -> tuple[str, Trust]:
+        """The source a topic's events come from, and what they may link."""
+        source = self.sources.get(topic, topic)
+        return source, self.trust.of(source)
+
+    def anchored(self, identities: list[Identity], topic: str) -> list[Identity]:
+        """An event's identities with the one it is applied to first (`attributes.
+        stitching.anchored`): what every lookup of an event's profile goes by."""
+        _, trust = self.trust_of(topic)
+        if trust is Trust.TRUSTED:
+            return identities
+        return anchored(self.identities, identities, trust, anonymous=self.anonymous_types)
 
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)."""
@@ -242,9 +258,10 @@ class EntityProcessor:
         expiring = {pid for pid, state in states.items() if self._expiring(state)}
         with computing():
             fresh = self._fresh(events, pointers=pointers, read=read, stitched=stitched)
-            stitcher = Stitcher(self.identities, pointers, states)
+            stitcher = Stitcher(self.identities, pointers, states, anonymous=self.anonymous_types)
             for item in fresh:
-                stitcher.assign(item.ids, item.previous, item.at)
+                source, trust = self.trust_of(item.record.topic)
+                stitcher.assign(item.ids, item.previous, item.at, trust=trust, source=source)
             plan = stitcher.finish()
             for refusal in plan.refusals:
                 stitched.found(refusal.profile).refusals.append(refusal)

@@ -5,7 +5,8 @@ dead-lettered, skipped as already applied (at-least-once redelivery at work), an
 attribute and reason, the events an attribute did not take (a string where a number is
 summed, a missing field, an event outside a window, a filter that failed). Each skip
 is also in the worker's log with its messageId when it is a type error. Identity
-stitching adds merges, links refused by an identity limit (also logged), and commits
+stitching adds merges, links refused by an identity limit (also logged) or by a
+source's trust level (logged at a bounded rate: `streams.refusals`), and commits
 that found another worker's write under them (the batch was computed again).
 
 Stalls are visible too (README, "Operating the worker"): batches retried and why, dead
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from attributes.stitching import LIMIT
 from streams.processor import BatchReport, Record
 
 #: an input partition: (topic, partition)
@@ -125,6 +127,15 @@ class WorkerMetrics:
             "traitflow_refused_links",
             "Identity links and merges not made because of an identity limit, by type.",
             ["identity_type"],
+            registry=self.registry,
+        )
+        self.links_refused = Counter(
+            "traitflow_identity_links_refused",
+            "Identity links and merges an event asked for that its source's trust level "
+            "(TRAITFLOW_SOURCE_TRUST) does not allow, by source and reason: merge (the "
+            "identity belongs to another profile) or link (it is new). The event is "
+            "applied without them.",
+            ["source", "reason"],
             registry=self.registry,
         )
         self.erasures = Counter(
@@ -243,7 +254,10 @@ class WorkerMetrics:
             self.skips.labels(skip.attribute, skip.kind).inc()
         self.merges.inc(report.merges)
         for refusal in report.refusals:
-            self.refused_links.labels(refusal.identity[0]).inc()
+            if refusal.kind == LIMIT:
+                self.refused_links.labels(refusal.identity[0]).inc()
+            else:
+                self.links_refused.labels(refusal.source, refusal.kind).inc()
         self.commit_conflicts.inc(report.conflicts)
         self.erasures.inc(report.erasures)
         for partition in report.resets:

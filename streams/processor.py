@@ -37,6 +37,7 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.records import RecordMapping
 from attributes.rules import RuleSet
+from attributes.stitching import LIMIT, TRUST_ALL, SourceTrust
 from streams.announcements import Announcer
 from streams.entity import ComputeFailed, EntityProcessor
 from streams.erasures import erase_segments
@@ -49,6 +50,7 @@ from streams.records import (
     ListDeadLetters,
     Record,
 )
+from streams.refusals import RefusalLog
 from traitflow.store import ProfileStore, RulesChanged
 
 __all__ = [
@@ -73,9 +75,11 @@ class BatchProcessor:
     `identities`: the `user` entity's identity rules, or every entity's (entity ->
     rules, in the order they are processed); each entity is computed with its own
     rules (`RuleSet.of`). `clock` gives the processing time (epoch seconds) that
-    windows are evaluated at; it is read once per batch. Both entry points hold
-    `lock`, so a timer's expiry round and a batch never work on the same profiles at
-    once."""
+    windows are evaluated at; it is read once per batch. `trust`: what each source's
+    events may link (`attributes.stitching`); every source is trusted unless given, as
+    a processor built from parts is, while the worker's is the settings' (untrusted
+    unless declared). Both entry points hold `lock`, so a timer's expiry round and a
+    batch never work on the same profiles at once."""
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class BatchProcessor:
         reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
         note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None = None,
         time_refresh_ms: int = DEFAULT_REFRESH_MS,
+        trust: SourceTrust = TRUST_ALL,
     ) -> None:
         self.store = store
         #: the current rules and their version, read again when a commit finds the
@@ -116,6 +121,8 @@ class BatchProcessor:
         self.limits = limits or EventLimits()
         self.dedupe = dedupe
         self.dead_letters = dead_letters
+        #: links refused by sources' trust levels, logged at a bounded rate
+        self.refusal_log = RefusalLog()
         self.clock = clock
         if not isinstance(identities, Mapping):
             identities = {ENTITY: identities or IdentityRules(DEFAULT_USER)}
@@ -138,6 +145,7 @@ class BatchProcessor:
                 ),
                 records=(records or {}).get(entity),
                 time_refresh_ms=time_refresh_ms,
+                trust=trust,
             )
             for entity, identity_rules in identities.items()
         }
@@ -282,7 +290,11 @@ class BatchProcessor:
                 self._next[record.source] = (record.offset + 1, record.epoch)
         report.dead_lettered = len(rejected)
         for refusal in report.refusals:
-            log.info("profile %s: %s %r: %s", refusal.profile, *refusal.identity, refusal.reason)
+            if refusal.kind == LIMIT:
+                log.info(
+                    "profile %s: %s %r: %s", refusal.profile, *refusal.identity, refusal.reason
+                )
+        self.refusal_log.note(report.refusals)  # those of trust levels, at a bounded rate
         for skip in report.skips:
             if skip.kind == "wrong_type":  # the others are routine: counted, not logged
                 log.info(
@@ -358,9 +370,11 @@ class BatchProcessor:
         message = None
         if self.dedupe and event.messageId:
             message = (self.sources.get(record.topic, record.topic), event.messageId)
+        entities = self.entities  # each orders the identities it applies the event by
         return [
-            (claim.entity, Identified(record, event, claim.identities, claim.previous, message, at))
+            (claim.entity, Identified(record, event, ids, claim.previous, message, at))
             for claim in admitted.claims
+            for ids in [entities[claim.entity].anchored(claim.identities, record.topic)]
         ]
 
     async def _send(self, rejected: list[tuple[Record, str]], sent: set[int]) -> None:

@@ -56,9 +56,10 @@ class ListDeadLetters(DeadLetterSink):
 
 @dataclass(frozen=True, slots=True)
 class Identified:
-    """A decoded event and the identities it carries (priority order; for an alias,
-    `previous` is its previousId as each type it may be), and its (source, messageId)
-    when it has one and duplicates are looked for by messageId."""
+    """A decoded event and the identities it carries (priority order, except that the
+    one an untrusted source's event is applied to comes first: `attributes.stitching.
+    anchored`; for an alias, `previous` is its previousId as each type it may be), and
+    its (source, messageId) when it has one and duplicates are looked for by messageId."""
 
     record: Record
     event: Event
@@ -86,7 +87,7 @@ class BatchReport:
     dead_lettered: int = 0
     duplicates: int = 0
     skips: list[Skip] = field(default_factory=list)
-    #: links and merges not made because of identity limits
+    #: links and merges not made: identity limits, sources' trust levels
     refusals: list[Refusal] = field(default_factory=list)
     #: profiles merged into another
     merges: int = 0

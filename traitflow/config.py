@@ -40,6 +40,7 @@ from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICIES, MergePolicy
 from attributes.profile import Retraction
 from attributes.records import RecordMapping, field_problem
+from attributes.stitching import SourceTrust, Trust
 from traitflow import environ_source, kafka_client
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
@@ -161,6 +162,10 @@ class Settings(BaseSettings):
     #: source -> what its `delete` events remove: "fields" (the traits it provided; the
     #: default) or "record" (the whole profile: reads answer 404)
     source_deletes: dict[str, Retraction] = {}
+    #: source -> what its events may link in identity stitching: "trusted" (anything),
+    #: "authenticated" (anonymous ids to the profile its userId names) or "untrusted"
+    #: (nothing: the default for a source not listed); `attributes.stitching`
+    source_trust: dict[str, Trust] = {}
     dead_letter_topic: str = "traitflow-dead-letters"
     #: where every audience enter and exit is announced (`streams.announcements`)
     audience_changes_topic: str = "traitflow-audience-changes"
@@ -374,12 +379,16 @@ class Settings(BaseSettings):
                 f"merge_policies ({', '.join(sorted(self.merge_policies)) or 'none'})"
             )
         bound = set(self.sources.values())
-        for source in self.source_deletes:
-            if source not in bound:
-                raise ValueError(
-                    f"source_deletes: no ingest topic is bound to source {source!r} "
-                    f"(sources: {', '.join(sorted(bound)) or 'none'})"
-                )
+        for setting, named in (
+            ("source_deletes", self.source_deletes),
+            ("source_trust", self.source_trust),
+        ):
+            for source in named:
+                if source not in bound:
+                    raise ValueError(
+                        f"{setting}: no ingest topic is bound to source {source!r} "
+                        f"(sources: {', '.join(sorted(bound)) or 'none'})"
+                    )
         for name, policy in self.merge_policies.items():
             for source in policy.sources:
                 if source not in bound:
@@ -388,6 +397,11 @@ class Settings(BaseSettings):
                         f"topic is bound to (sources: {', '.join(sorted(bound)) or 'none'})"
                     )
         return self
+
+    @property
+    def trust(self) -> SourceTrust:
+        """What each source's events may link; a source not named: nothing."""
+        return SourceTrust(dict(self.source_trust))
 
     @property
     def default_policy(self) -> MergePolicy:

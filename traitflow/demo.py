@@ -11,6 +11,7 @@ lookback windows are relative to the present, and the demo should show them full
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from api.keys import RedisKeyStore, new_key
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.rules import load_rules
+from attributes.stitching import SourceTrust, Trust
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
@@ -73,6 +75,9 @@ async def expected_profile(
 ) -> tuple[Any, int]:
     """Batch-compute the profile of `user` at `now` and the dead-letter count."""
     records = [Record("file", 0, offset, line, 0) for offset, line in enumerate(lines)]
+    # the file's events link as the demo topic's would
+    demo_source = settings.sources[next(iter(settings.sources))]
+    trust = SourceTrust(default=settings.trust.of(demo_source))
     store, dead = MemoryProfileStore(), ListDeadLetters()
     processor = BatchProcessor(
         load_rules(settings.rules_path),
@@ -83,6 +88,7 @@ async def expected_profile(
         sources=settings.sources,
         policy=settings.default_policy,
         retractions=settings.source_deletes,
+        trust=trust,
     )
     await processor.process(records)
     view = await store.read_view("user", "user_id", user)
@@ -129,6 +135,20 @@ def wait_for_profile(settings: Settings, user: str, expected: Any, timeout: floa
     )
 
 
+def demo_trust(settings: Settings, environ: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The demo's settings and its processes' environment, with the source it publishes
+    to trusted unless TRAITFLOW_SOURCE_TRUST says otherwise: the sample is a backend's
+    and a CRM's events, whose logins link devices and emails to users (README, Trusted
+    links), while a source that does not say links nothing."""
+    env = dict(environ)
+    if "TRAITFLOW_SOURCE_TRUST" in environ:
+        return settings, env
+    source = settings.sources[next(iter(settings.sources))]
+    trust = {**settings.source_trust, source: Trust.TRUSTED}
+    env["TRAITFLOW_SOURCE_TRUST"] = json.dumps(trust)
+    return settings.model_copy(update={"source_trust": trust}), env
+
+
 def run_demo(
     settings: Settings, events: Path, user: str, timeout: float, environ: Mapping[str, str]
 ) -> None:
@@ -136,6 +156,7 @@ def run_demo(
     are started with (they read their settings from it, as the demo did)."""
     started = time.monotonic()
     now = time.time()
+    settings, env = demo_trust(settings, environ)
     lines = [line for line in events.read_bytes().splitlines() if line.strip()]
     lines = shift_to_now(lines, int(now * 1000))
     expected, dead = asyncio.run(expected_profile(settings, lines, user, now))
@@ -153,7 +174,6 @@ def run_demo(
     if settings.kafka_is_external or settings.redis_is_external:
         print("  note: using your own Kafka/Redis; run the demo on empty ones for exact numbers")
     command = [sys.executable, "-m", "traitflow"]
-    env = dict(environ)
     # one worker process: the sample is a few events, which one process applies in
     # milliseconds, while N processes would join the group one after another (a
     # rebalance each) before the first profile is served
@@ -163,6 +183,8 @@ def run_demo(
     api.spawn([*command, "api"], env, cwd=Path.cwd())
     print(f"  worker  started (log: {worker.log_file})")
     print(f"  api     started on http://{settings.api_host}:{settings.api_port}")
+    trust = env.get("TRAITFLOW_SOURCE_TRUST", "{}")
+    print(f"  TRAITFLOW_SOURCE_TRUST={trust} (the sources whose events link identities)")
 
     key = asyncio.run(create_demo_key(settings))
     print("  api key created for the demo (collection users)")

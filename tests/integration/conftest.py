@@ -101,7 +101,11 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     run = uuid.uuid4().hex[:8]
     kafka, redis_url = service_urls
     base = Settings.from_environ(  # the session's entry point: it reads the environment
-        os.environ, kafka_bootstrap=kafka, redis_url=redis_url, sources={"events": "web"}
+        os.environ,
+        kafka_bootstrap=kafka,
+        redis_url=redis_url,
+        sources={"events": "web"},
+        source_trust={"web": "trusted"},  # the tests' events link and merge profiles
     )
     return base.isolated(
         f"tftest-{run}",

@@ -97,6 +97,7 @@ def own(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Setting
     return settings.isolated(
         name,
         sources={f"{name}-web": "web", f"{name}-crm": "crm"},
+        source_trust={"web": "trusted", "crm": "trusted"},
         merge_policies=CONFIGURED,
         default_merge_policy="default",
         api_policy_cache_s=2.0,
@@ -528,6 +529,7 @@ def test_the_process_that_made_a_change_serves_it_at_once_even_during_a_read(
     own_c = settings.isolated(
         name,
         sources={f"{name}-web": "web", f"{name}-crm": "crm"},
+        source_trust={"web": "trusted", "crm": "trusted"},
         merge_policies=CONFIGURED,
         api_policy_cache_s=30.0,
         home=tmp_path_factory.mktemp("merge-policies-race"),

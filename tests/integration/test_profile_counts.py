@@ -48,6 +48,7 @@ def own(settings: Settings, tmp_path: Path) -> Settings:
     return settings.isolated(
         name,
         sources={f"{name}-web": "web", f"{name}-crm": "crm"},
+        source_trust={"web": "trusted", "crm": "trusted"},
         source_deletes={"crm": "record"},
         anonymous_ttl_s=TTL_S,
         rules_path=rules,

@@ -67,6 +67,7 @@ def own(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Setting
     return settings.isolated(
         name,
         sources={f"{name}-web": "web", f"{name}-crm": "crm"},
+        source_trust={"web": "trusted", "crm": "trusted"},
         merge_policies=POLICIES,
         source_deletes={"crm": "record"},
         topic_partitions=2,

@@ -130,10 +130,10 @@ async def test_an_event_that_breaks_stitching_is_found_and_dead_lettered(
     each partition in order."""
     assign = Stitcher.assign
 
-    def breaking(self: Stitcher, ids: Any, *args: Any) -> Any:
+    def breaking(self: Stitcher, ids: Any, *args: Any, **kwargs: Any) -> Any:
         if ("user_id", "poison") in ids:
             raise RuntimeError("a bug this event meets")
-        return assign(self, ids, *args)
+        return assign(self, ids, *args, **kwargs)
 
     monkeypatch.setattr(Stitcher, "assign", breaking)
     worker = Worker(example_rules)
