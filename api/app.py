@@ -24,7 +24,9 @@ from fastapi import FastAPI
 
 from api import errors, middleware
 from api.direct import DirectApp
+from api.gate import GatedReads
 from api.instrumented import ApiMetrics, InstrumentedStore
+from api.key_layout import ApiKeyLayout
 from api.keys import KeyStore, RedisKeyStore
 from api.policy_store import PolicyStore, RedisPolicyStore
 from api.publisher import KafkaPublisher, Publisher
@@ -64,9 +66,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # one lean connection for every command a request sends (key records, the
         # rate-limit charge, profiles, merge policies): a request's charge and its read
-        # go out in one write (api.auth.admit), and any of them that Redis does not
+        # go in one script (api.gate), and any of them that Redis does not
         # answer fails within the client's timeout (traitflow.resp.TIMEOUT_S)
         reads = RespClient.from_url(settings.redis_url)
+        if keys is None:  # a read goes behind its key's charge (api.gate)
+            reads = GatedReads(reads, ApiKeyLayout(settings.key_prefix))
         state.keys = (  # Redis unless a test gives its own
             keys
             if keys is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import Token
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -27,6 +28,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Principal, admit, authenticate, settle
+from api.gate import PENDING, Charge
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -80,18 +82,20 @@ def admitted(request: Request) -> Admission:
 
 
 class Admission:
-    """`authenticate` for a direct route, with the rate-limit charge settled when the
-    block ends, so that the route's Redis read goes out with it (`api.auth.admit`). A
+    """`authenticate` for a direct route, with the rate-limit charge pending while the
+    block runs: the block's first read carries it and happens only if the key had a
+    token (`api.gate`); if the block reads nothing the charge is sent when it ends. A
     429 takes precedence over whatever the block answered, as it would have if it had
     been checked first. Honours `app.dependency_overrides` for `authenticate`, as
     `Depends(authenticate)` would (tests replace it there). A class, not an
     `asynccontextmanager`: this runs on every read, and a generator costs more."""
 
-    __slots__ = ("_charge", "_request")
+    __slots__ = ("_charge", "_pending", "_request")
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self._charge: Awaitable[float | bytes] | None = None
+        self._charge: Charge | None = None
+        self._pending: Token[Charge | None] | None = None
 
     async def __aenter__(self) -> Principal:
         request = self._request
@@ -100,11 +104,14 @@ class Admission:
             principal: Principal = await override(request)
             return principal
         principal, self._charge = await admit(request)
+        self._pending = PENDING.set(self._charge)
         return principal
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._charge is not None:
-            await settle(self._charge)
+            if self._pending is not None:
+                PENDING.reset(self._pending)
+            await settle(self._request, self._charge)
 
 
 class DirectApp(FastAPI):

@@ -21,6 +21,11 @@ process-global one, so that apps made in one process (tests) never share series.
   (the write key's rate limit: 429), `unavailable` (503: the broker did not acknowledge
   in time, or Redis failed the rate-limit charge). A refused call's events are all
   counted, as none of them was published. Bounded: sources are configured.
+- `traitflow_api_refusals_total{reason}`: API-key requests refused without costing
+  Redis a read (`api.auth`): `key_rate_limit` (429: the key's rate limit, decided in
+  the script that would have read), `unknown_key_cached` (401 answered from the
+  process's memory of unknown key ids), `auth_failures` (429: the client's address
+  failed authentication too often).
 """
 
 from __future__ import annotations
@@ -110,6 +115,16 @@ class ApiMetrics:
             "Erase requests (GDPR) accepted by DELETE /access/entities and published.",
             registry=self.registry,
         )
+        #: requests refused before they could cost Redis anything (`api.auth`)
+        self.refusals = Counter(
+            "traitflow_api_refusals",
+            "API-key requests refused without a Redis read, by reason: key_rate_limit "
+            "(429, the key's rate limit; no profile read), unknown_key_cached (401 from "
+            "the remembered unknown key ids; no lookup), auth_failures (429, the client "
+            "address failed to authenticate too often; no lookup).",
+            ["reason"],
+            registry=self.registry,
+        )
         # `labels()` takes a lock and builds a key per call: keep the children
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._redis_children: dict[str, Histogram] = {}
@@ -124,6 +139,9 @@ class ApiMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_refusal(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
 
     def observe_store_error(self, kind: str) -> None:
         self.store_errors.labels(kind).inc()

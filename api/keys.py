@@ -159,13 +159,19 @@ class KeyStore(ABC):
 
     def charge(self, key_id: str, rate_per_s: float, burst: int) -> Awaitable[float | bytes]:
         """`take`, started now and awaited later: its seconds to wait, as a float or as
-        the bytes of one (`float()` reads both). Sending it before a route's read lets
-        both share a round trip (`api.auth.admit`)."""
+        the bytes of one (`float()` reads both)."""
         return asyncio.ensure_future(self.take(key_id, rate_per_s, burst))
+
+    def has_read(self, key_id: str) -> bool:
+        """Whether this process holds a record of `key_id` it read, fresh or not: a key
+        that existed, so looking it up again costs Redis about one GET per
+        `cache_ttl_s`, whoever sends it (`api.auth.admit`)."""
+        return key_id in self._cache
 
     async def lookup(self, key_id: str) -> ApiKey | None:
         """`get`, answered from this process's cache when read less than
-        `cache_ttl_s` ago. Unknown ids are not cached: they cannot fill memory."""
+        `cache_ttl_s` ago. Unknown ids are not cached here: they cannot fill memory
+        (`api.auth_limits.UnknownKeys` remembers them, bounded, for the API)."""
         now = self.clock()
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self.cache_ttl_s:

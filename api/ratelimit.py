@@ -47,25 +47,36 @@ def idle_expiry_ms(rate: float, burst: int) -> int:
     return math.ceil(burst / rate * 1000) + 1000
 
 
+# `take` above, in Lua, for the scripts that charge a bucket (`TAKE_SCRIPT`, and the
+# gated reads of `api.gate`, which charge and read in one script): the bucket's key, the
+# rate per second, the burst and the idle expiry in ms; returns the wait in seconds.
+TAKE_FUNCTION = """
+local function take(bucket, rate, burst, expiry_ms)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local state = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  if tokens == nil then
+    tokens = burst
+  else
+    tokens = math.min(burst, tokens + math.max(0, now - tonumber(state[2])) * rate)
+  end
+  local wait = 0
+  if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+  redis.call('HSET', bucket, 'tokens', string.format('%.17g', tokens),
+             'at', string.format('%.17g', now))
+  redis.call('PEXPIRE', bucket, expiry_ms)
+  return wait
+end
+"""
+
 # KEYS[1]: the bucket (a hash: tokens, at). ARGV: rate per second, burst, idle expiry
 # in ms. Returns the wait in seconds as a string ("0" = allowed): a Lua number in a
-# reply would be truncated to an integer. Mirrors `take` above.
-TAKE_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-if tokens == nil then
-  tokens = burst
-else
-  tokens = math.min(burst, tokens + math.max(0, now - tonumber(state[2])) * rate)
-end
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-           'at', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+# reply would be truncated to an integer.
+TAKE_SCRIPT = (
+    TAKE_FUNCTION
+    + """
+local wait = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
 return string.format('%.17g', wait)
 """
+)

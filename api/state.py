@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from api.auth_limits import FailureLimits, UnknownKeys
 from api.instrumented import ApiMetrics
 from api.keys import KeyStore
 from api.policy_store import PolicyStore
@@ -38,6 +39,7 @@ class ApiState:
     absent before: a request then fails as one on a closed app would."""
 
     __slots__ = (
+        "auth_failures",
         "catalog",
         "export_runner",
         "exports",
@@ -50,6 +52,7 @@ class ApiState:
         "settings",
         "source_jobs",
         "store",
+        "unknown_keys",
     )
 
     settings: Settings
@@ -59,6 +62,10 @@ class ApiState:
     store: ProfileStore
     #: the API keys (`api.auth`)
     keys: KeyStore
+    #: key ids Redis did not have, and failed authentications per client address:
+    #: this process's own memory, so that abuse costs Redis nothing (`api.auth_limits`)
+    unknown_keys: UnknownKeys
+    auth_failures: FailureLimits
     #: merge policies made through the API (`api.merge_policies`)
     policies: PolicyStore
     #: computed attributes made through the API (`api.computed_attributes`)
@@ -81,6 +88,10 @@ class ApiState:
             entity: IdentityRules(spec) for entity, spec in settings.entities.items()
         }
         self.export_runner = None
+        self.unknown_keys = UnknownKeys(settings.api_negative_key_ttl_s)
+        self.auth_failures = FailureLimits(
+            settings.api_auth_failures_per_s, settings.api_auth_failures_burst
+        )
 
     def is_open(self) -> bool:
         """Whether the lifespan has set the stores (`/readyz` asks)."""

@@ -446,6 +446,17 @@ class Settings(BaseSettings):
     #: how long an API process trusts an API key record it read: a revoke takes effect
     #: within this many seconds (0 = read the record on every request)
     api_key_cache_s: float = Field(default=2.0, ge=0)
+    #: how long an API process remembers that a key id is unknown (never made, or
+    #: revoked) and answers it 401 without asking Redis; a key made after its id was
+    #: remembered works that many seconds later at most (0 = ask Redis every time)
+    api_negative_key_ttl_s: float = Field(default=5.0, ge=0)
+    #: failed authentications per client address: token bucket refill (per second) and
+    #: burst, per API process; past them an address gets 429s that cost Redis nothing
+    api_auth_failures_per_s: float = Field(default=1.0, gt=0)
+    api_auth_failures_burst: int = Field(default=20, ge=1)
+    #: proxies in front of the API that append to X-Forwarded-For: the client address
+    #: is the entry the outermost of them wrote (0 = the header is ignored)
+    api_trusted_proxies: int = Field(default=0, ge=0)
     #: how long an API process trusts the merge policies made through the API that it
     #: read: a new or changed one reaches every process within this many seconds
     api_policy_cache_s: float = Field(default=2.0, ge=0)
