@@ -38,8 +38,8 @@ from traitflow.config import Settings
 from traitflow.export_run import ExportMetrics, ExportRunner
 from traitflow.export_store import ExportJobs
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.redis_client import resp_client
 from traitflow.redis_store import RedisProfileStore
-from traitflow.resp import RespClient
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.runtime import tune_gc
 from traitflow.source_job_run import SourceJobMetrics, SourceJobRunner
@@ -68,21 +68,21 @@ def create_app(
         # rate-limit charge, profiles, merge policies): a request's charge and its read
         # go in one script (api.gate), and any of them that Redis does not
         # answer fails within the client's timeout (traitflow.resp.TIMEOUT_S)
-        reads = RespClient.from_url(settings.redis_url)
+        reads = resp_client(settings)
         if keys is None:  # a read goes behind its key's charge (api.gate)
             reads = GatedReads(reads, ApiKeyLayout(settings.key_prefix))
         state.keys = (  # Redis unless a test gives its own
             keys
             if keys is not None
             else RedisKeyStore.from_url(
-                settings.redis_url, settings.key_prefix, settings.api_key_cache_s, reads
+                settings, settings.key_prefix, settings.api_key_cache_s, reads
             )
         )
         state.store = (
             store
             if store is not None
             else InstrumentedStore(  # times every Redis round trip for /metrics
-                RedisProfileStore.from_url(settings.redis_url, settings.key_prefix, reads),
+                RedisProfileStore.from_url(settings, settings.key_prefix, reads),
                 state.metrics,
             )
         )
@@ -90,12 +90,10 @@ def create_app(
             policies
             if policies is not None
             else RedisPolicyStore.from_url(
-                settings.redis_url, settings.key_prefix, settings.api_policy_cache_s, reads
+                settings, settings.key_prefix, settings.api_policy_cache_s, reads
             )
         )
-        state.catalog = catalog or RedisRuleCatalog.from_url(
-            settings.redis_url, settings.key_prefix
-        )
+        state.catalog = catalog or RedisRuleCatalog.from_url(settings, settings.key_prefix)
         # the broker is connected to on the first publish (`api.publisher`)
         state.publisher = publisher or KafkaPublisher.from_settings(settings)
         # source delete jobs: an app given a memory store scans that one (tests); this
@@ -103,7 +101,7 @@ def create_app(
         state.source_jobs = source_jobs or (
             MemorySourceJobs(store)
             if isinstance(store, MemoryProfileStore)
-            else RedisSourceJobs.from_url(settings.redis_url, settings.key_prefix)
+            else RedisSourceJobs.from_url(settings, settings.key_prefix)
         )
         source_runner = None
         if settings.source_jobs_in_api and store is None:
@@ -122,7 +120,7 @@ def create_app(
         # export jobs get a connection of their own (a round's MGET of hundreds of views
         # would queue ahead of the reads on theirs); this process runs jobs unless told
         # not to, or unless it was given its stores (a test's app has no Redis to export)
-        exports = RespClient.from_url(settings.redis_url)
+        exports = resp_client(settings)
         state.exports = ExportJobs(exports, settings.key_prefix)
         runner = None
         if settings.export_in_api and store is None:

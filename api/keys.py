@@ -32,6 +32,7 @@ from pydantic import TypeAdapter
 from api import ratelimit
 from api.key_layout import ApiKeyLayout
 from attributes.errors import InputError
+from traitflow.redis_client import Redis, async_client, resp_client
 from traitflow.resp import TIMEOUT_S, RespClient, Script
 
 TOKEN_PREFIX = "tf"
@@ -242,14 +243,15 @@ class RedisKeyStore(KeyStore):
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
+        cls, url: Redis, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
     ) -> RedisKeyStore:
-        """`reads`: a lean connection to share (closing the store closes it)."""
+        """`url`: settings, or a URL alone; `reads`: a lean connection to share
+        (closing the store closes it)."""
         # administration only (create, list, revoke: the CLI); requests use `reads`
-        client = aioredis.Redis.from_url(
+        client = async_client(
             url, decode_responses=False, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
         )
-        return cls(client, ApiKeyLayout(prefix), reads or RespClient.from_url(url), cache_ttl_s)
+        return cls(client, ApiKeyLayout(prefix), reads or resp_client(url), cache_ttl_s)
 
     async def create(self, key: ApiKey) -> None:
         async with self.client.pipeline(transaction=True) as transaction:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import cast
 
 from attributes.policies import MergePolicy
+from traitflow.redis_client import Redis, resp_client
 from traitflow.resp import RespClient
 from traitflow.store import KeyLayout
 
@@ -133,10 +134,11 @@ class RedisPolicyStore(PolicyStore):
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
+        cls, url: Redis, prefix: str, cache_ttl_s: float = 2.0, reads: RespClient | None = None
     ) -> RedisPolicyStore:
-        """`reads`: a lean connection to share (closing the store closes it)."""
-        return cls(reads or RespClient.from_url(url), KeyLayout(prefix), cache_ttl_s)
+        """`url`: settings, or a URL alone; `reads`: a lean connection to share
+        (closing the store closes it)."""
+        return cls(reads or resp_client(url), KeyLayout(prefix), cache_ttl_s)
 
     async def _load(self) -> dict[str, MergePolicy]:
         flat = cast("list[bytes]", await self.reads.call("HGETALL", self.key))

@@ -59,6 +59,8 @@ lives in the module that raises it:
     │   │                         the current version: the worker switches, computes again
     │   ├── NotDurable            traitflow.durability: writes not on disk/replicas in time
     │   └── UnsafeRedis           traitflow.redis_checks: a Redis that could lose traitflow's keys
+    │       └── RedisRefused      traitflow.redis_checks: Redis refused the credentials, the
+    │                             TLS handshake failed, or the ACL user lacks a permission
     ├── ComputeFailed             streams.entity: computing a batch raised (a bug some input
     │                             meets): the batch is split until that event is dead-lettered
     ├── ServiceError              traitflow.services: an embedded broker or Redis could not be

@@ -110,7 +110,7 @@ def create_app(
         )
         return delivery
 
-    parking = RedisParking.from_url(settings.redis_url, settings.key_prefix)
+    parking = RedisParking.from_url(settings, settings.key_prefix)
     dead_letters = TopicDeadLetters(
         settings.dead_letter_topic,
         produce_dead_letter,
@@ -124,7 +124,7 @@ def create_app(
     store = CachedProfileStore(profiles, settings.state_cache_profiles)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
     durable = DurabilityWait.from_url(
-        settings.redis_url, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
+        settings, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
     )
 
     processor = worker_processor(settings, rules, profiles, store=store, dead_letters=dead_letters)
@@ -228,7 +228,7 @@ def create_app(
 def redis_profiles(settings: Settings) -> RedisProfileStore:
     """The worker's Redis profile store for `settings`."""
     return RedisProfileStore.from_url(
-        settings.redis_url,
+        settings,
         settings.key_prefix,
         dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
     )

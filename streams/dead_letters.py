@@ -51,6 +51,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streams.records import DeadLetterSink, Record
+from traitflow.redis_client import Redis, async_client
 from traitflow.store import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,9 @@ class RedisParking(Parking):
         self._park = client.register_script(_PARK)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisParking:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), prefix)
+    def from_url(cls, url: Redis, prefix: str) -> RedisParking:
+        """`url`: settings, or a URL alone (`traitflow.redis_client`)."""
+        return cls(async_client(url, decode_responses=False), prefix)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -22,6 +22,7 @@ from traitflow.cli_profiles import jobs_app
 from traitflow.cli_recount import recount_command
 from traitflow.cli_rules import app as rules_app
 from traitflow.config import Settings
+from traitflow.redis_client import access_problem
 from traitflow.rule_catalog import RuleSource
 from traitflow.runtime import tune_gc
 from traitflow.services import ServiceError, embedded_services
@@ -72,7 +73,7 @@ def _current_rules_or_exit(settings: Settings) -> tuple[RuleSource, tuple[RuleSe
     from traitflow.rule_catalog import RedisRuleCatalog
 
     async def current(source: RuleSource) -> tuple[RuleSet, int]:
-        catalog = RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
+        catalog = RedisRuleCatalog.from_url(settings, settings.key_prefix)
         try:
             return await RuleSwitch(catalog, source).current()
         except (redis.RedisError, OSError) as exc:
@@ -154,7 +155,7 @@ def _redis_or_exit(settings: Settings) -> None:
     from traitflow.redis_checks import UnsafeRedis, check_redis
 
     try:
-        check_redis(settings.redis_url, settings.redis_sync)
+        check_redis(settings, settings.redis_sync)
     except UnsafeRedis as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -337,7 +338,7 @@ def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -
     from api.keys import RedisKeyStore
 
     async def run() -> T:
-        store = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+        store = RedisKeyStore.from_url(settings, settings.key_prefix)
         try:
             return await action(store)
         finally:
@@ -346,6 +347,8 @@ def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -
     try:
         return asyncio.run(run())
     except redis.RedisError as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            raise _fail(problem, 1) from None
         host, port = settings.redis_host_port
         raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
 

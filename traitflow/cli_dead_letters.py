@@ -20,6 +20,7 @@ import typer
 from streams.dead_letters import Letter, letter_from_record
 from traitflow.cli_context import settings_of
 from traitflow.config import Settings
+from traitflow.redis_client import access_problem
 from traitflow.replay import (
     DeadLetters,
     InvalidSince,
@@ -68,6 +69,8 @@ def _run(settings: Settings, action: Callable[[DeadLetters], Awaitable[T]]) -> T
     try:
         return asyncio.run(run())
     except redis.RedisError as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            raise _fail(problem, 1) from None
         host, port = settings.redis_host_port
         raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
     except KafkaError as exc:

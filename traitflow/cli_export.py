@@ -31,6 +31,7 @@ from traitflow.export_jobs import (
 )
 from traitflow.export_run import run_job
 from traitflow.export_store import ExportJobs
+from traitflow.redis_client import access_problem, resp_client
 from traitflow.resp import RespClient
 
 T = TypeVar("T")
@@ -55,7 +56,7 @@ def _run(settings: Settings, action: Callable[[RespClient], Awaitable[T]], hint:
     from attributes.errors import StoreError
 
     async def run() -> T:
-        client = RespClient.from_url(settings.redis_url)
+        client = resp_client(settings)
         try:
             return await action(client)
         finally:
@@ -64,6 +65,8 @@ def _run(settings: Settings, action: Callable[[RespClient], Awaitable[T]], hint:
     try:
         return asyncio.run(run())
     except (StoreError, OSError) as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            raise _fail(problem, 1) from None
         host, port = settings.redis_host_port
         raise _fail(f"Redis at {host}:{port}: {type(exc).__name__}: {exc}{hint}", 1) from None
     except ExportRefused as exc:

@@ -27,6 +27,7 @@ from traitflow.erasure_requests import (
     publish_erase,
     target_identity,
 )
+from traitflow.redis_client import access_problem
 from traitflow.redis_store import RedisProfileStore
 from traitflow.source_job_run import SourceJobRunner, kafka_publisher
 from traitflow.source_jobs import (
@@ -60,7 +61,7 @@ def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaita
     from aiokafka.errors import KafkaError
 
     async def run() -> T:
-        store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
+        store = RedisProfileStore.from_url(settings, settings.key_prefix)
         try:
             return await action(store)
         finally:
@@ -69,6 +70,8 @@ def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaita
     try:
         return asyncio.run(run())
     except (redis.RedisError, OSError) as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            raise _fail(problem, 1) from None
         raise _fail(f"Redis or the broker did not answer: {type(exc).__name__}", 1) from None
     except KafkaError as exc:
         raise _fail(f"the broker did not acknowledge: {type(exc).__name__}", 1) from None
@@ -134,7 +137,7 @@ def _state(status: bytes | None) -> str | None:
 
 def _with_jobs(settings: Settings, action: Callable[[RedisSourceJobs], Awaitable[T]]) -> T:
     async def with_store(store: RedisProfileStore) -> T:
-        jobs = RedisSourceJobs.from_url(settings.redis_url, settings.key_prefix)
+        jobs = RedisSourceJobs.from_url(settings, settings.key_prefix)
         try:
             return await action(jobs)
         finally:

@@ -27,7 +27,8 @@ def recount_command(
     replace its counters (for profiles stored before the counts existed). Stop the
     workers first: a commit during the pass would be miscounted."""
     import redis
-    import redis.asyncio as aioredis
+
+    from traitflow.redis_client import access_problem, async_client
 
     settings = settings_of(ctx)
     if entity not in settings.entities:
@@ -40,7 +41,7 @@ def recount_command(
         raise typer.Exit(2)
 
     async def run() -> Recount:
-        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        client = async_client(settings, decode_responses=False)
         try:
             return await recount(
                 client, KeyLayout(settings.key_prefix), entity, rate_per_s=rate, batch=batch
@@ -51,6 +52,9 @@ def recount_command(
     try:
         found = asyncio.run(run())
     except (redis.RedisError, OSError) as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"error: Redis did not answer: {type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
     counted = composition(found.counts())

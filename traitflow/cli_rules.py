@@ -26,6 +26,7 @@ from attributes.rules import RuleFileError
 from traitflow import rule_changes
 from traitflow.cli_context import settings_of
 from traitflow.config import Settings
+from traitflow.redis_client import access_problem
 from traitflow.rule_catalog import Catalog, RedisRuleCatalog, RuleCatalog, RuleSource
 from traitflow.rule_changes import ConfiguredAttribute, UnknownAttribute
 
@@ -50,7 +51,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def open_catalog(settings: Settings) -> RuleCatalog:
     """The catalog the API and the workers use (tests put a memory one here)."""
-    return RedisRuleCatalog.from_url(settings.redis_url, settings.key_prefix)
+    return RedisRuleCatalog.from_url(settings, settings.key_prefix)
 
 
 def _source(settings: Settings) -> RuleSource:
@@ -80,6 +81,8 @@ def _run(settings: Settings, action: Callable[[RuleCatalog], Awaitable[T]]) -> T
     except (RuleFileError, LifecycleError) as exc:
         raise _fail(f"refused: {rule_changes.problem_text(exc)}") from None
     except (redis.RedisError, OSError) as exc:
+        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
+            raise _fail(problem, 1) from None
         host, port = settings.redis_host_port
         raise _fail(f"Redis at {host}:{port}: {type(exc).__name__}: {exc}", 1) from None
 

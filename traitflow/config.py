@@ -147,10 +147,38 @@ class Settings(BaseSettings):
             settings = cls(**values)
         settings._kafka_from_env = "TRAITFLOW_KAFKA_BOOTSTRAP" in environ
         settings._redis_from_env = "TRAITFLOW_REDIS_URL" in environ
+        if not settings._redis_from_env and "redis_url" not in values:
+            settings = settings._with_embedded_password()
         return settings
+
+    def _with_embedded_password(self) -> Settings:
+        """These settings with the embedded Redis's password in `redis_url`: the one
+        in `TRAITFLOW_REDIS_PASSWORD`, else the one generated once into the home
+        (`traitflow.redis_password`). In the URL, so that every client made from it,
+        a test's or a benchmark's too, authenticates; what prints a Redis address
+        prints host and port only."""
+        from traitflow.redis_password import embedded_password, url_with_password
+
+        if self.redis_password is not None or urlsplit(self.redis_url).password is not None:
+            return self
+        password = embedded_password(self.home)
+        copy = self.model_copy(update={"redis_url": url_with_password(self.redis_url, password)})
+        copy._kafka_from_env, copy._redis_from_env = self._kafka_from_env, self._redis_from_env
+        return copy
 
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     redis_url: str = DEFAULT_REDIS_URL
+    #: an ACL user and its password for Redis, over the URL's (redis://user:pw@host);
+    #: unset: the URL's, or none. The password is never logged (README, "Secured Redis")
+    redis_username: str | None = Field(default=None, min_length=1)
+    redis_password: SecretStr | None = None
+    #: TLS, with a rediss:// URL: the CA that signed Redis's certificate (unset: the
+    #: system's CAs), a client certificate and its key when Redis asks for one, and
+    #: whether the certificate must name the URL's host
+    redis_ssl_ca_file: Path | None = None
+    redis_ssl_cert_file: Path | None = None
+    redis_ssl_key_file: Path | None = None
+    redis_ssl_check_hostname: bool = True
     key_prefix: str = Field(default="tf", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     app_id: str = "traitflow"
@@ -294,6 +322,31 @@ class Settings(BaseSettings):
                     f"write_keys: the key {digest[:12]}... names source {source!r}, which must "
                     f"be bound to exactly one ingest topic (sources: {self.sources})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls_is_consistent(self) -> Settings:
+        """TLS files that would be ignored, or that are missing, stop the start here,
+        naming the setting, rather than as a handshake failure later."""
+        files = {
+            "TRAITFLOW_REDIS_SSL_CA_FILE": self.redis_ssl_ca_file,
+            "TRAITFLOW_REDIS_SSL_CERT_FILE": self.redis_ssl_cert_file,
+            "TRAITFLOW_REDIS_SSL_KEY_FILE": self.redis_ssl_key_file,
+        }
+        named = [name for name, path in files.items() if path is not None]
+        if named and urlsplit(self.redis_url).scheme != "rediss":
+            raise ValueError(
+                f"{', '.join(named)} set, but TRAITFLOW_REDIS_URL is not a rediss:// URL "
+                "(TLS is on with rediss:// only)"
+            )
+        if self.redis_ssl_key_file is not None and self.redis_ssl_cert_file is None:
+            raise ValueError(
+                "TRAITFLOW_REDIS_SSL_KEY_FILE set without TRAITFLOW_REDIS_SSL_CERT_FILE "
+                "(the client certificate the key belongs to)"
+            )
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
         return self
 
     @model_validator(mode="before")
@@ -572,6 +625,8 @@ class Settings(BaseSettings):
             "heartbeat_interval_s": heartbeat,
             "fetch_wait_ms": self.fetch_wait,
         }
+        if self.redis_password is not None:  # dumped masked: the child needs the password
+            values["redis_password"] = self.redis_password.get_secret_value()
         if self.kafka_sasl_password is not None:  # dumped masked: the child needs it
             values["kafka_sasl_password"] = self.kafka_sasl_password.get_secret_value()
         return {

@@ -100,7 +100,7 @@ async def expected_profile(
 async def create_demo_key(settings: Settings) -> str:
     """A key that may read `users`: the API answers nothing without one."""
     record, token = new_key("demo", collections=["users"])
-    keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+    keys = RedisKeyStore.from_url(settings, settings.key_prefix)
     try:
         await keys.create(record)
     finally:

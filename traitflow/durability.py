@@ -39,6 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from attributes.errors import StoreError
+from traitflow.redis_client import Redis, async_client
 from traitflow.store import KeyLayout
 
 #: what a Redis older than WAITAOF must be set to for `disk`
@@ -150,10 +151,9 @@ class DurabilityWait:
         self._waitaof: bool | None = None
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, sync: str, timeout_s: float) -> DurabilityWait:
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s + 5.0, socket_connect_timeout=5.0
-        )
+    def from_url(cls, url: Redis, prefix: str, sync: str, timeout_s: float) -> DurabilityWait:
+        """`url`: settings, or a URL alone (`traitflow.redis_client`)."""
+        client = async_client(url, socket_timeout=timeout_s + 5.0, socket_connect_timeout=5.0)
         return cls(client, prefix, sync, timeout_s)
 
     @property

@@ -20,6 +20,7 @@ import redis
 
 from attributes.errors import StoreError
 from traitflow.durability import FSYNC_EVERY_WRITE, config_of, sync_problem
+from traitflow.redis_client import Redis, access_problem, sync_client
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ SAFE_POLICY = "noeviction"
 class UnsafeRedis(StoreError):
     """The Redis traitflow was pointed at could lose its keys; the message says why and
     what to set."""
+
+
+class RedisRefused(UnsafeRedis):
+    """Redis refused traitflow's credentials, its TLS handshake failed, or its ACL user
+    may not run what traitflow needs: not transient, so a start stops at once with the
+    message (`traitflow.redis_client.access_problem`), which names the settings."""
 
 
 def eviction_problem(memory: Mapping[str, Any]) -> str | None:
@@ -53,12 +60,13 @@ def _config(client: redis.Redis) -> dict[str, str] | None:
         return None
 
 
-def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
-    """Raise `UnsafeRedis` if the Redis at `url` could evict traitflow's keys, or cannot
-    give the durability `sync` asks for. One that does not answer within `wait_s` is
-    only warned about: the worker retries its writes and the API answers 503 until it
-    does."""
-    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+def check_redis(url: Redis, sync: str = "none", wait_s: float = 10.0) -> None:
+    """Raise `UnsafeRedis` if the Redis at `url` (settings, or a URL alone) could evict
+    traitflow's keys, or cannot give the durability `sync` asks for, and `RedisRefused`
+    at once if it refuses traitflow's credentials or TLS. One that does not answer
+    within `wait_s` is only warned about: the worker retries its writes and the API
+    answers 503 until it does."""
+    client = sync_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -69,8 +77,15 @@ def check_redis(url: str, sync: str = "none", wait_s: float = 10.0) -> None:
                 config = _config(client)
                 break
             except redis.exceptions.RedisError as exc:
+                if refused := access_problem(exc, url):
+                    raise RedisRefused(refused) from None
                 if time.monotonic() > deadline:
-                    log.warning("Redis not checked (not answering: %r); starting anyway", exc)
+                    log.warning(
+                        "Redis not checked (not answering: %r); starting anyway. If it does "
+                        "answer: a TLS port wants a rediss:// TRAITFLOW_REDIS_URL, a plain "
+                        "one redis:// (the other never answers)",
+                        exc,
+                    )
                     return
                 time.sleep(0.5)
     finally:

@@ -25,6 +25,7 @@ from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import read_sizes
 from traitflow.commit_plan import CommitPlan
+from traitflow.redis_client import Redis, RedisTarget, async_client, resp_client
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
@@ -163,24 +164,26 @@ class RedisProfileStore(ProfileStore):
     @classmethod
     def from_url(
         cls,
-        url: str,
+        url: Redis,
         prefix: str,
         reads: RespClient | None = None,
         *,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS,
         clock: Callable[[], int] = now_ms,
     ) -> RedisProfileStore:
-        """`reads`: a lean connection to share (closing the store closes it)."""
-        if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
-            client = aioredis.Redis.from_url(
-                url, decode_responses=False, connection_class=HiredisPackedConnection
+        """`url`: settings, or a URL alone (`traitflow.redis_client`); `reads`: a
+        lean connection to share (closing the store closes it)."""
+        target = RedisTarget.of(url)
+        if target.url.startswith("redis://"):  # TLS and unix sockets keep their own classes
+            client = async_client(
+                target, decode_responses=False, connection_class=HiredisPackedConnection
             )
         else:
-            client = aioredis.Redis.from_url(url, decode_responses=False)
+            client = async_client(target, decode_responses=False)
         return cls(
             client,
             KeyLayout(prefix),
-            reads or RespClient.from_url(url),
+            reads or resp_client(target),
             dedupe_window_ms=dedupe_window_ms,
             clock=clock,
         )

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-import redis.asyncio as aioredis
 
 from attributes.errors import InputError, TraitflowError
 from streams.dead_letters import Letter, RedisParking, letter_from_record
 from traitflow.config import Settings
+from traitflow.redis_client import async_client
 from traitflow.store import KeyLayout
 from traitflow.topics import publish_records, read_topic
 
@@ -195,7 +195,7 @@ class DeadLetters:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyLayout(settings.key_prefix)
-        self.client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        self.client = async_client(settings, decode_responses=False)
         self.parking = RedisParking(self.client, settings.key_prefix)
 
     async def close(self) -> None:

@@ -32,7 +32,7 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -89,15 +89,36 @@ class Script:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """Where and how to connect, from a redis://, rediss:// or unix:// URL."""
+    """Where and how to connect, from a redis://, rediss:// or unix:// URL, and the TLS
+    options a URL does not carry (`traitflow.redis_client.RedisTarget.address` sets them from
+    the settings, as it sets redis-py's). The password is left out of the repr."""
 
     host: str | None = None
     port: int = 6379
     path: str | None = None
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     db: int = 0
+    #: TLS: the CA file to verify Redis's certificate with (None: the system's CAs), a
+    #: client certificate and its key (None: the certificate file holds it), and
+    #: whether the certificate must name `host`
+    ssl_ca_file: str | None = None
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    ssl_check_hostname: bool = True
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with, None without TLS. The certificate is always
+        verified; only the host-name check may be turned off (a certificate made for
+        another name, e.g. an IP address)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_ca_file)
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_cert_file is not None:
+            context.load_cert_chain(self.ssl_cert_file, self.ssl_key_file)
+        return context
 
     @classmethod
     def from_url(cls, url: str) -> Address:
@@ -206,7 +227,7 @@ class RespClient:
                     if address.path is not None:
                         reader, writer = await asyncio.open_unix_connection(address.path)
                     else:
-                        tls = ssl.create_default_context() if address.tls else None
+                        tls = address.tls_context()
                         reader, writer = await asyncio.open_connection(
                             address.host, address.port, ssl=tls
                         )

@@ -23,6 +23,7 @@ from redis.exceptions import WatchError
 
 from attributes.catalog import ManagedAttribute, Status, live_definitions
 from attributes.rules import RuleFileError, RuleProblem, RuleSet, parse_rules
+from traitflow.redis_client import Redis, async_client
 from traitflow.store import KeyLayout
 
 
@@ -121,8 +122,9 @@ class RedisRuleCatalog(RuleCatalog):
         self.progress_key = keys.backfill_progress()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisRuleCatalog:
-        return cls(aioredis.Redis.from_url(url), KeyLayout(prefix))
+    def from_url(cls, url: Redis, prefix: str) -> RedisRuleCatalog:
+        """`url`: settings, or a URL alone (`traitflow.redis_client`)."""
+        return cls(async_client(url), KeyLayout(prefix))
 
     async def version(self) -> int:
         return int(await self.client.get(self.version_key) or 0)

@@ -17,11 +17,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from attributes.errors import TraitflowError
 from traitflow.config import Settings
+from traitflow.redis_client import RedisTarget
 
 
 class ServiceError(TraitflowError):
@@ -156,6 +157,10 @@ class Service(Daemon):
     #: the broker's storage: "memory", or "disk" (its data directory, served to Tansu
     #: as S3 by `traitflow.objectstore`, which runs it)
     storage: str = "memory"
+    #: Redis only: the password it requires (`requirepass`), written to a config file
+    #: of mode 0600 in `directory` rather than onto the command line, which any local
+    #: user may read (/proc/PID/cmdline); None: none
+    password: str | None = field(default=None, repr=False)
 
     def command(self) -> list[str]:
         return [*self._command(), *self.options]
@@ -188,6 +193,7 @@ class Service(Daemon):
             data.mkdir(parents=True, exist_ok=True)
             return [
                 redis_binary(),
+                *self._redis_config(),
                 "--bind", self.host,
                 "--port", str(self.port),
                 "--dir", str(data.resolve()),
@@ -201,6 +207,18 @@ class Service(Daemon):
                 "--maxmemory-policy", "noeviction",
             ]  # fmt: skip
         raise ServiceError(f"unknown service {self.name!r}")
+
+    def _redis_config(self) -> list[str]:
+        """redis-server's config file argument (its first) holding the password, or none."""
+        if self.password is None:
+            return []
+        config = self.directory / "redis.conf"
+        config.unlink(missing_ok=True)  # created anew with our mode, whatever was there
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            out.write(f'requirepass "{quoted}"\n')
+        return [str(config.resolve())]
 
     def running(self) -> bool:
         return self.pid() is not None and port_open(self.host, self.port)
@@ -245,5 +263,9 @@ def embedded_services(settings: Settings) -> list[Service]:
         # TRAITFLOW_REDIS_SYNC=disk on Debian's Redis 7.0 (no WAITAOF) needs every write
         # fsynced before its reply; the wait then costs one CONFIG GET per batch
         fsync = ("--appendfsync", "always") if settings.redis_sync == "disk" else ()
-        services.append(Service("redis", settings.home / "redis", host, port, fsync))
+        # the password the settings connect with: generated once into the home
+        # (traitflow.redis_password) unless TRAITFLOW_REDIS_PASSWORD names one
+        password = RedisTarget.of(settings).credentials[1]
+        redis = Service("redis", settings.home / "redis", host, port, fsync, password=password)
+        services.append(redis)
     return services

@@ -31,6 +31,7 @@ from attributes.errors import InputError
 from attributes.profile import ProfileState, decode_state
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.redis_client import Redis, async_client
 from traitflow.store import KeyLayout
 
 NEW, PROCESSING, COMPLETED, FAILED = "NEW", "PROCESSING", "COMPLETED", "FAILED"
@@ -175,9 +176,9 @@ class RedisSourceJobs(SourceJobStore):
         self.keys = keys
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisSourceJobs:
-        """Responses are not decoded: states are msgpack."""
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), KeyLayout(prefix))
+    def from_url(cls, url: Redis, prefix: str) -> RedisSourceJobs:
+        """`url`: settings, or a URL alone. Responses are not decoded: states are msgpack."""
+        return cls(async_client(url, decode_responses=False), KeyLayout(prefix))
 
     async def create(self, job: SourceJob) -> None:
         async with self.client.pipeline(transaction=True) as pipe:

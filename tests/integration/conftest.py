@@ -29,6 +29,7 @@ import redis
 from api.keys import RedisKeyStore, new_key
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.redis_password import embedded_password
 from traitflow.services import Daemon, Service, ServiceError, free_port
 from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_lines
@@ -69,13 +70,15 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     if _local_services_possible():
         home = tmp_path_factory.mktemp("services")
         broker = Service("broker", home / "broker", "127.0.0.1", free_port())
-        store = Service("redis", home / "redis", "127.0.0.1", free_port())
+        # with a password, as the embedded one: every client the tests make must send it
+        password = embedded_password(home)
+        store = Service("redis", home / "redis", "127.0.0.1", free_port(), password=password)
         try:
             broker.start()
             store.start()
             yield (
                 external_kafka or f"127.0.0.1:{broker.port}",
-                external_redis or f"redis://127.0.0.1:{store.port}/0",
+                external_redis or f"redis://:{password}@127.0.0.1:{store.port}/0",
             )
         finally:
             broker.stop()

@@ -94,3 +94,19 @@ def test_external_kafka_listener_is_published(compose: dict[str, Any]) -> None:
     )
     port = external.rsplit(":", 1)[1]
     assert any(p.endswith(f":{port}:{port}") for p in kafka["ports"])
+
+
+def test_redis_requires_the_password_the_services_connect_with(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    required = command[command.index("--requirepass") + 1]
+    assert required.startswith("${TRAITFLOW_REDIS_PASSWORD:?")  # the operator's, never a default
+    assert redis["environment"]["REDISCLI_AUTH"] == required  # what the health check sends
+    for service in ("worker", "api"):
+        env = _env(compose, service)
+        assert env["TRAITFLOW_REDIS_PASSWORD"] == required
+        settings = _settings_from(env, monkeypatch)
+        assert settings.redis_password is not None
+        assert settings.redis_password.get_secret_value() == required
