@@ -1,10 +1,9 @@
 """What one commit of the Redis store checks and writes, worked out before it talks to
-Redis: the plan is built once, and a commit that Redis refuses (a watched key changed
-between the check and EXEC) queues the same plan again without computing it again.
+Redis: the checks it makes and the commands it runs, which `RedisProfileStore.commit`
+hands to the commit script (`traitflow.commit_script`) in one call.
 
 Building it is pure, so what a commit writes is tested without a server
-(`tests/unit/test_commit_plan.py`); `RedisProfileStore.commit` only watches, compares
-and executes.
+(`tests/unit/test_commit_plan.py`).
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
 from traitflow.audience_counts import SizeChanges, size_changes
+from traitflow.commit_script import CommandList
 from traitflow.outbox import entry_fields
 from traitflow.profile_counts import category_moves
 from traitflow.store import (
@@ -184,10 +182,11 @@ class CommitPlan:
             [g for g in stale if isinstance(g, tuple)], [g for g in stale if isinstance(g, str)]
         )
 
-    def queue(self, transaction: Pipeline, *, bucket_ms: int, dedupe_window_ms: int) -> None:
-        """Queue every write in `transaction` (after MULTI, if it checks anything).
-        Applied messageIds go to the dedupe bucket of `now`, `bucket_ms` long, kept
-        until no lookup's window (`dedupe_window_ms`) reaches back into it."""
+    def queue(self, transaction: CommandList, *, bucket_ms: int, dedupe_window_ms: int) -> None:
+        """Queue every write in `transaction`, which the commit script runs once its
+        checks hold (`traitflow.commit_script`). Applied messageIds go to the dedupe
+        bucket of `now`, `bucket_ms` long, kept until no lookup's window
+        (`dedupe_window_ms`) reaches back into it."""
         if self.sets:
             transaction.mset(self.sets)
         if self.deletes:
@@ -213,7 +212,7 @@ class CommitPlan:
         for outbox, fields in self.outgoing:
             transaction.xadd(outbox, fields)
 
-    def _count(self, transaction: Pipeline) -> None:
+    def _count(self, transaction: CommandList) -> None:
         """The changes of audience sizes (`traitflow.audience_counts`) and profile
         counts (`traitflow.profile_counts`), in the same MULTI as the writes that make
         them; the expiring members of the names it touches whose deadline has passed go."""
@@ -232,7 +231,7 @@ class CommitPlan:
         )
 
     def _sized(
-        self, transaction: Pipeline, sizes: SizeChanges, kept: str, expiring: tuple[str, str]
+        self, transaction: CommandList, sizes: SizeChanges, kept: str, expiring: tuple[str, str]
     ) -> None:
         """`sizes` into hash `kept`, set `expiring[0]` (the names with expiring
         members) and the sorted sets named `expiring[1]` + name."""

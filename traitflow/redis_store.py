@@ -3,28 +3,26 @@
 
 The worker's lookups, loads and commits go through redis-py; the API's reads through
 the leaner `traitflow.resp` connection. A commit is Redis's optimistic transaction:
-WATCH the keys it must find unchanged, read and compare them, then MULTI with every
-write and EXEC, which Redis refuses if a watched key changed in between. (A Lua
-script doing the same took several times as long inside Redis, which runs one script
-at a time: bench/README.md, "Design figures".)
+one Lua script (`traitflow.commit_script`) that checks the keys it must find
+unchanged and, only if they are, makes every write: one round trip, and nothing runs
+between the check and the writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import WatchError
 from redis.typing import EncodableT
 
 from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import read_sizes
 from traitflow.commit_plan import CommitPlan
+from traitflow.commit_script import COMMIT, CommandList, found_values, script_arguments
 from traitflow.redis_client import Redis, RedisTarget, async_client, resp_client
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
@@ -44,9 +42,6 @@ from traitflow.store import (
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 #: time buckets per dedupe window: a lookup asks this many sets (plus the current one)
 DEDUPE_BUCKETS = 7
-#: seconds a commit waits before it watches again after its client gave up a WATCH
-#: because of an error (a Redis Cluster slot migrating: `traitflow.redis_cluster`)
-REDIRECT_PAUSE_S = 0.05
 
 
 # One round trip per read: resolve the index and fetch the view inside Redis.
@@ -160,6 +155,7 @@ class RedisProfileStore(ProfileStore):
         #: an id costs a set member, not a key, and a whole bucket expires at once
         self.bucket_ms = max(1, -(-dedupe_window_ms // DEDUPE_BUCKETS))
         self.clock = clock
+        self._commit = client.register_script(COMMIT)
 
     @classmethod
     def from_url(
@@ -280,32 +276,15 @@ class RedisProfileStore(ProfileStore):
         plan = CommitPlan.of(
             self.keys, entity, writes, removed=removed, expected=expected, now=self.clock()
         )
-        while True:
-            async with self.client.pipeline(transaction=True) as transaction:
-                try:
-                    if plan.checks:
-                        # optimistic: a watched key that changes before EXEC makes EXEC fail
-                        await transaction.watch(*plan.checks)
-                        found = await transaction.mget(list(plan.checks))
-                        if conflict := plan.conflict(cast("list[bytes | None]", found)):
-                            raise conflict
-                        transaction.multi()  # type: ignore[no-untyped-call]
-                    plan.queue(
-                        transaction,
-                        bucket_ms=self.bucket_ms,
-                        dedupe_window_ms=self.dedupe_window_ms,
-                    )
-                    await transaction.execute()
-                except WatchError as exc:
-                    # written between the check and EXEC: check again, to name what
-                    # changed (or, if every value is still the one read, write now).
-                    # Raised while handling another error, it is the client giving up
-                    # the WATCH: on a Redis Cluster, the slot moving (`traitflow.
-                    # redis_cluster`); check again on the owner, after a pause
-                    if exc.__context__ is not None:
-                        await asyncio.sleep(REDIRECT_PAUSE_S)
-                    continue
-                return
+        commands = CommandList()
+        plan.queue(commands, bucket_ms=self.bucket_ms, dedupe_window_ms=self.dedupe_window_ms)
+        checks = {key: want for key, (want, _) in plan.checks.items()}
+        keys, args = script_arguments(checks, commands)
+        found = found_values(await self._commit(keys=keys, args=args))
+        if found is not None:
+            conflict = plan.conflict(found)
+            assert conflict is not None, "the script refused a commit whose checks hold"
+            raise conflict
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
         ids = cast(

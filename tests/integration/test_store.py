@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from attributes.profile import ProfileState, encode_state
+from traitflow.commit_script import MAX_ITEMS
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
 from traitflow.store import Conflict, Expected, KeyLayout, ProfileWrite
@@ -132,42 +133,50 @@ def test_a_commit_checks_pointers_and_versions(settings: Settings, prefix: str) 
     assert left == ["u-2"]  # u-9 never written; u-1 removed with the last commit
 
 
-def test_a_key_rewritten_with_the_value_read_before_exec_is_checked_again(
+def test_a_key_rewritten_with_the_value_read_is_no_conflict(
     settings: Settings, prefix: str, redis_client: redis.Redis
 ) -> None:
-    """WATCH fires on any write, even one that leaves the value as it was (another
-    worker linking an identity again): EXEC fails, the checks are read again, and as
-    they all still hold, the commit is written, with no conflict."""
+    """The commit checks values, not writes: another worker linking an identity again
+    to the same profile changes nothing the batch read, so the commit is written."""
     keys = KeyLayout(prefix)
     pointer = keys.index("user", "anonymous_id", "a-1")
-    checks: list[Any] = []
 
     async def use(store: RedisProfileStore) -> Any:
         await store.save("user", [write("u-1", anonymous_id="a-1")])
-        pipeline = store.client.pipeline
-
-        def rewriting(*args: Any, **kwargs: Any) -> Any:
-            transaction = pipeline(*args, **kwargs)
-            mget = transaction.mget
-
-            async def checked(*keys: Any) -> Any:
-                found = await mget(*keys)
-                checks.append(found)
-                if len(checks) == 1:  # between this check and EXEC, on another connection
-                    redis_client.set(pointer, b"u-1")
-                return found
-
-            transaction.mget = checked  # type: ignore[method-assign, assignment]
-            return transaction
-
-        store.client.pipeline = rewriting  # type: ignore[method-assign]
+        redis_client.set(pointer, b"u-1")  # on another connection, after the read
         await store.commit(
             "user", [write("u-2")], expected=Expected({("anonymous_id", "a-1"): "u-1"})
         )
 
     with_store(settings, prefix, use)
-    assert checks == [[b"u-1"], [b"u-1"]]
     assert redis_client.get(keys.view("user", "u-2")) == b'{"id": "u-2"}'
+
+
+def test_a_commit_larger_than_one_command_is_checked_and_written_whole(
+    settings: Settings, prefix: str, redis_client: redis.Redis
+) -> None:
+    """Past `MAX_ITEMS` the script's checks and writes are split into several commands:
+    one stale check among thousands still refuses the whole commit, and a commit that
+    holds writes every key."""
+    count = 3 * MAX_ITEMS + 7
+    keys = KeyLayout(prefix)
+    pids = [f"u-{n}" for n in range(count)]
+
+    async def use(store: RedisProfileStore) -> Any:
+        await store.save("user", [write(pid) for pid in pids])
+        redis_client.set(keys.version("user", pids[-1]), b"2")  # another worker wrote it
+        stale = Expected(versions=dict.fromkeys(pids, 1))
+        with pytest.raises(Conflict) as refused:
+            await store.commit(
+                "user", [write(pid, anonymous_id=pid) for pid in pids], expected=stale
+            )
+        assert refused.value.profiles == {pids[-1]}
+        redis_client.set(keys.version("user", pids[-1]), b"1")
+        await store.commit("user", [write(pid, anonymous_id=pid) for pid in pids], expected=stale)
+
+    with_store(settings, prefix, use)
+    pointers = redis_client.mget([keys.index("user", "anonymous_id", pid) for pid in pids])
+    assert pointers == [pid.encode() for pid in pids]
 
 
 def test_a_state_stored_without_a_version_key_gets_one(

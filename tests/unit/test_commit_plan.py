@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio.client import Pipeline
-
 from attributes.profile import ProfileState
 from traitflow.commit_plan import CommitPlan
+from traitflow.commit_script import CommandList
 from traitflow.store import Conflict, Expected, KeyLayout, Outgoing, ProfileWrite, RulesChanged
 
 KEYS = KeyLayout("tf")
@@ -82,7 +81,7 @@ def test_the_queue_dedupes_counts_and_publishes_in_the_same_transaction() -> Non
     entered.state.audiences = ["buyers"]
     plan = CommitPlan.of(KEYS, "user", [entered], now=NOW)
     recorder = Recorder()
-    plan.queue(cast(Pipeline, recorder), bucket_ms=1000, dedupe_window_ms=5000)
+    plan.queue(cast(CommandList, recorder), bucket_ms=1000, dedupe_window_ms=5000)
     names = [name for name, _ in recorder.commands]
     assert names == ["mset", "zadd", "sadd", "pexpireat", "hincrby", "xadd"]
     bucket = NOW // 1000
@@ -97,7 +96,7 @@ def test_an_expiring_member_is_scored_by_its_deadline_and_the_due_ones_pruned() 
     anonymous.entered = anonymous.state.audiences = ["buyers"]
     plan = CommitPlan.of(KEYS, "user", [anonymous], now=NOW)
     recorder = Recorder()
-    plan.queue(cast(Pipeline, recorder), bucket_ms=1000, dedupe_window_ms=5000)
+    plan.queue(cast(CommandList, recorder), bucket_ms=1000, dedupe_window_ms=5000)
     counted = [c for c in recorder.commands if c[0] in {"zadd", "sadd", "zremrangebyscore"}]
     assert counted == [
         ("zadd", ("tf:ax:user:buyers", {"anon": NOW + 60_000})),

@@ -9,7 +9,6 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from redis.asyncio.client import Pipeline
 
 from attributes.erasure import erase_event
 from attributes.profile import ProfileState, decode_state, encode_state
@@ -18,6 +17,7 @@ from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.test_commit_plan import Recorder
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.commit_plan import CommitPlan
+from traitflow.commit_script import CommandList
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.profile_counts import (
     categories,
@@ -110,7 +110,7 @@ def test_the_commit_adjusts_the_counts_in_its_own_transaction() -> None:
         recount(write)
     plan = CommitPlan.of(KeyLayout("tf"), "user", [kept, anonymous], now=NOW)
     recorder = Recorder()
-    plan.queue(cast(Pipeline, recorder), bucket_ms=1000, dedupe_window_ms=5000)
+    plan.queue(cast(CommandList, recorder), bucket_ms=1000, dedupe_window_ms=5000)
     counted = [c for c in recorder.commands if ":pc" in str(c[1][0])]
     assert counted[:4] == [
         ("hincrby", ("tf:pc:user", "namespace:email", -1)),
