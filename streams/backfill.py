@@ -55,6 +55,10 @@ OPEN = 2**63 - 1
 JOIN_CHUNK = 100
 #: how often progress is saved, and the lease renewed (seconds)
 PROGRESS_S = 1.0
+#: the longest the backfill computes without giving the worker's loop a turn
+#: (seconds): a fetch of events is applied in one call, and an attribute's filter
+#: may take milliseconds per event
+TURN_S = 0.05
 
 
 def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
@@ -278,7 +282,11 @@ class Backfill:
                     admitted.append((record, found, ids))
         identities = list(dict.fromkeys(i for _, _, ids in admitted for i in ids))
         pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
+        turn = time.monotonic()
         for record, found, ids in admitted:
+            if time.monotonic() - turn >= TURN_S:  # live batches go on meanwhile
+                await asyncio.sleep(0)
+                turn = time.monotonic()
             pid = next((pointers[i] for i in ids if i in pointers), None)
             if pid is None:
                 continue  # its profile is gone (erased, or an idle anonymous one expired)

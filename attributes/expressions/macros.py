@@ -8,14 +8,16 @@ closures read `x` like any variable. `all` and `exists` absorb errors as `&&` an
 
 Comprehensions are the one way an expression's cost can grow faster than its text:
 nested ones multiply (three nested over a 100-element list are a million steps, and
-two over an event's 100,000-element list ten billion), and a `map` can build values
+two over an event's 60,000-element list billions), and a `map` can build values
 far larger than the event. A worker evaluates filters inside its batches, so such an
 expression would stall it on every event, or on one hostile event. Each evaluation
 of an outermost comprehension therefore has a budget, `MAX_ITERATIONS`, shared with
 the comprehensions nested in it: each is charged the length of what it iterates
-over, and `map` the length of each string, list or map it builds. Past the budget
-the evaluation fails (an `EvaluationError`: the filter does not match, a derived
-attribute is null), in time bounded by the budget, whatever the data.
+over, and `map` the length of each list or map it builds and one per KiB of each
+string. Past the budget the evaluation fails (an `EvaluationError`: the filter does
+not match, a derived attribute is null), in time bounded by the budget (milliseconds),
+whatever the data: a worker evaluates filters on every event of its batches, and a
+backfill on every event of the history.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def _has(node: Call, scope: Scope, compile_node: CompileNode) -> Compiled:
 
 #: the elements (and built lengths) one outermost comprehension may go through,
 #: those nested in it included
-MAX_ITERATIONS = 100_000
+MAX_ITERATIONS = 10_000
 #: where the budget left travels in the bindings (no CEL name can read it)
 _BUDGET = "\0budget"
 
@@ -199,8 +201,10 @@ def _map(
             bindings[variable] = element
             if predicate is None or require_bool(predicate(bindings), "map"):
                 value = transform(bindings)
-                if isinstance(value, str | list | dict):  # what it builds is kept
+                if isinstance(value, list | dict):  # what it builds is kept
                     _charge(budget, len(value), "map")
+                elif isinstance(value, str):  # a reference, or a copy (`s + s`)
+                    _charge(budget, len(value) >> 10, "map")
                 mapped.append(value)
         return mapped
 

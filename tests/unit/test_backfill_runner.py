@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -120,3 +121,40 @@ async def test_a_derived_attribute_is_backfilled_at_once(tmp_path: Path) -> None
     processor = BatchProcessor(source.compose([derived]), MemoryProfileStore(), ListDeadLetters())
     backfill = Backfill(Settings(rules_path=path), processor, MemoryRuleCatalog(), None)  # type: ignore[arg-type]
     assert await asyncio.wait_for(backfill.run(derived), timeout=5) is True
+
+
+async def test_a_backfill_gives_the_worker_s_loop_a_turn_while_it_applies_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch of events is applied in one call, and a filter may take milliseconds per
+    event: without a turn now and then, no live batch (nor any timer) would run."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    rules = RuleSource.read(path).compose(())
+    processor = BatchProcessor(rules, MemoryProfileStore(), ListDeadLetters())
+    backfill = Backfill(Settings(rules_path=path), processor, MemoryRuleCatalog(), None)  # type: ignore[arg-type]
+    monkeypatch.setattr("streams.backfill.TURN_S", 0.0)  # a turn at every event
+    records = [
+        SimpleNamespace(
+            topic="events",
+            partition=0,
+            offset=n,
+            timestamp=1_000,
+            value=b'{"type": "page", "userId": "u-%d"}' % n,
+        )
+        for n in range(20)
+    ]
+    turns = 0
+
+    async def live() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(live())
+    await asyncio.sleep(0)
+    before = turns
+    await backfill._apply(processor.entities["user"], rules, records, {}, set())
+    other.cancel()
+    assert turns - before >= 10
