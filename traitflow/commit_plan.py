@@ -214,8 +214,8 @@ class CommitPlan:
 
     def _count(self, transaction: CommandList) -> None:
         """The changes of audience sizes (`traitflow.audience_counts`) and profile
-        counts (`traitflow.profile_counts`), in the same MULTI as the writes that make
-        them; the expiring members of the names it touches whose deadline has passed go."""
+        counts (`traitflow.profile_counts`), in the same commit as the writes that
+        make them; the expiring members of the names it touches whose deadline has passed go."""
         keys, entity = self.keys, self.entity
         self._sized(
             transaction,

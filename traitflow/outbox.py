@@ -6,7 +6,7 @@ message can announce a change that a failed commit never made. Sent after it, a 
 in between loses it for good: the batch is delivered again, finds its offsets applied,
 changes nothing, and so announces nothing. So a write carries its messages
 (`ProfileWrite.outgoing`), the commit appends them to a Redis stream of the write's
-input partition in the same MULTI/EXEC as the profile (`KeyLayout.outbox`), and the
+input partition in the same atomic commit as the profile (`KeyLayout.outbox`), and the
 worker that owns the partition relays them to Kafka, deleting each entry once the
 broker has acknowledged it (`relay`).
 

@@ -13,7 +13,7 @@ The counting is the audience sizes' (`traitflow.audience_counts`): a profile is 
 its categories as it is in audiences, and each write carries the categories it
 enters and exits (`recount`, against the list its state was last counted in,
 `ProfileState.counted`), its merged-away profiles' categories, and whether it
-expires; its commit adjusts the counts in the same MULTI/EXEC, and an anonymous-only
+expires; its commit adjusts the counts in the same atomic step, and an anonymous-only
 profile Redis expires leaves them with its deadline. A profile deleted by its source
 or erased is in no category.
 

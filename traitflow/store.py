@@ -92,8 +92,8 @@ Redis layout, for prefix `tf` and entity `user`:
 
 A batch costs a few round trips whatever its size: one MGET reads where its
 identities point, one loads every state they name (and its version key), and the
-commit (WATCH, one MGET, then MULTI ... EXEC) writes every state, view, version, index
-key and expiry entry at once. The commit is atomic and conditional (`Expected`): it
+commit (one Lua script, `traitflow.commit_script`) writes every state, view, version,
+index key and expiry entry at once. The commit is atomic and conditional (`Expected`): it
 writes only if every new identity still points nowhere and every profile still has
 the version it was loaded at (a profile that another commit merges away loses its
 version key, so pointers to loaded profiles need no check of their own); otherwise

@@ -57,6 +57,14 @@ def test_the_pipeline_benchmark_runs_one_command_of_two_processes(settings: Sett
     assert "profiles checked  40, wrong: 0" in out
 
 
+def test_the_commit_benchmark_runs_and_both_ways_write_the_same(settings: Settings) -> None:
+    out = run(
+        "bench.commit", "--profiles", "30,1200", "--runs", "1", "--commits", "2", settings=settings
+    )
+    assert "1200 profiles per commit (2401 checked keys)" in out
+    assert out.count("script wall") == 2
+
+
 def test_the_engine_benchmark_runs(settings: Settings) -> None:
     out = run(
         "bench.engine", "--events", "400", "--users", "40", "--repeat", "1", settings=settings
