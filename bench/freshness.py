@@ -319,6 +319,21 @@ class Bench:
         return everything_seen
 
 
+def unique_messages(
+    events: Sequence[tuple[bytes, bytes]], run: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """`events` over and over, endless, each pass's messageIds prefixed `run-pass-`: a
+    messageId the worker has seen is a producer's retry to it, skipped as a duplicate
+    (not applied), so a stream that repeated them, or the ids of `make_events` that
+    another stream on the same topic (a benchmark's history) used, would load the
+    worker less than its rate says, and make a backfill count an event on one side
+    only (it keeps the first of an id it reads, the live worker the first it applied)."""
+    for n in itertools.count():
+        prefix = f'"messageId":"{run}-{n}-'.encode()
+        for key, value in events:
+            yield key, value.replace(b'"messageId":"', prefix, 1)
+
+
 def background(
     bootstrap: str, topic: str, rate: float, ready: Any, stop: Any, sent: Any, elapsed: Any
 ) -> None:
@@ -331,7 +346,7 @@ def background(
         await producer.start()
         try:
             events, _ = make_events(50_000, 10_000, seed=5)
-            source = itertools.cycle(events)
+            source = unique_messages(events, uuid.uuid4().hex[:8])
             partitions = sorted(await producer.partitions_for(topic))
             ready.set()
             started = time.perf_counter()

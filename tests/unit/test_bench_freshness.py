@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 
-from bench.freshness import chunk_sizes, paced, parse_rates, percentile
+from bench.freshness import chunk_sizes, paced, parse_rates, percentile, unique_messages
+from bench.pipeline import make_events
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -43,3 +45,20 @@ def test_rates_come_from_lists_and_single_options_in_order() -> None:
     assert parse_rates([], [5000.0, 0.0]) == [5000, 0]
     with pytest.raises(ValueError, match="0 or more"):
         parse_rates(["-1"], [])
+
+
+def test_the_background_stream_never_repeats_a_messageid() -> None:
+    """The worker skips a messageId it has seen as a producer's retry: a stream that
+    cycled, or reused a history's ids, would be deduplicated instead of applied."""
+    events, _ = make_events(200, 20, seed=5)
+    history, _ = make_events(300, 20, seed=11)  # ids m0..m299, as a benchmark's history
+    sent = list(itertools.islice(unique_messages(events, "run1"), 500))  # 2.5 passes
+    ids = [orjson.loads(value)["messageId"] for _, value in sent]
+    assert len(set(ids)) == 500
+    assert not set(ids) & {orjson.loads(value)["messageId"] for _, value in history}
+    for (key, value), (original_key, original) in zip(sent, itertools.cycle(events), strict=False):
+        event, before = orjson.loads(value), orjson.loads(original)
+        assert key == original_key
+        assert event | {"messageId": None} == before | {"messageId": None}  # only the id differs
+    other_run = itertools.islice(unique_messages(events, "run2"), 200)
+    assert not set(ids) & {orjson.loads(value)["messageId"] for _, value in other_run}
