@@ -46,11 +46,11 @@ class Settings(Protocol):
     @property
     def kafka_sasl_password(self) -> SecretStr | None: ...
     @property
-    def kafka_ssl_cafile(self) -> Path | None: ...
+    def kafka_ssl_ca_file(self) -> Path | None: ...
     @property
-    def kafka_ssl_certfile(self) -> Path | None: ...
+    def kafka_ssl_cert_file(self) -> Path | None: ...
     @property
-    def kafka_ssl_keyfile(self) -> Path | None: ...
+    def kafka_ssl_key_file(self) -> Path | None: ...
     @property
     def kafka_ssl_check_hostname(self) -> bool: ...
     @property
@@ -76,20 +76,20 @@ def uses_tls(settings: Settings) -> bool:
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of every connection (None without TLS): the broker's
-    certificate checked against `kafka_ssl_cafile` (unset: the system's CAs), and its
+    certificate checked against `kafka_ssl_ca_file` (unset: the system's CAs), and its
     name against the bootstrap host unless `kafka_ssl_check_hostname` is false (the
     chain is checked either way); the client certificate and key when set. Built anew
     per client, so a renewed file is read by the next client."""
     if not uses_tls(settings):
         return None
-    cafile = settings.kafka_ssl_cafile
+    cafile = settings.kafka_ssl_ca_file
     context = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile is not None else None
     )
-    if settings.kafka_ssl_certfile is not None:
-        keyfile = settings.kafka_ssl_keyfile
+    if settings.kafka_ssl_cert_file is not None:
+        keyfile = settings.kafka_ssl_key_file
         context.load_cert_chain(
-            str(settings.kafka_ssl_certfile), str(keyfile) if keyfile is not None else None
+            str(settings.kafka_ssl_cert_file), str(keyfile) if keyfile is not None else None
         )
     context.check_hostname = settings.kafka_ssl_check_hostname
     return context
@@ -163,9 +163,9 @@ def security_problem(settings: Settings) -> str | None:
             "SASL is used with SASL_PLAINTEXT or SASL_SSL only"
         )
     files = {
-        "TRAITFLOW_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
-        "TRAITFLOW_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
-        "TRAITFLOW_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+        "TRAITFLOW_KAFKA_SSL_CA_FILE": settings.kafka_ssl_ca_file,
+        "TRAITFLOW_KAFKA_SSL_CERT_FILE": settings.kafka_ssl_cert_file,
+        "TRAITFLOW_KAFKA_SSL_KEY_FILE": settings.kafka_ssl_key_file,
     }
     named = [name for name, path in files.items() if path is not None]
     if named and protocol not in TLS_PROTOCOLS:
@@ -173,9 +173,9 @@ def security_problem(settings: Settings) -> str | None:
             f"{', '.join(named)} set, but TRAITFLOW_KAFKA_SECURITY_PROTOCOL is {protocol}: "
             "TLS is used with SSL or SASL_SSL only"
         )
-    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+    if settings.kafka_ssl_key_file is not None and settings.kafka_ssl_cert_file is None:
         return (
-            "TRAITFLOW_KAFKA_SSL_KEYFILE set without TRAITFLOW_KAFKA_SSL_CERTFILE "
+            "TRAITFLOW_KAFKA_SSL_KEY_FILE set without TRAITFLOW_KAFKA_SSL_CERT_FILE "
             "(the client certificate the key belongs to)"
         )
     for name, path in files.items():
@@ -272,7 +272,7 @@ def explain(settings: Settings, exc: BaseException) -> ConnectionProblem:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ConnectionProblem(
             f"{where}: the broker's TLS certificate was not accepted "
-            f"({exc.verify_message or exc}). Check TRAITFLOW_KAFKA_SSL_CAFILE (the CA "
+            f"({exc.verify_message or exc}). Check TRAITFLOW_KAFKA_SSL_CA_FILE (the CA "
             "that signed the broker's certificate; unset: the system's CAs) and, if the "
             "certificate does not name the bootstrap host, TRAITFLOW_KAFKA_SSL_CHECK_HOSTNAME",
             fatal=True,
@@ -281,15 +281,15 @@ def explain(settings: Settings, exc: BaseException) -> ConnectionProblem:
         return ConnectionProblem(
             f"{where}: the TLS handshake failed ({exc}). Check that the listener speaks "
             "TLS (TRAITFLOW_KAFKA_SECURITY_PROTOCOL) and, if it asks for a client "
-            "certificate, TRAITFLOW_KAFKA_SSL_CERTFILE and TRAITFLOW_KAFKA_SSL_KEYFILE",
+            "certificate, TRAITFLOW_KAFKA_SSL_CERT_FILE and TRAITFLOW_KAFKA_SSL_KEY_FILE",
             fatal=True,
         )
     if isinstance(exc, errors.KafkaConnectionError | errors.CorrelationIdError | EOFError):
         hint = "check TRAITFLOW_KAFKA_SECURITY_PROTOCOL"
-        if uses_tls(settings) and settings.kafka_ssl_certfile is None:
+        if uses_tls(settings) and settings.kafka_ssl_cert_file is None:
             hint += (
                 ", and whether the broker requires a client certificate "
-                "(TRAITFLOW_KAFKA_SSL_CERTFILE, TRAITFLOW_KAFKA_SSL_KEYFILE)"
+                "(TRAITFLOW_KAFKA_SSL_CERT_FILE, TRAITFLOW_KAFKA_SSL_KEY_FILE)"
             )
         return ConnectionProblem(
             f"{where}: the broker closed the connection ({exc}). A listener that expects "

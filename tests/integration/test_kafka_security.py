@@ -76,9 +76,9 @@ def sasl_ssl(pki: Pki, gateway: KafkaGateway, **changes: Any) -> dict[str, Any]:
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
         "kafka_sasl_username": USER,
         "kafka_sasl_password": PASSWORD,
-        "kafka_ssl_cafile": pki.ca.cert,
-        "kafka_ssl_certfile": pki.client.cert,
-        "kafka_ssl_keyfile": pki.client.key,
+        "kafka_ssl_ca_file": pki.ca.cert,
+        "kafka_ssl_cert_file": pki.client.cert,
+        "kafka_ssl_key_file": pki.client.key,
     } | changes
 
 
@@ -210,7 +210,7 @@ def test_an_untrusted_broker_certificate_stops_the_worker_and_the_cli(
     own = settings.isolated(
         f"tfca-{uuid.uuid4().hex[:8]}",
         home=tmp_path,
-        **sasl_ssl(pki, secured, kafka_ssl_cafile=pki.other_ca.cert),
+        **sasl_ssl(pki, secured, kafka_ssl_ca_file=pki.other_ca.cert),
     )
     events = tmp_path / "events.jsonl"
     events.write_text('{"userId": "u-1", "type": "identify"}\n')
@@ -218,7 +218,7 @@ def test_an_untrusted_broker_certificate_stops_the_worker_and_the_cli(
         result = cli(own, *arguments, timeout=60)
         assert result.returncode == 1, (arguments, result.stdout, result.stderr)
         assert "the broker's TLS certificate was not accepted (" in result.stderr, result.stderr
-        assert "Check TRAITFLOW_KAFKA_SSL_CAFILE" in result.stderr
+        assert "Check TRAITFLOW_KAFKA_SSL_CA_FILE" in result.stderr
 
 
 def test_hostname_verification_on_refuses_a_misnamed_certificate_off_accepts_it(
@@ -232,7 +232,7 @@ def test_hostname_verification_on_refuses_a_misnamed_certificate_off_accepts_it(
         changes = {
             "kafka_bootstrap": f"127.0.0.1:{gateway.port}",
             "kafka_security_protocol": "SSL",
-            "kafka_ssl_cafile": pki.ca.cert,
+            "kafka_ssl_ca_file": pki.ca.cert,
         }
         checked = settings.isolated(f"tfhost-{uuid.uuid4().hex[:8]}", **changes)
         topic = next(iter(checked.sources))

@@ -65,9 +65,9 @@ def test_plaintext_is_the_default_and_adds_nothing() -> None:
 def test_ssl_trusts_the_ca_file_and_presents_the_client_certificate(pki: dict[str, Path]) -> None:
     settings = from_env(
         kafka_security_protocol="SSL",
-        kafka_ssl_cafile=str(pki["ca"]),
-        kafka_ssl_certfile=str(pki["cert"]),
-        kafka_ssl_keyfile=str(pki["key"]),
+        kafka_ssl_ca_file=str(pki["ca"]),
+        kafka_ssl_cert_file=str(pki["cert"]),
+        kafka_ssl_key_file=str(pki["key"]),
     )
     kwargs = client_kwargs(settings)
     assert kwargs.keys() == {"bootstrap_servers", "security_protocol", "ssl_context"}
@@ -86,7 +86,7 @@ def test_ssl_trusts_the_ca_file_and_presents_the_client_certificate(pki: dict[st
 def test_hostname_verification_can_be_turned_off_not_the_chain(pki: dict[str, Path]) -> None:
     settings = from_env(
         kafka_security_protocol="SSL",
-        kafka_ssl_cafile=str(pki["ca"]),
+        kafka_ssl_ca_file=str(pki["ca"]),
         kafka_ssl_check_hostname="false",
     )
     context = security_kwargs(settings)["ssl_context"]
@@ -119,7 +119,7 @@ def test_sasl_plaintext_gives_the_mechanism_and_credentials(mechanism: str) -> N
 
 
 def test_sasl_ssl_gives_both(pki: dict[str, Path]) -> None:
-    settings = sasl("SASL_SSL", "SCRAM-SHA-256", kafka_ssl_cafile=str(pki["ca"]))
+    settings = sasl("SASL_SSL", "SCRAM-SHA-256", kafka_ssl_ca_file=str(pki["ca"]))
     kwargs = security_kwargs(settings)
     assert kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-256"
@@ -169,35 +169,35 @@ def test_an_unknown_protocol_or_mechanism_is_refused() -> None:
 
 
 def test_tls_files_without_tls_are_refused(pki: dict[str, Path]) -> None:
-    message = refused(kafka_ssl_cafile=str(pki["ca"]))
-    assert "TRAITFLOW_KAFKA_SSL_CAFILE set, but TRAITFLOW_KAFKA_SECURITY_PROTOCOL is" in message
+    message = refused(kafka_ssl_ca_file=str(pki["ca"]))
+    assert "TRAITFLOW_KAFKA_SSL_CA_FILE set, but TRAITFLOW_KAFKA_SECURITY_PROTOCOL is" in message
     with pytest.raises(pydantic.ValidationError, match="TLS is used with SSL or SASL_SSL only"):
-        sasl(kafka_ssl_cafile=str(pki["ca"]))
+        sasl(kafka_ssl_ca_file=str(pki["ca"]))
 
 
 def test_a_missing_ca_file_is_refused(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "ca.pem"
-    message = refused(kafka_security_protocol="SSL", kafka_ssl_cafile=str(missing))
-    assert f"TRAITFLOW_KAFKA_SSL_CAFILE: no such file: {missing}" in message
+    message = refused(kafka_security_protocol="SSL", kafka_ssl_ca_file=str(missing))
+    assert f"TRAITFLOW_KAFKA_SSL_CA_FILE: no such file: {missing}" in message
 
 
 def test_a_ca_file_that_is_no_certificate_is_refused(tmp_path: Path) -> None:
     garbage = tmp_path / "ca.pem"
     garbage.write_text("not a certificate\n")
-    message = refused(kafka_security_protocol="SSL", kafka_ssl_cafile=str(garbage))
-    assert "the Kafka TLS files do not load (TRAITFLOW_KAFKA_SSL_CAFILE)" in message
+    message = refused(kafka_security_protocol="SSL", kafka_ssl_ca_file=str(garbage))
+    assert "the Kafka TLS files do not load (TRAITFLOW_KAFKA_SSL_CA_FILE)" in message
 
 
 def test_a_key_without_its_certificate_is_refused(pki: dict[str, Path]) -> None:
-    message = refused(kafka_security_protocol="SSL", kafka_ssl_keyfile=str(pki["key"]))
-    assert "TRAITFLOW_KAFKA_SSL_KEYFILE set without TRAITFLOW_KAFKA_SSL_CERTFILE" in message
+    message = refused(kafka_security_protocol="SSL", kafka_ssl_key_file=str(pki["key"]))
+    assert "TRAITFLOW_KAFKA_SSL_KEY_FILE set without TRAITFLOW_KAFKA_SSL_CERT_FILE" in message
 
 
 def test_a_certificate_with_the_wrong_key_is_refused(pki: dict[str, Path]) -> None:
     message = refused(
         kafka_security_protocol="SSL",
-        kafka_ssl_certfile=str(pki["cert"]),
-        kafka_ssl_keyfile=str(pki["ca"]),  # a certificate, not a key
+        kafka_ssl_cert_file=str(pki["cert"]),
+        kafka_ssl_key_file=str(pki["ca"]),  # a certificate, not a key
     )
     assert "the Kafka TLS files do not load" in message
 
@@ -229,14 +229,14 @@ def test_the_password_is_in_no_repr_or_error() -> None:
 def test_a_child_process_gets_every_setting_the_password_too(pki: dict[str, Path]) -> None:
     settings = sasl(
         "SASL_SSL",
-        kafka_ssl_cafile=str(pki["ca"]),
+        kafka_ssl_ca_file=str(pki["ca"]),
         kafka_ssl_check_hostname="false",
         topic_replication_factor="3",
         topic_min_insync_replicas="2",
     )
     env = settings.as_env()
     assert env["TRAITFLOW_KAFKA_SASL_PASSWORD"] == PASSWORD
-    assert env["TRAITFLOW_KAFKA_SSL_CAFILE"] == str(pki["ca"])
+    assert env["TRAITFLOW_KAFKA_SSL_CA_FILE"] == str(pki["ca"])
     child = Settings.from_environ(env)
     assert child.kafka_sasl_password is not None
     assert child.kafka_sasl_password.get_secret_value() == PASSWORD
@@ -244,7 +244,7 @@ def test_a_child_process_gets_every_setting_the_password_too(pki: dict[str, Path
         "kafka_security_protocol",
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
-        "kafka_ssl_cafile",
+        "kafka_ssl_ca_file",
         "kafka_ssl_check_hostname",
         "topic_replication_factor",
         "topic_min_insync_replicas",
@@ -282,7 +282,7 @@ def test_what_a_refusal_means_is_named() -> None:
     assert "certificate was not accepted (unable to get local issuer certificate)" in (
         refusal.message
     )
-    assert "TRAITFLOW_KAFKA_SSL_CAFILE" in refusal.message
+    assert "TRAITFLOW_KAFKA_SSL_CA_FILE" in refusal.message
     assert explain(settings, errors.UnsupportedSaslMechanismError("no")).fatal
     closed = explain(settings, errors.KafkaConnectionError("closed"))
     assert not closed.fatal
