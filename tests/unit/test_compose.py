@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,35 @@ def test_redis_requires_the_password_the_services_connect_with(
         settings = _settings_from(env, monkeypatch)
         assert settings.redis_password is not None
         assert settings.redis_password.get_secret_value() == required
+
+
+def _jaas_users(jaas: str) -> dict[str, str]:
+    """user_NAME="password" entries of a PlainLoginModule's JAAS line: who may log in."""
+    return dict(re.findall(r'user_(\w+)="([^"]*)"', jaas))
+
+
+@pytest.mark.parametrize("service", ["worker", "api"])
+def test_kafka_accepts_the_credentials_the_services_log_in_with(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = compose["services"]["kafka"]["environment"]
+    protocols = dict(
+        pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    settings = _settings_from(_env(compose, service), monkeypatch)
+    assert settings.kafka_security_protocol == "SASL_PLAINTEXT"
+    assert settings.kafka_sasl_mechanism in kafka["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    password = _env(compose, service)["TRAITFLOW_KAFKA_SASL_PASSWORD"]
+    assert password.startswith("${TRAITFLOW_KAFKA_SASL_PASSWORD:?")  # never a default
+    for listener in ("INTERNAL", "EXTERNAL"):  # the services' and the host's
+        assert protocols[listener] == settings.kafka_security_protocol
+        users = _jaas_users(kafka[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"])
+        assert users[settings.kafka_sasl_username or ""] == password
+
+
+def test_the_broker_logs_in_to_itself_as_a_user_it_accepts(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]["environment"]
+    jaas = kafka["KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG"]
+    own = dict(re.findall(r'\b(username|password)="([^"]*)"', jaas))
+    assert _jaas_users(jaas)[own["username"]] == own["password"]
+    assert kafka["HEALTH_PASSWORD"] == own["password"]  # what the health check sends
