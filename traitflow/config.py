@@ -179,7 +179,13 @@ class Settings(BaseSettings):
     redis_ssl_cert_file: Path | None = None
     redis_ssl_key_file: Path | None = None
     redis_ssl_check_hostname: bool = True
-    key_prefix: str = Field(default="tf", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: a tagged prefix ({tf}) is what `redis_cluster` makes of a plain one
+    key_prefix: str = Field(
+        default="tf", pattern=r"^(\{[A-Za-z0-9_.-]{1,64}\}|[A-Za-z0-9_.-]{1,64})$"
+    )
+    #: Redis Cluster (README, "Redis Cluster"): the prefix becomes a hash tag, so every
+    #: key is in one slot, and every connection goes to the node serving it
+    redis_cluster: bool = False
 
     app_id: str = "traitflow"
     #: ingest topic -> source name (merge policies rank sources)
@@ -322,6 +328,25 @@ class Settings(BaseSettings):
                     f"write_keys: the key {digest[:12]}... names source {source!r}, which must "
                     f"be bound to exactly one ingest topic (sources: {self.sources})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_prefix_is_a_hash_tag(self) -> Settings:
+        """On a Redis Cluster every key must share one slot (`traitflow.redis_cluster`):
+        the prefix becomes `{prefix}`; a tag off a cluster is a mistake, refused."""
+        tagged = self.key_prefix.startswith("{")
+        if self.redis_cluster and urlsplit(self.redis_url).scheme != "redis":
+            raise ValueError(
+                "TRAITFLOW_REDIS_CLUSTER=true takes a redis://host:port URL of a node "
+                "(no TLS or unix socket in cluster mode yet)"
+            )
+        if self.redis_cluster and not tagged:
+            object.__setattr__(self, "key_prefix", "{" + self.key_prefix + "}")
+        elif tagged and not self.redis_cluster:
+            raise ValueError(
+                f"key_prefix {self.key_prefix!r}: braces (a hash tag) only with "
+                "TRAITFLOW_REDIS_CLUSTER=true"
+            )
         return self
 
     @model_validator(mode="after")

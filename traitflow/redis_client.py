@@ -38,6 +38,9 @@ class RedisTarget:
     ssl_cert_file: str | None = None
     ssl_key_file: str | None = None
     ssl_check_hostname: bool = True
+    #: on a Redis Cluster, the hash tag every key is under: connections go to the node
+    #: serving its slot (`traitflow.redis_cluster`); None: a single Redis
+    cluster_tag: str | None = None
 
     @classmethod
     def of(cls, redis: Redis) -> RedisTarget:
@@ -54,6 +57,7 @@ class RedisTarget:
             ssl_cert_file=_text(redis.redis_ssl_cert_file),
             ssl_key_file=_text(redis.redis_ssl_key_file),
             ssl_check_hostname=redis.redis_ssl_check_hostname,
+            cluster_tag=redis.key_prefix if redis.redis_cluster else None,
         )
 
     @property
@@ -131,18 +135,34 @@ def _text(path: object) -> str | None:
 def async_client(target: Redis, **options: Any) -> aioredis.Redis:
     """A redis-py asyncio client (the worker, the CLI, background jobs)."""
     found = RedisTarget.of(target)
+    if found.cluster_tag is not None:
+        from traitflow.redis_cluster import cluster_client
+
+        options.pop("connection_class", None)  # its own, on the slot's node
+        kwargs = found.redis_py_kwargs() | options
+        return cluster_client(found.bare_url, found.cluster_tag, **kwargs)
     return aioredis.Redis.from_url(found.bare_url, **(found.redis_py_kwargs() | options))
 
 
 def sync_client(target: Redis, **options: Any) -> redis.Redis:
     """A blocking redis-py client (start checks, scripts)."""
     found = RedisTarget.of(target)
+    if found.cluster_tag is not None:
+        from traitflow.redis_cluster import cluster_sync_client
+
+        kwargs = found.redis_py_kwargs() | options
+        return cluster_sync_client(found.bare_url, found.cluster_tag, **kwargs)
     return redis.Redis.from_url(found.bare_url, **(found.redis_py_kwargs() | options))
 
 
 def resp_client(target: Redis, timeout_s: float = TIMEOUT_S) -> RespClient:
     """The API's lean client (`traitflow.resp`)."""
-    return RespClient(RedisTarget.of(target).address(), timeout_s)
+    found = RedisTarget.of(target)
+    if found.cluster_tag is not None:
+        from traitflow.redis_cluster import ClusterRespClient
+
+        return ClusterRespClient.for_prefix(found.address(), found.cluster_tag, timeout_s)
+    return RespClient(found.address(), timeout_s)
 
 
 def access_problem(exc: BaseException, target: Redis) -> str | None:

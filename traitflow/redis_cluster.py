@@ -37,9 +37,8 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
-from traitflow.redis_store import DEDUPE_WINDOW_MS, HiredisPackedConnection, RedisProfileStore
+from traitflow.redis_packing import HiredisPackedConnection
 from traitflow.resp import (
-    TIMEOUT_S,
     Address,
     Arg,
     RespClient,
@@ -47,7 +46,6 @@ from traitflow.resp import (
     RespError,
     Script,
 )
-from traitflow.store import KeyLayout, now_ms
 
 #: redis-py errors that mean "the slot is elsewhere or moving": tried again
 REDIRECTIONS = (MovedError, AskError, TryAgainError, ClusterDownError)
@@ -335,22 +333,3 @@ class ClusterRespClient(RespClient):
         if (self.address.host, self.address.port) != (host, int(port)):
             self._moves += 1
             await self.close()
-
-
-def cluster_profile_store(
-    url: str,
-    prefix: str,
-    *,
-    dedupe_window_ms: int = DEDUPE_WINDOW_MS,
-    clock: Callable[[], int] = now_ms,
-    timeout_s: float = TIMEOUT_S,
-) -> RedisProfileStore:
-    """The profile store on a Redis Cluster: keys under the hash tag `prefix`, commits
-    and loads through `cluster_client`, the API's reads through `ClusterRespClient`."""
-    return RedisProfileStore(
-        cluster_client(url, prefix, decode_responses=False),
-        KeyLayout(prefix),
-        ClusterRespClient.for_prefix(Address.from_url(url), prefix, timeout_s),
-        dedupe_window_ms=dedupe_window_ms,
-        clock=clock,
-    )

@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import cast
 
-import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
-from redis.typing import EncodableT
 
 from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
@@ -24,6 +21,7 @@ from traitflow.audience_counts import read_sizes
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import COMMIT, CommandList, found_values, script_arguments
 from traitflow.redis_client import Redis, RedisTarget, async_client, resp_client
+from traitflow.redis_packing import HiredisPackedConnection
 from traitflow.resp import RespClient, Script
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
@@ -110,25 +108,6 @@ for i, key in ipairs(KEYS) do
 end
 return found
 """)
-
-
-class HiredisPackedConnection(Connection):
-    """redis-py's asyncio connection with its commands packed by hiredis, in C.
-
-    redis-py packs every argument in Python, and a worker's commit and lookups have
-    tens of thousands of arguments per batch: packing them was a large share of the
-    worker's CPU (bench/README.md, "Design figures"). The arguments here are what
-    redis-py's encoder takes too: str, bytes, int and float."""
-
-    def pack_command(self, *args: EncodableT) -> list[bytes]:
-        first = args[0]
-        # "CONFIG GET": the words of a command name go as separate arguments
-        if (isinstance(first, str) and " " in first) or (
-            isinstance(first, bytes) and b" " in first
-        ):
-            args = (*first.split(), *args[1:])
-        # hiredis's stub types `args` as a 1-tuple; it takes any number
-        return [hiredis.pack_command(args)]  # type: ignore[arg-type]
 
 
 class RedisProfileStore(ProfileStore):

@@ -47,7 +47,6 @@ from tests.integration.test_stitching import (
 from traitflow.config import Settings
 from traitflow.redis_cluster import (
     ClusterRespClient,
-    cluster_profile_store,
     cluster_sync_client,
     hash_tag,
     slot_of,
@@ -124,10 +123,12 @@ async def cluster_workers(
     cluster: LocalCluster, prefix: str, count: int = 2
 ) -> AsyncIterator[list[Worker]]:
     """`count` workers (`BatchProcessor`s, each owning a partition) whose stores reach
-    the cluster as a worker process's does: `cluster_profile_store`."""
+    the cluster as a worker process's does: made from settings with
+    TRAITFLOW_REDIS_CLUSTER=true (`traitflow.redis_client` builds their clients)."""
     rules = load_rules(RULES)
+    settings = Settings(redis_url=cluster.url, redis_cluster=True, key_prefix=prefix)
     stores = [
-        HoldingStore(cluster_profile_store(cluster.url, prefix), max_profiles=100)
+        HoldingStore(RedisProfileStore.from_url(settings, settings.key_prefix), max_profiles=100)
         for _ in range(count)
     ]
     workers = [

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from traitflow.redis_store import HiredisPackedConnection
+from traitflow.redis_packing import HiredisPackedConnection
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("SET", "tf:s:user:u-1", b"\x00\xffstate"),
