@@ -13,8 +13,8 @@ How the clients follow the slot:
 - the owner is read from `CLUSTER SLOTS` of a node known to the client (the URL's,
   then any seen since) when a connection is opened and nobody has said where it is;
 - a `MOVED` reply names the new owner: the connection is dropped, the next one goes
-  there, and the command is tried again (redis-py: its `Retry`; inside a WATCH that
-  becomes a `WatchError`, so a commit starts again from WATCH on the new owner);
+  there, and the command is tried again (redis-py: its `Retry`; a commit script that
+  was redirected did not run, so it is sent again whole);
 - `ASK`, `TRYAGAIN` and `CLUSTERDOWN` (the slot is migrating, or the cluster is
   failing over) are tried again after a pause, until the migration ends and `MOVED`
   says where the keys went. `ASK` is not followed with `ASKING` on purpose: the read
@@ -72,17 +72,6 @@ def is_hash_tag(prefix: str) -> bool:
 def slot_of(prefix: str) -> int:
     """The slot every key under `prefix` (a hash tag) hashes to."""
     return int(key_slot(prefix.encode()))
-
-
-def redirected(error: BaseException) -> bool:
-    """Whether `error`, or what it was raised from, is a cluster redirection (redis-py
-    turns one met inside a WATCH into a `WatchError` raised while handling it)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, REDIRECTIONS):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 #: asks one node (host, port) for its slot map: `CLUSTER SLOTS`'s reply

@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from redis.exceptions import AskError, WatchError
 
 from traitflow.redis_cluster import (
     ClusterRespClient,
     SlotOwner,
     hash_tag,
     is_hash_tag,
-    redirected,
     slot_of,
 )
 from traitflow.resp import Address, RespConnectionError, RespError
@@ -48,19 +46,6 @@ def test_every_key_under_the_tag_hashes_to_its_slot() -> None:
     ]
     assert {slot_of(name) for name in names} == {slot_of("{tf}")}
     assert slot_of("{tf}") != slot_of("{tf2}")
-
-
-def test_a_watch_given_up_because_of_a_redirection_is_told_apart() -> None:
-    try:
-        try:
-            raise AskError("12 127.0.0.1:7001")
-        except AskError:
-            raise WatchError("Slot rebalancing occurred while watching keys") from None
-    except WatchError as exc:
-        given_up = exc
-    assert not redirected(WatchError("Watched variable changed."))
-    assert redirected(given_up)
-    assert not redirected(ConnectionError("gone"))  # a lost connection: not a redirection
 
 
 def slots(*ranges: tuple[int, int, int]) -> list[Any]:
