@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaProducer
 
 from attributes.catalog import ManagedAttribute, Status, new_attribute
 from bench.freshness import Bench, background, percentile
-from bench.pipeline import cleanup, drop_topics, make_events, publish, version
+from bench.pipeline import cleanup, drop_topics, make_events, publish, trusted, version
 from traitflow.config import Settings
 from traitflow.rule_catalog import Change, RedisRuleCatalog
 from traitflow.services import Daemon, embedded_services
@@ -174,6 +174,7 @@ def main() -> None:
         f"bench-bf-{run}",
         topic_partitions=args.partitions,
         rules_path=(ROOT / "examples" / "rules.yaml").resolve(),
+        source_trust=trusted(base),
     )
     topic = next(iter(settings.sources))
     events, expected = make_events(args.events, args.users, seed=11)

@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 
 from api.caching import view_version
 from bench.api import create_key, wait_for_api
-from bench.pipeline import cleanup, counters, cpu_seconds, drop_topics, make_events
+from bench.pipeline import cleanup, counters, cpu_seconds, drop_topics, make_events, trusted
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services, free_port
 from traitflow.store import KeyLayout
@@ -446,6 +446,7 @@ def main() -> None:
         rules_path=ROOT / "examples" / "rules.yaml",
         api_rate_per_s=1e9,
         api_burst=1_000_000_000,
+        source_trust=trusted(base),
     )
     asyncio.run(ensure_topics(settings))
     token = asyncio.run(create_key(settings))

@@ -58,7 +58,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from bench.memory import keyspace_buckets, user_events
-from bench.pipeline import check, counters, make_events, publish, tree_cpu_seconds
+from bench.pipeline import check, counters, make_events, publish, tree_cpu_seconds, trusted
 from bench.redis_usage import (
     COUNTERS,
     Run,
@@ -207,6 +207,7 @@ def main() -> None:
         f"sizing-{uuid.uuid4().hex[:8]}",
         topic_partitions=args.partitions,
         rules_path=args.rules.resolve(),
+        source_trust=trusted(base),
     )
     if args.stream == "pipeline":
         events, expected = make_events(args.profiles * args.events, args.profiles, args.seed)

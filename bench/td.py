@@ -30,7 +30,7 @@ import redis
 from attributes.offers import CONTENT_TYPE
 from bench.api import create_key, wait_for_api
 from bench.freshness import percentile, worker_command
-from bench.pipeline import cleanup, drop_topics
+from bench.pipeline import cleanup, drop_topics, trusted
 from traitflow.config import Settings
 from traitflow.services import Daemon, embedded_services, free_port
 from traitflow.topics import ensure_topics
@@ -100,6 +100,7 @@ def main() -> None:
         rules_path=ROOT / "examples" / "rules.yaml",
         api_rate_per_s=1e9,
         api_burst=1_000_000_000,
+        source_trust=trusted(base),
     )
     asyncio.run(ensure_topics(settings))
     key = asyncio.run(create_key(settings))
