@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import redis
@@ -196,6 +197,17 @@ class Bench:
         if self.via == "redis":
             host, port = self.settings.redis_host_port
             reader, writer = await asyncio.open_connection(host, port)
+            url = urlsplit(self.settings.redis_url)
+            password = (
+                self.settings.redis_password.get_secret_value()
+                if self.settings.redis_password is not None
+                else unquote(url.password or "")
+            )
+            if password:  # the embedded Redis has one (README, "Secured Redis")
+                user = self.settings.redis_username or unquote(url.username or "") or "default"
+                writer.write(resp_command(b"AUTH", user.encode(), password.encode()))
+                if not (await reader.readline()).startswith(b"+OK"):
+                    raise RuntimeError("Redis refused the bench's password")
             db = self.settings.redis_url.rstrip("/").rpartition("/")[2]
             if db.isdigit() and db != "0":
                 writer.write(resp_command(b"SELECT", db.encode()))
