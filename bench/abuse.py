@@ -45,8 +45,7 @@ from typing import Any
 
 import redis
 
-from api.keys import RedisKeyStore, new_key
-from bench.api import ROOT, seed, wait_for_api
+from bench.api import LUA_PACE, ROOT, create_key, seed, wait_for_api
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, free_port
 
@@ -66,12 +65,6 @@ request = function()
   local id = string.format("%%06x%%06x", math.random(0, 16777215), math.random(0, 16777215))
   local headers = {["Authorization"] = "Bearer tf_" .. id .. "_" .. secret}
   return wrk.format("GET", "%(path)s" .. math.random(0, %(last)d), headers)
-end
-"""
-
-LUA_PACE = """
-delay = function()
-  return %(pace)d
 end
 """
 
@@ -154,14 +147,6 @@ def phase(
     )
 
 
-async def create_key(settings: Settings, **limits: Any) -> str:
-    keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
-    record, token = new_key("bench-abuse", admin=True, **limits)
-    await keys.create(record)
-    await keys.close()
-    return token
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", type=int, default=2_000)
@@ -183,8 +168,8 @@ def main() -> None:
         export_in_api=False,
     )
     asyncio.run(seed(settings, args.profiles))
-    legitimate = asyncio.run(create_key(settings, rate_per_s=1e9, burst=1_000_000_000))
-    throttled = asyncio.run(create_key(settings, rate_per_s=1.0, burst=1))
+    legitimate = asyncio.run(create_key(settings, "bench-abuse"))
+    throttled = asyncio.run(create_key(settings, "bench-abuse", rate_per_s=1.0, burst=1))
     port = free_port()
     daemon = Daemon("bench-abuse", home / "api")
     process = daemon.spawn(

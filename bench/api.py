@@ -170,9 +170,11 @@ def wait_for_api(url: str, timeout_s: float = 20.0) -> None:
             time.sleep(0.05)
 
 
-async def create_key(settings: Settings) -> str:
+async def create_key(settings: Settings, name: str = "bench", **limits: Any) -> str:
+    """An admin key's token; unlimited unless `limits` (`rate_per_s`, `burst`) say."""
+    limits = {"rate_per_s": 1e9, "burst": 1_000_000_000} | limits
     keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
-    record, token = new_key("bench", admin=True, rate_per_s=1e9, burst=1_000_000_000)
+    record, token = new_key(name, admin=True, **limits)
     await keys.create(record)
     await keys.close()
     return token
