@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from api.keys import RedisKeyStore, new_key
+from tests.integration.cluster import LocalCluster
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
 from traitflow.redis_password import embedded_password
@@ -216,3 +217,14 @@ def api(api_server: str, admin_key: str) -> Iterator[httpx.Client]:
 
 def user_id() -> str:
     return f"u-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local 3-master Redis Cluster (`tests.integration.cluster`), one per test module."""
+    started = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()

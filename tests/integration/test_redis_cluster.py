@@ -12,7 +12,7 @@ import contextlib
 import random
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(not cluster_possible(), reason="needs redis-server and redis-cli"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    started = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
 
 
 def test_three_masters_cover_every_slot(cluster: LocalCluster) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(not cluster_possible(), reason="needs redis-server and redis-cli"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    started = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
 
 
 def test_a_worker_and_the_api_on_the_cluster_serve_the_batch_answer_across_a_reshard(
