@@ -178,6 +178,28 @@ async def stored_version(
     return view_version((await reader.readexactly(size + 2))[:-2]) or 0
 
 
+def redis_probe_commands(settings: Settings, user: str) -> list[bytes]:
+    """The commands a probe's Redis connection sends: AUTH with the settings' or the
+    URL's password (the embedded Redis has one: README, "Secured Redis") and SELECT
+    when the URL names a database, then last the `GET` of `user`'s view that each poll
+    repeats. Pure, so a test can check that the GET names the probed user's view."""
+    commands = []
+    url = urlsplit(settings.redis_url)
+    password = (
+        settings.redis_password.get_secret_value()
+        if settings.redis_password is not None
+        else unquote(url.password or "")
+    )
+    if password:
+        login = settings.redis_username or unquote(url.username or "") or "default"
+        commands.append(resp_command(b"AUTH", login.encode(), password.encode()))
+    db = settings.redis_url.rstrip("/").rpartition("/")[2]
+    if db.isdigit() and db != "0":
+        commands.append(resp_command(b"SELECT", db.encode()))
+    key = KeyLayout(settings.key_prefix).view("user", user).encode()
+    return [*commands, resp_command(b"GET", key)]
+
+
 class Bench:
     def __init__(
         self, settings: Settings, host: str, port: int, token: str, via: str = "api"
@@ -197,23 +219,11 @@ class Bench:
         if self.via == "redis":
             host, port = self.settings.redis_host_port
             reader, writer = await asyncio.open_connection(host, port)
-            url = urlsplit(self.settings.redis_url)
-            password = (
-                self.settings.redis_password.get_secret_value()
-                if self.settings.redis_password is not None
-                else unquote(url.password or "")
-            )
-            if password:  # the embedded Redis has one (README, "Secured Redis")
-                user = self.settings.redis_username or unquote(url.username or "") or "default"
-                writer.write(resp_command(b"AUTH", user.encode(), password.encode()))
-                if not (await reader.readline()).startswith(b"+OK"):
-                    raise RuntimeError("Redis refused the bench's password")
-            db = self.settings.redis_url.rstrip("/").rpartition("/")[2]
-            if db.isdigit() and db != "0":
-                writer.write(resp_command(b"SELECT", db.encode()))
-                await reader.readline()
-            key = KeyLayout(self.settings.key_prefix).view("user", user).encode()
-            command = resp_command(b"GET", key)
+            *setup, command = redis_probe_commands(self.settings, user)
+            for step in setup:  # AUTH, SELECT: each answered +OK
+                writer.write(step)
+                if not (answer := await reader.readline()).startswith(b"+OK"):
+                    raise RuntimeError(f"Redis refused the bench's {step.split()[2]!r}: {answer!r}")
             return writer, lambda: stored_version(reader, writer, command)
         reader, writer = await asyncio.open_connection(self.host, self.port)
         request = (

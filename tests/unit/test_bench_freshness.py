@@ -1,5 +1,5 @@
-"""The freshness benchmark's arithmetic: percentiles, the rates asked for and the
-background load's pacing."""
+"""The freshness benchmark's arithmetic: percentiles, the rates asked for, the
+background load's pacing and what a probe asks Redis."""
 
 from __future__ import annotations
 
@@ -8,8 +8,18 @@ import itertools
 import orjson
 import pytest
 
-from bench.freshness import chunk_sizes, paced, parse_rates, percentile, unique_messages
+from bench.freshness import (
+    chunk_sizes,
+    paced,
+    parse_rates,
+    percentile,
+    redis_probe_commands,
+    resp_command,
+    unique_messages,
+)
 from bench.pipeline import make_events
+from traitflow.config import Settings
+from traitflow.store import KeyLayout
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -62,3 +72,30 @@ def test_the_background_stream_never_repeats_a_messageid() -> None:
         assert event | {"messageId": None} == before | {"messageId": None}  # only the id differs
     other_run = itertools.islice(unique_messages(events, "run2"), 200)
     assert not set(ids) & {orjson.loads(value)["messageId"] for _, value in other_run}
+
+
+@pytest.mark.parametrize(
+    ("url", "username", "login"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", None, b"default"),
+        ("redis://ops:s3cret@h:1/3", None, b"ops"),
+    ],
+)
+def test_a_redis_probe_logs_in_and_reads_the_probed_users_view(
+    url: str, username: str | None, login: bytes
+) -> None:
+    # the login's name once overwrote the probed user's: every probe read user "default"
+    settings = Settings(redis_url=url, redis_username=username)
+    *setup, get = redis_probe_commands(settings, "probe-7")
+    assert setup[0] == resp_command(b"AUTH", login, b"s3cret")
+    assert get == resp_command(
+        b"GET", KeyLayout(settings.key_prefix).view("user", "probe-7").encode()
+    )
+    assert (resp_command(b"SELECT", b"3") in setup) == url.endswith("/3")
+
+
+def test_a_redis_probe_without_a_password_only_reads() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:6379/0")
+    assert redis_probe_commands(settings, "probe-0") == [
+        resp_command(b"GET", KeyLayout(settings.key_prefix).view("user", "probe-0").encode())
+    ]
