@@ -1,7 +1,7 @@
 """The API's own Redis keys: API key records and their rate-limit buckets.
 
 Only the API (and the `traitflow keys` command, through `api.keys`) reads or writes
-them, so the API names them, not the core's `traitflow.store.KeyLayout`. They live
+them, so the API names them, not the core's `traitflow.key_layout.KeyLayout`. They live
 under the same prefix (`Settings.key_prefix`), so one prefix still holds, and one
 SCAN pattern (`KeyLayout.all_keys`) still finds, everything a deployment stores. For
 prefix `tf`:

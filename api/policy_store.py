@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from typing import cast
 
 from attributes.policies import MergePolicy
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, resp_client
 from traitflow.resp import RespClient
-from traitflow.store import KeyLayout
 
 
 class PolicyStore(ABC):

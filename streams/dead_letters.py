@@ -25,7 +25,7 @@ Once per origin. A retried batch sends its dead letters again. Parking is keyed 
 the letter's origin (topic, partition, offset), so it parks each record once; the
 topic itself stays at-least-once (a replay publishes each origin once per run).
 
-Redis keys (defined in `traitflow.store.KeyLayout`), for prefix `tf`:
+Redis keys (defined in `traitflow.key_layout.KeyLayout`), for prefix `tf`:
 
     tf:dlp          stream  parked dead letters, one entry each: value (the original
                             bytes), reason, topic, partition, offset (the origin),
@@ -51,8 +51,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streams.records import DeadLetterSink, Record
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
-from traitflow.store import KeyLayout
 
 log = logging.getLogger(__name__)
 

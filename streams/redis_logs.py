@@ -13,7 +13,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from streams.logs import KEPT, Checkpoint, History, LogHistory
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 
 def _member(checkpoint: Checkpoint) -> str:

@@ -9,9 +9,9 @@ import asyncio
 import typer
 
 from traitflow.cli_context import settings_of
+from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import composition
 from traitflow.profile_recount import Recount, recount
-from traitflow.store import KeyLayout
 
 
 def recount_command(

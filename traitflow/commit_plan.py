@@ -14,6 +14,7 @@ from typing import Any
 
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.commit_script import CommandList
+from traitflow.key_layout import KeyLayout
 from traitflow.outbox import entry_fields
 from traitflow.profile_counts import category_moves
 from traitflow.store import (
@@ -22,7 +23,6 @@ from traitflow.store import (
     Erasure,
     Expected,
     Identity,
-    KeyLayout,
     ProfileWrite,
     RulesChanged,
 )

@@ -39,8 +39,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from attributes.errors import StoreError
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
-from traitflow.store import KeyLayout
 
 #: what a Redis older than WAITAOF must be set to for `disk`
 FSYNC_EVERY_WRITE = {

@@ -56,8 +56,8 @@ from traitflow.export_jobs import (
     seen_digest,
 )
 from traitflow.export_store import ExportJobs
+from traitflow.key_layout import KeyLayout
 from traitflow.resp import RespClient
-from traitflow.store import KeyLayout
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from traitflow.export_jobs import NEW, Checkpoint, ExportSpec, Job
+from traitflow.key_layout import KeyLayout
 from traitflow.resp import RespClient, Script
-from traitflow.store import KeyLayout, now_ms
+from traitflow.store import now_ms
 
 #: KEYS job, lease, active; ARGV token, lease ms, now, resume a FAILED one ("1")
 _CLAIM = Script.of(

@@ -26,7 +26,8 @@ from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 
-from traitflow.store import KeyLayout, Outgoing
+from traitflow.key_layout import KeyLayout
+from traitflow.store import Outgoing
 
 __all__ = [
     "RELAY_BATCH",

@@ -27,8 +27,9 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from attributes.profile import decode_state, encode_state
+from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import categories
-from traitflow.store import KeyLayout, now_ms
+from traitflow.store import now_ms
 
 
 @dataclass(slots=True)

@@ -1,5 +1,5 @@
 """`RedisProfileStore`: the profile store on Redis, with the key layout of
-`traitflow.store.KeyLayout`.
+`traitflow.key_layout.KeyLayout`.
 
 The worker's lookups, loads and commits go through redis-py; the API's reads through
 the leaner `traitflow.resp` connection. A commit is Redis's optimistic transaction:
@@ -20,6 +20,7 @@ from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import read_sizes
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import COMMIT, CommandList, found_values, script_arguments
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, RedisTarget, async_client, resp_client
 from traitflow.redis_packing import HiredisPackedConnection
 from traitflow.resp import RespClient, Script
@@ -29,7 +30,6 @@ from traitflow.store import (
     Expected,
     Found,
     Identity,
-    KeyLayout,
     MessageKey,
     ProfileStore,
     ProfileWrite,

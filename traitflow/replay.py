@@ -29,8 +29,8 @@ import orjson
 from attributes.errors import InputError, TraitflowError
 from streams.dead_letters import Letter, RedisParking, letter_from_record
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import async_client
-from traitflow.store import KeyLayout
 from traitflow.topics import publish_records, read_topic
 
 #: header a replayed record carries: the dead letter it was ("3:17", or a parked id)

@@ -23,8 +23,8 @@ from redis.exceptions import WatchError
 
 from attributes.catalog import ManagedAttribute, Status, live_definitions
 from attributes.rules import RuleFileError, RuleProblem, RuleSet, parse_rules
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
-from traitflow.store import KeyLayout
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,9 @@ import redis.asyncio as aioredis
 from attributes.errors import InputError
 from attributes.profile import ProfileState, decode_state
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.redis_client import Redis, async_client
-from traitflow.store import KeyLayout
 
 NEW, PROCESSING, COMPLETED, FAILED = "NEW", "PROCESSING", "COMPLETED", "FAILED"
 

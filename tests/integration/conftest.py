@@ -30,9 +30,9 @@ from api.keys import RedisKeyStore, new_key
 from tests.integration.cluster import LocalCluster
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_password import embedded_password
 from traitflow.services import Daemon, Service, ServiceError, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_lines
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import redis
 from tests.integration.conftest import Publisher, wait_until
 from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 

@@ -13,7 +13,7 @@ import redis
 from tests.integration.conftest import Publisher, wait_until
 from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 pytestmark = pytest.mark.integration
 

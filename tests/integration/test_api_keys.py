@@ -16,8 +16,8 @@ from api.key_layout import ApiKeyLayout
 from api.keys import hash_secret, parse_token
 from tests.integration.conftest import ROOT, create_key, wait_until
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon
-from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.integration
 

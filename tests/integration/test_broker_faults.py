@@ -28,8 +28,8 @@ from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
 from tests.integration.workers import alive, own_service, skipped_records, start_worker, worker_log
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

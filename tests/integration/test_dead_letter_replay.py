@@ -22,8 +22,8 @@ from streams.dead_letters import (
 from streams.records import Record
 from tests.integration.dead_letter_support import dead_letters_cli, parked_letters
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.replay import REPLAY_OF
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_records, read_topic
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,7 @@ from playwright.sync_api import Browser, Page, Route, sync_playwright
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from tests.integration.oracle import expected_view
 from tests.integration.stitching_support import figure
 from tests.integration.workers import alive, own_service, running_api, start_worker, worker_log
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

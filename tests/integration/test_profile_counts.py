@@ -23,10 +23,10 @@ from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.sources_support import source_topics, two_source_worker
 from tests.integration.workers import running_api
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import composition, tally
 from traitflow.profile_recount import Recount, recount
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from tests.integration.conftest import wait_until
 from tests.integration.oracle import expected_view
 from tests.integration.workers import alive, skipped_records, start_worker, worker_log
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -45,6 +45,7 @@ from tests.integration.test_stitching import (
     stitch_concurrently,
 )
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_cluster import (
     ClusterRespClient,
     cluster_sync_client,
@@ -52,7 +53,6 @@ from traitflow.redis_cluster import (
     slot_of,
 )
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 

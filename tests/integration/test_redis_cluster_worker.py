@@ -22,9 +22,9 @@ from tests.integration.stitching_support import comparable, person_oracle
 from tests.integration.test_redis_cluster import person_event
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import sync_client
 from traitflow.redis_cluster import slot_of
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = [

@@ -30,8 +30,8 @@ from tests.integration.test_stitching_workers import applied
 from tests.integration.test_worker_kills import random_events, reached, read_views
 from tests.integration.workers import ROOT, own_service, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -28,10 +28,10 @@ from api.keys import RedisKeyStore, new_key
 from tests.integration.conftest import Publisher, wait_until
 from tests.integration.workers import ROOT, alive, running_api, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import resp_client, sync_client
 from traitflow.resp import RespConnectionError
 from traitflow.services import Daemon, free_port, port_open
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 PASSWORD = "tls-test-password"

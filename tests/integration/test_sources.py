@@ -28,9 +28,10 @@ from tests.integration.conftest import Publisher, create_key, user_id, wait_unti
 from tests.integration.sources_support import source_topics, two_source_worker
 from tests.integration.workers import running_api
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon
-from traitflow.store import KeyLayout, ProfileWrite
+from traitflow.store import ProfileWrite
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from tests.integration.dead_letter_support import (
 )
 from tests.integration.workers import alive, start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics, publish_lines
 
 pytestmark = pytest.mark.integration

@@ -36,9 +36,9 @@ from tests.integration.stitching_support import (
     viewed,
 )
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_store import RedisProfileStore
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.integration
 

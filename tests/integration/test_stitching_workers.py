@@ -37,9 +37,9 @@ from tests.integration.stitching_support import (
 )
 from tests.integration.workers import alive, start_worker, worker_log
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

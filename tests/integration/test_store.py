@@ -14,8 +14,9 @@ import redis
 from attributes.profile import ProfileState, encode_state
 from traitflow.commit_script import MAX_ITEMS
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_store import RedisProfileStore
-from traitflow.store import Conflict, Expected, KeyLayout, ProfileWrite
+from traitflow.store import Conflict, Expected, ProfileWrite
 
 pytestmark = pytest.mark.integration
 

@@ -36,9 +36,9 @@ from tests.integration.test_stitching_workers import (
 )
 from tests.integration.workers import start_worker
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ from tests.integration.oracle import expected_view
 from tests.integration.test_stitching_workers import applied, counter
 from tests.integration.test_worker_kills import random_events, read_views
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon, child_pids, consecutive_free_ports
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon, Service, free_port, port_open
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from streams.backfill import Backfill
 from streams.backfill_runner import BackfillRunner
 from streams.processor import BatchProcessor, ListDeadLetters
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RuleSource
-from traitflow.store import KeyLayout
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from bench.freshness import (
 )
 from bench.pipeline import make_events
 from traitflow.config import Settings
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 
 def test_percentiles_are_nearest_rank() -> None:

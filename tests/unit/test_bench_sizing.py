@@ -4,7 +4,7 @@ counts a run made (the README's sizing table is derived from them)."""
 from __future__ import annotations
 
 from bench.redis_usage import Snapshot, command_deltas, key_kind, scale
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 
 def test_every_profile_key_has_its_kind() -> None:

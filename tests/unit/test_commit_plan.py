@@ -7,7 +7,8 @@ from typing import Any, cast
 from attributes.profile import ProfileState
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import CommandList
-from traitflow.store import Conflict, Expected, KeyLayout, Outgoing, ProfileWrite, RulesChanged
+from traitflow.key_layout import KeyLayout
+from traitflow.store import Conflict, Expected, Outgoing, ProfileWrite, RulesChanged
 
 KEYS = KeyLayout("tf")
 NOW = 1_794_394_800_000

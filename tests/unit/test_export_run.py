@@ -20,8 +20,8 @@ from traitflow.config import Settings
 from traitflow.export_jobs import ExportRefused, ExportSpec
 from traitflow.export_run import ExportMetrics, run_job
 from traitflow.export_store import ExportJobs
+from traitflow.key_layout import KeyLayout
 from traitflow.resp import RespClient, Script
-from traitflow.store import KeyLayout
 
 KEYS = KeyLayout("tf")
 

@@ -20,7 +20,7 @@ from api.keys import (
     parse_token,
 )
 from api.ratelimit import Bucket
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 pytestmark = pytest.mark.anyio
 

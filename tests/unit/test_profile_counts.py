@@ -18,6 +18,7 @@ from tests.unit.test_commit_plan import Recorder
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import CommandList
+from traitflow.key_layout import KeyLayout
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.profile_counts import (
     categories,
@@ -27,7 +28,7 @@ from traitflow.profile_counts import (
     recount,
     tally,
 )
-from traitflow.store import KeyLayout, ProfileWrite
+from traitflow.store import ProfileWrite
 
 NOW = 1_794_394_800_000
 TTL = 3_600_000

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from traitflow.key_layout import KeyLayout
 from traitflow.redis_cluster import (
     ClusterRespClient,
     SlotOwner,
@@ -18,7 +19,6 @@ from traitflow.redis_cluster import (
     slot_of,
 )
 from traitflow.resp import Address, RespConnectionError, RespError
-from traitflow.store import KeyLayout
 
 
 def test_the_prefix_becomes_one_hash_tag() -> None:
