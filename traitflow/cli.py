@@ -258,15 +258,14 @@ def produce(
     """Publish a JSON-lines file of events (one event per line)."""
     from aiokafka.errors import KafkaError
 
-    from traitflow.kafka_client import connection_problem
+    from traitflow.kafka_client import failure_message
     from traitflow.topics import publish_file
 
     settings = settings_of(ctx)
     try:
         sent = asyncio.run(publish_file(settings, file, topic))
     except KafkaError as exc:  # what the broker refused, if it did, says more
-        problem = asyncio.run(connection_problem(settings))
-        typer.echo(f"error: {problem.message if problem else repr(exc)}", err=True)
+        typer.echo(f"error: {asyncio.run(failure_message(settings, exc))}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"published {sent} events")
 

@@ -20,6 +20,7 @@ import typer
 from streams.dead_letters import Letter, letter_from_record
 from traitflow.cli_context import settings_of
 from traitflow.config import Settings
+from traitflow.kafka_client import failure_message
 from traitflow.redis_client import access_problem
 from traitflow.replay import (
     DeadLetters,
@@ -55,7 +56,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _run(settings: Settings, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     """Run `action` against the dead letters of `settings`; an unreachable broker or
-    Redis is a message, not a traceback (host and port only: a URL may hold a password)."""
+    Redis is a message, not a traceback (host and port only: a URL may hold a password).
+    A broker that refuses the settings (credentials, certificates) is named with the
+    settings to check (`traitflow.kafka_client.failure_message`), as everywhere."""
     import redis
     from aiokafka.errors import KafkaError
 
@@ -73,8 +76,8 @@ def _run(settings: Settings, action: Callable[[DeadLetters], Awaitable[T]]) -> T
             raise _fail(problem, 1) from None
         host, port = settings.redis_host_port
         raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
-    except KafkaError as exc:
-        raise _fail(f"Kafka at {settings.kafka_bootstrap}: {exc!r}", 1) from None
+    except KafkaError as exc:  # what the broker refused, if it did: as `produce` says it
+        raise _fail(asyncio.run(failure_message(settings, exc)), 1) from None
     except ReplayError as exc:
         raise _fail(str(exc), 1) from None
 

@@ -14,7 +14,9 @@ secured broker only where it was forgotten.
 - `security_problem(settings)`: why the settings cannot work (checked when they load);
 - `connection_problem(settings)`: what the broker said when a connection as configured
   fails (refused credentials, an untrusted certificate), for a message an operator can
-  act on; the worker checks it before it starts (`traitflow worker`).
+  act on; the worker checks it before it starts (`traitflow worker`);
+- `failure_message(settings, exc)`: the same, for a command whose Kafka operation
+  failed (`traitflow produce`, `traitflow dead-letters`).
 
 The SASL password is a `SecretStr` in the settings and is given only to the client:
 no message here names it.
@@ -243,6 +245,18 @@ async def connection_problem(
         connection.close()
         return None
     return problem
+
+
+async def failure_message(
+    settings: Settings, exc: BaseException, timeout_s: float = CHECK_TIMEOUT_S
+) -> str:
+    """What a failed Kafka operation (`exc`) tells an operator. A client that cannot
+    connect says only that it could not bootstrap; a connection made again as
+    configured says what the broker refused (`connection_problem`), naming the
+    settings to check. If that connection succeeds, the broker was not the problem:
+    the operation's own error."""
+    problem = await connection_problem(settings, timeout_s)
+    return problem.message if problem is not None else f"{describe(settings)}: {exc!r}"
 
 
 def explain(settings: Settings, exc: BaseException) -> ConnectionProblem:

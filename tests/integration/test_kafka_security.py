@@ -188,7 +188,11 @@ def test_wrong_credentials_stop_the_worker_and_the_cli_with_a_clear_error(
     )
     events = tmp_path / "events.jsonl"
     events.write_text('{"userId": "u-1", "type": "identify"}\n')
-    for arguments in (["worker", "--processes", "1"], ["produce", str(events)]):
+    for arguments in (
+        ["worker", "--processes", "1"],
+        ["produce", str(events)],
+        ["dead-letters", "list"],
+    ):
         result = cli(own, *arguments, timeout=60)
         assert result.returncode == 1, (arguments, result.stdout, result.stderr)
         assert (
@@ -214,7 +218,11 @@ def test_an_untrusted_broker_certificate_stops_the_worker_and_the_cli(
     )
     events = tmp_path / "events.jsonl"
     events.write_text('{"userId": "u-1", "type": "identify"}\n')
-    for arguments in (["worker", "--processes", "1"], ["produce", str(events)]):
+    for arguments in (
+        ["worker", "--processes", "1"],
+        ["produce", str(events)],
+        ["dead-letters", "list"],
+    ):
         result = cli(own, *arguments, timeout=60)
         assert result.returncode == 1, (arguments, result.stdout, result.stderr)
         assert "the broker's TLS certificate was not accepted (" in result.stderr, result.stderr

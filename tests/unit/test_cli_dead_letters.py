@@ -3,10 +3,13 @@ commands against a real broker, Redis and worker: tests/integration/test_dead_le
 
 from __future__ import annotations
 
+import aiokafka.conn
 import pytest
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 from typer.testing import CliRunner
 
 from streams.dead_letters import Letter
+from traitflow import cli_dead_letters
 from traitflow.cli import app
 from traitflow.cli_dead_letters import describe, letter_rows, render_value, size_text
 from traitflow.replay import ReplayLedger
@@ -85,3 +88,70 @@ def test_dead_letter_commands_are_listed() -> None:
     assert result.exit_code == 0
     for command in ("list", "show", "replay"):
         assert command in result.output
+
+
+class RefusedBroker:
+    """`DeadLetters` whose broker refused the connection as aiokafka says it: only that
+    it could not bootstrap."""
+
+    def __init__(self, settings: object) -> None:
+        pass
+
+    async def load(self, **where: bool) -> None:
+        raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1, <AF_INET>)]")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("command", [["list"], ["replay", "--dry-run"]])
+def test_a_broker_that_refuses_the_credentials_is_named_with_the_settings_to_check(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """The message of every command whose broker refuses it (`traitflow.kafka_client.
+    failure_message`), not the client's "Unable to bootstrap"."""
+    password = "not-to-be-printed"
+    for name, value in {
+        "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_MECHANISM": "PLAIN",
+        "SASL_USERNAME": "traitflow",
+        "SASL_PASSWORD": password,
+    }.items():
+        monkeypatch.setenv(f"TRAITFLOW_KAFKA_{name}", value)
+    monkeypatch.setattr(cli_dead_letters, "DeadLetters", RefusedBroker)
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise SaslAuthenticationFailed("Authentication failed: invalid credentials")
+
+    monkeypatch.setattr(aiokafka.conn, "create_conn", refuse)
+    result = runner.invoke(app, ["dead-letters", *command])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "error: Kafka at 127.0.0.1:1 (SASL_PLAINTEXT, PLAIN as 'traitflow'): the broker "
+        "refused the SASL credentials ("
+    ), result.output
+    assert "Check TRAITFLOW_KAFKA_SASL_USERNAME, TRAITFLOW_KAFKA_SASL_PASSWORD" in result.output
+    assert "Unable to bootstrap" not in result.output
+    assert password not in result.output
+
+
+def test_a_broker_failure_that_is_no_refusal_keeps_its_own_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that accepts a connection as configured did not refuse the settings:
+    the operation's own error is the message, with where the broker is."""
+    monkeypatch.setattr(cli_dead_letters, "DeadLetters", RefusedBroker)
+
+    class Accepted:
+        def close(self) -> None:
+            pass
+
+    async def accept(*args: object, **kwargs: object) -> Accepted:
+        return Accepted()
+
+    monkeypatch.setattr(aiokafka.conn, "create_conn", accept)
+    result = runner.invoke(app, ["dead-letters", "list"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        'error: Kafka at 127.0.0.1:1 (PLAINTEXT): KafkaConnectionError("Unable to bootstrap'
+    ), result.output
