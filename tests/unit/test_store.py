@@ -4,7 +4,7 @@ import pytest
 
 from attributes.profile import ProfileState, encode_state
 from traitflow.memory_store import MemoryProfileStore
-from traitflow.store import PRIMARY_INDEX, KeyLayout, ProfileWrite
+from traitflow.store import PRIMARY_INDEX, ProfileWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -97,12 +97,3 @@ async def test_close_is_harmless(store: MemoryProfileStore) -> None:
     await store.close()
     store.abandon("user", ["u-1"])
     assert await store.read_view("user", PRIMARY_INDEX, "u-1") == b"view-1"
-
-
-def test_key_layout() -> None:
-    keys = KeyLayout("tf")
-    assert keys.state("user", "u-1") == "tf:s:user:u-1"
-    assert keys.view("user", "u-1") == "tf:v:user:u-1"
-    assert keys.view("user", "u-1").startswith(keys.view_prefix("user"))
-    assert keys.index("user", "anonymous_id", "a-1") == "tf:i:user:anonymous_id:a-1"
-    assert keys.expiries("user", "events/3") == "tf:x:user:events/3"
