@@ -4,6 +4,7 @@ Layers, top down. A module may import its own layer and the layers below it; nev
 layer above, nor the other layer of its own level:
 
     entry points   traitflow.cli, traitflow.cli_dead_letters, traitflow.cli_export,
+                   traitflow.cli_keys (it makes the API's keys),
                    traitflow.cli_rules (its dry run runs the worker's parts),
                    traitflow.demo,
                    traitflow.replay (what `traitflow dead-letters` runs; nothing else
@@ -49,6 +50,7 @@ ENTRY_POINTS = (
     "traitflow.cli",
     "traitflow.cli_dead_letters",
     "traitflow.cli_export",
+    "traitflow.cli_keys",
     "traitflow.cli_rules",
     "traitflow.demo",
     "traitflow.replay",
