@@ -32,7 +32,8 @@ from api.auth import Principal, authenticate
 from api.errors import ApiError
 from api.state import services
 from attributes.catalog import ManagedAttribute
-from attributes.rules import RuleFileError, RuleSet, load_rules
+from attributes.rules import RuleFileError, load_rules
+from attributes.ruleset import RuleSet
 from traitflow.config import Settings
 
 router = APIRouter()

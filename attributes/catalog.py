@@ -22,7 +22,7 @@ from typing import Any
 
 from attributes.errors import RuleError
 from attributes.profile import ProfileState
-from attributes.rules import CompiledAttribute
+from attributes.ruleset import CompiledAttribute
 
 
 class Status(enum.StrEnum):

@@ -21,7 +21,7 @@ either profile is stale, and still growing with every write after.
 from __future__ import annotations
 
 from attributes.profile import ProfileState, add_identity, merge_offsets
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 
 
 def merge_states(survivor: ProfileState, absorbed: ProfileState, rules: RuleSet) -> None:

@@ -38,7 +38,7 @@ from attributes.expressions.nodes import (
 )
 from attributes.expressions.parser import parse
 from attributes.offers import OfferSpec, ServiceSpec
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 
 #: the map of the served view that holds the profile's attributes
 ATTRIBUTES = "attributes"

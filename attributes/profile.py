@@ -34,7 +34,7 @@ from attributes.events import Event, iso_from_ms
 from attributes.filters import FilterResults
 from attributes.paths import MISSING
 from attributes.policies import DEFAULT_POLICY, MergePolicy, field_values
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 
 
 class ProfileState(msgspec.Struct, kw_only=True):

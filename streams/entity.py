@@ -35,7 +35,7 @@ from attributes.profile import (
     settle,
 )
 from attributes.records import RecordMapping
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from attributes.stitching import TRUST_ALL, Identity, SourceTrust, Stitcher, Trust, anchored
 from streams.announcements import Announcer
 from streams.effects import Stitched, split

@@ -36,7 +36,7 @@ from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.records import RecordMapping
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from attributes.stitching import LIMIT, TRUST_ALL, SourceTrust
 from streams.announcements import Announcer
 from streams.entity import ComputeFailed, EntityProcessor

@@ -31,7 +31,7 @@ from attributes.profile import (
 )
 from attributes.records import RecordMapping, mapped_record
 from attributes.reevaluation import Evaluated, Reevaluation
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from traitflow.store import ProfileWrite, record_value
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor
 from traitflow.rule_catalog import RuleCatalog, RuleSource

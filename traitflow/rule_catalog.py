@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from attributes.catalog import ManagedAttribute, Status, live_definitions
-from attributes.rules import RuleFileError, RuleProblem, RuleSet, parse_rules
+from attributes.rules import RuleFileError, RuleProblem, parse_rules
+from attributes.ruleset import RuleSet
 from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
 

@@ -28,7 +28,8 @@ from attributes.catalog import (
 )
 from attributes.catalog import requested as requested_status
 from attributes.errors import InputError
-from attributes.rules import RuleFileError, RuleSet
+from attributes.rules import RuleFileError
+from attributes.ruleset import RuleSet
 from traitflow.rule_catalog import Catalog, Change, RuleCatalog, RuleSource, new_id
 
 #: the id prefix of a rule file attribute, as listed beside the managed ones

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from attributes.rules import RuleSet, load_rules
+from attributes.rules import load_rules
+from attributes.ruleset import RuleSet
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

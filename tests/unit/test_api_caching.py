@@ -11,7 +11,7 @@ import pytest
 from api.app import create_app
 from api.caching import etag, matches, view_version
 from attributes.profile import ProfileState, encode_state
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.api_support import serve
 from traitflow.config import Settings

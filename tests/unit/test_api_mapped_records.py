@@ -14,7 +14,7 @@ import pytest
 
 from attributes.policies import MergePolicy
 from attributes.profile import ProfileState, encode_state
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings

@@ -22,7 +22,7 @@ import pytest
 from api.policies import ATTRIBUTES_PROVENANCE
 from attributes.events import iso_from_ms
 from attributes.policies import MergePolicy
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings

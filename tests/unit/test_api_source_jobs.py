@@ -13,7 +13,7 @@ import pytest
 from api.app import create_app
 from api.publisher import ListPublisher
 from api.state import state_of
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings

@@ -14,7 +14,8 @@ from attributes.audiences import AudienceSpec, compile_audience
 from attributes.expressions import INT
 from attributes.paths import compile_path
 from attributes.profile import ProfileState
-from attributes.rules import CompiledAttribute, RuleSet, parse_rules
+from attributes.rules import parse_rules
+from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.test_processor import Fragile, Pipeline, poke, records

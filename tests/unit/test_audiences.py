@@ -16,7 +16,8 @@ from attributes.expressions import INT
 from attributes.paths import compile_path
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event, decode_state
-from attributes.rules import CompiledAttribute, RuleFileError, RuleProblem, RuleSet, parse_rules
+from attributes.rules import RuleFileError, RuleProblem, parse_rules
+from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rendering import ViewRenderer

@@ -17,7 +17,8 @@ from attributes.events import decode_event
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event, compute_attributes
 from attributes.reevaluation import Reevaluation
-from attributes.rules import RuleFileError, RuleSet, parse_rules
+from attributes.rules import RuleFileError, parse_rules
+from attributes.ruleset import RuleSet
 from streams.rendering import ViewRenderer
 
 DAY, HOUR = 86_400_000, 3_600_000

@@ -24,7 +24,8 @@ from attributes.events import InvalidEvent, decode_event
 from attributes.identities import DEFAULT_USER, IdentityRules
 from attributes.limits import EventLimits
 from attributes.profile import ProfileState
-from attributes.rules import RuleSet, parse_rules
+from attributes.rules import parse_rules
+from attributes.ruleset import RuleSet
 from streams.erasures import erase_segments
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore

@@ -9,7 +9,7 @@ import pytest
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams import fastfaust, faust_fixes
 from streams.app import create_app
 from traitflow.config import Settings

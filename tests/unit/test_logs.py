@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.logs import KEPT, Checkpoint, History, MemoryLogHistory, judge
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore

@@ -22,7 +22,7 @@ from attributes.profile import (
     compute_attributes,
     render_view,
 )
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from tests.unit.event_strategies import orders, product_views
 
 HOUR = 3_600_000

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from attributes.aggregators import Aggregator, State
 from attributes.paths import compile_path
 from attributes.profile import ProfileState, decode_state
-from attributes.rules import CompiledAttribute, RuleSet
+from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore

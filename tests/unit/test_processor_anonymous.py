@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from attributes.profile import ProfileState
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import ProfileWrite

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import Expected, ProfileWrite

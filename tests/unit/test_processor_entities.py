@@ -11,7 +11,8 @@ import pytest
 
 from attributes.events import iso_from_ms
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, IdentityRules
-from attributes.rules import RuleSet, load_rules
+from attributes.rules import load_rules
+from attributes.ruleset import RuleSet
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.conftest import EXAMPLES

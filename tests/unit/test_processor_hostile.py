@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from attributes.limits import EventLimits
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from attributes.stitching import Stitcher
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore

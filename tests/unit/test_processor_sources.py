@@ -13,7 +13,7 @@ import pytest
 from attributes.events import iso_from_ms
 from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import ProfileState, Retraction, applied_before, decode_state
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from traitflow.memory_store import MemoryProfileStore
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from attributes.events import decode_event
 from attributes.identities import DEFAULT_USER, EntitySpec, IdentityRules, IdentitySpec
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from attributes.stitching import Identity
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.event_strategies import orders, product_views

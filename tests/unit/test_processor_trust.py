@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attributes.events import decode_event
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from attributes.stitching import Identity, SourceTrust, Trust
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.test_processor_stitching import (

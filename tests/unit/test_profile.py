@@ -21,7 +21,8 @@ from attributes.profile import (
     render_view,
     settle,
 )
-from attributes.rules import RuleSet, parse_rules
+from attributes.rules import parse_rules
+from attributes.ruleset import RuleSet
 
 SOURCE = "events/0"
 DAY = 86_400_000

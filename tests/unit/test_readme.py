@@ -12,7 +12,8 @@ import yaml
 
 from attributes.aggregators import FUNCTIONS, unregister
 from attributes.identities import DEFAULT_ACCOUNT, DEFAULT_USER, EntitySpec, IdentityRules
-from attributes.rules import RuleSet, load_rules, parse_rules
+from attributes.rules import load_rules, parse_rules
+from attributes.ruleset import RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import ROOT

@@ -13,7 +13,7 @@ from attributes.events import decode_event
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event
 from attributes.records import RecordMapping, mapped_record
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.rendering import ViewRenderer
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore

@@ -7,7 +7,7 @@ import orjson
 from attributes.events import decode_event
 from attributes.policies import DEFAULT_POLICY
 from attributes.profile import ProfileState, apply_event
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.rendering import ViewRenderer
 
 NOW = 946_684_800_000 + 3 * 86_400_000

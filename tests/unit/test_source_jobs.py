@@ -13,7 +13,7 @@ import pytest
 
 from attributes.erasure import contributors, scoped_retraction
 from attributes.profile import ProfileState, decode_state
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
