@@ -14,10 +14,13 @@ of it a profile read for a refused request.
 Abuse stays in the process (`api.auth_limits`): an unknown or revoked key id is
 remembered as such for `TRAITFLOW_API_NEGATIVE_KEY_TTL_S`, and an address that failed
 to authenticate more than its bucket allows gets 429s; neither asks Redis anything.
+Treasure Data's route (`api.td`) takes the same keys in its own header and answers
+its own 401, through the same `admit_key`, so it is protected alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -55,6 +58,11 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+#: how a route answers a failed authentication: its own 401 saying the message (TD's
+#: route, `api.td`, has another scheme and error shape than `Bearer` keys)
+Unauthorized = Callable[[str], Exception]
+
+
 async def authenticate(request: Request) -> Principal:
     """The request's principal (a FastAPI dependency); raises `ApiError` 401/429.
 
@@ -76,23 +84,35 @@ async def admit(request: Request) -> tuple[Principal, Charge]:
     an address that failed too often, so a valid client sharing it goes on."""
     header = request.headers.get("authorization")
     if not header:
-        raise _failed(request, "missing API key: send the header 'Authorization: Bearer <key>'")
+        raise failed(request, "missing API key: send the header 'Authorization: Bearer <key>'")
     scheme, _, token = header.partition(" ")
     parsed = parse_token(token.strip()) if scheme.lower() == "bearer" else None
     if parsed is None:
-        raise _failed(
+        raise failed(
             request, "malformed API key: expected 'Authorization: Bearer tf_<id>_<secret>'"
         )
-    key_id, secret = parsed
+    key, charge = await admit_key(request, *parsed)
+    return Principal.of(key), charge
+
+
+async def admit_key(
+    request: Request, key_id: str, secret: str, unauthorized: Unauthorized = _unauthorized
+) -> tuple[ApiKey, Charge]:
+    """The key a request's token (`key_id`, `secret`) names and its charge, not sent
+    yet, as `admit` finds them, whatever header carried the token: `unauthorized`
+    makes the route's 401. What keeps abuse in the process (the memory of unknown ids,
+    the failures per address) is then the same for every route that takes API keys."""
     state = services(request)
     keys = state.keys
     paid_by = None  # the address whose failure bucket paid for the lookup, if one did
     if not keys.has_read(key_id):
         if key_id in state.unknown_keys:
-            refusal = _failed(request, INVALID)
-            if refusal.status == 401:  # (a 429 is counted as such)
-                state.metrics.observe_refusal("unknown_key_cached")
-            raise refusal
+            address = client_address(request, state.settings.api_trusted_proxies)
+            wait = state.auth_failures.fail(address)
+            if wait > 0:
+                raise _throttled(request, wait)
+            state.metrics.observe_refusal("unknown_key_cached")  # (a 429 is counted as such)
+            raise unauthorized(INVALID)
         # a lookup that may find nothing is paid for as a failure before it is sent, and
         # paid back if it finds the key: concurrent requests from one address can then
         # send no more lookups than its bucket holds
@@ -109,23 +129,23 @@ async def admit(request: Request) -> tuple[Principal, Charge]:
     if key is None:
         state.unknown_keys.add(key_id)
     if key is None or not key.verifies(secret):
-        raise _failed(request, INVALID) if paid_by is None else _unauthorized(INVALID)
+        raise failed(request, INVALID, unauthorized) if paid_by is None else unauthorized(INVALID)
     if paid_by is not None:
         state.auth_failures.refund(paid_by)
     settings = state.settings
     rate, burst = key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
-    return Principal.of(key), Charge(keys, key_id, rate, burst)
+    return key, Charge(keys, key_id, rate, burst)
 
 
 INVALID = "invalid API key"
 
 
-def _failed(request: Request, message: str) -> ApiError:
-    """A failed authentication: a 401, counted against the client's address; a 429
-    instead once the address has no failure left."""
+def failed(request: Request, message: str, unauthorized: Unauthorized = _unauthorized) -> Exception:
+    """A failed authentication: a 401 (`unauthorized`), counted against the client's
+    address; a 429 instead once the address has no failure left."""
     state = services(request)
     wait = state.auth_failures.fail(client_address(request, state.settings.api_trusted_proxies))
-    return _unauthorized(message) if wait <= 0 else _throttled(request, wait)
+    return unauthorized(message) if wait <= 0 else _throttled(request, wait)
 
 
 def _throttled(request: Request, wait: float) -> ApiError:

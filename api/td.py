@@ -6,6 +6,11 @@ contract is TD's: `Content-Type: application/vnd.treasuredata.v1+json` (else 415
 rate limit applies: 429) and `WP13n-Token: {account_id}/{instance_id}/{token}`, and
 TD's error codes, each a 400 `{"error": message, "code": n}` with TD's message.
 
+The key is checked as on the other routes (`api.auth.admit_key`), so that a client
+sending bad keys here costs Redis no more than there: unknown ids are remembered,
+failed authentications limited per client address, and the charge is sent before
+anything is published or read (a throttled call costs Redis the charge alone).
+
 The route is the API's last (`api.routes`) and its path matches any two-segment POST,
 so a path whose `database` no service has is answered the API's own 404 before any of
 TD's checks: a mistyped route is told it does not exist, not to change its content
@@ -33,9 +38,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParameter
 from starlette.exceptions import HTTPException
 
+from api.auth import admit_key, failed, settle
+from api.gate import Charge
 from api.keys import ApiKey, parse_token
 from api.publisher import PublishFailed
-from api.ratelimit import retry_after
 from api.shapes import decode_view
 from api.state import ApiState, services
 from api.td_services import Registry
@@ -114,18 +120,27 @@ def _content_type(request: Request) -> None:
         raise TdRefusal(415, f"Content-Type should be {CONTENT_TYPE}")
 
 
-async def _caller(request: Request, state: ApiState) -> tuple[str, ApiKey]:
-    """The `TD1` account and a valid API key (401 otherwise), checked before the token:
-    a caller without a key learns nothing about which tokens exist."""
+def _unauthorized(message: str) -> TdRefusal:
+    return TdRefusal(401, message)
+
+
+async def _caller(request: Request) -> tuple[str, ApiKey, Charge]:
+    """The `TD1` account, a valid API key (401 otherwise) and the key's charge, not sent
+    yet; checked before the token: a caller without a key learns nothing about which
+    tokens exist. The key is checked as on every other route (`api.auth.admit_key`):
+    unknown ids remembered, failures counted per client address (429 past them), so
+    that bad keys cost Redis no lookup each."""
     authorization = parse_td1(request.headers.get("authorization", ""))
     if authorization is None:
-        raise TdRefusal(401, "send the header 'Authorization: TD1 {account_id}/{apikey}'")
+        raise failed(
+            request, "send the header 'Authorization: TD1 {account_id}/{apikey}'", _unauthorized
+        )
     account, apikey = authorization
     parsed = parse_token(apikey)
-    key = await state.keys.lookup(parsed[0]) if parsed is not None else None
-    if parsed is None or key is None or not key.verifies(parsed[1]):
-        raise TdRefusal(401, "invalid API key")
-    return account, key
+    if parsed is None:
+        raise failed(request, "invalid API key", _unauthorized)
+    key, charge = await admit_key(request, *parsed, unauthorized=_unauthorized)
+    return account, key, charge
 
 
 async def _service(
@@ -150,18 +165,14 @@ async def _service(
     return service
 
 
-async def _charge(state: ApiState, key: ApiKey, entity: str) -> None:
-    """The key may read the service's entity (403) and is within its rate limit (429)."""
-    settings = state.settings
-    readable = [c for c, e in settings.collections.items() if e == entity]
+async def _charge(request: Request, key: ApiKey, charge: Charge, entity: str) -> None:
+    """The key may read the service's entity (403) and is within its rate limit (429,
+    `api.auth.settle`, counted as every route's). Sent before the call publishes or
+    reads anything: a throttled call costs Redis its charge alone."""
+    readable = [c for c, e in services(request).settings.collections.items() if e == entity]
     if not key.admin and not key.collections.intersection(readable):
         raise TdRefusal(403, f"this API key may not read the {entity!r} profiles")
-    rate, burst = key.rate_per_s or settings.api_rate_per_s, key.burst or settings.api_burst
-    wait = float(await state.keys.charge(key.key_id, rate, burst))
-    if wait > 0:
-        raise TdRefusal(
-            429, "rate limit exceeded for this API key", headers={"Retry-After": retry_after(wait)}
-        )
+    await settle(request, charge)
 
 
 async def _applied(
@@ -226,10 +237,10 @@ async def personalize(
 async def _personalize(database: str, table: str, request: Request) -> Response:
     _content_type(request)
     state = services(request)
-    account, key = await _caller(request, state)
+    account, key, charge = await _caller(request)
     service = await _service(request, state, account, (database, table))
     spec = service.spec
-    await _charge(state, key, spec.entity)
+    await _charge(request, key, charge, spec.entity)
     settings = state.settings
     try:
         body = orjson.loads(await request.body())

@@ -5,7 +5,10 @@ commandstats` (reset before each part) says what each kind of request cost.
 - a key past its rate limit: one script per request (the charge), no profile read;
 - an unknown key id repeated: one lookup, then none (remembered as unknown);
 - random key ids from an address that failed too often: 429s that cost nothing;
-- a key made after its id was remembered as unknown works once that is forgotten.
+- a key made after its id was remembered as unknown works once that is forgotten;
+- Treasure Data's route (`Authorization: TD1 ...`) alike: a throttled call costs its
+  charge and no profile read, an unknown key one lookup, random keys from an address
+  past its failures nothing.
 
 The API trusts one proxy (`TRAITFLOW_API_TRUSTED_PROXIES=1`), so each part sends its
 own X-Forwarded-For address and has a failure bucket of its own.
@@ -25,6 +28,7 @@ import pytest
 import redis
 
 from api.keys import RedisKeyStore, new_key
+from attributes.offers import CONTENT_TYPE
 from tests.integration.conftest import create_key
 from tests.integration.workers import own_service, running_api
 from traitflow.config import Settings
@@ -225,3 +229,120 @@ def test_a_key_made_after_its_id_was_remembered_unknown_works_after_the_ttl(
     while time.monotonic() - missed < NEGATIVE_TTL_S:
         time.sleep(0.1)
     assert httpx.get(f"{abused.base}{MISSING}", headers=headers).status_code == 404
+
+
+# Treasure Data's route: the same keys in its own header (`api.td`), the same limits
+
+
+@dataclass
+class Personalization:
+    path: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def personalization(abused: Abused) -> Personalization:
+    """A service made through the admin API, which answers at once (no read-your-write
+    wait: no worker runs here)."""
+    admin = {"Authorization": f"Bearer {create_key(abused.settings, 'td-admin', admin=True)}"}
+    made = httpx.put(
+        f"{abused.base}/v1/personalization/services/abuse",
+        json={"account_id": "42", "database": "p13n_db", "table": "abuse", "wait_ms": 0},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    token = httpx.post(
+        f"{abused.base}/v1/personalization/services/abuse/tokens",
+        json={"instance_id": "site"},
+        headers=admin,
+    ).json()["token"]
+    return Personalization("/p13n_db/abuse", token)
+
+
+def td_from(p13n: Personalization, key: str, address: str) -> dict[str, str]:
+    return {
+        "Content-Type": CONTENT_TYPE,
+        "Authorization": f"TD1 42/{key}",
+        "WP13n-Token": p13n.token,
+        "X-Forwarded-For": f"203.0.113.9, {address}",
+    }
+
+
+async def send_td(
+    base: str, p13n: Personalization, headers: dict[str, str], count: int
+) -> list[httpx.Response]:
+    """`count` calls, 16 at a time."""
+    body = {"email": "nobody@example.com"}
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        answers: list[httpx.Response] = []
+        for start in range(0, count, 16):
+            batch = [
+                client.post(p13n.path, json=body, headers=headers)
+                for _ in range(min(16, count - start))
+            ]
+            answers.extend(await asyncio.gather(*batch))
+        return answers
+
+
+def test_a_throttled_td_call_costs_its_charge_and_reads_nothing(
+    abused: Abused, personalization: Personalization
+) -> None:
+    key = create_key(
+        abused.settings, "td-throttled", collections=["users"], rate_per_s=0.001, burst=3
+    )
+    headers = td_from(personalization, key, "198.51.100.11")
+    # the first call reads the key's record and loads the scripts into Redis
+    [warm] = asyncio.run(send_td(abused.base, personalization, headers, 1))
+    assert warm.status_code == 200, warm.text
+    abused.reset()
+    allowed = asyncio.run(send_td(abused.base, personalization, headers, 2))
+    assert [r.status_code for r in allowed] == [200, 200]
+    assert abused.calls().get("evalsha", 0) >= 2  # the charges, then the profile reads
+
+    before = abused.refusals().get("key_rate_limit", 0.0)
+    abused.reset()
+    refused = asyncio.run(send_td(abused.base, personalization, headers, 100))
+    assert {r.status_code for r in refused} == {429}
+    assert refused[0].json() == {"error": "rate limit exceeded for this API key"}
+    assert int(refused[0].headers["retry-after"]) >= 1
+    calls = abused.calls()
+    # one command per call: the charge; no profile read, no key or service lookup
+    assert calls.pop("evalsha") == 100, calls
+    assert set(calls) == {"time", "hmget", "hset", "pexpire"}, calls
+    assert abused.refusals()["key_rate_limit"] == before + 100
+
+
+def test_an_unknown_td_key_costs_one_lookup(
+    abused: Abused, personalization: Personalization
+) -> None:
+    headers = td_from(personalization, random_token(), "198.51.100.12")
+    abused.reset()
+    answers = asyncio.run(send_td(abused.base, personalization, headers, 1))
+    answers += asyncio.run(send_td(abused.base, personalization, headers, 3))
+    assert [r.status_code for r in answers] == [401] * 4
+    assert answers[0].json() == {"error": "invalid API key"}
+    assert abused.calls() == {"get": 1}
+
+
+def test_random_td_keys_from_an_address_that_failed_too_often_cost_nothing(
+    abused: Abused, personalization: Personalization
+) -> None:
+    address = "198.51.100.13"
+
+    def attempt() -> httpx.Response:
+        return httpx.post(
+            f"{abused.base}{personalization.path}",
+            json={"email": "nobody@example.com"},
+            headers=td_from(personalization, random_token(), address),
+        )
+
+    abused.reset()
+    first = [attempt() for _ in range(FAILURE_BURST)]
+    assert [r.status_code for r in first] == [401] * FAILURE_BURST
+    assert abused.calls() == {"get": FAILURE_BURST}
+    abused.reset()
+    throttled = [attempt() for _ in range(50)]
+    assert {r.status_code for r in throttled} == {429}
+    assert throttled[0].json() == {"error": "too many failed authentications from this address"}
+    assert int(throttled[0].headers["retry-after"]) >= 1
+    assert abused.calls() == {}
