@@ -14,9 +14,15 @@ attribute alone, to a scratch state of the profile its identities point to now; 
 scratch state is then merged into the live one as stitching merges two profiles
 (`attributes.catalog.join_history`), and the attribute becomes ACTIVE.
 
-One worker runs backfills at a time (a lease in Redis: `BackfillRunner`). It reads at
-a bounded rate (`TRAITFLOW_BACKFILL_RATE_PER_S`) and joins a few profiles at a time
-under the processor's lock, so live batches go on between them.
+One worker runs backfills at a time (a lease in Redis: `BackfillRunner`), in the same
+process and event loop as the live batches, and live batches come first: the backfill
+computes in short slices (`SLICE_S`) holding the processor's lock, the lock a live
+batch holds from its first read to its commit. The lock is fair, so a live batch that
+arrives waits for at most the slice in progress, and once it runs no backfill work
+runs between its round trips to Redis (without the lock it did: each of a batch's
+awaits let the backfill compute, and a batch waited for several of its turns). The
+backfill also reads at a bounded rate (`TRAITFLOW_BACKFILL_RATE_PER_S`) and joins a
+few profiles at a time under the same lock.
 
 Limits: the history is held in memory, one scratch state per profile, until joined;
 a producer's retry of one event on both sides of the start is counted twice; a
@@ -28,18 +34,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from attributes.admission import Admitted
 from attributes.aggregators import DERIVED
 from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event, render_view
 from attributes.rules import CompiledAttribute, RuleSet, parse_rules
+from attributes.stitching import Identity
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
@@ -49,16 +58,19 @@ from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 #: a span's end when it is read to the end of the log (a dry run's)
 OPEN = 2**63 - 1
 #: profiles joined per hold of the processor's lock
 JOIN_CHUNK = 100
 #: how often progress is saved, and the lease renewed (seconds)
 PROGRESS_S = 1.0
-#: the longest the backfill computes without giving the worker's loop a turn
-#: (seconds): a fetch of events is applied in one call, and an attribute's filter
-#: may take milliseconds per event
-TURN_S = 0.05
+#: the longest the backfill computes in one hold of the processor's lock (seconds):
+#: what a live batch that arrives meanwhile may wait (a fetch of events is applied in
+#: slices, and an attribute's filter may take milliseconds per event)
+SLICE_S = 0.01
 
 
 def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
@@ -266,35 +278,25 @@ class Backfill:
         histories: dict[str, ProfileState],
         seen: set[tuple[str, str]],
     ) -> None:
-        """Apply each record's event to the scratch state of the profile it is for now."""
+        """Apply each record's event to the scratch state of the profile it is for now,
+        a slice at a time under the processor's lock (live batches first)."""
         now = int(time.time() * 1000)
         admitted = []
-        for record in records:
-            try:
-                found = self.processor.admission.admit(
-                    record.value, now_ms=now, fallback_ms=record.timestamp
-                )
-            except InvalidEvent:
-                continue  # a dead letter when it was live: nothing counted it
-            for claim in found.claims:
-                if claim.entity == entity.entity:  # its profile: the one it was applied to
-                    ids = entity.anchored(claim.identities, record.topic)
-                    admitted.append((record, found, ids))
+        for chunk in await self._sliced(records, lambda r: self._admit(entity, r, now)):
+            admitted += chunk
         identities = list(dict.fromkeys(i for _, _, ids in admitted for i in ids))
         pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
-        turn = time.monotonic()
-        for record, found, ids in admitted:
-            if time.monotonic() - turn >= TURN_S:  # live batches go on meanwhile
-                await asyncio.sleep(0)
-                turn = time.monotonic()
+
+        def add(item: tuple[Any, Admitted, list[Identity]]) -> None:
+            record, found, ids = item
             pid = next((pointers[i] for i in ids if i in pointers), None)
             if pid is None:
-                continue  # its profile is gone (erased, or an idle anonymous one expired)
+                return  # its profile is gone (erased, or an idle anonymous one expired)
             event = found.event
             where = entity.sources.get(record.topic, record.topic)
             if event.messageId:
                 if (where, event.messageId) in seen:
-                    continue  # a producer's retry: live dedupe counted it once
+                    return  # a producer's retry: live dedupe counted it once
                 seen.add((where, event.messageId))
             state = histories.setdefault(pid, ProfileState(id=pid, entity=entity.entity))
             apply_event(
@@ -309,6 +311,45 @@ class Backfill:
                 retraction=entity.retractions.get(where, "fields"),
                 traits_from=entity.identities.spec.traits_from,
             )
+
+        await self._sliced(admitted, add)
+
+    def _admit(
+        self, entity: EntityProcessor, record: Any, now: int
+    ) -> list[tuple[Any, Admitted, list[Identity]]]:
+        """A record's event with the identities of its `entity` profile ([]: none, or a
+        record that is not an event: a dead letter when it was live, nothing counted
+        it)."""
+        try:
+            found = self.processor.admission.admit(
+                record.value, now_ms=now, fallback_ms=record.timestamp
+            )
+        except InvalidEvent:
+            return []
+        return [
+            (record, found, entity.anchored(claim.identities, record.topic))
+            for claim in found.claims
+            if claim.entity == entity.entity  # its profile: the one it was applied to
+        ]
+
+    async def _sliced(self, items: Sequence[T], work: Callable[[T], R]) -> list[R]:
+        """`work` on each item in order, in slices of at most `SLICE_S` each holding the
+        processor's lock: a live batch waits for one slice at most, and the backfill
+        computes nothing while a live batch is between its round trips."""
+        results: list[R] = []
+        at = 0
+        while at < len(items):
+            async with self.processor.lock:
+                began = time.monotonic()
+                while True:  # one item at least, then as many as fit in the slice
+                    results.append(work(items[at]))
+                    at += 1
+                    if at == len(items) or time.monotonic() - began >= SLICE_S:
+                        break
+            # a free lock is taken without a turn of the loop: without this one, the
+            # backfill would go on to its next slice before a live batch could ask
+            await asyncio.sleep(0)
+        return results
 
     async def _join(
         self,

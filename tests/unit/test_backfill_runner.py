@@ -5,6 +5,7 @@ does not hold back the others."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from attributes.catalog import ManagedAttribute, Status, new_attribute
+from attributes.ruleset import RuleSet
 from streams.backfill import Backfill
 from streams.backfill_runner import BackfillRunner
 from streams.processor import BatchProcessor, ListDeadLetters
@@ -123,17 +125,66 @@ async def test_a_derived_attribute_is_backfilled_at_once(tmp_path: Path) -> None
     assert await asyncio.wait_for(backfill.run(derived), timeout=5) is True
 
 
-async def test_a_backfill_gives_the_worker_s_loop_a_turn_while_it_applies_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fetch of events is applied in one call, and a filter may take milliseconds per
-    event: without a turn now and then, no live batch (nor any timer) would run."""
+def slicing_backfill(tmp_path: Path) -> tuple[Backfill, BatchProcessor, RuleSet]:
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
     rules = RuleSource.read(path).compose(())
     processor = BatchProcessor(rules, MemoryProfileStore(), ListDeadLetters())
     backfill = Backfill(Settings(rules_path=path), processor, MemoryRuleCatalog(), None)  # type: ignore[arg-type]
-    monkeypatch.setattr("streams.backfill.TURN_S", 0.0)  # a turn at every event
+    return backfill, processor, rules
+
+
+async def test_a_backfill_computes_nothing_while_a_live_batch_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A live batch holds the processor's lock from its first read to its commit: the
+    backfill must not compute between the batch's round trips (each await of the
+    batch once let it, and a batch waited for several of the backfill's turns)."""
+    backfill, processor, _ = slicing_backfill(tmp_path)
+    done: list[int] = []
+    async with processor.lock:  # a live batch, waiting on Redis
+        work = asyncio.create_task(backfill._sliced(range(50), done.append))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert done == []
+    await asyncio.wait_for(work, timeout=5)
+    assert done == list(range(50))
+
+
+async def test_a_live_batch_waits_for_one_slice_of_the_backfill_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is fair: a live batch that asks for it while the backfill computes gets
+    it when the slice in progress ends, before the backfill's next slice. A fetch of
+    events is applied in slices, and a filter may take milliseconds per event."""
+    backfill, processor, _ = slicing_backfill(tmp_path)
+    monkeypatch.setattr("streams.backfill.SLICE_S", 0.0)  # one item per slice
+    done: list[int] = []
+    seen_at: list[int] = []
+
+    async def live_batches() -> None:
+        for _ in range(10):
+            async with processor.lock:
+                seen_at.append(len(done))
+                await asyncio.sleep(0)  # its round trip to Redis: the backfill waits
+            await asyncio.sleep(0)  # its next fetch
+
+    work = asyncio.create_task(backfill._sliced(range(30), done.append))
+    await asyncio.sleep(0)  # the backfill's first slice
+    await asyncio.gather(live_batches(), work)
+    assert done == list(range(30))
+    # one slice between two live batches: none waited for two, none was skipped
+    assert seen_at[0] <= 2
+    assert [b - a for a, b in itertools.pairwise(seen_at)] == [1] * 9
+
+
+async def test_a_backfill_applies_a_fetch_of_events_in_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_apply` (admission, then the events) goes through the slices: a live batch gets
+    the lock while a fetch of events is applied, not only after it."""
+    backfill, processor, rules = slicing_backfill(tmp_path)
+    monkeypatch.setattr("streams.backfill.SLICE_S", 0.0)
     records = [
         SimpleNamespace(
             topic="events",
@@ -144,17 +195,18 @@ async def test_a_backfill_gives_the_worker_s_loop_a_turn_while_it_applies_events
         )
         for n in range(20)
     ]
-    turns = 0
+    holds = 0
 
     async def live() -> None:
-        nonlocal turns
+        nonlocal holds
         while True:
-            turns += 1
+            async with processor.lock:
+                holds += 1
             await asyncio.sleep(0)
 
     other = asyncio.create_task(live())
     await asyncio.sleep(0)
-    before = turns
+    before = holds
     await backfill._apply(processor.entities["user"], rules, records, {}, set())
     other.cancel()
-    assert turns - before >= 10
+    assert holds - before >= 20
