@@ -11,7 +11,9 @@ identity of any entity, is a dead letter); then each entity's events go through 
 `EntityProcessor` (`streams.entity`): stitch, merge and apply, then one atomic,
 conditional commit. Dead letters are durable before the first commit of the batch,
 and the batch is reported done only once every entity's effect is committed, so the
-caller acks (commits) offsets after the effect is durable.
+caller acks (commits) offsets after the effect is durable. How a batch is decoded is
+`streams.decoding`'s, and which rules version it is computed at `streams.
+rule_versions`' (both parts of `BatchProcessor`).
 
 No single record can stop the others: whatever one raises while it is decoded or
 computed makes it a dead letter, with the exception as the reason, and the rest of
@@ -30,7 +32,6 @@ from collections.abc import Awaitable, Callable, Collection, Container, Mapping,
 
 from attributes.admission import Admission
 from attributes.clock import DEFAULT_REFRESH_MS
-from attributes.events import InvalidEvent
 from attributes.identities import DEFAULT_USER, IdentityRules
 from attributes.limits import EventLimits
 from attributes.policies import DEFAULT_POLICY, MergePolicy
@@ -39,6 +40,7 @@ from attributes.records import RecordMapping
 from attributes.ruleset import RuleSet
 from attributes.stitching import LIMIT, TRUST_ALL, SourceTrust
 from streams.announcements import Announcer
+from streams.decoding import BatchDecoding, where
 from streams.entity import ComputeFailed, EntityProcessor
 from streams.erasures import erase_segments
 from streams.logs import Checkpoint, LogHistory, judge
@@ -51,6 +53,7 @@ from streams.records import (
     Record,
 )
 from streams.refusals import RefusalLog
+from streams.rule_versions import RuleVersions
 from traitflow.store import ProfileStore, RulesChanged
 
 __all__ = [
@@ -69,7 +72,7 @@ log = logging.getLogger(__name__)
 ENTITY = "user"
 
 
-class BatchProcessor:
+class BatchProcessor(RuleVersions, BatchDecoding):
     """Applies batches of records, and re-renders profiles whose windows moved.
 
     `identities`: the `user` entity's identity rules, or every entity's (entity ->
@@ -156,46 +159,6 @@ class BatchProcessor:
             {entity: p.identities for entity, p in self.entities.items()}, self.limits
         )
 
-    @property
-    def rules_version(self) -> int:
-        """The rules version the entities compute with (`traitflow.rule_catalog`)."""
-        return next(iter(self.entities.values())).rules_version
-
-    def switch(self, rules: RuleSet, rules_version: int) -> None:
-        """Compute with `rules`, the rules version `rules_version`, from now on. Call
-        it holding `lock`, between batches."""
-        for entity, processor in self.entities.items():
-            processor.switch(rules.of(entity), rules_version)
-        log.info("switched to rules version %d", rules_version)
-
-    async def switch_to_current(self) -> None:
-        """A commit found the rules changed: switch to the current ones (`reload`)."""
-        if self.reload is None:
-            raise RuntimeError("the rules version changed, and this processor cannot reload")
-        rules, version = await self.reload()
-        self.switch(rules, version)
-
-    async def _note_starts(self) -> None:
-        """Before the batch's first commit at the current rules version, note where
-        each of its partitions starts (`note_start`): a backfill of an attribute of that
-        version reads the partition's history up to there (`streams.backfill`)."""
-        await self._note(self._firsts)
-
-    async def note_positions(self) -> None:
-        """At a switch between batches: the offset each partition this worker reads
-        resumes at is where its computing at the new version starts (a partition with
-        no traffic since gets no batch to note it by). Hold `lock`."""
-        await self._note({p: offset for p, (offset, _) in self._next.items()})
-
-    async def _note(self, offsets: Mapping[str, int]) -> None:
-        """Note `offsets` (partition -> offset) at the current rules version, each
-        partition once per version."""
-        version = self.rules_version
-        fresh = {p: o for p, o in offsets.items() if (p, version) not in self._noted}
-        if fresh and self.note_start is not None:
-            await self.note_start(version, fresh)
-            self._noted.update((p, version) for p in fresh)
-
     def forget_renders(self) -> None:
         """Drop the remembered renders (their states are gone from the store's cache)
         and where each partition's batches were (after a rebalance, another worker may
@@ -220,28 +183,6 @@ class BatchProcessor:
                 floors[log] = record.offset - 1
         for entity in self.entities.values():
             entity.floors = floors
-
-    def decode(self, records: Sequence[Record]) -> Decoded:
-        """Decode a batch and find each entity's events in it: pure computation, no
-        lock and no store, so the worker does it while the previous batch's writes
-        are still in flight (`streams.batches`). An event that is no event, over a
-        limit, or claimed by no entity is rejected with the reason."""
-        now = int(self.clock() * 1000)
-        rejected: list[tuple[Record, str]] = []
-        claims: dict[str, list[Identified]] = {entity: [] for entity in self.entities}
-        for record in records:
-            try:
-                claimed = self._claims(record, now)
-            except InvalidEvent as exc:
-                rejected.append((record, str(exc)))
-                continue
-            except Exception as exc:  # a bug some input meets: that input's alone
-                log.warning("record %s/%s@%s could not be read", *_where(record), exc_info=True)
-                rejected.append((record, f"event could not be read: {exc!r}"))
-                continue
-            for entity, item in claimed:
-                claims[entity].append(item)
-        return Decoded(records, claims, rejected)
 
     async def process(
         self, records: Sequence[Record], decoded: Decoded | None = None
@@ -359,24 +300,6 @@ class BatchProcessor:
             return records
         return [dataclasses.replace(r, epoch=epochs[r.source]) for r in records]
 
-    def _claims(self, record: Record, now: int) -> list[tuple[str, Identified]]:
-        """The record's event for each entity whose identities it carries; raises
-        `InvalidEvent` with the reason when it is no event, over a limit, or claimed
-        by no entity."""
-        if record.value is None:
-            raise InvalidEvent("record has no value")
-        admitted = self.admission.admit(record.value, now_ms=now, fallback_ms=record.timestamp_ms)
-        event, at = admitted.event, admitted.at_ms
-        message = None
-        if self.dedupe and event.messageId:
-            message = (self.sources.get(record.topic, record.topic), event.messageId)
-        entities = self.entities  # each orders the identities it applies the event by
-        return [
-            (claim.entity, Identified(record, event, ids, claim.previous, message, at))
-            for claim in admitted.claims
-            for ids in [entities[claim.entity].anchored(claim.identities, record.topic)]
-        ]
-
     async def _send(self, rejected: list[tuple[Record, str]], sent: set[int]) -> None:
         """Dead-letter the rejected records not sent yet; return once they are durable."""
         letters = [(record, why) for record, why in rejected if id(record) not in sent]
@@ -423,7 +346,7 @@ class BatchProcessor:
                             continue
             if broke is not None:
                 if len(events) == 1:
-                    log.warning("event %s/%s@%s broke stitching", *_where(events[0].record))
+                    log.warning("event %s/%s@%s broke stitching", *where(events[0].record))
                     rejected.append((events[0].record, f"event could not be stitched: {broke}"))
                     return
                 half = len(events) // 2
@@ -461,7 +384,3 @@ class BatchProcessor:
                         await self.switch_to_current()
                         return written
             return written
-
-
-def _where(record: Record) -> tuple[str, int, int]:
-    return record.topic, record.partition, record.offset
