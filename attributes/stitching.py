@@ -91,9 +91,12 @@ class SourceTrust:
         return self.levels.get(source, self.default)
 
 
-#: every source trusted: what a processor built from parts (unit tests, the engine
-#: benchmarks) links; the worker's is the settings' (`Settings.trust`), whose default
-#: is untrusted
+#: no source trusted: what a processor links unless it is given trust levels (the
+#: worker's are the settings', `Settings.trust`, whose default is untrusted too), so
+#: that a processor built without the settings is as safe as the worker
+TRUST_NONE = SourceTrust()
+#: every source trusted: only for a caller that says so (tests and benchmarks whose
+#: events must link), never a default
 TRUST_ALL = SourceTrust(default=Trust.TRUSTED)
 
 #: `Refusal.kind`s: an identity limit; a trust level (identity of another profile, new)

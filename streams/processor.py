@@ -38,7 +38,7 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import Retraction
 from attributes.records import RecordMapping
 from attributes.ruleset import RuleSet
-from attributes.stitching import LIMIT, TRUST_ALL, SourceTrust
+from attributes.stitching import LIMIT, TRUST_NONE, SourceTrust
 from streams.announcements import Announcer
 from streams.decoding import BatchDecoding, where
 from streams.entity import ComputeFailed, EntityProcessor
@@ -79,9 +79,10 @@ class BatchProcessor(RuleVersions, BatchDecoding):
     rules, in the order they are processed); each entity is computed with its own
     rules (`RuleSet.of`). `clock` gives the processing time (epoch seconds) that
     windows are evaluated at; it is read once per batch. `trust`: what each source's
-    events may link (`attributes.stitching`); every source is trusted unless given, as
-    a processor built from parts is, while the worker's is the settings' (untrusted
-    unless declared). Both entry points hold `lock`, so a timer's expiry round and a
+    events may link (`attributes.stitching`); the worker's is the settings'. Not given,
+    no source is trusted, as a source the settings do not name is not: a processor
+    built without the settings (a tool, a test) links nothing unless told which
+    sources to trust. Both entry points hold `lock`, so a timer's expiry round and a
     batch never work on the same profiles at once."""
 
     def __init__(
@@ -107,7 +108,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
         note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None = None,
         time_refresh_ms: int = DEFAULT_REFRESH_MS,
-        trust: SourceTrust = TRUST_ALL,
+        trust: SourceTrust = TRUST_NONE,
     ) -> None:
         self.store = store
         #: the current rules and their version, read again when a commit finds the

@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.integration.conftest import create_key, wait_until
 from tests.integration.workers import OwnWorker, running_api, worker_with_rules
@@ -90,7 +91,9 @@ def batch_views(settings: Settings, events: list[dict[str, Any]]) -> dict[str, A
 
     async def run() -> dict[str, Any]:
         store = MemoryProfileStore()
-        processor = BatchProcessor(load_rules(settings.rules_path), store, ListDeadLetters())
+        processor = BatchProcessor(  # linking as the workers' trusted source does
+            load_rules(settings.rules_path), store, ListDeadLetters(), trust=TRUST_ALL
+        )
         records = [Record("oracle", 0, i, orjson.dumps(e), 0) for i, e in enumerate(events)]
         await processor.process(records)
         users = sorted({str(e["userId"]) for e in events})

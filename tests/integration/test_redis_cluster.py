@@ -22,6 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
 from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, command
 from tests.integration.stitching_support import (
@@ -122,7 +123,7 @@ async def cluster_workers(
         for _ in range(count)
     ]
     workers = [
-        Worker(BatchProcessor(rules, store, ListDeadLetters()), store, partition)
+        Worker(BatchProcessor(rules, store, ListDeadLetters(), trust=TRUST_ALL), store, partition)
         for partition, store in enumerate(stores)
     ]
     try:

@@ -25,6 +25,7 @@ import pytest
 import redis
 
 from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
 from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.integration.stitching_support import (
     Event,
@@ -107,7 +108,10 @@ async def two_workers(settings: Settings, prefix: str) -> AsyncIterator[tuple[Wo
         HoldingStore(RedisProfileStore.from_url(settings.redis_url, prefix), max_profiles=100)
         for _ in "ab"
     ]
-    a, b = (Worker(BatchProcessor(rules, s, ListDeadLetters()), s, p) for p, s in enumerate(stores))
+    a, b = (
+        Worker(BatchProcessor(rules, s, ListDeadLetters(), trust=TRUST_ALL), s, p)
+        for p, s in enumerate(stores)
+    )
     try:
         yield a, b
     finally:

@@ -17,6 +17,7 @@ from api.state import state_of
 from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
+from tests.unit.trust_support import trusting
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 
@@ -31,7 +32,9 @@ class World:
     def __init__(self, rules: RuleSet) -> None:
         self.store = MemoryProfileStore()
         self.published = ListPublisher()
-        self.processor = BatchProcessor(rules, self.store, ListDeadLetters())
+        self.processor = BatchProcessor(
+            rules, self.store, ListDeadLetters(), trust=trusting("events")
+        )
         self.offset = 0
 
     async def feed(self, *values: bytes) -> None:

@@ -25,6 +25,7 @@ from attributes.policies import MergePolicy
 from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
+from tests.unit.trust_support import trusting
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 
@@ -112,6 +113,7 @@ async def store(example_rules: RuleSet) -> CountingStore:
         sources=SETTINGS.sources,
         policy=SETTINGS.default_policy,
         retractions=SETTINGS.source_deletes,
+        trust=trusting("web", "crm"),
     )
     offsets = {WEB: 0, CRM: 0}
     batch = []

@@ -19,6 +19,7 @@ from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.test_processor import Fragile, Pipeline, poke, records
+from tests.unit.trust_support import trusting
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import ProfileWrite
@@ -112,7 +113,14 @@ def order(offset: int, **ids: str) -> Record:
 def world() -> tuple[BatchProcessor, MemoryProfileStore, Clock]:
     clock = Clock()
     store = MemoryProfileStore(clock=lambda: clock.ms)
-    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock=clock, anonymous_ttl_ms=TTL)
+    processor = BatchProcessor(
+        RULES,
+        store,
+        ListDeadLetters(),
+        clock=clock,
+        anonymous_ttl_ms=TTL,
+        trust=trusting("events"),
+    )
     return processor, store, clock
 
 
@@ -165,7 +173,9 @@ async def test_an_anonymous_member_linked_to_a_new_user_stays_counted(world: Any
 async def test_without_a_lifetime_every_member_is_kept() -> None:
     clock = Clock()
     store = MemoryProfileStore(clock=lambda: clock.ms)
-    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock=clock)
+    processor = BatchProcessor(
+        RULES, store, ListDeadLetters(), clock=clock, trust=trusting("events")
+    )
     await processor.process([order(0, anonymousId="a-1")])
     clock.ms += 10 * TTL
     assert await store.audience_sizes("user") == {"buyers": 1}

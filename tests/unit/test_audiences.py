@@ -23,6 +23,7 @@ from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rendering import ViewRenderer
 from tests.unit.conftest import ROOT
 from tests.unit.test_processor import Fragile, Pipeline, poke, records
+from tests.unit.trust_support import trusting
 from traitflow.cli import app
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
@@ -269,7 +270,11 @@ def buy(offset: int, user: str, at: int, revenue: float = 10.0, **ids: str) -> R
 def world(request: pytest.FixtureRequest) -> tuple[BatchProcessor, MemoryProfileStore, Clock]:
     store, clock = MemoryProfileStore(), Clock(NOW)
     front = store if request.param == "memory" else CachedProfileStore(store, 100)
-    return BatchProcessor(RULES, front, ListDeadLetters(), clock=clock), store, clock
+    return (
+        BatchProcessor(RULES, front, ListDeadLetters(), clock=clock, trust=trusting("events")),
+        store,
+        clock,
+    )
 
 
 async def test_sizes_follow_entries_exits_and_replays(world: Any) -> None:
@@ -322,7 +327,9 @@ async def test_the_readme_s_audiences_serve_as_documented() -> None:
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "audiences:" in b]
     rules = parse_rules(block, "README.md")
     store, clock = MemoryProfileStore(), Clock(NOW)
-    processor = BatchProcessor(rules, store, ListDeadLetters(), clock=clock)
+    processor = BatchProcessor(
+        rules, store, ListDeadLetters(), clock=clock, trust=trusting("events")
+    )
     order = {"type": "track", "event": "Order Completed", "properties": {"revenue": 600.0}}
     await processor.process(
         [

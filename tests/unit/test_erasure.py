@@ -28,6 +28,7 @@ from attributes.rules import parse_rules
 from attributes.ruleset import RuleSet
 from streams.erasures import erase_segments
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 
 NOW = 1_794_394_800_000
@@ -67,6 +68,7 @@ class World:
             clock=lambda: NOW / 1000,
             anonymous_ttl_ms=TTL,
             profile_topic=PROFILES,
+            trust=trusting("a", "b"),
         )
         self.offsets = {"a": 0, "b": 0}
         self.sent: list[Record] = []

@@ -16,6 +16,7 @@ from attributes.profile import ProfileState, decode_state
 from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import ProfileStore
@@ -55,7 +56,9 @@ class Pipeline:
     def __init__(self, rules: RuleSet) -> None:
         self.store = MemoryProfileStore()
         self.dead_letters = ListDeadLetters()
-        self.processor = BatchProcessor(rules, self.store, self.dead_letters, clock=clock)
+        self.processor = BatchProcessor(
+            rules, self.store, self.dead_letters, clock=clock, trust=trusting(TOPIC)
+        )
 
     async def process(self, batch: Sequence[Record]) -> BatchReport:
         return await self.processor.process(batch)
@@ -260,7 +263,9 @@ class FlakyStore(MemoryProfileStore):
 
 async def test_a_retried_batch_dead_letters_each_bad_record_once(example_rules: RuleSet) -> None:
     store, dead_letters = FlakyStore(), ListDeadLetters()
-    processor = BatchProcessor(example_rules, store, dead_letters, clock=clock)
+    processor = BatchProcessor(
+        example_rules, store, dead_letters, clock=clock, trust=trusting(TOPIC)
+    )
     batch = records([b"not json", order("u-1", "m-1", 10)])
     with pytest.raises(ConnectionError):
         await processor.process(batch)
@@ -286,7 +291,9 @@ async def test_a_batch_retried_after_a_dead_letter_failure_is_stored(
     example_rules: RuleSet,
 ) -> None:
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100)
-    processor = BatchProcessor(example_rules, store, FlakyDeadLetters(), clock=clock)
+    processor = BatchProcessor(
+        example_rules, store, FlakyDeadLetters(), clock=clock, trust=trusting(TOPIC)
+    )
     await processor.process([record(order("u-1", "m-0", 1), 0)])  # u-1 is now cached
     batch = [record(order("u-1", "m-1", 10), 1), record(b"not json", 2)]
     with pytest.raises(OSError, match="broker is down"):
@@ -538,7 +545,9 @@ def run(
     store = MemoryProfileStore() if store is None else store
 
     async def go() -> None:
-        processor = BatchProcessor(rules, store, ListDeadLetters(), clock=clock)
+        processor = BatchProcessor(
+            rules, store, ListDeadLetters(), clock=clock, trust=trusting(TOPIC)
+        )
         for batch in batches:
             await processor.process(batch)
 

@@ -11,6 +11,7 @@ import pytest
 from attributes.profile import ProfileState
 from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import ProfileWrite
 
@@ -36,7 +37,12 @@ class Recording(MemoryProfileStore):
 
 def worker(rules: RuleSet, store: MemoryProfileStore, ttl_ms: int | None) -> BatchProcessor:
     return BatchProcessor(
-        rules, store, ListDeadLetters(), clock=lambda: NOW_S, anonymous_ttl_ms=ttl_ms
+        rules,
+        store,
+        ListDeadLetters(),
+        clock=lambda: NOW_S,
+        anonymous_ttl_ms=ttl_ms,
+        trust=trusting("events"),
     )
 
 

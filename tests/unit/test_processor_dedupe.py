@@ -11,6 +11,7 @@ import pytest
 
 from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import Expected, ProfileWrite
 
@@ -60,7 +61,13 @@ class Worker:
         self.store = store
         self.dead_letters = ListDeadLetters()
         self.processor = BatchProcessor(
-            rules, store, self.dead_letters, clock=lambda: NOW_S, sources=SOURCES, dedupe=dedupe
+            rules,
+            store,
+            self.dead_letters,
+            clock=lambda: NOW_S,
+            sources=SOURCES,
+            dedupe=dedupe,
+            trust=trusting(*SOURCES.values()),
         )
 
     async def send(self, *records: Record) -> BatchReport:

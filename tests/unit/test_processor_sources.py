@@ -15,6 +15,7 @@ from attributes.policies import DEFAULT_POLICY, MergePolicy
 from attributes.profile import ProfileState, Retraction, applied_before, decode_state
 from attributes.ruleset import RuleSet
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +73,7 @@ class Pipeline:
             sources=SOURCES,
             policy=policy,
             retractions=retractions,
+            trust=trusting(*SOURCES.values()),
         )
         self.offsets = {WEB: 0, CRM: 0}
         self.sent: list[Record] = []

@@ -26,6 +26,7 @@ from attributes.ruleset import RuleSet
 from attributes.stitching import Identity
 from streams.processor import BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.unit.event_strategies import orders, product_views
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import Conflict, Expected, ProfileStore, ProfileWrite
@@ -66,7 +67,9 @@ async def process(
 ) -> tuple[ProfileStore, list[BatchReport]]:
     store = MemoryProfileStore() if store is None else store
     dead_letters = ListDeadLetters()
-    processor = BatchProcessor(rules, store, dead_letters, clock=clock, identities=identities)
+    processor = BatchProcessor(
+        rules, store, dead_letters, clock=clock, identities=identities, trust=trusting(TOPIC)
+    )
     reports = [await processor.process(batch) for batch in batches]
     assert dead_letters.records == []
     return store, reports

@@ -226,3 +226,33 @@ def test_replaying_events_an_untrusted_source_sent_changes_nothing(
         assert [refusal for report in reports for refusal in report.refusals] == []
 
     asyncio.run(go())
+
+
+def test_a_processor_given_no_trust_links_nothing(example_rules: RuleSet) -> None:
+    """The safe default holds without the settings too: a source no one declared
+    trusted links nothing (as in the worker, `TRAITFLOW_SOURCE_TRUST`), whoever builds
+    the processor; a test or tool whose events must link says so (`trust=`)."""
+    login = {
+        "type": "identify",
+        "messageId": "m-1",
+        "anonymousId": "a-attacker",
+        "userId": "u-victim",
+        "timestamp": "2026-11-04T09:00:00Z",
+    }
+    record = Record("web", 0, 1, orjson.dumps(login), 0)
+
+    async def go() -> None:
+        victim = {"type": "identify", "messageId": "m-0", "userId": "u-victim"}
+        store = MemoryProfileStore()
+        processor = BatchProcessor(example_rules, store, ListDeadLetters(), clock=clock)
+        await processor.process([Record("web", 0, 0, orjson.dumps(victim), 0)])
+        report = await processor.process([record])
+        assert [(r.identity, r.kind, r.source) for r in report.refusals] == [
+            (("user_id", "u-victim"), "merge", "web")
+        ]
+        assert (
+            orjson.loads(await store.read_view("user", "anonymous_id", "a-attacker") or b"{}")["id"]
+            != orjson.loads(await store.read_view("user", "user_id", "u-victim") or b"{}")["id"]
+        )
+
+    asyncio.run(go())

@@ -15,6 +15,7 @@ from attributes.profile import ProfileState, decode_state, encode_state
 from attributes.rules import parse_rules
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.test_commit_plan import Recorder
+from tests.unit.trust_support import trusting
 from traitflow.audience_counts import SizeChanges, size_changes
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import CommandList
@@ -145,6 +146,7 @@ class World:
             anonymous_ttl_ms=TTL,
             sources={"web-events": "web", "crm-events": "crm"},
             retractions={"crm": "record"},
+            trust=trusting("web", "crm"),
         )
         self.offsets: dict[str, int] = {}
 

@@ -17,6 +17,7 @@ from attributes.ruleset import RuleSet
 from attributes.specs import AttributeSpec
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit.conftest import ROOT
+from tests.unit.trust_support import trusting
 from traitflow.memory_store import MemoryProfileStore
 
 README = (ROOT / "README.md").read_text()
@@ -67,7 +68,12 @@ async def test_the_accounts_walkthrough_serves_the_documented_account() -> None:
     store = MemoryProfileStore()
     now = datetime(2026, 11, 12, tzinfo=UTC).timestamp()
     processor = BatchProcessor(
-        rules, store, ListDeadLetters(), clock=lambda: now, identities=entities
+        rules,
+        store,
+        ListDeadLetters(),
+        clock=lambda: now,
+        identities=entities,
+        trust=trusting("events"),
     )
     records = [Record("events", 0, offset, line, 0) for offset, line in enumerate(lines)]
     assert (await processor.process(records)).dead_lettered == 0
@@ -88,7 +94,9 @@ async def test_the_stitching_walkthrough_serves_the_documented_profile(
     lines = (ROOT / "examples" / "stitching.jsonl").read_bytes().splitlines()
     store = MemoryProfileStore()
     now = datetime(2026, 11, 12, tzinfo=UTC).timestamp()
-    processor = BatchProcessor(example_rules, store, ListDeadLetters(), clock=lambda: now)
+    processor = BatchProcessor(
+        example_rules, store, ListDeadLetters(), clock=lambda: now, trust=trusting("events")
+    )
     merges = [
         (await processor.process([Record("events", 0, offset, line, 0)])).merges
         for offset, line in enumerate(lines)
