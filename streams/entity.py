@@ -7,7 +7,9 @@ profiles they name (one more); stitch (which profile each event belongs to, whic
 profiles merge: `attributes.stitching`); merge and apply events in offset order;
 commit every changed profile once (coalesced) in one atomic, conditional round trip,
 computing again the part of the batch that read something another worker changed
-meanwhile (`streams.effects`).
+meanwhile (`streams.effects`). Applying a profile's events is in `streams.applying`;
+a profile's idle lifetime, and the writes time makes without events (expiry rounds),
+in `streams.lifetimes` (both parts of `EntityProcessor`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from attributes.clock import DEFAULT_REFRESH_MS
-from attributes.erasure import ERASE, Tombstone
+from attributes.erasure import Tombstone
 from attributes.errors import TraitflowError
 from attributes.identities import IdentityRules
 from attributes.merge import merge_states
@@ -29,30 +31,28 @@ from attributes.profile import (
     Retraction,
     add_identity,
     applied_before,
-    apply_event,
-    decode_state,
     encode_state,
-    settle,
 )
 from attributes.records import RecordMapping
 from attributes.ruleset import RuleSet
 from attributes.stitching import TRUST_NONE, Identity, SourceTrust, Stitcher, Trust, anchored
 from streams.announcements import Announcer
+from streams.applying import ProfileApplier
 from streams.effects import Stitched, split
 from streams.erasures import (
     decoded,
     erase,
     erase_job,
     erase_request,
-    erase_retraction,
     erased_event,
     profile_identities,
 )
+from streams.lifetimes import Lifetimes
 from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
 from traitflow.profile_counts import departures, recount
 from traitflow.state_cache import Checkout
-from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, ProfileWrite
+from traitflow.store import Conflict, Expected, MessageKey, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def computing() -> Iterator[None]:
         raise ComputeFailed(f"{exc!r}") from exc
 
 
-class EntityProcessor:
+class EntityProcessor(ProfileApplier, Lifetimes):
     """Builds the profiles of one entity (`user`, `account`, ...) from its events.
 
     Not safe to run concurrently with itself: `BatchProcessor` holds its lock around
@@ -338,30 +338,6 @@ class EntityProcessor:
                 stitched.writes.append(write)
         return stitched
 
-    def _expiring(self, state: ProfileState) -> bool:
-        """Whether the profile's keys expire when idle: anonymous-only, with a TTL."""
-        held = state.identities
-        return self.idle_ttl_ms is not None and bool(held) and held.keys() <= self.anonymous_types
-
-    def _lifetime(self, write: ProfileWrite, links: Sequence[Identity] = ()) -> None:
-        """An anonymous-only profile expires when idle (`idle_ttl_ms`); one that just
-        stopped being anonymous-only (a link of another type) keeps its anonymous index
-        keys for good. Every other key this write sets loses any expiry by being set."""
-        if self.idle_ttl_ms is None:
-            return
-        anonymous = self.anonymous_types
-        held = write.state.identities
-        if self._expiring(write.state):
-            write.ttl_ms = self.idle_ttl_ms
-        elif any(kind not in anonymous for kind, _ in links):
-            linked = set(links)
-            write.persist = [
-                (kind, value)
-                for kind in anonymous
-                for value in held.get(kind, ())
-                if (kind, value) not in linked  # set by this write: no expiry left
-            ]
-
     def _fresh(
         self,
         events: list[Identified],
@@ -394,140 +370,3 @@ class EntityProcessor:
                 seen.add(item.message)
             fresh.append(item)
         return fresh
-
-    async def _before(
-        self, work: Checkout, pid: str, *, snapshot: bytes | None, links: Sequence[Identity]
-    ) -> ProfileState:
-        """A profile as it was before the batch's events: the snapshot of a merged
-        one, else the stored state (or a new one) with the batch's links."""
-        if snapshot is not None:
-            return decode_state(snapshot)
-        state = await work.reload(pid)
-        state = state or ProfileState(id=pid, entity=self.entity)
-        self.views.fit(state)
-        for kind, value in links:
-            add_identity(state, kind, value)
-        return state
-
-    def rerendered(self, write: ProfileWrite) -> None:
-        """A write made with no event (a window moved, a backfill joined): its idle
-        lifetime, and where its audiences are counted, from its identities as loaded."""
-        write.was_expiring = self._expiring(write.state)
-        self._lifetime(write)
-        recount(write)
-
-    async def expire(self, source: str, limit: int) -> int:
-        """Re-render the profiles indexed under `source` whose windows have moved by
-        `now`; return how many were written. The cost is that of the due profiles only."""
-        due = await self.store.due(self.entity, source, now=self.now, limit=limit)
-        if not due:
-            return 0
-        async with self.checkout() as work:
-            states = await work.load(due)
-            if gone := [pid for pid in due if pid not in states]:
-                await self.store.unschedule(self.entity, source, gone)  # indexed, then deleted
-            writes = []
-            broken = []
-            for state in states.values():
-                try:
-                    self.views.fit(state)
-                    write = self.views.write(state, source, touched=set(), now=self.now)
-                except Exception:
-                    # a bug this profile meets must not stop the others' windows: it leaves
-                    # the index (its next event schedules it again)
-                    log.exception("profile %s could not be re-rendered; unscheduled", state.id)
-                    broken.append(state.id)
-                    continue
-                self.rerendered(write)  # a window that moved counts as activity
-                writes.append(write)
-            if broken:
-                await self.store.unschedule(self.entity, source, broken)
-            versions: dict[str, int | None] = {
-                w.state.id: states[w.state.id].version for w in writes
-            }
-            if self.announcer.announces:  # a window that moved can end a membership
-                self.announcer.announce(writes, (), self.now)
-            try:
-                await work.commit(writes, expected=Expected(versions=versions))
-            except Conflict:
-                return 0  # another worker wrote one of them meanwhile (and re-rendered it)
-        return len(writes)
-
-    def _apply(
-        self,
-        state: ProfileState,
-        items: Sequence[Identified],
-        report: BatchReport,
-        *,
-        changed: bool = False,
-    ) -> ProfileWrite | None:
-        """Apply a profile's events of this batch; the write, or None if nothing
-        changed (`changed`: the state was changed before, by a merge or a link)."""
-        source = ""
-        touched: set[str] = set()
-        messages: list[MessageKey] = []
-        for item in items:
-            record, event = item.record, item.event
-            source = record.source
-            origin = self.sources.get(record.topic, record.topic)
-            retraction = self.retractions.get(origin, "fields")
-            if event.type == ERASE:  # all of the profile, or what one source contributed
-                origin, retraction = erase_retraction(event, state, self.sources)
-            applied = apply_event(
-                state,
-                event,
-                ts=item.at,
-                rules=self.rules,
-                source=record.log,
-                offset=record.offset,
-                now=self.now,
-                origin=origin,
-                retraction=retraction,
-                traits_from=self.identities.spec.traits_from,
-            )
-            changed |= applied.changed
-            report.duplicates += not applied.changed
-            report.skips.extend(applied.skips)
-            touched.update(applied.touched)
-            if applied.changed and item.message is not None:
-                messages.append(item.message)
-        if not changed:
-            return None
-        settle(state, self.floors)
-        write = self.views.write(state, source, touched=touched, now=self.now)
-        write.messages = messages
-        return write
-
-    async def _apply_each(
-        self,
-        base: ProfileState,
-        items: Sequence[Identified],
-        report: BatchReport,
-        *,
-        rejected: list[tuple[Record, str]],
-        changed: bool,
-    ) -> ProfileWrite | None:
-        """The slow path: each event on a fresh copy of `base` (the state before the
-        batch's events), keeping the copies that work."""
-        state = base
-        write = None
-        messages: list[MessageKey] = []
-        stored = list(base.audiences)  # each trial's write compares with the one before
-        for item in items:
-            trial = decode_state(encode_state(state))
-            mark = report.mark()
-            try:
-                outcome = self._apply(trial, [item], report, changed=changed and write is None)
-            except Exception as exc:
-                report.rollback(mark)
-                rejected.append((item.record, f"event could not be applied: {exc!r}"))
-                continue
-            if outcome is not None:
-                state, write = trial, outcome
-                messages += outcome.messages
-        if write is not None:
-            write.messages = messages
-            kept = write.state.audiences
-            write.entered = [name for name in kept if name not in stored]
-            write.exited = [name for name in stored if name not in kept]
-        return write
