@@ -51,6 +51,7 @@ from starlette.types import Message
 from api.app import create_app
 from api.keys import RedisKeyStore, new_key
 from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
@@ -101,7 +102,10 @@ async def seed(settings: Settings, users: int) -> None:
     ]
     store = RedisProfileStore.from_url(settings.redis_url, settings.key_prefix)
     processor = BatchProcessor(
-        load_rules(ROOT / "examples" / "rules.yaml"), store, ListDeadLetters()
+        load_rules(ROOT / "examples" / "rules.yaml"),
+        store,
+        ListDeadLetters(),
+        trust=TRUST_ALL,  # its logins link devices to users (README, "Trusted links")
     )
     values = identifies + [value for _, value in events]
     records = [Record("seed", 0, i, value, 0) for i, value in enumerate(values)]

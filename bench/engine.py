@@ -28,6 +28,7 @@ from pathlib import Path
 
 from attributes.identities import IdentityRules
 from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
@@ -52,6 +53,9 @@ async def run(
         ListDeadLetters(),
         identities=entities,
         audience_topic=settings.audience_changes_topic if announce else None,
+        # its stream logs devices in to users, as a backend's does: a source trusted
+        # to link (README, "Trusted links"), or every user would stay anonymous
+        trust=TRUST_ALL,
     )
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(records), batch):

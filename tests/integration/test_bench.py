@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(module: str, *args: str, settings: Settings) -> str:
-    """`python -m <module> <args>` pointed at the session's services; its output."""
+    """`python -m <module> <args>` pointed at the session's services; its output
+    (stdout, then its logs on stderr)."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRAITFLOW_")}
     env = inherited | {
         "TRAITFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -36,7 +37,7 @@ def run(module: str, *args: str, settings: Settings) -> str:
         check=False,
     )
     assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def test_the_pipeline_benchmark_runs_and_checks_every_profile(settings: Settings) -> None:
@@ -70,6 +71,9 @@ def test_the_engine_benchmark_runs(settings: Settings) -> None:
         "bench.engine", "--events", "400", "--users", "40", "--repeat", "1", settings=settings
     )
     assert out.startswith("engine ")
+    # its stream logs devices in to users: built without trust, every link was refused
+    # and the figure measured no stitching
+    assert "refused" not in out
 
 
 def test_the_memory_benchmark_runs_on_its_own_redis(settings: Settings) -> None:
