@@ -58,6 +58,9 @@ lives in the module that raises it:
     │   ├── RulesChanged          traitflow.store: a commit computed with rules older than
     │   │                         the current version: the worker switches, computes again
     │   ├── NotDurable            traitflow.durability: writes not on disk/replicas in time
+    │   ├── ClusterAccessRefused  traitflow.redis_cluster_access: a cluster node refused the
+    │   │                         TLS handshake or the credentials: not tried again; also a
+    │   │                         redis-py `RedisError`, as the error it replaces
     │   └── UnsafeRedis           traitflow.redis_checks: a Redis that could lose traitflow's keys
     │       └── RedisRefused      traitflow.redis_checks: Redis refused the credentials, the
     │                             TLS handshake failed, or the ACL user lacks a permission

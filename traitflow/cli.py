@@ -20,6 +20,7 @@ from traitflow.cli_keys import keys_app, write_key_app
 from traitflow.cli_profiles import app as profiles_app
 from traitflow.cli_profiles import jobs_app
 from traitflow.cli_recount import recount_command
+from traitflow.cli_redis import app as redis_app
 from traitflow.cli_rules import app as rules_app
 from traitflow.config import Settings
 from traitflow.rule_catalog import RuleSource
@@ -39,6 +40,7 @@ app.add_typer(profiles_app, name="profiles")
 app.add_typer(jobs_app, name="jobs")
 profiles_app.command("recount")(recount_command)
 app.add_typer(rules_app, name="rules")
+app.add_typer(redis_app, name="redis")
 app.add_typer(write_key_app, name="write-key")
 
 

@@ -75,10 +75,10 @@ class ConnectionSettings(BaseModel):
         """On a Redis Cluster every key must share one slot (`traitflow.redis_cluster`):
         the prefix becomes `{prefix}`; a tag off a cluster is a mistake, refused."""
         tagged = self.key_prefix.startswith("{")
-        if self.redis_cluster and urlsplit(self.redis_url).scheme != "redis":
+        if self.redis_cluster and urlsplit(self.redis_url).scheme not in ("redis", "rediss"):
             raise ValueError(
-                "TRAITFLOW_REDIS_CLUSTER=true takes a redis://host:port URL of a node "
-                "(no TLS or unix socket in cluster mode yet)"
+                "TRAITFLOW_REDIS_CLUSTER=true takes a redis://host:port (or rediss:// for "
+                "TLS) URL of a node, not a unix socket"
             )
         if self.redis_cluster and not tagged:
             object.__setattr__(self, "key_prefix", "{" + self.key_prefix + "}")

@@ -20,6 +20,12 @@ How the clients follow the slot:
   says where the keys went. `ASK` is not followed with `ASKING` on purpose: the read
   scripts reach the view key without declaring it, and on the importing node an
   undeclared key still on the source reads as absent (an existing profile as a 404).
+
+TLS (a rediss:// URL, on a cluster with `tls-cluster yes`): every connection, the slot
+map's `CLUSTER SLOTS` included, is made with the same TLS options and credentials as
+the others (the CA, the client certificate, the hostname check against the node's
+address as the cluster announces it), so a node is trusted on the same terms whether
+it was named in the URL or learnt from the map.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
+from redis.asyncio.connection import SSLConnection
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
+from traitflow.redis_cluster_access import RedirectRetry, checked_url, tls_options
 from traitflow.redis_packing import HiredisPackedConnection
 from traitflow.resp import (
     Address,
@@ -162,6 +169,11 @@ class SlotOwnerConnection(HiredisPackedConnection):
             raise
 
 
+class SlotOwnerSSLConnection(SlotOwnerConnection, SSLConnection):
+    """`SlotOwnerConnection` over TLS (a rediss:// URL): redis-py's SSL context from
+    the `ssl_*` options, the host checked against the owner's address."""
+
+
 def _credentials(url: str, options: dict[str, Any]) -> dict[str, Any]:
     parts = urlsplit(url)
     username = options.get("username") or (unquote(parts.username) if parts.username else None)
@@ -176,13 +188,12 @@ def cluster_client(url: str, prefix: str, **options: Any) -> aioredis.Redis:
     (`prefix`: a hash tag), following MOVED and waiting out ASK and TRYAGAIN. `url`
     names any node of the cluster (redis://; its db must be 0, the only one a cluster
     has); `options` are what redis-py's `from_url` takes."""
+    checked_url(url)
     parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"Redis Cluster mode takes a redis:// URL, not {parts.scheme}://")
     if not is_hash_tag(prefix):
         raise ValueError(f"Redis Cluster mode needs a hash tag prefix, not {prefix!r}")
     seed = (parts.hostname or "127.0.0.1", parts.port or 6379)
-    credentials = _credentials(url, options)
+    credentials = _credentials(url, options) | tls_options(url, options)
 
     async def ask(host: str, port: int) -> Any:
         node = aioredis.Redis(host=host, port=port, socket_connect_timeout=5.0, **credentials)
@@ -192,37 +203,80 @@ def cluster_client(url: str, prefix: str, **options: Any) -> aioredis.Redis:
             await node.aclose()
 
     owner = SlotOwner(slot_of(prefix), [seed], ask)
+    tls = parts.scheme == "rediss"
     return aioredis.Redis.from_url(
         url,
-        connection_class=SlotOwnerConnection,
+        connection_class=SlotOwnerSSLConnection if tls else SlotOwnerConnection,
         owner=owner,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.01), REDIRECT_RETRIES),
+        retry=RedirectRetry(ExponentialBackoff(cap=1.0, base=0.01), REDIRECT_RETRIES),
         retry_on_error=list(REDIRECTIONS),
         **options,
     )
 
 
+class SyncSlotOwner:
+    """The node serving `slot`, for blocking clients: asked of the URL's node when the
+    first connection opens (not when the client is made, so that a node down or a TLS
+    refusal is a command's error, which the start checks word and wait out)."""
+
+    def __init__(self, url: str, slot: int, options: dict[str, Any]) -> None:
+        self.url, self.slot, self.options = url, slot, options
+        self._address: tuple[str, int] | None = None
+
+    def address(self) -> tuple[str, int]:
+        if self._address is None:
+            seed = redis.Redis.from_url(self.url, **self.options)
+            try:
+                ranges = seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            finally:
+                seed.close()
+            for start, end, master, *_ in ranges:
+                if int(start) <= self.slot <= int(end):
+                    host = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                    self._address = (host or urlsplit(self.url).hostname or "", int(master[1]))
+                    break
+            else:
+                raise redis.ConnectionError(f"no node of the Redis Cluster serves slot {self.slot}")
+        return self._address
+
+
+class SyncSlotOwnerConnection(redis.connection.Connection):
+    def __init__(self, *, owner: SyncSlotOwner, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.owner = owner
+
+    def _connect(self) -> Any:
+        self.host, self.port = self.owner.address()
+        return super()._connect()  # type: ignore[no-untyped-call]
+
+
+class SyncSlotOwnerSSLConnection(SyncSlotOwnerConnection, redis.connection.SSLConnection):
+    """Over TLS: the host checked against the owner's address."""
+
+
 def cluster_sync_client(url: str, prefix: str, **options: Any) -> redis.Redis:
-    """A blocking redis-py client of the node that serves `prefix`'s slot now (start
-    checks, CLI commands, scripts: short-lived, so it does not follow a later MOVED;
-    one that meets it fails, and is run again)."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"Redis Cluster mode takes a redis:// URL, not {parts.scheme}://")
+    """A blocking redis-py client of the node that serves `prefix`'s slot when it is
+    made, or, if no node answered then, when it first connects (start checks, CLI
+    commands, scripts: short-lived, so it does not follow a later MOVED; one that meets
+    it fails, and is run again). A rediss:// URL: both the slot map's connection and the
+    owner's are made with `options`' TLS settings."""
+    checked_url(url)
     slot = slot_of(hash_tag(prefix) if not is_hash_tag(prefix) else prefix)
-    seed = redis.Redis.from_url(url, **options)
-    try:
-        ranges = seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-    finally:
-        seed.close()
-    for start, end, master, *_ in ranges:
-        if int(start) <= slot <= int(end):
-            host = master[0].decode() if isinstance(master[0], bytes) else master[0]
-            userinfo, at, _ = parts.netloc.rpartition("@")
-            netloc = f"{userinfo}{at}{host or parts.hostname}:{int(master[1])}"
-            owner = parts._replace(netloc=netloc)
-            return redis.Redis.from_url(owner.geturl(), **options)
-    raise redis.ConnectionError(f"no node of the Redis Cluster serves slot {slot}")
+    owner = SyncSlotOwner(url, slot, options)
+    parts = urlsplit(url)
+    try:  # the owner now if the cluster answers (its address in the client's), else later
+        host, port = owner.address()
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        url = parts._replace(netloc=f"{userinfo}{at}{host}:{port}").geturl()
+    except redis.RedisError:
+        pass
+    tls = parts.scheme == "rediss"
+    return redis.Redis.from_url(
+        url,
+        connection_class=SyncSlotOwnerSSLConnection if tls else SyncSlotOwnerConnection,
+        owner=owner,
+        **options,
+    )
 
 
 class ClusterRespClient(RespClient):
@@ -259,7 +313,12 @@ class ClusterRespClient(RespClient):
         return cls(address, SlotOwner(slot_of(prefix), [seed], ask), timeout_s)
 
     async def _connect(self) -> asyncio.StreamWriter:
-        host, port = await self.owner.address()
+        try:
+            host, port = await self.owner.address()
+        except RespConnectionError:
+            raise
+        except ConnectionError as exc:  # no node answered (down, TLS refused): as a lost
+            raise RespConnectionError(str(exc)) from exc  # connection (the API's 503)
         if (self.address.host, self.address.port) != (host, port):
             self.address = dataclasses.replace(self.address, host=host, port=port)
         try:

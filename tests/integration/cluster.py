@@ -9,11 +9,17 @@ and each replica costs a process on a two-core machine.
 Each node is a `traitflow.services.Service` (the embedded Redis's options, AOF
 included) with the cluster options after them; its cluster bus listens on a port of
 its own (`--cluster-port`, Redis 7.0), so no node needs its port + 10000 free.
+
+With `tls` (`ClusterTls`), every node listens on a TLS port only (`port 0`), requires
+a client certificate, talks TLS on the cluster bus and for replication
+(`tls-cluster`, `tls-replication`), and requires `password` if one is given: the
+secured cluster that TRAITFLOW_REDIS_CLUSTER with a rediss:// URL is tested against.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import time
@@ -39,17 +45,54 @@ def cluster_possible() -> bool:
     return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
 
 
+@dataclass(frozen=True)
+class ClusterTls:
+    """The files of a TLS cluster: the CA that signed the nodes' certificate (one, for
+    127.0.0.1, also presented on the cluster bus) and a client certificate."""
+
+    ca: Path
+    server: tuple[Path, Path]
+    client: tuple[Path, Path]
+
+    def node_options(self, port: int) -> tuple[str, ...]:
+        (cert, key), ca = self.server, self.ca
+        return (
+            "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "yes",
+            "--tls-cluster", "yes", "--tls-replication", "yes",
+        )  # fmt: skip
+
+    def cli_options(self) -> tuple[str, ...]:
+        cert, key = self.client
+        return ("--tls", "--cacert", str(self.ca), "--cert", str(cert), "--key", str(key))
+
+    def redis_py_options(self) -> dict[str, Any]:
+        cert, key = self.client
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(cert),
+            "ssl_keyfile": str(key),
+        }
+
+
 @dataclass
 class LocalCluster:
     """The cluster's nodes, started by `start` and stopped by `stop`."""
 
     home: Path
     nodes: list[Service] = dataclasses.field(default_factory=list)
+    #: TLS on every port (None: plain TCP), and the password every node requires
+    tls: ClusterTls | None = None
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        """A seed node's URL: a cluster client finds the others from it."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        """A seed node's URL (without the password): a cluster client finds the others
+        from it."""
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://127.0.0.1:{self.nodes[0].port}/0"
 
     @property
     def addresses(self) -> list[str]:
@@ -58,22 +101,25 @@ class LocalCluster:
     def client(self, index: int) -> redis.Redis:
         """A plain (not cluster-aware) client of one node."""
         node = self.nodes[index]
-        return redis.Redis(host=node.host, port=node.port)
+        tls = self.tls.redis_py_options() if self.tls is not None else {}
+        return redis.Redis(host=node.host, port=node.port, password=self.password, **tls)
 
     def start(self, timeout: float = 60.0) -> None:
         for n in range(MASTERS):
-            bus = free_port()
+            bus, port = free_port(), free_port()
             node = Service(
                 "redis",
                 self.home / f"node{n}",
                 "127.0.0.1",
-                free_port(),
+                port,
                 (
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-port", str(bus),
                     "--cluster-node-timeout", "5000",
+                    *(self.tls.node_options(port) if self.tls is not None else ()),
                 ),
+                password=self.password,
             )  # fmt: skip
             self.nodes.append(node)
             node.start()
@@ -165,8 +211,17 @@ class LocalCluster:
         self.wait_ok()
 
     def _redis_cli(self, *args: str) -> str:
+        secured = [*(self.tls.cli_options() if self.tls is not None else ())]
+        if self.password is not None:  # REDISCLI_AUTH: not on the command line
+            secured.append("--no-auth-warning")
+        env = os.environ | ({"REDISCLI_AUTH": self.password} if self.password else {})
         done = subprocess.run(
-            ["redis-cli", *args], capture_output=True, text=True, timeout=300, check=False
+            ["redis-cli", *secured, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
         )
         if done.returncode != 0 or "[ERR]" in done.stdout:
             raise ServiceError(

@@ -50,6 +50,7 @@ ENTRY_POINTS = (
     "traitflow.cli",
     "traitflow.cli_dead_letters",
     "traitflow.cli_export",
+    "traitflow.cli_redis",
     "traitflow.cli_keys",
     "traitflow.cli_rules",
     "traitflow.demo",
