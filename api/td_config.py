@@ -36,7 +36,8 @@ import yaml
 
 from attributes.offer_names import undeclared
 from attributes.offers import InvalidService, Service, ServiceSpec, compile_service
-from attributes.rules import RuleFileError, RuleProblem, RuleSet
+from attributes.rules import RuleFileError, RuleProblem
+from attributes.ruleset import RuleSet
 
 
 def _problem(file: str, line: int | None, service: str | None, problem: str) -> RuleProblem:

@@ -25,11 +25,7 @@ from attributes.errors import RuleError
 from attributes.expressions import DYN, CelType, Expression, ExpressionError
 from attributes.filters import compile_filter
 from attributes.paths import compile_path
-
-# `as`: re-exported for the callers that still import them from here (streams.app,
-# streams.backfill, api.td_config: edited by others meanwhile)
-from attributes.ruleset import CompiledAttribute as CompiledAttribute
-from attributes.ruleset import RuleSet as RuleSet
+from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.specs import AttributeSpec
 from attributes.windows import WindowedAggregator, make_window
 

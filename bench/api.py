@@ -55,10 +55,10 @@ from attributes.stitching import TRUST_ALL
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.redis_store import RedisProfileStore
 from traitflow.services import Daemon, embedded_services, free_port
-from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 

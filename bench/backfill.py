@@ -48,9 +48,9 @@ from attributes.catalog import ManagedAttribute, Status, new_attribute
 from bench.freshness import Bench, background, percentile
 from bench.pipeline import cleanup, drop_topics, make_events, publish, trusted, version
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import Change, RedisRuleCatalog
 from traitflow.services import Daemon, embedded_services
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]

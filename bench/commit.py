@@ -27,8 +27,9 @@ import redis.asyncio as aioredis
 from attributes.profile import ProfileState
 from traitflow.commit_plan import CommitPlan
 from traitflow.commit_script import COMMIT, CommandList, found_values, script_arguments
+from traitflow.key_layout import KeyLayout
 from traitflow.services import free_port, redis_binary
-from traitflow.store import Expected, KeyLayout, ProfileWrite
+from traitflow.store import Expected, ProfileWrite
 
 KEYS = KeyLayout("tfbench")
 BUCKET_MS = 86_400_000

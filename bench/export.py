@@ -32,9 +32,9 @@ from traitflow.config import Settings
 from traitflow.export_jobs import ExportSpec
 from traitflow.export_run import run_job
 from traitflow.export_store import ExportJobs
+from traitflow.key_layout import KeyLayout
 from traitflow.resp import RespClient
 from traitflow.services import Service, free_port
-from traitflow.store import KeyLayout
 
 
 def a_view(i: int) -> bytes:

@@ -54,8 +54,8 @@ from api.caching import view_version
 from bench.api import create_key, wait_for_api
 from bench.pipeline import cleanup, counters, cpu_seconds, drop_topics, make_events, trusted
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon, embedded_services, free_port
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]

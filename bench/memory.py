@@ -56,10 +56,10 @@ from bench.pipeline import CATEGORIES
 from streams.app import redis_profiles, worker_processor
 from streams.processor import ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.runtime import tune_gc
 from traitflow.services import Service, free_port
 from traitflow.state_cache import CachedProfileStore
-from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000

@@ -68,8 +68,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.pipeline import cpu_seconds, drop_topics, publish, tree_cpu_seconds, version
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import Daemon, embedded_services
-from traitflow.store import KeyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIX = "quixstreams[redis]==3.28.1"

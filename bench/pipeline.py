@@ -47,6 +47,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from attributes.identities import DEFAULT_USER
 from traitflow.config import Settings
+from traitflow.key_layout import KeyLayout
 from traitflow.services import (
     Daemon,
     child_pids,
@@ -54,7 +55,6 @@ from traitflow.services import (
     embedded_services,
     free_port,
 )
-from traitflow.store import KeyLayout
 from traitflow.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]

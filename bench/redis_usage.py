@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 
 from bench.memory import memory_usage
-from traitflow.store import KeyLayout
+from traitflow.key_layout import KeyLayout
 
 #: a key's kind, by the part after the prefix (`traitflow.store`'s layout)
 KINDS = {

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from faust.types import Message
 
 from attributes.identities import IdentityRules
-from attributes.rules import RuleSet
+from attributes.ruleset import RuleSet
 from streams import fastfaust, faust_fixes
 from streams.backfill import Backfill
 from streams.backfill_runner import BackfillRunner, start_notes

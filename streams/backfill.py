@@ -47,14 +47,16 @@ from attributes.aggregators import DERIVED
 from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event, render_view
-from attributes.rules import CompiledAttribute, RuleSet, parse_rules
+from attributes.rules import parse_rules
+from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.stitching import Identity
 from streams.entity import EntityProcessor
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
 from traitflow.kafka_client import client_kwargs
+from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import RuleCatalog
-from traitflow.store import Conflict, Expected, KeyLayout, RulesChanged
+from traitflow.store import Conflict, Expected, RulesChanged
 
 log = logging.getLogger(__name__)
 

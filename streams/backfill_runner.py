@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 
 from attributes.catalog import ManagedAttribute, Status
 from streams.backfill import Backfill
+from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import Catalog, Change
-from traitflow.store import KeyLayout
 
 log = logging.getLogger(__name__)
 

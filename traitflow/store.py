@@ -34,10 +34,6 @@ from dataclasses import dataclass, field
 from attributes.errors import StoreError
 from attributes.profile import ProfileState
 
-# for the callers that still import it from here (streams.backfill, streams.backfill_runner
-# and bench/, edited by others meanwhile); the layout's module is traitflow.key_layout
-from traitflow.key_layout import KeyLayout as KeyLayout
-
 PRIMARY_INDEX = "id"
 """The index name that addresses a profile by its own id, without an index lookup."""
 
