@@ -18,10 +18,9 @@ import orjson
 import typer
 
 from streams.dead_letters import Letter, letter_from_record
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, redis_failure, run_closing, settings_of
 from traitflow.config import Settings
 from traitflow.kafka_client import failure_message
-from traitflow.redis_client import access_problem
 from traitflow.replay import (
     DeadLetters,
     InvalidSince,
@@ -49,11 +48,6 @@ PARKED_ID = re.compile(r"^\d+-\d+$")
 SHOWN_CHARS = 2000
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _run(settings: Settings, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     """Run `action` against the dead letters of `settings`; an unreachable broker or
     Redis is a message, not a traceback (host and port only: a URL may hold a password).
@@ -62,24 +56,14 @@ def _run(settings: Settings, action: Callable[[DeadLetters], Awaitable[T]]) -> T
     import redis
     from aiokafka.errors import KafkaError
 
-    async def run() -> T:
-        letters = DeadLetters(settings)
-        try:
-            return await action(letters)
-        finally:
-            await letters.close()
-
     try:
-        return asyncio.run(run())
+        return run_closing(lambda: DeadLetters(settings), action)
     except redis.RedisError as exc:
-        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            raise _fail(problem, 1) from None
-        host, port = settings.redis_host_port
-        raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
+        raise redis_failure(settings, exc) from None
     except KafkaError as exc:  # what the broker refused, if it did: as `produce` says it
-        raise _fail(asyncio.run(failure_message(settings, exc)), 1) from None
+        raise fail(asyncio.run(failure_message(settings, exc)), 1) from None
     except ReplayError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 def size_text(size: int) -> str:
@@ -187,7 +171,7 @@ def show(
     settings = settings_of(ctx)
     topic_id = TOPIC_ID.fullmatch(letter_id)
     if topic_id is None and PARKED_ID.fullmatch(letter_id) is None:
-        raise _fail(
+        raise fail(
             f"{letter_id!r} is no dead-letter id (3:17 on the topic, 1764075301234-0 parked)"
         )
 
@@ -204,7 +188,7 @@ def show(
 
     letter = _run(settings, find)
     if letter is None:
-        raise _fail(f"no dead letter {letter_id}", 1)
+        raise fail(f"no dead letter {letter_id}", 1)
     for line in describe(letter, full):
         typer.echo(line)
 
@@ -224,7 +208,7 @@ def replay(
     try:
         since_ms = parse_since(since, time.time()) if since is not None else None
     except InvalidSince as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     letter_filter = LetterFilter(since_ms, reason)
 
     async def run(letters: DeadLetters) -> tuple[int, int, int]:

@@ -8,7 +8,6 @@ any job, wherever it runs. Jobs are the same ones as the API's `/export/jobs`.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ import orjson
 import typer
 
 from attributes.rules import RuleFileError, load_rules
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, redis_failure, run_closing, settings_of
 from traitflow.config import Settings
 from traitflow.export_jobs import (
     SUCCEEDED,
@@ -31,7 +30,7 @@ from traitflow.export_jobs import (
 )
 from traitflow.export_run import run_job
 from traitflow.export_store import ExportJobs
-from traitflow.redis_client import access_problem, resp_client
+from traitflow.redis_client import resp_client
 from traitflow.resp import RespClient
 
 T = TypeVar("T")
@@ -45,32 +44,17 @@ app = typer.Typer(
 LOG_EVERY_S = 1.0
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _run(settings: Settings, action: Callable[[RespClient], Awaitable[T]], hint: str = "") -> T:
     """Run `action` with a Redis connection; a Redis that fails is a message naming
     host and port (a URL may hold a password) and `hint`, not a traceback."""
     from attributes.errors import StoreError
 
-    async def run() -> T:
-        client = resp_client(settings)
-        try:
-            return await action(client)
-        finally:
-            await client.close()
-
     try:
-        return asyncio.run(run())
+        return run_closing(lambda: resp_client(settings), action)
     except (StoreError, OSError) as exc:
-        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            raise _fail(problem, 1) from None
-        host, port = settings.redis_host_port
-        raise _fail(f"Redis at {host}:{port}: {type(exc).__name__}: {exc}{hint}", 1) from None
+        raise redis_failure(settings, exc, hint) from None
     except ExportRefused as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 class ProgressLine:
@@ -144,7 +128,7 @@ def start(
     """Export profiles to a file or a topic: make a job and run it here, with progress."""
     settings = settings_of(ctx)
     if (file is None) == (topic is None):
-        raise _fail("give one of --file NAME or --topic NAME")
+        raise fail("give one of --file NAME or --topic NAME")
     spec = ExportSpec(
         entity=entity,
         audience=audience,
@@ -158,14 +142,14 @@ def start(
         try:
             ruleset = load_rules(settings.rules_path, settings.entities)
         except RuleFileError as exc:
-            raise _fail(f"the rule file cannot be used:\n{exc}") from None
+            raise fail(f"the rule file cannot be used:\n{exc}") from None
         audiences = {a.name: a.entity for a in ruleset.audiences}
     try:
         spec.check(settings.entities, audiences)
     except InvalidExport as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if file is not None and (settings.exports_path / file).exists():
-        raise _fail(f"{settings.exports_path / file} exists: name a new file")
+        raise fail(f"{settings.exports_path / file} exists: name a new file")
 
     async def create(client: RespClient) -> Job:
         jobs = ExportJobs(client, settings.key_prefix)
@@ -200,7 +184,7 @@ def status(
     settings = settings_of(ctx)
     job = _run(settings, lambda client: ExportJobs(client, settings.key_prefix).get(job_id))
     if job is None:
-        raise _fail(f"no export job {job_id!r}", 1)
+        raise fail(f"no export job {job_id!r}", 1)
     if as_json:
         typer.echo(orjson.dumps(described(job), option=orjson.OPT_INDENT_2).decode())
         return
@@ -228,7 +212,7 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="the job's
     settings = settings_of(ctx)
     outcome = _run(settings, lambda client: ExportJobs(client, settings.key_prefix).cancel(job_id))
     if outcome == "missing":
-        raise _fail(f"no export job {job_id!r}", 1)
+        raise fail(f"no export job {job_id!r}", 1)
     if outcome != "ok":
-        raise _fail(f"export job {job_id} has ended: {outcome}", 1)
+        raise fail(f"export job {job_id} has ended: {outcome}", 1)
     typer.echo(f"export job {job_id} cancelled")

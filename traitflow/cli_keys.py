@@ -9,16 +9,14 @@ message naming what to fix, not a traceback.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, redis_failure, run_closing, settings_of
 from traitflow.config import Settings
-from traitflow.redis_client import access_problem
 
 if TYPE_CHECKING:
     from api.keys import KeyStore
@@ -29,11 +27,6 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revok
 write_key_app = typer.Typer(no_args_is_help=True, help="HTTP ingest write keys: make one.")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Run `action` against the Redis key store of `settings`; an unreachable Redis is a
     message, not a traceback (and names host and port only: the URL may hold a password)."""
@@ -41,20 +34,10 @@ def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -
 
     from api.keys import RedisKeyStore
 
-    async def run() -> T:
-        store = RedisKeyStore.from_url(settings, settings.key_prefix)
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(run())
+        return run_closing(lambda: RedisKeyStore.from_url(settings, settings.key_prefix), action)
     except redis.RedisError as exc:
-        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            raise _fail(problem, 1) from None
-        host, port = settings.redis_host_port
-        raise _fail(f"Redis at {host}:{port}: {exc}", 1) from None
+        raise redis_failure(settings, exc) from None
 
 
 @keys_app.command("create")
@@ -77,13 +60,13 @@ def keys_create(
     settings = settings_of(ctx)
     collections, destinations = collection or [], destination or []
     if admin and (collections or destinations):
-        raise _fail("--admin reads everything: give it without --collection/--destination")
+        raise fail("--admin reads everything: give it without --collection/--destination")
     if not (admin or collections or destinations):
-        raise _fail("a key needs a scope: --admin, or at least one --collection or --destination")
+        raise fail("a key needs a scope: --admin, or at least one --collection or --destination")
     unknown = sorted(set(collections) - set(settings.collections))
     if unknown:
         configured = ", ".join(sorted(settings.collections)) or "none"
-        raise _fail(f"unknown collection {unknown[0]!r} (TRAITFLOW_COLLECTIONS has: {configured})")
+        raise fail(f"unknown collection {unknown[0]!r} (TRAITFLOW_COLLECTIONS has: {configured})")
     try:
         record, token = new_key(
             name,
@@ -94,7 +77,7 @@ def keys_create(
             burst=burst,
         )
     except InvalidKeyParameters as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _with_keys(settings, lambda keys: keys.create(record))
     typer.echo(token)
     typer.echo(
@@ -135,9 +118,9 @@ def keys_revoke(
 
     settings = settings_of(ctx)
     if KEY_ID.fullmatch(key_id) is None:
-        raise _fail(f"{key_id!r} is not a key id (12 hex digits, as `traitflow keys list` shows)")
+        raise fail(f"{key_id!r} is not a key id (12 hex digits, as `traitflow keys list` shows)")
     if not _with_keys(settings, lambda keys: keys.revoke(key_id)):
-        raise _fail(f"no API key with id {key_id}", 1)
+        raise fail(f"no API key with id {key_id}", 1)
     typer.echo(
         f"revoked key {key_id}; API processes refuse it within {settings.api_key_cache_s:g}s"
     )
@@ -159,7 +142,7 @@ def write_key_new(
     topics = [topic for topic, bound in settings.sources.items() if bound == source]
     if len(topics) != 1:  # the API would refuse to start with the entry
         bound = json.dumps(settings.sources)
-        raise _fail(
+        raise fail(
             f"source {source!r} is not bound to one ingest topic (TRAITFLOW_SOURCES: {bound})"
         )
     key, digest = new_write_key()

@@ -17,7 +17,7 @@ import orjson
 import typer
 
 from attributes.identities import IdentityRules
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, run_closing, settings_of
 from traitflow.config import Settings
 from traitflow.erasure_requests import (
     InvalidErasure,
@@ -49,32 +49,22 @@ jobs_app = typer.Typer(
 POLL_S = 0.2
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaitable[T]]) -> T:
     """Run `action` with the profile store; an unreachable Redis or broker is a message
     (host and port only: a URL may hold a password), not a traceback."""
     import redis
     from aiokafka.errors import KafkaError
 
-    async def run() -> T:
-        store = RedisProfileStore.from_url(settings, settings.key_prefix)
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(run())
-    except (redis.RedisError, OSError) as exc:
+        return run_closing(
+            lambda: RedisProfileStore.from_url(settings, settings.key_prefix), action
+        )
+    except (redis.RedisError, OSError) as exc:  # an OSError may be the broker's
         if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            raise _fail(problem, 1) from None
-        raise _fail(f"Redis or the broker did not answer: {type(exc).__name__}", 1) from None
+            raise fail(problem, 1) from None
+        raise fail(f"Redis or the broker did not answer: {type(exc).__name__}", 1) from None
     except KafkaError as exc:
-        raise _fail(f"the broker did not acknowledge: {type(exc).__name__}", 1) from None
+        raise fail(f"the broker did not acknowledge: {type(exc).__name__}", 1) from None
 
 
 @app.command("delete")
@@ -92,11 +82,11 @@ def delete(
     settings = settings_of(ctx)
     spec = settings.entities.get(entity)
     if spec is None:
-        raise _fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
+        raise fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
     try:
         identity = target_identity(IdentityRules(spec), kind, value)
     except InvalidErasure as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     request = new_request_id()
 
     async def action(store: RedisProfileStore) -> bytes | None:
@@ -114,7 +104,7 @@ def delete(
     if wait > 0:
         typer.echo((status or b"{}").decode())
         if _state(status) != "applied":
-            raise _fail(f"not applied within {wait:g} s: is a worker running?", 1)
+            raise fail(f"not applied within {wait:g} s: is a worker running?", 1)
 
 
 @app.command("erasure")
@@ -124,7 +114,7 @@ def erasure(
     """Print an erase request's status (JSON): pending, or applied."""
     status = _with_store(settings_of(ctx), lambda store: store.erasure_status(request))
     if status is None:
-        raise _fail(f"no erase request {request!r} (unknown, or its status expired)", 1)
+        raise fail(f"no erase request {request!r} (unknown, or its status expired)", 1)
     typer.echo(status.decode())
 
 
@@ -157,7 +147,7 @@ def jobs_create(
     try:
         source_topic(settings, source)
     except InvalidSourceJob as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def action(jobs: RedisSourceJobs) -> SourceJob | None:
         job = SourceJob.new(source, now_ms())
@@ -183,5 +173,5 @@ def jobs_show(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
     """One source delete job: status and progress (JSON)."""
     job = _with_jobs(settings_of(ctx), lambda jobs: jobs.get(job_id))
     if job is None:
-        raise _fail(f"no source delete job {job_id!r}", 1)
+        raise fail(f"no source delete job {job_id!r}", 1)
     typer.echo(orjson.dumps(job.shown()).decode())

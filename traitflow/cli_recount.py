@@ -8,7 +8,7 @@ import asyncio
 
 import typer
 
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, settings_of
 from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import composition
 from traitflow.profile_recount import Recount, recount
@@ -32,13 +32,9 @@ def recount_command(
 
     settings = settings_of(ctx)
     if entity not in settings.entities:
-        typer.echo(
-            f"error: unknown entity {entity!r}: use one of {', '.join(settings.entities)}", err=True
-        )
-        raise typer.Exit(2)
+        raise fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
     if not workers_stopped:
-        typer.echo("error: stop every worker first, then pass --workers-stopped", err=True)
-        raise typer.Exit(2)
+        raise fail("stop every worker first, then pass --workers-stopped")
 
     async def run() -> Recount:
         client = async_client(settings, decode_responses=False)
@@ -53,10 +49,8 @@ def recount_command(
         found = asyncio.run(run())
     except (redis.RedisError, OSError) as exc:
         if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            typer.echo(f"error: {problem}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"error: Redis did not answer: {type(exc).__name__}", err=True)
-        raise typer.Exit(1) from None
+            raise fail(problem, 1) from None
+        raise fail(f"Redis did not answer: {type(exc).__name__}", 1) from None
     counted = composition(found.counts())
     typer.echo(
         f"{found.scanned} states counted, {found.rewritten} rewritten: "

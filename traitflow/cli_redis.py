@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import redis
 import typer
 
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, settings_of
 from traitflow.redis_client import RedisTarget, access_problem, sync_client
 from traitflow.redis_copy import BATCH, copy_keys, count_keys, writes_during
 
@@ -29,11 +29,6 @@ app = typer.Typer(no_args_is_help=True, help="Redis: copy a deployment's keys to
 PREFIX = re.compile(r"\{?[A-Za-z0-9_.-]{1,64}\}?")
 #: how long the source is watched for writes before the copy starts (seconds)
 QUIET_S = 2.0
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _source(url: str, password_file: Path | None, ca_file: Path | None) -> redis.Redis:
@@ -80,22 +75,23 @@ def copy_keys_command(
     new_prefix = settings.key_prefix
     old_prefix = from_prefix or new_prefix.strip("{}")
     if not PREFIX.fullmatch(old_prefix):  # a glob character would match other keys
-        raise _fail(f"--from-prefix {old_prefix!r}: letters, digits, '_', '.', '-' (or braces)", 2)
+        raise fail(f"--from-prefix {old_prefix!r}: letters, digits, '_', '.', '-' (or braces)", 2)
     parts = urlsplit(source_url)
     where = f"{parts.hostname}:{parts.port or 6379}"
     target_where = RedisTarget.of(settings).where
     if where == target_where and old_prefix == new_prefix:
-        raise _fail(f"the source is the target ({where}, prefix {old_prefix!r}): nothing to copy")
+        raise fail(f"the source is the target ({where}, prefix {old_prefix!r}): nothing to copy", 1)
     source = _source(source_url, from_password_file, from_ca_file)
     target = sync_client(settings, socket_timeout=30.0, socket_connect_timeout=5.0)
     step = "reading the source"
     try:
         seen = writes_during(source, QUIET_S)
         if seen and not force:
-            raise _fail(
+            raise fail(
                 f"the source Redis at {where} took {seen} writes in {QUIET_S:g} s: stop every "
                 "traitflow worker and API using it, then run this again (--force if the "
-                "writes are another deployment's)"
+                "writes are another deployment's)",
+                1,
             )
         typer.echo(f"copying {old_prefix}:* from {where} to {new_prefix}:* at {target_where}")
         shown = [time.monotonic()]
@@ -112,11 +108,12 @@ def copy_keys_command(
         in_target = count_keys(target, new_prefix, batch)
     except redis.RedisError as exc:
         if problem := access_problem(exc, settings):
-            raise _fail(
+            raise fail(
                 f"while {step}: {problem}; if it was the source that refused, check --from, "
-                "--from-password-file and --from-ca-file"
+                "--from-password-file and --from-ca-file",
+                1,
             ) from None
-        raise _fail(f"while {step}: {exc}") from None
+        raise fail(f"while {step}: {exc}", 1) from None
     finally:
         source.close()
         target.close()
@@ -126,14 +123,16 @@ def copy_keys_command(
         f"{new_prefix}: at {target_where}"
     )
     if result.source_writes and not force:
-        raise _fail(
+        raise fail(
             f"the source took {result.source_writes} writes during the copy: a worker or API "
-            "is still running on it. Stop it and run this again (it overwrites what it copied)"
+            "is still running on it. Stop it and run this again (it overwrites what it copied)",
+            1,
         )
     if in_source != in_target:
-        raise _fail(
+        raise fail(
             f"the counts differ ({in_source:,} in the source, {in_target:,} in the target): "
             "keys expired during the copy, or the target held keys of its own under the "
-            "prefix. Run again; if the target still has more, it had keys before the copy"
+            "prefix. Run again; if the target still has more, it had keys before the copy",
+            1,
         )
     typer.echo("done: the counts match")

@@ -24,9 +24,8 @@ import yaml
 from attributes.catalog import LifecycleError, Status
 from attributes.rules import RuleFileError
 from traitflow import rule_changes
-from traitflow.cli_context import settings_of
+from traitflow.cli_context import fail, redis_failure, run_closing, settings_of
 from traitflow.config import Settings
-from traitflow.redis_client import access_problem
 from traitflow.rule_catalog import Catalog, RedisRuleCatalog, RuleCatalog, RuleSource
 from traitflow.rule_changes import ConfiguredAttribute, UnknownAttribute
 
@@ -44,11 +43,6 @@ WATCH_INTERVAL_S = 1.0
 BAR_WIDTH = 24
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def open_catalog(settings: Settings) -> RuleCatalog:
     """The catalog the API and the workers use (tests put a memory one here)."""
     return RedisRuleCatalog.from_url(settings, settings.key_prefix)
@@ -58,7 +52,7 @@ def _source(settings: Settings) -> RuleSource:
     try:
         return RuleSource.read(settings.rules_path, settings.entities)
     except RuleFileError as exc:
-        raise _fail(f"invalid rule file (TRAITFLOW_RULES_PATH):\n{exc}") from None
+        raise fail(f"invalid rule file (TRAITFLOW_RULES_PATH):\n{exc}") from None
 
 
 def _run(settings: Settings, action: Callable[[RuleCatalog], Awaitable[T]]) -> T:
@@ -67,24 +61,14 @@ def _run(settings: Settings, action: Callable[[RuleCatalog], Awaitable[T]]) -> T
     exit 1, never a traceback."""
     import redis
 
-    async def run() -> T:
-        catalog = open_catalog(settings)
-        try:
-            return await action(catalog)
-        finally:
-            await catalog.close()
-
     try:
-        return asyncio.run(run())
+        return run_closing(lambda: open_catalog(settings), action)
     except (UnknownAttribute, ConfiguredAttribute) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (RuleFileError, LifecycleError) as exc:
-        raise _fail(f"refused: {rule_changes.problem_text(exc)}") from None
+        raise fail(f"refused: {rule_changes.problem_text(exc)}") from None
     except (redis.RedisError, OSError) as exc:
-        if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
-            raise _fail(problem, 1) from None
-        host, port = settings.redis_host_port
-        raise _fail(f"Redis at {host}:{port}: {type(exc).__name__}: {exc}", 1) from None
+        raise redis_failure(settings, exc) from None
 
 
 def _now_ms() -> int:
@@ -100,9 +84,9 @@ def _mapping(text: str, what: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise _fail(f"{what} is not YAML or JSON: {exc}") from None
+        raise fail(f"{what} is not YAML or JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise _fail(f"{what} must be a mapping of fields (as the API's body), not {value!r}")
+        raise fail(f"{what} must be a mapping of fields (as the API's body), not {value!r}")
     return value
 
 
@@ -203,7 +187,7 @@ def show(
     try:
         _echo_json(rule_changes.found(catalog, attribute_id, lambda: _source(settings)))
     except UnknownAttribute as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @app.command("create")
@@ -219,7 +203,7 @@ def create(
     or `ACTIVE`). Checked with the rule file and the others as `validate` checks a file;
     prints it as stored."""
     if (file is None) == (body is None):
-        raise _fail("give the attribute as a FILE or with --json, one of them")
+        raise fail("give the attribute as a FILE or with --json, one of them")
     settings = settings_of(ctx)
     if file is not None:
         definition = _mapping(file.read_text(encoding="utf-8"), str(file))
@@ -311,7 +295,7 @@ def backfill(
     DRAFT's (or an ACTIVE one's, as a check) is computed over the whole topic. The
     backfill itself starts when an attribute is made ACTIVE (workers run it)."""
     if not dry_run:
-        raise _fail("only --dry-run: a backfill starts when the attribute is made ACTIVE")
+        raise fail("only --dry-run: a backfill starts when the attribute is made ACTIVE")
     from streams.dry_run import dry_run as preview  # the worker's parts: loaded here only
 
     settings = settings_of(ctx)
@@ -319,7 +303,7 @@ def backfill(
     try:
         found = asyncio.run(preview(settings, source, attribute_id, sample))
     except LookupError as exc:
-        raise _fail(str(exc.args[0])) from None
+        raise fail(str(exc.args[0])) from None
     width = max([len("profile"), *(len(p.profile) for p in found)])
     typer.echo(f"{'profile':<{width}}  {'now':>14}  {'after':>14}")
     for p in found:
