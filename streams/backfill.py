@@ -72,7 +72,7 @@ PROGRESS_S = 1.0
 #: the longest the backfill computes in one hold of the processor's lock (seconds):
 #: what a live batch that arrives meanwhile may wait (a fetch of events is applied in
 #: slices, and an attribute's filter may take milliseconds per event)
-SLICE_S = 0.01
+SLICE_S = 0.002
 
 
 def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
