@@ -30,7 +30,7 @@ from attributes.identities import IdentityRules
 from attributes.ruleset import RuleSet
 from streams import fastfaust, faust_fixes
 from streams.backfill import Backfill
-from streams.backfill_runner import BackfillRunner, start_notes
+from streams.backfill_runner import BackfillRunner, run_in_worker, start_notes
 from streams.dead_letters import RedisParking, TopicDeadLetters
 from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not reachable right now": retry the batch, never ack it.
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, NotDurable)
-
-#: Seconds between a worker's looks for attributes to backfill (`streams.backfill`).
-BACKFILL_TICK_S = 2.0
 
 #: Profiles re-rendered per expiry write.
 EXPIRY_ROUND = 1000
@@ -167,14 +164,9 @@ def create_app(
             processor.switch(rules, rules_version)
         metrics.rules_version.set(rules_version)
         processor.note_start = start_notes(profiles.client, profiles.keys)
-        backfills = BackfillRunner(Backfill(settings, processor, switch.catalog, profiles.client))
-
-        @app.timer(interval=BACKFILL_TICK_S)  # type: ignore[untyped-decorator]
-        async def run_backfills() -> None:
-            try:
-                await backfills.tick()
-            except Exception as exc:  # Redis away: the next tick asks again
-                log.warning("backfills not looked for (%r)", exc)
+        if not settings.backfill_process:  # else `streams.backfill_process` runs them
+            backfill = Backfill(settings, processor, switch.catalog, profiles.client)
+            run_in_worker(app, BackfillRunner(backfill))
 
         @app.timer(interval=settings.rules_poll_s)  # type: ignore[untyped-decorator]
         async def switch_rules() -> None:

@@ -14,10 +14,12 @@ attribute alone, to a scratch state of the profile its identities point to now; 
 scratch state is then merged into the live one as stitching merges two profiles
 (`attributes.catalog.join_history`), and the attribute becomes ACTIVE.
 
-One worker runs backfills at a time (a lease in Redis: `BackfillRunner`), in the same
-process and event loop as the live batches, and live batches come first: the backfill
-computes in short slices (`SLICE_S`) holding the processor's lock, the lock a live
-batch holds from its first read to its commit. The lock is fair, so a live batch that
+One process runs backfills at a time (a lease in Redis: `BackfillRunner`): the backfill
+process (`streams.backfill_process`), which computes no live batches, or, with
+TRAITFLOW_BACKFILL_PROCESS off, a worker, in the same process and event loop as the
+live batches. There live batches come first: the backfill computes in short slices
+(`SLICE_S`) holding the processor's lock, the lock a live batch holds from its first
+read to its commit. The lock is fair, so a live batch that
 arrives waits for at most the slice in progress, and once it runs no backfill work
 runs between its round trips to Redis (without the lock it did: each of a batch's
 awaits let the backfill compute, and a batch waited for several of its turns). The

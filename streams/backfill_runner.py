@@ -1,8 +1,9 @@
 """Who runs backfills (`streams.backfill`), and what they need from the live workers.
 
-`BackfillRunner`: one worker at a time runs the backfill of a PROCESSING attribute,
-under a lease in Redis that it renews while it works and that expires if it dies (then
-another worker starts the backfill again). `start_notes`: where each partition's
+`BackfillRunner`: one process at a time (the backfill process, `streams.
+backfill_process`, or a worker with TRAITFLOW_BACKFILL_PROCESS off) runs the backfill
+of a PROCESSING attribute, under a lease in Redis that it renews while it works and that
+expires if it dies (then another starts the backfill again). `start_notes`: where each partition's
 computing at a rules version began, noted before the first commit at it, which is
 where a backfill of an attribute of that version stops reading.
 """
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -24,6 +26,10 @@ from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import Catalog, Change
 
 log = logging.getLogger(__name__)
+
+#: Seconds between looks for attributes to backfill, by a worker (`run_in_worker`) or
+#: by the backfill process (`streams.backfill_process`).
+BACKFILL_TICK_S = 2.0
 
 
 class BackfillRunner:
@@ -99,6 +105,18 @@ class BackfillRunner:
             await asyncio.sleep(self.lease_ms / 3000)
             if await client.get(lock) == token.encode():
                 await client.pexpire(lock, self.lease_ms)
+
+
+def run_in_worker(app: Any, runner: BackfillRunner) -> None:
+    """With TRAITFLOW_BACKFILL_PROCESS off: the worker `app` (Faust's) looks for
+    backfills to run every `BACKFILL_TICK_S`, between its batches."""
+
+    @app.timer(interval=BACKFILL_TICK_S)  # type: ignore[untyped-decorator]
+    async def run_backfills() -> None:
+        try:
+            await runner.tick()
+        except Exception as exc:  # Redis away: the next tick asks again
+            log.warning("backfills not looked for (%r)", exc)
 
 
 def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], Change]:

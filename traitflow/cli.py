@@ -168,8 +168,10 @@ def worker(
         "else one per core). 1: this process is the worker; N > 1: it supervises N, "
         "process i serving metrics on TRAITFLOW_WORKER_METRICS_PORT + i",
     ),
+    supervised: bool = typer.Option(False, "--supervised", hidden=True),
 ) -> None:
-    """Run the stream worker: ingest topics -> computed attributes -> Redis."""
+    """Run the stream worker: ingest topics -> computed attributes -> Redis (and, with
+    TRAITFLOW_BACKFILL_PROCESS on, the backfill process beside the workers)."""
     from traitflow.supervisor import Supervisor, resolve_processes
 
     settings = settings_of(ctx)
@@ -177,13 +179,16 @@ def worker(
     _kafka_or_exit(settings)
     _rules_or_exit(settings.rules_path, settings)  # refused before any process starts
     count = resolve_processes(processes, settings.worker_processes)
-    if count > 1:
+    # --supervised: a child of the supervisor, the worker itself
+    if not supervised and (count > 1 or settings.backfill_process):
         logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(message)s")
         command = [sys.executable, "-m", "traitflow", "worker", "--processes", "1"]
+        backfills = [sys.executable, "-m", "traitflow", "backfills", "--loglevel", loglevel]
         supervisor = Supervisor(
-            [*command, "--loglevel", loglevel],
+            [*command, "--supervised", "--loglevel", loglevel],
             count,
             metrics_port=settings.worker_metrics_port,
+            backfills=backfills if settings.backfill_process else None,
             env=environment(ctx).environ,  # each child reads it once, at its own start
         )
         raise typer.Exit(supervisor.run())
@@ -200,6 +205,24 @@ def worker(
         metrics.serve(settings.api_host, settings.worker_metrics_port)
     tune_gc()
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+
+
+@app.command(hidden=True)
+def backfills(
+    ctx: typer.Context,
+    loglevel: str = typer.Option("info", help="debug, info, warning"),
+) -> None:
+    """Run backfills in a process of their own, holding no partitions: what `traitflow
+    worker` starts beside its workers with TRAITFLOW_BACKFILL_PROCESS on."""
+    from streams.backfill_process import main
+
+    settings = settings_of(ctx)
+    logging.basicConfig(
+        level=loglevel.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] backfills: %(message)s",
+    )
+    source, (rules, version) = _current_rules_or_exit(settings)
+    main(settings, source, rules, version)
 
 
 def _kafka_or_exit(settings: Settings) -> None:

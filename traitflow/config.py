@@ -112,6 +112,10 @@ class Settings(BaseSettings, ConnectionSettings, ProfileSettings, ApiSettings):
     #: backfill`), and how many of those events it reads per second at most
     backfill: bool = True
     backfill_rate_per_s: float = Field(default=20_000.0, gt=0)
+    #: whether backfills run in a process of their own that `traitflow worker` starts
+    #: beside its workers (`streams.backfill_process`), so that no live worker's event
+    #: loop computes history; off: one of the workers runs them between its batches
+    backfill_process: bool = True
     #: tries to produce a dead letter, and the seconds they may take in all, before it is
     #: parked in Redis (`streams.dead_letters`) and the batch goes on
     dead_letter_attempts: int = Field(default=3, ge=1)

@@ -6,10 +6,15 @@ one consumer group do (the group id is the app id), so the supervisor only start
 watches and stops them; Kafka's group protocol does the rest.
 
 What an operator can rely on:
-- `--processes 1` runs no supervisor: the worker is the command's own process;
+- with `TRAITFLOW_BACKFILL_PROCESS` on, one more child runs `traitflow backfills`
+  (`streams.backfill_process`): backfills in a process of their own, holding no
+  partitions; it is watched, restarted and stopped like the workers;
+- `--processes 1` with `TRAITFLOW_BACKFILL_PROCESS` off runs no supervisor: the worker
+  is the command's own process;
 - the rule file and Redis are checked once, before any child starts, so the usual
   misconfigurations exit at once (2: rules, 1: Redis) instead of restarting in a loop;
-- each child is `traitflow worker --processes 1` with this process's environment; with
+- each worker child is `traitflow worker --processes 1 --supervised` (a hidden option:
+  it runs the worker, never a supervisor) with this process's environment; with
   `TRAITFLOW_WORKER_METRICS_PORT` set to P, child i serves its metrics on P + i;
 - a child that exits when it was not asked to is started again, after a backoff that
   doubles (1 s, 2 s, ... 30 s) while children keep dying within `STABLE_S` of their
@@ -108,6 +113,20 @@ class Child:
     started: float = 0.0
     #: when to start it again after an exit (monotonic); None: running or not due
     restart_at: float | None = None
+    #: what it runs instead of the supervisor's worker command (the backfill process)
+    command: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "backfill process" if self.command else f"worker process {self.index}"
+
+
+def plan(processes: int, backfills: Sequence[str] | None) -> list[Child]:
+    """The children: `processes` workers, and the backfill process if there is one."""
+    children = [Child(i) for i in range(processes)]
+    if backfills is not None:
+        children.append(Child(processes, command=tuple(backfills)))
+    return children
 
 
 @dataclass
@@ -116,6 +135,8 @@ class Supervisor:
     processes: int
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     metrics_port: int | None = None
+    #: the backfill process's command (TRAITFLOW_BACKFILL_PROCESS); None: none runs
+    backfills: Sequence[str] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     stop_grace_s: float = STOP_GRACE_S
     children: list[Child] = field(default_factory=list)
@@ -125,7 +146,7 @@ class Supervisor:
         """Start the children and watch them until asked to stop; the exit code."""
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.children = [Child(i) for i in range(self.processes)]
+            self.children = plan(self.processes, self.backfills)
             for child in self.children:
                 self._start(child)
             while not self.stopping:
@@ -144,8 +165,8 @@ class Supervisor:
             if process is not None and process.poll() is not None:
                 delay = self.backoff.after_exit(now - child.started)
                 log.error(
-                    "worker process %d (pid %d) exited with %s; starting it again in %g s",
-                    child.index,
+                    "%s (pid %d) exited with %s; starting it again in %g s",
+                    child.name,
                     process.pid,
                     process.returncode,
                     delay,
@@ -156,10 +177,13 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         env = child_env(self.env, child.index, self.metrics_port)
+        if child.command:  # the backfill process serves no metrics
+            env.pop("TRAITFLOW_WORKER_METRICS_PORT", None)
         preexec = partial(_die_with_parent, os.getpid(), _libc_prctl())
-        child.process = subprocess.Popen(list(self.command), env=env, preexec_fn=preexec)
+        command = list(child.command or self.command)
+        child.process = subprocess.Popen(command, env=env, preexec_fn=preexec)
         child.started, child.restart_at = time.monotonic(), None
-        log.info("worker process %d started (pid %d)", child.index, child.process.pid)
+        log.info("%s started (pid %d)", child.name, child.process.pid)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

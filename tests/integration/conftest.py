@@ -118,6 +118,8 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
         home=tmp_path_factory.mktemp("home"),
         worker_metrics_port=free_port(),  # the session worker's; other workers serve none
         worker_processes=1,  # every worker a test starts is one process, unless it says so
+        # ... with no supervisor and backfill process beside it, unless it says so
+        backfill_process=False,
     )
 
 

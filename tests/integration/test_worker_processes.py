@@ -105,20 +105,25 @@ import json, logging, sys
 from traitflow.supervisor import Backoff, Supervisor
 logging.basicConfig(level="INFO", format="%(message)s")
 supervisor = Supervisor(
-    json.loads(sys.argv[1]), 2, backoff=Backoff(first_s=0.05, max_s=0.2), stop_grace_s=1.0
+    json.loads(sys.argv[1]), 2, backoff=Backoff(first_s=0.05, max_s=0.2), stop_grace_s=1.0,
+    backfills=json.loads(sys.argv[2]) if len(sys.argv) > 2 else None,
 )
 sys.exit(supervisor.run())
 """
 
 
 @contextmanager
-def supervising(tmp_path: Path, child: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A supervisor of two `python -c child` processes, with a short backoff and grace;
-    yields it and the file its and its children's output goes to."""
+def supervising(
+    tmp_path: Path, child: str, backfills: str | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A supervisor of two `python -c child` processes (and, given `backfills`, a
+    `python -c backfills` backfill process), with a short backoff and grace; yields it
+    and the file its and its children's output goes to."""
     log = tmp_path / "supervisor.log"
+    extra = [] if backfills is None else [json.dumps([sys.executable, "-c", backfills])]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", SUPERVISE, json.dumps([sys.executable, "-c", child])],
+            [sys.executable, "-c", SUPERVISE, json.dumps([sys.executable, "-c", child]), *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -184,5 +189,34 @@ def test_the_children_die_with_a_supervisor_killed_9(tmp_path: Path) -> None:
         finally:
             for pid in running:
                 if not gone(pid):  # a failure: orphans would otherwise sleep on
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_backfill_process_is_restarted_and_dies_with_a_supervisor_killed_9(
+    tmp_path: Path,
+) -> None:
+    """TRAITFLOW_BACKFILL_PROCESS: the backfill process is one more child, restarted
+    like the workers and gone with the supervisor (the same PR_SET_PDEATHSIG path)."""
+    sleep = "import time; time.sleep(60)"
+    with supervising(tmp_path, sleep, backfills=sleep) as (supervisor, log):
+        wait_until(lambda: len(child_pids(supervisor.pid)) == 3, what="two workers, backfills")
+        started = re.search(r"backfill process started \(pid (\d+)\)", log.read_text())
+        assert started is not None
+        killed = int(started[1])
+        os.kill(killed, signal.SIGKILL)
+        exited = f"backfill process (pid {killed}) exited with -9; starting it again in"
+        wait_until(
+            lambda: exited in log.read_text() and len(child_pids(supervisor.pid) - {killed}) == 3,
+            what="the backfill process started again",
+        )
+        running = child_pids(supervisor.pid)
+        supervisor.kill()
+        supervisor.wait()
+        try:
+            wait_until(lambda: all(map(gone, running)), timeout=10, what="orphans to exit")
+        finally:
+            for pid in running:
+                if not gone(pid):
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

@@ -12,11 +12,14 @@ from attributes.catalog import ManagedAttribute, Status
 from attributes.events import decode_event
 from attributes.profile import ProfileState, apply_event
 from attributes.rules import parse_rules
-from streams.backfill import fold, history_end
+from attributes.ruleset import RuleSet
+from streams.backfill import Backfill, fold, history_end
 from streams.backfill_runner import activated
 from streams.processor import BatchProcessor, ListDeadLetters, Record
+from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
-from traitflow.rule_catalog import Catalog
+from traitflow.rule_catalog import Catalog, MemoryRuleCatalog
+from traitflow.state_cache import CachedProfileStore
 
 pytestmark = pytest.mark.anyio
 
@@ -79,3 +82,52 @@ def test_activation_happens_only_for_the_definition_that_was_backfilled() -> Non
     disabled = replace(backfilled, status=Status.DISABLED)
     assert activated(backfilled, 9)(Catalog(5, (disabled,))).put is None
     assert activated(backfilled, 9)(Catalog(5, ())).put is None
+
+
+async def test_a_join_from_another_process_makes_a_live_workers_cache_stale_not_wrong() -> None:
+    """With TRAITFLOW_BACKFILL_PROCESS the join commits from the backfill process, past
+    the live worker's cache: the worker's next commit of that profile conflicts, its
+    stale cached state is dropped, and its events are applied again on the stored one
+    (history 3 + live 1 + live 1 = 5, not the cached 1 + 1)."""
+    shared = MemoryProfileStore()
+    cached = CachedProfileStore(shared, 100)
+    live = BatchProcessor(RULES, cached, ListDeadLetters(), clock=lambda: NOW_S)
+    beside = BatchProcessor(RULES, shared, ListDeadLetters(), clock=lambda: NOW_S)
+    await live.process([order(10)])
+    assert len(cached) == 1  # the live worker keeps u-1's state
+    history = ProfileState(id="u-1", entity="user")
+    for offset in range(3):
+        event = decode_event(orjson.dumps({"type": "track", "event": "Order"}))
+        apply_event(history, event, ts=1, rules=RULES, source="events/0", offset=offset, now=1)
+    assert await fold(beside.entities["user"], {"u-1": history}, RULES.attributes, 1) == 1
+    report = await live.process([order(11)])
+    assert report.conflicts >= 1  # the cached state was stale
+    view = orjson.loads(await shared.read_view("user", "id", "u-1") or b"")
+    assert view["attributes"]["orders"] == 5
+
+
+async def test_a_join_that_finds_the_rules_changed_switches_and_joins_again() -> None:
+    """The backfill process follows the rules version as a worker does: a join refused
+    because the rules moved meanwhile (`RulesChanged`) reloads them and is made again."""
+    store = MemoryProfileStore()
+    processor = BatchProcessor(RULES, store, ListDeadLetters(), clock=lambda: NOW_S)
+    await processor.process([order(10)])
+    store.rules_version = 2  # an attribute was made through the API meanwhile
+    reloads: list[int] = []
+
+    async def current() -> tuple[RuleSet, int]:
+        reloads.append(store.rules_version)
+        return RULES, store.rules_version
+
+    processor.reload = current
+    backfill = Backfill(Settings(), processor, MemoryRuleCatalog(), client=None)  # type: ignore[arg-type]
+    backfill.recording = False
+    history = ProfileState(id="u-1", entity="user")
+    event = decode_event(orjson.dumps({"type": "track", "event": "Order"}))
+    apply_event(history, event, ts=1, rules=RULES, source="events/0", offset=0, now=1)
+    attribute = ManagedAttribute("ca-1", Status.PROCESSING, {"name": "orders"}, 1, 1, version=2)
+    assert await backfill._join(attribute, RULES.attributes, {"u-1": history}, 0)
+    assert reloads == [2]
+    assert processor.rules_version == 2
+    view = orjson.loads(await store.read_view("user", "id", "u-1") or b"")
+    assert view["attributes"]["orders"] == 2

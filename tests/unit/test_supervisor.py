@@ -1,14 +1,19 @@
 """The worker supervisor's policies: one process per core by default, a metrics port
-per child, and a restart backoff that grows while children die young."""
+per child, a restart backoff that grows while children die young, and the backfill
+process beside the workers (TRAITFLOW_BACKFILL_PROCESS)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 import pytest
+import typer
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from traitflow import cli
 from traitflow.config import Settings
 from traitflow.supervisor import (
     Backoff,
@@ -16,6 +21,7 @@ from traitflow.supervisor import (
     Supervisor,
     child_env,
     default_processes,
+    plan,
     resolve_processes,
 )
 
@@ -102,3 +108,89 @@ def test_an_exited_child_is_started_again_once_its_backoff_is_over() -> None:
     assert started == []
     supervisor.watch(now=96.0)
     assert started == [0]  # the other child, never exited, is left alone
+
+
+def test_the_backfill_process_setting_is_on_by_default_and_read_and_pinned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRAITFLOW_BACKFILL_PROCESS", raising=False)
+    assert Settings.from_environ(os.environ).backfill_process is True
+    monkeypatch.setenv("TRAITFLOW_BACKFILL_PROCESS", "false")
+    off = Settings.from_environ(os.environ)
+    assert off.backfill_process is False
+    assert off.isolated("tfpin").as_env()["TRAITFLOW_BACKFILL_PROCESS"] == "false"
+
+
+def test_the_children_are_the_workers_and_the_backfill_process_after_them() -> None:
+    assert [(c.index, c.command, c.name) for c in plan(2, ["tf", "backfills"])] == [
+        (0, (), "worker process 0"),
+        (1, (), "worker process 1"),
+        (2, ("tf", "backfills"), "backfill process"),
+    ]
+    assert [c.name for c in plan(1, None)] == ["worker process 0"]  # the setting off
+
+
+def test_the_backfill_process_runs_its_own_command_with_no_metrics_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spawned: list[tuple[list[str], dict[str, str]]] = []
+
+    class Spawned:
+        pid = 7
+
+        def __init__(self, command: list[str], env: dict[str, str], **kwargs: object) -> None:
+            spawned.append((command, env))
+
+    monkeypatch.setattr(subprocess, "Popen", Spawned)
+    env = {"TRAITFLOW_WORKER_METRICS_PORT": "9100"}
+    supervisor = Supervisor(["worker"], 1, env=env, metrics_port=9100, backfills=["backfills"])
+    for child in plan(1, supervisor.backfills):
+        supervisor._start(child)
+    (worker, worker_env), (backfills, backfills_env) = spawned
+    assert (worker, worker_env["TRAITFLOW_WORKER_METRICS_PORT"]) == (["worker"], "9100")
+    assert backfills == ["backfills"]
+    assert "TRAITFLOW_WORKER_METRICS_PORT" not in backfills_env
+
+
+@pytest.mark.parametrize(
+    ("processes", "backfill_process", "supervises", "backfills"),
+    [
+        ("1", "false", False, False),  # the worker is the command's own process
+        ("1", "true", True, True),  # one worker, and the backfill process beside it
+        ("2", "false", True, False),
+        ("2", "true", True, True),
+    ],
+)
+def test_the_worker_command_supervises_when_it_runs_the_backfill_process(
+    monkeypatch: pytest.MonkeyPatch,
+    processes: str,
+    backfill_process: str,
+    supervises: bool,
+    backfills: bool,
+) -> None:
+    ran: list[Supervisor] = []
+
+    def run(self: Supervisor) -> int:
+        ran.append(self)
+        return 0
+
+    def worker_itself(settings: Settings) -> None:
+        raise typer.Exit(7)
+
+    for check in ("_redis_or_exit", "_kafka_or_exit", "_rules_or_exit"):
+        monkeypatch.setattr(cli, check, lambda *args: None)
+    monkeypatch.setattr(cli, "_current_rules_or_exit", worker_itself)
+    monkeypatch.setattr(Supervisor, "run", run)
+    env = {"TRAITFLOW_WORKER_PROCESSES": processes, "TRAITFLOW_BACKFILL_PROCESS": backfill_process}
+    result = CliRunner().invoke(cli.app, ["worker"], env=env)
+    assert result.exit_code == (0 if supervises else 7), result.output
+    if supervises:
+        (supervisor,) = ran
+        assert supervisor.processes == int(processes)
+        assert "--supervised" in supervisor.command  # a child never supervises
+        assert (supervisor.backfills is not None) == backfills
+        assert supervisor.backfills is None or "backfills" in supervisor.backfills
+    supervised = CliRunner().invoke(
+        cli.app, ["worker", "--processes", "1", "--supervised"], env=env
+    )
+    assert supervised.exit_code == 7  # the child runs the worker itself
