@@ -147,6 +147,15 @@ def create_app(
             store.clear()
             processor.forget_renders()
 
+    # A rules change follows every backfill (its attribute made ACTIVE): the states the
+    # backfill joined are stale here if another process joined them. Kept, each would
+    # conflict at its next commit, and a batch whose commit is split by a conflict
+    # (`streams.effects.split`) while the rules change is computed partly at each
+    # version, which no start noted per partition can say (README, Backfill).
+    def forget_states() -> None:
+        store.clear()
+        processor.forget_renders()
+
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
         await parking.close()
@@ -160,6 +169,7 @@ def create_app(
     if source is not None:
         switch = RuleSwitch(RedisRuleCatalog(profiles.client, profiles.keys), source)
         processor.reload = switch.current
+        processor.on_switch = forget_states
         if rules_version:
             processor.switch(rules, rules_version)
         metrics.rules_version.set(rules_version)

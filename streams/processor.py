@@ -116,6 +116,8 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         self.reload = reload
         #: notes where a partition's computing at a rules version starts (`_note_starts`)
         self.note_start = note_start
+        #: called at each switch of rules version (`RuleVersions.switch`)
+        self.on_switch: Callable[[], None] | None = None
         #: (partition, rules version) noted; the first offset of each partition's batch
         self._noted: set[tuple[str, int]] = set()
         self._firsts: dict[str, int] = {}

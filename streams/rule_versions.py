@@ -27,6 +27,7 @@ class RuleVersions:
     entities: dict[str, EntityProcessor]
     reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None
     note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None
+    on_switch: Callable[[], None] | None
     _noted: set[tuple[str, int]]
     _firsts: dict[str, int]
     _next: dict[str, tuple[int, int]]
@@ -41,6 +42,8 @@ class RuleVersions:
         it holding `lock`, between batches."""
         for entity, processor in self.entities.items():
             processor.switch(rules.of(entity), rules_version)
+        if self.on_switch is not None:
+            self.on_switch()
         log.info("switched to rules version %d", rules_version)
 
     async def switch_to_current(self) -> None:

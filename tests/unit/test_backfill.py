@@ -131,3 +131,17 @@ async def test_a_join_that_finds_the_rules_changed_switches_and_joins_again() ->
     assert processor.rules_version == 2
     view = orjson.loads(await store.read_view("user", "id", "u-1") or b"")
     assert view["attributes"]["orders"] == 2
+
+
+async def test_a_rules_switch_calls_the_hook_that_forgets_a_workers_cached_states() -> None:
+    """A worker forgets its cached states at each rules switch (`streams.app` sets
+    `on_switch`): after a backfill joined in another process, its activation switches
+    the workers, whose next commits then conflict with nothing the join left stale."""
+    cached = CachedProfileStore(MemoryProfileStore(), 100)
+    live = BatchProcessor(RULES, cached, ListDeadLetters(), clock=lambda: NOW_S)
+    live.on_switch = cached.clear
+    await live.process([order(10)])
+    assert len(cached) == 1
+    live.switch(RULES, 1)
+    assert len(cached) == 0
+    assert live.rules_version == 1
