@@ -4,8 +4,8 @@ Why: a backfill computing in a worker's process shares that worker's event loop 
 its live batches, and live latency pays for it even in short slices. With
 `TRAITFLOW_BACKFILL_PROCESS` on, the supervisor of `traitflow worker` starts this
 process beside the workers (`traitflow.supervisor`), and the workers run no backfills:
-the operating system shares the cores between the two, and no live worker's event loop
-ever computes history.
+the operating system shares the cores between the two, this one at a lower priority
+(`NICE`), and no live worker's event loop ever computes history.
 
 It holds no partitions and consumes nothing for the group. It builds the processor a
 worker builds (`streams.app.worker_processor`, same rules at the same version, followed
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable
 
@@ -40,6 +41,10 @@ from traitflow.config import Settings
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
 
 log = logging.getLogger(__name__)
+
+#: how much lower the backfill process's CPU priority is than the workers' (`nice`): on
+#: cores they share, the kernel runs live batches first, as the lock does in a worker
+NICE = 10
 
 
 async def run_backfills(
@@ -96,7 +101,9 @@ async def _logged(step: Awaitable[None], what: str) -> None:
 
 
 def main(settings: Settings, source: RuleSource, rules: RuleSet, rules_version: int) -> None:
-    """The process: until SIGTERM or SIGINT (the supervisor passes its own on)."""
+    """The process: until SIGTERM or SIGINT (the supervisor passes its own on), at a
+    lower CPU priority than the workers."""
+    os.nice(NICE)
 
     async def run() -> None:
         stopping = asyncio.Event()

@@ -194,3 +194,21 @@ def test_the_worker_command_supervises_when_it_runs_the_backfill_process(
         cli.app, ["worker", "--processes", "1", "--supervised"], env=env
     )
     assert supervised.exit_code == 7  # the child runs the worker itself
+
+
+def test_the_backfill_process_runs_at_a_lower_cpu_priority_than_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams import backfill_process
+
+    niced: list[int] = []
+    ran: list[int] = []
+
+    async def run_backfills(*args: object) -> None:
+        ran.append(len(args))
+
+    monkeypatch.setattr(os, "nice", niced.append)
+    monkeypatch.setattr(backfill_process, "run_backfills", run_backfills)
+    backfill_process.main(Settings(), None, None, 0)  # type: ignore[arg-type]
+    assert niced == [backfill_process.NICE]
+    assert ran == [5]
