@@ -80,8 +80,32 @@ SLICE_S = 0.002
 def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
     """Where a partition's history for an attribute of `version` ends: the first offset
     computed at that version or a newer one (`tf:rs:{partition}`); None if none was."""
-    found = [int(offset) for noted, offset in starts.items() if int(noted) >= version]
+    found = [
+        int(offset)
+        for noted, offset in starts.items()
+        if _text(noted).isdigit() and int(noted) >= version
+    ]
     return min(found) if found else None
+
+
+def committed_before(
+    starts: Mapping[bytes | str, bytes | str], version: int, entity: str
+) -> frozenset[int]:
+    """Offsets past a partition's history end that are history all the same for an
+    attribute of `entity` and `version`: a worker that switched rules midway through a
+    batch had committed them at an older version, without the attribute
+    (`streams.rule_versions`; noted as `"{newer}:{entity}:{older}"`)."""
+    found: set[int] = set()
+    for noted, offsets in starts.items():
+        newer, _, rest = _text(noted).partition(":")
+        of, _, older = rest.rpartition(":")
+        if of == entity and int(older) < version <= int(newer):
+            found.update(int(o) for o in _text(offsets).split(",") if o)
+    return frozenset(found)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +119,21 @@ class Preview:
 
 @dataclass(slots=True)
 class Span:
-    """The part of one partition a backfill reads: offsets `low` to `end` (excluded)."""
+    """The part of one partition a backfill reads: offsets `low` to `end` (excluded),
+    and the offsets of `also` past it (`committed_before`)."""
 
     partition: TopicPartition
     low: int
     end: int
+    also: frozenset[int] = frozenset()
+
+    @property
+    def stop(self) -> int:
+        """Where reading the partition stops (excluded)."""
+        return max(self.end, max(self.also, default=-1) + 1)
+
+    def wants(self, offset: int) -> bool:
+        return offset < self.end or offset in self.also
 
 
 class Backfill:
@@ -199,11 +233,9 @@ class Backfill:
                 spans, waiting = [], 0
                 for tp in partitions:
                     noted = self.keys.rules_starts(f"{tp.topic}/{tp.partition}")
-                    end = (
-                        None
-                        if whole
-                        else history_end(await self.client.hgetall(noted), attribute.version)
-                    )
+                    starts = {} if whole else await self.client.hgetall(noted)
+                    end = history_end(starts, attribute.version)
+                    also = committed_before(starts, attribute.version, attribute.entity)
                     if whole:
                         end = OPEN
                     elif end is None and highs[tp] > lows[tp]:
@@ -218,7 +250,7 @@ class Backfill:
                     if end is None:
                         waiting += 1
                         continue
-                    spans.append(Span(tp, lows[tp], max(lows[tp], end)))
+                    spans.append(Span(tp, lows[tp], max(lows[tp], end), also))
                 if not waiting:
                     return spans
                 await self._progress(
@@ -233,8 +265,8 @@ class Backfill:
     ) -> dict[str, ProfileState]:
         """Scratch states of the attribute, per profile, over the spans' events."""
         entity = self.processor.entities[attribute.entity]
-        wanted = {s.partition: s for s in spans if s.end > s.low}
-        total = sum(s.end - s.low for s in wanted.values())
+        wanted = {s.partition: s for s in spans if s.stop > s.low}
+        total = sum(s.stop - s.low for s in wanted.values())
         histories: dict[str, ProfileState] = {}
         seen: set[tuple[str, str]] = set()
         done = 0
@@ -256,8 +288,8 @@ class Backfill:
                     reading = wanted.get(tp)
                     if reading is None:
                         continue
-                    records += [r for r in batch if r.offset < reading.end]
-                    if batch and batch[-1].offset >= reading.end - 1:
+                    records += [r for r in batch if reading.wants(r.offset)]
+                    if batch and batch[-1].offset >= reading.stop - 1:
                         del wanted[tp]
                         consumer.pause(tp)
                 if not fetched and all(s.end == OPEN for s in wanted.values()):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from attributes.catalog import ManagedAttribute, Status
 from streams.backfill import Backfill
+from streams.rule_versions import Also, NoteStart
 from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import Catalog, Change
 
@@ -134,17 +135,20 @@ def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], C
     return edit
 
 
-def start_notes(
-    client: aioredis.Redis, keys: KeyLayout
-) -> Callable[[int, Mapping[str, int]], Awaitable[None]]:
+def start_notes(client: aioredis.Redis, keys: KeyLayout) -> NoteStart:
     """`BatchProcessor.note_start` on Redis: the first note of a (partition, version)
     stays (HSETNX), the offset before which that partition was computed with older
-    rules."""
+    rules; beside it, field `"{version}:{entity}:{older}"`, the offsets past it that
+    the batch had committed at the older version before it switched (`Also`), comma
+    separated."""
 
-    async def note(version: int, firsts: Mapping[str, int]) -> None:
+    async def note(version: int, firsts: Mapping[str, int], also: Also) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for partition, offset in firsts.items():
-                pipe.hsetnx(keys.rules_starts(partition), str(version), offset)
+                noted = keys.rules_starts(partition)
+                pipe.hsetnx(noted, str(version), offset)
+                for older, offsets in also.get(partition, {}).items():
+                    pipe.hsetnx(noted, f"{version}:{older}", ",".join(map(str, offsets)))
             await pipe.execute()
 
     return note

@@ -53,7 +53,7 @@ from streams.records import (
     Record,
 )
 from streams.refusals import RefusalLog
-from streams.rule_versions import RuleVersions
+from streams.rule_versions import NoteStart, RuleVersions
 from traitflow.store import ProfileStore, RulesChanged
 
 __all__ = [
@@ -106,7 +106,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         profile_topic: str | None = None,
         records: Mapping[str, Mapping[str, RecordMapping]] | None = None,
         reload: Callable[[], Awaitable[tuple[RuleSet, int]]] | None = None,
-        note_start: Callable[[int, Mapping[str, int]], Awaitable[None]] | None = None,
+        note_start: NoteStart | None = None,
         time_refresh_ms: int = DEFAULT_REFRESH_MS,
         trust: SourceTrust = TRUST_NONE,
     ) -> None:
@@ -121,6 +121,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         #: (partition, rules version) noted; the first offset of each partition's batch
         self._noted: set[tuple[str, int]] = set()
         self._firsts: dict[str, int] = {}
+        self._committed: dict[int, dict[tuple[str, str], list[int]]] = {}
         self.logs = logs
         #: partition -> (the offset after the last batch committed here, its epoch)
         self._next: dict[str, tuple[int, int]] = {}
@@ -207,6 +208,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         if self.logs is not None:
             records = await self._place(records, firsts, report)
         self._firsts = {source: first.offset for source, first in firsts.items()}
+        self._committed = {}
         self._set_floors(records)
         if decoded is None or decoded.records is not records:  # none, or before epochs
             decoded = self.decode(records)
@@ -343,7 +345,12 @@ class BatchProcessor(RuleVersions, BatchDecoding):
                         await self._send(rejected, sent)  # durable before the commit
                         try:
                             await self._note_starts()
+                            attempt = events
                             events = await processor.commit(work, stitched, report)
+                            again = {id(item) for item in events}
+                            self._committed_here(
+                                processor.entity, [e for e in attempt if id(e) not in again]
+                            )
                         except RulesChanged:  # none of it written: again, with the new rules
                             await self.switch_to_current()
                             continue

@@ -59,7 +59,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:rs:{topic}/{partition}      hash    rules version -> the first offset of the
                                            partition a worker computed at it (noted
                                            before that commit): where a backfill of an
-                                           attribute of that version stops
+                                           attribute of that version stops; and
+                                           "{version}:{entity}:{older}" -> offsets past
+                                           it a batch that switched midway committed at
+                                           the older version (read as history too)
     tf:bf                          hash    attribute id -> its backfill's progress (JSON)
     tf:bf:lock                     string  the token of the worker running backfills
     tf:a:user                      hash    audience name -> its kept members: the

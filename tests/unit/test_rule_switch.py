@@ -3,13 +3,17 @@ is made under rules older than the current version, and each view says its versi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from attributes.catalog import ManagedAttribute, Status
+from attributes.profile import decode_state, encode_state
+from streams.backfill import Span, committed_before, history_end
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rule_switch import RuleSwitch
@@ -36,12 +40,12 @@ def order(offset: int, user: str = "u-1") -> Record:
 
 
 class World:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: MemoryProfileStore | None = None) -> None:
         path = tmp_path / "rules.yaml"
         path.write_text(RULES)
         self.catalog = MemoryRuleCatalog()
         self.now_s = NOW_S
-        self.store = MemoryProfileStore()
+        self.store = store or MemoryProfileStore()
         self.switch = RuleSwitch(self.catalog, RuleSource.read(path))
         self.processor = BatchProcessor(
             self.switch.source.compose(()),
@@ -116,3 +120,68 @@ async def test_an_expiry_round_at_an_old_version_switches_and_writes_nothing(
     assert await world.processor.expire("events/0", 100) == 0
     assert world.processor.rules_version == 2
     assert (await world.view())["version"] == version
+
+
+class Interleaved(MemoryProfileStore):
+    """The moment a batch meets both another worker and a rules change: before the
+    batch's first commit, another worker writes `u-2`'s profile (a conflict: the
+    events that read it are computed again, the others committed); before the commit
+    of those, `change` runs (the API makes an attribute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+        self.change: Callable[[], Awaitable[None]] | None = None
+
+    async def commit(self, entity: str, writes: Any, **kwargs: Any) -> None:
+        if self.change is not None:  # armed
+            self.commits += 1
+            if self.commits == 1:  # the other worker's write: a new version of u-2
+                state = decode_state(self.states[(entity, "u-2")])
+                state.version += 1
+                self.states[(entity, "u-2")] = encode_state(state)
+                self.versions[(entity, "u-2")] = state.version
+            if self.commits == 3:
+                await self.change()
+        await super().commit(entity, writes, **kwargs)
+
+
+async def test_what_a_batch_committed_before_it_switched_midway_is_noted_as_history(
+    tmp_path: Path,
+) -> None:
+    """A batch that switches rules version midway (its part a conflict did not touch
+    committed at the old version, the rest at the new one) notes its partition's start
+    at its first offset, as any batch; the offsets it committed at the old version are
+    past that start yet were computed without the new attribute: they are noted with
+    it, so that a backfill reads them (else neither the history nor the live count
+    has them)."""
+    store = Interleaved()
+    world = World(tmp_path, store)
+    notes: list[tuple[int, dict[str, int], Any]] = []
+
+    async def note(version: int, firsts: Any, also: Any) -> None:
+        notes.append((version, dict(firsts), {p: dict(a) for p, a in also.items()}))
+
+    world.processor.note_start = note
+    await world.processor.process([order(0, "u-2")])  # u-2's profile, at version 0
+
+    async def make_orders() -> None:
+        await world.change(ManagedAttribute("ca-1", Status.PROCESSING, ORDERS, 1, 1))
+
+    store.change = make_orders
+    await world.processor.process([order(1, "u-1"), order(2, "u-2"), order(3, "u-1")])
+    assert world.processor.rules_version == 1
+    assert notes[-1] == (1, {"events/0": 1}, {"events/0": {"user:0": [1, 3]}})
+
+    # what a backfill of `orders` (version 1) reads of the partition, from the notes as
+    # Redis holds them (`start_notes`): the offsets computed without `orders`
+    starts: dict[bytes | str, bytes | str] = {"0": "0", "1": "1", "1:user:0": "1,3"}
+    span = Span(TopicPartition("events", 0), 0, history_end(starts, 1) or 0)
+    span.also = committed_before(starts, 1, "user")
+    assert [o for o in range(4) if span.wants(o)] == [0, 1, 3]
+    assert span.stop == 4
+    # and live, at version 1: offset 2 alone
+    u2 = orjson.loads(await store.read_view("user", "id", "u-2") or b"")
+    assert u2["attributes"]["orders"] == 1
+    u1 = orjson.loads(await store.read_view("user", "id", "u-1") or b"")
+    assert "orders" not in u1["attributes"]  # both its orders are history
