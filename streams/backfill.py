@@ -6,8 +6,10 @@ Where the live computation began is a fact per input partition: before its first
 commit at a rules version, a worker notes each partition's first offset in the batch
 (`tf:rs:{partition}`, `BatchProcessor._note_starts`). Every event below it was
 committed under older rules (without the attribute), every one from it on under rules
-at least that new (with it). So the backfill reads each partition from its earliest
-retained offset up to there. A partition that no batch has reached at that version is
+at least that new (with it), but for what a batch that switched versions midway had
+committed at the older one, noted with the start. So the backfill reads each
+partition from its earliest retained offset up to there, and those (`streams.history`).
+A partition that no batch has reached at that version is
 read to its end, once the workers' consumer group has committed that end (nothing of
 it is in flight). Each event is applied, by the worker's own `apply_event` with the
 attribute alone, to a scratch state of the profile its identities point to now; each
@@ -53,6 +55,7 @@ from attributes.rules import parse_rules
 from attributes.ruleset import CompiledAttribute, RuleSet
 from attributes.stitching import Identity
 from streams.entity import EntityProcessor
+from streams.history import OPEN, Span, committed_before, history_end
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
 from traitflow.kafka_client import client_kwargs
@@ -65,8 +68,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: a span's end when it is read to the end of the log (a dry run's)
-OPEN = 2**63 - 1
 #: profiles joined per hold of the processor's lock
 JOIN_CHUNK = 100
 #: how often progress is saved, and the lease renewed (seconds)
@@ -77,37 +78,6 @@ PROGRESS_S = 1.0
 SLICE_S = 0.002
 
 
-def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int | None:
-    """Where a partition's history for an attribute of `version` ends: the first offset
-    computed at that version or a newer one (`tf:rs:{partition}`); None if none was."""
-    found = [
-        int(offset)
-        for noted, offset in starts.items()
-        if _text(noted).isdigit() and int(noted) >= version
-    ]
-    return min(found) if found else None
-
-
-def committed_before(
-    starts: Mapping[bytes | str, bytes | str], version: int, entity: str
-) -> frozenset[int]:
-    """Offsets past a partition's history end that are history all the same for an
-    attribute of `entity` and `version`: a worker that switched rules midway through a
-    batch had committed them at an older version, without the attribute
-    (`streams.rule_versions`; noted as `"{newer}:{entity}:{older}"`)."""
-    found: set[int] = set()
-    for noted, offsets in starts.items():
-        newer, _, rest = _text(noted).partition(":")
-        of, _, older = rest.rpartition(":")
-        if of == entity and int(older) < version <= int(newer):
-            found.update(int(o) for o in _text(offsets).split(",") if o)
-    return frozenset(found)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass(frozen=True, slots=True)
 class Preview:
     """A profile's value of an attribute as served now, and after a backfill."""
@@ -115,25 +85,6 @@ class Preview:
     profile: str
     before: object
     after: object
-
-
-@dataclass(slots=True)
-class Span:
-    """The part of one partition a backfill reads: offsets `low` to `end` (excluded),
-    and the offsets of `also` past it (`committed_before`)."""
-
-    partition: TopicPartition
-    low: int
-    end: int
-    also: frozenset[int] = frozenset()
-
-    @property
-    def stop(self) -> int:
-        """Where reading the partition stops (excluded)."""
-        return max(self.end, max(self.also, default=-1) + 1)
-
-    def wants(self, offset: int) -> bool:
-        return offset < self.end or offset in self.also
 
 
 class Backfill:

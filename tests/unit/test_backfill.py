@@ -1,5 +1,6 @@
-"""The parts of a backfill that need no broker (`streams.backfill`): where a partition's
-history ends, folding scratch states into stored profiles, and activation."""
+"""The parts of a backfill that need no broker (`streams.backfill`): folding scratch
+states into stored profiles, and activation (where a partition's history lies:
+`test_history`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
 
 from attributes.catalog import ManagedAttribute, Status
 from attributes.events import decode_event
 from attributes.profile import ProfileState, apply_event
 from attributes.rules import parse_rules
 from attributes.ruleset import RuleSet
-from streams.backfill import Backfill, Span, committed_before, fold, history_end
+from streams.backfill import Backfill, fold
 from streams.backfill_runner import activated
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
@@ -36,42 +36,6 @@ audiences:
     condition: orders > 2
 """
 )
-
-
-def test_the_history_ends_where_the_version_or_a_newer_one_began() -> None:
-    starts: dict[bytes | str, bytes | str] = {b"3": b"120", b"5": b"90", b"2": b"40"}
-    assert history_end(starts, 3) == 90  # a later version's batch can start earlier
-    assert history_end(starts, 6) is None  # no batch at it yet
-    assert history_end({}, 1) is None
-    assert history_end({"4": "7"}, 4) == 7  # decoded replies read alike
-    # a mid-batch switch's note of what was committed at the older version is not a start
-    assert history_end({b"3": b"120", b"3:user:2": b"121,125"}, 3) == 120
-
-
-def test_offsets_committed_at_an_older_version_after_the_start_are_history_too() -> None:
-    """Noted as `"{newer}:{entity}:{older}"` by a worker that switched midway through
-    a batch (`streams.rule_versions`): history for an attribute of the entity whose
-    version is past `older` and at most `newer`; for any other, counted live."""
-    starts: dict[bytes | str, bytes | str] = {
-        b"3": b"120",
-        b"3:user:1": b"121,125",
-        b"3:account:1": b"122",
-        b"5": b"300",
-        b"5:user:3": b"301",
-    }
-    assert committed_before(starts, 3, "user") == {121, 125}
-    assert committed_before(starts, 2, "user") == {121, 125}  # 2 is past 1, not past 3
-    assert committed_before(starts, 1, "user") == set()  # committed at 1: counted live
-    assert committed_before(starts, 4, "user") == {301}
-    assert committed_before(starts, 3, "account") == {122}
-    assert committed_before({"3": "120"}, 3, "user") == set()
-
-
-def test_a_span_reads_to_its_end_and_the_offsets_noted_past_it() -> None:
-    span = Span(TopicPartition("events", 0), 100, 120, frozenset({121, 125}))
-    assert span.stop == 126
-    assert [o for o in range(118, 128) if span.wants(o)] == [118, 119, 121, 125]
-    assert Span(TopicPartition("events", 0), 100, 120).stop == 120
 
 
 def order(offset: int) -> Record:

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 
 from attributes.catalog import ManagedAttribute, Status
 from attributes.profile import decode_state, encode_state
-from streams.backfill import Span, committed_before, history_end
+from streams.history import Span, committed_before, history_end
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rule_switch import RuleSwitch
