@@ -176,21 +176,26 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_the_exit_is_
         assert log.read_text().count("did not stop in 1 s; killed") == 2
 
 
+def kill_9_and_see_children_go(supervisor: subprocess.Popen[bytes], running: set[int]) -> None:
+    """kill -9 the supervisor; its children (`running`) must exit on their own."""
+    supervisor.kill()
+    supervisor.wait()
+    try:
+        wait_until(lambda: all(map(gone, running)), timeout=10, what="orphans to exit")
+    finally:
+        for pid in running:
+            if not gone(pid):  # a failure: orphans would otherwise sleep on
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def test_the_children_die_with_a_supervisor_killed_9(tmp_path: Path) -> None:
     with supervising(tmp_path, "import time; time.sleep(60)") as (supervisor, _):
         running: set[int] = wait_until(
             lambda: len(child_pids(supervisor.pid)) == 2 and child_pids(supervisor.pid),
             what="two children",
         )
-        supervisor.kill()
-        supervisor.wait()
-        try:
-            wait_until(lambda: all(map(gone, running)), timeout=10, what="orphans to exit")
-        finally:
-            for pid in running:
-                if not gone(pid):  # a failure: orphans would otherwise sleep on
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+        kill_9_and_see_children_go(supervisor, running)
 
 
 def test_the_backfill_process_is_restarted_and_dies_with_a_supervisor_killed_9(
@@ -210,13 +215,4 @@ def test_the_backfill_process_is_restarted_and_dies_with_a_supervisor_killed_9(
             lambda: exited in log.read_text() and len(child_pids(supervisor.pid) - {killed}) == 3,
             what="the backfill process started again",
         )
-        running = child_pids(supervisor.pid)
-        supervisor.kill()
-        supervisor.wait()
-        try:
-            wait_until(lambda: all(map(gone, running)), timeout=10, what="orphans to exit")
-        finally:
-            for pid in running:
-                if not gone(pid):
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+        kill_9_and_see_children_go(supervisor, child_pids(supervisor.pid))
