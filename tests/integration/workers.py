@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -111,6 +112,17 @@ def running_api(settings: Settings, name: str, timeout: float = 30) -> Iterator[
         yield f"http://127.0.0.1:{port}"
     finally:
         daemon.stop()
+        if process.poll() is None:
+            # another API of the same name in the same home (a test's own, in the
+            # session's home) took the pid file meanwhile, and stopping that one
+            # removed it: stop this one by its own pid, or it outlives the tests
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def worker_log(daemon: Daemon) -> str:
