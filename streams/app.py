@@ -129,32 +129,33 @@ def create_app(
     owned: set[str] = set()
     ingest_topics = set(settings.sources)
 
+    def forget_states() -> None:
+        """Drop every cached state, and the renders made from them."""
+        store.clear()
+        processor.forget_renders()
+
     # Faust signals a revoke only after in-flight batches are acked, so no batch is
     # half-applied here; the lock waits for an expiry round in progress. After any move
     # of partitions another worker may have written our old profiles, so every cached
-    # state is suspect.
+    # state is suspect, and so is where each partition's batches were.
     async def on_revoked(sender: Any, revoked: set[Any], *, signal: Any, **kwargs: Any) -> None:
         async with processor.lock:
             owned.difference_update(f"{tp.topic}/{tp.partition}" for tp in revoked)
-            store.clear()
-            processor.forget_renders()
+            forget_states()
+            processor.forget_positions()
 
     async def on_assigned(sender: Any, assigned: set[Any], *, signal: Any, **kwargs: Any) -> None:
         async with processor.lock:
             owned.update(
                 f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in ingest_topics
             )
-            store.clear()
-            processor.forget_renders()
+            forget_states()
+            processor.forget_positions()
 
     # A rules change follows every backfill (its attribute made ACTIVE): the states the
     # backfill joined are stale here if another process joined them. Kept, each would
-    # conflict at its next commit, and a batch whose commit is split by a conflict
-    # (`streams.effects.split`) while the rules change is computed partly at each
-    # version, which no start noted per partition can say (README, Backfill).
-    def forget_states() -> None:
-        store.clear()
-        processor.forget_renders()
+    # cost a conflict at its next commit and its events computed again (a batch split
+    # so across the switch is still counted once: `RuleVersions._also`).
 
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked

@@ -164,12 +164,14 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         )
 
     def forget_renders(self) -> None:
-        """Drop the remembered renders (their states are gone from the store's cache)
-        and where each partition's batches were (after a rebalance, another worker may
-        have read on)."""
-        self._next.clear()
+        """Drop the remembered renders (their states are gone from the store's cache)."""
         for entity in self.entities.values():
             entity.forget_renders()
+
+    def forget_positions(self) -> None:
+        """Forget where each partition's batches were: after a rebalance, another worker
+        may have read on. (Not at a rules switch: `note_positions` notes them then.)"""
+        self._next.clear()
 
     def _read_clock(self) -> int:
         now = int(self.clock() * 1000)

@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 from attributes.catalog import ManagedAttribute, Status
 from attributes.profile import decode_state, encode_state
 from streams.history import Span, committed_before, history_end
+from streams.logs import MemoryLogHistory
 from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.rule_switch import RuleSwitch
@@ -106,6 +107,27 @@ async def test_the_timer_switches_an_idle_worker_and_says_so(world: World) -> No
     assert metrics.rules_version._value.get() == 1
     await world.processor.process([order(0)])
     assert (await world.view())["attributes"]["orders"] == 1
+
+
+async def test_a_switch_that_drops_the_cached_states_still_notes_where_partitions_resume(
+    world: World,
+) -> None:
+    """The worker drops its cached states and renders at every switch (`on_switch`);
+    where each partition's batches were is kept, since the timer's switch notes it as
+    the partition's start (a partition with no traffic since gets no other note)."""
+    notes: list[tuple[int, dict[str, int]]] = []
+
+    async def note(version: int, firsts: Any, also: Any) -> None:
+        notes.append((version, dict(firsts)))
+
+    world.processor.note_start = note
+    world.processor.logs = MemoryLogHistory()  # the worker's: batches know where they end
+    world.processor.on_switch = world.processor.forget_renders  # as streams.app's hook
+    await world.processor.process([order(0), order(1)])
+    await world.change(ManagedAttribute("ca-1", Status.PROCESSING, ORDERS, 1, 1))
+    await world.switch.poll(world.processor, WorkerMetrics())
+    assert world.processor.rules_version == 1
+    assert notes[-1] == (1, {"events/0": 2})
 
 
 async def test_an_expiry_round_at_an_old_version_switches_and_writes_nothing(
