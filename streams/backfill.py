@@ -46,17 +46,16 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from attributes.admission import Admitted
 from attributes.aggregators import DERIVED
 from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event, render_view
 from attributes.rules import parse_rules
 from attributes.ruleset import CompiledAttribute, RuleSet
-from attributes.stitching import Identity
 from streams.entity import EntityProcessor
 from streams.history import OPEN, Span, committed_before, history_end
 from streams.processor import BatchProcessor
+from streams.records import Identified, Record
 from traitflow.config import Settings
 from traitflow.kafka_client import client_kwargs
 from traitflow.key_layout import KeyLayout
@@ -268,18 +267,17 @@ class Backfill:
         """Apply each record's event to the scratch state of the profile it is for now,
         a slice at a time under the processor's lock (live batches first)."""
         now = int(time.time() * 1000)
-        admitted = []
+        admitted: list[Identified] = []
         for chunk in await self._sliced(records, lambda r: self._admit(entity, r, now)):
             admitted += chunk
-        identities = list(dict.fromkeys(i for _, _, ids in admitted for i in ids))
+        identities = list(dict.fromkeys(i for item in admitted for i in item.ids))
         pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
 
-        def add(item: tuple[Any, Admitted, list[Identity]]) -> None:
-            record, found, ids = item
-            pid = next((pointers[i] for i in ids if i in pointers), None)
+        def add(item: Identified) -> None:
+            pid = next((pointers[i] for i in item.ids if i in pointers), None)
             if pid is None:
                 return  # its profile is gone (erased, or an idle anonymous one expired)
-            event = found.event
+            record, event = item.record, item.event
             where = entity.sources.get(record.topic, record.topic)
             if event.messageId:
                 if (where, event.messageId) in seen:
@@ -289,11 +287,11 @@ class Backfill:
             apply_event(
                 state,
                 event,
-                ts=found.at_ms,
+                ts=item.at,
                 rules=rules,
-                source=f"{record.topic}/{record.partition}",
+                source=record.source,
                 offset=record.offset,
-                now=record.timestamp,
+                now=record.timestamp_ms,
                 origin=where,
                 retraction=entity.retractions.get(where, "fields"),
                 traits_from=entity.identities.spec.traits_from,
@@ -301,23 +299,16 @@ class Backfill:
 
         await self._sliced(admitted, add)
 
-    def _admit(
-        self, entity: EntityProcessor, record: Any, now: int
-    ) -> list[tuple[Any, Admitted, list[Identity]]]:
-        """A record's event with the identities of its `entity` profile ([]: none, or a
-        record that is not an event: a dead letter when it was live, nothing counted
-        it)."""
+    def _admit(self, entity: EntityProcessor, record: Any, now: int) -> list[Identified]:
+        """A record's event for its `entity` profile, decoded as a live batch decodes it
+        (`BatchProcessor.claims`): [] when it carries no identity of `entity`, or is not
+        an event (a dead letter when it was live: nothing counted it)."""
+        read = Record(record.topic, record.partition, record.offset, record.value, record.timestamp)
         try:
-            found = self.processor.admission.admit(
-                record.value, now_ms=now, fallback_ms=record.timestamp
-            )
+            claimed = self.processor.claims(read, now)
         except InvalidEvent:
             return []
-        return [
-            (record, found, entity.anchored(claim.identities, record.topic))
-            for claim in found.claims
-            if claim.entity == entity.entity  # its profile: the one it was applied to
-        ]
+        return [item for name, item in claimed if name == entity.entity]
 
     async def _sliced(self, items: Sequence[T], work: Callable[[T], R]) -> list[R]:
         """`work` on each item in order, in slices of at most `SLICE_S` each holding the

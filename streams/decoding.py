@@ -41,7 +41,7 @@ class BatchDecoding:
         claims: dict[str, list[Identified]] = {entity: [] for entity in self.entities}
         for record in records:
             try:
-                claimed = self._claims(record, now)
+                claimed = self.claims(record, now)
             except InvalidEvent as exc:
                 rejected.append((record, str(exc)))
                 continue
@@ -53,10 +53,10 @@ class BatchDecoding:
                 claims[entity].append(item)
         return Decoded(records, claims, rejected)
 
-    def _claims(self, record: Record, now: int) -> list[tuple[str, Identified]]:
+    def claims(self, record: Record, now: int) -> list[tuple[str, Identified]]:
         """The record's event for each entity whose identities it carries; raises
         `InvalidEvent` with the reason when it is no event, over a limit, or claimed
-        by no entity."""
+        by no entity. (A backfill reads history through it too: `streams.backfill`.)"""
         if record.value is None:
             raise InvalidEvent("record has no value")
         admitted = self.admission.admit(record.value, now_ms=now, fallback_ms=record.timestamp_ms)
