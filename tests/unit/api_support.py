@@ -19,7 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.keys import KeyStore, MemoryKeyStore, new_key
+from api.keys import ApiKey, KeyStore, MemoryKeyStore, new_key
 from api.policy_store import MemoryPolicyStore
 from api.state import state_of
 from traitflow.config import Settings
@@ -98,3 +98,23 @@ async def client_for(
         if scopes:
             client.headers.update(bearer(await add_key(state_of(app).keys, **scopes)))
         yield client
+
+
+class CountingKeys(MemoryKeyStore):
+    """A key store that records each key id looked up: what the abuse limits (unknown
+    keys remembered, failed authentications limited) must keep from reaching Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        self.gets.append(key_id)
+        return await super().get(key_id)
+
+
+def keys_of(app: FastAPI) -> CountingKeys:
+    """The app's key store, made with `keys=CountingKeys()`."""
+    keys = state_of(app).keys
+    assert isinstance(keys, CountingKeys)
+    return keys

@@ -19,10 +19,10 @@ from api.auth_limits import FailureLimits, UnknownKeys, client_address
 from api.errors import ApiError
 from api.gate import GET, PENDING, Charge, GatedReads, gated
 from api.key_layout import ApiKeyLayout
-from api.keys import ApiKey, MemoryKeyStore, new_key
+from api.keys import MemoryKeyStore, new_key
 from api.state import state_of
 from attributes.profile import ProfileState, encode_state
-from tests.unit.api_support import add_key, bearer, serve
+from tests.unit.api_support import CountingKeys, add_key, bearer, keys_of, serve
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.resp import Address, Arg, RespClient, Script
@@ -153,16 +153,6 @@ def test_the_client_address(forwarded: tuple[str, ...], proxies: int, address: s
 # what admit asks the key store
 
 
-class CountingKeys(MemoryKeyStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets: list[str] = []
-
-    async def get(self, key_id: str) -> ApiKey | None:
-        self.gets.append(key_id)
-        return await super().get(key_id)
-
-
 @pytest.fixture
 async def app() -> FastAPI:
     store = MemoryProfileStore()
@@ -178,12 +168,6 @@ async def app() -> FastAPI:
 async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(app, key=None) as client:
         yield client
-
-
-def keys_of(app: FastAPI) -> CountingKeys:
-    keys = state_of(app).keys
-    assert isinstance(keys, CountingKeys)
-    return keys
 
 
 def refusals(app: FastAPI, reason: str) -> float:

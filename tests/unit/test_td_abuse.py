@@ -17,12 +17,12 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.keys import ApiKey, MemoryKeyStore, new_key
+from api.keys import new_key
 from api.publisher import ListPublisher
 from api.state import state_of
 from api.td_services import MemoryServiceStore
 from attributes.offers import CONTENT_TYPE, hash_token
-from tests.unit.api_support import add_key, serve
+from tests.unit.api_support import CountingKeys, add_key, keys_of, serve
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.store import MessageKey
@@ -41,16 +41,6 @@ services:
 """
 PATH = "/p13n_db/customers"
 BURST = 3
-
-
-class CountingKeys(MemoryKeyStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets: list[str] = []
-
-    async def get(self, key_id: str) -> ApiKey | None:
-        self.gets.append(key_id)
-        return await super().get(key_id)
 
 
 class CountingStore(MemoryProfileStore):
@@ -98,12 +88,6 @@ def app(tmp_path: Path) -> FastAPI:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(app, key=None) as client:
         yield client
-
-
-def keys_of(app: FastAPI) -> CountingKeys:
-    keys = state_of(app).keys
-    assert isinstance(keys, CountingKeys)
-    return keys
 
 
 def store_of(app: FastAPI) -> CountingStore:
