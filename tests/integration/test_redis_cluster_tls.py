@@ -11,7 +11,6 @@ and API serve a profile through it; a wrong CA is a clear refusal naming the set
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.integration.test_redis_security import (
     _served_profile,
     _traitflow,
     certificates,
+    tls_settings,
 )
 from traitflow.config import Settings
 from traitflow.redis_client import resp_client, sync_client
@@ -62,17 +62,9 @@ def _cluster_settings(
     tmp_path: Path,
     **changes: Any,
 ) -> Settings:
-    cert, key = certificates.client
-    values: dict[str, Any] = {
-        "redis_url": cluster.url,
-        "redis_cluster": True,
-        "redis_password": PASSWORD,
-        "redis_ssl_ca_file": certificates.ca,
-        "redis_ssl_cert_file": cert,
-        "redis_ssl_key_file": key,
-        "home": tmp_path,
-    }
-    return settings.isolated(f"tfs-{uuid.uuid4().hex[:6]}", **(values | changes))
+    return tls_settings(
+        settings, cluster.url, certificates, tmp_path, **({"redis_cluster": True} | changes)
+    )
 
 
 def test_the_nodes_speak_tls_only(tls_cluster: LocalCluster) -> None:

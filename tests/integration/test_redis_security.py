@@ -120,9 +120,17 @@ def tls_redis(
 def _tls_settings(
     settings: Settings, port: int, certificates: Certificates, tmp_path: Path, **changes: Any
 ) -> Settings:
+    return tls_settings(settings, f"rediss://127.0.0.1:{port}/0", certificates, tmp_path, **changes)
+
+
+def tls_settings(
+    settings: Settings, url: str, certificates: Certificates, tmp_path: Path, **changes: Any
+) -> Settings:
+    """`settings`, isolated in `tmp_path`, reaching the Redis at `url` over TLS with the
+    test's client certificate and password (`changes` last)."""
     cert, key = certificates.client
     values: dict[str, Any] = {
-        "redis_url": f"rediss://127.0.0.1:{port}/0",
+        "redis_url": url,
         "redis_password": PASSWORD,
         "redis_ssl_ca_file": certificates.ca,
         "redis_ssl_cert_file": cert,
