@@ -206,8 +206,11 @@ def test_the_backfill_process_is_restarted_and_dies_with_a_supervisor_killed_9(
     sleep = "import time; time.sleep(60)"
     with supervising(tmp_path, sleep, backfills=sleep) as (supervisor, log):
         wait_until(lambda: len(child_pids(supervisor.pid)) == 3, what="two workers, backfills")
-        started = re.search(r"backfill process started \(pid (\d+)\)", log.read_text())
-        assert started is not None
+        # the supervisor logs a child after starting it: the line may follow the pid
+        started = wait_until(
+            lambda: re.search(r"backfill process started \(pid (\d+)\)", log.read_text()),
+            what="the supervisor's line for the backfill process",
+        )
         killed = int(started[1])
         os.kill(killed, signal.SIGKILL)
         exited = f"backfill process (pid {killed}) exited with -9; starting it again in"
