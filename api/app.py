@@ -38,6 +38,7 @@ from traitflow.config import Settings
 from traitflow.export_run import ExportMetrics, ExportRunner
 from traitflow.export_store import ExportJobs
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.recomputation_requests import catalog_recomputation
 from traitflow.redis_client import resp_client
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
@@ -106,7 +107,11 @@ def create_app(
         source_runner = None
         if settings.source_jobs_in_api and store is None:
             running = SourceJobRunner(
-                settings, state.source_jobs, state.publisher.publish_batch, metrics=job_metrics
+                settings,
+                state.source_jobs,
+                state.publisher.publish_batch,
+                recompute=catalog_recomputation(settings, state.catalog),
+                metrics=job_metrics,
             )
             source_runner = asyncio.create_task(running.run_forever())
         state.personalization = Personalization(

@@ -78,8 +78,11 @@ async def list_jobs(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     _admin(principal)
-    jobs = await services(request).source_jobs.newest(limit)
-    return _json({"_page": {"count": len(jobs)}, "children": [job.shown() for job in jobs]})
+    state = services(request)
+    jobs = await state.source_jobs.newest(limit)
+    recomputed = (await state.catalog.snapshot()).recomputed
+    shown = [job.seen(recomputed).shown() for job in jobs]
+    return _json({"_page": {"count": len(jobs)}, "children": shown})
 
 
 @router.get(
@@ -97,9 +100,7 @@ async def read_job(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     _admin(principal)
-    job = await services(request).source_jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, f"no source delete job {job_id!r}")
+    job = await _job(request, job_id)
     return _json(job.shown())
 
 
@@ -120,11 +121,17 @@ async def delete_job(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     _admin(principal)
-    jobs = services(request).source_jobs
-    job = await jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, f"no source delete job {job_id!r}")
+    job = await _job(request, job_id)
     if not job.finished:
         raise ApiError(409, f"job {job_id} is {job.shown_status}: it can be removed once finished")
-    await jobs.remove(job_id)
+    await services(request).source_jobs.remove(job_id)
     return Response(status_code=204)
+
+
+async def _job(request: Request, job_id: str) -> SourceJob:
+    """The job, knowing whether its attributes were recomputed; 404 if there is none."""
+    state = services(request)
+    job = await state.source_jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, f"no source delete job {job_id!r}")
+    return job.seen((await state.catalog.snapshot()).recomputed)

@@ -194,14 +194,16 @@ def join_history(
     """Fold `history`'s states of `attributes` (a backfill's: events before the live
     computation of them began) into `state`'s, in place; whether any changed. Each is
     merged as stitching merges two profiles' (`Aggregator.merge`), so the result is the
-    attribute over both spans of events, each counted once."""
+    attribute over both spans of events, each counted once; and only once into a
+    state (`ProfileState.histories` notes it), for a backfill made again."""
     changed = False
     for attribute in attributes:
         theirs = history.attributes.get(attribute.key)
-        if theirs is None:
+        if theirs is None or attribute.key in state.histories:
             continue
         mine = state.attributes.get(attribute.key)
         merger = attribute.window if attribute.window is not None else attribute.aggregator
         state.attributes[attribute.key] = theirs if mine is None else merger.merge(mine, theirs)
+        state.histories = [*state.histories, attribute.key]
         changed = True
     return changed

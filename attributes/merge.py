@@ -50,7 +50,7 @@ def merge_states(survivor: ProfileState, absorbed: ProfileState, rules: RuleSet)
             if current is None or (entry[0], entry[1]) > (current[0], current[1]):
                 kept[trait] = list(entry)
     merged_attributes = survivor.attributes
-    for attribute in rules.attributes:
+    for attribute in (*rules.attributes, *rules.shadows):
         theirs = absorbed.attributes.get(attribute.key)
         if theirs is None:
             continue

@@ -63,6 +63,10 @@ class ProfileState(msgspec.Struct, kw_only=True):
     #: the categories it was counted in when last written (`traitflow.profile_counts`);
     #: None: stored before profiles were counted, so never counted
     counted: list[str] | None = None
+    #: the attribute state keys a backfill joined its history into (`attributes.
+    #: catalog.join_history`): one that starts again, its process having died midway,
+    #: does not join it twice
+    histories: list[str] = []
 
 
 _state_encoder = msgspec.msgpack.Encoder()
@@ -111,6 +115,8 @@ def reconcile(state: ProfileState, rules: RuleSet) -> list[str]:
     dropped = [key for key in state.attributes if key not in rules.state_keys]
     for key in dropped:
         del state.attributes[key]
+    if state.histories:
+        state.histories = [key for key in state.histories if key in rules.state_keys]
     return dropped
 
 

@@ -10,7 +10,7 @@ name, so the hot path does one dict lookup per event to find the attributes it f
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,33 @@ def state_key(spec: AttributeSpec, aggregator: Aggregator | None = None) -> str:
     return f"{spec.name}/{shape}"
 
 
+@dataclass(frozen=True, slots=True)
+class Generations:
+    """Which generation of attribute states rules keep. A source delete job has every
+    attribute computed again without the source's history (`attributes.catalog.
+    Recomputation`): meanwhile the states of the `served` generation are served and
+    those of the `recomputing` one are computed beside them (`RuleSet.shadows`), and
+    once the recomputation is done its generation is the served one. A generation is
+    part of each state key (`^{generation}`, none for 0), so that no state mixes
+    events counted with and without that history."""
+
+    served: int = 0
+    recomputing: int | None = None
+
+
+#: the first generation, and no recomputation: what rules keep unless told
+FIRST = Generations()
+
+
+def generation_key(key: str, generation: int) -> str:
+    """`key` (`state_key`'s) in states of `generation`."""
+    return f"{key}^{generation}" if generation else key
+
+
+def regenerated(attribute: CompiledAttribute, generation: int) -> CompiledAttribute:
+    return replace(attribute, key=generation_key(attribute.key, generation))
+
+
 def _pydantic_problem(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
@@ -136,13 +163,15 @@ def parse_rules(
     file: str = "<rules>",
     entities: Collection[str] | None = None,
     managed: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    generations: Generations = FIRST,
 ) -> RuleSet:
     """Parse and compile a rule file's text; raise RuleFileError listing every problem.
     With `entities` (the configured ones), a rule for any other entity is a problem.
     `managed` are attributes made through the API (`traitflow.rule_catalog`), each with
     where it comes from (a problem's "file"): they follow the file's attributes and are
     checked with them, so that a name is unique and an expression reads only what
-    exists across both."""
+    exists across both. `generations`: which states are served and which, if any, are
+    computed beside them (`Generations`)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -240,6 +269,12 @@ def parse_rules(
     if problems:
         problems.sort(key=lambda problem: problem.line or 0)
         raise RuleFileError(problems)
+    served, recomputing = generations.served, generations.recomputing
+    shadows = []
+    if recomputing is not None:
+        shadows = [(spec, regenerated(done, recomputing)) for spec, done in compiled]
+    if served:
+        compiled = [(spec, regenerated(done, served)) for spec, done in compiled]
     return RuleSet.build(
         compiled,
         [
@@ -248,6 +283,7 @@ def parse_rules(
         ],
         names=list(seen),
         audiences=audiences,
+        shadows=shadows,
     )
 
 

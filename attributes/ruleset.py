@@ -83,6 +83,11 @@ class RuleSet:
     #: the audiences (`attributes.audiences`), in file order, and what evaluates them
     audiences: tuple[Audience, ...] = ()
     membership: AudienceSet = field(default_factory=lambda: AudienceSet.of((), {}))
+    #: while a recomputation runs (`attributes.catalog.Recomputation`): each attribute
+    #: again, under a state key of the recomputation's generation. Events feed them,
+    #: merges merge them and windows expire them, as the served ones; no view shows
+    #: them (they are not in `attributes`) until the recomputation makes them served
+    shadows: tuple[CompiledAttribute, ...] = ()
 
     @property
     def changes_on_time(self) -> bool:
@@ -122,6 +127,7 @@ class RuleSet:
         derived: Sequence[DerivedAttribute] = (),
         names: Sequence[str] | None = None,
         audiences: Sequence[Audience] = (),
+        shadows: Sequence[tuple[AttributeSpec, CompiledAttribute]] = (),
     ) -> RuleSet:
         entities = tuple(
             dict.fromkeys(
@@ -146,11 +152,12 @@ class RuleSet:
                     [d for d in derived if d.entity == entity],
                     None if names is None else [n for n in names if entity_of[n] == entity],
                     [audience for audience in audiences if audience.entity == entity],
+                    [(spec, compiled) for spec, compiled in shadows if compiled.entity == entity],
                 )
         by_event: dict[str, list[CompiledAttribute]] = {}
         any_event: list[CompiledAttribute] = []
         types: dict[str, frozenset[str] | None] = {}
-        for spec, compiled in attributes:
+        for spec, compiled in (*attributes, *shadows):
             events = [spec.event] if isinstance(spec.event, str) else spec.event
             if events is not None:
                 events = list(dict.fromkeys(events))  # listed twice still counts once
@@ -171,10 +178,10 @@ class RuleSet:
             _types=types,
             derived=tuple(derived),
             names=tuple(names),
-            windowed=tuple(compiled for _, compiled in attributes if compiled.window),
+            windowed=tuple(compiled for _, compiled in (*attributes, *shadows) if compiled.window),
             derived_inputs=tuple(compiled for _, compiled in attributes if compiled.name in read),
             derived_interleaved=list(names)[: len(aggregated)] != aggregated,
-            state_keys=frozenset(compiled.key for _, compiled in attributes),
+            state_keys=frozenset(compiled.key for _, compiled in (*attributes, *shadows)),
             entities=entities,
             parts=parts,
             derived_reads_now=NOW in read,
@@ -183,6 +190,7 @@ class RuleSet:
             membership=AudienceSet.of(
                 audiences, {compiled.name: compiled.cel_value for _, compiled in attributes}
             ),
+            shadows=tuple(compiled for _, compiled in shadows),
         )
 
 

@@ -1,6 +1,7 @@
 """Rule-engine benchmark: the batch processor alone, in memory, no broker and no Redis.
 
     python -m bench.engine --events 200000 --users 10000 --batch 2000 [--rules FILE] [--announce]
+        [--recomputing]
 
 The per-event cost of decoding, applying every rule, rendering and encoding the
 profiles of a batch, with the in-memory store behind the worker's state cache and the
@@ -16,6 +17,10 @@ store keeps them; nothing is produced). With and without it, the difference is t
 cost of building the messages, apart from evaluating the membership; what the worker
 pays on top (the outbox in the commit, the relay's produce) only `bench.pipeline`
 shows.
+
+With `--recomputing`, the rules compute every attribute twice, as while a source delete
+job's recomputation runs (`attributes.recomputation`): the served states and the new
+generation's beside them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from pathlib import Path
 
 from attributes.identities import IdentityRules
-from attributes.rules import load_rules
+from attributes.rules import FIRST, Generations, parse_rules
 from attributes.stitching import TRUST_ALL
 from bench.pipeline import make_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
@@ -40,12 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run(
-    records: list[Record], batch: int, rules_path: Path, *, announce: bool
+    records: list[Record], batch: int, rules_text: str, *, announce: bool, recomputing: bool
 ) -> tuple[float, float]:
     """(seconds, CPU seconds) of one run."""
     settings = Settings.from_environ(os.environ)  # the benchmark's entry point
     entities = {entity: IdentityRules(spec) for entity, spec in settings.entities.items()}
-    rules = load_rules(rules_path, entities)
+    generations = Generations(recomputing=1) if recomputing else FIRST
+    rules = parse_rules(rules_text, "rules", entities, (), generations)
     store = CachedProfileStore(MemoryProfileStore(), max_profiles=100_000)
     processor = BatchProcessor(
         rules,
@@ -76,6 +82,11 @@ def main() -> None:
         action="store_true",
         help="build each audience enter and exit message, as the worker does",
     )
+    parser.add_argument(
+        "--recomputing",
+        action="store_true",
+        help="compute every attribute twice, as while a source delete job recomputes them",
+    )
     args = parser.parse_args()
     events, _ = make_events(args.events, args.users, seed=7)
     # one user's events stay in one partition, as with keyed producers
@@ -85,7 +96,15 @@ def main() -> None:
     ]
     tune_gc()
     runs = [
-        asyncio.run(run(records, args.batch, args.rules, announce=args.announce))
+        asyncio.run(
+            run(
+                records,
+                args.batch,
+                args.rules.read_text(),
+                announce=args.announce,
+                recomputing=args.recomputing,
+            )
+        )
         for _ in range(args.repeat)
     ]
     best = min(seconds for seconds, _ in runs)
@@ -94,7 +113,8 @@ def main() -> None:
         f"engine  {args.events / best:,.0f} events/s  ({1e6 * best / args.events:.1f} us/event, "
         f"CPU {1e6 * cpu / args.events:.1f} us/event, "
         f"{args.events} events, {args.users} users, batches of {args.batch}"
-        f"{', announcing audience changes' if args.announce else ''})"
+        f"{', announcing audience changes' if args.announce else ''}"
+        f"{', recomputing' if args.recomputing else ''})"
     )
 
 

@@ -176,7 +176,7 @@ def create_app(
         metrics.rules_version.set(rules_version)
         processor.note_start = start_notes(profiles.client, profiles.keys)
         if not settings.backfill_process:  # else `streams.backfill_process` runs them
-            backfill = Backfill(settings, processor, switch.catalog, profiles.client)
+            backfill = Backfill(settings, processor, switch.catalog, profiles.client, source)
             run_in_worker(app, BackfillRunner(backfill))
 
         @app.timer(interval=settings.rules_poll_s)  # type: ignore[untyped-decorator]

@@ -14,19 +14,20 @@ read to its end, once the workers' consumer group has committed that end (nothin
 it is in flight). Each event is applied, by the worker's own `apply_event` with the
 attribute alone, to a scratch state of the profile its identities point to now; each
 scratch state is then merged into the live one as stitching merges two profiles
-(`attributes.catalog.join_history`), and the attribute becomes ACTIVE.
+(`attributes.catalog.join_history`), and the attribute becomes ACTIVE. Reading the
+history: `streams.history_reader`.
+
+A source delete job's recomputation (`attributes.recomputation`) is a backfill of every
+attribute at once, in the states of its generation (`recompute`), with the job's
+source's history left out below its horizon, then a pass that writes every profile
+once more so that each view shows the new generation (`render`).
 
 One process runs backfills at a time (a lease in Redis: `BackfillRunner`): the backfill
 process (`streams.backfill_process`), which computes no live batches, or, with
 TRAITFLOW_BACKFILL_PROCESS off, a worker, in the same process and event loop as the
 live batches. There live batches come first: the backfill computes in short slices
-(`SLICE_S`) holding the processor's lock, the lock a live batch holds from its first
-read to its commit. The lock is fair, so a live batch that
-arrives waits for at most the slice in progress, and once it runs no backfill work
-runs between its round trips to Redis (without the lock it did: each of a batch's
-awaits let the backfill compute, and a batch waited for several of its turns). The
-backfill also reads at a bounded rate (`TRAITFLOW_BACKFILL_RATE_PER_S`) and joins a
-few profiles at a time under the same lock.
+holding the processor's lock (`streams.history_reader`), and joins a few profiles at a
+time under the same lock.
 
 Limits: the history is held in memory, one scratch state per profile, until joined;
 a producer's retry of one event on both sides of the start is counted twice; a
@@ -38,43 +39,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from attributes.aggregators import DERIVED
 from attributes.catalog import ManagedAttribute, Status, compiled, join_history, origin
-from attributes.events import InvalidEvent
-from attributes.profile import ProfileState, apply_event, render_view
-from attributes.rules import parse_rules
+from attributes.profile import ProfileState, render_view
+from attributes.recomputation import Horizons
+from attributes.rules import Generations, parse_rules
 from attributes.ruleset import CompiledAttribute, RuleSet
 from streams.entity import EntityProcessor
-from streams.history import OPEN, Span, committed_before, history_end
+from streams.history_reader import HistoryReader, Target
 from streams.processor import BatchProcessor
-from streams.records import Identified, Record
 from traitflow.config import Settings
-from traitflow.kafka_client import client_kwargs
 from traitflow.key_layout import KeyLayout
-from traitflow.rule_catalog import RuleCatalog
+from traitflow.rule_catalog import RECOMPUTATION, Catalog, RuleCatalog, RuleSource
 from traitflow.store import Conflict, Expected, RulesChanged
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-#: profiles joined per hold of the processor's lock
+#: profiles joined (or rendered) per hold of the processor's lock
 JOIN_CHUNK = 100
-#: how often progress is saved, and the lease renewed (seconds)
-PROGRESS_S = 1.0
-#: the longest the backfill computes in one hold of the processor's lock (seconds):
-#: what a live batch that arrives meanwhile may wait (a fetch of events is applied in
-#: slices, and an attribute's filter may take milliseconds per event)
-SLICE_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +75,9 @@ class Preview:
 
 
 class Backfill:
-    """Computes one attribute over the retained history and joins it (`run`)."""
+    """Computes attributes over the retained history and joins them: one made or
+    changed through the API (`run`), or every one, for a source delete job
+    (`recompute`)."""
 
     def __init__(
         self,
@@ -95,30 +85,53 @@ class Backfill:
         processor: BatchProcessor,
         catalog: RuleCatalog,
         client: aioredis.Redis,
+        source: RuleSource | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
         self.catalog = catalog
         self.client = client
         self.keys = KeyLayout(settings.key_prefix)
+        #: the rule file (`recompute` computes it with the catalog's attributes)
+        self.source = source
         #: whether progress is saved (a dry run saves none)
         self.recording = True
+        self.reader = HistoryReader(settings, processor, client, self._progress)
 
-    async def run(self, attribute: ManagedAttribute) -> bool:
-        """Backfill `attribute` (PROCESSING, at its version); whether it is done (False:
-        it changed or left the rules meanwhile, and its new definition is next)."""
+    async def run(self, attribute: ManagedAttribute, catalog: Catalog | None = None) -> bool:
+        """Backfill `attribute` (PROCESSING, at its version), in the states `catalog`
+        serves (default: the current one's); whether it is done (False: it changed or
+        left the rules meanwhile, and its new definition is next)."""
         if attribute.definition.get("function") == DERIVED:
             # computed from the others at each render: no state, no history. (Compiled
             # alone it would not compile: what it reads is not there.)
             return True
-        started = int(time.time() * 1000)
-        rules = self._alone(attribute)
-        targets = rules.attributes
-        if not targets:
+        catalog = catalog or await self.catalog.snapshot()
+        rules = self._alone(attribute, catalog.generation)
+        if not rules.attributes:
             return True
-        spans = await self._spans(attribute, started)
-        histories = await self._read(attribute, rules, spans, started)
-        return await self._join(attribute, targets, histories, started)
+        target = Target(attribute.entity, attribute.version, rules, attribute.id)
+        return await self._backfill(target, catalog.horizons)
+
+    async def recompute(self, catalog: Catalog) -> bool:
+        """Backfill the recomputation `catalog` runs (`attributes.recomputation`): every
+        attribute, in the states of its generation, without what the horizons exclude;
+        whether it is done (False: it started again meanwhile)."""
+        running = catalog.recomputation
+        assert running is not None
+        source = self.source or RuleSource.read(self.settings.rules_path, self.settings.entities)
+        rules = source.compose(catalog.attributes, Generations(running.version))
+        for entity in rules.entities:
+            target = Target(entity, running.version, rules.of(entity), RECOMPUTATION)
+            if target.rules.attributes and not await self._backfill(target, catalog.horizons):
+                return False
+        return True
+
+    async def _backfill(self, target: Target, horizons: Horizons) -> bool:
+        started = int(time.time() * 1000)
+        spans = await self.reader.spans(target, horizons, started)
+        histories = await self.reader.read(target, spans, started)
+        return await self._join(target, histories, started)
 
     async def preview(self, attribute: ManagedAttribute, sample: int) -> list[Preview]:
         """What a backfill would make of `attribute` for up to `sample` profiles, with
@@ -127,10 +140,12 @@ class Backfill:
         attribute over the whole retained topic (a DRAFT's values to be; an ACTIVE
         one's recomputation, which should equal what is served)."""
         self.recording = False
-        rules = self._alone(attribute)
+        catalog = await self.catalog.snapshot()
+        rules = self._alone(attribute, catalog.generation)
+        target = Target(attribute.entity, attribute.version, rules, attribute.id)
         whole = attribute.status is not Status.PROCESSING
-        spans = await self._spans(attribute, 0, whole=whole)
-        histories = await self._read(attribute, rules, spans, 0)
+        spans = await self.reader.spans(target, catalog.horizons, 0, whole=whole)
+        histories = await self.reader.read(target, spans, 0)
         chosen = sorted(histories)[:sample]
         store = self.processor.entities[attribute.entity].store
         stored = await store.load(attribute.entity, chosen)
@@ -147,218 +162,86 @@ class Backfill:
             found.append(Preview(pid, before, after))
         return found
 
-    def _alone(self, attribute: ManagedAttribute) -> RuleSet:
+    def _alone(self, attribute: ManagedAttribute, generation: int) -> RuleSet:
         """`attribute` compiled alone, as the workers compile it (same state key)."""
         return parse_rules(
             "attributes: []\n", "backfill", list(self.settings.entities),
-            [(origin(attribute.id), compiled(attribute))],
+            [(origin(attribute.id), compiled(attribute))], Generations(generation),
         )  # fmt: skip
 
-    async def _progress(self, attribute: ManagedAttribute, **progress: object) -> None:
+    async def _progress(self, progress_id: str, **progress: object) -> None:
         if self.recording:
-            await self.catalog.set_progress(attribute.id, progress)
+            await self.catalog.set_progress(progress_id, progress)
 
-    async def _spans(
-        self, attribute: ManagedAttribute, started: int, *, whole: bool = False
-    ) -> list[Span]:
-        """Each ingest partition's history for `attribute`, once every end is known
-        (`whole`: to the end of the log, `OPEN`)."""
-        settings = self.settings
-        # group_id: to read the workers' committed offsets (it never joins the group)
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
-            group_id=settings.app_id,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in settings.sources
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            lows = await consumer.beginning_offsets(partitions)
-            while True:
-                highs = await consumer.end_offsets(partitions)
-                spans, waiting = [], 0
-                for tp in partitions:
-                    noted = self.keys.rules_starts(f"{tp.topic}/{tp.partition}")
-                    starts = {} if whole else await self.client.hgetall(noted)
-                    end = history_end(starts, attribute.version)
-                    also = committed_before(starts, attribute.version, attribute.entity)
-                    if whole:
-                        end = OPEN
-                    elif end is None and highs[tp] > lows[tp]:
-                        # what the workers have consumed: all of it older, if nothing
-                        # is in flight. (Not the end the broker reports: Tansu reports
-                        # the start of a partition's last record batch.)
-                        committed = await consumer.committed(tp)
-                        if committed is not None and committed >= highs[tp]:
-                            end = committed
-                    elif end is None:
-                        end = highs[tp]  # empty
-                    if end is None:
-                        waiting += 1
-                        continue
-                    spans.append(Span(tp, lows[tp], max(lows[tp], end), also))
-                if not waiting:
-                    return spans
-                await self._progress(
-                    attribute, phase="waiting", done=0, total=0, started_ms=started
-                )
-                await asyncio.sleep(PROGRESS_S)
-        finally:
-            await consumer.stop()
-
-    async def _read(
-        self, attribute: ManagedAttribute, rules: RuleSet, spans: list[Span], started: int
-    ) -> dict[str, ProfileState]:
-        """Scratch states of the attribute, per profile, over the spans' events."""
-        entity = self.processor.entities[attribute.entity]
-        wanted = {s.partition: s for s in spans if s.stop > s.low}
-        total = sum(s.stop - s.low for s in wanted.values())
-        histories: dict[str, ProfileState] = {}
-        seen: set[tuple[str, str]] = set()
-        done = 0
-        if not wanted:
-            return histories
-        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(list(wanted))
-            for tp, span in wanted.items():
-                consumer.seek(tp, span.low)
-            rate = self.settings.backfill_rate_per_s
-            saved = time.monotonic()
-            while wanted:
-                began = time.monotonic()
-                fetched = await consumer.getmany(timeout_ms=500, max_records=1000)
-                records = []
-                for tp, batch in fetched.items():
-                    reading = wanted.get(tp)
-                    if reading is None:
-                        continue
-                    records += [r for r in batch if reading.wants(r.offset)]
-                    if batch and batch[-1].offset >= reading.stop - 1:
-                        del wanted[tp]
-                        consumer.pause(tp)
-                if not fetched and all(s.end == OPEN for s in wanted.values()):
-                    break  # read to the end of the log
-                await self._apply(entity, rules, records, histories, seen)
-                done += len(records)
-                if time.monotonic() - saved >= PROGRESS_S:
-                    saved = time.monotonic()
-                    await self._progress(
-                        attribute, phase="reading", done=done, total=total, started_ms=started
-                    )
-                await asyncio.sleep(max(0.0, len(records) / rate - (time.monotonic() - began)))
-        finally:
-            await consumer.stop()
-        return histories
-
-    async def _apply(
-        self,
-        entity: EntityProcessor,
-        rules: RuleSet,
-        records: list,  # type: ignore[type-arg]  # aiokafka's ConsumerRecord
-        histories: dict[str, ProfileState],
-        seen: set[tuple[str, str]],
-    ) -> None:
-        """Apply each record's event to the scratch state of the profile it is for now,
-        a slice at a time under the processor's lock (live batches first)."""
-        now = int(time.time() * 1000)
-        admitted: list[Identified] = []
-        for chunk in await self._sliced(records, lambda r: self._admit(entity, r, now)):
-            admitted += chunk
-        identities = list(dict.fromkeys(i for item in admitted for i in item.ids))
-        pointers = await entity.store.lookup(entity.entity, identities) if identities else {}
-
-        def add(item: Identified) -> None:
-            pid = next((pointers[i] for i in item.ids if i in pointers), None)
-            if pid is None:
-                return  # its profile is gone (erased, or an idle anonymous one expired)
-            record, event = item.record, item.event
-            where = entity.sources.get(record.topic, record.topic)
-            if event.messageId:
-                if (where, event.messageId) in seen:
-                    return  # a producer's retry: live dedupe counted it once
-                seen.add((where, event.messageId))
-            state = histories.setdefault(pid, ProfileState(id=pid, entity=entity.entity))
-            apply_event(
-                state,
-                event,
-                ts=item.at,
-                rules=rules,
-                source=record.source,
-                offset=record.offset,
-                now=record.timestamp_ms,
-                origin=where,
-                retraction=entity.retractions.get(where, "fields"),
-                traits_from=entity.identities.spec.traits_from,
-            )
-
-        await self._sliced(admitted, add)
-
-    def _admit(self, entity: EntityProcessor, record: Any, now: int) -> list[Identified]:
-        """A record's event for its `entity` profile, decoded as a live batch decodes it
-        (`BatchProcessor.claims`): [] when it carries no identity of `entity`, or is not
-        an event (a dead letter when it was live: nothing counted it)."""
-        read = Record(record.topic, record.partition, record.offset, record.value, record.timestamp)
-        try:
-            claimed = self.processor.claims(read, now)
-        except InvalidEvent:
-            return []
-        return [item for name, item in claimed if name == entity.entity]
-
-    async def _sliced(self, items: Sequence[T], work: Callable[[T], R]) -> list[R]:
-        """`work` on each item in order, in slices of at most `SLICE_S` each holding the
-        processor's lock: a live batch waits for one slice at most, and the backfill
-        computes nothing while a live batch is between its round trips."""
-        results: list[R] = []
-        at = 0
-        while at < len(items):
-            async with self.processor.lock:
-                began = time.monotonic()
-                while True:  # one item at least, then as many as fit in the slice
-                    results.append(work(items[at]))
-                    at += 1
-                    if at == len(items) or time.monotonic() - began >= SLICE_S:
-                        break
-            # a free lock is taken without a turn of the loop: without this one, the
-            # backfill would go on to its next slice before a live batch could ask
-            await asyncio.sleep(0)
-        return results
-
-    async def _join(
-        self,
-        attribute: ManagedAttribute,
-        targets: tuple[CompiledAttribute, ...],
-        histories: dict[str, ProfileState],
-        started: int,
-    ) -> bool:
+    async def _join(self, target: Target, histories: dict[str, ProfileState], started: int) -> bool:
         """Fold the scratch states into the stored profiles, a chunk at a time; False if
-        the attribute left the rules the worker computes meanwhile."""
+        a state key of the target left the rules the worker computes meanwhile (the
+        attribute changed, or the generation)."""
+        targets = target.rules.attributes
         pids = list(histories)
         for at in range(0, len(pids), JOIN_CHUNK):
             chunk = {pid: histories[pid] for pid in pids[at : at + JOIN_CHUNK]}
-            while True:
-                try:
-                    async with self.processor.lock:
-                        entity = self.processor.entities[attribute.entity]
-                        live = {a.key for a in entity.rules.attributes}
-                        if not all(t.key in live for t in targets):
-                            return False
-                        await fold(entity, chunk, targets, int(self.processor.clock() * 1000))
-                    break
-                except Conflict:
-                    continue  # a live batch wrote one of them meanwhile: again, on top
-                except RulesChanged:
-                    await self.processor.switch_to_current()
+            if not await self._fold(target.entity, chunk, targets):
+                return False
             await self._progress(
-                attribute, phase="joining", done=min(len(pids), at + JOIN_CHUNK),
+                target.progress_id, phase="joining", done=min(len(pids), at + JOIN_CHUNK),
                 total=len(pids), started_ms=started,
             )  # fmt: skip
         return True
+
+    async def render(self) -> None:
+        """Write every stored profile once more, at the rules the workers compute now: a
+        recomputation's rendering (`attributes.recomputation`), after which each view
+        shows the generation now served. A chunk at a time, at the backfill's rate."""
+        started, done = int(time.time() * 1000), 0
+        for name in self.processor.entities:
+            prefix = self.keys.state_prefix(name)
+            cursor = 0
+            while True:
+                began = time.monotonic()
+                cursor, keys = await self.client.scan(cursor, match=prefix + "*", count=JOIN_CHUNK)
+                pids = [_text(key)[len(prefix) :] for key in keys]
+                if pids:
+                    empty = {pid: ProfileState(id=pid, entity=name) for pid in pids}
+                    await self._fold(name, empty, (), rendering=True)
+                done += len(pids)
+                await self._progress(
+                    RECOMPUTATION, phase="rendering", done=done, started_ms=started
+                )
+                if not cursor:
+                    break
+                rate = self.settings.backfill_rate_per_s
+                await asyncio.sleep(max(0.0, len(pids) / rate - (time.monotonic() - began)))
+
+    async def _fold(
+        self,
+        entity: str,
+        histories: Mapping[str, ProfileState],
+        targets: tuple[CompiledAttribute, ...],
+        *,
+        rendering: bool = False,
+    ) -> bool:
+        """`fold` under the processor's lock, made again on top of a live commit that
+        came first (`Conflict`) and at the current rules when they moved; False if a
+        state key of `targets` left those rules (the attribute changed, or the
+        generation)."""
+        while True:
+            try:
+                async with self.processor.lock:
+                    computing = self.processor.entities[entity]
+                    if not {t.key for t in targets} <= computing.rules.state_keys:
+                        return False
+                    now = int(self.processor.clock() * 1000)
+                    await fold(computing, histories, targets, now, rendering=rendering)
+                    return True
+            except Conflict:
+                continue  # a live batch wrote one of them meanwhile: again, on top
+            except RulesChanged:
+                await self.processor.switch_to_current()
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 async def fold(
@@ -366,19 +249,22 @@ async def fold(
     histories: Mapping[str, ProfileState],
     targets: tuple[CompiledAttribute, ...],
     now: int,
+    *,
+    rendering: bool = False,
 ) -> int:
     """Merge `histories` into the stored profiles of `entity` and write them, in one
     commit at the processor's rules version; how many were written. Conflict if one
-    changed since it was loaded (nothing is written)."""
+    changed since it was loaded (nothing is written). `rendering`: each is written,
+    its view rendered whole, even with nothing to merge."""
     entity.now = now
-    names = {t.name for t in targets}
+    names = set(entity.rules.names) if rendering else {t.name for t in targets}
     async with entity.checkout() as work:
         states = await work.load(list(histories))
         loaded = {pid: state.version for pid, state in states.items()}
         writes = []
         for pid, state in states.items():
             entity.views.fit(state)
-            if not join_history(state, histories[pid], targets):
+            if not join_history(state, histories[pid], targets) and not rendering:
                 continue
             state.version += 1
             source = next(iter(state.offsets), "").split("@")[0]  # its owner expires it

@@ -66,7 +66,7 @@ async def run_backfills(
     processor.reload = switch.current
     if rules_version:
         processor.switch(rules, rules_version)
-    runner = BackfillRunner(Backfill(settings, processor, switch.catalog, profiles.client))
+    runner = BackfillRunner(Backfill(settings, processor, switch.catalog, profiles.client, source))
     metrics = WorkerMetrics()  # not served: `poll` keeps its rules version
     log.info("backfill process: rules version %d", processor.rules_version)
     loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from attributes.catalog import ManagedAttribute, Status
 from streams.backfill import Backfill
 from streams.rule_versions import Also, NoteStart
 from traitflow.key_layout import KeyLayout
-from traitflow.rule_catalog import Catalog, Change
+from traitflow.rule_catalog import RECOMPUTATION, Catalog, Change
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class BackfillRunner:
         self.task: asyncio.Task[None] | None = None
         #: how long a backfill that failed waits before it is tried again
         self.retry_s = retry_s
-        #: attribute id -> (the version whose backfill failed, when to try it again)
+        #: attribute id (or RECOMPUTATION) -> (the version whose backfill failed, when
+        #: to try it again)
         self.failed: dict[str, tuple[int, float]] = {}
 
     async def tick(self) -> None:
@@ -53,6 +54,15 @@ class BackfillRunner:
         backfill = self.backfill
         catalog = await backfill.catalog.snapshot()
         now = time.monotonic()
+        running = catalog.recomputation
+        # first: once done, it makes the PROCESSING attributes ACTIVE as well
+        if (
+            running is not None
+            and running.version <= backfill.processor.rules_version
+            and not self._resting(RECOMPUTATION, running.version, now)
+        ):
+            await self._start(self._recompute(catalog))
+            return
         # one that failed goes after the others (until its retry, or a new version of
         # it): one attribute whose backfill fails every time must not hold back the rest
         waiting = [
@@ -60,41 +70,78 @@ class BackfillRunner:
             for a in catalog.attributes
             if a.status is Status.PROCESSING
             and a.version <= backfill.processor.rules_version
-            and not self._resting(a, now)
+            and not self._resting(a.id, a.version, now)
         ]
-        if not waiting:
-            return
+        if waiting:
+            await self._start(self._attribute(waiting[0], catalog))
+
+    def _resting(self, what: str, version: int, now: float) -> bool:
+        """Whether this version of `what` failed to backfill, too lately to retry."""
+        failed = self.failed.get(what)
+        return failed is not None and failed[0] == version and failed[1] > now
+
+    async def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as the task, if this runner takes the lease (else another runs one)."""
         token = uuid.uuid4().hex
-        lock = backfill.keys.backfill_lock()
-        if not await backfill.client.set(lock, token, nx=True, px=self.lease_ms):
-            return  # another worker runs one
-        self.task = asyncio.create_task(self._run(waiting[0], token))
+        lock = self.backfill.keys.backfill_lock()
+        if not await self.backfill.client.set(lock, token, nx=True, px=self.lease_ms):
+            work.close()
+            return
+        self.task = asyncio.create_task(self._leased(work, token))
 
-    def _resting(self, attribute: ManagedAttribute, now: float) -> bool:
-        """Whether this version of `attribute` failed to backfill, too lately to retry."""
-        failed = self.failed.get(attribute.id)
-        return failed is not None and failed[0] == attribute.version and failed[1] > now
+    async def _attribute(self, attribute: ManagedAttribute, catalog: Catalog) -> None:
+        backfill = self.backfill
+        log.info("backfilling %s (%s)", attribute.name, attribute.id)
+        try:
+            done = await backfill.run(attribute, catalog)
+        except Exception:
+            self._failed(attribute.id, attribute.version, f"backfill of {attribute.name}")
+            return
+        if done:
+            await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
+            log.info("backfilled %s: ACTIVE", attribute.name)
+        else:
+            log.info(
+                "%s changed while it was backfilled: its new definition is next", attribute.name
+            )
 
-    async def _run(self, attribute: ManagedAttribute, token: str) -> None:
+    async def _recompute(self, catalog: Catalog) -> None:
+        """Compute the recomputation's generation and have it served, then render every
+        view again and have it done (`attributes.recomputation`); either part is run
+        again by the next runner if this one dies."""
+        running = catalog.recomputation
+        assert running is not None
+        backfill, version = self.backfill, running.version
+        try:
+            if not running.rendering:
+                jobs = ", ".join(running.jobs)
+                log.info("recomputing every attribute (generation %d) for %s", version, jobs)
+                if not await backfill.recompute(catalog):
+                    log.info("the attributes changed while recomputed: it starts again")
+                    return
+                running = (await backfill.catalog.change(recomputed(version))).recomputation
+                if running is None or running.version != version or not running.rendering:
+                    return  # it started again meanwhile
+                log.info("generation %d is served: rendering every profile again", version)
+            await backfill.render()
+        except Exception:
+            self._failed(RECOMPUTATION, version, "recomputation")
+            return
+        await backfill.catalog.change(recomputed(version))
+        log.info("recomputed every attribute: every view shows generation %d", version)
+
+    def _failed(self, what: str, version: int, named: str) -> None:
+        self.failed[what] = (version, time.monotonic() + self.retry_s)
+        log.exception(
+            "%s failed; it is tried again in %.0f s, other backfills first", named, self.retry_s
+        )
+
+    async def _leased(self, work: Coroutine[Any, Any, None], token: str) -> None:
         backfill = self.backfill
         lock = backfill.keys.backfill_lock()
         renew = asyncio.create_task(self._renew(lock, token))
         try:
-            log.info("backfilling %s (%s)", attribute.name, attribute.id)
-            if await backfill.run(attribute):
-                await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
-                log.info("backfilled %s: ACTIVE", attribute.name)
-            else:
-                log.info(
-                    "%s changed while it was backfilled: its new definition is next", attribute.name
-                )
-        except Exception:
-            self.failed[attribute.id] = (attribute.version, time.monotonic() + self.retry_s)
-            log.exception(
-                "backfill of %s failed; it is tried again in %.0f s, other backfills first",
-                attribute.name,
-                self.retry_s,
-            )
+            await work
         finally:
             renew.cancel()
             if await backfill.client.get(lock) == token.encode():
@@ -131,6 +178,20 @@ def activated(attribute: ManagedAttribute, now_ms: int) -> Callable[[Catalog], C
         if current.version != attribute.version:
             return Change()
         return Change(put=replace(current, status=Status.ACTIVE, updated_ms=now_ms))
+
+    return edit
+
+
+def recomputed(version: int) -> Callable[[Catalog], Change]:
+    """The catalog edit that moves the recomputation that started at `version` on (to
+    rendering, then done), unless it started again meanwhile (then nothing: the new
+    one is next)."""
+
+    def edit(catalog: Catalog) -> Change:
+        running = catalog.recomputation
+        if running is None or running.version != version:
+            return Change()
+        return Change(recomputed=version)
 
     return edit
 

@@ -23,11 +23,11 @@ async def dry_run(
         attribute = snapshot.get(attribute_id)
         if attribute is None:
             raise LookupError(f"computed attribute {attribute_id!r} not found")
-        rules = source.compose(snapshot.attributes)
+        rules = source.compose(snapshot.attributes, snapshot.generations)
         processor = worker_processor(
             settings, rules, profiles, store=profiles, dead_letters=ListDeadLetters()
         )
-        backfill = Backfill(settings, processor, catalog, profiles.client)
+        backfill = Backfill(settings, processor, catalog, profiles.client, source)
         return await backfill.preview(attribute, sample)
     finally:
         await profiles.close()

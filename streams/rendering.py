@@ -103,7 +103,13 @@ class ViewRenderer:
         if remembered is not None and remembered[0] is state:
             return
         if reset := reconcile(state, self.rules):
-            log.info("profile %s: states of changed rules reset: %s", state.id, ", ".join(reset))
+            # an older generation's (a recomputation's: `attributes.recomputation`) is
+            # no change of rules, and every profile drops one once: not worth a line
+            kept = {key.partition("^")[0] for key in self.rules.state_keys}
+            if changed := [key for key in reset if key.partition("^")[0] not in kept]:
+                log.info(
+                    "profile %s: states of changed rules reset: %s", state.id, ", ".join(changed)
+                )
 
     def write(
         self, state: ProfileState, source: str, *, touched: set[str], now: int

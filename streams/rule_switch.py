@@ -37,7 +37,7 @@ class RuleSwitch:
     async def current(self) -> tuple[RuleSet, int]:
         """The current rules and their version; RuleFileError if they do not compose."""
         catalog = await self.catalog.snapshot()
-        return self.source.compose(catalog.attributes), catalog.version
+        return self.source.compose(catalog.attributes, catalog.generations), catalog.version
 
     async def poll(self, processor: BatchProcessor, metrics: WorkerMetrics) -> None:
         """Switch `processor` if the version moved (between its batches)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import typer
@@ -27,8 +27,10 @@ from traitflow.erasure_requests import (
     publish_erase,
     target_identity,
 )
+from traitflow.recomputation_requests import catalog_recomputation
 from traitflow.redis_client import access_problem
 from traitflow.redis_store import RedisProfileStore
+from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.source_job_run import SourceJobRunner, kafka_publisher
 from traitflow.source_jobs import (
     InvalidSourceJob,
@@ -125,11 +127,20 @@ def _state(status: bytes | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _with_jobs(settings: Settings, action: Callable[[RedisSourceJobs], Awaitable[T]]) -> T:
-    async def with_store(store: RedisProfileStore) -> T:
+Jobs = Callable[[RedisSourceJobs, RuleCatalog], Awaitable[list[SourceJob | None]]]
+
+
+def _shown_jobs(settings: Settings, action: Jobs) -> list[dict[str, Any] | None]:
+    """The jobs `action` returns, as the API shows them (knowing which jobs' attributes
+    were recomputed: the rules catalog's)."""
+
+    async def with_store(store: RedisProfileStore) -> list[dict[str, Any] | None]:
         jobs = RedisSourceJobs.from_url(settings, settings.key_prefix)
+        catalog = RedisRuleCatalog(store.client, store.keys)
         try:
-            return await action(jobs)
+            found = await action(jobs, catalog)
+            recomputed = (await catalog.snapshot()).recomputed
+            return [job.seen(recomputed).shown() if job else None for job in found]
         finally:
             await jobs.close()
 
@@ -149,29 +160,38 @@ def jobs_create(
     except InvalidSourceJob as exc:
         raise fail(str(exc)) from None
 
-    async def action(jobs: RedisSourceJobs) -> SourceJob | None:
+    async def action(jobs: RedisSourceJobs, catalog: RuleCatalog) -> list[SourceJob | None]:
         job = SourceJob.new(source, now_ms())
         await jobs.create(job)
         if not run:
-            return job
+            return [job]
+        recompute = catalog_recomputation(settings, catalog)
         async with kafka_publisher(settings) as publish:
-            return await SourceJobRunner(settings, jobs, publish).run(job.id)
+            return [await SourceJobRunner(settings, jobs, publish, recompute=recompute).run(job.id)]
 
-    job = _with_jobs(settings, action)
-    typer.echo(orjson.dumps(job.shown() if job else None).decode())
+    (shown,) = _shown_jobs(settings, action)
+    typer.echo(orjson.dumps(shown).decode())
 
 
 @jobs_app.command("list")
 def jobs_list(ctx: typer.Context, limit: int = typer.Option(50, min=1)) -> None:
     """Source delete jobs, newest first (one JSON object a line)."""
-    for job in _with_jobs(settings_of(ctx), lambda jobs: jobs.newest(limit)):
-        typer.echo(orjson.dumps(job.shown()).decode())
+
+    async def newest(jobs: RedisSourceJobs, _: RuleCatalog) -> list[SourceJob | None]:
+        return list(await jobs.newest(limit))
+
+    for shown in _shown_jobs(settings_of(ctx), newest):
+        typer.echo(orjson.dumps(shown).decode())
 
 
 @jobs_app.command("show")
 def jobs_show(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
     """One source delete job: status and progress (JSON)."""
-    job = _with_jobs(settings_of(ctx), lambda jobs: jobs.get(job_id))
-    if job is None:
+
+    async def one(jobs: RedisSourceJobs, _: RuleCatalog) -> list[SourceJob | None]:
+        return [await jobs.get(job_id)]
+
+    (shown,) = _shown_jobs(settings_of(ctx), one)
+    if shown is None:
         raise fail(f"no source delete job {job_id!r}", 1)
-    typer.echo(orjson.dumps(job.shown()).decode())
+    typer.echo(orjson.dumps(shown).decode())

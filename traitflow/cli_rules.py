@@ -147,11 +147,17 @@ def status_lines(source: RuleSource, catalog: Catalog, now_ms: int) -> list[str]
         if attribute["status"] == Status.PROCESSING:
             shown = progress_text(attribute.get("progress") or {}, now_ms)
         rows.append([attribute["id"], attribute["name"], attribute["status"], shown])
+    running = catalog.recomputation
+    if running is not None:  # every attribute, for source delete jobs
+        phase = "RENDERING" if running.rendering else "PROCESSING"
+        shown = progress_text(running.progress, now_ms)
+        rows.append(["recomputation", f"generation {running.version}", phase, shown])
     return [f"rules version {catalog.version}", *table(rows)]
 
 
 def backfilling(catalog: Catalog) -> bool:
-    return any(a.status is Status.PROCESSING for a in catalog.attributes)
+    processing = any(a.status is Status.PROCESSING for a in catalog.attributes)
+    return processing or catalog.recomputation is not None
 
 
 async def pause(seconds: float) -> None:

@@ -56,6 +56,10 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ca:v                        string  the rules version: incremented by each
                                            change of `tf:ca` (absent: 0); commits are
                                            made only at the version they computed with
+    tf:ca:g                        string  the generations of attribute states (JSON):
+                                           served, being recomputed for source delete
+                                           jobs (`attributes.recomputation`), the
+                                           partitions' horizons, the jobs done
     tf:rs:{topic}/{partition}      hash    rules version -> the first offset of the
                                            partition a worker computed at it (noted
                                            before that commit): where a backfill of an
@@ -178,6 +182,9 @@ class KeyLayout:
 
     def rules_version(self) -> str:
         return f"{self.prefix}:ca:v"
+
+    def generations(self) -> str:
+        return f"{self.prefix}:ca:g"
 
     def backfill_progress(self) -> str:
         return f"{self.prefix}:bf"

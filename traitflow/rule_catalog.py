@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from attributes.catalog import ManagedAttribute, Status, live_definitions
-from attributes.rules import RuleFileError, RuleProblem, parse_rules
+from attributes.recomputation import Horizons, Recomputation, kept_jobs, widened
+from attributes.rules import FIRST, Generations, RuleFileError, RuleProblem, parse_rules
 from attributes.ruleset import RuleSet
 from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
@@ -30,10 +31,23 @@ from traitflow.redis_client import Redis, async_client
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """The managed attributes at one rules version."""
+    """The managed attributes at one rules version, and which generation of every
+    attribute's states is served and which is being recomputed (`attributes.
+    recomputation`)."""
 
     version: int = 0
     attributes: tuple[ManagedAttribute, ...] = ()
+    generation: int = 0
+    recomputation: Recomputation | None = None
+    #: the horizons of the topics of sources a job deleted (`attributes.recomputation`)
+    horizons: Horizons = field(default_factory=dict)
+    #: the source delete jobs whose recomputation is done (the newest ones)
+    recomputed: tuple[str, ...] = ()
+
+    @property
+    def generations(self) -> Generations:
+        running = self.recomputation
+        return Generations(self.generation, running.computing if running else None)
 
     def get(self, attribute_id: str) -> ManagedAttribute | None:
         return next((a for a in self.attributes if a.id == attribute_id), None)
@@ -44,10 +58,22 @@ class Catalog:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What an edit stores: `put` replaces or adds an attribute, `drop` removes one."""
+    """What an edit stores: `put` replaces or adds an attribute, `drop` removes one;
+    `recompute_for` starts (or joins) a recomputation for a source delete job, whose
+    source's `topics` get this change's version as their horizon; `recomputed` moves the
+    recomputation that started at that version on: from computing to rendering (its
+    generation served), from rendering to done."""
 
     put: ManagedAttribute | None = None
     drop: str | None = None
+    recompute_for: str | None = None
+    topics: tuple[str, ...] = ()
+    recomputed: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        made = (self.put, self.drop, self.recompute_for, self.recomputed)
+        return all(part is None for part in made)
 
 
 def new_id() -> str:
@@ -86,7 +112,45 @@ def _applied(catalog: Catalog, change: Change) -> Catalog:
     if change.put is not None:
         kept.append(replace(change.put, version=version))
     kept.sort(key=lambda a: (a.created_ms, a.id))
-    return Catalog(version, tuple(kept))
+    after = replace(catalog, version=version, attributes=tuple(kept))
+    running = catalog.recomputation
+    if change.recomputed is not None and running is not None:
+        assert running.version == change.recomputed, "a recomputation ends at its version"
+        if running.rendering:  # every view shows the new generation: done
+            done = kept_jobs(catalog.recomputed, running.jobs)
+            return replace(after, recomputation=None, recomputed=done)
+        # what was PROCESSING is in the new generation's history as well
+        activated = tuple(
+            replace(a, status=Status.ACTIVE, version=version)
+            if a.status is Status.PROCESSING
+            else a
+            for a in kept
+        )
+        return replace(
+            after,
+            attributes=activated,
+            generation=running.version,
+            recomputation=replace(running, rendering=True, progress={}),
+        )
+    if change.recompute_for is not None:
+        started = running or Recomputation(version, ())
+        return replace(
+            after,
+            recomputation=started.joined(change.recompute_for, version),
+            horizons=widened(catalog.horizons, change.topics, version),
+        )
+    counted = _counted(catalog.attributes) != _counted(after.attributes)
+    if running is not None and not running.rendering and counted:
+        return replace(after, recomputation=running.restarted(version))
+    return after
+
+
+def _counted(attributes: Sequence[ManagedAttribute]) -> list[tuple[str, dict[str, Any]]]:
+    """What the live attributes count: a change of it restarts a recomputation."""
+    return [
+        (where, {k: v for k, v in definition.items() if k != "description"})
+        for where, definition in live_definitions(attributes)
+    ]
 
 
 class MemoryRuleCatalog(RuleCatalog):
@@ -101,7 +165,7 @@ class MemoryRuleCatalog(RuleCatalog):
 
     async def change(self, edit: Callable[[Catalog], Change]) -> Catalog:
         change = edit(self.catalog)
-        if change.put is not None or change.drop is not None:
+        if not change.empty:
             self.catalog = _applied(self.catalog, change)
         return self.catalog
 
@@ -113,14 +177,15 @@ class MemoryRuleCatalog(RuleCatalog):
 
 
 class RedisRuleCatalog(RuleCatalog):
-    """A hash of attribute id -> JSON (`KeyLayout.computed_attributes`) and the version
-    (`KeyLayout.rules_version`)."""
+    """A hash of attribute id -> JSON (`KeyLayout.computed_attributes`), the version
+    (`KeyLayout.rules_version`) and the generations (`KeyLayout.generations`: JSON)."""
 
     def __init__(self, client: aioredis.Redis, keys: KeyLayout) -> None:
         self.client = client
         self.hash = keys.computed_attributes()
         self.version_key = keys.rules_version()
         self.progress_key = keys.backfill_progress()
+        self.generations_key = keys.generations()
 
     @classmethod
     def from_url(cls, url: Redis, prefix: str) -> RedisRuleCatalog:
@@ -134,10 +199,11 @@ class RedisRuleCatalog(RuleCatalog):
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self.version_key)
             pipe.hgetall(self.hash)
+            pipe.get(self.generations_key)
             pipe.hgetall(self.progress_key)
-            version, stored, progress = await pipe.execute()
+            version, stored, generations, progress = await pipe.execute()
         return _with_progress(
-            _decoded(version, stored),
+            _decoded(version, stored, generations),
             {k.decode(): orjson.loads(v) for k, v in progress.items()},
         )
 
@@ -148,18 +214,23 @@ class RedisRuleCatalog(RuleCatalog):
         while True:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.version_key)
-                catalog = _decoded(await pipe.get(self.version_key), await pipe.hgetall(self.hash))
+                catalog = _decoded(
+                    await pipe.get(self.version_key),
+                    await pipe.hgetall(self.hash),
+                    await pipe.get(self.generations_key),
+                )
                 change = edit(catalog)
-                if change.put is None and change.drop is None:
+                if change.empty:
                     return catalog
                 after = _applied(catalog, change)
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if change.drop is not None:
                     pipe.hdel(self.hash, change.drop)
-                if change.put is not None:
-                    stored = after.get(change.put.id)
-                    assert stored is not None
-                    pipe.hset(self.hash, stored.id, orjson.dumps(stored.as_json()))
+                for attribute in after.attributes:
+                    # what the change made: `put`, or those a recomputation's end activated
+                    if attribute.version == after.version:
+                        pipe.hset(self.hash, attribute.id, orjson.dumps(attribute.as_json()))
+                pipe.set(self.generations_key, orjson.dumps(_generations_json(after)))
                 pipe.set(self.version_key, after.version)
                 try:
                     await pipe.execute()
@@ -171,21 +242,52 @@ class RedisRuleCatalog(RuleCatalog):
         await self.client.aclose()
 
 
+#: the progress field of the recomputation's backfill (beside attribute ids)
+RECOMPUTATION = "recomputation"
+
+
 def _with_progress(catalog: Catalog, progress: Mapping[str, Mapping[str, Any]]) -> Catalog:
-    """`catalog` with each PROCESSING attribute's backfill progress."""
+    """`catalog` with each PROCESSING attribute's backfill progress, and the
+    recomputation's."""
     attributes = tuple(
         replace(a, progress=progress[a.id])
         if a.status is Status.PROCESSING and a.id in progress
         else a
         for a in catalog.attributes
     )
-    return Catalog(catalog.version, attributes)
+    running = catalog.recomputation
+    if running is not None and RECOMPUTATION in progress:
+        running = replace(running, progress=progress[RECOMPUTATION])
+    return replace(catalog, attributes=attributes, recomputation=running)
 
 
-def _decoded(version: bytes | str | None, stored: Mapping[bytes | str, bytes | str]) -> Catalog:
+def _generations_json(catalog: Catalog) -> dict[str, Any]:
+    running = catalog.recomputation
+    return {
+        "generation": catalog.generation,
+        "recomputation": running.as_json() if running is not None else None,
+        "horizons": dict(catalog.horizons),
+        "recomputed": list(catalog.recomputed),
+    }
+
+
+def _decoded(
+    version: bytes | str | None,
+    stored: Mapping[bytes | str, bytes | str],
+    generations: bytes | str | None = None,
+) -> Catalog:
     attributes = [ManagedAttribute.from_json(orjson.loads(raw)) for raw in stored.values()]
     attributes.sort(key=lambda a: (a.created_ms, a.id))
-    return Catalog(int(version or 0), tuple(attributes))
+    kept = orjson.loads(generations) if generations else {}
+    running = kept.get("recomputation")
+    return Catalog(
+        int(version or 0),
+        tuple(attributes),
+        generation=int(kept.get("generation", 0)),
+        recomputation=Recomputation.from_json(running) if running else None,
+        horizons={k: int(v) for k, v in kept.get("horizons", {}).items()},
+        recomputed=tuple(kept.get("recomputed", ())),
+    )
 
 
 @dataclass(frozen=True)
@@ -210,10 +312,14 @@ class RuleSource:
         rules = parse_rules(text, str(path), entities)
         return cls(text, str(path), entities, frozenset(rules.names))
 
-    def compose(self, attributes: Sequence[ManagedAttribute]) -> RuleSet:
-        """The rules with the live ones of `attributes`; RuleFileError names each
-        problem with the attribute's `ca/attributes/{id}`."""
-        return parse_rules(self.text, self.path, self.entities, live_definitions(attributes))
+    def compose(
+        self, attributes: Sequence[ManagedAttribute], generations: Generations = FIRST
+    ) -> RuleSet:
+        """The rules with the live ones of `attributes`, keeping the states of
+        `generations`; RuleFileError names each problem with the attribute's
+        `ca/attributes/{id}`."""
+        managed = live_definitions(attributes)
+        return parse_rules(self.text, self.path, self.entities, managed, generations)
 
     def check(self, attributes: Sequence[ManagedAttribute]) -> None:
         """Raise RuleFileError unless `attributes` compose with the file twice: as if

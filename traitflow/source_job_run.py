@@ -11,7 +11,9 @@ source's topic.
 Who runs a job: the process that claims it (a lease in Redis, renewed at every
 checkpoint). API processes run jobs made through the API (`run_forever`), one at a
 time each, and take over a job whose runner died once its lease is over; `traitflow
-jobs create --run` runs one in the foreground. A job goes on from its checkpoint (the
+jobs create --run` runs one in the foreground. Before its scan, a job asks for every
+computed attribute to be recomputed without its source's events (`traitflow.
+recomputation_requests`), which the backfill process does. A job goes on from its checkpoint (the
 entity and SCAN cursor); the round that was published but not saved is published
 again, and counts once: its commands carry the same messageIds (the worker's dedupe).
 """
@@ -32,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from attributes.erasure import contributors, erase_event
 from attributes.profile import ProfileState
 from traitflow.config import Settings
+from traitflow.recomputation_requests import AskRecomputation
 from traitflow.source_jobs import (
     FAILED,
     NEW,
@@ -113,6 +116,7 @@ class SourceJobRunner:
         jobs: SourceJobStore,
         publish: Publish,
         *,
+        recompute: AskRecomputation,
         metrics: SourceJobMetrics | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -120,6 +124,7 @@ class SourceJobRunner:
         self.settings = settings
         self.jobs = jobs
         self.publish = publish
+        self.recompute = recompute
         self.metrics = metrics or SourceJobMetrics()
         self.sleep = sleep
         self.clock = clock
@@ -155,6 +160,9 @@ class SourceJobRunner:
         entities = list(settings.entities)
         job.status, job.updated_ms = PROCESSING, now_ms()
         await self.jobs.save(job)
+        if not job.attributes:  # asked before the scan: its horizons are what it scans
+            job.attributes, job.updated_ms = await self.recompute(job), now_ms()
+            await self.jobs.save(job)
         started, read = self.clock(), 0
         while job.entity_index < len(entities):
             entity = entities[job.entity_index]

@@ -8,10 +8,11 @@ one of its topics), publishes an erase command limited to that source to the sou
 own ingest topic. The worker that owns the partition applies it in its normal commit,
 like any event (`streams.erasures`): a profile no other source contributed to is erased
 (tombstones, as for a GDPR request); in one that others contributed to, the source's
-traits go, and the attribute values stay as they are (attribute states do not record
-which source's events made them). Each commit of a command increments the job's
-`applied` count, so the job is COMPLETED when its scan is done and every command it
-published was applied.
+traits go. Attribute states do not record which source's events made them, so before
+its scan a job asks for every attribute to be recomputed without the source's events
+(`attributes.recomputation`). Each commit of a command increments the job's `applied`
+count, so the job is COMPLETED when its scan is done, every command it published was
+applied and the recomputation is done (or the attributes were kept: `attributes`).
 
 Status: NEW -> PROCESSING -> COMPLETED | FAILED.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -35,6 +36,8 @@ from traitflow.memory_store import MemoryProfileStore
 from traitflow.redis_client import Redis, async_client
 
 NEW, PROCESSING, COMPLETED, FAILED = "NEW", "PROCESSING", "COMPLETED", "FAILED"
+#: what a job does to computed attributes (`SourceJob.attributes`)
+RECOMPUTING, RECOMPUTED, KEPT = "RECOMPUTING", "RECOMPUTED", "KEPT"
 
 
 class InvalidSourceJob(InputError):
@@ -67,15 +70,37 @@ class SourceJob:
     published: int = 0
     applied: int = 0
     error: str = ""
+    #: computed attributes: "" until the scan starts, then RECOMPUTING (without the
+    #: source's events: `traitflow.recomputation_requests`), or "KEPT: {why not}"
+    attributes: str = ""
+    #: whether that recomputation is done: not stored with the job, but read from the
+    #: rules catalog by whoever shows it (`seen`)
+    recomputed: bool = False
 
     @classmethod
     def new(cls, source: str, now_ms: int) -> SourceJob:
         return cls(id=uuid.uuid4().hex, source=source, created_ms=now_ms, updated_ms=now_ms)
 
+    def seen(self, recomputed: Collection[str]) -> SourceJob:
+        """This job, knowing whether its recomputation is done (`recomputed`: the jobs
+        whose recomputation is, `traitflow.rule_catalog.Catalog.recomputed`)."""
+        self.recomputed = self.id in recomputed
+        return self
+
+    @property
+    def shown_attributes(self) -> str:
+        return RECOMPUTED if self.attributes == RECOMPUTING and self.recomputed else self.attributes
+
     @property
     def shown_status(self) -> str:
-        """COMPLETED once the scan is done and every command was applied."""
-        if self.status == PROCESSING and self.scan_done and self.applied >= self.published:
+        """COMPLETED once the scan is done, every command was applied and the attributes
+        were recomputed (or kept)."""
+        if (
+            self.status == PROCESSING
+            and self.scan_done
+            and self.applied >= self.published
+            and self.shown_attributes != RECOMPUTING
+        ):
             return COMPLETED
         return self.status
 
@@ -97,16 +122,18 @@ class SourceJob:
                 "profilesScanned": self.scanned,
                 "commandsPublished": self.published,
                 "commandsApplied": self.applied,
+                "attributes": self.shown_attributes,
             },
             **({"error": self.error} if self.error else {}),
         }
 
     def to_fields(self) -> dict[str, str]:
-        """As kept in Redis: every field but `applied`, which the workers increment."""
+        """As kept in Redis: every field but `applied`, which the workers increment, and
+        `recomputed`, the catalog's."""
         return {
             f.name: str(int(value) if isinstance(value, bool) else value)
             for f in fields(self)
-            if f.name != "applied"
+            if f.name not in ("applied", "recomputed")
             for value in [getattr(self, f.name)]
         }
 

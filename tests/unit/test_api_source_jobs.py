@@ -14,11 +14,15 @@ from api.app import create_app
 from api.publisher import ListPublisher
 from api.state import state_of
 from attributes.ruleset import RuleSet
+from streams.backfill_runner import recomputed
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.unit import api_support
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.recomputation_requests import recompute_for
+from traitflow.rule_catalog import MemoryRuleCatalog
 from traitflow.source_job_run import SourceJobRunner
+from traitflow.source_jobs import RECOMPUTING, SourceJob
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +39,11 @@ class World:
             rules, self.store, ListDeadLetters(), sources=SETTINGS.sources
         )
         self.offsets = {WEB: 0, CRM: 0}
+        self.catalog = MemoryRuleCatalog()
+
+    async def recompute(self, job: SourceJob) -> str:
+        await self.catalog.change(recompute_for(job.id, [CRM]))
+        return RECOMPUTING
 
     async def send(self, *items: tuple[str, bytes]) -> None:
         batch = []
@@ -51,7 +60,7 @@ def world(example_rules: RuleSet) -> World:
 
 @pytest.fixture
 async def app_and_client(world: World) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    app = create_app(SETTINGS, store=world.store, publisher=world.published)
+    app = create_app(SETTINGS, store=world.store, publisher=world.published, catalog=world.catalog)
     async with api_support.serve(app) as client:
         yield app, client
 
@@ -71,16 +80,28 @@ async def test_a_job_made_through_the_api_runs_and_completes(
     assert job["status"] == "NEW"
     assert job["dataSetId"] == "crm"
     state = state_of(app)
-    runner = SourceJobRunner(SETTINGS, state.source_jobs, world.published.publish_batch)
+    runner = SourceJobRunner(
+        SETTINGS, state.source_jobs, world.published.publish_batch, recompute=world.recompute
+    )
     await runner.run(job["id"])
     running = (await client.get(f"{PATH}/{job['id']}")).json()
     assert running["status"] == "PROCESSING"
     assert running["progress"]["commandsPublished"] == 1
     assert (await client.delete(f"{PATH}/{job['id']}")).status_code == 409
     await world.send(*((topic, value) for topic, _, value in world.published.records))
+    applied = (await client.get(f"{PATH}/{job['id']}")).json()
+    assert applied["status"] == "PROCESSING"  # every command applied: now the attributes
+    assert applied["progress"]["commandsApplied"] == 1
+    assert applied["progress"]["attributes"] == RECOMPUTING
+    running_recomputation = world.catalog.catalog.recomputation
+    assert running_recomputation is not None
+    await world.catalog.change(recomputed(running_recomputation.version))  # served
+    rendering = (await client.get(f"{PATH}/{job['id']}")).json()
+    assert rendering["progress"]["attributes"] == RECOMPUTING  # until every view shows it
+    await world.catalog.change(recomputed(running_recomputation.version))  # rendered
     done = (await client.get(f"{PATH}/{job['id']}")).json()
     assert done["status"] == "COMPLETED"
-    assert done["progress"]["commandsApplied"] == 1
+    assert done["progress"]["attributes"] == "RECOMPUTED"
     assert ("user", "u-crm") not in world.store.states
     assert ("user", "u-web") in world.store.states
     listed = (await client.get(PATH)).json()
@@ -116,7 +137,7 @@ async def test_unknown_and_malformed_job_ids(app_and_client: tuple[Any, httpx.As
 
 
 async def test_only_an_admin_key_makes_or_reads_jobs(world: World) -> None:
-    app = create_app(SETTINGS, store=world.store, publisher=world.published)
+    app = create_app(SETTINGS, store=world.store, publisher=world.published, catalog=world.catalog)
     async with api_support.serve(app) as client:
         token = await api_support.add_key(state_of(app).keys, "r", collections=["people"])
         reader = api_support.bearer(token)

@@ -16,6 +16,7 @@ from attributes.rules import parse_rules
 from attributes.ruleset import RuleSet
 from streams.backfill import Backfill, fold
 from streams.backfill_runner import activated
+from streams.history_reader import Target
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
@@ -119,7 +120,8 @@ async def test_a_join_that_finds_the_rules_changed_switches_and_joins_again() ->
     event = decode_event(orjson.dumps({"type": "track", "event": "Order"}))
     apply_event(history, event, ts=1, rules=RULES, source="events/0", offset=0, now=1)
     attribute = ManagedAttribute("ca-1", Status.PROCESSING, {"name": "orders"}, 1, 1, version=2)
-    assert await backfill._join(attribute, RULES.attributes, {"u-1": history}, 0)
+    target = Target(attribute.entity, attribute.version, RULES, attribute.id)
+    assert await backfill._join(target, {"u-1": history}, 0)
     assert reloads == [2]
     assert processor.rules_version == 2
     view = orjson.loads(await store.read_view("user", "id", "u-1") or b"")

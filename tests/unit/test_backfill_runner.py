@@ -61,7 +61,7 @@ class FakeBackfill:
     keys: KeyLayout = field(default_factory=lambda: KeyLayout("t"))
     ran: list[str] = field(default_factory=list)
 
-    async def run(self, attribute: ManagedAttribute) -> bool:
+    async def run(self, attribute: ManagedAttribute, catalog: Catalog) -> bool:
         self.ran.append(attribute.name)
         if attribute.name in self.failing:
             raise RuntimeError(f"{attribute.name} breaks")
@@ -143,7 +143,7 @@ async def test_a_backfill_computes_nothing_while_a_live_batch_holds_the_lock(
     backfill, processor, _ = slicing_backfill(tmp_path)
     done: list[int] = []
     async with processor.lock:  # a live batch, waiting on Redis
-        work = asyncio.create_task(backfill._sliced(range(50), done.append))
+        work = asyncio.create_task(backfill.reader.sliced(range(50), done.append))
         for _ in range(20):
             await asyncio.sleep(0)
         assert done == []
@@ -158,7 +158,7 @@ async def test_a_live_batch_waits_for_one_slice_of_the_backfill_at_most(
     it when the slice in progress ends, before the backfill's next slice. A fetch of
     events is applied in slices, and a filter may take milliseconds per event."""
     backfill, processor, _ = slicing_backfill(tmp_path)
-    monkeypatch.setattr("streams.backfill.SLICE_S", 0.0)  # one item per slice
+    monkeypatch.setattr("streams.history_reader.SLICE_S", 0.0)  # one item per slice
     done: list[int] = []
     seen_at: list[int] = []
 
@@ -169,7 +169,7 @@ async def test_a_live_batch_waits_for_one_slice_of_the_backfill_at_most(
                 await asyncio.sleep(0)  # its round trip to Redis: the backfill waits
             await asyncio.sleep(0)  # its next fetch
 
-    work = asyncio.create_task(backfill._sliced(range(30), done.append))
+    work = asyncio.create_task(backfill.reader.sliced(range(30), done.append))
     await asyncio.sleep(0)  # the backfill's first slice
     await asyncio.gather(live_batches(), work)
     assert done == list(range(30))
@@ -184,7 +184,7 @@ async def test_a_backfill_applies_a_fetch_of_events_in_slices(
     """`_apply` (admission, then the events) goes through the slices: a live batch gets
     the lock while a fetch of events is applied, not only after it."""
     backfill, processor, rules = slicing_backfill(tmp_path)
-    monkeypatch.setattr("streams.backfill.SLICE_S", 0.0)
+    monkeypatch.setattr("streams.history_reader.SLICE_S", 0.0)
     records = [
         SimpleNamespace(
             topic="events",
@@ -207,6 +207,6 @@ async def test_a_backfill_applies_a_fetch_of_events_in_slices(
     other = asyncio.create_task(live())
     await asyncio.sleep(0)
     before = holds
-    await backfill._apply(processor.entities["user"], rules, records, {}, set())
+    await backfill.reader.apply(processor.entities["user"], rules, records, {}, set())
     other.cancel()
     assert holds - before >= 20

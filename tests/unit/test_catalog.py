@@ -17,7 +17,7 @@ from attributes.catalog import (
     patched,
     requested,
 )
-from attributes.profile import ProfileState
+from attributes.profile import ProfileState, reconcile
 from attributes.rules import parse_rules
 
 COUNT = {"name": "orders", "function": "count", "event": "Order Completed"}
@@ -97,3 +97,19 @@ def test_history_joins_the_live_state_of_the_backfilled_attributes_only() -> Non
     assert join_history(live, history, [count])
     assert live.attributes == {count.key: 5, "s/sum": 5.0}
     assert not join_history(live, ProfileState(id="p"), [count])
+
+
+def test_a_history_joined_again_is_not_counted_twice_and_its_note_goes_with_its_key() -> None:
+    """A backfill whose process died after joining some profiles starts again from the
+    beginning: the profiles it joined note it (`ProfileState.histories`)."""
+    rules = parse_rules("attributes:\n  - {name: n, function: count}\n")
+    (count,) = rules.attributes
+    live = ProfileState(id="p", attributes={count.key: 2})
+    history = ProfileState(id="p", attributes={count.key: 3})
+    assert join_history(live, history, [count])
+    assert not join_history(live, history, [count])  # made again: nothing
+    assert live.attributes == {count.key: 5}
+    assert live.histories == [count.key]
+    other = parse_rules("attributes:\n  - {name: m, function: count}\n")
+    assert reconcile(live, other) == [count.key]
+    assert live.histories == []  # the note of a key no rule has any more

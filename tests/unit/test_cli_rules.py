@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from attributes.catalog import ManagedAttribute, Status
 from traitflow import cli_rules
 from traitflow.cli import app
-from traitflow.cli_rules import duration_text, progress_text, status_lines
-from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RuleSource
+from traitflow.cli_rules import backfilling, duration_text, progress_text, status_lines
+from traitflow.recomputation_requests import recompute_for
+from traitflow.rule_catalog import RECOMPUTATION, Catalog, Change, MemoryRuleCatalog, RuleSource
 
 runner = CliRunner()
 
@@ -277,6 +278,18 @@ def test_status_lists_each_attribute_and_a_backfill_s_progress(tmp_path: Path) -
     assert lines[2].split() == ["file:lifetime_value", "lifetime_value", "ACTIVE"]
     assert lines[4].endswith("[############------------]  50.0%  500/1,000  ETA 20s")
     assert lines[4].split()[:3] == ["ca-0123456789ab", "orders_30d", "PROCESSING"]
+
+
+def test_status_shows_a_recomputation_for_source_delete_jobs(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    catalog = MemoryRuleCatalog()
+    asyncio.run(catalog.change(recompute_for("job-1", ["crm-events"])))
+    asyncio.run(catalog.set_progress(RECOMPUTATION, {"phase": "reading", "done": 1, "total": 4}))
+    lines = status_lines(RuleSource.read(rules), asyncio.run(catalog.snapshot()), NOW_MS)
+    assert lines[-1].split()[:5] == ["recomputation", "generation", "1", "PROCESSING", "reading"]
+    assert "25.0%" in lines[-1]
+    assert backfilling(catalog.catalog)  # `--watch` goes on until it is done
 
 
 def test_status_watch_redraws_until_nothing_backfills(

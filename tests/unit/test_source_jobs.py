@@ -14,13 +14,17 @@ import pytest
 from attributes.erasure import contributors, scoped_retraction
 from attributes.profile import ProfileState, decode_state
 from attributes.ruleset import RuleSet
+from streams.backfill_runner import recomputed
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.recomputation_requests import recompute_for
+from traitflow.rule_catalog import MemoryRuleCatalog
 from traitflow.source_job_run import SourceJobRunner
 from traitflow.source_jobs import (
     COMPLETED,
     FAILED,
+    RECOMPUTING,
     InvalidSourceJob,
     MemorySourceJobs,
     SourceJob,
@@ -43,6 +47,13 @@ class World:
         self.published: list[tuple[str, bytes | None, bytes]] = []
         self.jobs = MemorySourceJobs(self.store)
         self.sleeps: list[float] = []
+        self.catalog = MemoryRuleCatalog()
+
+    async def recompute(self, job: SourceJob) -> str:
+        """What `traitflow.recomputation_requests` asks, with the offsets of this world."""
+        topics = [topic for topic, source in SETTINGS.sources.items() if source == job.source]
+        await self.catalog.change(recompute_for(job.id, topics))
+        return RECOMPUTING
 
     async def send(self, *items: tuple[str, dict[str, Any] | bytes]) -> None:
         batch = []
@@ -63,7 +74,14 @@ class World:
         async def sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
 
-        return SourceJobRunner(settings, self.jobs, self.publish, sleep=sleep, clock=lambda: 0.0)
+        return SourceJobRunner(
+            settings,
+            self.jobs,
+            self.publish,
+            recompute=self.recompute,
+            sleep=sleep,
+            clock=lambda: 0.0,
+        )
 
     def state(self, pid: str) -> ProfileState | None:
         raw = self.store.states.get(("user", pid))
@@ -120,8 +138,20 @@ async def test_a_job_erases_what_only_its_source_made_and_its_traits_elsewhere(
     web = world.state("u-web")
     assert web is not None
     assert web.source_traits == {"web": web.source_traits["web"]}
-    shown = (await world.jobs.get(job.id) or job).shown()
+    # applied, and asked before its scan for the attributes to be recomputed without
+    # crm's history: the rules version it asked at is the horizon of crm's topic
+    catalog = world.catalog.catalog
+    assert catalog.horizons == {CRM: catalog.version}
+    assert catalog.recomputation is not None
+    assert catalog.recomputation.jobs == (job.id,)
+    shown = (await world.jobs.get(job.id) or job).seen(catalog.recomputed).shown()
+    assert shown["status"] == "PROCESSING"
+    assert shown["progress"]["attributes"] == RECOMPUTING
+    for _ in ("served", "rendered"):
+        await world.catalog.change(recomputed(catalog.recomputation.version))
+    shown = (await world.jobs.get(job.id) or job).seen(world.catalog.catalog.recomputed).shown()
     assert shown["status"] == COMPLETED
+    assert shown["progress"]["attributes"] == "RECOMPUTED"
     assert shown["progress"]["commandsApplied"] == 2
     assert shown["dataSetId"] == "crm"
     assert shown["jobType"] == "DELETE"
@@ -174,7 +204,7 @@ async def test_a_publish_that_fails_fails_the_job_with_the_reason(world: World) 
     async def refuse(topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
         raise OSError("broker down")
 
-    runner = SourceJobRunner(SETTINGS, world.jobs, refuse)
+    runner = SourceJobRunner(SETTINGS, world.jobs, refuse, recompute=world.recompute)
     failed = await runner.run(job.id)
     assert failed is not None
     assert failed.shown_status == FAILED
@@ -207,3 +237,4 @@ def test_a_job_reads_back_from_its_fields() -> None:
     again = SourceJob.from_fields(job.to_fields())
     assert again == job
     assert "applied" not in job.to_fields()  # the workers' count
+    assert "recomputed" not in job.to_fields()  # the rules catalog's
