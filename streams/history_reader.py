@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from attributes.events import InvalidEvent
 from attributes.profile import ProfileState, apply_event
@@ -32,6 +32,7 @@ from streams.records import Identified, Record
 from traitflow.config import Settings
 from traitflow.kafka_client import client_kwargs
 from traitflow.key_layout import KeyLayout
+from traitflow.topics import ingest_partitions
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,11 +93,7 @@ class HistoryReader:
         )
         await consumer.start()
         try:
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in settings.sources
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+            partitions = ingest_partitions(consumer, settings)
             lows = await consumer.beginning_offsets(partitions)
             while True:
                 highs = await consumer.end_offsets(partitions)

@@ -24,6 +24,7 @@ from traitflow.config import Settings
 from traitflow.kafka_client import client_kwargs
 from traitflow.rule_catalog import Catalog, Change, RuleCatalog
 from traitflow.source_jobs import KEPT, RECOMPUTING, SourceJob
+from traitflow.topics import ingest_partitions
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,7 @@ def catalog_recomputation(settings: Settings, catalog: RuleCatalog) -> AskRecomp
         consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in settings.sources
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+            partitions = ingest_partitions(consumer, settings)
             why = kept_because(settings, await consumer.beginning_offsets(partitions))
         finally:
             await consumer.stop()

@@ -102,6 +102,15 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
         return await publish_lines(settings, target, lines)
 
 
+def ingest_partitions(consumer: AIOKafkaConsumer, settings: Settings) -> list[TopicPartition]:
+    """Every partition of the ingest topics, as the started `consumer` knows them."""
+    return [
+        TopicPartition(topic, p)
+        for topic in settings.sources
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 async def read_dead_letters(
     settings: Settings, *, at_least: int = 0, wait_s: float = 1.0
 ) -> list[tuple[bytes, dict[str, bytes]]]:

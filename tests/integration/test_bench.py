@@ -74,6 +74,11 @@ def test_the_engine_benchmark_runs(settings: Settings) -> None:
     # its stream logs devices in to users: built without trust, every link was refused
     # and the figure measured no stitching
     assert "refused" not in out
+    recomputing = run(
+        "bench.engine", "--events", "400", "--users", "40", "--repeat", "1", "--recomputing",
+        settings=settings,
+    )  # fmt: skip
+    assert recomputing.rstrip().endswith("recomputing)")
 
 
 def test_the_memory_benchmark_runs_on_its_own_redis(settings: Settings) -> None:

@@ -9,11 +9,13 @@ theirs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import redis
 from attributes.events import iso_from_ms
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.oracle import expected_view
-from tests.integration.workers import ROOT, running_api, worker_with_rules
+from tests.integration.workers import ROOT, OwnWorker, running_api, worker_with_rules
 from traitflow.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -46,6 +48,34 @@ def order(user: str, minutes_ago: int, revenue: float) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "track", "event": "Order Completed", "userId": user}
     body |= {"properties": {"revenue": revenue}, "timestamp": at(minutes_ago)}
     return body | {"messageId": f"{user}-o{minutes_ago}"}
+
+
+def published(
+    own: OwnWorker, events: dict[str, dict[str, list[dict[str, Any]]]], client: redis.Redis
+) -> Callable[[str], int]:
+    """Publish each topic's events (by user); a user's served `purchase_count` (0
+    before a view)."""
+    for topic, by_user in events.items():
+        Publisher(own.settings, topic)([event for sent in by_user.values() for event in sent])
+
+    def count(user: str) -> int:
+        raw = client.get(own.keys.view("user", user))
+        return 0 if raw is None else int(orjson.loads(raw)["attributes"]["purchase_count"])
+
+    return count
+
+
+@contextlib.contextmanager
+def crm_deleted(own: OwnWorker) -> Iterator[tuple[httpx.Client, str]]:
+    """A real API process (which runs source delete jobs) and an admin client of it,
+    once it has made a job deleting source `crm`: (the client, the job's id)."""
+    token = create_key(own.settings, f"jobs-admin-{uuid.uuid4().hex[:6]}", admin=True)
+    with running_api(own.settings, "api") as url:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as api:
+            made = api.post("/system/jobs", json={"dataSetId": "crm"})
+            assert made.status_code == 201, made.text
+            yield api, made.json()["id"]
 
 
 def test_a_source_delete_job_removes_what_its_source_contributed(
@@ -69,12 +99,7 @@ def test_a_source_delete_job_removes_what_its_source_contributed(
     with worker_with_rules(settings, tmp_path, RULES, name, **slow) as own:
         client = redis.Redis.from_url(own.settings.redis_url)
         keys = own.keys
-        Publisher(own.settings, web_topic)([e for events in web_events.values() for e in events])
-        Publisher(own.settings, crm_topic)([e for events in crm_events.values() for e in events])
-
-        def count(user: str) -> int:
-            raw = client.get(keys.view("user", user))
-            return 0 if raw is None else int(orjson.loads(raw)["attributes"]["purchase_count"])
+        count = published(own, {web_topic: web_events, crm_topic: crm_events}, client)
 
         wait_until(
             lambda: count(web_only) == 1 and count(crm_only) == 1 and count(both) == 2,
@@ -82,39 +107,33 @@ def test_a_source_delete_job_removes_what_its_source_contributed(
             what="every profile to be written",
         )
         untouched = orjson.loads(client.get(keys.view("user", web_only)) or b"null")
-        token = create_key(own.settings, f"jobs-admin-{run}", admin=True)
         late = order(both, 1, 10)  # sent by crm once the job began: it counts
         counts: set[tuple[int, int]] = set()
-        with running_api(own.settings, "api") as url:
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=url, headers=headers, timeout=10) as api:
-                made = api.post("/system/jobs", json={"dataSetId": "crm"})
-                assert made.status_code == 201, made.text
-                job_id = made.json()["id"]
+        with crm_deleted(own) as (api, job_id):
 
-                def shown() -> dict[str, Any]:
-                    found: dict[str, Any] = api.get(f"/system/jobs/{job_id}").json()
-                    return found
+            def shown() -> dict[str, Any]:
+                found: dict[str, Any] = api.get(f"/system/jobs/{job_id}").json()
+                return found
 
-                wait_until(
-                    lambda: shown()["progress"]["attributes"] == "RECOMPUTING",
-                    timeout=30,
-                    what="the job to ask for the recomputation (its horizon noted)",
-                )
-                Publisher(own.settings, crm_topic)([late])
+            wait_until(
+                lambda: shown()["progress"]["attributes"] == "RECOMPUTING",
+                timeout=30,
+                what="the job to ask for the recomputation (its horizon noted)",
+            )
+            Publisher(own.settings, crm_topic)([late])
 
-                def finished() -> dict[str, Any] | None:
-                    counts.add((count(web_only), count(both)))
-                    found = shown()
-                    return found if found["status"] in ("COMPLETED", "FAILED") else None
+            def finished() -> dict[str, Any] | None:
+                counts.add((count(web_only), count(both)))
+                found = shown()
+                return found if found["status"] in ("COMPLETED", "FAILED") else None
 
-                job = wait_until(finished, timeout=90, what="the job to complete")
-                assert job["status"] == "COMPLETED", job
-                assert job["progress"]["attributes"] == "RECOMPUTED"
-                assert job["progress"]["commandsPublished"] == 2
-                assert job["progress"]["commandsApplied"] == 2
-                listed = api.get("/system/jobs").json()["children"]
-                assert job_id in [j["id"] for j in listed]
+            job = wait_until(finished, timeout=90, what="the job to complete")
+            assert job["status"] == "COMPLETED", job
+            assert job["progress"]["attributes"] == "RECOMPUTED"
+            assert job["progress"]["commandsPublished"] == 2
+            assert job["progress"]["commandsApplied"] == 2
+            listed = api.get("/system/jobs").json()["children"]
+            assert job_id in [j["id"] for j in listed]
 
         # while it was recomputed, each profile was served a value it had: the old one,
         # or (`both`) the old one with the late order, never a partial recomputation
@@ -153,12 +172,7 @@ def test_a_recomputation_goes_on_after_its_backfill_process_is_killed_9(
     with worker_with_rules(settings, tmp_path, RULES, name, **slow) as own:
         client = redis.Redis.from_url(own.settings.redis_url)
         keys = own.keys
-        Publisher(own.settings, web_topic)([e for events in web_events.values() for e in events])
-        Publisher(own.settings, crm_topic)([e for events in crm_events.values() for e in events])
-
-        def count(user: str) -> int:
-            raw = client.get(keys.view("user", user))
-            return 0 if raw is None else int(orjson.loads(raw)["attributes"]["purchase_count"])
+        count = published(own, {web_topic: web_events, crm_topic: crm_events}, client)
 
         wait_until(
             lambda: all(count(u) == 1 + len(crm_events.get(u, [])) for u in web_events),
@@ -166,34 +180,28 @@ def test_a_recomputation_goes_on_after_its_backfill_process_is_killed_9(
             what="every profile to be written",
         )
         log = own.settings.home / "worker" / "worker.log"
-        token = create_key(own.settings, f"jobs-admin-{run}", admin=True)
-        with running_api(own.settings, "api") as url:
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=url, headers=headers, timeout=10) as api:
-                made = api.post("/system/jobs", json={"dataSetId": "crm"})
-                assert made.status_code == 201, made.text
-                job_id = made.json()["id"]
-                wait_until(
-                    lambda: "recomputing every attribute" in log.read_text(),
-                    timeout=60,
-                    what="the recomputation to begin (it then reads for seconds)",
-                )
-                started = re.findall(r"backfill process started \(pid (\d+)\)", log.read_text())
-                killed = int(started[-1])
-                os.kill(killed, signal.SIGKILL)
-                wait_until(
-                    lambda: f"(pid {killed}) exited with -9" in log.read_text(),
-                    timeout=30,
-                    what="the supervisor to see the backfill process die",
-                )
+        with crm_deleted(own) as (api, job_id):
+            wait_until(
+                lambda: "recomputing every attribute" in log.read_text(),
+                timeout=60,
+                what="the recomputation to begin (it then reads for seconds)",
+            )
+            started = re.findall(r"backfill process started \(pid (\d+)\)", log.read_text())
+            killed = int(started[-1])
+            os.kill(killed, signal.SIGKILL)
+            wait_until(
+                lambda: f"(pid {killed}) exited with -9" in log.read_text(),
+                timeout=30,
+                what="the supervisor to see the backfill process die",
+            )
 
-                def finished() -> dict[str, Any] | None:
-                    found: dict[str, Any] = api.get(f"/system/jobs/{job_id}").json()
-                    return found if found["status"] in ("COMPLETED", "FAILED") else None
+            def finished() -> dict[str, Any] | None:
+                found: dict[str, Any] = api.get(f"/system/jobs/{job_id}").json()
+                return found if found["status"] in ("COMPLETED", "FAILED") else None
 
-                job = wait_until(finished, timeout=150, what="the job to complete")
-                assert job["status"] == "COMPLETED", job
-                assert job["progress"]["attributes"] == "RECOMPUTED"
+            job = wait_until(finished, timeout=150, what="the job to complete")
+            assert job["status"] == "COMPLETED", job
+            assert job["progress"]["attributes"] == "RECOMPUTED"
 
         assert len(re.findall(r"backfill process started", log.read_text())) == 2
         for user, events in web_events.items():
