@@ -32,6 +32,7 @@ from api.auth import Principal, authenticate
 from api.errors import ApiError
 from api.state import services
 from attributes.catalog import ManagedAttribute
+from attributes.recomputation import Recomputation
 from attributes.rules import RuleFileError, load_rules
 from attributes.ruleset import RuleSet
 from traitflow.config import Settings
@@ -118,15 +119,31 @@ def _rule_set(path: Path, entities: tuple[str, ...]) -> RuleSet:
     return load_rules(path, entities)
 
 
-async def listed_rules(request: Request) -> tuple[list[dict[str, Any]], int]:
-    """What the rules page lists, and the current rules version: the one place its data
-    comes from. The rule file's rules, then those made through the computed-attributes
-    API (`api.computed_attributes`), each with its status and, while it backfills, the
-    progress its catalog entry holds."""
+async def listed_rules(request: Request) -> dict[str, Any]:
+    """What the rules page lists, the current rules version and the recomputation in
+    progress, if any: the one place its data comes from. The rule file's rules, then
+    those made through the computed-attributes API (`api.computed_attributes`), each
+    with its status and, while it backfills, the progress its catalog entry holds."""
     state = services(request)
     catalog = await state.catalog.snapshot()
     managed = [managed_rule(attribute) for attribute in catalog.attributes]
-    return configured_rules(state.settings) + managed, catalog.version
+    return {
+        "rules": configured_rules(state.settings) + managed,
+        "rulesVersion": catalog.version,
+        "recomputation": recomputation(catalog.recomputation),
+    }
+
+
+def recomputation(running: Recomputation | None) -> dict[str, Any] | None:
+    """Every attribute being recomputed for source delete jobs (`attributes.
+    recomputation`), as the rules page shows it: its jobs, phase and progress."""
+    if running is None:
+        return None
+    return {
+        "jobs": list(running.jobs),
+        "phase": "rendering" if running.rendering else "computing",
+        "backfill": dict(running.progress) or None,
+    }
 
 
 def managed_rule(attribute: ManagedAttribute) -> dict[str, Any]:
@@ -229,6 +246,7 @@ RULES_EXAMPLE = {
         },
     ],
     "rulesVersion": 4,
+    "recomputation": None,
 }
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no API key, or an invalid one"},
@@ -273,6 +291,4 @@ async def explorer_rules(
     principal: Principal = Depends(authenticate),  # noqa: B008 - FastAPI's dependency idiom
 ) -> Response:
     admin_only(principal)
-    rules, version = await listed_rules(request)
-    body = {"rules": rules, "rulesVersion": version}
-    return Response(shapes.encode(body), media_type="application/json")
+    return Response(shapes.encode(await listed_rules(request)), media_type="application/json")

@@ -239,7 +239,11 @@ async function lookUp(event) {
 async function loadRules(key) {
   const result = await call("/explorer/api/rules", key);
   if (result.status !== 200) return { failed: result };
-  return { rules: result.body.rules, version: result.body.rulesVersion };
+  return {
+    rules: result.body.rules,
+    version: result.body.rulesVersion,
+    recomputation: result.body.recomputation,
+  };
 }
 
 function percent(fraction) {
@@ -268,7 +272,16 @@ function progress(backfill) {
 async function startRulesPage(key) {
   const loaded = await loadRules(key);
   if (loaded.failed) return failure(loaded.failed);
-  $("rules-version").textContent = loaded.version ? "rules version " + loaded.version : "";
+  let heading = loaded.version ? "rules version " + loaded.version : "";
+  const recomputing = loaded.recomputation;
+  if (recomputing) {
+    // every attribute computed again, for source delete jobs (README, "Sources, merge
+    // policies and deletes"): the values served meanwhile are the old ones
+    const jobs = recomputing.jobs.length + " source delete job" + (recomputing.jobs.length === 1 ? "" : "s");
+    heading += " · every attribute recomputed for " + jobs + ": " + recomputing.phase;
+    heading += ", " + progress(recomputing.backfill);
+  }
+  $("rules-version").textContent = heading;
   fill(
     "rules",
     loaded.rules.map((rule) =>

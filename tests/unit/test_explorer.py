@@ -16,7 +16,8 @@ from attributes.catalog import ManagedAttribute, Status
 from tests.unit import api_support
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
-from traitflow.rule_catalog import Change, MemoryRuleCatalog
+from traitflow.recomputation_requests import recompute_for
+from traitflow.rule_catalog import RECOMPUTATION, Change, MemoryRuleCatalog
 
 pytestmark = pytest.mark.anyio
 
@@ -225,6 +226,23 @@ async def test_the_rules_are_listed_in_file_order_as_configured_and_active(
             },
         ],
         "rulesVersion": 0,
+        "recomputation": None,
+    }
+
+
+async def test_a_recomputation_for_source_delete_jobs_is_listed_with_its_progress(
+    settings: Settings,
+) -> None:
+    catalog = MemoryRuleCatalog()
+    await catalog.change(recompute_for("job-1", ["events"]))
+    await catalog.set_progress(RECOMPUTATION, {"phase": "reading", "done": 3, "total": 4})
+    app = create_app(settings, store=MemoryProfileStore(), catalog=catalog)
+    async with api_support.serve(app) as client:
+        answer = (await client.get("/explorer/api/rules")).json()
+    assert answer["recomputation"] == {
+        "jobs": ["job-1"],
+        "phase": "computing",
+        "backfill": {"phase": "reading", "done": 3, "total": 4},
     }
 
 
