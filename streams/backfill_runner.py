@@ -93,17 +93,14 @@ class BackfillRunner:
         backfill = self.backfill
         log.info("backfilling %s (%s)", attribute.name, attribute.id)
         try:
-            done = await backfill.run(attribute, catalog)
+            if not await backfill.run(attribute, catalog):
+                log.info("%s changed while backfilled: its new definition is next", attribute.name)
+                return
+            await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
         except Exception:
             self._failed(attribute.id, attribute.version, f"backfill of {attribute.name}")
             return
-        if done:
-            await backfill.catalog.change(activated(attribute, int(time.time() * 1000)))
-            log.info("backfilled %s: ACTIVE", attribute.name)
-        else:
-            log.info(
-                "%s changed while it was backfilled: its new definition is next", attribute.name
-            )
+        log.info("backfilled %s: ACTIVE", attribute.name)
 
     async def _recompute(self, catalog: Catalog) -> None:
         """Compute the recomputation's generation and have it served, then render every
@@ -124,10 +121,10 @@ class BackfillRunner:
                     return  # it started again meanwhile
                 log.info("generation %d is served: rendering every profile again", version)
             await backfill.render()
+            await backfill.catalog.change(recomputed(version))
         except Exception:
             self._failed(RECOMPUTATION, version, "recomputation")
             return
-        await backfill.catalog.change(recomputed(version))
         log.info("recomputed every attribute: every view shows generation %d", version)
 
     def _failed(self, what: str, version: int, named: str) -> None:

@@ -21,6 +21,7 @@ from streams.processor import BatchProcessor, ListDeadLetters
 from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.memory_store import MemoryProfileStore
+from traitflow.recomputation_requests import recompute_for
 from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RuleSource
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +68,15 @@ class FakeBackfill:
             raise RuntimeError(f"{attribute.name} breaks")
         return True
 
+    async def recompute(self, catalog: Catalog) -> bool:
+        self.ran.append("recompute")
+        return True
+
+    async def render(self) -> None:
+        self.ran.append("render")
+        if "render" in self.failing:
+            raise RuntimeError("render breaks")
+
 
 async def processing(catalog: MemoryRuleCatalog, *names: str) -> None:
     for n, name in enumerate(names):
@@ -105,6 +115,34 @@ async def test_a_backfill_that_fails_lets_the_others_go_first() -> None:
     await settle(runner)
     assert backfill.ran[-1] == "broken"
     assert all(a.status is Status.ACTIVE for a in catalog.catalog.attributes)
+
+
+async def test_a_recomputation_goes_first_and_ends_served_rendered_and_done() -> None:
+    """A source delete job's recomputation (`attributes.recomputation`) runs before the
+    PROCESSING attributes' own backfills (its end makes them ACTIVE); a render that
+    fails is tried again as a render, the computed generation being served already."""
+    catalog = MemoryRuleCatalog()
+    await processing(catalog, "seen")
+    await catalog.change(recompute_for("job-1", ["crm"]))
+    processor = type("P", (), {"rules_version": catalog.catalog.version})()
+    backfill = FakeBackfill(catalog, processor, failing={"render"})
+    runner = BackfillRunner(backfill, retry_s=3600)  # type: ignore[arg-type]
+    await settle(runner)
+    assert backfill.ran == ["recompute", "render"]
+    served = catalog.catalog
+    assert served.recomputation is not None
+    assert served.recomputation.rendering  # its generation is served, not yet rendered
+    assert [a.status for a in served.attributes] == [Status.ACTIVE]
+    runner.failed = {k: (v, 0.0) for k, (v, _) in runner.failed.items()}  # due again
+    backfill.failing.clear()
+    processor.rules_version = served.version
+    await settle(runner)
+    assert backfill.ran == ["recompute", "render", "render"]  # not computed again
+    assert catalog.catalog.recomputation is None
+    assert catalog.catalog.recomputed == ("job-1",)
+    await settle(runner)
+    assert backfill.ran[3:] == []  # nothing left: "seen" is ACTIVE, not backfilled
+    assert backfill.client.values == {}
 
 
 async def test_a_derived_attribute_is_backfilled_at_once(tmp_path: Path) -> None:
