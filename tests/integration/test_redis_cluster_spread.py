@@ -1,0 +1,200 @@
+"""The spread layout (docs/redis-cluster.md, option B) on the local 3-master cluster
+(`tests/integration/cluster.py`): profiles on every shard, commits of one bucket's
+profiles as single-slot scripts, and links and merges across slots through claims,
+intents and finalize (`traitflow.spread_claims`), raced by two workers as the tag
+layout's tests race them. Every profile must equal the batch answer.
+
+What a worker killed between the steps leaves, and its recovery:
+`test_redis_cluster_spread_kill.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
+from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters
+from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, command
+from tests.integration.stitching_support import comparable, event, person_oracle
+from tests.integration.test_redis_cluster import RULES, oracle_settings, person_event
+from tests.integration.test_stitching import (
+    EMAIL,
+    EVERY_EVENT,
+    ORDERS,
+    A,
+    HoldingStore,
+    U,
+    Worker,
+    X,
+    race,
+    stitch_concurrently,
+)
+from traitflow.config import Settings
+from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_store import SpreadProfileStore
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.cluster,
+    pytest.mark.skipif(not cluster_possible(), reason="needs redis-server and redis-cli"),
+]
+
+#: buckets of the tests' layout: enough that a batch spans every node
+BUCKETS = 32
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"tfs-{uuid.uuid4().hex[:8]}"
+
+
+def spread_store(cluster: LocalCluster, prefix: str, **options: Any) -> SpreadProfileStore:
+    settings = Settings(
+        redis_url=cluster.url,
+        redis_cluster=True,
+        redis_layout="spread",
+        redis_buckets=BUCKETS,
+        key_prefix=prefix,
+    )
+    return SpreadProfileStore.from_url(settings, settings.key_prefix, BUCKETS, **options)
+
+
+@contextlib.asynccontextmanager
+async def spread_workers(
+    cluster: LocalCluster, prefix: str, count: int = 2
+) -> AsyncIterator[list[Worker]]:
+    rules = load_rules(RULES)
+    stores = [HoldingStore(spread_store(cluster, prefix), max_profiles=100) for _ in range(count)]
+    workers = [
+        Worker(BatchProcessor(rules, store, ListDeadLetters(), trust=TRUST_ALL), store, partition)
+        for partition, store in enumerate(stores)
+    ]
+    try:
+        yield workers
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def nodes_holding(cluster: LocalCluster, pattern: str) -> set[int]:
+    """The indexes of the nodes with a key matching `pattern`."""
+    holding = set()
+    for index in range(MASTERS):
+        client = cluster.client(index)
+        try:
+            if next(iter(client.scan_iter(pattern, count=1000)), None) is not None:
+                holding.add(index)
+        finally:
+            client.close()
+    return holding
+
+
+def test_profiles_spread_over_every_node_and_equal_the_batch_answer(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """Two workers commit rounds of events of the same people (their commits of a
+    person conflict); the profiles end on every master, each equal to the batch answer,
+    read by id and by user_id."""
+    rng = random.Random(11)
+    people = [f"u-{p}" for p in range(30)]
+    everyone: dict[str, list[Any]] = {user: [] for user in people}
+
+    async def go() -> tuple[list[bytes | None], list[bytes | None], int]:
+        async with spread_workers(cluster, prefix) as (a, b):
+            conflicts = 0
+            for _ in range(6):
+                batches: list[list[Any]] = [[], []]
+                for user in people:
+                    for batch in batches:
+                        batch.append(person_event(rng, user, len(everyone[user])))
+                        everyone[user].append(batch[-1])
+                reports = await asyncio.gather(
+                    a.processor.process(a.records(batches[0])),
+                    b.processor.process(b.records(batches[1])),
+                )
+                conflicts += sum(r.conflicts for r in reports)
+            by_user = await a.store.inner.read_views(ENTITY, [("user_id", u) for u in people])
+            by_id = await b.store.inner.read_views(ENTITY, [("id", u) for u in people])
+            return by_user, by_id, conflicts
+
+    by_user, by_id, _ = asyncio.run(go())
+
+    assert by_user == by_id
+    settings = oracle_settings()
+    for user, view in zip(people, by_user, strict=True):
+        assert view is not None, user
+        assert comparable(orjson.loads(view)) == person_oracle(settings, everyone[user], user)
+    assert nodes_holding(cluster, "{" + prefix + ".b*}:s:*") == set(range(MASTERS))
+    # every commit finalized: no claim, lock or intent is left
+    assert nodes_holding(cluster, "{" + prefix + ".b*}:it:*") == set()
+
+
+@pytest.mark.parametrize("commits", ORDERS)
+def test_a_merge_across_slots_racing_events_loses_and_doubles_nothing(
+    cluster: LocalCluster, prefix: str, commits: str
+) -> None:
+    """test_stitching's race on the spread layout: X (anonymous) merges into U while the
+    other worker writes both; whichever commits second conflicts and is computed again.
+    The pointers, in their own buckets, all end on U; X is deleted."""
+    layout = SpreadLayout(prefix, BUCKETS)
+    assert layout.profile_bucket(ENTITY, U) != layout.profile_bucket(ENTITY, X)
+
+    async def go() -> tuple[Any, list[bytes | None]]:
+        async with spread_workers(cluster, prefix) as (a, b):
+            raced = await stitch_concurrently(a, b, commits == ORDERS[0])
+            lookups = [("user_id", U), ("anonymous_id", A), ("email", EMAIL), ("id", U)]
+            return raced, await a.store.inner.read_views(ENTITY, lookups)
+
+    raced, views = asyncio.run(go())
+
+    assert raced.held.conflicts >= 1
+    assert views[0] is not None
+    assert views.count(views[0]) == len(views), "identities serve different views"
+    view = orjson.loads(views[0])
+    assert comparable(view) == person_oracle(oracle_settings(), EVERY_EVENT, U)
+    assert view["version"] == len(EVERY_EVENT)
+    keys = layout.keys(0)
+    pointer = cluster.client(cluster.owner(_slot(keys.index(ENTITY, "anonymous_id", A))))
+    gone = cluster.client(cluster.owner(_slot(keys.state(ENTITY, X))))
+    try:
+        assert pointer.get(keys.index(ENTITY, "anonymous_id", A)) == U.encode()
+        assert command(gone, "EXISTS", keys.state(ENTITY, X), keys.version(ENTITY, X)) == 0
+    finally:
+        pointer.close()
+        gone.close()
+
+
+@pytest.mark.parametrize("commits", ["login-first", "crm-first"])
+def test_a_new_identity_claimed_by_two_workers_ends_in_one_profile(
+    cluster: LocalCluster, prefix: str, commits: str
+) -> None:
+    """Both workers see a new email; the claim of its pointer lets one through, the
+    other conflicts and is computed again on top: one profile, never two."""
+    login = event("in", 20, "identify", traits={"email": EMAIL}, userId=U, anonymousId=A)
+    crm = event("crm", 10, "identify", traits={"email": EMAIL.upper(), "plan": "pro"})
+
+    async def go() -> tuple[BatchReport, bytes | None]:
+        async with spread_workers(cluster, prefix) as (a, b):
+            batches = (a, a.records([login])), (b, b.records([crm]))
+            _, report = await race(*(batches if commits == "login-first" else batches[::-1]))
+            return report, await a.store.inner.read_view(ENTITY, "email", EMAIL)
+
+    held, view = asyncio.run(go())
+
+    assert held.conflicts == 1
+    assert view is not None
+    assert comparable(orjson.loads(view)) == person_oracle(oracle_settings(), [login, crm], U)
+
+
+def _slot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode()))
