@@ -3,14 +3,19 @@ under, so that profiles spread over every shard of a Redis Cluster.
 
 Why buckets: a Redis Cluster runs a script only on keys of one slot. A profile's keys
 (state, view, version, records) must change together, so they share a tag: the tag of
-the profile's bucket, `{tf.b17}`, bucket = a hash of the entity and the profile id
-modulo `buckets`. What a commit writes beside a profile (outbox, expiry index, audience
-and profile counters, the rules version it checks, the commit's intent) has one copy
-per bucket, so that a commit of one bucket's profiles stays one single-slot script.
+the profile's bucket, `{tf.b17}`, bucket = a hash of the entity and the identity
+value the profile id was made from, modulo `buckets`. What a commit writes beside a
+profile (outbox, expiry index, audience and profile counters, the rules version it
+checks, the commit's intent) has one copy per bucket, so that a commit of one
+bucket's profiles stays one single-slot script.
 An identity's index key cannot be tagged by its profile's bucket (the profile is what
-the lookup finds out), so it is tagged by a bucket of its own; so are a tombstone
-(by its digest), an erase request's status (by its id) and an applied messageId's
-dedupe set (by the messageId: `applied` is asked before the profile is known).
+the lookup finds out), so it is tagged by a bucket of its own, chosen so that it is
+the bucket of the profile made from that identity (a profile's bucket is that of the
+identity value its id was made from): a read by the identity a profile was made from
+(a user's `user_id`) resolves the pointer and reads the view in one single-slot
+script, as on one Redis. A tombstone is tagged by its digest's bucket, an erase
+request's status by its id's, and an applied messageId's dedupe set by the messageId's
+(`applied` is asked before the profile is known).
 
 Everything else a deployment stores (API keys, logs, jobs, policies) is never written
 by a commit: it stays under the prefix as one hash tag, `{tf}`, as in option A.
@@ -32,6 +37,14 @@ from traitflow.key_layout import KeyLayout
 
 def _bucket(text: str, buckets: int) -> int:
     return zlib.crc32(text.encode()) % buckets
+
+
+def made_from(profile_id: str) -> str:
+    """The identity value a profile id was made from: the id of a profile made from a
+    primary identity is its value, any other's "type:value" (a primary value with a
+    colon too: `IdentityRules.profile_id`). The read scripts compare it the same way."""
+    _, colon, value = profile_id.partition(":")
+    return value if colon else profile_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +71,14 @@ class SpreadLayout:
         return int(key_slot(self.tag(bucket).encode()))
 
     def profile_bucket(self, entity: str, profile_id: str) -> int:
-        return _bucket(f"{entity}:{profile_id}", self.buckets)
+        """The bucket of the identity the profile's id was made from
+        (`IdentityRules.profile_id`: the value, or "type:value")."""
+        return _bucket(f"{entity}:{made_from(profile_id)}", self.buckets)
 
     def identity_bucket(self, entity: str, index: str, value: str) -> int:
-        return _bucket(f"{entity}:{index}:{value}", self.buckets)
+        """By the value alone: an identity's pointer is in the bucket of the profile
+        made from it, so that a read by that identity is one single-slot script."""
+        return _bucket(f"{entity}:{value}", self.buckets)
 
     def message_bucket(self, source: str, message_id: str) -> int:
         return _bucket(f"{source}:{message_id}", self.buckets)

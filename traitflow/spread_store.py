@@ -28,19 +28,17 @@ from traitflow.spread_claims import new_commit_id, plain
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_plan import bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
+from traitflow.spread_reads import SpreadReads
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
-    PRIMARY_INDEX,
     Conflict,
     Expected,
-    Found,
     Identity,
     MessageKey,
     ProfileStore,
     ProfileWrite,
     RulesChanged,
     now_ms,
-    record_header,
 )
 
 #: how long a commit's claims hold before another worker may finish or undo them (ms)
@@ -50,7 +48,7 @@ CLAIM_LEASE_MS = 10_000
 LEASE_MARGIN = 0.1
 
 
-class SpreadProfileStore(ProfileStore):
+class SpreadProfileStore(SpreadReads, ProfileStore):
     def __init__(
         self,
         client: RedisCluster,
@@ -261,75 +259,6 @@ class SpreadProfileStore(ProfileStore):
             for name, size in zip(pairs[::2], pairs[1::2], strict=True):
                 sizes[name.decode()] = sizes.get(name.decode(), 0) + int(size)
         return sizes
-
-    # --- the API's reads: the pointers first, then the profiles (two round trips) ---
-
-    async def _resolve(self, entity: str, lookups: Sequence[tuple[str, str]]) -> list[str | None]:
-        keys = self.layout.keys(0)
-        asked = [(n, keys.index(entity, *lookup)) for n, lookup in enumerate(lookups)]
-        asked = [(n, key) for n, key in asked if lookups[n][0] != PRIMARY_INDEX]
-        found = await self._run([("GET", key) for _, key in asked])
-        ids: list[str | None] = [
-            value if index == PRIMARY_INDEX else None for index, value in lookups
-        ]
-        for (n, _), raw in zip(asked, found, strict=True):
-            pid = plain(raw)
-            ids[n] = None if pid is None else pid.decode()
-        return ids
-
-    async def read_view(self, entity: str, index: str, value: str) -> bytes | None:
-        return (await self.read_views(entity, [(index, value)]))[0]
-
-    async def read_views(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[bytes | None]:
-        ids = await self._resolve(entity, lookups)
-        keys = self.layout.keys(0)
-        known = [pid for pid in ids if pid is not None]
-        views = dict(
-            zip(known, await self._run([("GET", keys.view(entity, p)) for p in known]), strict=True)
-        )
-        return [None if pid is None else views.get(pid) for pid in ids]
-
-    async def read_profiles(
-        self, entity: str, lookups: Sequence[tuple[str, str]]
-    ) -> list[tuple[bytes, bytes] | None]:
-        ids = await self._resolve(entity, lookups)
-        keys = self.layout.keys(0)
-        known = [pid for pid in ids if pid is not None]
-        calls = [("MGET", keys.view(entity, p), keys.state(entity, p)) for p in known]
-        pairs = dict(zip(known, await self._run(calls), strict=True))
-        found: list[tuple[bytes, bytes] | None] = []
-        for pid in ids:
-            view, state = pairs.get(pid, (None, None)) if pid is not None else (None, None)
-            found.append(None if view is None or state is None else (view, state))
-        return found
-
-    async def read_records(
-        self, entity: str, lookups: Sequence[tuple[str, str]], *, collection: str, stamp: str
-    ) -> list[Found | None]:
-        ids = await self._resolve(entity, lookups)
-        keys = self.layout.keys(0)
-        known = [pid for pid in ids if pid is not None]
-        calls = [
-            (
-                "MGET",
-                keys.record(entity, collection, p),
-                keys.version(entity, p),
-                keys.view(entity, p),
-            )
-            for p in known
-        ]
-        triples = dict(zip(known, await self._run(calls), strict=True))
-        answers: list[Found | None] = []
-        for pid in ids:
-            record, version, view = triples.get(pid, (None, None, None)) if pid else (None,) * 3
-            header = record_header(stamp, version)
-            if record is not None and record.startswith(header):
-                answers.append((True, record[len(header) :]))
-            else:
-                answers.append(None if view is None else (False, view))
-        return answers
 
     async def ping(self) -> None:
         await self.client.ping()

@@ -37,6 +37,7 @@ from tests.integration.test_stitching import (
     race,
     stitch_concurrently,
 )
+from traitflow import spread_claims as claims
 from traitflow.config import Settings
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_store import SpreadProfileStore
@@ -198,3 +199,69 @@ def _slot(key: str) -> int:
     from redis.crc import key_slot
 
     return int(key_slot(key.encode()))
+
+
+def test_a_read_by_the_identity_a_profile_was_made_from_is_one_round_trip(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """The API's reads on the spread layout: by id, or by the identity the profile was
+    made from (its pointer is in the profile's slot), one round trip; by an identity
+    linked later (its pointer is elsewhere), two. A claimed pointer reads as its old
+    value."""
+
+    async def go() -> dict[str, Any]:
+        async with spread_workers(cluster, prefix) as (a, b):
+            await stitch_concurrently(a, b, merge_first=True)
+        store = spread_store(cluster, prefix)
+        sent: list[int] = []
+        run = store._run
+
+        async def counted(calls: Any) -> list[Any]:
+            sent.append(len(calls))
+            return await run(calls)
+
+        store._run = counted  # type: ignore[method-assign]
+        seen: dict[str, Any] = {}
+        try:
+            for name, lookups in {
+                "user_id": [("user_id", U)],
+                "id": [("id", U)],
+                "anonymous_id": [("anonymous_id", A)],
+                "email": [("email", EMAIL)],
+                "nobody": [("user_id", "u-nobody")],
+                "all": [("user_id", U), ("email", EMAIL), ("id", U)],
+            }.items():
+                sent.clear()
+                views = await store.read_views(ENTITY, lookups)
+                profiles = await store.read_profiles(ENTITY, lookups)
+                seen[name] = (views, [p and p[0] for p in profiles], len(sent) // 2)
+            # a commit between its steps holds the pointer: read as the old value
+            pointer = store.layout.keys(0).index(ENTITY, "user_id", U)
+            held = claims.held_value(claims.CLAIMED, "c0", store.clock() + 60_000, 3)
+            await store._run([("SET", pointer, held + U.encode())])
+            sent.clear()
+            seen["claimed"] = (await store.read_views(ENTITY, [("user_id", U)]), None, len(sent))
+            await store._run([("SET", pointer, U)])
+        finally:
+            await store.close()
+        return seen
+
+    seen = asyncio.run(go())
+
+    view = seen["id"][0][0]
+    assert view is not None
+    assert comparable(orjson.loads(view)) == person_oracle(oracle_settings(), EVERY_EVENT, U)
+    rounds = {name: trips for name, (_, _, trips) in seen.items()}
+    assert rounds == {
+        "user_id": 1,
+        "id": 1,
+        "anonymous_id": 2,
+        "email": 2,
+        "nobody": 1,
+        "all": 2,
+        "claimed": 1,
+    }
+    for name, (views, profile_views, _) in seen.items():
+        want = [None] if name == "nobody" else [view] * len(views)
+        assert views == want, name
+        assert profile_views in (None, want), name

@@ -69,3 +69,16 @@ def test_profiles_spread_over_the_slots_of_every_shard() -> None:
     assert len(buckets) > 600
     thirds = {layout.slot(bucket) * 3 // 16384 for bucket in buckets}
     assert thirds == {0, 1, 2}
+
+
+def test_a_pointer_is_in_the_bucket_of_the_profile_made_from_its_identity() -> None:
+    """So that a read by that identity is one single-slot script."""
+    layout = SpreadLayout("tf", 1024)
+    assert layout.identity_bucket(ENTITY, "user_id", "u-1") == layout.profile_bucket(ENTITY, "u-1")
+    made = "anonymous_id:a-1"  # `IdentityRules.profile_id` of a non-primary identity
+    assert layout.identity_bucket(ENTITY, "anonymous_id", "a-1") == layout.profile_bucket(
+        ENTITY, made
+    )
+    assert layout.identity_bucket(ENTITY, "user_id", "x:y") == layout.profile_bucket(
+        ENTITY, "user_id:x:y"
+    )
