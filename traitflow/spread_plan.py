@@ -34,6 +34,13 @@ class SpreadUnsupported(StoreError):
     option B"): refused, rather than made without its guarantee."""
 
 
+def refuse_spread(layout: str, what: str) -> None:
+    """Raise if the settings' `layout` is the spread one: `what` does not support it yet
+    (it reads or writes profiles under the prefix's tag, where they are not)."""
+    if layout == "spread":
+        raise SpreadUnsupported(f"{what} does not support TRAITFLOW_REDIS_LAYOUT=spread yet")
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A key to claim before the buckets commit: a pointer or a merged profile's

@@ -1,0 +1,143 @@
+"""A real `traitflow worker` and `traitflow api` on the local Redis Cluster with
+TRAITFLOW_REDIS_LAYOUT=spread: people browse anonymously, log in (a merge of the
+anonymous profile into the user's, across slots), then keep buying; every identity of
+every person must serve the batch answer, and the outbox relay must empty every
+bucket's copy of the outboxes: each profile's last change on the profile changes topic
+is its final version."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from redis.cluster import RedisCluster
+
+from api.keys import RedisKeyStore, new_key
+from tests.integration.cluster import LocalCluster, cluster_possible
+from tests.integration.conftest import Publisher, wait_until
+from tests.integration.stitching_support import comparable, event, person_oracle
+from tests.integration.test_redis_cluster import person_event
+from tests.integration.workers import alive, running_api, start_worker
+from traitflow.config import Settings
+from traitflow.spread_layout import SpreadLayout
+from traitflow.topics import ensure_topics, read_topic
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.cluster,
+    pytest.mark.skipif(not cluster_possible(), reason="needs redis-server and redis-cli"),
+]
+
+BUCKETS = 32
+
+
+def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
+    settings: Settings, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    name = f"tfs-{uuid.uuid4().hex[:6]}"
+    own = settings.isolated(
+        name,
+        profile_changes_topic=f"{name}-changes",
+        redis_url=cluster.url,
+        redis_cluster=True,
+        redis_layout="spread",
+        redis_buckets=BUCKETS,
+        export_in_api=False,
+        source_jobs_in_api=False,
+        home=tmp_path,
+    )
+    assert own.profile_changes_topic is not None
+    asyncio.run(ensure_topics(own))
+    publish = Publisher(own, next(iter(own.sources)))
+    rng = random.Random(5)
+    people = [f"su-{p}" for p in range(20)]
+    everyone: dict[str, list[Any]] = {u: [] for u in people}
+
+    def anonymous(user: str) -> str:
+        return f"anon-{user}"
+
+    def send(make: Any) -> None:
+        batch = []
+        for user in people:
+            everyone[user].append(make(user, len(everyone[user])))
+            batch.append(everyone[user][-1])
+        publish(batch)
+
+    def browse(user: str, n: int) -> Any:
+        return event(f"{user}-{n}", 600 - n / 10, anonymousId=anonymous(user))
+
+    def login(user: str, n: int) -> Any:
+        traits = {"email": f"{user}@example.com"}
+        return event(
+            f"{user}-{n}", 600 - n / 10, "identify", traits=traits, userId=user,
+            anonymousId=anonymous(user),
+        )  # fmt: skip
+
+    worker = start_worker(own, "worker")
+    closing: list[httpx.Client] = []
+    try:
+        for make in (browse, browse, login, *[lambda u, n: person_event(rng, u, n)] * 3):
+            send(make)
+        record, token = new_key("spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
+
+        async def store_key() -> None:
+            store = RedisKeyStore.from_url(own, own.key_prefix)
+            try:
+                await store.create(record)
+            finally:
+                await store.close()
+
+        asyncio.run(store_key())
+        with running_api(own, "api") as base:
+            http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+            closing.append(http)
+
+            def served(kind: str, value: str) -> Any:
+                r = http.get(f"/v1/collections/users/records/{kind}/{value}")
+                return r.status_code, r.json()
+
+            total = {u: len(e) for u, e in everyone.items()}
+
+            def done() -> bool:
+                assert alive(worker), "the worker stopped"
+                return all(served("user_id", u)[1].get("version") == total[u] for u in people)
+
+            wait_until(done, timeout=120, what="every event applied")
+            for user in people:
+                want = person_oracle(own, everyone[user], user)
+                for kind, value in (
+                    ("user_id", user),
+                    ("anonymous_id", anonymous(user)),
+                    ("email", f"{user}@example.com"),
+                ):
+                    status, view = served(kind, value)
+                    assert status == 200, (kind, value)
+                    assert comparable(view) == want, (kind, value)
+        layout = SpreadLayout.of(own.key_prefix, BUCKETS)
+        outboxes = [layout.keys(b).outbox(f"{t}/{p}") for b in range(BUCKETS) for t in own.sources
+                    for p in range(own.topic_partitions)]  # fmt: skip
+        client = RedisCluster.from_url(cluster.url)
+        try:
+
+            def relayed() -> bool:
+                return sum(client.xlen(key) for key in outboxes) == 0
+
+            wait_until(relayed, timeout=30, what="every bucket's outbox relayed")
+        finally:
+            client.close()
+        last: dict[bytes, int] = {}
+        for message in asyncio.run(read_topic(own, own.profile_changes_topic)):
+            if message.value is not None:
+                version = orjson.loads(message.value)["version"]
+                last[message.key] = max(last.get(message.key, 0), version)
+        assert {u: last.get(u.encode()) for u in people} == total
+    finally:
+        for c in closing:
+            c.close()
+        worker.stop()

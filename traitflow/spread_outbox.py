@@ -1,0 +1,76 @@
+"""The outbox on the spread layout (`traitflow.outbox`'s `Outbox`): a commit appends a
+write's messages to its bucket's copy of the input partition's stream, in the same
+single-slot script as the write, so the relay reads every bucket's copy.
+
+Order: a profile's messages are in one bucket's stream, in commit order, and `pending`
+returns a prefix of every bucket's stream, merged by entry id; messages of profiles in
+different buckets are ordered by their commit's time on its node (never promised more:
+docs/redis-cluster.md, option B). Entry ids name their bucket ("{bucket}/{id}") so
+that `remove` deletes each from its stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from traitflow.outbox import from_entry
+from traitflow.spread_layout import SpreadLayout
+from traitflow.store import Outgoing
+
+
+def _order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class SpreadOutbox:
+    """Every bucket's copy of each partition's outbox, read in one round trip."""
+
+    def __init__(self, client: RedisCluster, layout: SpreadLayout) -> None:
+        self.client = client
+        self.layout = layout
+
+    async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.client.pipeline()
+        for call in calls:
+            pipe.execute_command(*call)
+        replies: list[Any] = await pipe.execute()
+        return replies
+
+    async def pending(self, source: str, count: int) -> list[tuple[bytes, Outgoing]]:
+        buckets = range(self.layout.buckets)
+        replies = await self._run(
+            [
+                ("XRANGE", self.layout.keys(b).outbox(source), "-", "+", "COUNT", count)
+                for b in buckets
+            ]
+        )
+        found: list[tuple[tuple[int, int], int, bytes, dict[bytes, bytes]]] = []
+        for bucket, entries in zip(buckets, replies, strict=True):
+            for entry_id, fields in entries:
+                found.append((_order(entry_id), bucket, entry_id, fields))
+        found.sort(key=lambda entry: (entry[0], entry[1]))
+        return [
+            (f"{bucket}/".encode() + entry_id, from_entry(fields))
+            for _, bucket, entry_id, fields in found[:count]
+        ]
+
+    async def remove(self, source: str, ids: Sequence[bytes]) -> None:
+        by_bucket: dict[int, list[bytes]] = {}
+        for named in ids:
+            bucket, _, entry_id = named.partition(b"/")
+            by_bucket.setdefault(int(bucket), []).append(entry_id)
+        await self._run(
+            [("XDEL", self.layout.keys(b).outbox(source), *e) for b, e in by_bucket.items()]
+        )
+
+    async def size(self, sources: Iterable[str]) -> int:
+        calls = [
+            ("XLEN", self.layout.keys(b).outbox(source))
+            for source in sources
+            for b in range(self.layout.buckets)
+        ]
+        return sum(await self._run(calls)) if calls else 0
