@@ -34,6 +34,10 @@ from redis.crc import key_slot
 
 from traitflow.key_layout import KeyLayout
 
+#: buckets the dedupe sets of applied messageIds are spread over at most: `applied`
+#: asks each of them for every live time bucket, so each costs a command per batch
+MESSAGE_BUCKETS = 32
+
 
 def _bucket(text: str, buckets: int) -> int:
     return zlib.crc32(text.encode()) % buckets
@@ -81,7 +85,7 @@ class SpreadLayout:
         return _bucket(f"{entity}:{value}", self.buckets)
 
     def message_bucket(self, source: str, message_id: str) -> int:
-        return _bucket(f"{source}:{message_id}", self.buckets)
+        return _bucket(f"{source}:{message_id}", min(self.buckets, MESSAGE_BUCKETS))
 
     def keys(self, bucket: int) -> BucketKeys:
         """The keys of bucket `bucket`, and those its commits name elsewhere."""

@@ -10,6 +10,7 @@ node its share at once, all nodes in parallel.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from traitflow import spread_claims as claims
 from traitflow.commit_script import COMMIT, found_values, script_arguments
@@ -41,15 +43,44 @@ class SpreadProtocol:
         self.clock = clock
         #: intents being dropped after their commit finalized (not waited for)
         self._dropping: set[asyncio.Task[None]] = set()
+        #: script source -> its SHA-1, for the scripts sent so far
+        self._scripts: dict[str, str] = {}
 
     async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Commands on the cluster pipeline: each node's at once, nodes in parallel."""
+        """Commands on the cluster pipeline: each node's at once, nodes in parallel.
+        A script ("EVAL", source, ...) is sent by its SHA-1; a node that lacks it (new,
+        restarted, failed over) is given every script and the scripts it refused are
+        sent again (a NOSCRIPT reply ran nothing)."""
         if not calls:
             return []
+        sent = [self._by_sha(call) for call in calls]
+        replies = await self._send(sent)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for source in self._scripts:
+                await self.client.script_load(source)
+            again = await self._send([sent[n] for n in missing])
+            for n, reply in zip(missing, again, strict=True):
+                replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _by_sha(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
+        if call[0] != "EVAL":
+            return call
+        source = call[1]
+        sha = self._scripts.get(source)
+        if sha is None:
+            sha = self._scripts[source] = hashlib.sha1(source.encode()).hexdigest()
+        return ("EVALSHA", sha, *call[2:])
+
+    async def _send(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         pipe = self.client.pipeline()
         for call in calls:
             pipe.execute_command(*call)
-        replies: list[Any] = await pipe.execute()
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
     # --- claim -------------------------------------------------------------------

@@ -265,3 +265,36 @@ def test_a_read_by_the_identity_a_profile_was_made_from_is_one_round_trip(
         want = [None] if name == "nobody" else [view] * len(views)
         assert views == want, name
         assert profile_views in (None, want), name
+
+
+def test_a_node_that_lost_the_scripts_is_given_them_again(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """Scripts are sent by their SHA-1; a node without them (restarted, failed over,
+    flushed here) answers NOSCRIPT, runs nothing, and is sent them again."""
+    rng = random.Random(13)
+    people = [f"u-{p}" for p in range(12)]
+    everyone: dict[str, list[Any]] = {user: [] for user in people}
+
+    async def go() -> list[bytes | None]:
+        async with spread_workers(cluster, prefix, count=1) as (worker,):
+            for round_ in range(2):
+                batch = [person_event(rng, u, len(everyone[u])) for u in people]
+                for user, made in zip(people, batch, strict=True):
+                    everyone[user].append(made)
+                if round_:
+                    for index in range(MASTERS):
+                        client = cluster.client(index)
+                        try:
+                            command(client, "SCRIPT", "FLUSH")
+                        finally:
+                            client.close()
+                await worker.processor.process(worker.records(batch))
+            return await worker.store.inner.read_views(ENTITY, [("user_id", u) for u in people])
+
+    views = asyncio.run(go())
+
+    for user, view in zip(people, views, strict=True):
+        assert view is not None, user
+        want = person_oracle(oracle_settings(), everyone[user], user)
+        assert comparable(orjson.loads(view)) == want
