@@ -18,7 +18,13 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    NoScriptError,
+    TryAgainError,
+)
 
 from traitflow import spread_claims as claims
 from traitflow.commit_script import COMMIT, found_values, script_arguments
@@ -28,6 +34,21 @@ from traitflow.spread_plan import BucketCommit, Claim, SpreadCommit
 from traitflow.store import Conflict
 
 log = logging.getLogger(__name__)
+
+#: replies that say a command did not run because its slot is moving or the cluster
+#: is failing over: sent again after a pause, for up to `WAIT_OUT_S`
+_WAIT = (TryAgainError, ClusterDownError, AskError)
+WAIT_OUT_S = 60.0
+
+
+def _did_not_run(reply: object) -> bool:
+    """A reply of a command the cluster refused whole while a slot moves: one of
+    `_WAIT`, or redis-py's "TTL exhausted" after it followed as many of them as it
+    will (redirections, never a lost connection)."""
+    if isinstance(reply, _WAIT):
+        return True
+    return isinstance(reply, ClusterError) and "TTL exhausted" in str(reply)
+
 
 #: how long an "aborted" intent stays: far longer than any lease, so that a commit
 #: whose claims were rolled back can never commit after it (ms)
@@ -55,12 +76,21 @@ class SpreadProtocol:
             return []
         sent = [self._by_sha(call) for call in calls]
         replies = await self._send(sent)
-        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            for source in self._scripts:
-                await self.client.script_load(source)
-            again = await self._send([sent[n] for n in missing])
-            for n, reply in zip(missing, again, strict=True):
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + WAIT_OUT_S, 0.01
+        while True:
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                for source in self._scripts:
+                    await self.client.script_load(source)
+            waiting = [n for n, reply in enumerate(replies) if _did_not_run(reply)]
+            again = sorted({*missing, *waiting})
+            if not again or loop.time() > deadline:
+                break
+            if waiting:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.25)
+            for n, reply in zip(again, await self._send([sent[n] for n in again]), strict=True):
                 replies[n] = reply
         for reply in replies:
             if isinstance(reply, Exception):
