@@ -120,7 +120,7 @@ def create_app(
     )
 
     profiles = redis_profiles(settings)  # on the spread layout: what is not a profile's
-    spread = spread_profiles(settings)
+    spread = spread_profiles(settings, rules_version)
     store = CachedProfileStore(spread or profiles, settings.state_cache_profiles)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
     durable = DurabilityWait.from_url(

@@ -22,10 +22,17 @@ from traitflow.spread_store import SpreadProfileStore
 log = logging.getLogger(__name__)
 
 
-def spread_profiles(settings: Settings) -> SpreadProfileStore | None:
-    """The worker's store of profiles on the spread layout; None on the others."""
+def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStore | None:
+    """The worker's store of profiles on the spread layout; None on the others.
+    `rules_version`: the version of the rules it starts with (`traitflow.rule_catalog`)."""
     if settings.redis_layout != "spread":
         return None
+    if rules_version:
+        raise SpreadUnsupported(
+            f"the rules are at version {rules_version} (attributes made through the API): "
+            "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
+            "yet"
+        )
     if settings.redis_sync != "none":
         raise SpreadUnsupported(
             f"TRAITFLOW_REDIS_SYNC={settings.redis_sync} is not supported with "
