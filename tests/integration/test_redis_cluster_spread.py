@@ -298,3 +298,72 @@ def test_a_node_that_lost_the_scripts_is_given_them_again(
         assert view is not None, user
         want = person_oracle(oracle_settings(), everyone[user], user)
         assert comparable(orjson.loads(view)) == want
+
+
+#: each person's identities in the test below: (type, value with {} for the user)
+IDENTITIES = [
+    ("user_id", "{}"),
+    ("email", "{}@example.com"),
+    ("anonymous_id", "{}-phone"),
+    ("anonymous_id", "{}-laptop"),
+]
+
+
+@pytest.mark.parametrize("seed", [23, 29, 31])
+def test_three_workers_stitching_the_same_people_at_once_end_in_the_batch_answer(
+    cluster: LocalCluster, prefix: str, seed: int
+) -> None:
+    """Each person browses anonymously on two devices, logs in on both and buys; every
+    event goes to a worker at random and the three workers commit at the same moment,
+    so their claims, locks and merges meet. Every identity of every person must serve the
+    batch answer, and no claim, lock or intent is left."""
+    rng = random.Random(seed)
+    people = [f"p-{n}" for n in range(12)]
+    everyone: dict[str, list[Any]] = {user: [] for user in people}
+
+    def make(user: str, n: int, kind: str) -> Any:
+        mid, ago = f"{user}-{n}", 600 - n / 10
+        devices = {"a": f"{user}-phone", "b": f"{user}-laptop"}
+        if kind in devices:
+            return event(mid, ago, anonymousId=devices[kind])
+        if kind.startswith("login-"):
+            traits = {"email": f"{user}@example.com"}
+            device = devices[kind[-1]]
+            return event(mid, ago, "identify", traits=traits, userId=user, anonymousId=device)
+        return person_event(rng, user, n) | {"messageId": mid}
+
+    plan = ["a", "b", "a", "b", "login-a", "b", "login-b", "buy", "a", "buy"]
+
+    async def go() -> tuple[list[list[bytes | None]], int]:
+        async with spread_workers(cluster, prefix, count=3) as workers:
+            conflicts = 0
+            for kind in plan:
+                batches: list[list[Any]] = [[] for _ in workers]
+                for user in people:
+                    made = make(user, len(everyone[user]), kind)
+                    everyone[user].append(made)
+                    batches[rng.randrange(len(workers))].append(made)
+                reports = await asyncio.gather(
+                    *(
+                        w.processor.process(w.records(b))
+                        for w, b in zip(workers, batches, strict=True)
+                    )
+                )
+                conflicts += sum(r.conflicts for r in reports)
+            reads = []
+            for kind, value in IDENTITIES:
+                lookups = [(kind, value.format(user)) for user in people]
+                reads.append(await workers[0].store.inner.read_views(ENTITY, lookups))
+            return reads, conflicts
+
+    reads, conflicts = asyncio.run(go())
+
+    assert conflicts > 0, "no commit met another's: nothing was raced"
+    settings = oracle_settings()
+    for n, user in enumerate(people):
+        want = person_oracle(settings, everyone[user], user)
+        for views in reads:
+            view = views[n]
+            assert view is not None, user
+            assert comparable(orjson.loads(view)) == want, user
+    assert nodes_holding(cluster, "{" + prefix + ".b*}:it:*") == set()
