@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,11 @@ from tests.integration.cluster import LocalCluster, cluster_possible
 from tests.integration.conftest import Publisher, wait_until
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import person_event
+from tests.integration.test_worker_kills import kill9
 from tests.integration.workers import alive, running_api, start_worker
 from traitflow.config import Settings
 from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_store import SpreadProfileStore
 from traitflow.topics import ensure_topics, read_topic
 
 pytestmark = [
@@ -140,4 +144,92 @@ def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
     finally:
         for c in closing:
             c.close()
+        worker.stop()
+
+
+def test_a_spread_worker_killed_mid_stream_twice_ends_in_the_batch_answer(
+    settings: Settings, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`traitflow worker` on the spread layout, SIGKILLed twice while it commits waves
+    of logins (merges across slots) and orders, and started again: the new one finishes
+    what the dead one left (intents when given its partitions, claims and locks when it
+    meets them) and reads its batches again. Every identity serves the batch answer."""
+    own = settings.isolated(
+        f"tfk-{uuid.uuid4().hex[:6]}",
+        redis_url=cluster.url,
+        redis_cluster=True,
+        redis_layout="spread",
+        redis_buckets=BUCKETS,
+        home=tmp_path,
+    )
+    asyncio.run(ensure_topics(own))
+    publish = Publisher(own, next(iter(own.sources)))
+    rng = random.Random(9)
+    people = [f"ku-{p}" for p in range(150)]
+    everyone: dict[str, list[Any]] = {u: [] for u in people}
+
+    def wave(kind: str) -> None:
+        batch = []
+        for user in people:
+            n = len(everyone[user])
+            mid, ago, device = f"{user}-{n}", 600 - n / 10, f"anon-{user}-{n // 6}"
+            if kind == "browse":
+                made = event(mid, ago, anonymousId=device)
+            elif kind == "login":
+                traits = {"email": f"{user}@example.com"}
+                made = event(mid, ago, "identify", traits=traits, userId=user, anonymousId=device)
+            else:
+                made = person_event(rng, user, n) | {"messageId": mid}
+            everyone[user].append(made)
+            batch.append(made)
+        publish(batch)
+
+    def read(lookups: list[tuple[str, str]]) -> list[bytes | None]:
+        async def go() -> list[bytes | None]:
+            store = SpreadProfileStore.from_url(own, own.key_prefix, BUCKETS)
+            try:
+                return await store.read_views("user", lookups)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    def started(versions: dict[str, int]) -> bool:
+        """Whether the worker has written some of what was sent since `versions`."""
+        views = read([("user_id", u) for u in people])
+        return any(
+            v is not None and orjson.loads(v)["version"] > versions.get(u, 0)
+            for u, v in zip(people, views, strict=True)
+        )
+
+    worker = start_worker(own, "worker-0")
+    try:
+        for kill in range(2):
+            before = {u: len(e) for u, e in everyone.items()}
+            for kind in ("browse", "login", "buy", "buy", "browse", "login"):
+                wave(kind)
+            wait_until(partial(started, before), timeout=60, what="the worker's first writes")
+            time.sleep(rng.uniform(0, 0.2))
+            kill9(worker)
+            worker = start_worker(own, f"worker-{kill + 1}")
+        wave("buy")
+        total = {u: len(e) for u, e in everyone.items()}
+
+        def done() -> bool:
+            assert alive(worker), "the worker stopped"
+            views = read([("user_id", u) for u in people])
+            return all(
+                v is not None and orjson.loads(v)["version"] == total[u]
+                for u, v in zip(people, views, strict=True)
+            )
+
+        wait_until(done, timeout=180, what="every event applied after the kills")
+        for user in people:
+            want = person_oracle(own, everyone[user], user)
+            lookups = [("user_id", user), ("email", f"{user}@example.com")]
+            lookups += [("anonymous_id", f"anon-{user}-{d}") for d in range(2)]
+            for lookup, view in zip(lookups, read(lookups), strict=True):
+                assert view is not None, lookup
+                assert comparable(orjson.loads(view)) == want, lookup
+    finally:
         worker.stop()
