@@ -135,6 +135,11 @@ def persist_if(key: str, value: str) -> Op:
     return ("PERSISTIF", key, value)
 
 
+def uncount(key: str, profile_ids: Sequence[str]) -> Op:
+    """Take profiles out of an expiring-members set (`traitflow.audience_counts`)."""
+    return ("ZREM", key, *profile_ids)
+
+
 def remember(key: str, gone_at: int, message_ids: Sequence[str]) -> Op:
     """Add applied messageIds to a dedupe set that expires at `gone_at` (epoch ms)."""
     return ("SADD", key, gone_at, *message_ids)
@@ -211,6 +216,8 @@ while at <= last do
     if redis.call('GET', key) == ARGV[at + 3] then redis.call('PEXPIRE', key, ARGV[at + 4]) end
   elseif kind == 'PERSISTIF' then
     if redis.call('GET', key) == ARGV[at + 3] then redis.call('PERSIST', key) end
+  elseif kind == 'ZREM' then
+    redis.call('ZREM', key, unpack(ARGV, at + 3, at + size))
   elseif kind == 'SADD' then
     redis.call('SADD', key, unpack(ARGV, at + 4, at + size))
     redis.call('PEXPIREAT', key, ARGV[at + 3])

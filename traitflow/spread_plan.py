@@ -136,6 +136,7 @@ def plan_commit(
         at = Expected(versions=versions, rules_version=expected.rules_version)
         plan = CommitPlan.of(keys, entity, [write], expected=at, now=now)
         _take_foreign(layout, plan, part, pid, pointed)
+        _uncount_elsewhere(layout, plan, part)
         _remember(layout, plan, part, now, bucket_ms, dedupe_window_ms)
         plan.queue(part.commands, bucket_ms=bucket_ms, dedupe_window_ms=dedupe_window_ms)
         part.checks.update(plan.checks)
@@ -231,6 +232,28 @@ def _take_foreign(
             "TRAITFLOW_REDIS_LAYOUT=spread does not support source delete jobs yet: their "
             "count is not in a profile's bucket"
         )
+
+
+def _uncount_elsewhere(layout: SpreadLayout, plan: CommitPlan, part: BucketCommit) -> None:
+    """A merged-away profile that was expiring is counted among the expiring members
+    of its own bucket's sets: it leaves them there, as an intent step."""
+    entity = plan.entity
+    for sizes, audiences in ((plan.sizes, True), (plan.counts, False)):
+        for name, pids in list(sizes.dropped.items()):
+            here = [pid for pid in pids if layout.profile_bucket(entity, pid) == part.bucket]
+            for pid in pids:
+                if pid not in here:
+                    keys = layout.of_profile(entity, pid)
+                    key = (
+                        keys.expiring_members(entity, name)
+                        if audiences
+                        else keys.expiring_profiles(entity, name)
+                    )
+                    part.forward.append(claims.uncount(key, [pid]))
+            if here:
+                sizes.dropped[name] = here
+            else:
+                del sizes.dropped[name]
 
 
 def _remember(

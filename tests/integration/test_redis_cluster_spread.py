@@ -21,7 +21,7 @@ import pytest
 
 from attributes.rules import load_rules
 from attributes.stitching import TRUST_ALL
-from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters
+from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters, Record
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, command
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import RULES, oracle_settings, person_event
@@ -39,6 +39,7 @@ from tests.integration.test_stitching import (
 )
 from traitflow import spread_claims as claims
 from traitflow.config import Settings
+from traitflow.memory_store import MemoryProfileStore
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_store import SpreadProfileStore
 
@@ -367,3 +368,54 @@ def test_three_workers_stitching_the_same_people_at_once_end_in_the_batch_answer
             assert view is not None, user
             assert comparable(orjson.loads(view)) == want, user
     assert nodes_holding(cluster, "{" + prefix + ".b*}:it:*") == set()
+
+
+def test_profile_counts_summed_over_buckets_equal_one_stores_after_merges(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """Anonymous-only profiles expire (their counts are kept apart, per bucket); logins
+    merge them into users whose profiles are in other buckets. The counts summed over
+    every bucket equal those of one in-memory store fed the same batches."""
+    rules = load_rules(RULES)
+    batches: list[list[Any]] = [
+        [event(f"b-{n}", 30, anonymousId=f"dev-{n}") for n in range(16)],
+        [
+            event(
+                f"l-{n}",
+                20,
+                "identify",
+                traits={"email": f"c{n}@x.io"},
+                userId=f"c-{n}",
+                anonymousId=f"dev-{n}",
+            )
+            for n in range(10)
+        ],
+        [event(f"o-{n}", 10, userId=f"c-{n}") for n in range(0, 16, 3)],
+    ]
+
+    async def counted(store: Any) -> dict[str, int]:
+        processor = BatchProcessor(
+            rules, store, ListDeadLetters(), trust=TRUST_ALL, anonymous_ttl_ms=3_600_000
+        )
+        offset = 0
+        for batch in batches:
+            records = [
+                Record("events", 0, offset + i, orjson.dumps(e), 0) for i, e in enumerate(batch)
+            ]
+            offset += len(records)
+            await processor.process(records)
+        counts: dict[str, int] = await store.profile_counts(ENTITY)
+        return counts
+
+    async def go() -> tuple[dict[str, int], dict[str, int]]:
+        spread = spread_store(cluster, prefix)
+        try:
+            return await counted(spread), await counted(MemoryProfileStore())
+        finally:
+            await spread.close()
+
+    on_cluster, in_memory = asyncio.run(go())
+
+    assert on_cluster == in_memory
+    # ten devices merged into their users, six still anonymous, two users new with orders
+    assert in_memory["profile"] == 18

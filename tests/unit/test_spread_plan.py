@@ -190,3 +190,17 @@ def test_held_values_read_as_their_old_value() -> None:
     assert args[0] == 4
     assert args[5] == 4
     assert claims.decode_intent(claims.encode_intent(ops)) == ops
+
+
+def test_a_merged_expiring_profile_leaves_the_expiring_members_of_its_own_bucket() -> None:
+    """Its membership was counted in its bucket's sorted set, not the survivor's."""
+    survivor, merged = two_buckets()
+    kept = write(survivor, absorbed=[merged], departed_expiring=[(merged, "vip")])
+    kept.categories_departed_expiring = [(merged, "profile")]
+    spread = plan([kept], removed=[merged], expected=Expected(versions={merged: 1}))
+    part = spread.buckets[LAYOUT.profile_bucket("user", survivor)]
+    theirs = LAYOUT.of_profile("user", merged)
+    assert claims.uncount(theirs.expiring_members("user", "vip"), [merged]) in part.forward
+    assert claims.uncount(theirs.expiring_profiles("user", "profile"), [merged]) in part.forward
+    zrems = [n for n, arg in enumerate(part.commands.args) if arg == "ZREM"]
+    assert all(part.commands.args[n + 2] != merged for n in zrems)
