@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from attributes.erasure import erase_event
 from attributes.rules import load_rules
 from attributes.stitching import TRUST_ALL
 from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters, Record
@@ -419,3 +420,45 @@ def test_profile_counts_summed_over_buckets_equal_one_stores_after_merges(
     assert on_cluster == in_memory
     # ten devices merged into their users, six still anonymous, two users new with orders
     assert in_memory["profile"] == 18
+
+
+def test_an_erasure_deletes_every_key_across_slots_and_a_replay_stays_erased(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """An erase by email of a person whose pointers are in several buckets: the profile
+    goes in its bucket's script, the pointers, tombstones and the request's status by
+    the intent. Every identity then reads nothing, the status says applied, and the
+    person's events given again (a replay) bring nothing back."""
+    user, device, email = "e-1", "e-dev", "e1@example.com"
+    person = [
+        event("e1", 30, anonymousId=device),
+        event("e2", 20, "identify", traits={"email": email}, userId=user, anonymousId=device),
+        event("e3", 10, userId=user),
+    ]
+    erase = erase_event(ENTITY, "email", email, "req-e1")
+    lookups = [("user_id", user), ("anonymous_id", device), ("email", email), ("id", user)]
+
+    async def go() -> tuple[list[bytes | None], list[bytes | None], bytes | None, int]:
+        async with spread_workers(cluster, prefix, count=1) as (worker,):
+            await worker.processor.process(worker.records(person))
+            before = await worker.store.inner.read_views(ENTITY, lookups)
+            await worker.processor.process(worker.records([erase]))
+        async with spread_workers(cluster, prefix, count=1) as (replayed,):
+            replayed.offset = 0  # the topic replayed from its start
+            await replayed.processor.process(replayed.records([*person, erase]))
+            store = replayed.store.inner
+            assert isinstance(store, SpreadProfileStore)
+            after = await store.read_views(ENTITY, lookups)
+            status = await store.erasure_status("req-e1")
+            identities = [("user_id", user), ("anonymous_id", device), ("email", email)]
+            tombstones = len(await store.tombstones(ENTITY, identities))
+        return before, after, status, tombstones
+
+    before, after, status, tombstones = asyncio.run(go())
+
+    assert None not in before
+    assert after == [None] * len(lookups)
+    assert status is not None
+    assert orjson.loads(status)["status"] == "applied"
+    assert tombstones == 3
+    assert nodes_holding(cluster, "{" + prefix + ".b*}:[svni]:*") == set()
