@@ -50,6 +50,15 @@ def _did_not_run(reply: object) -> bool:
     return isinstance(reply, ClusterError) and "TTL exhausted" in str(reply)
 
 
+#: Reads keys of any slots its node serves, in one command (Redis 7's
+#: `allow-cross-slot-keys`). A key of a slot the node does not serve, or of one
+#: migrating away whose key has left, is refused ("non local key"), never read as absent.
+GET_ON_NODE = """#!lua flags=allow-cross-slot-keys,no-writes
+local found = {}
+for i, key in ipairs(ARGV) do found[i] = redis.call('GET', key) end
+return found
+"""
+
 #: how long an "aborted" intent stays: far longer than any lease, so that a commit
 #: whose claims were rolled back can never commit after it (ms)
 ABORTED_TTL_MS = 86_400_000
@@ -96,6 +105,42 @@ class SpreadProtocol:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def get(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of `keys` (None: absent), one script per node that serves them,
+        all nodes at once. A node that refuses its script (a slot moved or moving)
+        has its keys read one by one, each sent where its slot is."""
+        if not keys:
+            return []
+        manager = self.client.nodes_manager
+        if not manager.slots_cache:  # the client has not met the cluster yet
+            await self.client.initialize()
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for n, key in enumerate(keys):
+            node = manager.get_node_from_slot(int(key_slot(key.encode())))
+            by_node.setdefault(node.name, (node, []))[1].append(n)
+        groups = list(by_node.values())
+        pipe = self.client.pipeline()
+        for node, ns in groups:
+            call = self._by_sha(("EVAL", GET_ON_NODE, 0, *(keys[n] for n in ns)))
+            pipe.execute_command(*call, target_nodes=node)
+        replies = await pipe.execute(raise_on_error=False)
+        found: list[bytes | None] = [None] * len(keys)
+        refused: list[int] = []
+        for (_, ns), reply in zip(groups, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # loaded for the next time
+                await self.client.script_load(GET_ON_NODE)
+            if isinstance(reply, Exception):
+                refused += ns
+                continue
+            for n, value in zip(ns, reply, strict=True):
+                found[n] = value
+        if refused:
+            for n, value in zip(
+                refused, await self._run([("GET", keys[n]) for n in refused]), strict=True
+            ):
+                found[n] = value
+        return found
 
     def _by_sha(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
         if call[0] != "EVAL":

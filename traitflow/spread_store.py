@@ -94,7 +94,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
     async def lookup(self, entity: str, identities: Sequence[Identity]) -> dict[Identity, str]:
         """A claimed pointer (a commit between its steps) is taken for its old value."""
         keys = self.layout.keys(0)
-        found = await self._run([("GET", keys.index(entity, *i)) for i in identities])
+        found = await self.protocol.get([keys.index(entity, *i) for i in identities])
         return {
             identity: pid.decode()
             for identity, raw in zip(identities, found, strict=True)
@@ -105,7 +105,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         """The states (a locked profile's too: the lock is on its version key, and a
         commit of it is refused by the version check)."""
         keys = self.layout.keys(0)
-        raws = await self._run([("GET", keys.state(entity, pid)) for pid in ids])
+        raws = await self.protocol.get([keys.state(entity, pid) for pid in ids])
         return {pid: decode_state(raw) for pid, raw in zip(ids, raws, strict=True) if raw}
 
     async def tombstones(
@@ -113,7 +113,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
     ) -> dict[Identity, bytes]:
         keys = self.layout.keys(0)
         names = [keys.tombstone(entity, identity_digest(entity, *i)) for i in identities]
-        found = await self._run([("GET", name) for name in names])
+        found = await self.protocol.get(names)
         return {i: raw for i, raw in zip(identities, found, strict=True) if raw is not None}
 
     async def note_erasure(self, request: str, status: bytes) -> None:

@@ -117,3 +117,30 @@ def test_profiles_equal_the_batch_answer_after_a_buckets_slot_moves_while_events
         assert view is not None, user
         want = person_oracle(settings, everyone[user], user)
         assert comparable(orjson.loads(view)) == want, user
+
+
+def test_reads_by_node_follow_a_slot_moved_behind_the_clients_back(
+    cluster: LocalCluster,
+) -> None:
+    """A batch's pointers, states and tombstones are read by one script per node, sent
+    by the client's slot map. Once a slot has moved (the map stale), its node refuses
+    the keys it no longer has, and they are read one by one where they are now."""
+    prefix, bucket = moving_bucket(cluster)
+    layout = SpreadLayout(prefix, BUCKETS)
+    slot = layout.slot(bucket)
+    user = next(u for n in range(5000) if layout.profile_bucket(ENTITY, u := f"u-{n}") == bucket)
+    made = person_event(random.Random(3), user, 0)
+
+    async def go() -> tuple[dict[Any, str], list[str]]:
+        async with spread_workers(cluster, prefix, count=1) as (worker,):
+            await worker.processor.process(worker.records([made]))
+            store = worker.store.inner
+            await asyncio.to_thread(cluster.move_slot, slot, (cluster.owner(slot) + 1) % MASTERS)
+            pointers = await store.lookup(ENTITY, [("user_id", user)])
+            states = await store.load(ENTITY, [user])
+            return pointers, list(states)
+
+    pointers, states = asyncio.run(go())
+
+    assert pointers == {("user_id", user): user}
+    assert states == [user]
