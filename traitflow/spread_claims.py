@@ -229,6 +229,10 @@ end
 return 0
 """
 
+#: `FINALIZE` over the steps of every slot its node serves (`traitflow.spread_nodes`),
+#: run again slot by slot if it stops part way: every step does nothing twice
+FINALIZE_ON_NODE = "#!lua flags=allow-cross-slot-keys\n" + FINALIZE
+
 #: KEYS[1]: a commit's intent in the bucket that owns a claim whose lease is over.
 #: Returns the intent if the bucket committed; else leaves ABORTED there (for ARGV[1]
 #: ms), so that the commit, if it is still to come, is refused, and returns false.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from redis.crc import key_slot
 
@@ -89,7 +90,7 @@ class SpreadLayout:
 
     def keys(self, bucket: int) -> BucketKeys:
         """The keys of bucket `bucket`, and those its commits name elsewhere."""
-        return BucketKeys(self.tag(bucket), spread=self)
+        return _bucket_keys(self, bucket)
 
     def of_profile(self, entity: str, profile_id: str) -> BucketKeys:
         return self.keys(self.profile_bucket(entity, profile_id))
@@ -142,4 +143,15 @@ class BucketKeys(KeyLayout):
         return self.spread.shared.source_job(job_id)
 
     def _profile(self, entity: str, profile_id: str) -> KeyLayout:
-        return KeyLayout(self.spread.tag(self.spread.profile_bucket(entity, profile_id)))
+        return _tagged(self.spread, self.spread.profile_bucket(entity, profile_id))
+
+
+#: layouts made once per bucket: a commit names thousands of keys
+@lru_cache(maxsize=65_536)
+def _bucket_keys(spread: SpreadLayout, bucket: int) -> BucketKeys:
+    return BucketKeys(spread.tag(bucket), spread=spread)
+
+
+@lru_cache(maxsize=65_536)
+def _tagged(spread: SpreadLayout, bucket: int) -> KeyLayout:
+    return KeyLayout(spread.tag(bucket))

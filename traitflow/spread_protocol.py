@@ -10,53 +10,76 @@ node its share at once, all nodes in parallel.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    ClusterError,
-    NoScriptError,
-    TryAgainError,
-)
 
 from traitflow import spread_claims as claims
 from traitflow.commit_script import COMMIT, found_values, script_arguments
-from traitflow.spread_claims import ABORTED, CLAIM, CLAIMED, DECIDE, FINALIZE, Op
+from traitflow.spread_claims import (
+    ABORTED,
+    CLAIM,
+    CLAIMED,
+    DECIDE,
+    FINALIZE,
+    FINALIZE_ON_NODE,
+    Op,
+)
 from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_nodes import ClusterCalls
 from traitflow.spread_plan import BucketCommit, Claim, SpreadCommit
 from traitflow.store import Conflict
 
 log = logging.getLogger(__name__)
 
-#: replies that say a command did not run because its slot is moving or the cluster
-#: is failing over: sent again after a pause, for up to `WAIT_OUT_S`
-_WAIT = (TryAgainError, ClusterDownError, AskError)
-WAIT_OUT_S = 60.0
-
-
-def _did_not_run(reply: object) -> bool:
-    """A reply of a command the cluster refused whole while a slot moves: one of
-    `_WAIT`, or redis-py's "TTL exhausted" after it followed as many of them as it
-    will (redirections, never a lost connection)."""
-    if isinstance(reply, _WAIT):
-        return True
-    return isinstance(reply, ClusterError) and "TTL exhausted" in str(reply)
-
-
-#: Reads keys of any slots its node serves, in one command (Redis 7's
-#: `allow-cross-slot-keys`). A key of a slot the node does not serve, or of one
-#: migrating away whose key has left, is refused ("non local key"), never read as absent.
-GET_ON_NODE = """#!lua flags=allow-cross-slot-keys,no-writes
-local found = {}
-for i, key in ipairs(ARGV) do found[i] = redis.call('GET', key) end
-return found
+#: `traitflow.commit_script.COMMIT` for every bucket a node serves, in one script
+#: (`traitflow.spread_nodes`). ARGV, per bucket: n checks, k keys, c command arguments,
+#: its k keys (the checked ones first), the n values they must have, then its
+#: commands as `COMMIT` takes them. Every key is touched first: if one is not on this
+#: node (a slot moved or moving) the script returns {'moved'} having written nothing.
+#: Else each bucket is checked and written as `COMMIT` does it, alone: the reply has,
+#: per bucket, 0 or the values its checked keys had.
+COMMIT_ON_NODE = """#!lua flags=allow-cross-slot-keys
+local at = 1
+local last = #ARGV
+while at <= last do
+  local n, k, c = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  for i = at + 3, at + 2 + k do
+    local here = redis.pcall('EXISTS', ARGV[i])
+    if type(here) == 'table' and here.err then return {'moved'} end
+  end
+  at = at + 3 + k + n + c
+end
+local out = {}
+at = 1
+while at <= last do
+  local n, k, c = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local keys, wants = at + 3, at + 3 + k
+  local found, stale = {}, false
+  for i = 0, n - 1 do
+    local have = redis.call('GET', ARGV[keys + i])
+    found[i + 1] = have
+    if (have or '') ~= ARGV[wants + i] then stale = true end
+  end
+  local first, stop = wants + n, wants + n + c - 1
+  if stale then
+    out[#out + 1] = found
+  else
+    local p = first
+    while p <= stop do
+      local size = tonumber(ARGV[p])
+      redis.call(unpack(ARGV, p + 1, p + size))
+      p = p + size + 1
+    end
+    out[#out + 1] = 0
+  end
+  at = stop + 1
+end
+return out
 """
 
 #: how long an "aborted" intent stays: far longer than any lease, so that a commit
@@ -64,99 +87,15 @@ return found
 ABORTED_TTL_MS = 86_400_000
 
 
-class SpreadProtocol:
+class SpreadProtocol(ClusterCalls):
     """The cluster side of `traitflow.spread_plan`'s commits, for one store."""
 
     def __init__(self, client: RedisCluster, layout: SpreadLayout, clock: Callable[[], int]):
-        self.client = client
+        super().__init__(client)
         self.layout = layout
         self.clock = clock
         #: intents being dropped after their commit finalized (not waited for)
         self._dropping: set[asyncio.Task[None]] = set()
-        #: script source -> its SHA-1, for the scripts sent so far
-        self._scripts: dict[str, str] = {}
-
-    async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Commands on the cluster pipeline: each node's at once, nodes in parallel.
-        A script ("EVAL", source, ...) is sent by its SHA-1; a node that lacks it (new,
-        restarted, failed over) is given every script and the scripts it refused are
-        sent again (a NOSCRIPT reply ran nothing)."""
-        if not calls:
-            return []
-        sent = [self._by_sha(call) for call in calls]
-        replies = await self._send(sent)
-        loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + WAIT_OUT_S, 0.01
-        while True:
-            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                for source in self._scripts:
-                    await self.client.script_load(source)
-            waiting = [n for n, reply in enumerate(replies) if _did_not_run(reply)]
-            again = sorted({*missing, *waiting})
-            if not again or loop.time() > deadline:
-                break
-            if waiting:
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.25)
-            for n, reply in zip(again, await self._send([sent[n] for n in again]), strict=True):
-                replies[n] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    async def get(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of `keys` (None: absent), one script per node that serves them,
-        all nodes at once. A node that refuses its script (a slot moved or moving)
-        has its keys read one by one, each sent where its slot is."""
-        if not keys:
-            return []
-        manager = self.client.nodes_manager
-        if not manager.slots_cache:  # the client has not met the cluster yet
-            await self.client.initialize()
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for n, key in enumerate(keys):
-            node = manager.get_node_from_slot(int(key_slot(key.encode())))
-            by_node.setdefault(node.name, (node, []))[1].append(n)
-        groups = list(by_node.values())
-        pipe = self.client.pipeline()
-        for node, ns in groups:
-            call = self._by_sha(("EVAL", GET_ON_NODE, 0, *(keys[n] for n in ns)))
-            pipe.execute_command(*call, target_nodes=node)
-        replies = await pipe.execute(raise_on_error=False)
-        found: list[bytes | None] = [None] * len(keys)
-        refused: list[int] = []
-        for (_, ns), reply in zip(groups, replies, strict=True):
-            if isinstance(reply, NoScriptError):  # loaded for the next time
-                await self.client.script_load(GET_ON_NODE)
-            if isinstance(reply, Exception):
-                refused += ns
-                continue
-            for n, value in zip(ns, reply, strict=True):
-                found[n] = value
-        if refused:
-            for n, value in zip(
-                refused, await self._run([("GET", keys[n]) for n in refused]), strict=True
-            ):
-                found[n] = value
-        return found
-
-    def _by_sha(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
-        if call[0] != "EVAL":
-            return call
-        source = call[1]
-        sha = self._scripts.get(source)
-        if sha is None:
-            sha = self._scripts[source] = hashlib.sha1(source.encode()).hexdigest()
-        return ("EVALSHA", sha, *call[2:])
-
-    async def _send(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.client.pipeline()
-        for call in calls:
-            pipe.execute_command(*call)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
 
     # --- claim -------------------------------------------------------------------
 
@@ -195,14 +134,41 @@ class SpreadProtocol:
     # --- commit ------------------------------------------------------------------
 
     async def commit_buckets(self, spread: SpreadCommit) -> dict[int, list[bytes | None]]:
-        """Each bucket's script; the values found by those that did not commit."""
+        """Each bucket's check and writes, as one script per node over its buckets
+        (`COMMIT_ON_NODE`); the buckets of a node that refused its script (a slot moved
+        or moving: it wrote nothing) as one `COMMIT` each, where its slot is. Returns
+        the values found by the buckets that did not commit."""
         parts = list(spread.buckets.values())
-        calls = []
-        for part in parts:
-            checks = {key: want for key, (want, _) in part.checks.items()}
-            keys, args = script_arguments(checks, part.commands)
-            calls.append(("EVAL", COMMIT, len(keys), *keys, *args))
-        replies = await self._run(calls)
+        arguments = [
+            script_arguments({k: want for k, (want, _) in part.checks.items()}, part.commands)
+            for part in parts
+        ]
+        replies: list[Any] = [None] * len(parts)
+
+        def node_call(ns: list[int]) -> tuple[Any, ...]:
+            args: list[Any] = []
+            for n in ns:
+                keys, argv = arguments[n]
+                checked = len(parts[n].checks)
+                commands = argv[1 + checked :]
+                args += [checked, len(keys), len(commands), *keys, *argv[1 : 1 + checked]]
+                args += commands
+            return ("EVAL", COMMIT_ON_NODE, 0, *args)
+
+        def replied(ns: list[int], reply: Any) -> None:
+            if reply and reply[0] == b"moved":
+                refused_here.extend(ns)
+                return
+            for n, found in zip(ns, reply, strict=True):
+                replies[n] = found
+
+        refused_here: list[int] = []
+        slots = [self.layout.keys(part.bucket).intents() for part in parts]
+        slow = [*await self.on_nodes(slots, node_call, replied), *refused_here]
+        calls = [("EVAL", COMMIT, len(arguments[n][0]), *arguments[n][0], *arguments[n][1])
+                 for n in slow]  # fmt: skip
+        for n, reply in zip(slow, await self._run(calls), strict=True):
+            replies[n] = reply
         refused: dict[int, list[bytes | None]] = {}
         for part, reply in zip(parts, replies, strict=True):
             found = found_values(reply)
@@ -213,10 +179,22 @@ class SpreadProtocol:
     # --- finalize ----------------------------------------------------------------
 
     async def finalize(self, ops: Iterable[Op]) -> None:
-        """Run steps, one `FINALIZE` script per slot, all slots at once."""
+        """Run steps, one script per node, all nodes at once; a node that refuses its
+        script (a slot moved or moving) has its steps run one `FINALIZE` per slot,
+        each where its slot is: a step run twice does nothing the second time."""
+        steps = list(ops)
+        refused = await self.on_nodes(
+            [str(op[1]) for op in steps],
+            lambda ns: (
+                "EVAL",
+                FINALIZE_ON_NODE,
+                0,
+                *claims.finalize_arguments([steps[n] for n in ns])[1],
+            ),
+        )
         by_slot: dict[int, list[Op]] = {}
-        for op in ops:
-            by_slot.setdefault(int(key_slot(str(op[1]).encode())), []).append(op)
+        for n in refused:
+            by_slot.setdefault(int(key_slot(str(steps[n][1]).encode())), []).append(steps[n])
         calls = []
         for slot_ops in by_slot.values():
             keys, args = claims.finalize_arguments(slot_ops)

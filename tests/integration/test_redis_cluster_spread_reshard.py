@@ -21,7 +21,7 @@ from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, c
 from tests.integration.stitching_support import comparable, person_oracle
 from tests.integration.test_redis_cluster import oracle_settings, person_event
 from tests.integration.test_redis_cluster_spread import BUCKETS, spread_workers
-from tests.integration.test_stitching import Worker
+from tests.integration.test_stitching import Hold, Worker
 from traitflow.spread_layout import SpreadLayout
 
 pytestmark = [
@@ -119,28 +119,40 @@ def test_profiles_equal_the_batch_answer_after_a_buckets_slot_moves_while_events
         assert comparable(orjson.loads(view)) == want, user
 
 
-def test_reads_by_node_follow_a_slot_moved_behind_the_clients_back(
+def test_scripts_by_node_follow_a_slot_moved_behind_the_clients_back(
     cluster: LocalCluster,
 ) -> None:
-    """A batch's pointers, states and tombstones are read by one script per node, sent
-    by the client's slot map. Once a slot has moved (the map stale), its node refuses
-    the keys it no longer has, and they are read one by one where they are now."""
+    """A batch's reads, its buckets' commits and its finalize steps are one script per
+    node, sent by the client's slot map. Once a slot has moved (the map stale), its old
+    node refuses the keys it no longer has (a commit's script writes nothing then), and
+    they are sent one by one where they are now."""
     prefix, bucket = moving_bucket(cluster)
     layout = SpreadLayout(prefix, BUCKETS)
     slot = layout.slot(bucket)
     user = next(u for n in range(5000) if layout.profile_bucket(ENTITY, u := f"u-{n}") == bucket)
-    made = person_event(random.Random(3), user, 0)
+    rng = random.Random(3)
+    made = [person_event(rng, user, n) for n in range(2)]
 
-    async def go() -> tuple[dict[Any, str], list[str]]:
+    async def go() -> tuple[dict[Any, str], list[str], bytes | None]:
         async with spread_workers(cluster, prefix, count=1) as (worker,):
-            await worker.processor.process(worker.records([made]))
+            await worker.processor.process(worker.records(made[:1]))
             store = worker.store.inner
             await asyncio.to_thread(cluster.move_slot, slot, (cluster.owner(slot) + 1) % MASTERS)
             pointers = await store.lookup(ENTITY, [("user_id", user)])
             states = await store.load(ENTITY, [user])
-            return pointers, list(states)
+            # the next batch's reads are made; the slot moves before its commit is sent
+            hold = worker.store.hold = Hold("commit")
+            batch = asyncio.create_task(worker.processor.process(worker.records(made[1:])))
+            await asyncio.wait_for(hold.reached.wait(), 10)
+            await asyncio.to_thread(cluster.move_slot, slot, (cluster.owner(slot) + 1) % MASTERS)
+            hold.release.set()
+            await asyncio.wait_for(batch, 30)
+            return pointers, list(states), await store.read_view(ENTITY, "id", user)
 
-    pointers, states = asyncio.run(go())
+    pointers, states, view = asyncio.run(go())
 
     assert pointers == {("user_id", user): user}
     assert states == [user]
+    assert view is not None
+    want = person_oracle(oracle_settings(), made, user)
+    assert comparable(orjson.loads(view)) == want
