@@ -174,13 +174,35 @@ def finalize_arguments(ops: Iterable[Op]) -> tuple[list[str], list[Arg]]:
 #: must have ('' for none), ARGV[3] the claim (`held_value`), to which the old value is
 #: appended. Returns {0, ''} once claimed; {1, value} if another commit holds it;
 #: {2, value} if it has changed. KEEPTTL: an expiring pointer keeps its lifetime.
-CLAIM = """
-local have = redis.call('GET', KEYS[1])
-if have and string.byte(have, 1) == 0 then return {1, have} end
-if ARGV[1] == '1' and (have or '') ~= ARGV[2] then return {2, have or ''} end
-redis.call('SET', KEYS[1], ARGV[3] .. (have or ''), 'KEEPTTL')
-return {0, ''}
+_CLAIM_ONE = """
+local function claim(key, check, want, value)
+  local have = redis.call('GET', key)
+  if have and string.byte(have, 1) == 0 then return {1, have} end
+  if check == '1' and (have or '') ~= want then return {2, have or ''} end
+  redis.call('SET', key, value .. (have or ''), 'KEEPTTL')
+  return {0, ''}
+end
 """
+CLAIM = _CLAIM_ONE + "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
+
+#: `CLAIM` for every key a node serves (`traitflow.spread_nodes`), ARGV four per key
+#: (the key, then CLAIM's three). Every key is touched first: if one is not on this
+#: node the script returns {'moved'} having claimed nothing; else one reply per key.
+CLAIM_ON_NODE = (
+    "#!lua flags=allow-cross-slot-keys\n"
+    + _CLAIM_ONE
+    + """
+for i = 1, #ARGV, 4 do
+  local here = redis.pcall('EXISTS', ARGV[i])
+  if type(here) == 'table' and here.err then return {'moved'} end
+end
+local out = {}
+for i = 1, #ARGV, 4 do
+  out[#out + 1] = claim(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+end
+return out
+"""
+)
 
 #: The steps of one slot (`finalize_arguments`): each is its argument count, then
 #: kind, key and arguments. A step on a claim or lock runs only while the key holds

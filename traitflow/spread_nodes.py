@@ -53,6 +53,28 @@ return found
 """
 
 
+#: Commands of keys of every slot its node serves, in one script: ARGV, per command,
+#: its argument count then its arguments, its key second. Every key is touched first:
+#: if one is not on this node the script returns {'moved'} having run nothing; else
+#: the commands' replies.
+MANY_ON_NODE = """#!lua flags=allow-cross-slot-keys
+local at, last = 1, #ARGV
+while at <= last do
+  local here = redis.pcall('EXISTS', ARGV[at + 2])
+  if type(here) == 'table' and here.err then return {'moved'} end
+  at = at + tonumber(ARGV[at]) + 1
+end
+local out = {}
+at = 1
+while at <= last do
+  local size = tonumber(ARGV[at])
+  out[#out + 1] = redis.call(unpack(ARGV, at + 1, at + size))
+  at = at + size + 1
+end
+return out
+"""
+
+
 class ClusterCalls:
     """What the spread store and its protocol send through (see the module's
     docstring): one client, the scripts it has sent."""
@@ -125,6 +147,42 @@ class ClusterCalls:
             elif replied is not None:
                 replied(ns, reply)
         return refused
+
+    async def many(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Commands whose key is their second part (not scripts), one script per node
+        (`MANY_ON_NODE`), those of a node that refused it one by one where their slot
+        is; the replies in order."""
+        return await self.by_node(
+            calls, MANY_ON_NODE, lambda call: [len(call), *call], lambda call: str(call[1])
+        )
+
+    async def by_node(
+        self,
+        calls: Sequence[tuple[Any, ...]],
+        script: str,
+        arguments: Callable[[tuple[Any, ...]], list[Any]],
+        key: Callable[[tuple[Any, ...]], str],
+    ) -> list[Any]:
+        """`calls` (each a command on the key `key(call)`) as `script` once per node,
+        given `arguments(call)` of each of that node's calls; a node that refused it,
+        or answered {'moved'}, has its calls sent one by one. The replies in order."""
+        replies: list[Any] = [None] * len(calls)
+        moved: list[int] = []
+
+        def node_call(ns: list[int]) -> tuple[Any, ...]:
+            return ("EVAL", script, 0, *(a for n in ns for a in arguments(calls[n])))
+
+        def replied(ns: list[int], reply: Any) -> None:
+            if reply and reply[0] == b"moved":
+                moved.extend(ns)
+                return
+            for n, one in zip(ns, reply, strict=True):
+                replies[n] = one
+
+        slow = [*await self.on_nodes([key(c) for c in calls], node_call, replied), *moved]
+        for n, reply in zip(slow, await self._run([calls[n] for n in slow]), strict=True):
+            replies[n] = reply
+        return replies
 
     async def get(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of `keys` (None: absent), one script per node that serves them

@@ -23,6 +23,7 @@ from traitflow.commit_script import COMMIT, found_values, script_arguments
 from traitflow.spread_claims import (
     ABORTED,
     CLAIM,
+    CLAIM_ON_NODE,
     CLAIMED,
     DECIDE,
     FINALIZE,
@@ -106,7 +107,9 @@ class SpreadProtocol(ClusterCalls):
         for c in spread.claims:
             check, want = ("0", b"") if c.want is None else ("1", c.want)
             calls.append(("EVAL", CLAIM, 1, c.key, check, want, c.value))
-        replies = await self._run(calls)
+        replies = await self.by_node(
+            calls, CLAIM_ON_NODE, lambda call: list(call[3:]), lambda call: str(call[3])
+        )
         taken: list[Claim] = []
         refused: list[Claim] = []
         held_by_others: list[tuple[str, bytes]] = []
@@ -220,7 +223,7 @@ class SpreadProtocol(ClusterCalls):
         for bucket in buckets:
             keys = self.layout.keys(bucket)
             calls += [("DEL", keys.intent(commit)), ("ZREM", keys.intents(), commit)]
-        await self._run(calls)
+        await self.many(calls)
 
     async def settle(self) -> None:
         """Wait for the intents being dropped (before closing the client)."""

@@ -125,7 +125,8 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         return cast("bytes | None", found)
 
     async def applied(self, entity: str, messages: Sequence[MessageKey]) -> set[MessageKey]:
-        """One SMISMEMBER per messageId bucket, source and live time bucket."""
+        """One SMISMEMBER per messageId bucket, source and live time bucket, sent as
+        one script per node."""
         groups: dict[tuple[int, str], list[str]] = {}
         for source, mid in messages:
             bucket = self.layout.message_bucket(source, mid)
@@ -139,7 +140,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             for time_bucket in live:
                 calls.append(("SMISMEMBER", keys.messages(entity, source, time_bucket), *mids))
                 asked.append((source, mids))
-        replies = await self._run(calls)
+        replies = await self.protocol.many(calls)
         return {
             (source, mid)
             for (source, mids), found in zip(asked, replies, strict=True)
