@@ -20,6 +20,7 @@ from attributes.errors import StoreError
 from traitflow import spread_claims as claims
 from traitflow.commit_plan import CommitPlan, RulesAt
 from traitflow.commit_script import CommandList
+from traitflow.key_layout import KeyLayout
 from traitflow.spread_claims import CLAIMED, LOCKED, Op
 from traitflow.spread_layout import SpreadLayout
 from traitflow.store import Conflict, Expected, Identity, ProfileWrite, RulesChanged
@@ -114,13 +115,16 @@ def plan_commit(
     claimed: dict[str, Claim] = {}
     gone = set(removed)
     owners = {pid: w.state.id for w in writes for pid in w.absorbed if pid in gone}
+    #: bucket -> its writes; the pointers the writes set
+    by_bucket: dict[int, list[ProfileWrite]] = {}
+    pointed: set[str] = set()
     for write in writes:
         pid = write.state.id
         bucket = layout.profile_bucket(entity, pid)
         part = spread.buckets.get(bucket) or spread.buckets.setdefault(bucket, BucketCommit(bucket))
         part.profiles.append(pid)
+        by_bucket.setdefault(bucket, []).append(write)
         keys = layout.keys(bucket)
-        pointed: set[str] = set()
         for identity in write.identities:  # first: a new pointer's lifetime follows
             key = keys.index(entity, *identity)
             pointed.add(key)
@@ -132,10 +136,16 @@ def plan_commit(
             claimed[key] = _claim(key, checked, commit, deadline, bucket, identity)
             part.forward.append(claims.point(key, commit, pid))
             part.back.append(claims.release(key, commit))
-        versions = {pid: expected.versions[pid]} if pid in expected.versions else {}
+    for bucket, group in by_bucket.items():  # one plan per bucket, of all its writes
+        part, keys = spread.buckets[bucket], layout.keys(bucket)
+        versions = {
+            w.state.id: expected.versions[w.state.id]
+            for w in group
+            if w.state.id in expected.versions
+        }
         at = Expected(versions=versions, rules_version=expected.rules_version)
-        plan = CommitPlan.of(keys, entity, [write], expected=at, now=now)
-        _take_foreign(layout, plan, part, pid, pointed)
+        plan = CommitPlan.of(keys, entity, group, expected=at, now=now)
+        _take_foreign(layout, plan, part, _pointer_owners(keys, entity, group), pointed)
         _uncount_elsewhere(layout, plan, part)
         _remember(layout, plan, part, now, bucket_ms, dedupe_window_ms)
         plan.queue(part.commands, bucket_ms=bucket_ms, dedupe_window_ms=dedupe_window_ms)
@@ -196,8 +206,28 @@ def _lock(
     part.back.append(claims.unlock(keys.version(entity, pid), spread.commit))
 
 
+def _pointer_owners(keys: KeyLayout, entity: str, group: Sequence[ProfileWrite]) -> dict[str, str]:
+    """Pointer key -> the profile of `group` it belongs to: those a plan may delete
+    (erasure), give a lifetime (an expiring profile's) or make lasting (`persist`)."""
+    owners: dict[str, str] = {}
+    for write in group:
+        pid = write.state.id
+        named = [
+            (kind, value) for kind, values in write.state.identities.items() for value in values
+        ]
+        named += write.persist
+        if write.erasure is not None:
+            named += write.erasure.identities
+        owners.update(dict.fromkeys((keys.index(entity, *identity) for identity in named), pid))
+    return owners
+
+
 def _take_foreign(
-    layout: SpreadLayout, plan: CommitPlan, part: BucketCommit, pid: str, pointed: set[str]
+    layout: SpreadLayout,
+    plan: CommitPlan,
+    part: BucketCommit,
+    owners: dict[str, str],
+    pointed: set[str],
 ) -> None:
     """Move what `plan` writes outside its bucket's slot into the bucket's intent.
 
@@ -218,15 +248,15 @@ def _take_foreign(
     kept: list[str] = []
     for key in plan.deletes:
         if foreign(key):
-            part.forward.append(claims.delete_if(key, pid))
+            part.forward.append(claims.delete_if(key, owners[key]))
         else:
             kept.append(key)
     plan.deletes = kept
     for key in [k for k in plan.expiring if foreign(k)]:
-        part.forward.append(claims.expire_if(key, pid, plan.expiring.pop(key)))
+        part.forward.append(claims.expire_if(key, owners[key], plan.expiring.pop(key)))
     for key in [k for k in plan.persisted if foreign(k)]:
         plan.persisted.remove(key)
-        part.forward.append(claims.persist_if(key, pid))
+        part.forward.append(claims.persist_if(key, owners[key]))
     if plan.jobs:
         raise SpreadUnsupported(
             "TRAITFLOW_REDIS_LAYOUT=spread does not support source delete jobs yet: their "

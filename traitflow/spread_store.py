@@ -26,7 +26,7 @@ from traitflow.redis_client import Redis, RedisTarget
 from traitflow.redis_store import DEDUPE_BUCKETS, DEDUPE_WINDOW_MS
 from traitflow.spread_claims import new_commit_id, plain
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_plan import bucket_conflict, plan_commit
+from traitflow.spread_plan import BucketCommit, bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_reads import SpreadReads
 from traitflow.store import (
@@ -188,7 +188,9 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         if refused:
             await self._refused(spread.buckets, refused)
 
-    async def _refused(self, buckets: Any, refused: dict[int, list[bytes | None]]) -> None:
+    async def _refused(
+        self, buckets: dict[int, BucketCommit], refused: dict[int, list[bytes | None]]
+    ) -> None:
         """Raise what the refused buckets found changed (after recovering the locks of
         dead commits among it, so that the batch computed again can commit)."""
         pointers: set[Identity] = set()
