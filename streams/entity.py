@@ -325,7 +325,7 @@ class EntityProcessor(ProfileApplier, Lifetimes):
                 )
             if write is not None:
                 write.identities = links
-                write.absorbed = absorbed_by.get(pid, [])
+                write.absorbed = absorbed_by.get(pid, ())
                 write.departed = departed.get(pid, [])
                 write.departed_expiring = departed_expiring.get(pid, [])
                 write.categories_departed = counted_away[0].get(pid, [])

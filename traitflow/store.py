@@ -152,7 +152,7 @@ class ProfileWrite:
     job: str | None = None
     #: the profiles merged into this one (the commit's `removed` among them): the
     #: spread layout deletes them only if this write commits (`traitflow.spread_plan`)
-    absorbed: list[str] = field(default_factory=list)
+    absorbed: Sequence[str] = ()
 
 
 @dataclass(slots=True)
