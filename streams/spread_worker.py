@@ -44,6 +44,7 @@ def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStor
         settings.key_prefix,
         settings.redis_buckets,
         dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
+        lease_ms=max(1, int(settings.redis_claim_lease_s * 1000)),
     )
 
 

@@ -46,6 +46,10 @@ class ConnectionSettings(BaseModel):
     #: `redis_buckets` hash tags, so over every shard (option B, `traitflow.spread_store`)
     redis_layout: Literal["tag", "spread"] = "tag"
     redis_buckets: int = Field(default=1024, ge=1, le=16384)
+    #: how long a spread commit's claims hold before another worker may finish or undo
+    #: them (`traitflow.spread_claims`): longer than any commit's steps take, and well
+    #: beyond the workers' clock differences
+    redis_claim_lease_s: float = Field(default=10.0, gt=0)
 
     #: replication factor and min.insync.replicas of the topics traitflow creates
     #: (`traitflow.topics.new_topics`); unset: the broker's defaults

@@ -43,3 +43,9 @@ def test_the_api_refuses_jobs_it_cannot_run_on_the_spread_layout() -> None:
     spread = cluster(redis_layout="spread")
     with pytest.raises(SpreadUnsupported, match="TRAITFLOW_EXPORT_IN_API=false"):
         profile_store(spread, reads)
+
+
+def test_the_workers_store_takes_the_claims_lease_from_the_settings() -> None:
+    spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5), 0)
+    assert spread is not None
+    assert spread.lease_ms == 2500
