@@ -263,6 +263,26 @@ class SpreadProtocol(ClusterCalls):
         await self.finalize(claims.decode_intent(intent))
         await self._drop(held.commit, [held.owner])
 
+    async def settle_own(self, spread: SpreadCommit) -> None:
+        """Finish or undo this worker's own commit after one of its steps failed (a
+        lost connection: which buckets committed is not known), at once rather than
+        when its lease ends: each bucket that owns claims is asked as a recovery would
+        ask it (`DECIDE`). A bucket script still in flight finds the "aborted" mark
+        and is refused. Best effort: if this fails too, the lease recovers it."""
+        owning = [part for part in spread.buckets.values() if part.forward]
+        try:
+            keys = [self.layout.keys(p.bucket).intent(spread.commit) for p in owning]
+            intents = await self._run([("EVAL", DECIDE, 1, k, ABORTED_TTL_MS) for k in keys])
+            steps = [*spread.released]
+            for part, intent in zip(owning, intents, strict=True):
+                steps += part.back if intent is None else part.forward
+            await self.finalize(steps)
+            self.drop_intents(
+                spread.commit, [p for p, i in zip(owning, intents, strict=True) if i is not None]
+            )
+        except Exception as exc:
+            log.warning("commit %s left to its lease (%r)", spread.commit, exc)
+
     async def recover_intents(self) -> int:
         """Finish every committed intent left (a worker died after its buckets
         committed): run at start, before records are taken again. Finishing one whose

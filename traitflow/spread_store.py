@@ -26,7 +26,7 @@ from traitflow.redis_client import Redis, RedisTarget
 from traitflow.redis_store import DEDUPE_BUCKETS, DEDUPE_WINDOW_MS
 from traitflow.spread_claims import new_commit_id, plain
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_plan import BucketCommit, bucket_conflict, plan_commit
+from traitflow.spread_plan import BucketCommit, SpreadCommit, bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_reads import SpreadReads
 from traitflow.store import (
@@ -171,12 +171,25 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             bucket_ms=self.bucket_ms,
             dedupe_window_ms=self.dedupe_window_ms,
         )
+        try:
+            refused = await self._steps(spread)
+        except Conflict:
+            raise
+        except Exception:  # a lost connection: what committed is not known here
+            if spread.crosses_slots:
+                await self.protocol.settle_own(spread)
+            raise
+        if refused:
+            await self._refused(spread.buckets, refused)
+
+    async def _steps(self, spread: SpreadCommit) -> dict[int, list[bytes | None]]:
+        """Claim, commit the buckets, finalize; the values the refused buckets found."""
         protocol = self.protocol
         if spread.claims:
             await protocol.claim(spread)
             if self.clock() > spread.deadline - self.lease_ms * LEASE_MARGIN:
                 await protocol.release_claims(spread)
-                raise Conflict(profiles=[w.state.id for w in writes])
+                raise Conflict(profiles=[p for b in spread.buckets.values() for p in b.profiles])
         refused = await protocol.commit_buckets(spread)
         if spread.crosses_slots:
             steps = [*spread.released]
@@ -185,8 +198,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             await protocol.finalize(steps)
             committed = [p for b, p in spread.buckets.items() if b not in refused]
             protocol.drop_intents(spread.commit, committed)
-        if refused:
-            await self._refused(spread.buckets, refused)
+        return refused
 
     async def _refused(
         self, buckets: dict[int, BucketCommit], refused: dict[int, list[bytes | None]]

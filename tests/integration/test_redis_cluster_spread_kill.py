@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -39,6 +41,8 @@ from tests.integration.test_stitching import (
     Worker,
 )
 from traitflow.spread_claims import ABORTED
+from traitflow.spread_plan import SpreadCommit
+from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_store import SpreadProfileStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +139,61 @@ def _left(cluster: LocalCluster, prefix: str, index: int) -> list[tuple[bytes, b
         return [(key, value) for key, value in found if isinstance(value, bytes)]
     finally:
         client.close()
+
+
+class FailingProtocol(SpreadProtocol):
+    """Raises a lost connection after `step` of its first commit that claims keys, as
+    a node that stops answering would; the store must settle the commit itself."""
+
+    def __init__(self, step: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.step: str | None = step
+
+    async def commit_buckets(self, spread: SpreadCommit) -> dict[int, list[bytes | None]]:
+        if spread.claims and self.step == "claimed":
+            self.step = None
+            raise ConnectionError("lost after the claims")
+        refused = await super().commit_buckets(spread)
+        if spread.claims and self.step == "committed":
+            self.step = None
+            raise ConnectionError("lost after the commit")
+        return refused
+
+
+@pytest.mark.parametrize("step", ["claimed", "committed"])
+def test_a_commit_that_fails_part_way_is_settled_by_its_own_worker_at_once(
+    cluster: LocalCluster, prefix: str, step: str
+) -> None:
+    """With a lease of a minute, the other worker's batch, which writes both profiles,
+    still goes through within seconds: the failing worker rolled its commit forward
+    (it had committed) or back (it had not) before raising."""
+
+    async def go() -> tuple[list[bytes | None], float]:
+        async with spread_workers(cluster, prefix) as (a, b):
+            for worker, events in ((a, SETUP_A), (b, SETUP_B)):
+                await worker.processor.process(worker.records(events))
+            store = a.store.inner
+            assert isinstance(store, SpreadProfileStore)
+            store.lease_ms = 60_000
+            store.protocol = FailingProtocol(step, store.client, store.layout, store.clock)
+            first = a.offset
+            with pytest.raises(ConnectionError):
+                await a.processor.process(a.records(RACE_A))
+            started = time.monotonic()
+            await asyncio.wait_for(b.processor.process(b.records(RACE_B)), 20)
+            took = time.monotonic() - started
+            a.offset = first  # the failed batch, given again
+            a.store.clear()
+            await a.processor.process(a.records(RACE_A))
+            lookups = [("user_id", U), ("anonymous_id", A), ("email", EMAIL), ("id", U)]
+            return await a.store.inner.read_views(ENTITY, lookups), took
+
+    views, took = asyncio.run(go())
+
+    assert took < 20
+    assert views[0] is not None
+    assert views.count(views[0]) == len(views), "identities serve different views"
+    view = orjson.loads(views[0])
+    assert comparable(view) == person_oracle(oracle_settings(), EVERY_EVENT, U)
+    left = {key: value for index in range(MASTERS) for key, value in _left(cluster, prefix, index)}
+    assert {key for key, value in left.items() if value[:1] == b"\x00"} == set()
