@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from functools import partial
@@ -21,7 +22,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from api.keys import RedisKeyStore, new_key
-from tests.integration.cluster import LocalCluster, cluster_possible
+from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible
 from tests.integration.conftest import Publisher, wait_until
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import person_event
@@ -232,4 +233,109 @@ def test_a_spread_worker_killed_mid_stream_twice_ends_in_the_batch_answer(
                 assert view is not None, lookup
                 assert comparable(orjson.loads(view)) == want, lookup
     finally:
+        worker.stop()
+
+
+def test_a_worker_and_the_api_on_the_spread_layout_across_a_reshard(
+    settings: Settings, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Events of people in one bucket flow before, during and after `redis-cli
+    --cluster reshard` moves that bucket's slot, keys and all; the API serves them
+    throughout (a read that meets the move waits, then follows it) and ends on the
+    batch answer."""
+    firsts = {cluster.first_slot(index) for index in range(MASTERS)}
+    run = uuid.uuid4().hex[:6]
+    name, bucket = next(
+        (name, b)
+        for n in range(1_000_000)
+        for b in range(BUCKETS)
+        if SpreadLayout(name := f"tfm-{run}-{n}", BUCKETS).slot(b) in firsts
+    )
+    own = settings.isolated(
+        name,
+        redis_url=cluster.url,
+        redis_cluster=True,
+        redis_layout="spread",
+        redis_buckets=BUCKETS,
+        export_in_api=False,
+        source_jobs_in_api=False,
+        home=tmp_path,
+    )
+    layout = SpreadLayout.of(own.key_prefix, BUCKETS)
+    slot = layout.slot(bucket)
+    asyncio.run(ensure_topics(own))
+    publish = Publisher(own, next(iter(own.sources)))
+    rng = random.Random(21)
+    people = [u for n in range(5000) if layout.profile_bucket("user", u := f"mu-{n}") == bucket]
+    people = people[:15]
+    everyone: dict[str, list[Any]] = {u: [] for u in people}
+
+    def send(rounds: int) -> None:
+        batch = []
+        for _ in range(rounds):
+            for user in people:
+                everyone[user].append(person_event(rng, user, len(everyone[user])))
+                batch.append(everyone[user][-1])
+        publish(batch)
+
+    worker = start_worker(own, "worker")
+    closing: list[httpx.Client] = []
+    try:
+        send(3)
+        record, token = new_key("spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
+
+        async def store_key() -> None:
+            store = RedisKeyStore.from_url(own, own.key_prefix)
+            try:
+                await store.create(record)
+            finally:
+                await store.close()
+
+        asyncio.run(store_key())
+        with running_api(own, "api") as base:
+            http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+            closing.append(http)
+
+            def served(user: str) -> Any:
+                r = http.get(f"/v1/collections/users/records/user_id/{user}")
+                return r.status_code, r.json()
+
+            wait_until(lambda: served(people[0])[0] == 200, timeout=90, what="a first profile")
+            node = cluster.client(cluster.owner(slot))
+            try:  # filler keys: the move lasts long enough for events to meet it
+                for start in range(0, 20_000, 1000):
+                    node.mset(
+                        {f"{layout.tag(bucket)}:filler:{n}": n for n in range(start, start + 1000)}
+                    )
+            finally:
+                node.close()
+            target = (cluster.owner(slot) + 1) % MASTERS
+            mover = threading.Thread(
+                target=cluster.move_slot, args=(slot, target), kwargs={"pipeline": 2}
+            )
+            mover.start()
+            during = 0
+            while mover.is_alive():
+                send(1)
+                during += 1
+                assert served(people[0])[0] in (200, 503)
+                time.sleep(0.2)
+            mover.join()
+            assert cluster.owner(slot) == target
+            assert during >= 1, "no events were sent while the slot moved"
+            send(2)
+            total = {u: len(e) for u, e in everyone.items()}
+
+            def done() -> bool:
+                assert alive(worker), "the worker stopped"
+                return all(served(u)[1].get("version") == total[u] for u in people)
+
+            wait_until(done, timeout=120, what="every event applied")
+            for user in people:
+                status, view = served(user)
+                assert status == 200
+                assert comparable(view) == person_oracle(own, everyone[user], user), user
+    finally:
+        for c in closing:
+            c.close()
         worker.stop()
