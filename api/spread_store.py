@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from api.gate import PENDING, refused
+from traitflow.resp import TIMEOUT_S
 from traitflow.spread_reads import Wanted
 from traitflow.spread_store import SpreadProfileStore
 
 
 class ChargedSpreadStore(SpreadProfileStore):
     """`SpreadProfileStore` whose first read of a request carries its pending charge
-    alongside; a refused charge raises the 429 (`api.gate.refused`)."""
+    alongside; a refused charge raises the 429 (`api.gate.refused`). A read refused
+    while its slot moves is tried again for the API's timeout, then fails (503), as
+    option A's reads do."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.protocol.wait_out_s = TIMEOUT_S
 
     async def _read(
         self, entity: str, lookups: Sequence[tuple[str, str]], wanted: Wanted

@@ -83,6 +83,9 @@ class ClusterCalls:
         self.client = client
         #: script source -> its SHA-1, for the scripts sent so far
         self._scripts: dict[str, str] = {}
+        #: how long commands refused while a slot moves are sent again (s): a worker
+        #: waits a migration out; the API answers 503 sooner (`api.spread_store`)
+        self.wait_out_s = WAIT_OUT_S
 
     async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Commands on the cluster pipeline: each node's at once, nodes in parallel.
@@ -94,7 +97,7 @@ class ClusterCalls:
         sent = [self._by_sha(call) for call in calls]
         replies = await self._send(sent)
         loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + WAIT_OUT_S, 0.01
+        deadline, pause = loop.time() + self.wait_out_s, 0.01
         while True:
             missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
