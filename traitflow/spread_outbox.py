@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from traitflow.outbox import from_entry
 from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_nodes import ClusterCalls
 from traitflow.store import Outgoing
 
 
@@ -26,19 +27,23 @@ def _order(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    """An entry's fields: a dict from redis-py, a flat list from a script."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
 class SpreadOutbox:
-    """Every bucket's copy of each partition's outbox, read in one round trip."""
+    """Every bucket's copy of each partition's outbox, read in one round trip: a
+    command per bucket, sent as one script per node (`traitflow.spread_nodes`)."""
 
     def __init__(self, client: RedisCluster, layout: SpreadLayout) -> None:
-        self.client = client
+        self.calls = ClusterCalls(client)
         self.layout = layout
 
     async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.client.pipeline()
-        for call in calls:
-            pipe.execute_command(*call)
-        replies: list[Any] = await pipe.execute()
-        return replies
+        return await self.calls.many(calls)
 
     async def pending(self, source: str, count: int) -> list[tuple[bytes, Outgoing]]:
         buckets = range(self.layout.buckets)
@@ -51,7 +56,7 @@ class SpreadOutbox:
         found: list[tuple[tuple[int, int], int, bytes, dict[bytes, bytes]]] = []
         for bucket, entries in zip(buckets, replies, strict=True):
             for entry_id, fields in entries:
-                found.append((_order(entry_id), bucket, entry_id, fields))
+                found.append((_order(entry_id), bucket, entry_id, _fields(fields)))
         found.sort(key=lambda entry: (entry[0], entry[1]))
         return [
             (f"{bucket}/".encode() + entry_id, from_entry(fields))

@@ -223,7 +223,8 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         return await self.protocol.recover_intents()
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
-        """The earliest due of every bucket's expiry index, at most `limit`."""
+        """The earliest due of every bucket's expiry index, at most `limit` (a command
+        per bucket, sent as one script per node)."""
         calls = [
             (
                 "ZRANGE",
@@ -233,7 +234,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             for b in range(self.layout.buckets)
         ]
         scored: list[tuple[float, str]] = []
-        for reply in await self._run(calls):
+        for reply in await self.protocol.many(calls):
             scored += ((float(score), pid.decode()) for pid, score in _pairs(reply))
         return [pid for _, pid in sorted(scored)[:limit]]
 

@@ -42,6 +42,7 @@ from traitflow import spread_claims as claims
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_outbox import SpreadOutbox
 from traitflow.spread_store import SpreadProfileStore
 
 pytestmark = [
@@ -462,3 +463,49 @@ def test_an_erasure_deletes_every_key_across_slots_and_a_replay_stays_erased(
     assert orjson.loads(status)["status"] == "applied"
     assert tombstones == 3
     assert nodes_holding(cluster, "{" + prefix + ".b*}:[svni]:*") == set()
+
+
+def test_expiry_indexes_and_outboxes_are_read_over_every_bucket(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """`due` takes the earliest due of every bucket's expiry index; the outbox relay's
+    `pending` a prefix of every bucket's stream (a profile's messages in their order;
+    different profiles' by their entry's time, the same millisecond on two nodes in no
+    promised order), and `remove` deletes what it names from the right bucket."""
+    store = spread_store(cluster, prefix)
+    layout = store.layout
+    source = "events/0"
+    profiles = [f"d-{n}" for n in range(12)]
+
+    async def go() -> tuple[list[str], list[bytes], list[bytes], int]:
+        try:
+            await store._run(
+                [
+                    ("ZADD", layout.of_profile(ENTITY, pid).expiries(ENTITY, source), 1000 + n, pid)
+                    for n, pid in enumerate(profiles)
+                ]
+            )
+            due = await store.due(ENTITY, source, now=1005, limit=4)
+            for pid in profiles:  # one at a time: commit order
+                stream = layout.of_profile(ENTITY, pid).outbox(source)
+                await store._run([("XADD", stream, "*", "topic", "t", "key", pid)])
+            outbox = SpreadOutbox(store.client, layout)
+            first = await outbox.pending(source, 5)
+            await outbox.remove(source, [entry for entry, _ in first])
+            rest = await outbox.pending(source, 100)
+            left = await outbox.size([source])
+            return due, [m.key for _, m in first], [m.key for _, m in rest], left
+        finally:
+            await store.close()
+
+    due, first, rest, left = asyncio.run(go())
+
+    assert len({layout.profile_bucket(ENTITY, pid) for pid in profiles}) > 3
+    assert due == profiles[:4]
+    assert len(first) == 5
+    assert sorted(first + rest) == sorted(pid.encode() for pid in profiles)
+    assert left == len(profiles) - 5
+    for bucket in {layout.profile_bucket(ENTITY, pid) for pid in profiles}:
+        mine = [pid.encode() for pid in profiles if layout.profile_bucket(ENTITY, pid) == bucket]
+        taken = [key for key in first if key in mine]
+        assert taken == mine[: len(taken)], "a bucket's messages were taken out of order"
