@@ -165,15 +165,17 @@ class ClusterCalls:
         script: str,
         arguments: Callable[[tuple[Any, ...]], list[Any]],
         key: Callable[[tuple[Any, ...]], str],
+        head: Sequence[Any] = (),
     ) -> list[Any]:
         """`calls` (each a command on the key `key(call)`) as `script` once per node,
-        given `arguments(call)` of each of that node's calls; a node that refused it,
-        or answered {'moved'}, has its calls sent one by one. The replies in order."""
+        given `head` then `arguments(call)` of each of that node's calls; a node that
+        refused it, or answered {'moved'}, has its calls sent one by one. The replies
+        in order."""
         replies: list[Any] = [None] * len(calls)
         moved: list[int] = []
 
         def node_call(ns: list[int]) -> tuple[Any, ...]:
-            return ("EVAL", script, 0, *(a for n in ns for a in arguments(calls[n])))
+            return ("EVAL", script, 0, *head, *(a for n in ns for a in arguments(calls[n])))
 
         def replied(ns: list[int], reply: Any) -> None:
             if reply and reply[0] == b"moved":

@@ -27,6 +27,21 @@ def _order(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+#: XRANGE of many streams of one node (`traitflow.spread_nodes`): ARGV[1] the count,
+#: then the streams; {'moved'} having read nothing if one is not on this node
+XRANGES_ON_NODE = """#!lua flags=allow-cross-slot-keys,no-writes
+for i = 2, #ARGV do
+  local here = redis.pcall('EXISTS', ARGV[i])
+  if type(here) == 'table' and here.err then return {'moved'} end
+end
+local out = {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('XRANGE', ARGV[i], '-', '+', 'COUNT', ARGV[1])
+end
+return out
+"""
+
+
 def _fields(raw: Any) -> dict[bytes, bytes]:
     """An entry's fields: a dict from redis-py, a flat list from a script."""
     if isinstance(raw, dict):
@@ -41,17 +56,23 @@ class SpreadOutbox:
     def __init__(self, client: RedisCluster, layout: SpreadLayout) -> None:
         self.calls = ClusterCalls(client)
         self.layout = layout
+        #: (partition, count) -> the XRANGE of each bucket's stream: made once, as
+        #: the relay asks every tick
+        self._ranges: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
 
     async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         return await self.calls.many(calls)
 
     async def pending(self, source: str, count: int) -> list[tuple[bytes, Outgoing]]:
         buckets = range(self.layout.buckets)
-        replies = await self._run(
-            [
+        calls = self._ranges.get((source, count))
+        if calls is None:
+            calls = self._ranges[(source, count)] = [
                 ("XRANGE", self.layout.keys(b).outbox(source), "-", "+", "COUNT", count)
                 for b in buckets
             ]
+        replies = await self.calls.by_node(
+            calls, XRANGES_ON_NODE, lambda c: [c[1]], lambda c: str(c[1]), head=[count]
         )
         found: list[tuple[tuple[int, int], int, bytes, dict[bytes, bytes]]] = []
         for bucket, entries in zip(buckets, replies, strict=True):
