@@ -49,3 +49,20 @@ def test_the_workers_store_takes_the_claims_lease_from_the_settings() -> None:
     spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5), 0)
     assert spread is not None
     assert spread.lease_ms == 2500
+
+
+def test_the_cli_commands_that_scan_profiles_refuse_the_spread_layout() -> None:
+    from typer.testing import CliRunner
+
+    from traitflow.cli import app
+
+    env = {
+        "TRAITFLOW_REDIS_URL": URL,
+        "TRAITFLOW_REDIS_CLUSTER": "true",
+        "TRAITFLOW_REDIS_LAYOUT": "spread",
+    }
+    commands = (["export", "list"], ["profiles", "recount", "--workers-stopped"])
+    for args in commands:
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code != 0, (args, result.output)
+        assert "TRAITFLOW_REDIS_LAYOUT=spread" in result.output, args
