@@ -26,12 +26,14 @@ from attributes.rules import load_rules
 from attributes.stitching import TRUST_ALL
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from traitflow.config import Settings
+from traitflow.spread_claims import Op
 from traitflow.spread_plan import BucketCommit, SpreadCommit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_store import SpreadProfileStore
 
-#: the steps a commit that claims keys goes through, in order
-STEPS = ("claimed", "committed", "finalized")
+#: the steps a commit that claims keys goes through, in order ("finalizing": half of
+#: its finalize steps run)
+STEPS = ("claimed", "committed", "finalizing", "finalized")
 
 
 def die() -> None:
@@ -44,6 +46,7 @@ class DyingProtocol(SpreadProtocol):
     def __init__(self, step: str, *args: Any) -> None:
         super().__init__(*args)
         self.step = step
+        self.committed = False
 
     async def commit_buckets(self, spread: SpreadCommit) -> dict[int, list[bytes | None]]:
         if spread.claims and self.step == "claimed":
@@ -51,7 +54,15 @@ class DyingProtocol(SpreadProtocol):
         refused = await super().commit_buckets(spread)
         if spread.claims and self.step == "committed":
             die()
+        self.committed = self.committed or bool(spread.claims)
         return refused
+
+    async def finalize(self, ops: Iterable[Op]) -> None:
+        steps = list(ops)
+        if self.committed and self.step == "finalizing":
+            await super().finalize(steps[: len(steps) // 2])
+            die()
+        await super().finalize(steps)
 
     def drop_intents(self, commit: str, parts: Iterable[BucketCommit]) -> None:
         parts = list(parts)
