@@ -31,6 +31,7 @@ from api.keys import KeyStore, RedisKeyStore
 from api.policy_store import PolicyStore, RedisPolicyStore
 from api.publisher import KafkaPublisher, Publisher
 from api.routes import ROUTE_MODULES, routers
+from api.spread_store import ChargedSpreadStore
 from api.state import ApiState, attach
 from api.td_config import load_personalization
 from api.td_services import Personalization, RedisServiceStore, ServiceStore
@@ -39,12 +40,14 @@ from traitflow.export_run import ExportMetrics, ExportRunner
 from traitflow.export_store import ExportJobs
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.recomputation_requests import catalog_recomputation
-from traitflow.redis_client import resp_client
+from traitflow.redis_client import RedisTarget, resp_client
 from traitflow.redis_store import RedisProfileStore
+from traitflow.resp import RespClient
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.runtime import tune_gc
 from traitflow.source_job_run import SourceJobMetrics, SourceJobRunner
 from traitflow.source_jobs import MemorySourceJobs, RedisSourceJobs, SourceJobStore
+from traitflow.spread_plan import SpreadUnsupported
 from traitflow.store import ProfileStore
 
 
@@ -83,8 +86,7 @@ def create_app(
             store
             if store is not None
             else InstrumentedStore(  # times every Redis round trip for /metrics
-                RedisProfileStore.from_url(settings, settings.key_prefix, reads),
-                state.metrics,
+                profile_store(settings, reads), state.metrics
             )
         )
         state.policies = (
@@ -171,6 +173,21 @@ def create_app(
         # router through a wrapper that was a noticeable share of a record read's CPU
         app.router.routes.extend(router.routes)
     return app
+
+
+def profile_store(settings: Settings, reads: RespClient) -> ProfileStore:
+    """The API's Redis profile store: on the spread layout, its own (`api.spread_store`),
+    refusing at start the jobs it cannot run there yet."""
+    if settings.redis_layout != "spread":
+        return RedisProfileStore.from_url(settings, settings.key_prefix, reads)
+    if settings.export_in_api or settings.source_jobs_in_api:
+        raise SpreadUnsupported(
+            "export and source delete jobs do not support TRAITFLOW_REDIS_LAYOUT=spread yet: "
+            "set TRAITFLOW_EXPORT_IN_API=false and TRAITFLOW_SOURCE_JOBS_IN_API=false"
+        )
+    return ChargedSpreadStore.from_url(
+        RedisTarget.of(settings), settings.key_prefix, settings.redis_buckets
+    )
 
 
 def served_app(settings: Settings) -> FastAPI:

@@ -61,6 +61,8 @@ lives in the module that raises it:
     │   ├── ClusterAccessRefused  traitflow.redis_cluster_access: a cluster node refused the
     │   │                         TLS handshake or the credentials: not tried again; also a
     │   │                         redis-py `RedisError`, as the error it replaces
+    │   ├── SpreadUnsupported     traitflow.spread_plan: a write the spread layout cannot
+    │   │                         make yet (rules changes, source jobs): refused
     │   └── UnsafeRedis           traitflow.redis_checks: a Redis that could lose traitflow's keys
     │       └── RedisRefused      traitflow.redis_checks: Redis refused the credentials, the
     │                             TLS handshake failed, or the ACL user lacks a permission

@@ -36,12 +36,14 @@ from streams.metrics import WorkerMetrics, consumer_lags
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from streams.rule_switch import RuleSwitch
+from streams.spread_worker import recover, spread_outbox, spread_profiles
 from traitflow.config import Settings
 from traitflow.durability import DurabilityWait, NotDurable
 from traitflow.kafka_client import faust_options
 from traitflow.outbox import RedisOutbox, relay
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
+from traitflow.spread_outbox import SpreadOutbox
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import Outgoing, ProfileStore
 from traitflow.topics import ensure_topics
@@ -117,8 +119,9 @@ def create_app(
         on_parked=metrics.parked,
     )
 
-    profiles = redis_profiles(settings)
-    store = CachedProfileStore(profiles, settings.state_cache_profiles)
+    profiles = redis_profiles(settings)  # on the spread layout: what is not a profile's
+    spread = spread_profiles(settings, rules_version)
+    store = CachedProfileStore(spread or profiles, settings.state_cache_profiles)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
     durable = DurabilityWait.from_url(
         settings, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
@@ -151,6 +154,8 @@ def create_app(
             )
             forget_states()
             processor.forget_positions()
+            if spread is not None:
+                await recover(spread)
 
     # A rules change follows every backfill (its attribute made ACTIVE): the states the
     # backfill joined are stale here if another process joined them. Kept, each would
@@ -159,6 +164,8 @@ def create_app(
 
     async def close_store(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await store.close()  # sent after the consumer stopped and the last batch was acked
+        if spread is not None:
+            await profiles.close()
         await parking.close()
         await durable.close()
 
@@ -198,7 +205,7 @@ def create_app(
         async def expire_windows() -> None:
             await expire_owned(processor, owned, metrics)
 
-    outbox = RedisOutbox(profiles.client, profiles.keys)
+    outbox = spread_outbox(spread) if spread else RedisOutbox(profiles.client, profiles.keys)
     relay_outboxes(
         app,
         settings,
@@ -278,7 +285,7 @@ def relay_outboxes(
     app: faust.App,
     settings: Settings,
     *,
-    outbox: RedisOutbox,
+    outbox: RedisOutbox | SpreadOutbox,
     owned: set[str],
     metrics: WorkerMetrics,
     audiences: bool,

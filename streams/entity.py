@@ -273,8 +273,13 @@ class EntityProcessor(ProfileApplier, Lifetimes):
             #: those of kept profiles; (profile, audience) of expiring ones
             departed: dict[str, list[str]] = {}
             departed_expiring: dict[str, list[tuple[str, str]]] = {}
+            #: survivor -> the profiles merged into it, through others too
+            absorbed_by: dict[str, list[str]] = {}
             for absorbed, survivor in plan.merges:
                 stitched.found(absorbed).merges += 1
+                absorbed_by.setdefault(survivor, []).extend(
+                    [absorbed, *absorbed_by.pop(absorbed, ())]
+                )
                 held = states[absorbed].audiences
                 gone = [*departed.pop(absorbed, ()), *(() if absorbed in expiring else held)]
                 departed.setdefault(survivor, []).extend(gone)
@@ -320,6 +325,7 @@ class EntityProcessor(ProfileApplier, Lifetimes):
                 )
             if write is not None:
                 write.identities = links
+                write.absorbed = absorbed_by.get(pid, ())
                 write.departed = departed.get(pid, [])
                 write.departed_expiring = departed_expiring.get(pid, [])
                 write.categories_departed = counted_away[0].get(pid, [])

@@ -49,6 +49,8 @@ def _run(settings: Settings, action: Callable[[RespClient], Awaitable[T]], hint:
     host and port (a URL may hold a password) and `hint`, not a traceback."""
     from attributes.errors import StoreError
 
+    if settings.redis_layout == "spread":  # its scan reads the views under one tag
+        raise fail("traitflow export does not support TRAITFLOW_REDIS_LAYOUT=spread yet", 1)
     try:
         return run_closing(lambda: resp_client(settings), action)
     except (StoreError, OSError) as exc:

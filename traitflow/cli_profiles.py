@@ -57,6 +57,12 @@ def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaita
     import redis
     from aiokafka.errors import KafkaError
 
+    from traitflow.spread_plan import SpreadUnsupported, refuse_spread
+
+    try:
+        refuse_spread(settings.redis_layout, "traitflow profiles")
+    except SpreadUnsupported as exc:
+        raise fail(str(exc), 1) from None
     try:
         return run_closing(
             lambda: RedisProfileStore.from_url(settings, settings.key_prefix), action

@@ -35,6 +35,8 @@ def recount_command(
         raise fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
     if not workers_stopped:
         raise fail("stop every worker first, then pass --workers-stopped")
+    if settings.redis_layout == "spread":
+        raise fail("traitflow recount does not support TRAITFLOW_REDIS_LAYOUT=spread yet")
 
     async def run() -> Recount:
         client = async_client(settings, decode_responses=False)

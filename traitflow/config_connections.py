@@ -41,6 +41,15 @@ class ConnectionSettings(BaseModel):
     #: Redis Cluster (README, "Redis Cluster"): the prefix becomes a hash tag, so every
     #: key is in one slot, and every connection goes to the node serving it
     redis_cluster: bool = False
+    #: where a cluster's keys go (docs/redis-cluster.md): "tag", every key under the
+    #: one hash tag (option A); "spread", profiles and identities spread over
+    #: `redis_buckets` hash tags, so over every shard (option B, `traitflow.spread_store`)
+    redis_layout: Literal["tag", "spread"] = "tag"
+    redis_buckets: int = Field(default=1024, ge=1, le=16384)
+    #: how long a spread commit's claims hold before another worker may finish or undo
+    #: them (`traitflow.spread_claims`): longer than any commit's steps take, and well
+    #: beyond the workers' clock differences
+    redis_claim_lease_s: float = Field(default=10.0, gt=0)
 
     #: replication factor and min.insync.replicas of the topics traitflow creates
     #: (`traitflow.topics.new_topics`); unset: the broker's defaults
@@ -86,6 +95,15 @@ class ConnectionSettings(BaseModel):
             raise ValueError(
                 f"key_prefix {self.key_prefix!r}: braces (a hash tag) only with "
                 "TRAITFLOW_REDIS_CLUSTER=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _spread_needs_a_cluster(self) -> Self:
+        if self.redis_layout == "spread" and not self.redis_cluster:
+            raise ValueError(
+                "TRAITFLOW_REDIS_LAYOUT=spread spreads keys over a Redis Cluster's shards: "
+                "it needs TRAITFLOW_REDIS_CLUSTER=true"
             )
         return self
 

@@ -99,6 +99,17 @@ Redis layout, for prefix `tf` and entity `user`:
                                            by each commit of its commands
                                            (`traitflow.source_jobs`)
     tf:sj:{job}:lease              string  the token of the process running the job
+    tf:it:{commit}                 string  spread layout: a commit's intent, written with
+                                           its bucket's writes: the cross-slot steps
+                                           that finish it (`traitflow.spread_claims`)
+    tf:it                          zset    spread layout: the bucket's intents, scored by
+                                           their claims' deadline (ms)
+
+With `TRAITFLOW_REDIS_LAYOUT=spread` (docs/redis-cluster.md, option B) the keys of a
+profile are under its bucket's hash tag instead of the prefix (`{tf.b17}:s:user:u-1`),
+an identity's index key under its own bucket's, and every key a commit writes beside a
+profile (outbox, expiry index, counters, rules version copy, intents) has a copy per
+bucket: `traitflow.spread_layout` makes each bucket's `KeyLayout`.
 """
 
 from __future__ import annotations
@@ -234,6 +245,13 @@ class KeyLayout:
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""
         return f"{self.prefix}:o:{source}"
+
+    def intent(self, commit: str) -> str:
+        """Commit ids are hex (`traitflow.spread_claims`)."""
+        return f"{self.prefix}:it:{commit}"
+
+    def intents(self) -> str:
+        return f"{self.prefix}:it"
 
     def export_jobs(self) -> str:
         return f"{self.prefix}:xj"

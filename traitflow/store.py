@@ -150,6 +150,9 @@ class ProfileWrite:
     erasure: Erasure | None = None
     #: the source delete job whose command made the write: its commit counts it
     job: str | None = None
+    #: the profiles merged into this one (the commit's `removed` among them): the
+    #: spread layout deletes them only if this write commits (`traitflow.spread_plan`)
+    absorbed: Sequence[str] = ()
 
 
 @dataclass(slots=True)

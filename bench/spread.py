@@ -1,0 +1,112 @@
+"""The worker's batches on a local 3-master Redis Cluster: the tag layout (option A,
+every key in one slot) against the spread layout (option B, `traitflow.spread_store`),
+the same events through the same `BatchProcessor`.
+
+    python -m bench.spread [--people 500] [--batches 20] [--buckets 1024]
+
+A cluster of its own (`tests/integration/cluster.py`'s: Debian's redis-server, no
+persistence of note) takes, per layout, a first batch that makes `--people` profiles
+(new pointers: claims on the spread layout), then `--batches` batches of one event per
+person (known identities), with and without messageId dedupe (on the spread layout
+every applied messageId is remembered in its own bucket after the commit: the
+finalize step). Prints wall ms per batch (median) and events per second. One process,
+one worker: what it measures is latency per batch, not what more shards would carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from attributes.rules import load_rules
+from attributes.stitching import TRUST_ALL
+from streams.processor import BatchProcessor, ListDeadLetters, Record
+from tests.integration.cluster import LocalCluster
+from traitflow.config import Settings
+from traitflow.redis_store import RedisProfileStore
+from traitflow.spread_store import SpreadProfileStore
+from traitflow.store import ProfileStore
+
+RULES = Path(__file__).resolve().parents[1] / "examples" / "rules.yaml"
+
+
+def events(people: int, round_: int, dedupe: bool) -> list[bytes]:
+    made = []
+    for p in range(people):
+        event: dict[str, Any] = {
+            "type": "track",
+            "event": "Order Completed",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "properties": {"revenue": 1.5 + round_, "product_id": f"sku-{p % 9}"},
+            "userId": f"b-{p}",
+        }
+        if dedupe:
+            event["messageId"] = f"m-{round_}-{p}"
+        made.append(orjson.dumps(event))
+    return made
+
+
+async def run(store: ProfileStore, people: int, batches: int, dedupe: bool) -> list[float]:
+    processor = BatchProcessor(
+        load_rules(RULES), store, ListDeadLetters(), trust=TRUST_ALL, dedupe=dedupe
+    )
+    offset = 0
+    took: list[float] = []
+    for round_ in range(batches + 1):
+        raw = events(people, round_, dedupe)
+        records = [Record("events", 0, offset + i, value, 0) for i, value in enumerate(raw)]
+        offset += len(records)
+        started = time.perf_counter()
+        await processor.process(records)
+        if round_:  # the first made the profiles
+            took.append((time.perf_counter() - started) * 1000)
+    await store.close()
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--people", type=int, default=500)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--buckets", type=int, default=1024)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        cluster = LocalCluster(Path(home))
+        cluster.start()
+        try:
+            for layout in ("tag", "spread"):
+                for dedupe in (False, True):
+                    prefix = f"bs-{uuid.uuid4().hex[:6]}"
+                    settings = Settings(
+                        redis_url=cluster.url,
+                        redis_cluster=True,
+                        redis_layout=layout,
+                        redis_buckets=options.buckets,
+                        key_prefix=prefix,
+                    )
+                    store: ProfileStore = (
+                        SpreadProfileStore.from_url(settings, settings.key_prefix, options.buckets)
+                        if layout == "spread"
+                        else RedisProfileStore.from_url(settings, settings.key_prefix)
+                    )
+                    took = asyncio.run(run(store, options.people, options.batches, dedupe))
+                    median = statistics.median(took)
+                    print(
+                        f"{layout:6} dedupe={'on ' if dedupe else 'off'} "
+                        f"{options.people} events/batch: {median:7.1f} ms per batch (median), "
+                        f"{options.people / median * 1000:8.0f} events/s"
+                    )
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""What the worker does differently on the spread layout (docs/redis-cluster.md, option
+B; `TRAITFLOW_REDIS_LAYOUT=spread`): its profiles go through `SpreadProfileStore`, its
+outbox relay reads every bucket's copy (`SpreadOutbox`), and a partition it is given
+is taken only after the commits a dead worker left committed are finished
+(`SpreadProfileStore.recover`). Everything else it stores (logs, rules, dead letters)
+stays under the prefix's one hash tag, as in option A.
+
+What the spread layout does not support yet is refused here, at start, by name, rather
+than done without its guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from traitflow.config import Settings
+from traitflow.redis_client import RedisTarget
+from traitflow.spread_outbox import SpreadOutbox
+from traitflow.spread_plan import SpreadUnsupported
+from traitflow.spread_store import SpreadProfileStore
+
+log = logging.getLogger(__name__)
+
+
+def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStore | None:
+    """The worker's store of profiles on the spread layout; None on the others.
+    `rules_version`: the version of the rules it starts with (`traitflow.rule_catalog`)."""
+    if settings.redis_layout != "spread":
+        return None
+    if rules_version:
+        raise SpreadUnsupported(
+            f"the rules are at version {rules_version} (attributes made through the API): "
+            "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
+            "yet"
+        )
+    if settings.redis_sync != "none":
+        raise SpreadUnsupported(
+            f"TRAITFLOW_REDIS_SYNC={settings.redis_sync} is not supported with "
+            "TRAITFLOW_REDIS_LAYOUT=spread yet: its wait is on one node, and a batch "
+            "writes to every node"
+        )
+    return SpreadProfileStore.from_url(
+        RedisTarget.of(settings),
+        settings.key_prefix,
+        settings.redis_buckets,
+        dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
+        lease_ms=max(1, int(settings.redis_claim_lease_s * 1000)),
+    )
+
+
+def spread_outbox(store: SpreadProfileStore) -> SpreadOutbox:
+    return SpreadOutbox(store.client, store.layout)
+
+
+async def recover(store: SpreadProfileStore) -> None:
+    """Finish the commits a dead worker left between their steps (partitions moved);
+    a failure is logged: whoever meets what is left recovers it too."""
+    try:
+        if finished := await store.recover():
+            log.info("finished %d commits a dead worker left", finished)
+    except Exception as exc:
+        log.warning("the commits a dead worker left were not finished here: %r", exc)

@@ -1,0 +1,102 @@
+"""The outbox on the spread layout (`traitflow.outbox`'s `Outbox`): a commit appends a
+write's messages to its bucket's copy of the input partition's stream, in the same
+single-slot script as the write, so the relay reads every bucket's copy.
+
+Order: a profile's messages are in one bucket's stream, in commit order, and `pending`
+returns a prefix of every bucket's stream, merged by entry id; messages of profiles in
+different buckets are ordered by their commit's time on its node (never promised more:
+docs/redis-cluster.md, option B). Entry ids name their bucket ("{bucket}/{id}") so
+that `remove` deletes each from its stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from traitflow.outbox import from_entry
+from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_nodes import ClusterCalls
+from traitflow.store import Outgoing
+
+
+def _order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+#: XRANGE of many streams of one node (`traitflow.spread_nodes`): ARGV[1] the count,
+#: then the streams; {'moved'} having read nothing if one is not on this node
+XRANGES_ON_NODE = """#!lua flags=allow-cross-slot-keys,no-writes
+for i = 2, #ARGV do
+  local here = redis.pcall('EXISTS', ARGV[i])
+  if type(here) == 'table' and here.err then return {'moved'} end
+end
+local out = {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('XRANGE', ARGV[i], '-', '+', 'COUNT', ARGV[1])
+end
+return out
+"""
+
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    """An entry's fields: a dict from redis-py, a flat list from a script."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+class SpreadOutbox:
+    """Every bucket's copy of each partition's outbox, read in one round trip: a
+    command per bucket, sent as one script per node (`traitflow.spread_nodes`)."""
+
+    def __init__(self, client: RedisCluster, layout: SpreadLayout) -> None:
+        self.calls = ClusterCalls(client)
+        self.layout = layout
+        #: (partition, count) -> the XRANGE of each bucket's stream: made once, as
+        #: the relay asks every tick
+        self._ranges: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+
+    async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return await self.calls.many(calls)
+
+    async def pending(self, source: str, count: int) -> list[tuple[bytes, Outgoing]]:
+        buckets = range(self.layout.buckets)
+        calls = self._ranges.get((source, count))
+        if calls is None:
+            calls = self._ranges[(source, count)] = [
+                ("XRANGE", self.layout.keys(b).outbox(source), "-", "+", "COUNT", count)
+                for b in buckets
+            ]
+        replies = await self.calls.by_node(
+            calls, XRANGES_ON_NODE, lambda c: [c[1]], lambda c: str(c[1]), head=[count]
+        )
+        found: list[tuple[tuple[int, int], int, bytes, dict[bytes, bytes]]] = []
+        for bucket, entries in zip(buckets, replies, strict=True):
+            for entry_id, fields in entries:
+                found.append((_order(entry_id), bucket, entry_id, _fields(fields)))
+        found.sort(key=lambda entry: (entry[0], entry[1]))
+        return [
+            (f"{bucket}/".encode() + entry_id, from_entry(fields))
+            for _, bucket, entry_id, fields in found[:count]
+        ]
+
+    async def remove(self, source: str, ids: Sequence[bytes]) -> None:
+        by_bucket: dict[int, list[bytes]] = {}
+        for named in ids:
+            bucket, _, entry_id = named.partition(b"/")
+            by_bucket.setdefault(int(bucket), []).append(entry_id)
+        await self._run(
+            [("XDEL", self.layout.keys(b).outbox(source), *e) for b, e in by_bucket.items()]
+        )
+
+    async def size(self, sources: Iterable[str]) -> int:
+        calls = [
+            ("XLEN", self.layout.keys(b).outbox(source))
+            for source in sources
+            for b in range(self.layout.buckets)
+        ]
+        return sum(await self._run(calls)) if calls else 0
