@@ -31,12 +31,13 @@ import signal
 from collections.abc import Awaitable
 
 from attributes.ruleset import RuleSet
-from streams.app import TRANSIENT, redis_profiles, worker_processor
+from streams.app import redis_profiles, worker_processor
 from streams.backfill import Backfill
 from streams.backfill_runner import BACKFILL_TICK_S, BackfillRunner
 from streams.metrics import WorkerMetrics
 from streams.records import ListDeadLetters
 from streams.rule_switch import RuleSwitch
+from streams.worker_rounds import TRANSIENT
 from traitflow.config import Settings
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
 
