@@ -188,11 +188,12 @@ def api_server(settings: Settings) -> Iterator[str]:
 
 
 def create_key(settings: Settings, name: str, **scopes: Any) -> str:
-    """Create an API key in the session's Redis (`new_key`'s arguments); returns it."""
+    """Create an API key in the Redis of `settings` (its URL, password, TLS, cluster
+    mode: `new_key`'s arguments); returns it."""
     record, token = new_key(name, **scopes)
 
     async def store() -> None:
-        keys = RedisKeyStore.from_url(settings.redis_url, settings.key_prefix)
+        keys = RedisKeyStore.from_url(settings, settings.key_prefix)
         try:
             await keys.create(record)
         finally:

@@ -21,9 +21,8 @@ import orjson
 import pytest
 from redis.cluster import RedisCluster
 
-from api.keys import RedisKeyStore, new_key
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible
-from tests.integration.conftest import Publisher, wait_until
+from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import person_event
 from tests.integration.test_worker_kills import kill9
@@ -89,16 +88,7 @@ def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
     try:
         for make in (browse, browse, login, *[lambda u, n: person_event(rng, u, n)] * 3):
             send(make)
-        record, token = new_key("spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
-
-        async def store_key() -> None:
-            store = RedisKeyStore.from_url(own, own.key_prefix)
-            try:
-                await store.create(record)
-            finally:
-                await store.close()
-
-        asyncio.run(store_key())
+        token = create_key(own, "spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
         with running_api(own, "api") as base:
             http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
             closing.append(http)
@@ -282,16 +272,7 @@ def test_a_worker_and_the_api_on_the_spread_layout_across_a_reshard(
     closing: list[httpx.Client] = []
     try:
         send(3)
-        record, token = new_key("spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
-
-        async def store_key() -> None:
-            store = RedisKeyStore.from_url(own, own.key_prefix)
-            try:
-                await store.create(record)
-            finally:
-                await store.close()
-
-        asyncio.run(store_key())
+        token = create_key(own, "spread-admin", admin=True, rate_per_s=1e5, burst=100_000)
         with running_api(own, "api") as base:
             http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
             closing.append(http)

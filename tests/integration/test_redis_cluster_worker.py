@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.keys import RedisKeyStore, new_key
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible
-from tests.integration.conftest import Publisher, wait_until
+from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.stitching_support import comparable, person_oracle
 from tests.integration.test_redis_cluster import person_event
 from tests.integration.workers import alive, running_api, start_worker
@@ -72,16 +71,7 @@ def test_a_worker_and_the_api_on_the_cluster_serve_the_batch_answer_across_a_res
             timeout=90,
             what="the worker's first profiles",
         )
-        record, token = new_key("cluster-admin", admin=True, rate_per_s=1e5, burst=100_000)
-
-        async def store_key() -> None:
-            store = RedisKeyStore.from_url(own, own.key_prefix)  # settings: cluster mode
-            try:
-                await store.create(record)
-            finally:
-                await store.close()
-
-        asyncio.run(store_key())
+        token = create_key(own, "cluster-admin", admin=True, rate_per_s=1e5, burst=100_000)
         with running_api(own, "api") as base:
             http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
             closing.append(http)
