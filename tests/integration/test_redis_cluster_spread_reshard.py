@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import uuid
 from typing import Any
 
@@ -18,10 +17,11 @@ import pytest
 
 from streams.processor import ENTITY
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, command
+from tests.integration.reshard_support import FILLER, Rounds, rounds_while_moving
 from tests.integration.stitching_support import comparable, person_oracle
 from tests.integration.test_redis_cluster import oracle_settings, person_event
 from tests.integration.test_redis_cluster_spread import BUCKETS, spread_workers
-from tests.integration.test_stitching import Hold, Worker
+from tests.integration.test_stitching import Hold
 from traitflow.spread_layout import SpreadLayout
 
 pytestmark = [
@@ -54,69 +54,29 @@ def test_profiles_equal_the_batch_answer_after_a_buckets_slot_moves_while_events
     target = (source + 1) % MASTERS
     inside = [u for n in range(5000) if layout.profile_bucket(ENTITY, u := f"u-{n}") == bucket]
     people = [*inside[:20], "u-elsewhere-1", "u-elsewhere-2"]
-    rng = random.Random(17)
-    everyone: dict[str, list[Any]] = {user: [] for user in people}
-    moved = threading.Event()
-    failed: list[BaseException] = []
-
-    def move() -> None:
-        try:
-            cluster.move_slot(slot, target, pipeline=2)
-        except BaseException as exc:
-            failed.append(exc)
-        moved.set()
-
-    async def round_of(a: Worker, b: Worker) -> None:
-        batches: list[list[Any]] = [[], []]
-        for user in people:
-            for batch in batches:
-                batch.append(person_event(rng, user, len(everyone[user])))
-                everyone[user].append(batch[-1])
-        await asyncio.gather(
-            a.processor.process(a.records(batches[0])),
-            b.processor.process(b.records(batches[1])),
-        )
+    rounds = Rounds(people, random.Random(17), person_event, oracle_settings())
 
     async def go() -> tuple[int, list[bytes | None]]:
         async with spread_workers(cluster, prefix) as (a, b):
             for _ in range(3):
-                await round_of(a, b)
-            node = cluster.client(source)
+                await rounds.run(a, b)
             tag = layout.tag(bucket)
-            try:
-                for start in range(0, 20_000, 1000):
-                    node.mset({f"{tag}:filler:{n}": n for n in range(start, start + 1000)})
-            finally:
-                node.close()
-            mover = threading.Thread(target=move)
-            mover.start()
-            during = 0
-            try:
-                while not moved.is_set() and during < 2000:
-                    await round_of(a, b)
-                    during += 1
-            finally:
-                await asyncio.to_thread(mover.join)
+            during = await rounds_while_moving(cluster, slot, target, tag, rounds, a, b)
             for _ in range(2):
-                await round_of(a, b)
+                await rounds.run(a, b)
             views = await a.store.inner.read_views(ENTITY, [("user_id", u) for u in people])
             return during, views
 
     during, views = asyncio.run(go())
 
-    assert not failed, failed
     assert cluster.owner(slot) == target
     assert during >= 1, "no batch was processed while the slot moved"
     moved_to = cluster.client(target)
     try:
-        assert command(moved_to, "CLUSTER", "COUNTKEYSINSLOT", slot) > 20_000
+        assert command(moved_to, "CLUSTER", "COUNTKEYSINSLOT", slot) > FILLER
     finally:
         moved_to.close()
-    settings = oracle_settings()
-    for user, view in zip(people, views, strict=True):
-        assert view is not None, user
-        want = person_oracle(settings, everyone[user], user)
-        assert comparable(orjson.loads(view)) == want, user
+    rounds.check(views)
 
 
 def test_scripts_by_node_follow_a_slot_moved_behind_the_clients_back(
