@@ -81,6 +81,14 @@ def test_two_workers_switch_together_to_an_attribute_made_through_the_api(
                 with httpx.Client(base_url=url, timeout=10.0, headers=headers) as api:
                     orders("a")
                     wait_until(lambda: alive(second) and caught_up(), timeout=60, what="batch a")
+                    # the second worker has read its rules (at version 0) once it is ready:
+                    # made before that, the attribute would be in the rules it starts
+                    # with, and its switch logged before its logging is set up
+                    wait_until(
+                        lambda: "[^Worker]: Ready" in worker_log(second),
+                        timeout=60,
+                        what="the second worker to be ready",
+                    )
 
                     made = api.post(
                         PATH,
