@@ -52,6 +52,7 @@ from attributes.recomputation import Horizons
 from attributes.rules import Generations, parse_rules
 from attributes.ruleset import CompiledAttribute, RuleSet
 from streams.entity import EntityProcessor
+from streams.history import text
 from streams.history_reader import HistoryReader, Target
 from streams.processor import BatchProcessor
 from traitflow.config import Settings
@@ -200,7 +201,7 @@ class Backfill:
             while True:
                 began = time.monotonic()
                 cursor, keys = await self.client.scan(cursor, match=prefix + "*", count=JOIN_CHUNK)
-                pids = [_text(key)[len(prefix) :] for key in keys]
+                pids = [text(key)[len(prefix) :] for key in keys]
                 if pids:
                     empty = {pid: ProfileState(id=pid, entity=name) for pid in pids}
                     await self._fold(name, empty, (), rendering=True)
@@ -238,10 +239,6 @@ class Backfill:
                 continue  # a live batch wrote one of them meanwhile: again, on top
             except RulesChanged:
                 await self.processor.switch_to_current()
-
-
-def _text(key: bytes | str) -> str:
-    return key.decode() if isinstance(key, bytes) else key
 
 
 async def fold(

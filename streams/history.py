@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-__all__ = ["OPEN", "Span", "after_horizon", "committed_before", "history_end"]
+__all__ = ["OPEN", "Span", "after_horizon", "committed_before", "history_end", "text"]
 
 #: a span's end when it is read to the end of the log (a dry run's)
 OPEN = 2**63 - 1
@@ -29,7 +29,7 @@ def history_end(starts: Mapping[bytes | str, bytes | str], version: int) -> int 
     found = [
         int(offset)
         for noted, offset in starts.items()
-        if _text(noted).isdigit() and int(noted) >= version
+        if text(noted).isdigit() and int(noted) >= version
     ]
     return min(found) if found else None
 
@@ -43,14 +43,15 @@ def committed_before(
     (`streams.rule_versions`; noted as `"{newer}:{entity}:{older}"`)."""
     found: set[int] = set()
     for noted, offsets in starts.items():
-        newer, _, rest = _text(noted).partition(":")
+        newer, _, rest = text(noted).partition(":")
         of, _, older = rest.rpartition(":")
         if of == entity and int(older) < version <= int(newer):
-            found.update(int(o) for o in _text(offsets).split(",") if o)
+            found.update(int(o) for o in text(offsets).split(",") if o)
     return frozenset(found)
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply's key or value as text (a client may decode replies or not)."""
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -58,6 +58,30 @@ class Rounds:
             assert comparable(orjson.loads(view)) == want, user
 
 
+@dataclass
+class PublishedRounds:
+    """A real worker's input: rounds of one event per person, published to a topic
+    (`publish`); `everyone` keeps each person's events for the batch answer.
+    `event(rng, user, n)` is a person's event `n`."""
+
+    people: Sequence[str]
+    rng: random.Random
+    event: Callable[[random.Random, str, int], Any]
+    publish: Callable[[list[Any]], object]
+    everyone: dict[str, list[Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.everyone = {user: [] for user in self.people}
+
+    def send(self, rounds: int) -> None:
+        batch = []
+        for _ in range(rounds):
+            for user in self.people:
+                self.everyone[user].append(self.event(self.rng, user, len(self.everyone[user])))
+                batch.append(self.everyone[user][-1])
+        self.publish(batch)
+
+
 async def rounds_while_moving(
     cluster: LocalCluster, slot: int, target: int, tag: str, rounds: Rounds, a: Worker, b: Worker
 ) -> int:

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible
 from tests.integration.conftest import Publisher, create_key, wait_until
+from tests.integration.reshard_support import PublishedRounds
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import person_event
 from tests.integration.test_worker_kills import kill9
@@ -41,13 +42,13 @@ pytestmark = [
 BUCKETS = 32
 
 
-def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
-    settings: Settings, cluster: LocalCluster, tmp_path: Path
-) -> None:
-    name = f"tfs-{uuid.uuid4().hex[:6]}"
-    own = settings.isolated(
+def spread_settings(
+    settings: Settings, name: str, cluster: LocalCluster, tmp_path: Path, **more: Any
+) -> Settings:
+    """`settings` isolated as `name`, on the spread layout of `cluster` (the jobs the
+    API would refuse on it turned off)."""
+    return settings.isolated(
         name,
-        profile_changes_topic=f"{name}-changes",
         redis_url=cluster.url,
         redis_cluster=True,
         redis_layout="spread",
@@ -55,6 +56,16 @@ def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
         export_in_api=False,
         source_jobs_in_api=False,
         home=tmp_path,
+        **more,
+    )
+
+
+def test_a_worker_and_the_api_on_the_spread_layout_serve_the_batch_answer(
+    settings: Settings, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    name = f"tfs-{uuid.uuid4().hex[:6]}"
+    own = spread_settings(
+        settings, name, cluster, tmp_path, profile_changes_topic=f"{name}-changes"
     )
     assert own.profile_changes_topic is not None
     asyncio.run(ensure_topics(own))
@@ -145,14 +156,7 @@ def test_a_spread_worker_killed_mid_stream_twice_ends_in_the_batch_answer(
     of logins (merges across slots) and orders, and started again: the new one finishes
     what the dead one left (intents when given its partitions, claims and locks when it
     meets them) and reads its batches again. Every identity serves the batch answer."""
-    own = settings.isolated(
-        f"tfk-{uuid.uuid4().hex[:6]}",
-        redis_url=cluster.url,
-        redis_cluster=True,
-        redis_layout="spread",
-        redis_buckets=BUCKETS,
-        home=tmp_path,
-    )
+    own = spread_settings(settings, f"tfk-{uuid.uuid4().hex[:6]}", cluster, tmp_path)
     asyncio.run(ensure_topics(own))
     publish = Publisher(own, next(iter(own.sources)))
     rng = random.Random(9)
@@ -241,32 +245,15 @@ def test_a_worker_and_the_api_on_the_spread_layout_across_a_reshard(
         for b in range(BUCKETS)
         if SpreadLayout(name := f"tfm-{run}-{n}", BUCKETS).slot(b) in firsts
     )
-    own = settings.isolated(
-        name,
-        redis_url=cluster.url,
-        redis_cluster=True,
-        redis_layout="spread",
-        redis_buckets=BUCKETS,
-        export_in_api=False,
-        source_jobs_in_api=False,
-        home=tmp_path,
-    )
+    own = spread_settings(settings, name, cluster, tmp_path)
     layout = SpreadLayout.of(own.key_prefix, BUCKETS)
     slot = layout.slot(bucket)
     asyncio.run(ensure_topics(own))
     publish = Publisher(own, next(iter(own.sources)))
-    rng = random.Random(21)
     people = [u for n in range(5000) if layout.profile_bucket("user", u := f"mu-{n}") == bucket]
     people = people[:15]
-    everyone: dict[str, list[Any]] = {u: [] for u in people}
-
-    def send(rounds: int) -> None:
-        batch = []
-        for _ in range(rounds):
-            for user in people:
-                everyone[user].append(person_event(rng, user, len(everyone[user])))
-                batch.append(everyone[user][-1])
-        publish(batch)
+    rounds = PublishedRounds(people, random.Random(21), person_event, publish)
+    everyone, send = rounds.everyone, rounds.send
 
     worker = start_worker(own, "worker")
     closing: list[httpx.Client] = []

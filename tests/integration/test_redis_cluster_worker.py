@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible
 from tests.integration.conftest import Publisher, create_key, wait_until
+from tests.integration.reshard_support import PublishedRounds
 from tests.integration.stitching_support import comparable, person_oracle
 from tests.integration.test_redis_cluster import person_event
 from tests.integration.workers import alive, running_api, start_worker
@@ -46,17 +47,9 @@ def test_a_worker_and_the_api_on_the_cluster_serve_the_batch_answer_across_a_res
     asyncio.run(ensure_topics(own))
     publish = Publisher(own, next(iter(own.sources)))
     keys = KeyLayout(own.key_prefix)
-    rng = random.Random(3)
     people = [f"cu-{p}" for p in range(30)]
-    everyone: dict[str, list[Any]] = {u: [] for u in people}
-
-    def send(rounds: int) -> None:
-        batch = []
-        for _ in range(rounds):
-            for user in people:
-                everyone[user].append(person_event(rng, user, len(everyone[user])))
-                batch.append(everyone[user][-1])
-        publish(batch)
+    rounds = PublishedRounds(people, random.Random(3), person_event, publish)
+    everyone, send = rounds.everyone, rounds.send
 
     worker = start_worker(own, "worker")
     client = sync_client(own)
