@@ -11,6 +11,11 @@ person (known identities), with and without messageId dedupe (on the spread layo
 every applied messageId is remembered in its own bucket after the commit: the
 finalize step). Prints wall ms per batch (median) and events per second. One process,
 one worker: what it measures is latency per batch, not what more shards would carry.
+
+Then the outbox relay's idle rounds on the spread layout (a partition with nothing to
+relay, as most are most of the time): ms of the worker per round (median) and XRANGEs
+run on the nodes per round, reading every bucket each round (as before
+`traitflow.spread_outbox.OutboxBuckets`) against reading those written since.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import orjson
 from attributes.rules import load_rules
 from attributes.stitching import TRUST_ALL
 from streams.processor import BatchProcessor, ListDeadLetters, Record
-from tests.integration.cluster import LocalCluster
+from tests.integration.cluster import MASTERS, LocalCluster
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
+from traitflow.spread_outbox import FULL_ROUND_S, SpreadOutbox
 from traitflow.spread_store import SpreadProfileStore
 from traitflow.store import ProfileStore
 
@@ -72,11 +78,46 @@ async def run(store: ProfileStore, people: int, batches: int, dedupe: bool) -> l
     return took
 
 
+def xranges(cluster: LocalCluster) -> int:
+    total = 0
+    for index in range(MASTERS):
+        client = cluster.client(index)
+        try:
+            total += int(client.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0))
+        finally:
+            client.close()
+    return total
+
+
+async def relay_rounds(
+    store: SpreadProfileStore, cluster: LocalCluster, rounds: int, every: bool
+) -> tuple[list[float], float]:
+    """ms per idle relay round of one partition, and XRANGEs per round; `every`: each
+    round reads every bucket (its clock moves a full round's interval per round). The
+    partition's first round, which reads every bucket either way, is not counted."""
+    outbox = SpreadOutbox(store.client, store.layout)
+    clock = [0.0]
+    outbox.buckets.clock = lambda: clock[0]
+    await outbox.pending("events/0", 100)
+    before = xranges(cluster)
+    took = []
+    for _ in range(rounds):
+        if every:
+            clock[0] += FULL_ROUND_S
+        started = time.perf_counter()
+        await outbox.pending("events/0", 100)
+        took.append((time.perf_counter() - started) * 1000)
+    ran = (xranges(cluster) - before) / rounds
+    await store.close()
+    return took, ran
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=500)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--buckets", type=int, default=1024)
+    parser.add_argument("--relay-rounds", type=int, default=200)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         cluster = LocalCluster(Path(home))
@@ -104,6 +145,18 @@ def main() -> None:
                         f"{options.people} events/batch: {median:7.1f} ms per batch (median), "
                         f"{options.people / median * 1000:8.0f} events/s"
                     )
+            for every in (True, False):
+                store = SpreadProfileStore.from_url(
+                    Settings(redis_url=cluster.url, redis_cluster=True),
+                    f"br-{uuid.uuid4().hex[:6]}",
+                    options.buckets,
+                )
+                took, ran = asyncio.run(relay_rounds(store, cluster, options.relay_rounds, every))
+                print(
+                    f"relay, {'every bucket' if every else 'written   '}: "
+                    f"{statistics.median(took):6.2f} ms per idle round (median), "
+                    f"{ran:6.0f} XRANGE per round"
+                )
         finally:
             cluster.stop()
 

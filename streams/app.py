@@ -47,6 +47,7 @@ from traitflow.kafka_client import faust_options
 from traitflow.outbox import RedisOutbox
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
+from traitflow.spread_outbox import SpreadOutbox
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import ProfileStore
 
@@ -113,6 +114,7 @@ def create_app(
     profiles = redis_profiles(settings)  # on the spread layout: what is not a profile's
     spread = spread_profiles(settings, rules_version)
     store = CachedProfileStore(spread or profiles, settings.state_cache_profiles)
+    outbox = spread_outbox(spread) if spread else RedisOutbox(profiles.client, profiles.keys)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
     durable = DurabilityWait.from_url(
         settings, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
@@ -147,6 +149,8 @@ def create_app(
             processor.forget_positions()
             if spread is not None:
                 await recover(spread)
+            if isinstance(outbox, SpreadOutbox):  # what their last owner left: read all
+                outbox.buckets.forget()
 
     # A rules change follows every backfill (its attribute made ACTIVE): the states the
     # backfill joined are stale here if another process joined them. Kept, each would
@@ -196,7 +200,6 @@ def create_app(
         async def expire_windows() -> None:
             await expire_owned(processor, owned, metrics)
 
-    outbox = spread_outbox(spread) if spread else RedisOutbox(profiles.client, profiles.keys)
     relay_outboxes(
         app,
         settings,

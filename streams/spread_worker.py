@@ -49,7 +49,10 @@ def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStor
 
 
 def spread_outbox(store: SpreadProfileStore) -> SpreadOutbox:
-    return SpreadOutbox(store.client, store.layout)
+    """The relay's outbox, told by the store which buckets each commit wrote to."""
+    outbox = SpreadOutbox(store.client, store.layout)
+    store.on_outbox_written = outbox.buckets.written
+    return outbox
 
 
 async def recover(store: SpreadProfileStore) -> None:

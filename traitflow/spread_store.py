@@ -65,6 +65,10 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         self.clock = clock
         self.lease_ms = lease_ms
         self.protocol = SpreadProtocol(client, layout, clock)
+        #: told, after each commit (committed or not: a superset is harmless), each
+        #: partition and bucket whose outbox copy it may have written messages to
+        #: (`traitflow.spread_outbox.OutboxBuckets`)
+        self.on_outbox_written: Callable[[str, int], None] | None = None
 
     @classmethod
     def from_url(
@@ -179,6 +183,11 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             if spread.crosses_slots:
                 await self.protocol.settle_own(spread)
             raise
+        finally:
+            if (noted := self.on_outbox_written) is not None:
+                for source in {write.source for write in writes if write.outgoing}:
+                    for bucket in spread.buckets:  # a bucket without messages: read once
+                        noted(source, bucket)
         if refused:
             await self._refused(spread.buckets, refused)
 

@@ -20,9 +20,11 @@ import orjson
 import pytest
 
 from attributes.erasure import erase_event
+from attributes.profile import ProfileState
 from attributes.rules import load_rules
 from attributes.stitching import TRUST_ALL
 from streams.processor import ENTITY, BatchProcessor, BatchReport, ListDeadLetters, Record
+from streams.spread_worker import spread_outbox
 from tests.integration.cluster import MASTERS, LocalCluster, cluster_possible, command
 from tests.integration.stitching_support import comparable, event, person_oracle
 from tests.integration.test_redis_cluster import RULES, oracle_settings, person_event
@@ -42,8 +44,9 @@ from traitflow import spread_claims as claims
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_outbox import SpreadOutbox
+from traitflow.spread_outbox import FULL_ROUND_S, SpreadOutbox
 from traitflow.spread_store import SpreadProfileStore
+from traitflow.store import Expected, Outgoing, ProfileWrite
 
 pytestmark = [
     pytest.mark.integration,
@@ -509,3 +512,71 @@ def test_expiry_indexes_and_outboxes_are_read_over_every_bucket(
         mine = [pid.encode() for pid in profiles if layout.profile_bucket(ENTITY, pid) == bucket]
         taken = [key for key in first if key in mine]
         assert taken == mine[: len(taken)], "a bucket's messages were taken out of order"
+
+
+def _xranges(cluster: LocalCluster) -> int:
+    """XRANGE commands run on the masters so far (scripts' included)."""
+    total = 0
+    for index in range(MASTERS):
+        client = cluster.client(index)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        total += int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+    return total
+
+
+def test_the_relay_reads_the_buckets_its_worker_wrote_and_every_one_each_full_round(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """A round reads only the buckets the worker's own commits wrote to (an idle round
+    runs no XRANGE at all), and every bucket again after `FULL_ROUND_S`: a message
+    another process put there (a backfill's render) is relayed then."""
+    store = spread_store(cluster, prefix)
+    outbox = spread_outbox(store)
+    clock = [1000.0]
+    outbox.buckets.clock = lambda: clock[0]
+    layout, source = store.layout, "events/0"
+    people = [f"o-{n}" for n in range(3)]
+    writes = [
+        ProfileWrite(
+            ProfileState(id=pid, version=1, identities={"user_id": [pid]}),
+            b"state",
+            b"view",
+            source=source,
+            outgoing=[Outgoing("changes", pid.encode(), b"v1")],
+        )
+        for pid in people
+    ]
+
+    async def go() -> tuple[list[int], list[bytes], list[bytes], list[bytes]]:
+        try:
+            ran = []
+            assert await outbox.pending(source, 100) == []  # the first round: every bucket
+            ran.append(_xranges(cluster))
+            assert await outbox.pending(source, 100) == []
+            ran.append(_xranges(cluster))
+            await store.commit(ENTITY, writes, expected=Expected(versions=dict.fromkeys(people)))
+            mine = await outbox.pending(source, 100)
+            ran.append(_xranges(cluster))
+            await outbox.remove(source, [entry for entry, _ in mine])
+            stream = layout.of_profile(ENTITY, "elsewhere").outbox(source)
+            await store._run([("XADD", stream, "*", "topic", "t", "key", "elsewhere")])
+            before = await outbox.pending(source, 100)
+            clock[0] += FULL_ROUND_S
+            after = await outbox.pending(source, 100)
+            keys = [[m.key for _, m in found] for found in (mine, before, after)]
+            return ran, keys[0], keys[1], keys[2]
+        finally:
+            await store.close()
+
+    ran, mine, before, after = asyncio.run(go())
+
+    written = {layout.profile_bucket(ENTITY, pid) for pid in people}
+    assert ran[0] >= BUCKETS
+    assert ran[1] == ran[0], "an idle round read streams"
+    assert ran[2] - ran[1] == len(written)
+    assert sorted(mine) == sorted(pid.encode() for pid in people)
+    assert before == []
+    assert after == [b"elsewhere"]
