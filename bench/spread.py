@@ -12,10 +12,10 @@ every applied messageId is remembered in its own bucket after the commit: the
 finalize step). Prints wall ms per batch (median) and events per second. One process,
 one worker: what it measures is latency per batch, not what more shards would carry.
 
-Then the outbox relay's idle rounds on the spread layout (a partition with nothing to
-relay, as most are most of the time): ms of the worker per round (median) and XRANGEs
-run on the nodes per round, reading every bucket each round (as before
-`traitflow.spread_outbox.OutboxBuckets`) against reading those written since.
+Then the worker's timer rounds on the spread layout with nothing to do (the outbox
+relay's and the expiry round's of a partition, as most are most of the time): ms of the
+worker per round (median) and commands run on the nodes per round, reading every bucket
+each round (as before `traitflow.spread_rounds`) against reading those worth reading.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from streams.processor import BatchProcessor, ListDeadLetters, Record
 from tests.integration.cluster import MASTERS, LocalCluster
 from traitflow.config import Settings
 from traitflow.redis_store import RedisProfileStore
-from traitflow.spread_outbox import FULL_ROUND_S, SpreadOutbox
+from traitflow.spread_outbox import SpreadOutbox
+from traitflow.spread_rounds import FULL_ROUND_S
 from traitflow.spread_store import SpreadProfileStore
 from traitflow.store import ProfileStore
 
@@ -78,36 +79,47 @@ async def run(store: ProfileStore, people: int, batches: int, dedupe: bool) -> l
     return took
 
 
-def xranges(cluster: LocalCluster) -> int:
+def commands(cluster: LocalCluster, name: str) -> int:
+    """Calls of command `name` run on the masters so far (scripts' included)."""
     total = 0
     for index in range(MASTERS):
         client = cluster.client(index)
         try:
-            total += int(client.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0))
+            stats = client.info("commandstats").get(f"cmdstat_{name}", {})
+            total += int(stats.get("calls", 0))
         finally:
             client.close()
     return total
 
 
-async def relay_rounds(
-    store: SpreadProfileStore, cluster: LocalCluster, rounds: int, every: bool
+async def idle_rounds(
+    store: SpreadProfileStore, cluster: LocalCluster, rounds: int, *, expiry: bool, every: bool
 ) -> tuple[list[float], float]:
-    """ms per idle relay round of one partition, and XRANGEs per round; `every`: each
-    round reads every bucket (its clock moves a full round's interval per round). The
-    partition's first round, which reads every bucket either way, is not counted."""
-    outbox = SpreadOutbox(store.client, store.layout)
+    """ms per idle round of one partition (the outbox relay's, or `expiry`'s), and the
+    commands it ran per round; `every`: each round reads every bucket (the clock moves
+    a full round's interval per round). The partition's first round, which reads every
+    bucket either way, is not counted."""
+    outbox = SpreadOutbox(store.client, store.layout, store.outbox_rounds)
     clock = [0.0]
-    outbox.buckets.clock = lambda: clock[0]
-    await outbox.pending("events/0", 100)
-    before = xranges(cluster)
+    store.outbox_rounds.clock = store.expiry_rounds.clock = lambda: clock[0]
+
+    async def round_() -> None:
+        if expiry:
+            await store.due("user", "events/0", now=int(time.time() * 1000), limit=1000)
+        else:
+            await outbox.pending("events/0", 100)
+
+    await round_()
+    name = "zrange" if expiry else "xrange"
+    before = commands(cluster, name)
     took = []
     for _ in range(rounds):
         if every:
             clock[0] += FULL_ROUND_S
         started = time.perf_counter()
-        await outbox.pending("events/0", 100)
+        await round_()
         took.append((time.perf_counter() - started) * 1000)
-    ran = (xranges(cluster) - before) / rounds
+    ran = (commands(cluster, name) - before) / rounds
     await store.close()
     return took, ran
 
@@ -117,7 +129,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=500)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--buckets", type=int, default=1024)
-    parser.add_argument("--relay-rounds", type=int, default=200)
+    parser.add_argument("--idle-rounds", type=int, default=200)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         cluster = LocalCluster(Path(home))
@@ -145,18 +157,22 @@ def main() -> None:
                         f"{options.people} events/batch: {median:7.1f} ms per batch (median), "
                         f"{options.people / median * 1000:8.0f} events/s"
                     )
-            for every in (True, False):
-                store = SpreadProfileStore.from_url(
-                    Settings(redis_url=cluster.url, redis_cluster=True),
-                    f"br-{uuid.uuid4().hex[:6]}",
-                    options.buckets,
-                )
-                took, ran = asyncio.run(relay_rounds(store, cluster, options.relay_rounds, every))
-                print(
-                    f"relay, {'every bucket' if every else 'written   '}: "
-                    f"{statistics.median(took):6.2f} ms per idle round (median), "
-                    f"{ran:6.0f} XRANGE per round"
-                )
+            for expiry in (False, True):
+                for every in (True, False):
+                    store = SpreadProfileStore.from_url(
+                        Settings(redis_url=cluster.url, redis_cluster=True),
+                        f"br-{uuid.uuid4().hex[:6]}",
+                        options.buckets,
+                    )
+                    took, ran = asyncio.run(
+                        idle_rounds(store, cluster, options.idle_rounds, expiry=expiry, every=every)
+                    )
+                    print(
+                        f"{'expiry' if expiry else 'relay '}, "
+                        f"{'every bucket' if every else 'written     '}: "
+                        f"{statistics.median(took):6.2f} ms per idle round (median), "
+                        f"{ran:6.0f} {'ZRANGE' if expiry else 'XRANGE'} per round"
+                    )
         finally:
             cluster.stop()
 

@@ -33,7 +33,7 @@ from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from streams.rule_switch import RuleSwitch
-from streams.spread_worker import recover, spread_outbox, spread_profiles
+from streams.spread_worker import partitions_assigned, spread_outbox, spread_profiles
 from streams.worker_rounds import (
     STALL_METRICS_INTERVAL_S,
     TRANSIENT,
@@ -47,7 +47,6 @@ from traitflow.kafka_client import faust_options
 from traitflow.outbox import RedisOutbox
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
-from traitflow.spread_outbox import SpreadOutbox
 from traitflow.state_cache import CachedProfileStore
 from traitflow.store import ProfileStore
 
@@ -148,9 +147,7 @@ def create_app(
             forget_states()
             processor.forget_positions()
             if spread is not None:
-                await recover(spread)
-            if isinstance(outbox, SpreadOutbox):  # what their last owner left: read all
-                outbox.buckets.forget()
+                await partitions_assigned(spread)
 
     # A rules change follows every backfill (its attribute made ACTIVE): the states the
     # backfill joined are stale here if another process joined them. Kept, each would

@@ -50,14 +50,16 @@ def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStor
 
 def spread_outbox(store: SpreadProfileStore) -> SpreadOutbox:
     """The relay's outbox, told by the store which buckets each commit wrote to."""
-    outbox = SpreadOutbox(store.client, store.layout)
-    store.on_outbox_written = outbox.buckets.written
-    return outbox
+    return SpreadOutbox(store.client, store.layout, store.outbox_rounds)
 
 
-async def recover(store: SpreadProfileStore) -> None:
-    """Finish the commits a dead worker left between their steps (partitions moved);
-    a failure is logged: whoever meets what is left recovers it too."""
+async def partitions_assigned(store: SpreadProfileStore) -> None:
+    """Partitions moved: the next timer rounds read every bucket (what other owners
+    wrote is not known here: `traitflow.spread_rounds`), and the commits a dead worker
+    left between their steps are finished; a failure is logged: whoever meets what is
+    left recovers it too."""
+    store.outbox_rounds.forget()
+    store.expiry_rounds.forget()
     try:
         if finished := await store.recover():
             log.info("finished %d commits a dead worker left", finished)

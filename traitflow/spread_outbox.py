@@ -8,20 +8,14 @@ profiles in different buckets are ordered by their commit's time on its node (ne
 promised more: docs/redis-cluster.md, option B). Entry ids name their bucket
 ("{bucket}/{id}") so that `remove` deletes each from its stream.
 
-Which buckets are read: the relay asks every `outbox_interval_s`, and reading all of a
-partition's 1,024 streams each time cost some 3% of a worker per owned partition, when
-most are empty. The owner of a partition makes nearly every write to its outbox, so it
-knows where its messages are: the store tells `written` after each commit, and a round
-reads those buckets and those found holding messages (`OutboxBuckets`). Others write
-there too (a backfill's render, a source job's commit: the profile's partition, not
-theirs), and a partition moved here holds what its last owner left: so the first round
-of a partition, and one every `FULL_ROUND_S`, reads every bucket.
+Which buckets a round reads (`traitflow.spread_rounds`): those the worker's commits
+wrote messages to since and those found holding messages; every bucket at a partition's
+first round and every `FULL_ROUND_S`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -29,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from traitflow.outbox import from_entry
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_nodes import ClusterCalls
+from traitflow.spread_rounds import NEVER, BucketRounds
 from traitflow.store import Outgoing
 
 
@@ -52,56 +47,6 @@ return out
 """
 
 
-#: seconds between rounds that read every bucket's stream of a partition: the longest a
-#: message written by a process that does not own the partition waits to be relayed
-FULL_ROUND_S = 5.0
-
-
-class OutboxBuckets:
-    """Per partition, the buckets whose stream may hold messages: those found holding
-    some, and those written since. A bucket found empty leaves, unless a write was
-    noted after the round that found it empty began (its message may have landed after
-    the read)."""
-
-    def __init__(self, buckets: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.buckets = buckets
-        self.clock = clock
-        self._holding: dict[str, set[int]] = {}
-        self._full_at: dict[str, float] = {}
-        #: (partition, bucket) -> the count of notes when it was last written
-        self._noted: dict[tuple[str, int], int] = {}
-        self._notes = 0
-
-    def written(self, partition: str, bucket: int) -> None:
-        self._notes += 1
-        self._noted[(partition, bucket)] = self._notes
-        self._holding.setdefault(partition, set()).add(bucket)
-
-    def forget(self) -> None:
-        """Partitions moved: what another owner wrote meanwhile is not known here, so
-        the next round of each reads every bucket."""
-        self._full_at.clear()
-        self._holding.clear()
-
-    def to_read(self, partition: str) -> tuple[list[int], int]:
-        """The buckets a round reads, ascending, and the count of notes it began at."""
-        now = self.clock()
-        full_at = self._full_at.get(partition)
-        if full_at is None or now - full_at >= FULL_ROUND_S:
-            self._full_at[partition] = now
-            return list(range(self.buckets)), self._notes
-        return sorted(self._holding.get(partition, ())), self._notes
-
-    def found(self, partition: str, read: Sequence[int], empty: Iterable[int], began: int) -> None:
-        """After a round that read `read` and found `empty` without messages."""
-        holding = self._holding.setdefault(partition, set())
-        holding.update(read)
-        for bucket in empty:
-            if self._noted.get((partition, bucket), 0) <= began:
-                holding.discard(bucket)
-                self._noted.pop((partition, bucket), None)
-
-
 def _fields(raw: Any) -> dict[bytes, bytes]:
     """An entry's fields: a dict from redis-py, a flat list from a script."""
     if isinstance(raw, dict):
@@ -110,22 +55,21 @@ def _fields(raw: Any) -> dict[bytes, bytes]:
 
 
 class SpreadOutbox:
-    """The buckets' copies of each partition's outbox that may hold messages
-    (`OutboxBuckets`), read in one round trip: a command per bucket, sent as one script
-    per node (`traitflow.spread_nodes`)."""
+    """The buckets' copies of each partition's outbox that may hold messages, read in
+    one round trip: a command per bucket, sent as one script per node
+    (`traitflow.spread_nodes`). `rounds`: told by the store which buckets its commits
+    wrote messages to (`SpreadProfileStore.outbox_rounds`)."""
 
-    def __init__(
-        self, client: RedisCluster, layout: SpreadLayout, buckets: OutboxBuckets | None = None
-    ) -> None:
+    def __init__(self, client: RedisCluster, layout: SpreadLayout, rounds: BucketRounds) -> None:
         self.calls = ClusterCalls(client)
         self.layout = layout
-        self.buckets = buckets or OutboxBuckets(layout.buckets)
+        self.rounds = rounds
 
     async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         return await self.calls.many(calls)
 
     async def pending(self, source: str, count: int) -> list[tuple[bytes, Outgoing]]:
-        buckets, began = self.buckets.to_read(source)
+        buckets, began = self.rounds.to_read(source)
         if not buckets:
             return []
         calls = [
@@ -135,9 +79,8 @@ class SpreadOutbox:
         replies = await self.calls.by_node(
             calls, XRANGES_ON_NODE, lambda c: [c[1]], lambda c: str(c[1]), head=[count]
         )
-        self.buckets.found(
-            source, buckets, (b for b, r in zip(buckets, replies, strict=True) if not r), began
-        )
+        nexts = {b: 0.0 if r else NEVER for b, r in zip(buckets, replies, strict=True)}
+        self.rounds.found(source, nexts, began)
         found: list[tuple[tuple[int, int], int, bytes, dict[bytes, bytes]]] = []
         for bucket, entries in zip(buckets, replies, strict=True):
             for entry_id, fields in entries:

@@ -29,6 +29,7 @@ from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_plan import BucketCommit, SpreadCommit, bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_reads import SpreadReads
+from traitflow.spread_rounds import NEVER, BucketRounds
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
     Conflict,
@@ -39,6 +40,25 @@ from traitflow.store import (
     ProfileWrite,
     RulesChanged,
     now_ms,
+)
+
+#: per expiry index: {its members due by ARGV[1] (at most ARGV[2], flat with their
+#: scores), its earliest score when none is due, else false}
+_DUE_BODY = """
+  local due = redis.call('ZRANGE', index, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2],
+                         'WITHSCORES')
+  local first = false
+  if #due == 0 then
+    local earliest = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+    if #earliest > 0 then first = earliest[2] end
+  end
+"""
+#: one index, KEYS[1] (a node's script refused: where its slot is)
+DUE = "local index = KEYS[1]" + _DUE_BODY + "return {due, first}\n"
+#: the indexes of one node, ARGV[3..] (`traitflow.spread_nodes`)
+DUE_ON_NODE = (
+    "#!lua flags=allow-cross-slot-keys,no-writes\nlocal out = {}\nfor i = 3, #ARGV do\n"
+    "  local index = ARGV[i]" + _DUE_BODY + "  out[#out + 1] = {due, first}\nend\nreturn out\n"
 )
 
 #: how long a commit's claims hold before another worker may finish or undo them (ms)
@@ -65,10 +85,11 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         self.clock = clock
         self.lease_ms = lease_ms
         self.protocol = SpreadProtocol(client, layout, clock)
-        #: told, after each commit (committed or not: a superset is harmless), each
-        #: partition and bucket whose outbox copy it may have written messages to
-        #: (`traitflow.spread_outbox.OutboxBuckets`)
-        self.on_outbox_written: Callable[[str, int], None] | None = None
+        #: which buckets the timer rounds read (`traitflow.spread_rounds`): told by each
+        #: commit (committed or not: a superset is harmless) where it wrote messages
+        #: (the relay's, `traitflow.spread_outbox`) and expiries (`due`)
+        self.outbox_rounds = BucketRounds(layout.buckets)
+        self.expiry_rounds = BucketRounds(layout.buckets)
 
     @classmethod
     def from_url(
@@ -184,12 +205,21 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
                 await self.protocol.settle_own(spread)
             raise
         finally:
-            if (noted := self.on_outbox_written) is not None:
-                for source in {write.source for write in writes if write.outgoing}:
-                    for bucket in spread.buckets:  # a bucket without messages: read once
-                        noted(source, bucket)
+            self._note_rounds(entity, writes, spread)
         if refused:
             await self._refused(spread.buckets, refused)
+
+    def _note_rounds(
+        self, entity: str, writes: Sequence[ProfileWrite], spread: SpreadCommit
+    ) -> None:
+        """Tell the timer rounds where the commit wrote messages and expiries."""
+        for source in {write.source for write in writes if write.outgoing}:
+            for bucket in spread.buckets:  # a bucket without messages: read once
+                self.outbox_rounds.note(source, bucket)
+        for write in writes:
+            if write.expiry is not None and (when := write.expiry[1]) is not None:
+                bucket = self.layout.profile_bucket(entity, write.state.id)
+                self.expiry_rounds.note(write.expiry[0], bucket, when)
 
     async def _steps(self, spread: SpreadCommit) -> dict[int, list[bytes | None]]:
         """Claim, commit the buckets, finalize; the values the refused buckets found."""
@@ -232,19 +262,24 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         return await self.protocol.recover_intents()
 
     async def due(self, entity: str, source: str, *, now: int, limit: int) -> list[str]:
-        """The earliest due of every bucket's expiry index, at most `limit` (a command
-        per bucket, sent as one script per node)."""
+        """The earliest due of the expiry indexes of the buckets worth reading
+        (`expiry_rounds`), at most `limit`, and when each is next worth reading: one
+        script per node (`DUE_ON_NODE`)."""
+        buckets, began = self.expiry_rounds.to_read(source, now)
         calls = [
-            (
-                "ZRANGE",
-                *(self.layout.keys(b).expiries(entity, source), "-inf", now, "BYSCORE"),
-                *("LIMIT", 0, limit, "WITHSCORES"),
-            )
-            for b in range(self.layout.buckets)
+            ("EVAL", DUE, 1, self.layout.keys(b).expiries(entity, source), now, limit)
+            for b in buckets
         ]
+        replies = await self.protocol.by_node(
+            calls, DUE_ON_NODE, lambda c: [c[3]], lambda c: str(c[3]), head=[now, limit]
+        )
         scored: list[tuple[float, str]] = []
-        for reply in await self.protocol.many(calls):
-            scored += ((float(score), pid.decode()) for pid, score in _pairs(reply))
+        nexts: dict[int, float] = {}
+        for bucket, (due, first) in zip(buckets, replies, strict=True):
+            scored += ((float(score), pid.decode()) for pid, score in _pairs(due))
+            # with some due, it is read again once they are written; else at its earliest
+            nexts[bucket] = now if due else NEVER if first is None else float(first)
+        self.expiry_rounds.found(source, nexts, began)
         return [pid for _, pid in sorted(scored)[:limit]]
 
     async def unschedule(self, entity: str, source: str, ids: Sequence[str]) -> None:

@@ -44,7 +44,8 @@ from traitflow import spread_claims as claims
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_outbox import FULL_ROUND_S, SpreadOutbox
+from traitflow.spread_outbox import SpreadOutbox
+from traitflow.spread_rounds import FULL_ROUND_S
 from traitflow.spread_store import SpreadProfileStore
 from traitflow.store import Expected, Outgoing, ProfileWrite
 
@@ -492,7 +493,7 @@ def test_expiry_indexes_and_outboxes_are_read_over_every_bucket(
             for pid in profiles:  # one at a time: commit order
                 stream = layout.of_profile(ENTITY, pid).outbox(source)
                 await store._run([("XADD", stream, "*", "topic", "t", "key", pid)])
-            outbox = SpreadOutbox(store.client, layout)
+            outbox = SpreadOutbox(store.client, layout, store.outbox_rounds)
             first = await outbox.pending(source, 5)
             await outbox.remove(source, [entry for entry, _ in first])
             rest = await outbox.pending(source, 100)
@@ -514,8 +515,8 @@ def test_expiry_indexes_and_outboxes_are_read_over_every_bucket(
         assert taken == mine[: len(taken)], "a bucket's messages were taken out of order"
 
 
-def _xranges(cluster: LocalCluster) -> int:
-    """XRANGE commands run on the masters so far (scripts' included)."""
+def _calls(cluster: LocalCluster, name: str) -> int:
+    """Calls of command `name` run on the masters so far (scripts' included)."""
     total = 0
     for index in range(MASTERS):
         client = cluster.client(index)
@@ -523,8 +524,13 @@ def _xranges(cluster: LocalCluster) -> int:
             stats = client.info("commandstats")
         finally:
             client.close()
-        total += int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+        total += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
     return total
+
+
+def _new_profile(pid: str, source: str, **fields: Any) -> ProfileWrite:
+    state = ProfileState(id=pid, version=1, identities={"user_id": [pid]})
+    return ProfileWrite(state, b"state", b"view", source=source, **fields)
 
 
 def test_the_relay_reads_the_buckets_its_worker_wrote_and_every_one_each_full_round(
@@ -536,17 +542,11 @@ def test_the_relay_reads_the_buckets_its_worker_wrote_and_every_one_each_full_ro
     store = spread_store(cluster, prefix)
     outbox = spread_outbox(store)
     clock = [1000.0]
-    outbox.buckets.clock = lambda: clock[0]
+    store.outbox_rounds.clock = lambda: clock[0]
     layout, source = store.layout, "events/0"
     people = [f"o-{n}" for n in range(3)]
     writes = [
-        ProfileWrite(
-            ProfileState(id=pid, version=1, identities={"user_id": [pid]}),
-            b"state",
-            b"view",
-            source=source,
-            outgoing=[Outgoing("changes", pid.encode(), b"v1")],
-        )
+        _new_profile(pid, source, outgoing=[Outgoing("changes", pid.encode(), b"v1")])
         for pid in people
     ]
 
@@ -554,12 +554,12 @@ def test_the_relay_reads_the_buckets_its_worker_wrote_and_every_one_each_full_ro
         try:
             ran = []
             assert await outbox.pending(source, 100) == []  # the first round: every bucket
-            ran.append(_xranges(cluster))
+            ran.append(_calls(cluster, "xrange"))
             assert await outbox.pending(source, 100) == []
-            ran.append(_xranges(cluster))
+            ran.append(_calls(cluster, "xrange"))
             await store.commit(ENTITY, writes, expected=Expected(versions=dict.fromkeys(people)))
             mine = await outbox.pending(source, 100)
-            ran.append(_xranges(cluster))
+            ran.append(_calls(cluster, "xrange"))
             await outbox.remove(source, [entry for entry, _ in mine])
             stream = layout.of_profile(ENTITY, "elsewhere").outbox(source)
             await store._run([("XADD", stream, "*", "topic", "t", "key", "elsewhere")])
@@ -580,3 +580,48 @@ def test_the_relay_reads_the_buckets_its_worker_wrote_and_every_one_each_full_ro
     assert sorted(mine) == sorted(pid.encode() for pid in people)
     assert before == []
     assert after == [b"elsewhere"]
+
+
+def test_expiry_rounds_read_the_buckets_whose_earliest_is_due_and_every_one_each_full_round(
+    cluster: LocalCluster, prefix: str
+) -> None:
+    """`due` reads only the buckets whose earliest expiry (noted by the worker's own
+    commits, or found in the index) has come: none while nothing is due; every bucket
+    again after `FULL_ROUND_S`, for an expiry another process indexed."""
+    store = spread_store(cluster, prefix)
+    clock = [1000.0]
+    store.expiry_rounds.clock = lambda: clock[0]
+    layout, source = store.layout, "events/0"
+    writes = [_new_profile("e-0", source, expiry=(source, 5000))]
+    writes.append(_new_profile("e-1", source, expiry=(source, 8000)))
+    ids = ["e-0", "e-1"]
+
+    async def go() -> tuple[list[int], list[list[str]]]:
+        try:
+            ran, due = [_calls(cluster, "zrange")], []
+            for now in (0, 100):  # the first round reads every bucket, the next none
+                due.append(await store.due(ENTITY, source, now=now, limit=10))
+                ran.append(_calls(cluster, "zrange"))
+            await store.commit(ENTITY, writes, expected=Expected(versions=dict.fromkeys(ids)))
+            for now in (4999, 5000):
+                due.append(await store.due(ENTITY, source, now=now, limit=10))
+                ran.append(_calls(cluster, "zrange"))
+            index = layout.of_profile(ENTITY, "elsewhere").expiries(ENTITY, source)
+            await store._run([("ZADD", index, 6000, "elsewhere")])
+            due.append(await store.due(ENTITY, source, now=9000, limit=10))
+            clock[0] += FULL_ROUND_S
+            due.append(await store.due(ENTITY, source, now=9000, limit=10))
+            return ran, due
+        finally:
+            await store.close()
+
+    ran, due = asyncio.run(go())
+
+    assert ran[1] - ran[0] == 2 * BUCKETS, "the first round: every index, due and earliest"
+    assert ran[2] == ran[1], "an idle round read indexes"
+    assert ran[3] == ran[2], "a round read an index with nothing due"
+    assert ran[4] - ran[3] == 1, "the due bucket's read"
+    assert due[:3] == [[], [], []]
+    assert due[3] == ["e-0"]
+    assert due[4] == ["e-0", "e-1"]
+    assert due[5] == ["e-0", "elsewhere", "e-1"]
