@@ -3,14 +3,16 @@
 A key's kind comes from `traitflow.store`'s layout; memory is `MEMORY USAGE` per key
 and `INFO memory`'s `used_memory`; the work a run made is `INFO commandstats`, `INFO
 cpu` and `INFO stats`' network bytes after minus before. All of them are whole-server
-figures, so the server must serve the measured run alone.
+figures, so the server must serve the measured run alone. On a Redis Cluster each is
+summed over the masters (`nodes`: a client of each), and keys are read on the node
+that holds them.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -58,8 +60,13 @@ COUNTERS = (
 
 
 def key_kind(key: str, prefix: str) -> str:
-    """The kind of a key under `prefix`; an index key's names its identity type."""
-    parts = key.removeprefix(f"{prefix}:").split(":")
+    """The kind of a key under `prefix`, or under a hash tag (`{tf}`, or a bucket's of
+    the spread layout, `{tf.b17}`); an index key's names its identity type."""
+    if key.startswith("{") and "}:" in key:
+        key = key.partition("}:")[2]
+    else:
+        key = key.removeprefix(f"{prefix}:")
+    parts = key.split(":")
     kind = KINDS.get(parts[0], f"other ({parts[0]})")
     if kind == "index" and len(parts) >= 4:
         return f"index {parts[2]}"
@@ -84,35 +91,38 @@ class Snapshot:
     net_in: int
     net_out: int
     used_memory: int
+    #: the servers it sums (a cluster's masters)
+    nodes: int = 1
 
 
-def snapshot(client: redis.Redis) -> Snapshot:
-    info = client.info("everything")
-    commands = {
-        name.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
-        for name, value in info.items()
-        if name.startswith("cmdstat_") and isinstance(value, dict)
-    }
-    return Snapshot(
-        at=time.monotonic(),
-        commands=commands,
-        cpu_s=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
-        net_in=int(info["total_net_input_bytes"]),
-        net_out=int(info["total_net_output_bytes"]),
-        used_memory=int(info["used_memory"]),
-    )
-
-
-#: the benchmark's own command between two snapshots: the first one's INFO, which
-#: Redis counts once it has answered
-OWN = {"info": 1}
+def snapshot(nodes: redis.Redis | Sequence[redis.Redis]) -> Snapshot:
+    """One `INFO everything` of each node, summed."""
+    clients = [nodes] if isinstance(nodes, redis.Redis) else list(nodes)
+    commands: dict[str, tuple[int, int]] = {}
+    cpu_s, net_in, net_out, used = 0.0, 0, 0, 0
+    for client in clients:
+        info = client.info("everything")
+        for name, value in info.items():
+            if name.startswith("cmdstat_") and isinstance(value, dict):
+                calls, usec = commands.get(name.removeprefix("cmdstat_"), (0, 0))
+                commands[name.removeprefix("cmdstat_")] = (
+                    calls + int(value["calls"]),
+                    usec + int(value["usec"]),
+                )
+        cpu_s += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        net_in += int(info["total_net_input_bytes"])
+        net_out += int(info["total_net_output_bytes"])
+        used += int(info["used_memory"])
+    return Snapshot(time.monotonic(), commands, cpu_s, net_in, net_out, used, len(clients))
 
 
 def command_deltas(
-    before: Snapshot, after: Snapshot, own: Mapping[str, int] = OWN
+    before: Snapshot, after: Snapshot, own: Mapping[str, int] | None = None
 ) -> list[tuple[str, int, int]]:
     """(command, calls, microseconds) made between the snapshots, the benchmark's own
-    calls taken out, most calls first."""
+    calls taken out (by default the first one's INFO of each node, which Redis counts
+    once it has answered), most calls first."""
+    own = {"info": before.nodes} if own is None else own
     rows = []
     for command, (calls, usec) in after.commands.items():
         was_calls, was_usec = before.commands.get(command, (0, 0))
@@ -133,32 +143,62 @@ class Kind:
     how: str
 
 
-def measure_keys(client: redis.Redis, prefix: str, sample: int) -> list[Kind]:
-    by_kind: dict[str, list[str]] = {}
-    for key in client.scan_iter(match=KeyLayout(prefix).all_keys(), count=10_000):
-        name = key.decode()
-        by_kind.setdefault(key_kind(name, prefix), []).append(name)
+def measure_keys(
+    nodes: redis.Redis | Sequence[redis.Redis],
+    prefix: str,
+    sample: int,
+    patterns: Sequence[str] = (),
+) -> list[Kind]:
+    """Every key under `prefix` (and `patterns`: the spread layout's bucket tags) on
+    each node, by kind: the keys a profile owns on a sample, the others whole."""
+    clients = [nodes] if isinstance(nodes, redis.Redis) else list(nodes)
+    by_kind: dict[str, list[tuple[int, str]]] = {}
+    for n, client in enumerate(clients):
+        for pattern in [KeyLayout(prefix).all_keys(), *patterns]:
+            for key in client.scan_iter(match=pattern, count=10_000):
+                name = key.decode()
+                by_kind.setdefault(key_kind(name, prefix), []).append((n, name))
     rng = random.Random(1)
     kinds = []
     for name, keys in sorted(by_kind.items()):
         if name.split(" ")[0] in PER_PROFILE and len(keys) > sample:
             picked = rng.sample(keys, sample)
-            mean = sum(memory_usage(client, picked)) / sample
+            mean = sum(_usage(clients, picked)) / sample
             kinds.append(Kind(name, len(keys), mean * len(keys), 0, f"mean of {sample:,} keys"))
             continue
-        total = sum(memory_usage(client, keys))
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
+        total = sum(_usage(clients, keys))
+        kinds.append(Kind(name, len(keys), total, _members(clients, keys), "whole"))
+    return kinds
+
+
+def _on_nodes(keys: Sequence[tuple[int, str]]) -> dict[int, list[str]]:
+    grouped: dict[int, list[str]] = {}
+    for n, key in keys:
+        grouped.setdefault(n, []).append(key)
+    return grouped
+
+
+def _usage(clients: Sequence[redis.Redis], keys: Sequence[tuple[int, str]]) -> list[int]:
+    return [
+        size for n, names in _on_nodes(keys).items() for size in memory_usage(clients[n], names)
+    ]
+
+
+def _members(clients: Sequence[redis.Redis], keys: Sequence[tuple[int, str]]) -> int:
+    """Set members and sorted-set entries of `keys`."""
+    members = 0
+    for n, names in _on_nodes(keys).items():
+        pipe = clients[n].pipeline(transaction=False)
+        for key in names:
             pipe.type(key)
         types = [kind.decode() for kind in pipe.execute()]
-        for key, kind in zip(keys, types, strict=True):
+        for key, kind in zip(names, types, strict=True):
             if kind == "set":
                 pipe.scard(key)
             elif kind == "zset":
                 pipe.zcard(key)
-        members = sum(int(count) for count in pipe.execute())
-        kinds.append(Kind(name, len(keys), total, members, "whole"))
-    return kinds
+        members += sum(int(count) for count in pipe.execute())
+    return members
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     python -m bench.sizing [--profiles 20000 --events 8 --stream profiles --partitions 8]
     python -m bench.sizing --profiles 5000 --rate 2000   # live traffic instead of a backlog
+    python -m bench.sizing --redis spread [--buckets 1024]   # a local 3-master cluster
 
 What a deployment is sized from (README, Sizing): how much Redis memory a profile
 takes and how much Redis work an event makes. Starts a redis-server of its own (the
@@ -28,6 +29,10 @@ before it was processed), and Redis's work per event includes their fixed costs.
 
 Exits non-zero if the worker dies, does not finish within `--timeout`, dead-letters
 an event, or leaves profiles that are not what the stream makes.
+
+`--redis tag` or `spread` runs on a local 3-master Redis Cluster of its own
+(`tests/integration/cluster.py`: Debian's redis-server, no AOF) with that layout
+(docs/redis-cluster.md): every figure is summed over the masters.
 
 `--stream profiles` (the default) is `bench.memory`'s users: 1-2 anonymous page views,
 an identify with email, name and plan, then views, orders and pages with both ids,
@@ -67,6 +72,7 @@ from bench.redis_usage import (
     print_memory,
     snapshot,
 )
+from tests.integration.cluster import MASTERS, LocalCluster
 from traitflow.config import Settings
 from traitflow.services import Daemon, Service, free_port
 from traitflow.topics import ensure_topics
@@ -131,9 +137,21 @@ async def publish_paced(settings: Settings, events: list[tuple[bytes, bytes]], r
         await producer.stop()
 
 
+def settled_memory(nodes: list[redis.Redis]) -> tuple[int, int]:
+    """used_memory and used_memory_rss of every node, once no AOF rewrite runs (its
+    fork would be in used_memory's noise)."""
+    used = rss = 0
+    for client in nodes:
+        while int(client.info("persistence")["aof_rewrite_in_progress"]):
+            time.sleep(0.1)
+        memory = client.info("memory")
+        used, rss = used + int(memory["used_memory"]), rss + int(memory["used_memory_rss"])
+    return used, rss
+
+
 def run_worker(
     settings: Settings,
-    client: redis.Redis,
+    nodes: list[redis.Redis],
     events: list[tuple[bytes, bytes]],
     rate: float,
     args: argparse.Namespace,
@@ -147,31 +165,27 @@ def run_worker(
     env = settings.child_env() | {"TRAITFLOW_WORKER_METRICS_PORT": str(port)}
     if not rate:
         asyncio.run(publish(settings, next(iter(settings.sources)), events))
-    before = snapshot(client)
+    before = snapshot(nodes)
     process = daemon.spawn([*command, "--loglevel", "warning"], env, ROOT)
     started, cpu = time.monotonic(), 0.0
     try:
         if rate:
             counters([port], COUNTERS)  # answers once the worker runs
             time.sleep(JOIN_S)
-            before, cpu = snapshot(client), tree_cpu_seconds(process.pid)
+            before, cpu = snapshot(nodes), tree_cpu_seconds(process.pid)
             sending = time.monotonic()
             asyncio.run(publish_paced(settings, events, rate))
         wall = wait_done(daemon, process, port, len(events), args.timeout, started)
         if rate:  # from the first event sent
             wall = (sending - started, wall[1])
-        done = snapshot(client)
+        done = snapshot(nodes)
         cpu = tree_cpu_seconds(process.pid) - cpu
         counted = counters([port], COUNTERS)
         time.sleep(args.idle)
-        idle = snapshot(client)
+        idle = snapshot(nodes)
     finally:
         daemon.stop()
-    while int(client.info("persistence")["aof_rewrite_in_progress"]):
-        time.sleep(0.1)  # a rewrite's fork would be in used_memory's noise
-    after = client.info("memory")
-    memory = (int(after["used_memory"]), int(after["used_memory_rss"]))
-    return Run(len(events), before, done, idle, counted, wall, cpu, memory)
+    return Run(len(events), before, done, idle, counted, wall, cpu, settled_memory(nodes))
 
 
 def main() -> None:
@@ -191,48 +205,70 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=0.0, help="events/s sent to a running worker (0: a backlog)"
     )
+    parser.add_argument("--redis", choices=["single", "tag", "spread"], default="single")
+    parser.add_argument("--buckets", type=int, default=1024, help="the spread layout's")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="traitflow-bench-sizing-"))
-    services = [Service("redis", home / "redis", "127.0.0.1", free_port())]
-    values: dict[str, object] = {"redis_url": f"redis://127.0.0.1:{services[0].port}/0"}
-    if "TRAITFLOW_KAFKA_BOOTSTRAP" not in os.environ:
-        broker = Service("broker", home / "broker", "127.0.0.1", free_port(), storage="memory")
-        services.append(broker)
-        values["kafka_bootstrap"] = f"127.0.0.1:{broker.port}"
-    base = Settings.from_environ(os.environ, **values, home=home)
-    settings = base.isolated(
-        f"sizing-{uuid.uuid4().hex[:8]}",
-        topic_partitions=args.partitions,
-        rules_path=args.rules.resolve(),
-        source_trust=trusted(base),
-    )
-    if args.stream == "pipeline":
-        events, expected = make_events(args.profiles * args.events, args.profiles, args.seed)
-    else:
-        events, expected = profile_stream(args.profiles, args.events, args.seed), None
+    if args.redis != "single" and args.stream == "pipeline":
+        parser.error("--stream pipeline's check reads one Redis: use --redis single")
+    services: list[Service] = []
+    values: dict[str, object] = {}
+    cluster: LocalCluster | None = None
     try:
+        if args.redis == "single":
+            services.append(Service("redis", home / "redis", "127.0.0.1", free_port()))
+            values["redis_url"] = f"redis://127.0.0.1:{services[0].port}/0"
+        else:
+            cluster = LocalCluster(home / "cluster")
+            cluster.start()  # its URL names a port it chose
+            values |= {"redis_url": cluster.url, "redis_cluster": True, "redis_layout": args.redis}
+            values["redis_buckets"] = args.buckets
+        if "TRAITFLOW_KAFKA_BOOTSTRAP" not in os.environ:
+            broker = Service("broker", home / "broker", "127.0.0.1", free_port(), storage="memory")
+            services.append(broker)
+            values["kafka_bootstrap"] = f"127.0.0.1:{broker.port}"
+        base = Settings.from_environ(os.environ, **values, home=home)
+        settings = base.isolated(
+            f"sizing-{uuid.uuid4().hex[:8]}",
+            topic_partitions=args.partitions,
+            rules_path=args.rules.resolve(),
+            source_trust=trusted(base),
+        )
+        if args.stream == "pipeline":
+            events, expected = make_events(args.profiles * args.events, args.profiles, args.seed)
+        else:
+            events, expected = profile_stream(args.profiles, args.events, args.seed), None
         for service in services:
             service.start()
-        client = redis.Redis.from_url(settings.redis_url)
+        if cluster is not None:
+            nodes = [cluster.client(n) for n in range(MASTERS)]
+        else:
+            nodes = [redis.Redis.from_url(settings.redis_url)]
         asyncio.run(ensure_topics(settings))
-        run = run_worker(settings, client, events, args.rate, args)
-        kinds = measure_keys(client, settings.key_prefix, args.sample)
-        buckets = keyspace_buckets(client)
-        version = client.info("server")["redis_version"]
-        wrong = check(client, settings, expected) if expected is not None else 0
-        client.close()
+        run = run_worker(settings, nodes, events, args.rate, args)
+        buckets_tag = "{" + settings.key_prefix.strip("{}") + ".b*}:*"
+        patterns = [buckets_tag] if args.redis == "spread" else []
+        kinds = measure_keys(nodes, settings.key_prefix, args.sample, patterns)
+        buckets = sum(keyspace_buckets(client) for client in nodes)
+        version = nodes[0].info("server")["redis_version"]
+        wrong = check(nodes[0], settings, expected) if expected is not None else 0
+        for client in nodes:
+            client.close()
     finally:
+        if cluster is not None:
+            cluster.stop()
         for service in reversed(services):
             service.stop()
         shutil.rmtree(home, ignore_errors=True)
     profiles = next((k.keys for k in kinds if k.name == "state"), 0)
     users = len(expected.events) if expected is not None else args.profiles
+    where = "one Redis" if cluster is None else f"{MASTERS}-master cluster, {args.redis} layout"
     print(f"stream             {args.stream}: {len(events):,} events of {users:,} users "
           f"({len(events) / users:.1f} each), {args.partitions} partitions, "
-          f"{args.rules.name}, redis-server {version}")  # fmt: skip
+          f"{args.rules.name}, redis-server {version}, {where}")  # fmt: skip
     print_memory(run, kinds, max(1, profiles), buckets)
     print_commands(run, profiles)
     dead = run.counted["traitflow_dead_letters_total"]

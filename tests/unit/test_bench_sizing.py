@@ -3,7 +3,7 @@ counts a run made (the README's sizing table is derived from them)."""
 
 from __future__ import annotations
 
-from bench.redis_usage import Snapshot, command_deltas, key_kind, scale
+from bench.redis_usage import Snapshot, command_deltas, key_kind, scale, snapshot
 from traitflow.key_layout import KeyLayout
 
 
@@ -39,3 +39,41 @@ def test_command_deltas_count_the_run_only() -> None:
         ("exec", 2, 90),
         ("info", 1, 50),
     ]
+
+
+def test_keys_under_a_hash_tag_and_a_spread_buckets_tag_have_their_kind() -> None:
+    assert key_kind(KeyLayout("{run-1}").state("user", "u:1"), "{run-1}") == "state"
+    bucket = KeyLayout("{run-1.b17}")
+    assert key_kind(bucket.view("user", "u:1"), "{run-1}") == "view"
+    assert key_kind(bucket.index("user", "email", "a}:b@example.com"), "{run-1}") == "index email"
+    assert key_kind(bucket.outbox("events/3"), "{run-1}") == "outbox"
+
+
+class Node:
+    """A cluster master's `INFO everything`, as redis-py parses it."""
+
+    def __init__(self, calls: int, cpu: float, used: int) -> None:
+        self.answer = {
+            "cmdstat_get": {"calls": calls, "usec": 2 * calls},
+            "cmdstat_info": {"calls": 3, "usec": 30},
+            "used_cpu_sys": cpu,
+            "used_cpu_user": cpu,
+            "total_net_input_bytes": 10,
+            "total_net_output_bytes": 20,
+            "used_memory": used,
+        }
+
+    def info(self, section: str) -> dict[str, object]:
+        assert section == "everything"
+        return self.answer
+
+
+def test_a_clusters_snapshot_sums_its_masters_and_leaves_out_an_info_of_each() -> None:
+    before = snapshot([Node(10, 1.0, 100), Node(5, 0.5, 50)])  # type: ignore[list-item]
+    after = snapshot([Node(30, 2.0, 300), Node(6, 0.5, 70)])  # type: ignore[list-item]
+
+    assert before.nodes == 2
+    assert (before.cpu_s, before.used_memory, before.net_in) == (3.0, 150, 20)
+    assert after.commands["get"] == (36, 72)
+    after.commands["info"] = (8, 80)  # the first snapshot's INFO, once per node
+    assert command_deltas(before, after) == [("get", 21, 42)]
