@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+from api.keys import RedisKeyStore
 from api.spread_store import ChargedSpreadStore
 from attributes.erasure import erase_event
 from attributes.identities import DEFAULT_USER, EntitySpec, IdentityRules, IdentitySpec
@@ -347,6 +348,28 @@ def test_a_cached_pointer_made_stale_by_an_expiry_serves_the_new_profile(
     assert uncached is not None
     assert orjson.loads(uncached)["id"] == f"device_id:{device}"
     assert cached == uncached
+
+
+def test_a_charge_says_the_tokens_its_key_has_left(cluster: LocalCluster, prefix: str) -> None:
+    """What `api.headroom` decides by: the charge script's tokens left after each
+    charge (a burst of 4, refilled a token per thousand seconds), then a refusal that
+    takes none."""
+    settings = Settings(redis_url=cluster.url, redis_cluster=True, key_prefix=prefix)
+
+    async def go() -> list[tuple[float, float | None]]:
+        keys = RedisKeyStore.from_url(settings, settings.key_prefix)
+        try:
+            return [await keys.charge_left("k1", 0.001, 4) for _ in range(5)]
+        finally:
+            await keys.close()
+
+    answers = asyncio.run(go())
+
+    assert [wait == 0 for wait, _ in answers] == [True] * 4 + [False]
+    left = [tokens for _, tokens in answers]
+    for want, tokens in zip([3, 2, 1, 0, 0], left, strict=True):
+        assert tokens is not None
+        assert want <= tokens < want + 0.01
 
 
 @pytest.fixture
