@@ -76,6 +76,7 @@ class ApiKey:
 
 _RECORD = TypeAdapter(ApiKey)
 _TAKE = Script.of(ratelimit.TAKE_SCRIPT)
+_TAKE_LEFT = Script.of(ratelimit.TAKE_LEFT_SCRIPT)
 
 
 def hash_secret(secret: str) -> str:
@@ -163,6 +164,13 @@ class KeyStore(ABC):
         the bytes of one (`float()` reads both)."""
         return asyncio.ensure_future(self.take(key_id, rate_per_s, burst))
 
+    async def charge_left(
+        self, key_id: str, rate_per_s: float, burst: int
+    ) -> tuple[float, float | None]:
+        """`take`, and the tokens the key's bucket has left after it (None: this store
+        does not say), for `api.headroom`."""
+        return await self.take(key_id, rate_per_s, burst), None
+
     def has_read(self, key_id: str) -> bool:
         """Whether this process holds a record of `key_id` it read, fresh or not: a key
         that existed, so looking it up again costs Redis about one GET per
@@ -222,6 +230,12 @@ class MemoryKeyStore(KeyStore):
         bucket, wait = ratelimit.take(self.buckets.get(key_id), self.clock(), rate_per_s, burst)
         self.buckets[key_id] = bucket
         return wait
+
+    async def charge_left(
+        self, key_id: str, rate_per_s: float, burst: int
+    ) -> tuple[float, float | None]:
+        wait = await self.take(key_id, rate_per_s, burst)
+        return wait, self.buckets[key_id].tokens
 
 
 class RedisKeyStore(KeyStore):
@@ -294,6 +308,16 @@ class RedisKeyStore(KeyStore):
             [self.keys.rate_bucket(key_id)],
             [repr(rate_per_s), burst, ratelimit.idle_expiry_ms(rate_per_s, burst)],
         )
+
+    async def charge_left(
+        self, key_id: str, rate_per_s: float, burst: int
+    ) -> tuple[float, float | None]:
+        wait, tokens = await self.reads.eval_soon(
+            _TAKE_LEFT,
+            [self.keys.rate_bucket(key_id)],
+            [repr(rate_per_s), burst, ratelimit.idle_expiry_ms(rate_per_s, burst)],
+        )
+        return float(wait), float(tokens)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -49,7 +49,8 @@ def idle_expiry_ms(rate: float, burst: int) -> int:
 
 # `take` above, in Lua, for the scripts that charge a bucket (`TAKE_SCRIPT`, and the
 # gated reads of `api.gate`, which charge and read in one script): the bucket's key, the
-# rate per second, the burst and the idle expiry in ms; returns the wait in seconds.
+# rate per second, the burst and the idle expiry in ms; returns the wait in seconds and
+# the tokens left (those who take one result get the wait).
 TAKE_FUNCTION = """
 local function take(bucket, rate, burst, expiry_ms)
   local clock = redis.call('TIME')
@@ -66,7 +67,7 @@ local function take(bucket, rate, burst, expiry_ms)
   redis.call('HSET', bucket, 'tokens', string.format('%.17g', tokens),
              'at', string.format('%.17g', now))
   redis.call('PEXPIRE', bucket, expiry_ms)
-  return wait
+  return wait, tokens
 end
 """
 
@@ -78,5 +79,16 @@ TAKE_SCRIPT = (
     + """
 local wait = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
 return string.format('%.17g', wait)
+"""
+)
+
+# `TAKE_SCRIPT` that also says how many tokens the bucket has left after it, for an API
+# that decides by them whether a request's read may go with its charge
+# (`api.headroom`): {wait, tokens left}, both as strings.
+TAKE_LEFT_SCRIPT = (
+    TAKE_FUNCTION
+    + """
+local wait, tokens = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return {string.format('%.17g', wait), string.format('%.17g', tokens)}
 """
 )
