@@ -238,7 +238,13 @@ async def _personalize(database: str, table: str, request: Request) -> Response:
     _content_type(request)
     state = services(request)
     account, key, charge = await _caller(request)
-    service = await _service(request, state, account, (database, table))
+    try:
+        service = await _service(request, state, account, (database, table))
+    except TdRefusal:
+        # a refused token is charged to the key too: else a valid key could guess
+        # WP13n tokens without limit (past its rate: 429, as any other call)
+        await settle(request, charge)
+        raise
     spec = service.spec
     await _charge(request, key, charge, spec.entity)
     settings = state.settings

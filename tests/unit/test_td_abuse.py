@@ -201,3 +201,18 @@ async def test_a_call_past_its_keys_rate_limit_publishes_and_reads_nothing(
     assert len(published(app)) == sent
     assert refusals(app, "key_rate_limit") == 5
     assert len(keys_of(app).gets) == 1  # the key's record: read once, then cached
+
+
+async def test_token_guesses_are_charged_to_the_key(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A valid key cannot try WP13n tokens faster than its rate: each refused token
+    costs it a token of its own, and past its burst the guesses get 429s."""
+    token = await add_key(keys_of(app), collections=["users"], rate_per_s=0.001, burst=3)
+    guesses = [
+        (await call(client, td1(token), **{"WP13n-Token": f"42/site/guess-{n}"})).status_code
+        for n in range(5)
+    ]
+    assert guesses == [400, 400, 400, 429, 429]
+    assert (await call(client, td1(token))).status_code == 429, "the right token: still throttled"
+    assert store_of(app).reads == 0
