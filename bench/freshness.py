@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from api.caching import view_version
 from bench.api import create_key, wait_for_api
@@ -370,6 +370,9 @@ def background(
             events, _ = make_events(50_000, 10_000, seed=5)
             source = unique_messages(events, uuid.uuid4().hex[:8])
             partitions = sorted(await producer.partitions_for(topic))
+            # the partition Kafka's own producers would choose, so that a user's events
+            # stay on one partition as in `traitflow produce` and the history publish
+            choose = DefaultPartitioner()
             ready.set()
             started = time.perf_counter()
             for tick, size in enumerate(paced(rate, TICK_S)):
@@ -380,7 +383,7 @@ def background(
                 batches = {p: producer.create_batch() for p in partitions}
                 for _ in range(size):
                     key, value = next(source)
-                    partition = partitions[zlib.crc32(key) % len(partitions)]
+                    partition = choose(key, partitions, partitions)
                     batches[partition].append(key=key, value=value, timestamp=None)
                 for partition, batch in batches.items():
                     if batch.record_count():
