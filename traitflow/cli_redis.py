@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 import redis
 import typer
+from redis.cluster import RedisCluster
 
 from traitflow.cli_context import fail, settings_of
 from traitflow.redis_client import RedisTarget, access_problem, sync_client
 from traitflow.redis_copy import BATCH, copy_keys, count_keys, writes_during
+from traitflow.redis_copy_spread import copy_to_spread, count_profiles
+from traitflow.spread_layout import SpreadLayout
 
 app = typer.Typer(no_args_is_help=True, help="Redis: copy a deployment's keys to another Redis.")
 
@@ -83,6 +86,11 @@ def copy_keys_command(
         raise fail(f"the source is the target ({where}, prefix {old_prefix!r}): nothing to copy", 1)
     source = _source(source_url, from_password_file, from_ca_file)
     target = sync_client(settings, socket_timeout=30.0, socket_connect_timeout=5.0)
+    spread, spread_target = None, None
+    if settings.redis_layout == "spread":  # each key placed by what it names
+        spread = SpreadLayout.of(new_prefix, settings.redis_buckets)
+        found = RedisTarget.of(settings)
+        spread_target = RedisCluster.from_url(found.bare_url, **found.redis_py_kwargs())
     step = "reading the source"
     try:
         seen = writes_during(source, QUIET_S)
@@ -93,7 +101,8 @@ def copy_keys_command(
                 "writes are another deployment's)",
                 1,
             )
-        typer.echo(f"copying {old_prefix}:* from {where} to {new_prefix}:* at {target_where}")
+        onto = f"{new_prefix}:*" if spread is None else f"the spread layout's {new_prefix} buckets"
+        typer.echo(f"copying {old_prefix}:* from {where} to {onto} at {target_where}")
         shown = [time.monotonic()]
 
         def progress(copied: int) -> None:
@@ -102,10 +111,19 @@ def copy_keys_command(
                 typer.echo(f"  {copied:,} keys copied")
 
         step = "copying"
-        result = copy_keys(source, target, old_prefix, new_prefix, batch=batch, progress=progress)
-        step = "counting"
-        in_source = count_keys(source, old_prefix, batch)
-        in_target = count_keys(target, new_prefix, batch)
+        if spread is not None:
+            result = copy_to_spread(source, spread_target, old_prefix, spread, progress=progress)
+            step = "counting"
+            in_source = count_profiles(source, f"{old_prefix}:s:*", batch)
+            states = "{" + spread.base + ".b*}:s:*"  # every bucket's profile states
+            in_target = count_profiles(spread_target, states, batch)
+        else:
+            result = copy_keys(
+                source, target, old_prefix, new_prefix, batch=batch, progress=progress
+            )
+            step = "counting"
+            in_source = count_keys(source, old_prefix, batch)
+            in_target = count_keys(target, new_prefix, batch)
     except redis.RedisError as exc:
         if problem := access_problem(exc, settings):
             raise fail(
@@ -117,10 +135,13 @@ def copy_keys_command(
     finally:
         source.close()
         target.close()
+        if spread_target is not None:
+            spread_target.close()
+    counted = "profiles" if spread is not None else "keys"
     typer.echo(
         f"copied {result.copied:,} keys ({result.vanished:,} expired before their copy); "
-        f"{in_source:,} keys under {old_prefix}: at {where}, {in_target:,} under "
-        f"{new_prefix}: at {target_where}"
+        f"{in_source:,} {counted} under {old_prefix}: at {where}, {in_target:,} "
+        f"{'in its buckets' if spread is not None else f'under {new_prefix}:'} at {target_where}"
     )
     if result.source_writes and not force:
         raise fail(
