@@ -99,6 +99,9 @@ Redis layout, for prefix `tf` and entity `user`:
                                            by each commit of its commands
                                            (`traitflow.source_jobs`)
     tf:sj:{job}:lease              string  the token of the process running the job
+    tf:sjt                         hash    spread layout, one per bucket: source delete
+                                           job id -> its commands the bucket's commits
+                                           applied (a job's `applied` is their sum)
     tf:it:{commit}                 string  spread layout: a commit's intent, written with
                                            its bucket's writes: the cross-slot steps
                                            that finish it (`traitflow.spread_claims`)
@@ -241,6 +244,9 @@ class KeyLayout:
 
     def source_job_lease(self, job_id: str) -> str:
         return f"{self.prefix}:sj:{job_id}:lease"
+
+    def source_job_tallies(self) -> str:
+        return f"{self.prefix}:sjt"
 
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""

@@ -179,8 +179,8 @@ class SourceJobRunner:
             job.published += len(records)
             self.metrics.profiles.labels("scanned").inc(len(states))
             self.metrics.profiles.labels("commanded").inc(len(records))
-            if cursor == 0:
-                job.entity_index, job.cursor = job.entity_index + 1, 0
+            if cursor == "0":
+                job.entity_index, job.cursor = job.entity_index + 1, "0"
             else:
                 job.cursor = cursor
             job.updated_ms = now_ms()
