@@ -111,8 +111,10 @@ Redis layout, for prefix `tf` and entity `user`:
 With `TRAITFLOW_REDIS_LAYOUT=spread` (docs/redis-cluster.md, option B) the keys of a
 profile are under its bucket's hash tag instead of the prefix (`{tf.b17}:s:user:u-1`),
 an identity's index key under its own bucket's, and every key a commit writes beside a
-profile (outbox, expiry index, counters, rules version copy, intents) has a copy per
-bucket: `traitflow.spread_layout` makes each bucket's `KeyLayout`.
+profile (outbox, expiry index, counters, rules version copy, intents, source delete
+jobs' counts) has a copy per bucket: `traitflow.spread_layout` makes each bucket's
+`KeyLayout`. The durability marker is written in the first bucket each master serves
+(`traitflow.spread_durability`).
 """
 
 from __future__ import annotations
