@@ -76,8 +76,10 @@ class SpreadWalk:
         self.calls = calls
         self.layout = layout
         #: the last bucket listed, (entity, kind, bucket) and its sorted ids: a bucket
-        #: larger than a round is listed once for all its rounds
+        #: larger than a round is listed once for all its rounds (of one walk: a round
+        #: from any cursor but the last one returned lists again)
         self._listed: tuple[tuple[str, str, int], list[str]] | None = None
+        self._returned: str | None = None
 
     def _prefix(self, entity: str, kind: str, bucket: int) -> str:
         keys = self.layout.keys(bucket)
@@ -118,6 +120,8 @@ class SpreadWalk:
         """Up to `count` profiles from `cursor` on (buckets in order), as (id, state or
         view) read at once (one script per node); the cursor after them (`DONE` at the
         end). A profile deleted since its bucket was listed is left out."""
+        if cursor != self._returned:  # another walk, or a resumed one: list afresh
+            self._listed = None
         bucket, after = decode_cursor(cursor)
         chosen: list[str] = []
         while bucket < self.layout.buckets and len(chosen) < count:
@@ -128,6 +132,7 @@ class SpreadWalk:
                 break
             bucket, after = bucket + 1, ""
         following = DONE if bucket >= self.layout.buckets else encode_cursor(bucket, after)
+        self._returned = following
         keys = self.layout.keys(0)
         names = [
             keys.state(entity, pid) if kind == STATES else keys.view(entity, pid) for pid in chosen

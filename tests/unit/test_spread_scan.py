@@ -110,3 +110,24 @@ def test_a_bucket_larger_than_a_round_is_listed_once() -> None:
     rounds = asyncio.run(walk())
     assert rounds >= 40
     assert walker.listings == LAYOUT.buckets
+
+
+def test_a_walk_from_another_cursor_lists_its_bucket_again() -> None:
+    """A walker kept between jobs (an API process's) does not reuse a listing made
+    for another walk: a profile made since would be missed."""
+    profiles = {f"u-{n}": b"v" for n in range(40)}
+    walker = Listed(profiles)
+
+    async def walk(cursor: str) -> list[str]:
+        seen = []
+        while True:
+            cursor, found = await walker.round("user", STATES, cursor, 100)
+            seen += [pid for pid, _ in found]
+            if cursor == DONE:
+                return seen
+
+    assert len(asyncio.run(walk(DONE))) == 40  # its last round listed the last bucket
+    last = LAYOUT.buckets - 1
+    made = next(p for n in range(1000) if LAYOUT.profile_bucket("user", p := f"m-{n}") == last)
+    profiles[made] = b"n"
+    assert made in asyncio.run(walk(encode_cursor(last, "")))  # a job resumed there
