@@ -163,6 +163,11 @@ class SourceJobStore(ABC):
     async def newest(self, limit: int) -> list[SourceJob]:
         """The newest `limit` jobs, newest first."""
 
+    async def unscanned(self, limit: int) -> list[SourceJob]:
+        """Those of the newest `limit` jobs whose scan is still to run (what a runner
+        looks for; their `applied` need not be read)."""
+        return [job for job in await self.newest(limit) if scan_pending(job)]
+
     @abstractmethod
     async def save(self, job: SourceJob) -> None:
         """Save the job's status and checkpoint (not `applied`, the workers' count)."""
@@ -303,6 +308,11 @@ class MemorySourceJobs(SourceJobStore):
         after = start + count
         following = str(after) if after < len(ids) else "0"
         return following, [states[pid] for pid in chunk if pid in states]
+
+
+def scan_pending(job: SourceJob) -> bool:
+    """Whether a runner has still to scan for `job` (NEW, or PROCESSING not scanned)."""
+    return job.status in (NEW, PROCESSING) and not job.scan_done
 
 
 def now_ms() -> int:

@@ -22,7 +22,7 @@ from attributes.profile import ProfileState, decode_state
 from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import RedisTarget, async_client
-from traitflow.source_jobs import RedisSourceJobs, SourceJob, SourceJobStore
+from traitflow.source_jobs import RedisSourceJobs, SourceJob, SourceJobStore, scan_pending
 from traitflow.spread_scan import STATES, SpreadWalk
 from traitflow.spread_store import SpreadProfileStore
 
@@ -70,6 +70,11 @@ class SpreadSourceJobs(RedisSourceJobs):
         for job in jobs:
             job.applied = counts[job.id]
         return jobs
+
+    async def unscanned(self, limit: int) -> list[SourceJob]:
+        """Without their counts: a runner asks every few seconds, and a count is a
+        command per bucket."""
+        return [job for job in await super().newest(limit) if scan_pending(job)]
 
     async def remove(self, job_id: str) -> None:
         await super().remove(job_id)
