@@ -210,6 +210,16 @@ def erased_source(spread: Spread, source: str) -> None:
             assert view["traits"] == kept, person
 
 
+def tallies(spread: Spread, job_id: str) -> dict[int, int]:
+    """Bucket -> the job's commands its commits applied (those that have any)."""
+    found = {}
+    for bucket in range(BUCKETS):
+        count = spread.client.hget(spread.layout.keys(bucket).source_job_tallies(), job_id)
+        if count is not None:
+            found[bucket] = int(count)
+    return found
+
+
 def fed_by(spread: Spread, source: str) -> int:
     return sum(len(p) for g, p in spread.groups.items() if source in GROUPS[g])
 
@@ -232,18 +242,24 @@ def test_a_source_delete_job_on_the_spread_layout_completes_with_every_command_c
 
         job = wait_until(finished, timeout=90, what="the job to complete")
         listed = api.get("/system/jobs").json()["children"]
-    assert job["status"] == "COMPLETED", job
-    progress = job["progress"]
-    assert progress["scanDone"] is True
-    assert progress["profilesScanned"] == len(spread.events)
-    assert progress["commandsPublished"] == fed_by(spread, "shop")
-    assert progress["commandsApplied"] == fed_by(spread, "shop")
-    assert progress["attributes"].startswith("KEPT"), progress
-    assert next(j for j in listed if j["id"] == job_id)["progress"] == progress
-    erased_source(spread, "shop")
-    shown = spread.cli("jobs", "show", job_id)
-    assert shown.returncode == 0, shown.stderr
-    assert orjson.loads(shown.stdout)["progress"] == progress
+        assert job["status"] == "COMPLETED", job
+        progress = job["progress"]
+        assert progress["scanDone"] is True
+        assert progress["profilesScanned"] == len(spread.events)
+        assert progress["commandsPublished"] == fed_by(spread, "shop")
+        assert progress["commandsApplied"] == fed_by(spread, "shop")
+        assert progress["attributes"].startswith("KEPT"), progress
+        assert next(j for j in listed if j["id"] == job_id)["progress"] == progress
+        erased_source(spread, "shop")
+        shown = spread.cli("jobs", "show", job_id)
+        assert shown.returncode == 0, shown.stderr
+        assert orjson.loads(shown.stdout)["progress"] == progress
+        counted = tallies(spread, job_id)  # each bucket counted its own commands
+        assert sum(counted.values()) == fed_by(spread, "shop")
+        assert len(counted) > 1
+        assert api.delete(f"/system/jobs/{job_id}").status_code == 204
+        assert tallies(spread, job_id) == {}  # forgotten in every bucket
+        assert api.get(f"/system/jobs/{job_id}").status_code == 404
     for person in spread.groups.pop("s"):
         del spread.events[person]
     spread.deleted.add("shop")
