@@ -46,8 +46,8 @@ from traitflow.resp import RespClient
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.runtime import tune_gc
 from traitflow.source_job_run import SourceJobMetrics, SourceJobRunner
-from traitflow.source_jobs import MemorySourceJobs, RedisSourceJobs, SourceJobStore
-from traitflow.spread_plan import SpreadUnsupported
+from traitflow.source_jobs import MemorySourceJobs, SourceJobStore
+from traitflow.spread_source_jobs import source_job_store
 from traitflow.store import ProfileStore
 
 
@@ -104,7 +104,7 @@ def create_app(
         state.source_jobs = source_jobs or (
             MemorySourceJobs(store)
             if isinstance(store, MemoryProfileStore)
-            else RedisSourceJobs.from_url(settings, settings.key_prefix)
+            else source_job_store(settings)
         )
         source_runner = None
         if settings.source_jobs_in_api and store is None:
@@ -176,15 +176,9 @@ def create_app(
 
 
 def profile_store(settings: Settings, reads: RespClient) -> ProfileStore:
-    """The API's Redis profile store: on the spread layout, its own (`api.spread_store`),
-    refusing at start the jobs it cannot run there yet."""
+    """The API's Redis profile store: on the spread layout, its own (`api.spread_store`)."""
     if settings.redis_layout != "spread":
         return RedisProfileStore.from_url(settings, settings.key_prefix, reads)
-    if settings.export_in_api or settings.source_jobs_in_api:
-        raise SpreadUnsupported(
-            "export and source delete jobs do not support TRAITFLOW_REDIS_LAYOUT=spread yet: "
-            "set TRAITFLOW_EXPORT_IN_API=false and TRAITFLOW_SOURCE_JOBS_IN_API=false"
-        )
     return ChargedSpreadStore.from_url(
         RedisTarget.of(settings), settings.key_prefix, settings.redis_buckets
     )

@@ -27,6 +27,7 @@ from api.entities import PROFILE_SCHEMA, schema_of
 from api.errors import ApiError
 from api.state import services
 from traitflow.export_jobs import MAX_BATCH, ExportSpec, InvalidExport, described
+from traitflow.export_views import audience_size
 
 router = APIRouter()
 
@@ -169,7 +170,7 @@ async def create_job(
         raise ApiError(409, f"{spec.destination}: {spec.target!r} is written by a running job")
     expected = None
     if spec.audience is not None:
-        expected = await state.exports.audience_size(spec.entity, spec.audience)
+        expected = await audience_size(state.settings, state.exports, spec.entity, spec.audience)
     job = await state.exports.create(spec, expected)
     if state.export_runner is not None:
         state.export_runner.wake()

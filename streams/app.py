@@ -33,7 +33,7 @@ from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from streams.rule_switch import RuleSwitch
-from streams.spread_worker import partitions_assigned, spread_outbox, spread_profiles
+from streams.spread_worker import durability, partitions_assigned, spread_outbox, spread_profiles
 from streams.worker_rounds import (
     STALL_METRICS_INTERVAL_S,
     TRANSIENT,
@@ -42,7 +42,7 @@ from streams.worker_rounds import (
     relay_outboxes,
 )
 from traitflow.config import Settings
-from traitflow.durability import DurabilityWait
+from traitflow.durability import Durability
 from traitflow.kafka_client import faust_options
 from traitflow.outbox import RedisOutbox
 from traitflow.redis_store import RedisProfileStore
@@ -115,9 +115,7 @@ def create_app(
     store = CachedProfileStore(spread or profiles, settings.state_cache_profiles)
     outbox = spread_outbox(spread) if spread else RedisOutbox(profiles.client, profiles.keys)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
-    durable = DurabilityWait.from_url(
-        settings, settings.key_prefix, settings.redis_sync, settings.redis_sync_timeout_s
-    )
+    durable = durability(settings)
 
     processor = worker_processor(settings, rules, profiles, store=store, dead_letters=dead_letters)
     #: the input partitions ("topic/partition") this worker owns: whose windows it expires
@@ -277,7 +275,7 @@ async def process_until_done(
     records: Sequence[Record],
     metrics: WorkerMetrics,
     *,
-    durable: DurabilityWait | None = None,
+    durable: Durability | None = None,
     decoded: Decoded | None = None,
 ) -> None:
     """Process a batch (`decoded`: already decoded), retrying until it is written;

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 
 from traitflow.config import Settings
+from traitflow.durability import Durability, DurabilityWait
 from traitflow.redis_client import RedisTarget
+from traitflow.spread_durability import SpreadDurabilityWait
 from traitflow.spread_outbox import SpreadOutbox
 from traitflow.spread_plan import SpreadUnsupported
 from traitflow.spread_store import SpreadProfileStore
@@ -33,12 +35,6 @@ def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStor
             "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
             "yet"
         )
-    if settings.redis_sync != "none":
-        raise SpreadUnsupported(
-            f"TRAITFLOW_REDIS_SYNC={settings.redis_sync} is not supported with "
-            "TRAITFLOW_REDIS_LAYOUT=spread yet: its wait is on one node, and a batch "
-            "writes to every node"
-        )
     return SpreadProfileStore.from_url(
         RedisTarget.of(settings),
         settings.key_prefix,
@@ -46,6 +42,17 @@ def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStor
         dedupe_window_ms=max(1, int(settings.dedupe_window_s * 1000)),
         lease_ms=max(1, int(settings.redis_claim_lease_s * 1000)),
     )
+
+
+def durability(settings: Settings) -> Durability:
+    """What each batch waits on before it is acked (`TRAITFLOW_REDIS_SYNC`): on the
+    spread layout, every node (`traitflow.spread_durability`)."""
+    sync, timeout_s = settings.redis_sync, settings.redis_sync_timeout_s
+    if settings.redis_layout == "spread":
+        return SpreadDurabilityWait.from_url(
+            settings, settings.key_prefix, settings.redis_buckets, sync, timeout_s
+        )
+    return DurabilityWait.from_url(settings, settings.key_prefix, sync, timeout_s)
 
 
 def spread_outbox(store: SpreadProfileStore) -> SpreadOutbox:

@@ -30,6 +30,7 @@ from traitflow.export_jobs import (
 )
 from traitflow.export_run import run_job
 from traitflow.export_store import ExportJobs
+from traitflow.export_views import audience_size
 from traitflow.redis_client import resp_client
 from traitflow.resp import RespClient
 
@@ -49,8 +50,6 @@ def _run(settings: Settings, action: Callable[[RespClient], Awaitable[T]], hint:
     host and port (a URL may hold a password) and `hint`, not a traceback."""
     from attributes.errors import StoreError
 
-    if settings.redis_layout == "spread":  # its scan reads the views under one tag
-        raise fail("traitflow export does not support TRAITFLOW_REDIS_LAYOUT=spread yet", 1)
     try:
         return run_closing(lambda: resp_client(settings), action)
     except (StoreError, OSError) as exc:
@@ -159,7 +158,7 @@ def start(
             raise ExportRefused(f"{spec.destination} {spec.target!r} is written by a running job")
         expected = None
         if audience is not None:
-            expected = await jobs.audience_size(entity, audience)
+            expected = await audience_size(settings, jobs, entity, audience)
         return await jobs.create(spec, expected)
 
     job = _run(settings, create)

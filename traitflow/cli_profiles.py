@@ -28,17 +28,20 @@ from traitflow.erasure_requests import (
     target_identity,
 )
 from traitflow.recomputation_requests import catalog_recomputation
-from traitflow.redis_client import access_problem
+from traitflow.redis_client import RedisTarget, access_problem
 from traitflow.redis_store import RedisProfileStore
 from traitflow.rule_catalog import RedisRuleCatalog, RuleCatalog
 from traitflow.source_job_run import SourceJobRunner, kafka_publisher
 from traitflow.source_jobs import (
     InvalidSourceJob,
-    RedisSourceJobs,
     SourceJob,
+    SourceJobStore,
     now_ms,
     source_topic,
 )
+from traitflow.spread_source_jobs import source_job_store
+from traitflow.spread_store import SpreadProfileStore
+from traitflow.store import ProfileStore
 
 T = TypeVar("T")
 
@@ -51,22 +54,23 @@ jobs_app = typer.Typer(
 POLL_S = 0.2
 
 
-def _with_store(settings: Settings, action: Callable[[RedisProfileStore], Awaitable[T]]) -> T:
+def _profile_store(settings: Settings) -> ProfileStore:
+    """The profile store on the settings' Redis layout (an erase request's status is in
+    a bucket of its own on the spread one)."""
+    if settings.redis_layout == "spread":
+        target = RedisTarget.of(settings)
+        return SpreadProfileStore.from_url(target, settings.key_prefix, settings.redis_buckets)
+    return RedisProfileStore.from_url(settings, settings.key_prefix)
+
+
+def _with_store(settings: Settings, action: Callable[[ProfileStore], Awaitable[T]]) -> T:
     """Run `action` with the profile store; an unreachable Redis or broker is a message
     (host and port only: a URL may hold a password), not a traceback."""
     import redis
     from aiokafka.errors import KafkaError
 
-    from traitflow.spread_plan import SpreadUnsupported, refuse_spread
-
     try:
-        refuse_spread(settings.redis_layout, "traitflow profiles")
-    except SpreadUnsupported as exc:
-        raise fail(str(exc), 1) from None
-    try:
-        return run_closing(
-            lambda: RedisProfileStore.from_url(settings, settings.key_prefix), action
-        )
+        return run_closing(lambda: _profile_store(settings), action)
     except (redis.RedisError, OSError) as exc:  # an OSError may be the broker's
         if problem := access_problem(exc, settings):  # credentials, TLS, ACL: what to set
             raise fail(problem, 1) from None
@@ -97,7 +101,7 @@ def delete(
         raise fail(str(exc)) from None
     request = new_request_id()
 
-    async def action(store: RedisProfileStore) -> bytes | None:
+    async def action(store: ProfileStore) -> bytes | None:
         await store.note_erasure(request, pending_status(request, entity, int(time.time() * 1000)))
         await publish_erase(settings, *erase_record(entity, identity, request))
         deadline = time.monotonic() + wait
@@ -133,22 +137,23 @@ def _state(status: bytes | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-Jobs = Callable[[RedisSourceJobs, RuleCatalog], Awaitable[list[SourceJob | None]]]
+Jobs = Callable[[SourceJobStore, RuleCatalog], Awaitable[list[SourceJob | None]]]
 
 
 def _shown_jobs(settings: Settings, action: Jobs) -> list[dict[str, Any] | None]:
     """The jobs `action` returns, as the API shows them (knowing which jobs' attributes
     were recomputed: the rules catalog's)."""
 
-    async def with_store(store: RedisProfileStore) -> list[dict[str, Any] | None]:
-        jobs = RedisSourceJobs.from_url(settings, settings.key_prefix)
-        catalog = RedisRuleCatalog(store.client, store.keys)
+    async def with_store(_: ProfileStore) -> list[dict[str, Any] | None]:
+        jobs = source_job_store(settings)
+        catalog = RedisRuleCatalog.from_url(settings, settings.key_prefix)
         try:
             found = await action(jobs, catalog)
             recomputed = (await catalog.snapshot()).recomputed
             return [job.seen(recomputed).shown() if job else None for job in found]
         finally:
             await jobs.close()
+            await catalog.close()
 
     return _with_store(settings, with_store)
 
@@ -166,7 +171,7 @@ def jobs_create(
     except InvalidSourceJob as exc:
         raise fail(str(exc)) from None
 
-    async def action(jobs: RedisSourceJobs, catalog: RuleCatalog) -> list[SourceJob | None]:
+    async def action(jobs: SourceJobStore, catalog: RuleCatalog) -> list[SourceJob | None]:
         job = SourceJob.new(source, now_ms())
         await jobs.create(job)
         if not run:
@@ -183,7 +188,7 @@ def jobs_create(
 def jobs_list(ctx: typer.Context, limit: int = typer.Option(50, min=1)) -> None:
     """Source delete jobs, newest first (one JSON object a line)."""
 
-    async def newest(jobs: RedisSourceJobs, _: RuleCatalog) -> list[SourceJob | None]:
+    async def newest(jobs: SourceJobStore, _: RuleCatalog) -> list[SourceJob | None]:
         return list(await jobs.newest(limit))
 
     for shown in _shown_jobs(settings_of(ctx), newest):
@@ -194,7 +199,7 @@ def jobs_list(ctx: typer.Context, limit: int = typer.Option(50, min=1)) -> None:
 def jobs_show(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
     """One source delete job: status and progress (JSON)."""
 
-    async def one(jobs: RedisSourceJobs, _: RuleCatalog) -> list[SourceJob | None]:
+    async def one(jobs: SourceJobStore, _: RuleCatalog) -> list[SourceJob | None]:
         return [await jobs.get(job_id)]
 
     (shown,) = _shown_jobs(settings_of(ctx), one)

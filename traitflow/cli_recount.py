@@ -9,6 +9,7 @@ import asyncio
 import typer
 
 from traitflow.cli_context import fail, settings_of
+from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import composition
 from traitflow.profile_recount import Recount, recount
@@ -35,10 +36,10 @@ def recount_command(
         raise fail(f"unknown entity {entity!r}: use one of {', '.join(settings.entities)}")
     if not workers_stopped:
         raise fail("stop every worker first, then pass --workers-stopped")
-    if settings.redis_layout == "spread":
-        raise fail("traitflow recount does not support TRAITFLOW_REDIS_LAYOUT=spread yet")
 
     async def run() -> Recount:
+        if settings.redis_layout == "spread":  # each bucket's counters, from its states
+            return await spread_recount(settings, entity, rate, batch)
         client = async_client(settings, decode_responses=False)
         try:
             return await recount(
@@ -59,3 +60,14 @@ def recount_command(
         f"{counted['profiles']} profiles; sources {counted['sources']}; "
         f"namespaces {counted['namespaces']}"
     )
+
+
+async def spread_recount(settings: Settings, entity: str, rate: float, batch: int) -> Recount:
+    from traitflow.spread_recount import recount_spread
+    from traitflow.spread_store import SpreadProfileStore
+
+    profiles = SpreadProfileStore.from_url(settings, settings.key_prefix, settings.redis_buckets)
+    try:
+        return await recount_spread(profiles, entity, rate_per_s=rate, batch=batch)
+    finally:
+        await profiles.close()

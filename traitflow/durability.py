@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -48,6 +48,18 @@ FSYNC_EVERY_WRITE = {
     "appendfsync": "always",
     "no-appendfsync-on-rewrite": "no",
 }
+
+
+class Durability(Protocol):
+    """What the worker waits on after each batch: `DurabilityWait`, or its spread
+    layout's twin (`traitflow.spread_durability`), which waits on every node."""
+
+    @property
+    def waits(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class NotDurable(StoreError):

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import orjson
 
 from attributes.errors import InputError, TraitflowError
+from traitflow.spread_scan import fraction as walked
 
 NEW, PROCESSING, SUCCEEDED, FAILED, CANCELLED = (
     "NEW",
@@ -150,6 +151,9 @@ class Checkpoint:
     #: the job's file was made by it (a file that exists when a job starts that has
     #: not made one is someone else's, never cut or appended to)
     opened: bool = False
+    #: the spread layout's buckets, which its cursor walks (`traitflow.spread_scan`);
+    #: 0 on the tag layout, whose cursor is SCAN's
+    buckets: int = 0
 
     @property
     def scan_done(self) -> bool:
@@ -206,7 +210,15 @@ class Progress:
 def progress(checkpoint: Checkpoint) -> Progress:
     """What a status answer and the CLI's progress line say of a checkpoint."""
     done = checkpoint.scan_done
-    fraction = 1.0 if done else scan_fraction(checkpoint.cursor) if checkpoint.rounds else 0.0
+    fraction = (
+        1.0
+        if done
+        else 0.0
+        if not checkpoint.rounds
+        else walked(checkpoint.cursor, checkpoint.buckets, checkpoint.rounds)
+        if checkpoint.buckets
+        else scan_fraction(checkpoint.cursor)
+    )
     exported = checkpoint.exported
     total: int | None
     if done:

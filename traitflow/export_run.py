@@ -52,11 +52,10 @@ from traitflow.export_jobs import (
     ids_of_lines,
     is_member,
     one_line,
-    profile_id,
     seen_digest,
 )
 from traitflow.export_store import ExportJobs
-from traitflow.key_layout import KeyLayout
+from traitflow.export_views import ExportViews, views_of
 from traitflow.resp import RespClient
 
 log = logging.getLogger(__name__)
@@ -236,18 +235,20 @@ async def run_job(
         metrics.running.inc()
         if job.runs > 1:
             metrics.takeovers.inc()
+    views = views_of(settings, client)
     try:
-        return await _run(client, jobs, job, token, settings, on_round, metrics)
+        return await _run(views, jobs, job, token, settings, on_round, metrics)
     except asyncio.CancelledError:  # the process is stopping: let another take it now
         await asyncio.shield(jobs.release(job_id, token))
         raise
     finally:
+        await views.close()
         if metrics is not None:
             metrics.running.dec()
 
 
 async def _run(
-    client: RespClient,
+    views: ExportViews,
     jobs: ExportJobs,
     job: Job,
     token: str,
@@ -257,11 +258,8 @@ async def _run(
 ) -> Job:
     spec = job.spec
     lease_ms = int(settings.export_lease_s * 1000)
-    prefix = KeyLayout(settings.key_prefix).view_prefix(spec.entity)
-    view_prefix = prefix.encode()
-    pattern = prefix + "*"
     sink = sink_for(spec, settings)
-    checkpoint = job.checkpoint
+    checkpoint = replace(job.checkpoint, buckets=views.buckets)
     try:
         try:
             seen = await sink.start(job)
@@ -275,13 +273,11 @@ async def _run(
         pacer = Pacer(spec.rate_per_s)
         mark = time.monotonic()
         while not checkpoint.scan_done:
-            cursor, keys = await _views_of_round(client, checkpoint.cursor, pattern, spec.batch)
-            views = await client.call("MGET", *keys) if keys else []
+            cursor, found = await views.round(spec.entity, checkpoint.cursor, spec.batch)
             rows = []
-            for key, view in zip(keys, views, strict=True):
+            for pid, view in found:
                 if view is None or (spec.audience and not is_member(view, spec.audience)):
                     continue  # deleted since the SCAN saw it, or not a member
-                pid = profile_id(key, view_prefix)
                 digest = seen_digest(pid)
                 if digest not in seen:
                     seen.add(digest)
@@ -291,9 +287,7 @@ async def _run(
             except Exception as exc:
                 return await _failed(jobs, job, token, lease_ms, checkpoint, exc, metrics)
             now = time.monotonic()
-            checkpoint = checkpoint.after_round(
-                cursor.decode(), len(keys), len(rows), written, now - mark
-            )
+            checkpoint = checkpoint.after_round(cursor, len(found), len(rows), written, now - mark)
             mark = now
             saved = await jobs.save(job.id, token, lease_ms, checkpoint)
             if metrics is not None:
@@ -303,7 +297,7 @@ async def _run(
             job.checkpoint = checkpoint
             if on_round is not None:
                 on_round(job)
-            await asyncio.sleep(pacer.wait_after(len(keys)))
+            await asyncio.sleep(pacer.wait_after(len(found)))
         saved = await jobs.save(job.id, token, lease_ms, checkpoint, final=SUCCEEDED)
         if saved != "ok":
             return await _stopped(jobs, job, saved, metrics)
@@ -320,22 +314,6 @@ async def _run(
     finally:
         await sink.close()
     return await jobs.get(job.id) or job
-
-
-async def _views_of_round(
-    client: RespClient, cursor: str, pattern: str, batch: int
-) -> tuple[bytes, list[bytes]]:
-    """The view keys of one round: SCANs (each visiting about `batch` keys, views or
-    not) until `batch` views are found or the SCAN ends; the cursor after them. A round
-    is one MGET, one write and one checkpoint, however few views a SCAN finds among
-    the other keys."""
-    found: list[bytes] = []
-    after = cursor.encode()
-    while True:
-        after, keys = await client.call("SCAN", after, "MATCH", pattern, "COUNT", batch)
-        found.extend(keys)
-        if len(found) >= batch or after == b"0":
-            return after, found
 
 
 async def _failed(

@@ -99,6 +99,9 @@ Redis layout, for prefix `tf` and entity `user`:
                                            by each commit of its commands
                                            (`traitflow.source_jobs`)
     tf:sj:{job}:lease              string  the token of the process running the job
+    tf:sjt                         hash    spread layout, one per bucket: source delete
+                                           job id -> its commands the bucket's commits
+                                           applied (a job's `applied` is their sum)
     tf:it:{commit}                 string  spread layout: a commit's intent, written with
                                            its bucket's writes: the cross-slot steps
                                            that finish it (`traitflow.spread_claims`)
@@ -108,8 +111,10 @@ Redis layout, for prefix `tf` and entity `user`:
 With `TRAITFLOW_REDIS_LAYOUT=spread` (docs/redis-cluster.md, option B) the keys of a
 profile are under its bucket's hash tag instead of the prefix (`{tf.b17}:s:user:u-1`),
 an identity's index key under its own bucket's, and every key a commit writes beside a
-profile (outbox, expiry index, counters, rules version copy, intents) has a copy per
-bucket: `traitflow.spread_layout` makes each bucket's `KeyLayout`.
+profile (outbox, expiry index, counters, rules version copy, intents, source delete
+jobs' counts) has a copy per bucket: `traitflow.spread_layout` makes each bucket's
+`KeyLayout`. The durability marker is written in the first bucket each master serves
+(`traitflow.spread_durability`).
 """
 
 from __future__ import annotations
@@ -241,6 +246,9 @@ class KeyLayout:
 
     def source_job_lease(self, job_id: str) -> str:
         return f"{self.prefix}:sj:{job_id}:lease"
+
+    def source_job_tallies(self) -> str:
+        return f"{self.prefix}:sjt"
 
     def outbox(self, source: str) -> str:
         """`source` is the input partition, "topic/partition" (`traitflow.outbox`)."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 
@@ -30,6 +30,8 @@ from attributes.profile import decode_state, encode_state
 from traitflow.key_layout import KeyLayout
 from traitflow.profile_counts import categories
 from traitflow.store import now_ms
+
+K = TypeVar("K", bytes, str)
 
 
 @dataclass(slots=True)
@@ -95,8 +97,26 @@ async def _count_round(
             pipe.pttl(name)
         replies = await pipe.execute()
     raws = cast("list[bytes | None]", replies[0])
-    rewrites: dict[bytes, bytes] = {}
-    for name, raw, ttl in zip(names, raws, replies[1:], strict=True):
+    rewrites = tally(found, names, raws, replies[1:], now)
+    if rewrites:
+        async with client.pipeline(transaction=False) as pipe:
+            for name, value in rewrites.items():
+                pipe.set(name, value, keepttl=True, xx=True)
+            await pipe.execute()
+        found.rewritten += len(rewrites)
+
+
+def tally(
+    found: Recount,
+    names: Sequence[K],
+    raws: Sequence[bytes | None],
+    ttls: Sequence[int],
+    now: int,
+) -> dict[K, bytes]:
+    """Count the states read (`raws`, with their keys' PTTL) into `found`; the states
+    whose category list must be written back, by key name."""
+    rewrites: dict[K, bytes] = {}
+    for name, raw, ttl in zip(names, raws, ttls, strict=True):
         if raw is None:
             continue  # expired since the SCAN
         state = decode_state(raw)
@@ -111,12 +131,7 @@ async def _count_round(
         else:
             for category in held:
                 found.kept[category] = found.kept.get(category, 0) + 1
-    if rewrites:
-        async with client.pipeline(transaction=False) as pipe:
-            for name, value in rewrites.items():
-                pipe.set(name, value, keepttl=True, xx=True)
-            await pipe.execute()
-        found.rewritten += len(rewrites)
+    return rewrites
 
 
 async def _replace(client: aioredis.Redis, keys: KeyLayout, entity: str, found: Recount) -> None:

@@ -37,7 +37,6 @@ from traitflow.config import Settings
 from traitflow.recomputation_requests import AskRecomputation
 from traitflow.source_jobs import (
     FAILED,
-    NEW,
     PROCESSING,
     SourceJob,
     SourceJobStore,
@@ -179,8 +178,8 @@ class SourceJobRunner:
             job.published += len(records)
             self.metrics.profiles.labels("scanned").inc(len(states))
             self.metrics.profiles.labels("commanded").inc(len(records))
-            if cursor == 0:
-                job.entity_index, job.cursor = job.entity_index + 1, 0
+            if cursor == "0":
+                job.entity_index, job.cursor = job.entity_index + 1, "0"
             else:
                 job.cursor = cursor
             job.updated_ms = now_ms()
@@ -201,9 +200,8 @@ class SourceJobRunner:
         while True:
             await self.sleep(poll_s)
             try:
-                for job in await self.jobs.newest(1000):
-                    if job.status in (NEW, PROCESSING) and not job.scan_done:
-                        await self.run(job.id)
+                for job in await self.jobs.unscanned(1000):
+                    await self.run(job.id)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -61,9 +61,10 @@ class SourceJob:
     status: str = NEW
     created_ms: int = 0
     updated_ms: int = 0
-    #: where the scan is: the entity (index in the settings' order) and its SCAN cursor
+    #: where the scan is: the entity (index in the settings' order) and its cursor
+    #: (SCAN's; on the spread layout, `traitflow.spread_scan`'s); "0": from the start
     entity_index: int = 0
-    cursor: int = 0
+    cursor: str = "0"
     scan_done: bool = False
     #: profile states read, commands published, commands committed by the workers
     scanned: int = 0
@@ -162,6 +163,11 @@ class SourceJobStore(ABC):
     async def newest(self, limit: int) -> list[SourceJob]:
         """The newest `limit` jobs, newest first."""
 
+    async def unscanned(self, limit: int) -> list[SourceJob]:
+        """Those of the newest `limit` jobs whose scan is still to run (what a runner
+        looks for; their `applied` need not be read)."""
+        return [job for job in await self.newest(limit) if scan_pending(job)]
+
     @abstractmethod
     async def save(self, job: SourceJob) -> None:
         """Save the job's status and checkpoint (not `applied`, the workers' count)."""
@@ -177,8 +183,8 @@ class SourceJobStore(ABC):
     async def release(self, job_id: str, token: str) -> None: ...
 
     @abstractmethod
-    async def scan(self, entity: str, cursor: int, count: int) -> tuple[int, list[ProfileState]]:
-        """One SCAN round over the entity's states: the next cursor (0: done), the states."""
+    async def scan(self, entity: str, cursor: str, count: int) -> tuple[str, list[ProfileState]]:
+        """One round over the entity's states: the next cursor ("0": done), the states."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, memory holds nothing
         pass
@@ -247,14 +253,14 @@ class RedisSourceJobs(SourceJobStore):
         lease = self.keys.source_job_lease(job_id)
         await self.client.eval(_RELEASE, 1, lease, token)
 
-    async def scan(self, entity: str, cursor: int, count: int) -> tuple[int, list[ProfileState]]:
+    async def scan(self, entity: str, cursor: str, count: int) -> tuple[str, list[ProfileState]]:
         pattern = self.keys.state_prefix(entity) + "*"
-        cursor, names = await self.client.scan(cursor, match=pattern, count=count)
+        following, names = await self.client.scan(int(cursor), match=pattern, count=count)
         if not names:
-            return int(cursor), []
+            return str(int(following)), []
         raws = cast("list[bytes | None]", await self.client.mget(names))
         # a state deleted between the SCAN and the MGET is skipped
-        return int(cursor), [decode_state(raw) for raw in raws if raw is not None]
+        return str(int(following)), [decode_state(raw) for raw in raws if raw is not None]
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -294,12 +300,19 @@ class MemorySourceJobs(SourceJobStore):
         if self.leases.get(job_id) == token:
             del self.leases[job_id]
 
-    async def scan(self, entity: str, cursor: int, count: int) -> tuple[int, list[ProfileState]]:
+    async def scan(self, entity: str, cursor: str, count: int) -> tuple[str, list[ProfileState]]:
         ids = sorted(pid for owner, pid in self.profiles.states if owner == entity)
-        chunk = ids[cursor : cursor + count]
+        start = int(cursor)
+        chunk = ids[start : start + count]
         states = await self.profiles.load(entity, chunk)
-        after = cursor + count
-        return (after if after < len(ids) else 0), [states[pid] for pid in chunk if pid in states]
+        after = start + count
+        following = str(after) if after < len(ids) else "0"
+        return following, [states[pid] for pid in chunk if pid in states]
+
+
+def scan_pending(job: SourceJob) -> bool:
+    """Whether a runner has still to scan for `job` (NEW, or PROCESSING not scanned)."""
+    return job.status in (NEW, PROCESSING) and not job.scan_done
 
 
 def now_ms() -> int:

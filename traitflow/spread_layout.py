@@ -18,7 +18,9 @@ request's status by its id's, and an applied messageId's dedupe set by the messa
 (`applied` is asked before the profile is known).
 
 Everything else a deployment stores (API keys, logs, jobs, policies) is never written
-by a commit: it stays under the prefix as one hash tag, `{tf}`, as in option A.
+by a commit: it stays under the prefix as one hash tag, `{tf}`, as in option A. A
+source delete job's count of commands applied is the exception: each bucket's commits
+count their own (`KeyLayout.source_job_tallies`, `traitflow.spread_source_jobs`).
 
 A bucket's keys are named by a `KeyLayout` whose prefix is the bucket's tag
 (`BucketKeys`): the names, and the table that lists them, stay in

@@ -148,7 +148,10 @@ def plan_commit(
         _take_foreign(layout, plan, part, _pointer_owners(keys, entity, group), pointed)
         _uncount_elsewhere(layout, plan, part)
         _remember(layout, plan, part, now, bucket_ms, dedupe_window_ms)
+        jobs, plan.jobs = plan.jobs, []  # counted in the bucket, not in the job's hash
         plan.queue(part.commands, bucket_ms=bucket_ms, dedupe_window_ms=dedupe_window_ms)
+        for job in jobs:
+            part.commands.hincrby(keys.source_job_tallies(), job, 1)
         part.checks.update(plan.checks)
     for identity, pointer in expected.pointers.items():  # checked, not set: held
         key = layout.keys(0).index(entity, *identity)
@@ -257,11 +260,6 @@ def _take_foreign(
     for key in [k for k in plan.persisted if foreign(k)]:
         plan.persisted.remove(key)
         part.forward.append(claims.persist_if(key, owners[key]))
-    if plan.jobs:
-        raise SpreadUnsupported(
-            "TRAITFLOW_REDIS_LAYOUT=spread does not support source delete jobs yet: their "
-            "count is not in a profile's bucket"
-        )
 
 
 def _uncount_elsewhere(layout: SpreadLayout, plan: CommitPlan, part: BucketCommit) -> None:

@@ -45,16 +45,13 @@ BUCKETS = 32
 def spread_settings(
     settings: Settings, name: str, cluster: LocalCluster, tmp_path: Path, **more: Any
 ) -> Settings:
-    """`settings` isolated as `name`, on the spread layout of `cluster` (the jobs the
-    API would refuse on it turned off)."""
+    """`settings` isolated as `name`, on the spread layout of `cluster`."""
     return settings.isolated(
         name,
         redis_url=cluster.url,
         redis_cluster=True,
         redis_layout="spread",
         redis_buckets=BUCKETS,
-        export_in_api=False,
-        source_jobs_in_api=False,
         home=tmp_path,
         **more,
     )

@@ -178,7 +178,7 @@ async def test_the_scan_is_paced_and_goes_on_from_its_checkpoint(world: World) -
     # two states a round at one per second, on a clock that does not move
     assert world.sleeps == [2.0, 3.0]
     resumed = SourceJob.new("web", 2)
-    resumed.cursor, resumed.scanned = 2, 2  # as a checkpoint left it
+    resumed.cursor, resumed.scanned = "2", 2  # as a checkpoint left it
     await world.jobs.create(resumed)
     done = await world.runner().run(resumed.id)
     assert done is not None
@@ -233,7 +233,7 @@ def test_contributors_are_the_sources_of_traits_and_of_applied_partitions() -> N
 
 def test_a_job_reads_back_from_its_fields() -> None:
     job = SourceJob.new("crm", 5)
-    job.scan_done, job.cursor, job.published = True, 17, 3
+    job.scan_done, job.cursor, job.published = True, "17:u-1", 3
     again = SourceJob.from_fields(job.to_fields())
     assert again == job
     assert "applied" not in job.to_fields()  # the workers' count

@@ -204,3 +204,35 @@ def test_a_merged_expiring_profile_leaves_the_expiring_members_of_its_own_bucket
     assert claims.uncount(theirs.expiring_profiles("user", "profile"), [merged]) in part.forward
     zrems = [n for n, arg in enumerate(part.commands.args) if arg == "ZREM"]
     assert all(part.commands.args[n + 2] != merged for n in zrems)
+
+
+def test_a_source_jobs_command_is_counted_by_its_profiles_bucket() -> None:
+    """The count is written by the bucket's own script (one slot), never under the
+    shared tag the job's hash is in."""
+    a, b = two_buckets()
+    used = {LAYOUT.profile_bucket("user", p) for p in (a, b)}
+    other = next(
+        f"v-{n}" for n in range(1000) if LAYOUT.profile_bucket("user", f"v-{n}") not in used
+    )
+    spread = plan([write(a, job="j1"), write(b, job="j1"), write(other)])
+    for pid in (a, b):
+        bucket = LAYOUT.profile_bucket("user", pid)
+        part = spread.buckets[bucket]
+        tallies = LAYOUT.keys(bucket).source_job_tallies()
+        assert tallies == f"{{tf.b{bucket}}}:sjt"
+        assert tallies in part.commands.keys
+        assert ["HINCRBY", tallies, "j1", 1] in _commands(part.commands.args)
+        assert {slot(key) for key in part.commands.keys} == {LAYOUT.slot(bucket)}
+        assert not any(str(key).startswith("{tf}:sj") for key in part.commands.keys)
+    untouched = spread.buckets[LAYOUT.profile_bucket("user", other)]
+    assert not any(c[0] == "HINCRBY" for c in _commands(untouched.commands.args))
+
+
+def _commands(args: list[Any]) -> list[list[Any]]:
+    """A `CommandList`'s arguments as its commands (each: its length, then itself)."""
+    found, at = [], 0
+    while at < len(args):
+        size = int(args[at])
+        found.append(list(args[at + 1 : at + 1 + size]))
+        at += size + 1
+    return found

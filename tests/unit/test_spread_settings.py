@@ -8,10 +8,15 @@ from typing import Any
 import pytest
 
 from api.app import profile_store
-from streams.spread_worker import spread_profiles
+from api.spread_store import ChargedSpreadStore
+from streams.spread_worker import durability, spread_profiles
 from traitflow.config import Settings
+from traitflow.durability import DurabilityWait
 from traitflow.resp import Address, RespClient
+from traitflow.source_jobs import RedisSourceJobs
+from traitflow.spread_durability import SpreadDurabilityWait
 from traitflow.spread_plan import SpreadUnsupported
+from traitflow.spread_source_jobs import SpreadSourceJobs, source_job_store
 
 URL = "redis://127.0.0.1:7000/0"
 
@@ -33,36 +38,29 @@ def test_the_worker_refuses_what_the_spread_layout_cannot_do_yet() -> None:
     spread = cluster(redis_layout="spread")
     with pytest.raises(SpreadUnsupported, match="rules changed through the API"):
         spread_profiles(spread, 3)
-    synced = cluster(redis_layout="spread", redis_sync="disk")
-    with pytest.raises(SpreadUnsupported, match="TRAITFLOW_REDIS_SYNC=disk"):
-        spread_profiles(synced, 0)
 
 
-def test_the_api_refuses_jobs_it_cannot_run_on_the_spread_layout() -> None:
+def test_durability_waits_on_every_node_on_the_spread_layout() -> None:
+    synced = cluster(redis_layout="spread", redis_sync="disk", redis_buckets=64)
+    assert spread_profiles(synced, 0) is not None
+    wait = durability(synced)
+    assert isinstance(wait, SpreadDurabilityWait)
+    assert wait.waits
+    assert wait.layout.buckets == 64
+    assert isinstance(durability(cluster(redis_sync="replicas:1")), DurabilityWait)
+
+
+def test_the_api_runs_export_and_source_delete_jobs_on_the_spread_layout() -> None:
     reads = RespClient(Address(host="127.0.0.1", port=7000), 1.0)
     spread = cluster(redis_layout="spread")
-    with pytest.raises(SpreadUnsupported, match="TRAITFLOW_EXPORT_IN_API=false"):
-        profile_store(spread, reads)
+    assert spread.export_in_api
+    assert spread.source_jobs_in_api
+    assert isinstance(profile_store(spread, reads), ChargedSpreadStore)
+    assert isinstance(source_job_store(spread), SpreadSourceJobs)
+    assert isinstance(source_job_store(cluster()), RedisSourceJobs)
 
 
 def test_the_workers_store_takes_the_claims_lease_from_the_settings() -> None:
     spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5), 0)
     assert spread is not None
     assert spread.lease_ms == 2500
-
-
-def test_the_cli_commands_that_scan_profiles_refuse_the_spread_layout() -> None:
-    from typer.testing import CliRunner
-
-    from traitflow.cli import app
-
-    env = {
-        "TRAITFLOW_REDIS_URL": URL,
-        "TRAITFLOW_REDIS_CLUSTER": "true",
-        "TRAITFLOW_REDIS_LAYOUT": "spread",
-    }
-    commands = (["export", "list"], ["profiles", "recount", "--workers-stopped"])
-    for args in commands:
-        result = CliRunner().invoke(app, args, env=env)
-        assert result.exit_code != 0, (args, result.output)
-        assert "TRAITFLOW_REDIS_LAYOUT=spread" in result.output, args
