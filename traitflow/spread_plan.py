@@ -104,13 +104,10 @@ def plan_commit(
     bucket_ms: int,
     dedupe_window_ms: int,
 ) -> SpreadCommit:
+    """The commit of `writes`, bucket by bucket. Each bucket's script checks what
+    `expected` says of its profiles and the bucket's own copy of the rules version
+    (`traitflow.spread_rules`: equal to the version the writes were computed with)."""
     expected = expected or Expected()
-    if expected.rules_version:
-        raise SpreadUnsupported(
-            "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
-            f"yet (rules version {expected.rules_version}): each bucket's copy of it is "
-            "not written"
-        )
     spread = SpreadCommit(commit, deadline)
     claimed: dict[str, Claim] = {}
     gone = set(removed)

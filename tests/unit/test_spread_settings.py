@@ -29,13 +29,10 @@ def test_the_spread_layout_needs_a_cluster_and_defaults_to_the_tag() -> None:
 
 
 def test_the_worker_refuses_what_the_spread_layout_cannot_do_yet() -> None:
-    assert spread_profiles(cluster(), 0) is None
-    spread = cluster(redis_layout="spread")
-    with pytest.raises(SpreadUnsupported, match="rules changed through the API"):
-        spread_profiles(spread, 3)
+    assert spread_profiles(cluster()) is None
     synced = cluster(redis_layout="spread", redis_sync="disk")
     with pytest.raises(SpreadUnsupported, match="TRAITFLOW_REDIS_SYNC=disk"):
-        spread_profiles(synced, 0)
+        spread_profiles(synced)
 
 
 def test_the_api_refuses_jobs_it_cannot_run_on_the_spread_layout() -> None:
@@ -46,7 +43,7 @@ def test_the_api_refuses_jobs_it_cannot_run_on_the_spread_layout() -> None:
 
 
 def test_the_workers_store_takes_the_claims_lease_from_the_settings() -> None:
-    spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5), 0)
+    spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5))
     assert spread is not None
     assert spread.lease_ms == 2500
 
