@@ -253,7 +253,10 @@ def everyone_serves(
         last[:] = wrong()
         return not last
 
-    wait_until(settled, timeout=120, what=f"{what}: {last[:1]}")
+    try:
+        wait_until(settled, timeout=120, what=what)
+    except pytest.fail.Exception:
+        pytest.fail(f"{what}: (kind, value, served, batch answer) {last[:1]}")
 
 
 def attribute_status(http: httpx.Client, attribute: str) -> str:

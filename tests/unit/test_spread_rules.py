@@ -6,6 +6,7 @@ notes what it committed at the older version as history."""
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ from redis.crc import key_slot
 from attributes.catalog import ManagedAttribute, Status
 from attributes.profile import ProfileState
 from attributes.rules import RuleFileError
+from streams.backfill import Backfill
 from streams.effects import Stitched, committed_events
 from streams.processor import BatchProcessor, ListDeadLetters, Record
 from streams.records import Identified
 from streams.rule_switch import RuleSwitch
 from traitflow.commit_plan import RulesAt
+from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
 from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RuleSource
 from traitflow.spread_layout import SpreadLayout
@@ -252,3 +255,54 @@ def test_a_scan_of_state_keys_finds_the_profile_ids_of_every_bucket() -> None:
     assert not fnmatch.fnmatchcase(LAYOUT.keys(3).view("user", "u-1"), pattern)
     assert profile_id(LAYOUT, "user", "{tf}:s:user:u-1") is None
     assert profile_id(LAYOUT, "user", LAYOUT.keys(0).state("account", "u-1")) is None
+
+
+class Steps:
+    """What a backfill does, in order: the spread store's raise, the history's reads,
+    the render's scan."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, Any]] = []
+        self.client = self.layout = None
+
+    async def raise_rules(self, version: int) -> None:
+        self.done.append(("raise", version))
+
+    async def spans(self, target: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        self.done.append(("spans", target.version))
+        return []
+
+    async def read(self, *args: Any) -> dict[str, ProfileState]:
+        return {}
+
+
+async def test_a_backfill_and_a_render_raise_every_copy_to_the_catalogs_version_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before history is read, and before a render's pass: to the catalog's version,
+    whatever the processor's, so that exactness never waits on a worker's switch."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    catalog = MemoryRuleCatalog()
+    attribute = ManagedAttribute("ca-1", Status.PROCESSING, ORDERS, 1, 1, version=1)
+    await catalog.change(lambda _: Change(put=attribute))
+    await catalog.change(lambda _: Change(put=replace(attribute, updated_ms=2)))
+    source = RuleSource.read(path)
+    processor = BatchProcessor(source.compose(()), MemoryProfileStore(), ListDeadLetters())
+    steps = Steps()
+    backfill = Backfill(
+        Settings(rules_path=path), processor, catalog, None, source,  # type: ignore[arg-type]
+        spread=steps,  # type: ignore[arg-type]
+    )  # fmt: skip
+    backfill.reader = steps  # type: ignore[assignment]
+    assert await backfill.run(replace(attribute, version=2))
+    assert steps.done == [("raise", 2), ("spans", 2)]
+
+    async def scanned(*args: Any) -> Any:
+        steps.done.append(("scan", args[2]))
+        yield []
+
+    monkeypatch.setattr("streams.backfill.profile_ids", scanned)
+    steps.done.clear()
+    await backfill.render()
+    assert steps.done == [("raise", 2), ("scan", "user")]
