@@ -19,6 +19,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from attributes.profile import ProfileState
+from streams.dry_run import dry_run
 from tests.integration.cluster import LocalCluster, cluster_possible
 from tests.integration.conftest import Publisher, create_key, wait_until
 from tests.integration.stitching_support import comparable, event, order, person_oracle
@@ -27,7 +28,7 @@ from tests.integration.workers import alive, running_api, start_worker, worker_l
 from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.recomputation_requests import recompute_for
-from traitflow.rule_catalog import Catalog, RedisRuleCatalog
+from traitflow.rule_catalog import Catalog, RedisRuleCatalog, RuleSource
 from traitflow.services import Daemon
 from traitflow.spread_store import SpreadProfileStore
 from traitflow.store import Expected, ProfileWrite, RulesChanged
@@ -317,6 +318,12 @@ def test_an_attribute_made_changed_and_deleted_through_the_api_on_the_spread_lay
             people, http, oracle_settings(people, tmp_path, SPEND), workers, "spend made"
         )
         assert "backfilled spend: ACTIVE" in "".join(worker_log(w) for w in workers)
+        # a dry run reads the profiles where they are: recomputing the ACTIVE one over
+        # the whole topic gives what is served
+        source = RuleSource.read(people.settings.rules_path, people.settings.entities)
+        again = asyncio.run(dry_run(people.settings, source, made.json()["id"], 5))
+        assert len(again) == 5
+        assert all(p.before == p.after is not None for p in again), again
 
         changed = http.patch(attribute, json={"where": BIG_SPEND["where"]})
         assert changed.status_code == 200, changed.text
