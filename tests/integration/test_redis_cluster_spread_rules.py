@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -184,7 +186,7 @@ def served_part(view: Any) -> Any:
 
 @contextlib.contextmanager
 def spread_pipeline(
-    settings: Settings, cluster: LocalCluster, tmp_path: Path, workers: int
+    settings: Settings, cluster: LocalCluster, tmp_path: Path, workers: int, people: int = 12
 ) -> Iterator[tuple[People, httpx.Client, list[Daemon]]]:
     """`workers` real `traitflow worker`s (each with its backfill process beside it)
     and a real `traitflow api` on the spread layout of `cluster`, with `RULES`; two
@@ -196,20 +198,47 @@ def spread_pipeline(
     own = spread_settings(
         settings, name, cluster, tmp_path, rules_path=rules_path, topic_partitions=2,
         backfill_process=True, sources=topics,
+        # polled seldom: most processes switch when a bucket that the first one to poll
+        # raised refuses their commit, not at their own poll
+        rules_poll_s=3.0,
     )  # fmt: skip
     asyncio.run(ensure_topics(own))
-    people = People(own, [f"p{n}" for n in range(12)])
-    people.sources = {source: (Publisher(own, topic), {}) for topic, source in topics.items()}
+    sent = People(own, [f"p{n}" for n in range(people)])
+    sent.sources = {source: (Publisher(own, topic), {}) for topic, source in topics.items()}
     started = [start_worker(own, f"worker-{n}") for n in range(workers)]
     try:
         token = create_key(own, "rules-admin", admin=True, rate_per_s=1e5, burst=100_000)
         with running_api(own, "api") as base:
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
-                yield people, http, started
+                yield sent, http, started
     finally:
         for worker in started:
             worker.stop()
+
+
+@contextlib.contextmanager
+def flowing(people: People) -> Iterator[None]:
+    """Rounds of orders and logins sent without a pause while the body runs (and one
+    after it at least): batches straddle every switch of rules versions it makes."""
+    stop = threading.Event()
+
+    def send() -> None:
+        while True:
+            for kind in ("order", "login", "order"):
+                people.round(kind)
+            if stop.is_set():
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the publisher did not stop"
 
 
 def oracle_settings(people: People, tmp_path: Path, *managed: dict[str, Any]) -> Settings:
@@ -297,23 +326,26 @@ def test_an_attribute_made_changed_and_deleted_through_the_api_on_the_spread_lay
     answer over all their events, `spend` included. Changed (what it counts), it is
     backfilled again to the new answer; deleted, it leaves every view at the next
     write."""
-    with spread_pipeline(settings, cluster, tmp_path, workers=2) as (people, http, workers):
+    with spread_pipeline(settings, cluster, tmp_path, workers=2, people=40) as (
+        people,
+        http,
+        workers,
+    ):
         for kind in ("browse", "browse", "login", "order", "order"):
             people.round(kind)
         everyone_serves(people, http, oracle_settings(people, tmp_path), workers, "history")
 
-        made = http.post(PATH, json={**SPEND, "status": "ACTIVE"})
-        assert made.status_code == 201, made.text
-        assert made.json()["status"] == "PROCESSING"  # its history is backfilled
-        attribute = f"{PATH}/{made.json()['id']}"
-        for kind in ("order", "login", "order"):  # while the workers switch and it fills
-            people.round(kind)
-        wait_until(
-            lambda: attribute_status(http, attribute) == "ACTIVE",
-            timeout=120,
-            what=f"the backfill of spend:\n{worker_log(workers[0])[-3000:]}",
-        )
-        people.round("order")
+        with flowing(people):  # while the workers switch and the backfill runs
+            time.sleep(0.5)
+            made = http.post(PATH, json={**SPEND, "status": "ACTIVE"})
+            assert made.status_code == 201, made.text
+            assert made.json()["status"] == "PROCESSING"  # its history is backfilled
+            attribute = f"{PATH}/{made.json()['id']}"
+            wait_until(
+                lambda: attribute_status(http, attribute) == "ACTIVE",
+                timeout=120,
+                what=f"the backfill of spend:\n{worker_log(workers[0])[-3000:]}",
+            )
         everyone_serves(
             people, http, oracle_settings(people, tmp_path, SPEND), workers, "spend made"
         )
@@ -325,15 +357,15 @@ def test_an_attribute_made_changed_and_deleted_through_the_api_on_the_spread_lay
         assert len(again) == 5
         assert all(p.before == p.after is not None for p in again), again
 
-        changed = http.patch(attribute, json={"where": BIG_SPEND["where"]})
-        assert changed.status_code == 200, changed.text
-        people.round("order")
-        wait_until(
-            lambda: attribute_status(http, attribute) == "ACTIVE",
-            timeout=120,
-            what=f"the backfill of the changed spend:\n{worker_log(workers[0])[-3000:]}",
-        )
-        people.round("order")
+        with flowing(people):
+            time.sleep(0.5)
+            changed = http.patch(attribute, json={"where": BIG_SPEND["where"]})
+            assert changed.status_code == 200, changed.text
+            wait_until(
+                lambda: attribute_status(http, attribute) == "ACTIVE",
+                timeout=120,
+                what=f"the backfill of the changed spend:\n{worker_log(workers[0])[-3000:]}",
+            )
         everyone_serves(
             people, http, oracle_settings(people, tmp_path, BIG_SPEND), workers, "spend changed"
         )
