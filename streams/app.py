@@ -33,7 +33,13 @@ from streams.metrics import WorkerMetrics
 from streams.processor import BatchProcessor, DeadLetterSink, Decoded, Record
 from streams.redis_logs import RedisLogHistory
 from streams.rule_switch import RuleSwitch
-from streams.spread_worker import durability, partitions_assigned, spread_outbox, spread_profiles
+from streams.spread_worker import (
+    durability,
+    partitions_assigned,
+    raise_rules,
+    spread_outbox,
+    spread_profiles,
+)
 from streams.worker_rounds import (
     STALL_METRICS_INTERVAL_S,
     TRANSIENT,
@@ -111,7 +117,7 @@ def create_app(
     )
 
     profiles = redis_profiles(settings)  # on the spread layout: what is not a profile's
-    spread = spread_profiles(settings, rules_version)
+    spread = spread_profiles(settings)
     store = CachedProfileStore(spread or profiles, settings.state_cache_profiles)
     outbox = spread_outbox(spread) if spread else RedisOutbox(profiles.client, profiles.keys)
     # before a batch is acked: its writes on disk or replicas (traitflow.durability)
@@ -146,6 +152,7 @@ def create_app(
             processor.forget_positions()
             if spread is not None:
                 await partitions_assigned(spread)
+                await raise_rules(spread, processor.rules_version)
 
     # A rules change follows every backfill (its attribute made ACTIVE): the states the
     # backfill joined are stale here if another process joined them. Kept, each would
@@ -165,7 +172,8 @@ def create_app(
     app.on_before_shutdown.connect(close_store)  # type: ignore[arg-type]
 
     if source is not None:
-        switch = RuleSwitch(RedisRuleCatalog(profiles.client, profiles.keys), source)
+        catalog = RedisRuleCatalog(profiles.client, profiles.keys)
+        switch = RuleSwitch(catalog, source, spread.raise_rules if spread else None)
         processor.reload = switch.current
         processor.on_switch = forget_states
         if rules_version:
@@ -173,7 +181,9 @@ def create_app(
         metrics.rules_version.set(rules_version)
         processor.note_start = start_notes(profiles.client, profiles.keys)
         if not settings.backfill_process:  # else `streams.backfill_process` runs them
-            backfill = Backfill(settings, processor, switch.catalog, profiles.client, source)
+            backfill = Backfill(
+                settings, processor, catalog, profiles.client, source, spread=spread
+            )
             run_in_worker(app, BackfillRunner(backfill))
 
         @app.timer(interval=settings.rules_poll_s)  # type: ignore[untyped-decorator]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -58,6 +58,8 @@ from streams.processor import BatchProcessor
 from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import RECOMPUTATION, Catalog, RuleCatalog, RuleSource
+from traitflow.spread_scan import profile_ids
+from traitflow.spread_store import SpreadProfileStore
 from traitflow.store import Conflict, Expected, RulesChanged
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,17 @@ class Backfill:
         catalog: RuleCatalog,
         client: aioredis.Redis,
         source: RuleSource | None = None,
+        *,
+        spread: SpreadProfileStore | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
         self.catalog = catalog
         self.client = client
         self.keys = KeyLayout(settings.key_prefix)
+        #: the profiles on the spread layout (the processor's store reads and commits
+        #: them; `render` scans them here, and the rules copies are raised here)
+        self.spread = spread
         #: the rule file (`recompute` computes it with the catalog's attributes)
         self.source = source
         #: whether progress is saved (a dry run saves none)
@@ -130,6 +137,7 @@ class Backfill:
 
     async def _backfill(self, target: Target, horizons: Horizons) -> bool:
         started = int(time.time() * 1000)
+        await self._switch_everywhere()
         spans = await self.reader.spans(target, horizons, started)
         histories = await self.reader.read(target, spans, started)
         return await self._join(target, histories, started)
@@ -195,13 +203,10 @@ class Backfill:
         recomputation's rendering (`attributes.recomputation`), after which each view
         shows the generation now served. A chunk at a time, at the backfill's rate."""
         started, done = int(time.time() * 1000), 0
+        await self._switch_everywhere()
         for name in self.processor.entities:
-            prefix = self.keys.state_prefix(name)
-            cursor = 0
-            while True:
-                began = time.monotonic()
-                cursor, keys = await self.client.scan(cursor, match=prefix + "*", count=JOIN_CHUNK)
-                pids = [text(key)[len(prefix) :] for key in keys]
+            began = time.monotonic()
+            async for pids in self._profile_ids(name):
                 if pids:
                     empty = {pid: ProfileState(id=pid, entity=name) for pid in pids}
                     await self._fold(name, empty, (), rendering=True)
@@ -209,10 +214,37 @@ class Backfill:
                 await self._progress(
                     RECOMPUTATION, phase="rendering", done=done, started_ms=started
                 )
-                if not cursor:
-                    break
                 rate = self.settings.backfill_rate_per_s
                 await asyncio.sleep(max(0.0, len(pids) / rate - (time.monotonic() - began)))
+                began = time.monotonic()
+
+    async def _profile_ids(self, entity: str) -> AsyncIterator[list[str]]:
+        """The ids of every stored profile of `entity`, a chunk at a time."""
+        if self.spread is not None:
+            async for pids in profile_ids(
+                self.spread.protocol, self.spread.layout, entity, JOIN_CHUNK
+            ):
+                yield pids
+            return
+        prefix = self.keys.state_prefix(entity)
+        cursor = 0
+        while True:
+            cursor, keys = await self.client.scan(cursor, match=prefix + "*", count=JOIN_CHUNK)
+            yield [text(key)[len(prefix) :] for key in keys]
+            if not cursor:
+                break
+
+    async def _switch_everywhere(self) -> None:
+        """On the spread layout, every bucket's copy of the rules version raised to the
+        catalog's (`traitflow.spread_rules`) before history is read or every profile
+        rendered: from then on no commit computed at an older version lands in any
+        bucket, so every event is counted by the history or live, once, and no view is
+        written at an older generation behind the render (its own commits too: one
+        made at an older version is refused, and the processor switches). Done here
+        whoever did it first, so that exactness never waits on another process."""
+        if self.spread is not None:
+            current = max(await self.catalog.version(), self.processor.rules_version)
+            await self.spread.raise_rules(current)
 
     async def _fold(
         self,

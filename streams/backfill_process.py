@@ -37,6 +37,7 @@ from streams.backfill_runner import BACKFILL_TICK_S, BackfillRunner
 from streams.metrics import WorkerMetrics
 from streams.records import ListDeadLetters
 from streams.rule_switch import RuleSwitch
+from streams.spread_worker import spread_profiles
 from streams.worker_rounds import TRANSIENT
 from traitflow.config import Settings
 from traitflow.rule_catalog import RedisRuleCatalog, RuleSource
@@ -58,16 +59,19 @@ async def run_backfills(
     """Follow the rules version and run the backfills of PROCESSING attributes until
     `stopping` is set; a backfill in progress is then cancelled and its lease given
     back, so that the next process (a restart) takes it at once."""
-    profiles = redis_profiles(settings)
+    profiles = redis_profiles(settings)  # on the spread layout: what is not a profile's
+    spread = spread_profiles(settings)
     # no cache in front of Redis: every join reads what the live workers committed
     processor = worker_processor(
-        settings, rules, profiles, store=profiles, dead_letters=ListDeadLetters()
+        settings, rules, profiles, store=spread or profiles, dead_letters=ListDeadLetters()
     )
-    switch = RuleSwitch(RedisRuleCatalog(profiles.client, profiles.keys), source)
+    catalog = RedisRuleCatalog(profiles.client, profiles.keys)
+    switch = RuleSwitch(catalog, source, spread.raise_rules if spread else None)
     processor.reload = switch.current
     if rules_version:
         processor.switch(rules, rules_version)
-    runner = BackfillRunner(Backfill(settings, processor, switch.catalog, profiles.client, source))
+    backfill = Backfill(settings, processor, catalog, profiles.client, source, spread=spread)
+    runner = BackfillRunner(backfill)
     metrics = WorkerMetrics()  # not served: `poll` keeps its rules version
     log.info("backfill process: rules version %d", processor.rules_version)
     loop = asyncio.get_running_loop()
@@ -89,6 +93,8 @@ async def run_backfills(
             log.info("stopping: the backfill in progress starts again in the next process")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if spread is not None:
+            await spread.close()
         await profiles.close()
 
 

@@ -129,3 +129,19 @@ def split(
         profiles=[pid for pid in stitched.profiles if not fresh(pid)],
     )
     return kept, redo
+
+
+def committed_events(
+    stitched: Stitched, committed: frozenset[str], profile_id: Callable[[str, str], str]
+) -> list[Identified]:
+    """The events of `stitched` whose parts committed, given the profiles whose writes
+    did (`Conflict.committed`, `RulesChanged.committed`: on the spread layout a commit
+    is atomic per bucket): the parts that write no profile of the others."""
+    if not committed:
+        return []
+    written = {write.state.id for write in stitched.writes} | set(stitched.removed)
+    refused = written - committed
+    if not refused:
+        return list(stitched.events)
+    done, _ = split(stitched, Conflict(profiles=refused), profile_id)
+    return done.events

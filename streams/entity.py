@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,7 +38,7 @@ from attributes.ruleset import RuleSet
 from attributes.stitching import TRUST_NONE, Identity, SourceTrust, Stitcher, Trust, anchored
 from streams.announcements import Announcer
 from streams.applying import ProfileApplier
-from streams.effects import Stitched, split
+from streams.effects import Stitched, committed_events, split
 from streams.erasures import (
     decoded,
     erase,
@@ -52,7 +52,7 @@ from streams.records import BatchReport, Identified, Record
 from streams.rendering import ViewRenderer
 from traitflow.profile_counts import departures, recount
 from traitflow.state_cache import Checkout
-from traitflow.store import Conflict, Expected, MessageKey, ProfileStore
+from traitflow.store import Conflict, Expected, MessageKey, ProfileStore, RulesChanged
 
 log = logging.getLogger(__name__)
 
@@ -173,23 +173,40 @@ class EntityProcessor(ProfileApplier, Lifetimes):
         self.views = self.views.switched(rules, rules_version)
 
     async def commit(
-        self, work: Checkout, stitched: Stitched, report: BatchReport
+        self,
+        work: Checkout,
+        stitched: Stitched,
+        report: BatchReport,
+        *,
+        committed: Callable[[list[Identified]], None] | None = None,
     ) -> list[Identified]:
         """Commit a batch's effect and report it; return the events to compute again.
 
         When the commit finds that another worker changed something the batch read,
         the parts of the batch that read none of it are committed (`effects.split`),
         and the events of the others are returned (their states are not committed:
-        `work` forgets them when it ends)."""
+        `work` forgets them when it ends).
+
+        A refused commit that committed parts all the same (the spread layout's
+        buckets commit one by one) hands their events to `committed` first: a switch
+        of rules versions needs to know which events were committed at the older one
+        (`streams.rule_versions`)."""
         redo: list[Identified] = []
         if self.announcer.announces:  # once: a split commit keeps the writes' messages
             self.announcer.announce(stitched.writes, stitched.removed, self.now)
+        profile_id = self.identities.profile_id
         while stitched.writes or stitched.removed:
             try:
                 await work.commit(
                     stitched.writes, removed=stitched.removed, expected=stitched.expected
                 )
+            except RulesChanged as changed:
+                if committed is not None and changed.committed:
+                    committed(committed_events(stitched, changed.committed, profile_id))
+                raise
             except Conflict as conflict:
+                if committed is not None and conflict.committed:
+                    committed(committed_events(stitched, conflict.committed, profile_id))
                 report.conflicts += 1
                 log.debug("part of a batch computed again: %s", conflict)
                 stitched, stale = split(stitched, conflict, self.identities.profile_id)

@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Container, Mapping, Sequence
+from functools import partial
 
 from attributes.admission import Admission
 from attributes.clock import DEFAULT_REFRESH_MS
@@ -347,13 +348,11 @@ class BatchProcessor(RuleVersions, BatchDecoding):
                         await self._send(rejected, sent)  # durable before the commit
                         try:
                             await self._note_starts()
-                            attempt = events
-                            events = await processor.commit(work, stitched, report)
+                            attempt, done = events, partial(self._committed_here, processor.entity)
+                            events = await processor.commit(work, stitched, report, committed=done)
                             again = {id(item) for item in events}
-                            self._committed_here(
-                                processor.entity, [e for e in attempt if id(e) not in again]
-                            )
-                        except RulesChanged:  # none of it written: again, with the new rules
+                            done([e for e in attempt if id(e) not in again])
+                        except RulesChanged:  # what committed is noted: again, newer rules
                             await self.switch_to_current()
                             continue
             if broke is not None:

@@ -17,6 +17,7 @@ until the attribute or the file is fixed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from attributes.ruleset import RuleSet
 from streams.metrics import WorkerMetrics
@@ -28,16 +29,28 @@ log = logging.getLogger(__name__)
 
 class RuleSwitch:
     """The rules a worker should compute with: the rule file and the catalog's live
-    attributes, at the catalog's version."""
+    attributes, at the catalog's version. `propagate`: what must be done at a version
+    before anything is committed at it (on the spread layout, every bucket's copy of
+    the version raised: `traitflow.spread_rules`)."""
 
-    def __init__(self, catalog: RuleCatalog, source: RuleSource) -> None:
+    def __init__(
+        self,
+        catalog: RuleCatalog,
+        source: RuleSource,
+        propagate: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.source = source
+        self.propagate = propagate
 
     async def current(self) -> tuple[RuleSet, int]:
-        """The current rules and their version; RuleFileError if they do not compose."""
+        """The current rules and their version; RuleFileError if they do not compose
+        (nothing propagated then)."""
         catalog = await self.catalog.snapshot()
-        return self.source.compose(catalog.attributes, catalog.generations), catalog.version
+        rules = self.source.compose(catalog.attributes, catalog.generations)
+        if self.propagate is not None:
+            await self.propagate(catalog.version)
+        return rules, catalog.version
 
     async def poll(self, processor: BatchProcessor, metrics: WorkerMetrics) -> None:
         """Switch `processor` if the version moved (between its batches)."""

@@ -1,9 +1,10 @@
 """What the worker does differently on the spread layout (docs/redis-cluster.md, option
 B; `TRAITFLOW_REDIS_LAYOUT=spread`): its profiles go through `SpreadProfileStore`, its
-outbox relay reads every bucket's copy (`SpreadOutbox`), and a partition it is given
+outbox relay reads every bucket's copy (`SpreadOutbox`), a partition it is given
 is taken only after the commits a dead worker left committed are finished
-(`SpreadProfileStore.recover`). Everything else it stores (logs, rules, dead letters)
-stays under the prefix's one hash tag, as in option A.
+(`SpreadProfileStore.recover`), and every bucket's copy of the rules version is raised
+before it commits at a version (`traitflow.spread_rules`). Everything else it stores
+(logs, rules, dead letters) stays under the prefix's one hash tag, as in option A.
 
 What the spread layout does not support yet is refused here, at start, by name, rather
 than done without its guarantee.
@@ -18,23 +19,15 @@ from traitflow.durability import Durability, DurabilityWait
 from traitflow.redis_client import RedisTarget
 from traitflow.spread_durability import SpreadDurabilityWait
 from traitflow.spread_outbox import SpreadOutbox
-from traitflow.spread_plan import SpreadUnsupported
 from traitflow.spread_store import SpreadProfileStore
 
 log = logging.getLogger(__name__)
 
 
-def spread_profiles(settings: Settings, rules_version: int) -> SpreadProfileStore | None:
-    """The worker's store of profiles on the spread layout; None on the others.
-    `rules_version`: the version of the rules it starts with (`traitflow.rule_catalog`)."""
+def spread_profiles(settings: Settings) -> SpreadProfileStore | None:
+    """The worker's store of profiles on the spread layout; None on the others."""
     if settings.redis_layout != "spread":
         return None
-    if rules_version:
-        raise SpreadUnsupported(
-            f"the rules are at version {rules_version} (attributes made through the API): "
-            "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
-            "yet"
-        )
     return SpreadProfileStore.from_url(
         RedisTarget.of(settings),
         settings.key_prefix,
@@ -58,6 +51,17 @@ def durability(settings: Settings) -> Durability:
 def spread_outbox(store: SpreadProfileStore) -> SpreadOutbox:
     """The relay's outbox, told by the store which buckets each commit wrote to."""
     return SpreadOutbox(store.client, store.layout, store.outbox_rounds)
+
+
+async def raise_rules(store: SpreadProfileStore, version: int) -> None:
+    """Raise every bucket's copy of the rules version to `version`, the one this process
+    starts at, before its first commit (`traitflow.spread_rules`). A failure is logged:
+    a commit at `version` is then refused where a copy is lower, and the switch that
+    follows raises them again."""
+    try:
+        await store.raise_rules(version)
+    except Exception as exc:
+        log.warning("the buckets' rules versions were not raised to %d here: %r", version, exc)
 
 
 async def partitions_assigned(store: SpreadProfileStore) -> None:

@@ -56,6 +56,9 @@ Redis layout, for prefix `tf` and entity `user`:
     tf:ca:v                        string  the rules version: incremented by each
                                            change of `tf:ca` (absent: 0); commits are
                                            made only at the version they computed with
+                                           (spread layout: each bucket's copy, raised
+                                           by a process before it commits at a
+                                           version: `traitflow.spread_rules`)
     tf:ca:g                        string  the generations of attribute states (JSON):
                                            served, being recomputed for source delete
                                            jobs (`attributes.recomputation`), the

@@ -35,13 +35,6 @@ class SpreadUnsupported(StoreError):
     option B"): refused, rather than made without its guarantee."""
 
 
-def refuse_spread(layout: str, what: str) -> None:
-    """Raise if the settings' `layout` is the spread one: `what` does not support it yet
-    (it reads or writes profiles under the prefix's tag, where they are not)."""
-    if layout == "spread":
-        raise SpreadUnsupported(f"{what} does not support TRAITFLOW_REDIS_LAYOUT=spread yet")
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A key to claim before the buckets commit: a pointer or a merged profile's
@@ -104,13 +97,10 @@ def plan_commit(
     bucket_ms: int,
     dedupe_window_ms: int,
 ) -> SpreadCommit:
+    """The commit of `writes`, bucket by bucket. Each bucket's script checks what
+    `expected` says of its profiles and the bucket's own copy of the rules version
+    (`traitflow.spread_rules`: equal to the version the writes were computed with)."""
     expected = expected or Expected()
-    if expected.rules_version:
-        raise SpreadUnsupported(
-            "TRAITFLOW_REDIS_LAYOUT=spread does not support rules changed through the API "
-            f"yet (rules version {expected.rules_version}): each bucket's copy of it is "
-            "not written"
-        )
     spread = SpreadCommit(commit, deadline)
     claimed: dict[str, Claim] = {}
     gone = set(removed)

@@ -20,7 +20,7 @@ after. The union of the replies is the bucket's keys.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
@@ -144,3 +144,17 @@ class SpreadWalk:
 def _bytes(key: bytes | str) -> bytes:
     """A key as bytes (redis-py decodes the keys of some cluster replies)."""
     return key if isinstance(key, bytes) else key.encode()
+
+
+async def profile_ids(
+    calls: ClusterCalls, layout: SpreadLayout, entity: str, count: int
+) -> AsyncIterator[list[str]]:
+    """The ids of every stored profile of `entity`, at most `count` at a time, bucket by
+    bucket: what a pass that writes every profile once more reads (a recomputation's
+    render, `streams.backfill`). Listed as `SpreadWalk` lists a bucket, so a profile
+    present for the whole pass is listed once, wherever its slot moves meanwhile."""
+    walk = SpreadWalk(calls, layout)
+    for bucket in range(layout.buckets):
+        ids = await walk.listed(entity, STATES, bucket)
+        for start in range(0, len(ids), count):
+            yield ids[start : start + count]

@@ -14,7 +14,7 @@ routes each command by its keys and sends every node its share in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -26,10 +26,11 @@ from traitflow.redis_client import Redis, RedisTarget
 from traitflow.redis_store import DEDUPE_BUCKETS, DEDUPE_WINDOW_MS
 from traitflow.spread_claims import new_commit_id, plain
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_plan import BucketCommit, SpreadCommit, bucket_conflict, plan_commit
+from traitflow.spread_plan import SpreadCommit, bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_reads import SpreadReads
 from traitflow.spread_rounds import NEVER, BucketRounds
+from traitflow.spread_rules import raise_copies
 from traitflow.store import (
     ERASURE_STATUS_TTL_MS,
     Conflict,
@@ -207,7 +208,7 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         finally:
             self._note_rounds(entity, writes, spread)
         if refused:
-            await self._refused(spread.buckets, refused)
+            await self._refused(spread, refused)
 
     def _note_rounds(
         self, entity: str, writes: Sequence[ProfileWrite], spread: SpreadCommit
@@ -239,23 +240,32 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
             protocol.drop_intents(spread.commit, committed)
         return refused
 
-    async def _refused(
-        self, buckets: dict[int, BucketCommit], refused: dict[int, list[bytes | None]]
-    ) -> None:
+    async def _refused(self, spread: SpreadCommit, refused: dict[int, list[bytes | None]]) -> None:
         """Raise what the refused buckets found changed (after recovering the locks of
-        dead commits among it, so that the batch computed again can commit)."""
+        dead commits among it, so that the batch computed again can commit), naming
+        the profiles the other buckets committed (`committed_profiles`)."""
         pointers: set[Identity] = set()
         profiles: set[str] = set()
+        rules: RulesChanged | None = None
         for bucket, found in refused.items():
-            part = buckets[bucket]
+            part = spread.buckets[bucket]
             await self.protocol.recover_all(zip(part.checks, found, strict=True))
             conflict = bucket_conflict(part, found)
             if isinstance(conflict, RulesChanged):
-                raise conflict
-            if conflict is not None:
+                rules = rules or conflict
+            elif conflict is not None:
                 pointers |= conflict.pointers
                 profiles |= conflict.profiles
-        raise Conflict(pointers, profiles)
+        committed = committed_profiles(spread, refused)
+        if rules is not None:
+            raise RulesChanged(rules.computed_with, committed)
+        raise Conflict(pointers, profiles, committed)
+
+    async def raise_rules(self, version: int) -> None:
+        """Every bucket's copy of the rules version to at least `version`, before this
+        process commits at it (`traitflow.spread_rules`); raises if a node does not
+        answer."""
+        await raise_copies(self.protocol, self.layout, version)
 
     async def recover(self) -> int:
         """Finish the commits a dead worker left committed and not finalized."""
@@ -326,6 +336,16 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
     async def close(self) -> None:
         await self.protocol.settle()
         await self.client.aclose()
+
+
+def committed_profiles(spread: SpreadCommit, refused: Collection[int]) -> set[str]:
+    """The profiles `spread` wrote in the buckets not `refused`, and those it merged
+    away whose lock such a bucket owns (its intent deletes them): what committed."""
+    written = spread.buckets.items()
+    committed = {p for b, part in written if b not in refused for p in part.profiles}
+    locked = [c for c in spread.claims if c.lock and c.owner is not None]
+    committed |= {str(c.guarded) for c in locked if c.owner not in refused}
+    return committed
 
 
 def _pairs(reply: Any) -> list[tuple[bytes, Any]]:

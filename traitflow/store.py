@@ -173,9 +173,17 @@ class Conflict(StoreError):
     It names every check that failed, not only the first, so that the caller can
     compute again just the part of its batch that read them."""
 
-    def __init__(self, pointers: Collection[Identity] = (), profiles: Collection[str] = ()):
+    def __init__(
+        self,
+        pointers: Collection[Identity] = (),
+        profiles: Collection[str] = (),
+        committed: Collection[str] = (),
+    ):
         self.pointers = frozenset(pointers)
         self.profiles = frozenset(profiles)
+        #: the profiles whose writes did commit: on the spread layout a commit is
+        #: atomic per bucket, not as a whole (`traitflow.spread_store`); else none
+        self.committed = frozenset(committed)
         moved = [f"{index} {value!r} moved" for index, value in sorted(self.pointers)]
         changed = [f"profile {pid!r} changed" for pid in sorted(self.profiles)]
         super().__init__("; ".join([*moved, *changed]) or "nothing named")
@@ -183,11 +191,15 @@ class Conflict(StoreError):
 
 class RulesChanged(StoreError):
     """A commit was computed with rules older than the current version
-    (`traitflow.rule_catalog`); nothing was written. The worker switches to the
-    current rules and computes the batch again."""
+    (`traitflow.rule_catalog`); nothing was written but what `committed` names (the
+    spread layout's buckets that found their copy of the version unchanged). The
+    worker switches to the current rules and computes the batch again."""
 
-    def __init__(self, computed_with: int) -> None:
+    def __init__(self, computed_with: int, committed: Collection[str] = ()) -> None:
         self.computed_with = computed_with
+        #: as `Conflict.committed`: the profiles whose writes did commit (at
+        #: `computed_with`) in the buckets that found their rules version unchanged
+        self.committed = frozenset(committed)
         super().__init__(f"the rules changed since version {computed_with}")
 
 

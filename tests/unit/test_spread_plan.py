@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from redis.crc import key_slot
 
 from attributes.profile import ProfileState
 from traitflow import spread_claims as claims
 from traitflow.spread_claims import CLAIMED, LOCKED
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_plan import SpreadUnsupported, bucket_conflict, plan_commit
+from traitflow.spread_plan import bucket_conflict, plan_commit
 from traitflow.store import Conflict, Expected, ProfileWrite
 
 LAYOUT = SpreadLayout("tf", 64)
@@ -154,11 +153,6 @@ def test_a_pointer_only_checked_is_held_and_released_either_way() -> None:
     assert claim.owner is None
     assert claim.want == b""
     assert spread.released == [claims.release(claim.key, "c1")]
-
-
-def test_rules_changed_through_the_api_are_refused_not_ignored() -> None:
-    with pytest.raises(SpreadUnsupported, match="rules"):
-        plan([write("u-1")], expected=Expected(rules_version=4))
 
 
 def test_a_refused_bucket_names_what_changed_or_every_profile_if_rolled_back() -> None:

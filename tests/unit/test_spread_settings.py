@@ -15,7 +15,6 @@ from traitflow.durability import DurabilityWait
 from traitflow.resp import Address, RespClient
 from traitflow.source_jobs import RedisSourceJobs
 from traitflow.spread_durability import SpreadDurabilityWait
-from traitflow.spread_plan import SpreadUnsupported
 from traitflow.spread_source_jobs import SpreadSourceJobs, source_job_store
 
 URL = "redis://127.0.0.1:7000/0"
@@ -33,16 +32,14 @@ def test_the_spread_layout_needs_a_cluster_and_defaults_to_the_tag() -> None:
     assert settings.key_prefix == "{tf}"
 
 
-def test_the_worker_refuses_what_the_spread_layout_cannot_do_yet() -> None:
-    assert spread_profiles(cluster(), 0) is None
-    spread = cluster(redis_layout="spread")
-    with pytest.raises(SpreadUnsupported, match="rules changed through the API"):
-        spread_profiles(spread, 3)
+def test_the_worker_has_a_spread_store_on_the_spread_layout_only() -> None:
+    assert spread_profiles(cluster()) is None
+    assert spread_profiles(cluster(redis_layout="spread", redis_sync="disk")) is not None
 
 
 def test_durability_waits_on_every_node_on_the_spread_layout() -> None:
     synced = cluster(redis_layout="spread", redis_sync="disk", redis_buckets=64)
-    assert spread_profiles(synced, 0) is not None
+    assert spread_profiles(synced) is not None
     wait = durability(synced)
     assert isinstance(wait, SpreadDurabilityWait)
     assert wait.waits
@@ -61,6 +58,6 @@ def test_the_api_runs_export_and_source_delete_jobs_on_the_spread_layout() -> No
 
 
 def test_the_workers_store_takes_the_claims_lease_from_the_settings() -> None:
-    spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5), 0)
+    spread = spread_profiles(cluster(redis_layout="spread", redis_claim_lease_s=2.5))
     assert spread is not None
     assert spread.lease_ms == 2500
