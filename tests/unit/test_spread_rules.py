@@ -250,7 +250,7 @@ class Steps:
 
     def __init__(self) -> None:
         self.done: list[tuple[str, Any]] = []
-        self.client = self.layout = None
+        self.client = self.layout = self.protocol = None
 
     async def raise_rules(self, version: int) -> None:
         self.done.append(("raise", version))
