@@ -25,8 +25,10 @@ from attributes.catalog import ManagedAttribute, Status, live_definitions
 from attributes.recomputation import Horizons, Recomputation, kept_jobs, widened
 from attributes.rules import FIRST, Generations, RuleFileError, RuleProblem, parse_rules
 from attributes.ruleset import RuleSet
+from traitflow.config import Settings
 from traitflow.key_layout import KeyLayout
 from traitflow.redis_client import Redis, async_client
+from traitflow.spread_rules import CopiesRaiser
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +188,18 @@ class RedisRuleCatalog(RuleCatalog):
         self.version_key = keys.rules_version()
         self.progress_key = keys.backfill_progress()
         self.generations_key = keys.generations()
+        #: on the spread layout, what raises every bucket's copy of the rules version
+        #: after a change made here (`traitflow.spread_rules`)
+        self.raiser: CopiesRaiser | None = None
 
     @classmethod
     def from_url(cls, url: Redis, prefix: str) -> RedisRuleCatalog:
-        """`url`: settings, or a URL alone (`traitflow.redis_client`)."""
-        return cls(async_client(url), KeyLayout(prefix))
+        """`url`: settings, or a URL alone (`traitflow.redis_client`). From settings of
+        the spread layout, a change also raises every bucket's copy of the version."""
+        catalog = cls(async_client(url), KeyLayout(prefix))
+        if isinstance(url, Settings) and url.redis_layout == "spread":
+            catalog.raiser = CopiesRaiser.of(url, prefix, url.redis_buckets)
+        return catalog
 
     async def version(self) -> int:
         return int(await self.client.get(self.version_key) or 0)
@@ -236,10 +245,14 @@ class RedisRuleCatalog(RuleCatalog):
                     await pipe.execute()
                 except WatchError:
                     continue  # another change came first: check against it
+                if self.raiser is not None:
+                    await self.raiser.changed(after.version)
                 return after
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.raiser is not None:
+            await self.raiser.close()
 
 
 #: the progress field of the recomputation's backfill (beside attribute ids)

@@ -21,15 +21,29 @@ the worker then switches to the current rules, which raises the copies again: a 
 lost by a failover heals the same way. The API does not raise them after a change: the
 workers see the change at their next poll (`TRAITFLOW_RULES_POLL_S`) or at the first
 commit refused by a bucket another process raised, as they would without it.
+
+Except that a process that changes the catalog raises the copies right after
+(`CopiesRaiser`, on the catalog `RedisRuleCatalog.from_url` makes from spread
+settings: the API, a source job's request for a recomputation, `traitflow rules`):
+without it, commits at the older version would go on landing until the workers' next
+poll, and a source delete job's horizon (`attributes.recomputation`) would take an
+event its source sent after the job began for one computed before it, and leave it out
+of the recomputation.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
+from traitflow.redis_client import Redis, RedisTarget
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_nodes import ClusterCalls
+
+log = logging.getLogger(__name__)
 
 #: Raise one bucket's copy to at least ARGV[1]; the copy as it was (nil: 0).
 RAISE = """local have = redis.call('GET', KEYS[1])
@@ -86,3 +100,35 @@ async def raise_copies(calls: ClusterCalls, layout: SpreadLayout, version: int) 
         head=[str(version)],
     )
     return copies_found(replies)
+
+
+class CopiesRaiser:
+    """Raises every bucket's copy after a change of the catalog made by this process
+    (see the module's docstring). A node that does not answer is logged: its buckets
+    take no commit meanwhile, at any version, and the workers raise them at their next
+    switch."""
+
+    def __init__(self, client: RedisCluster, layout: SpreadLayout) -> None:
+        self.client = client
+        self.calls = ClusterCalls(client)
+        self.layout = layout
+
+    @classmethod
+    def of(cls, url: Redis, prefix: str, buckets: int) -> CopiesRaiser:
+        target = RedisTarget.of(url)
+        client = RedisCluster.from_url(target.bare_url, **target.redis_py_kwargs())
+        return cls(client, SpreadLayout.of(prefix, buckets))
+
+    async def changed(self, version: int) -> None:
+        try:
+            await raise_copies(self.calls, self.layout, version)
+        except Exception as exc:
+            log.warning(
+                "the buckets' rules versions were not raised to %d after the change "
+                "(the workers raise them at their next switch): %r",
+                version,
+                exc,
+            )
+
+    async def close(self) -> None:
+        await self.client.aclose()
