@@ -24,7 +24,7 @@ from streams.rule_switch import RuleSwitch
 from traitflow.commit_plan import RulesAt
 from traitflow.config import Settings
 from traitflow.memory_store import MemoryProfileStore
-from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RuleSource
+from traitflow.rule_catalog import Catalog, Change, MemoryRuleCatalog, RedisRuleCatalog, RuleSource
 from traitflow.spread_layout import SpreadLayout
 from traitflow.spread_plan import bucket_conflict, plan_commit
 from traitflow.spread_rules import RAISE, raise_calls, raise_copies
@@ -293,3 +293,21 @@ async def test_a_backfill_and_a_render_raise_every_copy_to_the_catalogs_version_
     steps.done.clear()
     await backfill.render()
     assert steps.done == [("raise", 2), ("scan", "user")]
+
+
+def test_a_catalog_made_from_spread_settings_raises_the_copies_after_a_change() -> None:
+    """From spread settings (the API's, a source job's, `traitflow rules`') the catalog
+    carries a raiser of every bucket's copy; from any other, none. Made without I/O: the
+    clients connect at their first command."""
+    spread = Settings(
+        redis_url="redis://127.0.0.1:7000/0",
+        redis_cluster=True,
+        redis_layout="spread",
+        redis_buckets=64,
+    )
+    catalog = RedisRuleCatalog.from_url(spread, spread.key_prefix)
+    assert catalog.raiser is not None
+    assert catalog.raiser.layout == SpreadLayout("tf", 64)
+    tag = Settings(redis_url="redis://127.0.0.1:7000/0", redis_cluster=True)
+    assert RedisRuleCatalog.from_url(tag, tag.key_prefix).raiser is None
+    assert RedisRuleCatalog.from_url("redis://127.0.0.1:6379/0", "tf").raiser is None
