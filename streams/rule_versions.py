@@ -104,7 +104,9 @@ class RuleVersions:
         the newest older start noted at or before it (each commit follows its
         version's note): noted as `"{version}:{entity}:{that version}"`, it is history
         for exactly the attributes made after it was applied up to this version. A
-        later worker's note fails, and notes nothing: never twice."""
+        later worker's note fails, and notes nothing: never twice. (Nor at all what this
+        processor did not reach before it died or lost the partition: README, the
+        backfill's limits.)"""
         version = self.rules_version
         found: dict[str, list[int]] = {}
         for item in items:
