@@ -109,15 +109,18 @@ class RuleVersions:
         backfill's limits.)"""
         version = self.rules_version
         found: dict[str, list[int]] = {}
+        mine: dict[str, set[int]] = {}  # partition -> offsets this processor committed
         for item in items:
             partition, offset = item.record.source, item.record.offset
             if (partition, version) in self._noted and (partition, version) not in self._held:
                 continue
-            if offset in self._mine.get((entity, partition), ()) or any(
-                offset in at.get((entity, partition), ()) for at in self._committed.values()
-            ):
-                continue
-            found.setdefault(partition, []).append(offset)
+            own = mine.get(partition)
+            if own is None:
+                own = mine[partition] = set(self._mine.get((entity, partition), ()))
+                for at in self._committed.values():
+                    own.update(at.get((entity, partition), ()))
+            if offset not in own:
+                found.setdefault(partition, []).append(offset)
         return {p: {entity: sorted(offsets)} for p, offsets in found.items()}
 
     def _begin(self) -> None:
