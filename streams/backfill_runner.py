@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from attributes.catalog import ManagedAttribute, Status
 from streams.backfill import Backfill
 from streams.rule_versions import Also, NoteStart
+from streams.start_notes import NOTE, note_args
 from traitflow.key_layout import KeyLayout
 from traitflow.rule_catalog import RECOMPUTATION, Catalog, Change
 
@@ -194,19 +195,29 @@ def recomputed(version: int) -> Callable[[Catalog], Change]:
 
 
 def start_notes(client: aioredis.Redis, keys: KeyLayout) -> NoteStart:
-    """`BatchProcessor.note_start` on Redis: the first note of a (partition, version)
-    stays (HSETNX), the offset before which that partition was computed with older
-    rules; beside it, field `"{version}:{entity}:{older}"`, the offsets past it that
-    the batch had committed at the older version before it switched (`Also`), comma
-    separated."""
+    """`BatchProcessor.note_start` on Redis (`streams.start_notes.NOTE`, one script per
+    partition, in one round trip): the first note of a (partition, version) stays, the
+    offset before which that partition was computed with older rules; beside it, field
+    `"{version}:{entity}:{older}"`, the offsets past it that were committed at the older
+    version all the same: by the batch before it switched (`Also`), or by another
+    worker before this one's start note took effect (redelivered records found already
+    applied), comma separated. Returns the partitions whose start note is this call's."""
 
-    async def note(version: int, firsts: Mapping[str, int], also: Also) -> None:
+    async def note(
+        version: int, firsts: Mapping[str, int], also: Also, redelivered: Also
+    ) -> Collection[str]:
+        partitions = list({*firsts, *redelivered})
         async with client.pipeline(transaction=False) as pipe:
-            for partition, offset in firsts.items():
-                noted = keys.rules_starts(partition)
-                pipe.hsetnx(noted, str(version), offset)
-                for older, offsets in also.get(partition, {}).items():
-                    pipe.hsetnx(noted, f"{version}:{older}", ",".join(map(str, offsets)))
-            await pipe.execute()
+            for partition in partitions:
+                args = note_args(
+                    version,
+                    firsts.get(partition),
+                    also.get(partition, {}),
+                    redelivered.get(partition, {}),
+                )
+                pipe.eval(NOTE, 1, keys.rules_starts(partition), *args)
+            replies = await pipe.execute()
+        took = zip(partitions, replies, strict=True)
+        return {p for p, reply in took if p in firsts and int(reply)}
 
     return note

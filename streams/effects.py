@@ -41,6 +41,9 @@ class Stitched:
     #: profile -> what was found applying the batch to it (duplicates, skips,
     #: refusals, merges), kept apart so that a part committed alone reports its own
     findings: dict[str, BatchReport] = field(default_factory=dict)
+    #: events skipped as redelivered: their offset is applied to their profile
+    #: (`streams.rule_versions` notes them when its start note at a version is new)
+    redelivered: list[Identified] = field(default_factory=list)
 
     def found(self, profile: str) -> BatchReport:
         findings = self.findings.get(profile)

@@ -381,8 +381,11 @@ class EntityProcessor(ProfileApplier, Lifetimes):
         for item in events:
             owner = states.get(pointers.get(item.ids[0], ""))
             record = item.record
+            applied = owner is not None and applied_before(owner, record.log, record.offset)
+            if applied:
+                stitched.redelivered.append(item)
             if (
-                (owner is not None and applied_before(owner, record.log, record.offset))
+                applied
                 or (item.message is not None and item.message in seen)
                 or erased_event(item, tombstones)
             ):

@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Container, Mapping, Sequence
-from functools import partial
 
 from attributes.admission import Admission
 from attributes.clock import DEFAULT_REFRESH_MS
@@ -121,6 +120,9 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         self.on_switch: Callable[[], None] | None = None
         #: (partition, rules version) noted; the first offset of each partition's batch
         self._noted: set[tuple[str, int]] = set()
+        self._held: set[tuple[str, int]] = set()
+        self._mine: dict[tuple[str, str], set[int]] = {}
+        self._unfinished = False
         self._firsts: dict[str, int] = {}
         self._committed: dict[int, dict[tuple[str, str], list[int]]] = {}
         self.logs = logs
@@ -169,11 +171,6 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         for entity in self.entities.values():
             entity.forget_renders()
 
-    def forget_positions(self) -> None:
-        """Forget where each partition's batches were: after a rebalance, another worker
-        may have read on. (Not at a rules switch: `note_positions` notes them then.)"""
-        self._next.clear()
-
     def _read_clock(self) -> int:
         now = int(self.clock() * 1000)
         for entity in self.entities.values():
@@ -211,7 +208,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
         if self.logs is not None:
             records = await self._place(records, firsts, report)
         self._firsts = {source: first.offset for source, first in firsts.items()}
-        self._committed = {}
+        self._begin()
         self._set_floors(records)
         if decoded is None or decoded.records is not records:  # none, or before epochs
             decoded = self.decode(records)
@@ -238,6 +235,7 @@ class BatchProcessor(RuleVersions, BatchDecoding):
             for record in records:
                 self._next[record.source] = (record.offset + 1, record.epoch)
         report.dead_lettered = len(rejected)
+        self._unfinished = False
         for refusal in report.refusals:
             if refusal.kind == LIMIT:
                 log.info(
@@ -347,11 +345,9 @@ class BatchProcessor(RuleVersions, BatchDecoding):
                     if not failed:
                         await self._send(rejected, sent)  # durable before the commit
                         try:
-                            await self._note_starts()
-                            attempt, done = events, partial(self._committed_here, processor.entity)
-                            events = await processor.commit(work, stitched, report, committed=done)
-                            again = {id(item) for item in events}
-                            done([e for e in attempt if id(e) not in again])
+                            events = await self._commit(
+                                processor, work, stitched, events=events, report=report
+                            )
                         except RulesChanged:  # what committed is noted: again, newer rules
                             await self.switch_to_current()
                             continue

@@ -68,8 +68,12 @@ Redis layout, for prefix `tf` and entity `user`:
                                            before that commit): where a backfill of an
                                            attribute of that version stops; and
                                            "{version}:{entity}:{older}" -> offsets past
-                                           it a batch that switched midway committed at
-                                           the older version (read as history too)
+                                           it committed at the older version all the
+                                           same: by a batch that switched midway, or by
+                                           a worker that died unacknowledged (records
+                                           redelivered to the one whose start note took
+                                           effect: `streams.start_notes`), read as
+                                           history too
     tf:bf                          hash    attribute id -> its backfill's progress (JSON)
     tf:bf:lock                     string  the token of the worker running backfills
     tf:a:user                      hash    audience name -> its kept members: the

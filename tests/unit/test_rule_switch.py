@@ -117,8 +117,9 @@ async def test_a_switch_that_drops_the_cached_states_still_notes_where_partition
     the partition's start (a partition with no traffic since gets no other note)."""
     notes: list[tuple[int, dict[str, int]]] = []
 
-    async def note(version: int, firsts: Any, also: Any) -> None:
+    async def note(version: int, firsts: Any, also: Any, redelivered: Any) -> Any:
         notes.append((version, dict(firsts)))
+        return firsts
 
     world.processor.note_start = note
     world.processor.logs = MemoryLogHistory()  # the worker's: batches know where they end
@@ -181,8 +182,9 @@ async def test_what_a_batch_committed_before_it_switched_midway_is_noted_as_hist
     world = World(tmp_path, store)
     notes: list[tuple[int, dict[str, int], Any]] = []
 
-    async def note(version: int, firsts: Any, also: Any) -> None:
+    async def note(version: int, firsts: Any, also: Any, redelivered: Any) -> Any:
         notes.append((version, dict(firsts), {p: dict(a) for p, a in also.items()}))
+        return firsts
 
     world.processor.note_start = note
     await world.processor.process([order(0, "u-2")])  # u-2's profile, at version 0

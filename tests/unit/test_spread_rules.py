@@ -222,8 +222,9 @@ async def test_a_batch_whose_buckets_commit_across_a_switch_notes_the_older_ones
     )  # fmt: skip
     notes: list[tuple[int, dict[str, int], Any]] = []
 
-    async def note(version: int, firsts: Any, also: Any) -> None:
+    async def note(version: int, firsts: Any, also: Any, redelivered: Any) -> Any:
         notes.append((version, dict(firsts), {p: dict(a) for p, a in also.items()}))
+        return firsts
 
     processor.note_start = note
     await processor.process([order(0, "u-2")])
