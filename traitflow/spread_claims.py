@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import msgspec
 
 from traitflow.commit_script import Arg
+from traitflow.spread_nodes import keys_here
 
 #: what starts a claimed pointer and a locked version: a byte no id starts with
 CLAIMED = b"\x00c:"
@@ -191,12 +192,8 @@ CLAIM = _CLAIM_ONE + "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
 CLAIM_ON_NODE = (
     "#!lua flags=allow-cross-slot-keys\n"
     + _CLAIM_ONE
-    + """
-for i = 1, #ARGV, 4 do
-  local here = redis.pcall('EXISTS', ARGV[i])
-  if type(here) == 'table' and here.err then return {'moved'} end
-end
-local out = {}
+    + keys_here(1, 4)
+    + """local out = {}
 for i = 1, #ARGV, 4 do
   out[#out + 1] = claim(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end

@@ -28,6 +28,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from traitflow.redis_client import Redis, RedisTarget
+
 #: replies that say a command did not run because its slot is moving or the cluster
 #: is failing over: sent again after a pause, for up to `WAIT_OUT_S`
 _WAIT = (TryAgainError, ClusterDownError, AskError)
@@ -41,6 +43,27 @@ def _did_not_run(reply: object) -> bool:
     if isinstance(reply, _WAIT):
         return True
     return isinstance(reply, ClusterError) and "TTL exhausted" in str(reply)
+
+
+def cluster_client(url: Redis) -> RedisCluster:
+    """The asyncio cluster client of the spread layout's processes: `url` (settings, a
+    target or a URL naming any node) with its TLS and credentials."""
+    target = RedisTarget.of(url)
+    return RedisCluster.from_url(target.bare_url, **target.redis_py_kwargs())
+
+
+def keys_here(first: int, step: int = 1) -> str:
+    """Lua for the start of a per-node script whose keys are ARGV[first], then every
+    `step`th argument: return {'moved'}, having run nothing, if one of them is not on
+    this node (its slot moved or moving: "non local key"). A script that writes must
+    check every key before its first write; `ClusterCalls.by_node` then sends its calls
+    one by one where their slots are."""
+    return (
+        f"for i = {first}, #ARGV, {step} do\n"
+        "  local here = redis.pcall('EXISTS', ARGV[i])\n"
+        "  if type(here) == 'table' and here.err then return {'moved'} end\n"
+        "end\n"
+    )
 
 
 #: Reads keys of any slots its node serves, in one command (Redis 7's

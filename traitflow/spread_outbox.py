@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from traitflow.outbox import from_entry
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_nodes import ClusterCalls
+from traitflow.spread_nodes import ClusterCalls, keys_here
 from traitflow.spread_rounds import NEVER, BucketRounds
 from traitflow.store import Outgoing
 
@@ -34,17 +34,16 @@ def _order(entry_id: bytes) -> tuple[int, int]:
 
 #: XRANGE of many streams of one node (`traitflow.spread_nodes`): ARGV[1] the count,
 #: then the streams; {'moved'} having read nothing if one is not on this node
-XRANGES_ON_NODE = """#!lua flags=allow-cross-slot-keys,no-writes
-for i = 2, #ARGV do
-  local here = redis.pcall('EXISTS', ARGV[i])
-  if type(here) == 'table' and here.err then return {'moved'} end
-end
-local out = {}
+XRANGES_ON_NODE = (
+    "#!lua flags=allow-cross-slot-keys,no-writes\n"
+    + keys_here(2)
+    + """local out = {}
 for i = 2, #ARGV do
   out[#out + 1] = redis.call('XRANGE', ARGV[i], '-', '+', 'COUNT', ARGV[1])
 end
 return out
 """
+)
 
 
 def _fields(raw: Any) -> dict[bytes, bytes]:

@@ -39,9 +39,9 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from traitflow.redis_client import Redis, RedisTarget
+from traitflow.redis_client import Redis
 from traitflow.spread_layout import SpreadLayout
-from traitflow.spread_nodes import ClusterCalls
+from traitflow.spread_nodes import ClusterCalls, cluster_client, keys_here
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,10 @@ return have
 #: ARGV, the version then the copies' keys. Every key is touched first: if one is not on
 #: this node (its slot moved or moving) the script returns {'moved'} having written
 #: nothing, and those copies are raised one by one where their slot is.
-RAISE_ON_NODE = """#!lua flags=allow-cross-slot-keys
-local version = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  local here = redis.pcall('EXISTS', ARGV[i])
-  if type(here) == 'table' and here.err then return {'moved'} end
-end
+RAISE_ON_NODE = (
+    "#!lua flags=allow-cross-slot-keys\n"
+    + keys_here(2)
+    + """local version = tonumber(ARGV[1])
 local out = {}
 for i = 2, #ARGV do
   local have = redis.call('GET', ARGV[i])
@@ -69,6 +67,7 @@ for i = 2, #ARGV do
 end
 return out
 """
+)
 
 
 def raise_calls(layout: SpreadLayout, version: int) -> list[tuple[Any, ...]]:
@@ -115,9 +114,7 @@ class CopiesRaiser:
 
     @classmethod
     def of(cls, url: Redis, prefix: str, buckets: int) -> CopiesRaiser:
-        target = RedisTarget.of(url)
-        client = RedisCluster.from_url(target.bare_url, **target.redis_py_kwargs())
-        return cls(client, SpreadLayout.of(prefix, buckets))
+        return cls(cluster_client(url), SpreadLayout.of(prefix, buckets))
 
     async def changed(self, version: int) -> None:
         try:

@@ -22,10 +22,11 @@ from redis.asyncio.cluster import RedisCluster
 from attributes.erasure import identity_digest
 from attributes.profile import ProfileState, decode_state
 from traitflow.audience_counts import SIZES
-from traitflow.redis_client import Redis, RedisTarget
+from traitflow.redis_client import Redis
 from traitflow.redis_store import DEDUPE_BUCKETS, DEDUPE_WINDOW_MS
 from traitflow.spread_claims import new_commit_id, plain
 from traitflow.spread_layout import SpreadLayout
+from traitflow.spread_nodes import cluster_client
 from traitflow.spread_plan import SpreadCommit, bucket_conflict, plan_commit
 from traitflow.spread_protocol import SpreadProtocol
 from traitflow.spread_reads import SpreadReads
@@ -104,10 +105,8 @@ class SpreadProfileStore(SpreadReads, ProfileStore):
         lease_ms: int = CLAIM_LEASE_MS,
     ) -> SpreadProfileStore:
         """`url`: settings, a target or a URL naming any node of the cluster."""
-        target = RedisTarget.of(url)
-        client = RedisCluster.from_url(target.bare_url, **target.redis_py_kwargs())
         return cls(
-            client,
+            cluster_client(url),
             SpreadLayout.of(prefix, buckets),
             dedupe_window_ms=dedupe_window_ms,
             clock=clock,
